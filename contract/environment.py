@@ -1,0 +1,84 @@
+"""Reading configuration from the environment, shared by every process's config.py.
+
+Problems are collected rather than raised one at a time, so a bad deployment
+hears about every missing or malformed variable in one start-up message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """One or more environment variables are missing or malformed."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("configuration error: " + "; ".join(problems))
+        self.problems = problems
+
+
+class Environment:
+    """A view of environment variables that records problems instead of raising."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = os.environ if environ is None else environ
+        self.problems: list[str] = []
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        value = self._environ.get(name, "").strip()
+        return value or default
+
+    def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            self.problems.append(f"{name} must be a whole number, got {raw!r}")
+            return default
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = "" if maximum is None else f" and at most {maximum}"
+            self.problems.append(f"{name} must be at least {minimum}{upper}, got {value}")
+            return default
+        return value
+
+    def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
+        value = (self.text(name) or default).lower()
+        if value not in options:
+            self.problems.append(f"{name} must be one of {', '.join(options)}, got {value!r}")
+            return default
+        return value
+
+    def url(self, name: str, default: str | None, schemes: tuple[str, ...]) -> str | None:
+        value = self.text(name, default)
+        if value is not None and not value.startswith(tuple(f"{s}://" for s in schemes)):
+            # The value may carry credentials: name the variable, never echo it.
+            self.problems.append(f"{name} must start with {' or '.join(s + '://' for s in schemes)}")
+        return value
+
+    def secret(self, name: str, *, required: bool) -> str | None:
+        """`NAME`, or the contents of the file named by `NAME_FILE` (never both)."""
+        direct = self.text(name)
+        file_name = self.text(f"{name}_FILE")
+        if direct and file_name:
+            self.problems.append(f"set {name} or {name}_FILE, not both")
+            return None
+        if file_name:
+            try:
+                direct = Path(file_name).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                self.problems.append(f"{name}_FILE cannot be read: {exc.strerror}")
+                return None
+            if not direct:
+                self.problems.append(f"{name}_FILE names an empty file")
+                return None
+        if required and not direct:
+            self.problems.append(f"{name} (or {name}_FILE) is required")
+        return direct
+
+    def check(self) -> None:
+        if self.problems:
+            raise ConfigError(self.problems)

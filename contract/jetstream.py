@@ -1,0 +1,93 @@
+"""Connecting to NATS and declaring the JetStream streams every process relies on.
+
+Declaring is idempotent, so whichever process starts first creates the streams and
+the others find them; nothing depends on start order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from contract import messaging
+
+log = logging.getLogger(__name__)
+
+STREAMS = (
+    # Work queues: a message leaves the stream once its one consumer acknowledged it.
+    StreamConfig(
+        name=messaging.INBOUND_STREAM,
+        subjects=[messaging.INBOUND_SUBJECT],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=messaging.DUPLICATE_WINDOW_SECONDS,
+        discard=DiscardPolicy.NEW,
+    ),
+    StreamConfig(
+        name=messaging.OUTBOUND_STREAM,
+        subjects=[messaging.OUTBOUND_SUBJECT],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=messaging.DUPLICATE_WINDOW_SECONDS,
+        discard=DiscardPolicy.NEW,
+    ),
+    # Parked messages are kept for people to inspect, a month at most.
+    StreamConfig(
+        name=messaging.PARKED_STREAM,
+        subjects=[messaging.PARKED_SUBJECT],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=30 * 24 * 3600,
+    ),
+)
+
+
+async def connect(url: str, name: str) -> Client:
+    """Connect once, retrying forever in the background after the first success."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error: %s", exc)
+
+    async def on_disconnected() -> None:
+        log.warning("nats disconnected")
+
+    async def on_reconnected() -> None:
+        log.info("nats reconnected")
+
+    return await nats.connect(
+        url,
+        name=name,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        # Publishes made while reconnecting wait in this buffer instead of failing.
+        pending_size=16 * 1024 * 1024,
+    )
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    for config in STREAMS:
+        try:
+            await js.add_stream(config=config)
+        except BadRequestError:
+            # Exists with other settings (an operator tuned it): keep theirs.
+            log.info("stream %s exists with different settings; left as is", config.name)
+
+
+async def drain(nc: Client, timeout: float = 10.0) -> None:
+    """Drain on shutdown (flushes what is buffered), but never hang the exit on it."""
+    try:
+        await asyncio.wait_for(nc.drain(), timeout)
+    except (asyncio.TimeoutError, nats.errors.Error) as exc:
+        log.warning("nats drain incomplete: %r", exc)
+        await nc.close()
