@@ -1,0 +1,1 @@
+"""Development and test stack: the real servers Balcão runs against locally, and a fake Telegram."""

@@ -1,0 +1,112 @@
+"""`python -m devstack` (what `make run` calls): the whole system on embedded defaults.
+
+Starts nats-server and SecantusDB unless NATS_URL / MONGODB_URI point elsewhere,
+then the server, and the bot when a Telegram token is configured. Data stays
+under `var/` between runs. Ctrl-C stops everything it started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from devstack.processes import NatsServer, SecantusServer, wait_for_port
+
+log = logging.getLogger("devstack")
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var"
+
+
+def api_token() -> str:
+    """The token from the environment, or one generated once and kept under var/."""
+    if os.environ.get("API_TOKEN") or os.environ.get("API_TOKEN_FILE"):
+        return ""
+    path = VAR / "api_token"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32) + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    VAR.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    children: list[NatsServer | SecantusServer | subprocess.Popen] = []
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        if not env.get("NATS_URL"):
+            nats = NatsServer(data_dir=VAR / "nats", log_file=VAR / "nats.log")
+            nats.start()
+            children.append(nats)
+            env["NATS_URL"] = nats.url
+        if not env.get("MONGODB_URI"):
+            mongo = SecantusServer(data_dir=VAR / "mongo", log_file=VAR / "mongo.log")
+            mongo.start()
+            children.append(mongo)
+            env["MONGODB_URI"] = mongo.uri
+        token = api_token()
+        if token:
+            env["API_TOKEN"] = token
+        port = int(env.setdefault("HTTP_PORT", "8080"))
+
+        server = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=ROOT)
+        children.append(server)
+        wait_for_port(port, 30, server)
+        has_bot = bool(env.get("TELEGRAM_BOT_TOKEN") or env.get("TELEGRAM_BOT_TOKEN_FILE"))
+        if has_bot:
+            children.append(subprocess.Popen([sys.executable, "-m", "bot"], env=env, cwd=ROOT))
+        announce(port, token, has_bot)
+
+        while not stopping:
+            for child in children:
+                if isinstance(child, subprocess.Popen) and child.poll() is not None:
+                    log.error("%s exited with %s; stopping the stack", child.args[-1], child.returncode)
+                    stopping = True
+            time.sleep(0.2)
+        return 0
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        log.error("could not start the stack: %s", exc)
+        return 1
+    finally:
+        log.info("stopping")
+        for child in reversed(children):
+            if isinstance(child, subprocess.Popen):
+                if child.poll() is None:
+                    child.terminate()
+                    child.wait(30)
+            else:
+                child.stop()
+
+
+def announce(port: int, token: str, has_bot: bool) -> None:
+    shown = token or "(from API_TOKEN / API_TOKEN_FILE)"
+    print(f"""
+Balcão is running.
+  API base URL : http://127.0.0.1:{port}/v1
+  API token    : {shown}
+  try          : curl -H 'Authorization: Bearer {shown}' http://127.0.0.1:{port}/v1/sessions
+  health       : http://127.0.0.1:{port}/health
+""", flush=True)
+    if not has_bot:
+        print("  bot          : not started; set TELEGRAM_BOT_TOKEN (or TELEGRAM_BOT_TOKEN_FILE) to enable it\n",
+              flush=True)
+    print("Press Ctrl-C to stop.", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Child processes of the local stack: the real nats-server and the embedded MongoDB.
+
+Tests and `make run` start them the same way, so what passes in tests is what a
+developer runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before opening port {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
+
+
+def venv_binary(name: str) -> str:
+    """A console script installed beside this interpreter (nats-server ships this way)."""
+    found = shutil.which(name, path=sysconfig.get_path("scripts")) or shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} is not installed; run `make install`")
+    return found
+
+
+@dataclass(kw_only=True)
+class ChildServer:
+    """A server process bound to a fixed port, restartable on the same data."""
+
+    name: str
+    data_dir: Path
+    port: int = 0
+    startup_timeout: float = 30.0
+    log_file: Path | None = None
+    process: subprocess.Popen | None = field(default=None, init=False)
+
+    def command(self) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if not self.port:
+            self.port = free_port()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        try:
+            self.process = subprocess.Popen(self.command(), stdout=output, stderr=subprocess.STDOUT)
+        finally:
+            if self.log_file:
+                output.close()
+        wait_for_port(self.port, self.startup_timeout, self.process)
+        log.info("%s listening on 127.0.0.1:%d", self.name, self.port)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        log.info("%s stopped", self.name)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@dataclass(kw_only=True)
+class NatsServer(ChildServer):
+    name: str = "nats-server"
+
+    def command(self) -> list[str]:
+        return [venv_binary("nats-server"), "-js", "-sd", str(self.data_dir),
+                "-a", "127.0.0.1", "-p", str(self.port)]
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+
+@dataclass(kw_only=True)
+class SecantusServer(ChildServer):
+    """SecantusDB: a MongoDB-wire server on WiredTiger; development and tests only (GPL)."""
+
+    name: str = "secantusdb"
+
+    def command(self) -> list[str]:
+        return [sys.executable, venv_binary("secantusd-py"), "--host", "127.0.0.1",
+                "--port", str(self.port), "--storage-path", str(self.data_dir),
+                "--log-level", "WARNING"]
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/balcao"
