@@ -1,0 +1,1 @@
+"""Balcão server: Tornado REST API and the JetStream intake, on MongoDB."""

@@ -1,0 +1,181 @@
+"""Storing contacts' messages in their open session, idempotently and in batches.
+
+These functions block on MongoDB; callers run them through `Database.run`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from bson import ObjectId
+from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError
+
+from contract.messaging import InboundMessage
+from server import names
+from server.models import PREVIEW_LENGTH, Message, Session
+
+DUPLICATE_KEY = 11000
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def inbound_key(message: InboundMessage) -> str:
+    return f"{message.platform}:{message.contact_identifier}:tg{message.message_id}"
+
+
+def preview(text: str) -> str:
+    return text if len(text) <= PREVIEW_LENGTH else text[: PREVIEW_LENGTH - 1] + "…"
+
+
+@dataclass(frozen=True)
+class StoredInbound:
+    message: InboundMessage
+    key: str
+    session_id: ObjectId
+    needs_reply: bool
+
+
+def _open_sessions(batch: Sequence[InboundMessage], now: dt.datetime) -> dict[tuple[str, str], ObjectId]:
+    """Find or create the open session of every contact in the batch.
+
+    Reads first and writes only what is missing or renamed: matching sessions by
+    `$in` on the unique contact index is index-served everywhere, where `$or` or
+    extra predicates in an update filter are collection scans on SecantusDB.
+    """
+    latest: dict[tuple[str, str], InboundMessage] = {}
+    for message in batch:
+        latest[(message.platform, message.contact_identifier)] = message  # latest name wins
+    sessions = _find_sessions(latest)
+    missing = [contact for contact in latest if contact not in sessions]
+    if missing:
+        _create_sessions([latest[contact] for contact in missing], now)
+        sessions.update(_find_sessions({contact: latest[contact] for contact in missing}))
+    renamed = [
+        UpdateOne({"_id": session_id}, {"$set": _naming(latest[contact].name)})
+        for contact, (session_id, name) in sessions.items()
+        if name != latest[contact].name
+    ]
+    if renamed:
+        Session._get_collection().bulk_write(renamed, ordered=False)
+    return {contact: session_id for contact, (session_id, _) in sessions.items()}
+
+
+def _naming(name: str) -> dict:
+    return {"contact_name": name, "name_keys": names.search_keys(name)}
+
+
+def _find_sessions(contacts: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[ObjectId, str]]:
+    by_platform: dict[str, list[str]] = {}
+    for platform, identifier in contacts:
+        by_platform.setdefault(platform, []).append(identifier)
+    found: dict[tuple[str, str], tuple[ObjectId, str]] = {}
+    for platform, identifiers in by_platform.items():
+        cursor = Session._get_collection().find(
+            {"platform": platform, "contact_identifier": {"$in": identifiers}},
+            {"contact_identifier": 1, "contact_name": 1},
+        )
+        for doc in cursor:
+            found[(platform, doc["contact_identifier"])] = (doc["_id"], doc.get("contact_name", ""))
+    return found
+
+
+def _create_sessions(messages: Sequence[InboundMessage], now: dt.datetime) -> None:
+    documents = [
+        {"platform": m.platform, "contact_identifier": m.contact_identifier, **_naming(m.name),
+         "chat_id": str(m.chat_id), "created_at": now, "last_message_at": now,
+         "message_count": 0, "last_message_preview": ""}
+        for m in messages
+    ]
+    try:
+        Session._get_collection().insert_many(documents, ordered=False)
+    except BulkWriteError as exc:
+        # Another replica opened the same contact's session first: use theirs.
+        if any(error["code"] != DUPLICATE_KEY for error in exc.details["writeErrors"]):
+            raise
+
+
+def _insert_new(documents: list[dict]) -> set[str]:
+    """Insert the messages not stored yet; return the keys actually inserted."""
+    if not documents:
+        return set()
+    try:
+        Message._get_collection().insert_many(documents, ordered=False)
+        return {doc["key"] for doc in documents}
+    except BulkWriteError as exc:
+        errors = exc.details["writeErrors"]
+        if any(error["code"] != DUPLICATE_KEY for error in errors):
+            raise
+        failed = {error["index"] for error in errors}
+        return {doc["key"] for index, doc in enumerate(documents) if index not in failed}
+
+
+def store_inbound(batch: Sequence[InboundMessage], redelivered: Sequence[bool]) -> list[StoredInbound]:
+    """Store each message once in its contact's open session; say which need a reply.
+
+    A message stored now needs its reply. One stored before needs it again only
+    when JetStream is redelivering it (the earlier attempt may have died between
+    storing and replying): that reply's Nats-Msg-Id is the same, so JetStream drops
+    it if it was published after all. A message stored before and delivered for
+    the first time is Telegram handing the bot an update twice: already answered.
+    """
+    now = utcnow()
+    sessions = _open_sessions(batch, now)
+    unique: dict[str, tuple[InboundMessage, bool]] = {}
+    for message, again in zip(batch, redelivered):
+        key = inbound_key(message)
+        first, seen_again = unique.get(key, (message, False))
+        unique[key] = (first, seen_again or again)
+    documents = [
+        {
+            "session_id": sessions[(m.platform, m.contact_identifier)],
+            "key": key,
+            "direction": "in",
+            "text": m.text,
+            "sent_at": _parse_time(m.sent_at, now),
+            "external_id": str(m.message_id),
+        }
+        for key, (m, _) in unique.items()
+    ]
+    inserted = _insert_new(documents)
+    _touch_sessions(
+        [(doc["session_id"], doc["text"]) for doc in documents if doc["key"] in inserted], now
+    )
+    return [
+        StoredInbound(m, key, sessions[(m.platform, m.contact_identifier)], key in inserted or again)
+        for key, (m, again) in unique.items()
+    ]
+
+
+def _touch_sessions(new_messages: Iterable[tuple[ObjectId, str]], now: dt.datetime) -> None:
+    counts: dict[ObjectId, int] = {}
+    last_text: dict[ObjectId, str] = {}
+    for session_id, text in new_messages:
+        counts[session_id] = counts.get(session_id, 0) + 1
+        last_text[session_id] = text
+    if not counts:
+        return
+    Session._get_collection().bulk_write(
+        [
+            UpdateOne(
+                {"_id": session_id},
+                {"$inc": {"message_count": count}, "$max": {"last_message_at": now},
+                 "$set": {"last_message_preview": preview(last_text[session_id])}},
+            )
+            for session_id, count in counts.items()
+        ],
+        ordered=False,
+    )
+
+
+def _parse_time(value: str, fallback: dt.datetime) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return fallback
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+

@@ -1,0 +1,61 @@
+"""The MongoDB connection and the thread pool that keeps its calls off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
+import mongoengine
+from pymongo.errors import PyMongoError
+
+from server import models
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Database:
+    """MongoEngine's blocking driver behind `await db.run(fn, ...)`."""
+
+    def __init__(self, uri: str, threads: int = 8) -> None:
+        self._uri = uri
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mongo")
+
+    def connect(self) -> None:
+        mongoengine.connect(
+            host=self._uri,
+            uuidRepresentation="standard",
+            tz_aware=True,
+            # Fail a request in seconds rather than hang it when MongoDB is away.
+            serverSelectionTimeoutMS=5000,
+            appname="balcao-server",
+        )
+        log.info("mongodb client configured")
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def ensure_indexes(self) -> None:
+        await self.run(models.ensure_indexes)
+
+    async def ping(self) -> bool:
+        def ping() -> None:
+            models.Session._get_db().client.admin.command("ping")
+
+        try:
+            await asyncio.wait_for(self.run(ping), timeout=3)
+            return True
+        except (PyMongoError, asyncio.TimeoutError) as exc:
+            log.warning("mongodb ping failed: %s", exc)
+            return False
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        mongoengine.disconnect()

@@ -1,0 +1,111 @@
+"""The JetStream consumer that turns contacts' messages into stored, answered messages.
+
+A durable pull consumer shared by every server replica: JetStream hands each
+message to one of them, and an unacknowledged message goes to another after
+`ACK_WAIT`. A message is acknowledged only after it is stored and its reply
+published, so a crash anywhere in between means redelivery, never loss; storage
+is idempotent, so redelivery never means a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+from pymongo.errors import PyMongoError
+
+from contract.messaging import (
+    INBOUND_CONSUMER,
+    INBOUND_STREAM,
+    INBOUND_SUBJECT,
+    InboundMessage,
+    OutboundMessage,
+    PayloadError,
+)
+from server import conversations
+from server.database import Database
+from server.outbound import Outbound
+
+log = logging.getLogger(__name__)
+
+ACK_WAIT = 30.0
+RETRY_DELAY = 1.0
+
+
+class Intake:
+    def __init__(self, js: JetStreamContext, db: Database, outbound: Outbound,
+                 reply_text: str, batch_size: int = 200) -> None:
+        self._js = js
+        self._db = db
+        self._outbound = outbound
+        self._reply_text = reply_text
+        self._batch_size = batch_size
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        """Consume until `stop()`; the batch in hand is finished before returning."""
+        subscription = await self._js.pull_subscribe(
+            INBOUND_SUBJECT,
+            durable=INBOUND_CONSUMER,
+            stream=INBOUND_STREAM,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT,
+                                  max_ack_pending=10 * self._batch_size),
+        )
+        log.info("intake consuming %s", INBOUND_SUBJECT)
+        while not self._stopping.is_set():
+            try:
+                messages = await subscription.fetch(self._batch_size, timeout=1.0)
+            except (NatsTimeoutError, asyncio.TimeoutError):  # nats-py raises either
+                continue
+            except NatsError as exc:
+                log.warning("intake fetch failed: %s", exc)
+                await asyncio.sleep(RETRY_DELAY)
+                continue
+            await self.handle(messages)
+        # A pull subscription left with a pending fetch makes drain() wait forever.
+        await subscription.unsubscribe()
+        log.info("intake stopped")
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def handle(self, messages: list[Msg]) -> None:
+        batch: list[tuple[Msg, InboundMessage]] = []
+        for msg in messages:
+            try:
+                batch.append((msg, InboundMessage.from_bytes(msg.data)))
+            except PayloadError as exc:
+                # Redelivering a malformed payload cannot fix it.
+                log.error("inbound message dropped, %s (stream seq %s)", exc, msg.metadata.sequence.stream)
+                await msg.term()
+        if not batch:
+            return
+        try:
+            stored = await self._db.run(
+                conversations.store_inbound,
+                [inbound for _, inbound in batch],
+                [msg.metadata.num_delivered > 1 for msg, _ in batch],
+            )
+            await self._reply(stored)
+        except (PyMongoError, NatsError, asyncio.TimeoutError) as exc:
+            log.warning("inbound batch of %d left for redelivery: %s", len(batch), exc)
+            for msg, _ in batch:
+                await msg.nak(delay=RETRY_DELAY)
+            return
+        for msg, _ in batch:
+            await msg.ack()
+
+    async def _reply(self, stored: list[conversations.StoredInbound]) -> None:
+        pending = [item for item in stored if item.needs_reply]
+        await asyncio.gather(*(
+            self._outbound.publish(OutboundMessage(
+                key=f"reply:{item.key}", chat_id=str(item.message.chat_id),
+                text=self._reply_text, kind="reply",
+            ))
+            for item in pending
+        ))
