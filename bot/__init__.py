@@ -1,0 +1,1 @@
+"""Balcão bot: relays contacts' Telegram messages to JetStream and delivers outbound ones."""

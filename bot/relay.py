@@ -1,0 +1,166 @@
+"""Contacts' updates: handlers that relay text to JetStream, and the long-polling loop.
+
+PTB's own Updater confirms an update to Telegram as soon as it has fetched it.
+Balcão must confirm only after JetStream acknowledged the message, so this loop
+asks for the next offset only once every update before it was handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from telegram import Update
+from telegram.error import Conflict, Forbidden, NetworkError, RetryAfter, TelegramError
+from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
+
+from contract.messaging import INBOUND_SUBJECT, PLATFORM_TELEGRAM, InboundMessage
+
+log = logging.getLogger(__name__)
+
+WELCOME = "Olá! Aqui é o atendimento. Escreva sua mensagem e responderemos em breve."
+ONLY_TEXT = "Por enquanto só consigo ler mensagens de texto. Pode escrever sua mensagem?"
+PUBLISH_TIMEOUT = 5.0
+RETRY_DELAY = 1.0
+
+
+class RelayFailed(Exception):
+    """The update could not be handed to JetStream; Telegram must deliver it again."""
+
+
+class Relay:
+    """PTB callbacks for what contacts send in private chats."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    async def relay_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A contact's text message: into the inbound stream, acknowledged by JetStream."""
+        message, user = update.effective_message, update.effective_user
+        inbound = InboundMessage(
+            platform=PLATFORM_TELEGRAM,
+            contact_identifier=str(user.id),
+            chat_id=message.chat_id,
+            message_id=message.message_id,
+            name=user.full_name,
+            text=message.text,
+            sent_at=message.date.isoformat(),
+        )
+        try:
+            await self._js.publish(INBOUND_SUBJECT, inbound.to_bytes(), timeout=PUBLISH_TIMEOUT,
+                                   headers={"Nats-Msg-Id": inbound.dedup_id})
+        except (NatsError, asyncio.TimeoutError) as exc:
+            raise RelayFailed(f"update {update.update_id} not relayed: {exc!r}") from exc
+
+    async def welcome(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """/start: a short welcome, nothing stored."""
+        await update.effective_message.reply_text(WELCOME)
+
+    async def only_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Photos, stickers, voice...: ask for text; nothing stored."""
+        await update.effective_message.reply_text(ONLY_TEXT)
+
+
+def register(application: Application, relay: Relay, failures: set[int]) -> None:
+    private = filters.ChatType.PRIVATE
+    application.add_handler(CommandHandler("start", relay.welcome, filters=private))
+    application.add_handler(MessageHandler(private & filters.TEXT, relay.relay_text))
+    application.add_handler(MessageHandler(private & ~filters.TEXT, relay.only_text))
+
+    async def log_failure(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Log first; a relay failure marks the update for another attempt."""
+        error = context.error
+        if isinstance(error, RelayFailed) and isinstance(update, Update):
+            log.warning("%s", error)
+            failures.add(update.update_id)
+        elif isinstance(error, (Forbidden, RetryAfter, NetworkError)):
+            log.warning("answer to update %s not sent: %s", getattr(update, "update_id", "?"), error)
+        else:
+            log.error("update %s failed", getattr(update, "update_id", "?"), exc_info=error)
+
+    application.add_error_handler(log_failure)
+
+
+class Poller:
+    """Long polling that confirms an update only after it was handled."""
+
+    def __init__(self, application: Application, failures: set[int], timeout: int) -> None:
+        self._application = application
+        self._failures = failures
+        self._timeout = timeout
+        self._offset: int | None = None
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        bot = self._application.bot
+        await bot.delete_webhook()
+        log.info("polling for updates")
+        while not self._stopping.is_set():
+            try:
+                updates = await self._fetch()
+            except asyncio.CancelledError:
+                break
+            for update in updates:
+                if not await self._handle_until_done(update):
+                    break
+                self._offset = update.update_id + 1
+        await self._confirm()
+        log.info("polling stopped")
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _fetch(self) -> tuple[Update, ...]:
+        fetch = asyncio.ensure_future(self._application.bot.get_updates(
+            offset=self._offset, timeout=self._timeout, allowed_updates=["message"]))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if fetch not in done:
+            fetch.cancel()
+            await asyncio.gather(fetch, return_exceptions=True)
+            return ()
+        try:
+            return fetch.result()
+        except Conflict as exc:
+            log.error("another poller or a webhook holds this bot: %s", exc)
+        except RetryAfter as exc:
+            await asyncio.sleep(retry_seconds(exc))
+        except TelegramError as exc:  # NetworkError, TimedOut, server errors
+            log.warning("getUpdates failed: %s", exc)
+        await asyncio.sleep(RETRY_DELAY)
+        return ()
+
+    async def _handle_until_done(self, update: Update) -> bool:
+        """Handle the update, retrying a failed relay; False if stopped before it succeeded."""
+        delay = RETRY_DELAY
+        while True:
+            self._failures.discard(update.update_id)
+            await self._application.process_update(update)
+            if update.update_id not in self._failures:
+                return True
+            # Not confirmed, so even a crash now means Telegram delivers it again.
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+                return False
+            except asyncio.TimeoutError:
+                delay = min(delay * 2, 15.0)
+
+    async def _confirm(self) -> None:
+        """Tell Telegram which updates are done, so a restart does not see them again."""
+        if self._offset is None:
+            return
+        try:
+            await self._application.bot.get_updates(offset=self._offset, timeout=0)
+        except TelegramError as exc:
+            log.warning("could not confirm handled updates (they will be relayed again, "
+                        "and de-duplicated): %s", exc)
+
+
+def retry_seconds(exc: RetryAfter) -> float:
+    value = exc.retry_after
+    return value.total_seconds() if hasattr(value, "total_seconds") else float(value)
