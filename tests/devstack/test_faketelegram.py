@@ -1,0 +1,478 @@
+"""The fake Bot API, driven over real HTTP and through python-telegram-bot's own client."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dtm
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import telegram
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, NetworkError, RetryAfter
+
+from devstack.faketelegram import FakeTelegram
+
+TOKEN = "123456:fake-token"
+ROOT = Path(__file__).resolve().parents[2]
+ANA = {"id": 5001, "first_name": "Ana", "last_name": "Souza", "username": "anasouza"}
+CHANNEL_ID = -1001234567890
+
+
+@pytest_asyncio.fixture
+async def fake() -> AsyncIterator[FakeTelegram]:
+    server = FakeTelegram(token=TOKEN, webhook_retry_delay=0.05)
+    await server.start(host="127.0.0.1", port=0)
+    yield server
+    await server.stop()
+
+
+@pytest_asyncio.fixture
+async def http(fake: FakeTelegram) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=fake.base_url, timeout=10) as client:
+        yield client
+
+
+@pytest_asyncio.fixture
+async def bot(fake: FakeTelegram) -> AsyncIterator[telegram.Bot]:
+    async with telegram.Bot(TOKEN, base_url=f"{fake.base_url}/bot") as client:
+        yield client
+
+
+async def api(http: httpx.AsyncClient, method: str, **params: Any) -> httpx.Response:
+    return await http.post(f"/bot{TOKEN}/{method}", json=params)
+
+
+async def inject(http: httpx.AsyncClient, text: str, user: dict[str, Any] = ANA) -> dict[str, Any]:
+    response = await http.post("/_test/messages", json={"user": user, "text": text})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+# -- basics ---------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_get_me_describes_the_bot(fake: FakeTelegram, bot: telegram.Bot,
+                                        http: httpx.AsyncClient) -> None:
+    assert fake.base_url == f"http://127.0.0.1:{fake.port}" and fake.port > 0
+    assert (bot.id, bot.username, bot.bot.is_bot) == (123456, "balcao_test_bot", True)
+    raw = (await http.get(f"/bot{TOKEN}/getMe")).json()
+    assert raw["ok"] is True and raw["result"]["can_join_groups"] is True
+
+
+@pytest.mark.asyncio
+async def test_wrong_token_is_unauthorized(fake: FakeTelegram, http: httpx.AsyncClient) -> None:
+    response = await http.post("/bot999:WRONG/getMe")
+    assert response.status_code == 401
+    assert response.json() == {"ok": False, "error_code": 401, "description": "Unauthorized"}
+    with pytest.raises(InvalidToken):
+        async with telegram.Bot("999:WRONG", base_url=f"{fake.base_url}/bot"):
+            pass
+
+
+@pytest.mark.asyncio
+async def test_unknown_method_is_not_found(http: httpx.AsyncClient) -> None:
+    response = await api(http, "sendTelepathy")
+    assert response.status_code == 404
+    assert response.json() == {"ok": False, "error_code": 404, "description": "Not Found"}
+    # Method names are case-insensitive on Telegram.
+    assert (await api(http, "GETME")).json()["ok"] is True
+
+
+@pytest.mark.parametrize("encoding", ["query", "form", "json", "multipart"])
+@pytest.mark.asyncio
+async def test_parameters_arrive_in_every_encoding(fake: FakeTelegram, http: httpx.AsyncClient,
+                                                   encoding: str) -> None:
+    fake.register_user(id=77, first_name="Bia")
+    params = {"chat_id": "77", "text": f"olá via {encoding}"}
+    url = f"/bot{TOKEN}/sendMessage"
+    requests = {
+        "query": lambda: http.get(url, params=params),
+        "form": lambda: http.post(url, data=params),
+        "json": lambda: http.post(url, json={**params, "chat_id": 77}),
+        "multipart": lambda: http.post(url, data=params, files={"unused": ("a.txt", b"x")}),
+    }
+    response = await requests[encoding]()
+    assert response.status_code == 200, response.text
+    assert [message["text"] for message in fake.sent(77)] == [f"olá via {encoding}"]
+
+
+# -- getUpdates -----------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_offset_confirms_earlier_updates(bot: telegram.Bot, http: httpx.AsyncClient) -> None:
+    ids = [(await inject(http, text))["update_id"] for text in ("um", "dois", "três")]
+
+    first = await bot.get_updates()
+    assert [update.update_id for update in first] == ids
+    assert [update.message.text for update in first] == ["um", "dois", "três"]
+    # Receiving is not confirming: the same updates come again.
+    assert [update.update_id for update in await bot.get_updates(limit=2)] == ids[:2]
+
+    again = await bot.get_updates(offset=ids[1])
+    assert [update.update_id for update in again] == ids[1:]
+    pending = (await http.get("/_test/updates/pending")).json()["updates"]
+    assert [update["update_id"] for update in pending] == ids[1:]
+    assert (await http.get("/_test/confirmed_offset")).json() == {"confirmed_offset": ids[1]}
+
+    assert await bot.get_updates(offset=ids[2] + 1) == ()
+    assert (await http.get("/_test/updates/pending")).json()["updates"] == []
+
+
+@pytest.mark.asyncio
+async def test_negative_offset_keeps_only_the_last_updates(fake: FakeTelegram,
+                                                           bot: telegram.Bot) -> None:
+    ids = [fake.inject_message(ANA, text)["update_id"] for text in ("a", "b", "c")]
+    assert [update.update_id for update in await bot.get_updates(offset=-1)] == [ids[2]]
+    assert [update["update_id"] for update in fake.pending_updates()] == [ids[2]]
+
+
+@pytest.mark.asyncio
+async def test_long_poll_returns_as_soon_as_a_message_arrives(bot: telegram.Bot,
+                                                              http: httpx.AsyncClient) -> None:
+    started = time.monotonic()
+    poll = asyncio.create_task(bot.get_updates(timeout=5))
+    await asyncio.sleep(0.2)
+    assert not poll.done()
+    injected = await inject(http, "oi")
+    updates = await asyncio.wait_for(poll, 2)
+    assert time.monotonic() - started < 2
+    assert [update.update_id for update in updates] == [injected["update_id"]]
+    assert updates[0].message.message_id == injected["message_id"]
+
+
+@pytest.mark.asyncio
+async def test_long_poll_answers_empty_after_its_timeout(bot: telegram.Bot) -> None:
+    started = time.monotonic()
+    assert await bot.get_updates(timeout=1) == ()
+    assert 0.9 <= time.monotonic() - started < 2
+
+
+@pytest.mark.asyncio
+async def test_a_newer_get_updates_terminates_the_older_one(bot: telegram.Bot,
+                                                            http: httpx.AsyncClient) -> None:
+    older = asyncio.create_task(bot.get_updates(timeout=5))
+    await asyncio.sleep(0.2)
+    newer = await api(http, "getUpdates", timeout=0)
+    assert newer.json() == {"ok": True, "result": []}
+    with pytest.raises(Conflict, match="terminated by other getUpdates request"):
+        await asyncio.wait_for(older, 2)
+
+
+# -- sendMessage ----------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_send_message_to_a_user_returns_a_private_chat_message(
+        bot: telegram.Bot, http: httpx.AsyncClient) -> None:
+    injected = await inject(http, "/start")
+    reply = await bot.send_message(chat_id=ANA["id"], text="Olá, Ana!", parse_mode="HTML",
+                                   reply_to_message_id=injected["message_id"])
+    assert reply.message_id == injected["message_id"] + 1
+    assert reply.chat.type == "private"
+    assert (reply.chat.id, reply.chat.first_name, reply.chat.username) == (5001, "Ana", "anasouza")
+    assert reply.from_user is not None and reply.from_user.id == bot.id
+    assert reply.text == "Olá, Ana!"
+    assert abs(reply.date.timestamp() - time.time()) < 5
+
+    sent = (await http.get("/_test/sent", params={"chat_id": "5001"})).json()["messages"]
+    assert [message["text"] for message in sent] == ["Olá, Ana!"]
+    assert (await http.get("/_test/sent", params={"chat_id": "42"})).json()["messages"] == []
+
+
+@pytest.mark.asyncio
+async def test_send_message_to_a_channel_by_username_and_by_id(
+        bot: telegram.Bot, http: httpx.AsyncClient) -> None:
+    registered = await http.post("/_test/channels", json={"username": "@balcao_news",
+                                                          "id": CHANNEL_ID, "title": "Balcão"})
+    assert registered.json() == {"id": CHANNEL_ID, "type": "channel", "title": "Balcão",
+                                 "username": "balcao_news"}
+
+    by_name = await bot.send_message(chat_id="@balcao_news", text="Importação concluída")
+    by_id = await bot.send_message(chat_id=CHANNEL_ID, text="Outra")
+    assert by_name.chat.type == by_id.chat.type == "channel"
+    assert by_name.chat.id == by_id.chat.id == CHANNEL_ID
+    assert (by_name.message_id, by_id.message_id) == (1, 2)
+    assert by_name.sender_chat is not None and by_name.sender_chat.id == CHANNEL_ID
+
+    for query in ("@balcao_news", str(CHANNEL_ID)):
+        sent = (await http.get("/_test/sent", params={"chat_id": query})).json()["messages"]
+        assert [message["text"] for message in sent] == ["Importação concluída", "Outra"]
+
+
+@pytest.mark.asyncio
+async def test_unknown_chats_are_not_found(bot: telegram.Bot, http: httpx.AsyncClient) -> None:
+    for chat_id in (999, "@nobody_here", -1009999999999):
+        with pytest.raises(BadRequest, match="(?i)chat not found"):
+            await bot.send_message(chat_id=chat_id, text="oi")
+    response = await api(http, "sendMessage", chat_id=999, text="oi")
+    assert response.status_code == 400
+    assert response.json() == {"ok": False, "error_code": 400,
+                               "description": "Bad Request: chat not found"}
+    assert (await http.get("/_test/sent")).json()["messages"] == []
+
+
+@pytest.mark.parametrize(("text", "description"), [
+    ("", "Bad Request: message text is empty"),
+    ("   ", "Bad Request: message text is empty"),
+    ("x" * 4097, "Bad Request: message is too long"),
+])
+@pytest.mark.asyncio
+async def test_message_text_is_validated(fake: FakeTelegram, http: httpx.AsyncClient,
+                                         text: str, description: str) -> None:
+    fake.register_user(**ANA)
+    response = await api(http, "sendMessage", chat_id=ANA["id"], text=text)
+    assert (response.status_code, response.json()["description"]) == (400, description)
+    assert (await api(http, "sendMessage", chat_id=ANA["id"], text="x" * 4096)).status_code == 200
+
+
+# -- faults ---------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_forbidden_fault_fails_once_for_that_chat(fake: FakeTelegram, bot: telegram.Bot,
+                                                        http: httpx.AsyncClient) -> None:
+    fake.register_user(**ANA)
+    fake.register_user(id=6002, first_name="Caio")
+    armed = await http.post("/_test/faults", json={"method": "sendMessage", "chat_id": ANA["id"],
+                                                   "error_code": 403})
+    assert armed.status_code == 200, armed.text
+
+    await bot.send_message(chat_id=6002, text="outro chat não é afetado")
+    with pytest.raises(Forbidden, match="bot was blocked by the user"):
+        await bot.send_message(chat_id=ANA["id"], text="primeira")
+    await bot.send_message(chat_id=ANA["id"], text="segunda")
+
+    attempts = (await http.get("/_test/attempts", params={"chat_id": ANA["id"]})).json()["attempts"]
+    assert [(a["method"], a["text"], a["status"]) for a in attempts] == [
+        ("sendMessage", "primeira", 403), ("sendMessage", "segunda", 200)]
+    assert [message["text"] for message in fake.sent(ANA["id"])] == ["segunda"]
+
+
+@pytest.mark.asyncio
+async def test_flood_fault_carries_retry_after(fake: FakeTelegram, bot: telegram.Bot,
+                                               http: httpx.AsyncClient,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PTB_TIMEDELTA", "true")
+    fake.register_channel(username="@avisos", title="Avisos")
+    fake.add_fault("sendMessage", 429, chat_id="@avisos", retry_after=1)
+
+    raw = await api(http, "sendMessage", chat_id="@avisos", text="cedo demais")
+    assert raw.status_code == 429
+    assert raw.json() == {"ok": False, "error_code": 429,
+                          "description": "Too Many Requests: retry after 1",
+                          "parameters": {"retry_after": 1}}
+
+    fake.add_fault("sendMessage", 429, chat_id="@avisos", retry_after=1)
+    with pytest.raises(RetryAfter) as caught:
+        await bot.send_message(chat_id="@avisos", text="anúncio")
+    assert caught.value.retry_after == dtm.timedelta(seconds=1)
+    await asyncio.sleep(1)
+    await bot.send_message(chat_id="@avisos", text="anúncio")
+
+    attempts = fake.attempts("@avisos")
+    assert [a["status"] for a in attempts] == [429, 429, 200]
+    assert attempts[2]["at"] - attempts[1]["at"] >= 1
+
+
+@pytest.mark.asyncio
+async def test_lasting_faults_until_cleared(fake: FakeTelegram, bot: telegram.Bot,
+                                            http: httpx.AsyncClient) -> None:
+    fake.register_user(**ANA)
+    fake.add_fault("sendMessage", 400, times=-1)
+    fake.add_fault("getMe", 500, description="Internal Server Error: restarting")
+    for _ in range(3):
+        with pytest.raises(BadRequest, match="(?i)chat not found"):
+            await bot.send_message(chat_id=ANA["id"], text="oi")
+    with pytest.raises(NetworkError, match="restarting"):
+        await bot.get_me()
+
+    assert (await http.delete("/_test/faults")).status_code == 200
+    assert (await bot.send_message(chat_id=ANA["id"], text="oi")).text == "oi"
+    assert (await bot.get_me()).username == "balcao_test_bot"
+
+
+# -- webhook --------------------------------------------------------------------------------
+
+
+class _Receiver(tornado.web.RequestHandler):
+    """A bot's webhook endpoint that fails its first request."""
+
+    def initialize(self, received: list[tuple[str | None, dict[str, Any]]]) -> None:
+        self.received = received
+
+    def post(self) -> None:
+        self.received.append((self.request.headers.get("X-Telegram-Bot-Api-Secret-Token"),
+                              json.loads(self.request.body)))
+        self.set_status(500 if len(self.received) == 1 else 200)
+
+
+@pytest_asyncio.fixture
+async def receiver() -> AsyncIterator[tuple[str, list[tuple[str | None, dict[str, Any]]]]]:
+    received: list[tuple[str | None, dict[str, Any]]] = []
+    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    server = tornado.httpserver.HTTPServer(
+        tornado.web.Application([(r"/hook", _Receiver, {"received": received})]))
+    server.add_sockets(sockets)
+    yield f"http://127.0.0.1:{sockets[0].getsockname()[1]}/hook", received
+    server.stop()
+    await server.close_all_connections()
+
+
+async def wait_until(check: Any, timeout: float = 3) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.asyncio
+async def test_webhook_receives_updates_in_order_with_the_secret(
+        fake: FakeTelegram, bot: telegram.Bot,
+        receiver: tuple[str, list[tuple[str | None, dict[str, Any]]]]) -> None:
+    url, received = receiver
+    assert await bot.set_webhook(url, secret_token="s3cr3t-token")
+    with pytest.raises(Conflict, match="webhook is active"):
+        await bot.get_updates()
+
+    first = fake.inject_message(ANA, "um")["update_id"]
+    second = fake.inject_message(ANA, "dois")["update_id"]
+    await wait_until(lambda: len(received) == 3)
+
+    # The first POST got a 500, so the same update came again before the next one.
+    assert [body["update_id"] for _, body in received] == [first, first, second]
+    assert {secret for secret, _ in received} == {"s3cr3t-token"}
+    info = await bot.get_webhook_info()
+    assert (info.url, info.pending_update_count) == (url, 0)
+    assert info.last_error_message == "Wrong response from the webhook: 500 Internal Server Error"
+
+    assert await bot.delete_webhook()
+    third = fake.inject_message(ANA, "três")["update_id"]
+    assert [update.update_id for update in await bot.get_updates()] == [third]
+
+
+# -- test controls --------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_reset_forgets_everything_but_update_ids_keep_growing(
+        fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient) -> None:
+    before = (await inject(http, "antes"))["update_id"]
+    fake.add_fault("sendMessage", 403, times=-1)
+    assert (await http.post("/_test/reset")).json() == {"ok": True}
+
+    assert fake.pending_updates() == [] and fake.sent() == [] and fake.attempts() == []
+    with pytest.raises(BadRequest, match="(?i)chat not found"):
+        await bot.send_message(chat_id=ANA["id"], text="oi")
+    after = (await inject(http, "depois"))["update_id"]
+    assert after > before
+    assert (await bot.send_message(chat_id=ANA["id"], text="oi")).text == "oi"
+
+
+@pytest.mark.asyncio
+async def test_raw_updates_are_queued_verbatim(bot: telegram.Bot, http: httpx.AsyncClient) -> None:
+    injected = await inject(http, "duplicada")
+    original = (await http.get("/_test/updates/pending")).json()["updates"][0]
+    again = await http.post("/_test/updates", json={"update": original})
+    assert again.json() == {"update_id": injected["update_id"]}
+    numbered = await http.post("/_test/updates", json={"update": {"message": original["message"]}})
+    assert numbered.json()["update_id"] == injected["update_id"] + 1
+
+    updates = await bot.get_updates()
+    assert [update.update_id for update in updates] == [injected["update_id"]] * 2 + [
+        injected["update_id"] + 1]
+    assert {update.message.message_id for update in updates} == {injected["message_id"]}
+
+
+@pytest.mark.asyncio
+async def test_injected_media_and_commands_parse_as_telegram_objects(
+        fake: FakeTelegram, bot: telegram.Bot) -> None:
+    fake.inject_message(ANA, "/start@balcao_test_bot olá")
+    fake.inject_message(ANA, "legenda", kind="photo")
+    fake.inject_message(ANA, kind="sticker")
+    command, photo, sticker = [update.message for update in await bot.get_updates()]
+    assert command.entities[0].type == "bot_command"
+    assert command.parse_entity(command.entities[0]) == "/start@balcao_test_bot"
+    assert photo.photo and photo.caption == "legenda" and photo.text is None
+    assert sticker.sticker is not None and sticker.sticker.emoji == "👍"
+    assert [message.message_id for message in (command, photo, sticker)] == [1, 2, 3]
+
+
+@pytest.mark.asyncio
+async def test_allowed_updates_decide_what_is_queued(fake: FakeTelegram, bot: telegram.Bot) -> None:
+    reaction = {"message_reaction": {"chat": {"id": 1, "type": "private"}, "message_id": 1}}
+    edit = {"edited_message": {"message_id": 1}}
+    fake.inject_update(reaction)
+    fake.inject_update(edit)
+    # By default Telegram leaves reactions out unless the bot asks for them.
+    assert [list(update)[1] for update in fake.pending_updates()] == ["edited_message"]
+
+    await bot.get_updates(offset=fake.pending_updates()[0]["update_id"] + 1,
+                          allowed_updates=["message_reaction"])
+    fake.inject_update(reaction)
+    fake.inject_update(edit)
+    assert [list(update)[1] for update in fake.pending_updates()] == ["message_reaction"]
+
+
+@pytest.mark.asyncio
+async def test_registered_users_and_groups_can_be_messaged(fake: FakeTelegram, bot: telegram.Bot,
+                                                           http: httpx.AsyncClient) -> None:
+    created = await http.post("/_test/users", json={"id": 7007, "first_name": "Rui"})
+    assert created.json() == {"id": 7007, "is_bot": False, "first_name": "Rui"}
+    assert (await bot.send_message(chat_id="7007", text="oi")).chat.first_name == "Rui"
+
+    fake.inject_message(ANA, "olá, grupo", chat_id=-4001)
+    (update,) = await bot.get_updates()
+    assert (update.message.chat.type, update.message.from_user.id) == ("group", ANA["id"])
+    assert (await bot.send_message(chat_id=-4001, text="oi, grupo")).chat.type == "group"
+
+
+@pytest.mark.asyncio
+async def test_unrelated_paths_are_not_found(http: httpx.AsyncClient) -> None:
+    response = await http.get("/favicon.ico")
+    assert (response.status_code, response.json()["description"]) == (404, "Not Found")
+
+
+@pytest.mark.parametrize(("path", "body", "error"), [
+    ("/_test/messages", {"text": "sem usuário"}, "message lacks user"),
+    ("/_test/messages", {"user": {"id": 1}, "text": "oi"}, "user lacks first_name"),
+    ("/_test/messages", {"user": ANA, "kind": "video"}, 'kind must be "text", "photo" or "sticker"'),
+    ("/_test/faults", {"method": "sendMessage", "error_code": 200}, "error_code must be between"),
+    ("/_test/channels", {"title": "sem nome"}, "a channel needs a username or an id"),
+])
+@pytest.mark.asyncio
+async def test_control_endpoints_reject_bad_input(http: httpx.AsyncClient, path: str,
+                                                  body: dict[str, Any], error: str) -> None:
+    response = await http.post(path, json=body)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith(error)
+
+
+def test_runs_standalone_and_logs_its_address() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devstack.faketelegram", "--port", "0", "--token", TOKEN],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        assert "listening on http://127.0.0.1:" in line, line
+        base_url = line.rsplit(" ", 1)[1].strip()
+        response = httpx.get(f"{base_url}/bot{TOKEN}/getMe", timeout=5)
+        assert response.json()["result"]["username"] == "balcao_test_bot"
+    finally:
+        process.terminate()
+        assert process.wait(5) == 0
+        assert process.stderr is not None
+        process.stderr.close()
