@@ -1,0 +1,1 @@
+"""Reading session files (JSON array, NDJSON, CSV) into validated sessions for import."""
