@@ -1,0 +1,1 @@
+"""Balcão command line: import files, list, search and finish sessions over the REST API."""

@@ -1,0 +1,5 @@
+"""`python -m cli`: the Balcão command line."""
+
+from cli.root import main
+
+main()

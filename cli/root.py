@@ -1,0 +1,22 @@
+"""The root command group; each command lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="balcao")
+def cli() -> None:
+    """Balcão: customer service over Telegram."""
+
+
+def register() -> None:
+    from cli.generate import generate
+
+    cli.add_command(generate)
+
+
+def main() -> None:
+    register()
+    cli(prog_name="balcao")
