@@ -1,0 +1,42 @@
+"""The bot process must not carry the server's dependencies.
+
+python-telegram-bot itself imports tornado opportunistically (for its own webhook
+server) whenever tornado is installed, so the check runs the bot with tornado,
+mongoengine and pymongo made unimportable: if any bot code needed them, it fails.
+"""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVER_ONLY = ("tornado", "mongoengine", "pymongo", "bson", "server")
+
+
+def test_bot_imports_and_builds_without_server_dependencies():
+    code = (
+        "import sys\n"
+        f"for name in {SERVER_ONLY!r}: sys.modules[name] = None  # any import of it raises\n"
+        "import bot.main, bot.relay, bot.delivery\n"
+        "from bot.config import load\n"
+        "settings = load({'TELEGRAM_BOT_TOKEN': '1:x', 'NATS_URL': 'nats://127.0.0.1:4222'})\n"
+        "application = bot.main.build_application(settings)\n"
+        "print(type(application).__name__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Application"
+
+
+def test_no_bot_or_contract_module_imports_server_dependencies():
+    offenders = []
+    for path in [*ROOT.joinpath("bot").rglob("*.py"), *ROOT.joinpath("contract").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in SERVER_ONLY]
+    assert offenders == []

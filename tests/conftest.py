@@ -1,0 +1,132 @@
+"""Fixtures that start the real components: nats-server, a MongoDB-wire server, the fake Bot API.
+
+The servers start once per test session; every test starts from empty streams,
+empty collections and a reset fake Telegram.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pymongo
+import pytest
+
+from devstack.processes import NatsServer, SecantusServer, free_port, wait_for_port
+from tests.harness import (
+    BOT_TOKEN,
+    ROOT,
+    FakeTelegramClient,
+    Process,
+    reset_jetstream,
+    stack_env,
+)
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(data_dir=tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongodb_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real mongod when MONGODB_URI is set; otherwise SecantusDB on a free port."""
+    external = os.environ.get("MONGODB_URI")
+    if external:
+        yield external
+        return
+    server = SecantusServer(data_dir=tmp_path_factory.mktemp("mongo"),
+                            log_file=tmp_path_factory.getbasetemp() / "secantus.log")
+    server.start()
+    yield server.uri
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_client(mongodb_uri: str) -> Iterator[pymongo.MongoClient]:
+    client = pymongo.MongoClient(mongodb_uri, tz_aware=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def mongo(mongo_client: pymongo.MongoClient):
+    """The project database, emptied before the test (collections and indexes kept)."""
+    database = mongo_client.get_default_database()
+    for name in database.list_collection_names():
+        database[name].delete_many({})
+    return database
+
+
+@pytest.fixture(scope="session")
+def fake_telegram_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path_factory.getbasetemp() / "faketelegram.log"
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "devstack.faketelegram", "--port", str(port), "--token", BOT_TOKEN],
+            cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
+    wait_for_port(port, 30, process)
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture
+def telegram(fake_telegram_server: str) -> Iterator[FakeTelegramClient]:
+    client = FakeTelegramClient(fake_telegram_server)
+    client.reset()
+    yield client
+    client.http.close()
+
+
+@pytest.fixture
+def clean_nats(nats_server: NatsServer) -> NatsServer:
+    reset_jetstream(nats_server.url)
+    return nats_server
+
+
+class Stack:
+    """The project's own processes, wired to the test servers; stopped after the test."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.processes: list[Process] = []
+        self.http_port = free_port()
+
+    def server(self, **extra: str) -> Process:
+        env = {**self.env, "HTTP_PORT": str(self.http_port), **extra}
+        port = int(env["HTTP_PORT"])
+        process = Process("server", env, self.logs / f"server-{port}.log", port=port)
+        self.processes.append(process)
+        return process.start()
+
+    def bot(self, **extra: str) -> Process:
+        process = Process("bot", {**self.env, **extra}, self.logs / "bot.log")
+        self.processes.append(process)
+        return process.start()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+
+@pytest.fixture
+def stack(clean_nats: NatsServer, mongo, telegram: FakeTelegramClient, mongodb_uri: str,
+          tmp_path: Path) -> Iterator[Stack]:
+    running = Stack(stack_env(clean_nats.url, mongodb_uri, telegram.base_url), tmp_path)
+    yield running
+    running.stop()
+    for process in running.processes:
+        assert "Traceback" not in process.log_text(), process.log_text()

@@ -1,0 +1,167 @@
+"""The real processes under test: server and bot subprocesses, and clients to watch them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from devstack.processes import free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parent.parent
+BOT_TOKEN = "123456:TEST-token-for-the-fake-bot-api"
+API_TOKEN = "test-api-token-0123456789abcdef"
+
+
+def eventually(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05,
+               message: str = "condition") -> Any:
+    """Poll until `check()` returns something truthy; its last value on success."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{message} not met after {timeout} s (last: {last!r})")
+
+
+@dataclass
+class Process:
+    """A project process (`python -m NAME`) started with its own environment."""
+
+    module: str
+    env: dict[str, str]
+    log_path: Path
+    port: int | None = None
+    popen: subprocess.Popen | None = field(default=None, init=False)
+
+    def start(self) -> Process:
+        environ = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen([sys.executable, "-m", self.module], env=environ,
+                                          cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        if self.port:
+            wait_for_port(self.port, 30, self.popen)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        code, self.popen = self.popen.returncode, None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class FakeTelegramClient:
+    """The test-only side of the fake Bot API, over HTTP."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = httpx.Client(base_url=base_url, timeout=10)
+
+    def send_as_user(self, user_id: int, text: str | None = None, first_name: str = "Contato",
+                     last_name: str | None = None, kind: str = "text") -> dict:
+        user = {"id": user_id, "first_name": first_name}
+        if last_name:
+            user["last_name"] = last_name
+        body: dict[str, Any] = {"user": user, "kind": kind}
+        if text is not None:
+            body["text"] = text
+        response = self.http.post("/_test/messages", json=body)
+        response.raise_for_status()
+        return response.json()
+
+    def inject_update(self, update: dict) -> dict:
+        response = self.http.post("/_test/updates", json={"update": update})
+        response.raise_for_status()
+        return response.json()
+
+    def sent(self, chat_id: int | str | None = None) -> list[dict]:
+        params = {} if chat_id is None else {"chat_id": str(chat_id)}
+        response = self.http.get("/_test/sent", params=params)
+        response.raise_for_status()
+        return response.json()["messages"]
+
+    def attempts(self, chat_id: int | str | None = None) -> list[dict]:
+        params = {} if chat_id is None else {"chat_id": str(chat_id)}
+        response = self.http.get("/_test/attempts", params=params)
+        response.raise_for_status()
+        return response.json()["attempts"]
+
+    def pending_updates(self) -> list[dict]:
+        response = self.http.get("/_test/updates/pending")
+        response.raise_for_status()
+        return response.json()["updates"]
+
+    def add_fault(self, **fault: Any) -> None:
+        self.http.post("/_test/faults", json=fault).raise_for_status()
+
+    def add_user(self, user_id: int, first_name: str = "Contato") -> None:
+        self.http.post("/_test/users", json={"id": user_id, "first_name": first_name}).raise_for_status()
+
+    def add_channel(self, username: str, title: str = "Canal") -> None:
+        self.http.post("/_test/channels", json={"username": username, "title": title}).raise_for_status()
+
+    def reset(self) -> None:
+        self.http.post("/_test/reset").raise_for_status()
+
+
+async def _reset_jetstream(url: str) -> None:
+    import nats
+    from nats.js.errors import NotFoundError
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    for stream in await js.streams_info():
+        try:
+            await js.delete_stream(stream.config.name)
+        except NotFoundError:
+            pass
+    await nc.close()
+
+
+def reset_jetstream(url: str) -> None:
+    asyncio.run(_reset_jetstream(url))
+
+
+def stack_env(nats_url: str, mongodb_uri: str, telegram_url: str) -> dict[str, str]:
+    return {
+        "NATS_URL": nats_url,
+        "MONGODB_URI": mongodb_uri,
+        "API_TOKEN": API_TOKEN,
+        "TELEGRAM_BOT_TOKEN": BOT_TOKEN,
+        "TELEGRAM_API_BASE_URL": telegram_url,
+        "TELEGRAM_POLL_TIMEOUT": "1",
+        "TELEGRAM_MAX_MESSAGES_PER_SECOND": "1000",
+        "LOG_LEVEL": "info",
+    }
+
+
+def new_port() -> int:
+    return free_port()
