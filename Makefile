@@ -1,0 +1,65 @@
+# Balcão: `make run` starts the system on embedded defaults, `make test` runs every test.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install run test bench lint clean
+
+$(INSTALLED): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[server,bot,cli,dev]'
+	@touch $@
+
+install: $(INSTALLED)
+
+run: install
+	$(PY) -m devstack
+
+test: install
+	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=85 $(PYTEST_ARGS)
+
+clean:
+	rm -rf var .coverage .coverage.* htmlcov
+
+# --- container stack ---------------------------------------------------------
+PODMAN_COMPOSE ?= $(if $(wildcard $(VENV)/bin/podman-compose),$(VENV)/bin/podman-compose,podman-compose)
+COMPOSE := $(PODMAN_COMPOSE) -f podman-compose.yml
+SECRETS := secrets
+
+.PHONY: up down logs
+
+# BUILDAH_FORMAT=docker: podman builds OCI images by default, and OCI has no
+# HEALTHCHECK, so the image's /health probe would be dropped with a warning.
+up: $(SECRETS)/api_token $(SECRETS)/telegram_bot_token
+	BUILDAH_FORMAT=docker $(COMPOSE) up -d --build
+	@echo "the /v1 bearer token is in $(SECRETS)/api_token"
+
+# Volumes survive; `$(COMPOSE) down -v` also deletes MongoDB and JetStream data.
+down:
+	$(COMPOSE) down
+
+# `make logs SERVICE=bot` follows one service.
+logs:
+	$(COMPOSE) logs -f $(SERVICE)
+
+# The directory's 0700 keeps other host users out. The files stay 0644:
+# rootless podman shows them root-owned inside the container, where the
+# processes run as uid 10001 and must still read them.
+$(SECRETS):
+	install -d -m 700 $@
+
+$(SECRETS)/api_token: | $(SECRETS)
+	@umask 022 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > $@.tmp && mv $@.tmp $@
+	@echo "generated $@"
+
+# Copied with printenv, so the token is on no command line that make echoes
+# or that `ps` shows, and it is never printed.
+$(SECRETS)/telegram_bot_token: | $(SECRETS)
+	@if [ -z "$$TELEGRAM_BOT_TOKEN" ]; then \
+	  echo "missing $@: put the @BotFather token in it (mode 644), or run make up once with TELEGRAM_BOT_TOKEN set" >&2; \
+	  exit 1; \
+	fi
+	@umask 022 && printenv TELEGRAM_BOT_TOKEN > $@.tmp && mv $@.tmp $@
+	@echo "wrote $@ from TELEGRAM_BOT_TOKEN"
