@@ -1,0 +1,200 @@
+"""Intake benchmark: fake Telegram -> bot -> JetStream -> server -> MongoDB -> reply.
+
+Injects MESSAGES text messages from CONTACTS contacts into the fake Bot API as fast
+as it takes them and times each one until its reply reaches the fake. Beside it,
+in the same run and against the same nats-server and MongoDB-wire server, the
+baseline: a raw nats-py request/reply whose responder does one raw pymongo upsert
+per message. Both are open-loop bursts with the same message count.
+
+    .venv/bin/python -m bench.intake [--messages 2000] [--contacts 200]
+
+The bot's send rate is raised for the run (TELEGRAM_MAX_MESSAGES_PER_SECOND):
+the fake has no flood limit, and real Telegram's 30 messages/s would measure
+Telegram, not Balcão.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nats
+import pymongo
+
+from devstack.faketelegram import FakeTelegram
+from devstack.processes import NatsServer, SecantusServer, free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "42:bench-token"
+REPLY = "Reply: mensagem recebida"
+BASELINE_SUBJECT = "bench.baseline"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def report(name: str, latencies: list[float], elapsed: float) -> dict[str, float]:
+    figures = {
+        "rate": len(latencies) / elapsed,
+        "p50": percentile(latencies, 0.50) * 1000,
+        "p99": percentile(latencies, 0.99) * 1000,
+        "mean": statistics.fmean(latencies) * 1000,
+    }
+    print(f"{name:<10} {len(latencies):>6} msgs  {figures['rate']:>8.0f} msg/s  "
+          f"p50 {figures['p50']:>8.1f} ms  p99 {figures['p99']:>8.1f} ms")
+    return figures
+
+
+async def balcao(nats_url: str, mongodb_uri: str, messages: int, contacts: int, work: Path) -> dict:
+    fake = FakeTelegram(TOKEN)
+    await fake.start(port=0)
+    port = free_port()
+    env = {**os.environ, "NATS_URL": nats_url, "MONGODB_URI": mongodb_uri, "HTTP_PORT": str(port),
+           "API_TOKEN": "bench-api-token-0123456789", "TELEGRAM_BOT_TOKEN": TOKEN,
+           "TELEGRAM_API_BASE_URL": fake.base_url, "TELEGRAM_POLL_TIMEOUT": "10",
+           "TELEGRAM_MAX_MESSAGES_PER_SECOND": "100000", "LOG_LEVEL": "warning"}
+    logs = open(work / "balcao.log", "ab")
+    server = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=ROOT, stdout=logs, stderr=logs)
+    bot = subprocess.Popen([sys.executable, "-m", "bot"], env=env, cwd=ROOT, stdout=logs, stderr=logs)
+    try:
+        wait_for_port(port, 30, server)
+        await asyncio.sleep(2)  # the bot is polling and its consumers are bound
+        injected: dict[int, list[float]] = {}
+        started = time.monotonic()
+        for n in range(messages):
+            user_id = 10_000 + n % contacts
+            injected.setdefault(user_id, []).append(time.monotonic())
+            fake.inject_message({"id": user_id, "first_name": f"Contato {user_id}"}, f"mensagem {n}")
+            if n % 50 == 0:
+                await asyncio.sleep(0)  # let the fake serve the bot while injecting
+        progress = pymongo.MongoClient(mongodb_uri).get_default_database()["messages"]
+        last_print = time.monotonic()
+
+        def finished() -> bool:
+            nonlocal last_print
+            if os.environ.get("BENCH_TRACE") and time.monotonic() - last_print > 1:
+                last_print = time.monotonic()
+                print(f"  t={last_print - started:5.1f}s stored={progress.count_documents({})} "
+                      f"pending_updates={len(fake.pending_updates())} replies={fake.sent_count}")
+            return fake.sent_count >= messages
+
+        await wait_until(finished, 300)
+        done = replies(fake)
+        latencies = []
+        for user_id, times in injected.items():
+            answered = [a["at"] for a in done if str(a["chat_id"]) == str(user_id)]
+            latencies += [reply - sent for sent, reply in zip(times, sorted(answered))]
+        elapsed = max(a["at"] for a in done) - started
+        return report("balcao", latencies, elapsed)
+    finally:
+        for process in (bot, server):
+            process.terminate()
+            process.wait(30)
+        logs.close()
+        await fake.stop()
+
+
+def replies(fake: FakeTelegram) -> list[dict]:
+    return [a for a in fake.attempts() if a["status"] == 200 and a["text"] == REPLY]
+
+
+async def wait_until(check, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark did not finish in time")
+        await asyncio.sleep(0.02)
+
+
+async def baseline_responder(nats_url: str, mongodb_uri: str) -> None:
+    """The baseline's server side: one raw upsert per request, then the reply."""
+    collection = pymongo.MongoClient(mongodb_uri).get_default_database()["bench_baseline"]
+    collection.create_index([("contact", 1)], unique=True)
+    executor = ThreadPoolExecutor(8)
+    loop = asyncio.get_running_loop()
+    nc = await nats.connect(nats_url)
+
+    def upsert(contact: str, text: str) -> None:
+        collection.update_one({"contact": contact},
+                              {"$push": {"messages": text}, "$set": {"last": time.time()}}, upsert=True)
+
+    async def handle(msg) -> None:
+        contact, _, text = msg.data.decode().partition("|")
+        await loop.run_in_executor(executor, upsert, contact, text)
+        await msg.respond(REPLY.encode())
+
+    await nc.subscribe(BASELINE_SUBJECT, cb=handle)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+async def baseline(nats_url: str, mongodb_uri: str, messages: int, contacts: int) -> dict:
+    responder = subprocess.Popen([sys.executable, "-m", "bench.intake", "--responder", nats_url, mongodb_uri],
+                                 cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert responder.stdout.readline().strip() == "ready"
+        nc = await nats.connect(nats_url)
+        latencies: list[float] = []
+        finished: list[float] = []
+
+        async def one(n: int) -> None:
+            sent = time.monotonic()
+            await nc.request(BASELINE_SUBJECT, f"{n % contacts}|mensagem {n}".encode(), timeout=120)
+            finished.append(time.monotonic())
+            latencies.append(finished[-1] - sent)
+
+        started = time.monotonic()
+        await asyncio.gather(*(one(n) for n in range(messages)))
+        await nc.close()
+        return report("baseline", latencies, max(finished) - started)
+    finally:
+        responder.terminate()
+        responder.wait(10)
+
+
+async def run(messages: int, contacts: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="balcao-bench-") as tmp:
+        work = Path(tmp)
+        nats_server = NatsServer(data_dir=work / "nats")
+        mongo = SecantusServer(data_dir=work / "mongo")
+        external = os.environ.get("MONGODB_URI")
+        nats_server.start()
+        if not external:
+            mongo.start()
+        uri = external or mongo.uri
+        try:
+            print(f"{messages} messages from {contacts} contacts; MongoDB: "
+                  f"{'external' if external else 'SecantusDB'}")
+            ours = await balcao(nats_server.url, uri, messages, contacts, work)
+            base = await baseline(nats_server.url, uri, messages, contacts)
+            print(f"throughput ratio balcao/baseline: {ours['rate'] / base['rate']:.2f} (target >= 0.50)")
+            print(f"p99 ratio balcao/baseline:        {ours['p99'] / base['p99']:.2f} (target <= 3.00)")
+        finally:
+            nats_server.stop()
+            mongo.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--contacts", type=int, default=200)
+    parser.add_argument("--responder", nargs=2, metavar=("NATS_URL", "MONGODB_URI"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.responder:
+        asyncio.run(baseline_responder(*args.responder))
+    else:
+        asyncio.run(run(args.messages, args.contacts))
+
+
+if __name__ == "__main__":
+    main()
