@@ -1,0 +1,40 @@
+"""Server settings: defaults, one message for every problem, the token never shown."""
+
+import pytest
+
+from contract.environment import ConfigError
+from server import config
+
+VALID = {"API_TOKEN": "t" * 20, "MONGODB_URI": "mongodb://db/balcao", "NATS_URL": "nats://n:4222"}
+
+
+def test_defaults():
+    settings = config.load(VALID)
+    assert settings.http_port == 8080
+    assert settings.goodbye_text == "Seu atendimento foi finalizado. Obrigado pelo contato!"
+    assert settings.reply_text == "Reply: mensagem recebida"
+    assert "t" * 20 not in repr(settings)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as error:
+        config.load({"HTTP_PORT": "http", "API_TOKEN": "short", "LOG_FORMAT": "xml"})
+    problems = error.value.problems
+    assert "HTTP_PORT must be a whole number, got 'http'" in problems
+    assert "MONGODB_URI is required" in problems
+    assert "NATS_URL is required" in problems
+    assert "API_TOKEN must be at least 16 characters" in problems
+    assert "LOG_FORMAT must be one of text, json, got 'xml'" in problems
+    assert "short" not in str(error.value)
+
+
+def test_server_exits_with_the_message_when_misconfigured():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "server"], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "NATS_URL": "nats://x:1"}, timeout=60)
+    assert result.returncode == 1
+    assert "server: configuration error:" in result.stderr
+    assert "API_TOKEN (or API_TOKEN_FILE) is required" in result.stderr
+    assert "Traceback" not in result.stderr
