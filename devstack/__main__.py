@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,8 @@ from devstack.processes import NatsServer, SecantusServer, wait_for_port
 log = logging.getLogger("devstack")
 
 ROOT = Path(__file__).resolve().parent.parent
-VAR = ROOT / "var"
+# Where embedded servers keep their data and the generated token between runs.
+VAR = Path(os.environ.get("BALCAO_DATA_DIR") or ROOT / "var")
 
 
 def api_token() -> str:
@@ -37,7 +39,7 @@ def api_token() -> str:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    VAR.mkdir(exist_ok=True)
+    VAR.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     children: list[NatsServer | SecantusServer | subprocess.Popen] = []
     stopping = False
@@ -63,6 +65,7 @@ def main() -> int:
         if token:
             env["API_TOKEN"] = token
         port = int(env.setdefault("HTTP_PORT", "8080"))
+        ensure_free(port)
 
         server = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=ROOT)
         children.append(server)
@@ -72,13 +75,14 @@ def main() -> int:
             children.append(subprocess.Popen([sys.executable, "-m", "bot"], env=env, cwd=ROOT))
         announce(port, token, has_bot)
 
+        status = 0
         while not stopping:
             for child in children:
                 if isinstance(child, subprocess.Popen) and child.poll() is not None:
                     log.error("%s exited with %s; stopping the stack", child.args[-1], child.returncode)
-                    stopping = True
+                    stopping, status = True, 1
             time.sleep(0.2)
-        return 0
+        return status
     except (OSError, RuntimeError, TimeoutError) as exc:
         log.error("could not start the stack: %s", exc)
         return 1
@@ -91,6 +95,14 @@ def main() -> int:
                     child.wait(30)
             else:
                 child.stop()
+
+
+def ensure_free(port: int) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise RuntimeError(f"port {port} is in use; set HTTP_PORT to a free port") from None
 
 
 def announce(port: int, token: str, has_bot: bool) -> None:

@@ -1,0 +1,72 @@
+"""`make run` (python -m devstack): the whole system from nothing, stopped by Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import httpx
+
+from devstack.processes import free_port
+from tests.harness import ROOT, eventually
+
+
+def start_stack(tmp_path, **extra: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("API_TOKEN", "MONGODB_URI", "NATS_URL", "TELEGRAM_BOT_TOKEN")}
+    env.update({"HTTP_PORT": str(port), "BALCAO_DATA_DIR": str(tmp_path / "var"), "PYTHONUNBUFFERED": "1",
+                **extra})
+    process = subprocess.Popen([sys.executable, "-m", "devstack"], cwd=ROOT, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return process, port
+
+
+def read_until(process: subprocess.Popen, marker: str) -> str:
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if marker in line:
+            return "".join(lines)
+    raise AssertionError("stack exited early:\n" + "".join(lines))
+
+
+def test_runs_everything_prints_url_and_token_and_stops_on_ctrl_c(tmp_path):
+    process, port = start_stack(tmp_path)
+    try:
+        banner = read_until(process, "Press Ctrl-C to stop.")
+        token = re.search(r"API token\s+: (\S+)", banner).group(1)
+        assert f"http://127.0.0.1:{port}/v1" in banner
+        assert "set TELEGRAM_BOT_TOKEN" in banner  # says how to enable the bot
+        assert (tmp_path / "var" / "api_token").read_text().strip() == token
+
+        ready = eventually(lambda: httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200)
+        assert ready
+    finally:
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, output
+    assert "nats-server stopped" in output and "secantusdb stopped" in output
+    # Data stays for the next run: the same token is used again.
+    second, _ = start_stack(tmp_path)
+    try:
+        assert f"API token    : {token}" in read_until(second, "Press Ctrl-C to stop.")
+    finally:
+        second.send_signal(signal.SIGINT)
+        second.communicate(timeout=60)
+
+
+def test_a_busy_port_is_reported_and_everything_started_is_stopped(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        process, _ = start_stack(tmp_path, HTTP_PORT=str(taken.getsockname()[1]))
+        output = process.communicate(timeout=90)[0]
+    assert process.returncode == 1
+    assert "is in use; set HTTP_PORT" in output
+    assert "nats-server stopped" in output and "secantusdb stopped" in output
