@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import nats
 import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -56,12 +55,16 @@ async def connect(url: str, name: str) -> Client:
         log.warning("nats error: %s", exc)
 
     async def on_disconnected() -> None:
-        log.warning("nats disconnected")
+        if client.is_closed or client.is_draining:
+            log.info("nats connection closed")  # our own drain at shutdown
+        else:
+            log.warning("nats disconnected")
 
     async def on_reconnected() -> None:
         log.info("nats reconnected")
 
-    return await nats.connect(
+    client = Client()
+    await client.connect(
         url,
         name=name,
         error_cb=on_error,
@@ -73,6 +76,7 @@ async def connect(url: str, name: str) -> Client:
         # Publishes made while reconnecting wait in this buffer instead of failing.
         pending_size=16 * 1024 * 1024,
     )
+    return client
 
 
 async def ensure_streams(js: JetStreamContext) -> None:
@@ -82,6 +86,35 @@ async def ensure_streams(js: JetStreamContext) -> None:
         except BadRequestError:
             # Exists with other settings (an operator tuned it): keep theirs.
             log.info("stream %s exists with different settings; left as is", config.name)
+
+
+async def hand_back(subscription: JetStreamContext.PullSubscription, lingering: float) -> int:
+    """Unsubscribe a pull subscription at shutdown without stranding messages.
+
+    nats-py's fetch can give up a moment before the server expires its pull
+    request, which may then still deliver into the subscription. Unsubscribed,
+    such messages would wait out the consumer's ack wait (30 s for intake, 2 min
+    for delivery) before another process gets them. So wait until no request
+    can linger (`lingering` seconds), hand back (nak) whatever arrived, and only
+    then unsubscribe. Returns how many messages were handed back.
+    """
+    if lingering > 0:
+        await asyncio.sleep(lingering)
+    handed_back = 0
+    for _ in range(3):  # the fetch's own probe may catch one more; bounded
+        if not subscription.pending_msgs:
+            break
+        try:
+            messages = await subscription.fetch(subscription.pending_msgs + 1, timeout=0.5)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            break
+        for msg in messages:
+            await msg.nak()
+        handed_back += len(messages)
+    await subscription.unsubscribe()
+    if handed_back:
+        log.info("handed %d late-delivered messages back to JetStream", handed_back)
+    return handed_back
 
 
 async def drain(nc: Client, timeout: float = 10.0) -> None:

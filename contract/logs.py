@@ -1,10 +1,22 @@
-"""Logging set-up for a process's `__main__`: text by default, JSON on request."""
+"""Logging set-up for a process's `__main__`: text by default, JSON on request.
+
+Secrets handed to `configure` are masked in every line, whoever logs them:
+libraries log request URLs, and Bot API URLs carry the bot token (PTB logs its
+base URL at debug level).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+from collections.abc import Iterable
+from urllib.parse import unquote, urlsplit
+
+MASK = "***"
+# Shorter values would mask ordinary words; real tokens and passwords are longer.
+MIN_SECRET_LENGTH = 6
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class JsonFormatter(logging.Formatter):
@@ -20,12 +32,52 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure(level: str = "info", fmt: str = "text") -> None:
+class MaskingFormatter(logging.Formatter):
+    """Formats with another formatter, then masks the secrets in the finished line."""
+
+    def __init__(self, inner: logging.Formatter, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self._inner = inner
+        # Longest first, so a secret containing another is masked whole.
+        self._secrets = sorted({s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH},
+                               key=len, reverse=True)
+        # JSON lines hold secrets escaped; mask that spelling too.
+        for secret in list(self._secrets):
+            escaped = json.dumps(secret, ensure_ascii=False)[1:-1]
+            if escaped != secret:
+                self._secrets.append(escaped)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self._inner.format(record)
+        for secret in self._secrets:
+            line = line.replace(secret, MASK)
+        return line
+
+
+def url_credentials(url: str | None) -> list[str]:
+    """The password in a connection URL, or the user part when it stands alone
+    (NATS token authentication: `nats://TOKEN@host`), as written and percent-decoded."""
+    if not url:
+        return []
+    try:
+        parts = urlsplit(url)
+        secret = parts.password if parts.password is not None else parts.username
+    except ValueError:
+        return []
+    if not secret:
+        return []
+    return list({secret, unquote(secret)})
+
+
+def formatter(fmt: str = "text", secrets: Iterable[str] = ()) -> logging.Formatter:
+    inner = JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+    return MaskingFormatter(inner, secrets)
+
+
+def configure(level: str = "info", fmt: str = "text", secrets: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(formatter(fmt, secrets))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.captureWarnings(True)  # through the same formatter, so JSON stays JSON
     # httpx logs every request URL at INFO, and Bot API URLs carry the bot token.
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -1,0 +1,94 @@
+"""Process lifecycle shared by the server and the bot: stop signals and a bounded shutdown.
+
+Both processes run long-lived worker tasks beside NATS. They stop on SIGTERM
+(what container runtimes send) or SIGINT, give the work in hand a grace period,
+and exit non-zero when a worker ended on its own, so a supervisor restarts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+def stop_event() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT; call from the running loop, before start-up work."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    return stopping
+
+
+async def until_stopped(stopping: asyncio.Event, workers: Iterable[asyncio.Task]) -> bool:
+    """Wait for the stop signal; True if a worker ended on its own first (a bug, or a
+    connection lost for good), so the process can exit non-zero."""
+    workers = list(workers)
+    signal_task = asyncio.create_task(stopping.wait())
+    await asyncio.wait([signal_task, *workers], return_when=asyncio.FIRST_COMPLETED)
+    signal_task.cancel()
+    ended = [task for task in workers if task.done()]
+    for task in ended:
+        error = None if task.cancelled() else task.exception()
+        log.error("%s stopped unexpectedly; shutting down", task.get_name(), exc_info=error)
+    return bool(ended)
+
+
+class Deadline:
+    """The shutdown grace period, shared by its successive steps."""
+
+    def __init__(self, seconds: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._end = self._loop.time() + seconds
+
+    def remaining(self, at_least: float = 0.0) -> float:
+        return max(self._end - self._loop.time(), at_least)
+
+    async def settle(self, work: Iterable[Awaitable[object]]) -> None:
+        """Let the work finish before the deadline, then cancel what is left; log failures."""
+        tasks = [asyncio.ensure_future(item) for item in work]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self.remaining())
+        for task in pending:
+            log.warning("shutdown grace period over; abandoning %s", _name(task))
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for task in tasks:
+            if task not in pending and not task.cancelled() and task.exception() is not None:
+                log.error("%s failed during shutdown", _name(task), exc_info=task.exception())
+
+
+def _name(task: asyncio.Future) -> str:
+    return task.get_name() if isinstance(task, asyncio.Task) else repr(task)
+
+
+async def retry_until_ready(what: str, attempt: Callable[[], Awaitable[T]], stopping: asyncio.Event,
+                            errors: tuple[type[BaseException], ...], delay: float = 2.0) -> T | None:
+    """Start-up against a dependency that may still be starting (containers start in any
+    order): try until it answers, logging each failure; None if stopped meanwhile."""
+    while True:
+        trying = asyncio.ensure_future(attempt())
+        stop = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait({trying, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not trying.done():
+            trying.cancel()
+            await asyncio.gather(trying, return_exceptions=True)
+            return None
+        try:
+            return trying.result()
+        except errors as exc:
+            log.warning("%s not reachable yet (%s); retrying in %.0f s", what, type(exc).__name__, delay)
+        try:
+            await asyncio.wait_for(stopping.wait(), delay)
+            return None
+        except asyncio.TimeoutError:
+            delay = min(delay * 2, 30.0)
