@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from contract import logs
 from contract.environment import Environment
 
 DEFAULT_GOODBYE = "Seu atendimento foi finalizado. Obrigado pelo contato!"
@@ -27,6 +28,12 @@ class Settings:
 
     def __repr__(self) -> str:  # never print the token
         return f"Settings(http_port={self.http_port}, api_token=***, nats_url=…, mongodb_uri=…)"
+
+    @property
+    def secrets(self) -> list[str]:
+        """Values no log line may show."""
+        return [self.api_token, *logs.url_credentials(self.mongodb_uri),
+                *logs.url_credentials(self.nats_url)]
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:

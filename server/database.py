@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 import mongoengine
+import pymongo
 from pymongo.errors import PyMongoError
 
 from server import models
@@ -18,6 +19,10 @@ log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+# A readiness probe must answer within a load balancer's timeout, well inside
+# the 5 s server selection that other calls may wait out.
+PING_TIMEOUT = 2.0
 
 
 class Database:
@@ -45,12 +50,20 @@ class Database:
     async def ensure_indexes(self) -> None:
         await self.run(models.ensure_indexes)
 
+    async def ensure_indexes_reporting(self) -> bool:
+        """`ensure_indexes`, answering True, for start-up retries."""
+        await self.ensure_indexes()
+        return True
+
     async def ping(self) -> bool:
         def ping() -> None:
-            models.Session._get_db().client.admin.command("ping")
+            # Bounds server selection too, so a probe never holds a thread for long.
+            with pymongo.timeout(PING_TIMEOUT):
+                models.Session._get_db().client.admin.command("ping")
 
         try:
-            await asyncio.wait_for(self.run(ping), timeout=3)
+            # The outer bound covers waiting for a free thread behind slow calls.
+            await asyncio.wait_for(self.run(ping), timeout=PING_TIMEOUT + 1)
             return True
         except (PyMongoError, asyncio.TimeoutError) as exc:
             log.warning("mongodb ping failed: %s", exc)

@@ -10,6 +10,7 @@ is idempotent, so redelivery never means a duplicate.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 
 from nats.aio.msg import Msg
@@ -19,6 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from pymongo.errors import PyMongoError
 
+from contract import jetstream
 from contract.messaging import (
     INBOUND_CONSUMER,
     INBOUND_STREAM,
@@ -29,12 +31,18 @@ from contract.messaging import (
 )
 from server import conversations
 from server.database import Database
+from server.metrics import INTAKE_LATENCY, INTAKE_RETRIES, MESSAGES_STORED
 from server.outbound import Outbound
 
 log = logging.getLogger(__name__)
 
 ACK_WAIT = 30.0
+FETCH_TIMEOUT = 1.0
 RETRY_DELAY = 1.0
+# A batch that failed is offered again after RETRY_DELAY, doubling with each
+# delivery up to this, so a long MongoDB outage costs a few attempts a minute,
+# not a hot loop, and intake resumes within this long after MongoDB returns.
+MAX_RETRY_DELAY = 15.0
 
 
 class Intake:
@@ -57,18 +65,25 @@ class Intake:
                                   max_ack_pending=10 * self._batch_size),
         )
         log.info("intake consuming %s", INBOUND_SUBJECT)
+        loop = asyncio.get_running_loop()
+        fetched_at = loop.time()
         while not self._stopping.is_set():
+            fetched_at = loop.time()
             try:
-                messages = await subscription.fetch(self._batch_size, timeout=1.0)
+                messages = await subscription.fetch(self._batch_size, timeout=FETCH_TIMEOUT)
             except (NatsTimeoutError, asyncio.TimeoutError):  # nats-py raises either
                 continue
             except NatsError as exc:
                 log.warning("intake fetch failed: %s", exc)
                 await asyncio.sleep(RETRY_DELAY)
                 continue
-            await self.handle(messages)
+            try:
+                await self.handle(messages)
+            except NatsError as exc:
+                # Acks and naks are best effort: what was not acknowledged is redelivered.
+                log.warning("intake lost NATS while settling a batch: %s", exc)
         # A pull subscription left with a pending fetch makes drain() wait forever.
-        await subscription.unsubscribe()
+        await jetstream.hand_back(subscription, FETCH_TIMEOUT - (loop.time() - fetched_at))
         log.info("intake stopped")
 
     def stop(self) -> None:
@@ -91,14 +106,31 @@ class Intake:
                 [inbound for _, inbound in batch],
                 [msg.metadata.num_delivered > 1 for msg, _ in batch],
             )
+            MESSAGES_STORED.inc(sum(item.inserted for item in stored))
             await self._reply(stored)
-        except (PyMongoError, NatsError, asyncio.TimeoutError) as exc:
-            log.warning("inbound batch of %d left for redelivery: %s", len(batch), exc)
-            for msg, _ in batch:
-                await msg.nak(delay=RETRY_DELAY)
+        except Exception as exc:  # nothing unstored is acknowledged, whatever failed
+            await self._retry_later(batch, exc)
             return
         for msg, _ in batch:
             await msg.ack()
+        now = dt.datetime.now(dt.UTC)
+        for msg, _ in batch:
+            # The stream's own timestamp: when the bot's publish was stored.
+            INTAKE_LATENCY.observe(max((now - msg.metadata.timestamp).total_seconds(), 0.0))
+
+    async def _retry_later(self, batch: list[tuple[Msg, InboundMessage]], exc: Exception) -> None:
+        if isinstance(exc, PyMongoError):
+            cause = "mongodb"
+            log.warning("inbound batch of %d left for redelivery, MongoDB: %s", len(batch), exc)
+        elif isinstance(exc, (NatsError, asyncio.TimeoutError)):
+            cause = "nats"
+            log.warning("inbound batch of %d left for redelivery, NATS: %r", len(batch), exc)
+        else:
+            cause = "error"
+            log.error("inbound batch of %d left for redelivery", len(batch), exc_info=exc)
+        INTAKE_RETRIES.labels(cause=cause).inc(len(batch))
+        for msg, _ in batch:
+            await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
 
     async def _reply(self, stored: list[conversations.StoredInbound]) -> None:
         pending = [item for item in stored if item.needs_reply]
@@ -109,3 +141,9 @@ class Intake:
             ))
             for item in pending
         ))
+
+
+def retry_delay(deliveries: int) -> float:
+    """Seconds before another try of a message already delivered `deliveries` times."""
+    doublings = min(max(deliveries - 1, 0), 16)  # bounded: 2**n of a huge n overflows a float
+    return min(RETRY_DELAY * 2 ** doublings, MAX_RETRY_DELAY)

@@ -1,24 +1,35 @@
-"""Start-up and graceful shutdown of the server process."""
+"""Start-up and graceful shutdown of the server process.
+
+On SIGTERM (or SIGINT) the server stops accepting connections; the HTTP
+requests in flight, the drain callbacks in `Services.drains` (an import's
+current batch) and the intake's batch in hand finish; the outbox gets one last
+relay round; NATS is drained; the process exits 0. All of it within
+SHUTDOWN_GRACE: whatever still runs then is abandoned, which loses nothing,
+because nothing is acknowledged to JetStream before it is stored.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 
-from tornado.httpserver import HTTPServer
+from nats.errors import Error as NatsError
+from pymongo.errors import PyMongoError
 
-from contract import jetstream, logs
+from contract import jetstream, lifecycle, logs
 from contract.environment import ConfigError
 from server import config
 from server.app import Services, make_app
 from server.database import Database
+from server.draining import DrainingHTTPServer
 from server.intake import Intake
 from server.outbound import Outbound
 
 log = logging.getLogger("server")
 
+# Container runtimes wait 10 s by default before SIGKILL; podman-compose.yml
+# sets stop_grace_period above this.
 SHUTDOWN_GRACE = 20.0
 
 
@@ -27,12 +38,19 @@ async def main() -> None:
         settings = config.load()
     except ConfigError as exc:
         sys.exit(f"server: {exc}")
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets)
+    stopping = lifecycle.stop_event()
 
     db = Database(settings.mongodb_uri, settings.db_threads)
     db.connect()
-    await db.ensure_indexes()
-    nc = await jetstream.connect(settings.nats_url, "balcao-server")
+    indexed = await lifecycle.retry_until_ready("MongoDB", db.ensure_indexes_reporting, stopping, (PyMongoError,))
+    nc = indexed and await lifecycle.retry_until_ready(
+        "NATS", lambda: jetstream.connect(settings.nats_url, "balcao-server"), stopping,
+        (OSError, NatsError, asyncio.TimeoutError))
+    if not nc:
+        db.close()
+        log.info("server stopped before it was ready")
+        return
     js = nc.jetstream()
     await jetstream.ensure_streams(js)
 
@@ -40,29 +58,32 @@ async def main() -> None:
     services = Services(db=db, nats=nc, js=js, outbound=outbound)
     intake = Intake(js, db, outbound, settings.reply_text, settings.intake_batch)
     app = make_app(settings, services)
-    server = HTTPServer(app, xheaders=True, max_body_size=settings.import_max_bytes)
+    server = DrainingHTTPServer(app, xheaders=True, max_body_size=settings.import_max_bytes)
     server.listen(settings.http_port)
     log.info("server listening on port %d", settings.http_port)
 
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
-
     intake_task = asyncio.create_task(intake.run(), name="intake")
     relay_task = asyncio.create_task(outbound.relay_forever(), name="outbox-relay")
-    await stopping.wait()
+    crashed = await lifecycle.until_stopped(stopping, [intake_task, relay_task])
 
     log.info("server stopping")
-    server.stop()
+    deadline = lifecycle.Deadline(SHUTDOWN_GRACE)
+    server.stop_accepting()
+    services.stopping.set()
     intake.stop()
-    try:
-        await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE)
-        await asyncio.wait_for(intake_task, SHUTDOWN_GRACE)
-    except asyncio.TimeoutError:
-        log.warning("shutdown grace period over; stopping with work in flight")
-    relay_task.cancel()
-    await asyncio.gather(relay_task, return_exceptions=True)
-    await jetstream.drain(nc)
+    await deadline.settle([
+        server.drain(deadline.remaining()),
+        *(drain() for drain in services.drains),
+        *([] if intake_task.done() else [intake_task]),
+    ])
+    if server.in_flight:
+        log.warning("closing %d HTTP requests still in flight", server.in_flight)
+    await server.close_all_connections()
+    # Last, so this round publishes what the requests drained above promised.
+    outbound.stop()
+    await deadline.settle([] if relay_task.done() else [relay_task])
+    await jetstream.drain(nc, timeout=deadline.remaining(at_least=2.0))
     db.close()
     log.info("server stopped")
+    if crashed:
+        sys.exit(1)

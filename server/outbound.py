@@ -13,15 +13,20 @@ import logging
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
+from pymongo.errors import PyMongoError
 
 from contract.messaging import OUTBOUND_SUBJECT, OutboundMessage
 from server.conversations import utcnow
 from server.database import Database
+from server.metrics import OUTBOUND_PUBLISHED
 from server.models import OutboxEntry
 
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT = 5.0
+# While MongoDB is away each round already waits out pymongo's server selection;
+# this caps the extra pause between rounds.
+MAX_RELAY_BACKOFF = 30.0
 
 
 class Outbound:
@@ -30,15 +35,18 @@ class Outbound:
         self._db = db
         self._relay_interval = relay_interval
         self._wake = asyncio.Event()
+        self._stopping = False
 
     async def publish(self, message: OutboundMessage) -> None:
         """Publish and wait for JetStream's acknowledgement (raises on failure)."""
-        await self._js.publish(
+        ack = await self._js.publish(
             OUTBOUND_SUBJECT,
             message.to_bytes(),
             timeout=PUBLISH_TIMEOUT,
             headers={"Nats-Msg-Id": message.key},
         )
+        if not ack.duplicate:
+            OUTBOUND_PUBLISHED.labels(kind=message.kind).inc()
 
     async def promise(self, message: OutboundMessage) -> None:
         """Keep the message in the outbox, then try to hand it to JetStream now."""
@@ -46,19 +54,35 @@ class Outbound:
         self._wake.set()
 
     async def relay_forever(self) -> None:
-        """Publish outbox entries until cancelled; entries leave only once published."""
+        """Publish outbox entries until `stop()`; entries leave only once published.
+
+        The round in hand is finished before returning, and one more round runs
+        after `stop()`, for what the requests drained at shutdown promised.
+        """
+        pause = self._relay_interval
         while True:
+            stopping = self._stopping
             try:
                 await self.relay_once()
-            except asyncio.CancelledError:
-                raise
+                pause = self._relay_interval
+            except PyMongoError as exc:
+                log.warning("outbox relay paused, MongoDB unavailable: %s", exc)
+                if self._stopping:
+                    return  # a last round would only wait out server selection again
+                pause = min(pause * 2, MAX_RELAY_BACKOFF)
             except Exception:  # keep relaying whatever one round hit
                 log.exception("outbox relay round failed")
+            if stopping:
+                return
             try:
-                await asyncio.wait_for(self._wake.wait(), self._relay_interval)
+                await asyncio.wait_for(self._wake.wait(), pause)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
 
     async def relay_once(self, limit: int = 500) -> int:
         entries = await self._db.run(_pending, limit)

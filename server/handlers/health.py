@@ -19,6 +19,8 @@ class ReadyHandler(JsonHandler):
             "mongodb": "ok" if await services.db.ping() else "unavailable",
             "nats": "ok" if services.nats.is_connected else "unavailable",
         }
+        if services.stopping.is_set():
+            checks["server"] = "stopping"  # draining for shutdown: send traffic elsewhere
         ready = all(state == "ok" for state in checks.values())
         self.write_json({"status": "ready" if ready else "unavailable", "checks": checks},
                         status=200 if ready else 503)

@@ -1,0 +1,55 @@
+"""Every Prometheus metric the server exposes, in one place; `/metrics` serves them.
+
+Each replica exposes its own counts; Prometheus sums them across replicas.
+Label values are a small fixed set (kinds, outcomes, route names), never user
+input or raw paths, so the number of series stays bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+# Intake runs in batches of up to a few hundred messages, stored with bulk writes:
+# tens of milliseconds normally, seconds when MongoDB is slow or a retry was needed.
+INTAKE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+INTAKE_LATENCY = Histogram(
+    "balcao_intake_latency_seconds",
+    "From an inbound message entering JetStream (the bot relayed it) to it being stored "
+    "and its reply published; redeliveries count from the first publish",
+    buckets=INTAKE_BUCKETS,
+)
+MESSAGES_STORED = Counter(
+    "balcao_messages_stored_total",
+    "Inbound messages stored; a redelivered message already stored is not counted again",
+)
+INTAKE_RETRIES = Counter(
+    "balcao_intake_retries_total",
+    "Inbound messages handed back to JetStream for redelivery, by cause",
+    ["cause"],  # mongodb, nats, error
+)
+OUTBOUND_PUBLISHED = Counter(
+    "balcao_outbound_published_total",
+    "Messages JetStream accepted on the outbound stream, by kind; duplicates it dropped "
+    "(same Nats-Msg-Id) are not counted",
+    ["kind"],  # reply, goodbye, announcement...
+)
+IMPORT_RECORDS = Counter(
+    "balcao_import_records_total",
+    "Session records read by imports, by outcome",
+    # created, updated, unchanged, rejected: one increment per record read, so the
+    # outcomes add up to the records in the files.
+    ["outcome"],
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "balcao_http_request_duration_seconds",
+    "HTTP request latency by method, route (its name or pattern, never the raw path) "
+    "and status",
+    ["method", "route", "status"],
+    buckets=HTTP_BUCKETS,
+)
+
+for cause in ("mongodb", "nats", "error"):
+    INTAKE_RETRIES.labels(cause=cause)
+OUTBOUND_PUBLISHED.labels(kind="reply")

@@ -1,0 +1,88 @@
+"""The draining HTTP server: requests in flight finish, new connections are refused."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import pytest_asyncio
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.web import Application, RequestHandler
+
+from devstack.processes import free_port
+from server.draining import DrainingHTTPServer
+
+
+class SlowHandler(RequestHandler):
+    def initialize(self, started: asyncio.Event, release: asyncio.Event) -> None:
+        self.started, self.release = started, release
+
+    async def get(self) -> None:
+        self.started.set()
+        await self.release.wait()
+        self.finish({"done": True})
+
+
+class QuickHandler(RequestHandler):
+    def get(self) -> None:
+        self.finish("ok")
+
+
+@pytest_asyncio.fixture
+async def served():
+    started, release = asyncio.Event(), asyncio.Event()
+    app = Application([(r"/slow", SlowHandler, {"started": started, "release": release}),
+                       (r"/quick", QuickHandler)])
+    server = DrainingHTTPServer(app)
+    port = free_port()
+    server.listen(port, "127.0.0.1")
+    client = AsyncHTTPClient(force_instance=True)
+    yield server, f"http://127.0.0.1:{port}", client, started, release
+    client.close()
+    server.stop()
+    await server.close_all_connections()
+
+
+@pytest.mark.asyncio
+async def test_drain_waits_for_the_request_in_flight(served) -> None:
+    server, url, client, started, release = served
+    response = asyncio.ensure_future(client.fetch(f"{url}/slow", request_timeout=5))
+    await asyncio.wait_for(started.wait(), 5)
+    assert server.in_flight == 1
+
+    server.stop_accepting()
+    assert not await server.drain(0.2)  # still in flight: the time runs out
+    draining = asyncio.ensure_future(server.drain(5))
+    await asyncio.sleep(0.1)
+    assert not draining.done()
+    release.set()
+    assert await draining
+    await server.close_all_connections()
+
+    answered = await response
+    assert answered.code == 200 and answered.body == b'{"done": true}'
+    # Keep-alive clients are told not to come back to this process.
+    assert answered.headers["Connection"] == "close"
+    assert server.in_flight == 0
+    with pytest.raises((ConnectionError, HTTPClientError, OSError)):
+        await client.fetch(f"{url}/quick", request_timeout=2)
+
+
+@pytest.mark.asyncio
+async def test_finished_and_abandoned_requests_leave_nothing_in_flight(served) -> None:
+    server, url, client, started, release = served
+    for _ in range(3):
+        assert (await client.fetch(f"{url}/quick")).body == b"ok"
+    assert server.in_flight == 0
+
+    # A client that sends headers and a partial body, then leaves.
+    reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+    writer.write(b"POST /quick HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial")
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    assert server.in_flight == 1
+    writer.close()
+    await writer.wait_closed()
+    assert await server.drain(2)
+    assert (await client.fetch(f"{url}/quick")).code == 200
+    assert server.in_flight == 0
