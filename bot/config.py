@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
+from contract import logs
 from contract.environment import Environment
 
 DEFAULT_API_BASE = "https://api.telegram.org"
+# What setWebhook accepts as secret_token (Bot API documentation).
+WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,7 @@ class Settings:
     webhook_url: str | None = None
     webhook_secret: str | None = None
     webhook_port: int = 8443
+    metrics_port: int | None = None  # none: no metrics endpoint
     log_format: str = "text"
     log_level: str = "info"
 
@@ -31,6 +37,16 @@ class Settings:
     def bot_base_url(self) -> str:
         """What PTB wants: it appends the token to `<root>/bot`."""
         return self.api_base_url.rstrip("/") + "/bot"
+
+    @property
+    def webhook_path(self) -> str:
+        """The path Telegram POSTs to, which the webhook listener serves."""
+        return urlsplit(self.webhook_url or "").path or "/"
+
+    @property
+    def secrets(self) -> list[str]:
+        """Values no log line may show."""
+        return [self.token, self.webhook_secret or "", *logs.url_credentials(self.nats_url)]
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
@@ -44,10 +60,16 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         webhook_url=env.url("TELEGRAM_WEBHOOK_URL", None, ("https", "http")),
         webhook_secret=env.secret("TELEGRAM_WEBHOOK_SECRET", required=False),
         webhook_port=env.integer("WEBHOOK_PORT", 8443, minimum=1, maximum=65535),
+        metrics_port=env.integer("BOT_METRICS_PORT", 0, minimum=0, maximum=65535) or None,
         log_format=env.choice("LOG_FORMAT", "text", ("text", "json")),
         log_level=env.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
     )
     if not settings.nats_url:
         env.problems.append("NATS_URL is required")
+    if settings.webhook_url and not settings.webhook_secret:
+        # Without it anyone who finds the URL can post updates as any contact.
+        env.problems.append("TELEGRAM_WEBHOOK_URL needs TELEGRAM_WEBHOOK_SECRET (or _FILE)")
+    if settings.webhook_secret and not WEBHOOK_SECRET.fullmatch(settings.webhook_secret):
+        env.problems.append("TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
     env.check()
     return settings

@@ -23,9 +23,11 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 from telegram import Bot
-from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
+from bot.metrics import OUTBOUND_FAILURES, OUTBOUND_PARKED, OUTBOUND_SENT
 from bot.relay import retry_seconds
+from contract import jetstream
 from contract.messaging import (
     DELIVERED_BUCKET,
     OUTBOUND_CONSUMER,
@@ -39,7 +41,11 @@ from contract.messaging import (
 log = logging.getLogger(__name__)
 
 ACK_WAIT = 120.0  # long enough for a rate-limited chat's queue to drain
+FETCH_TIMEOUT = 1.0
 NETWORK_RETRY_DELAY = 2.0
+# A message is retried in place for this long before going back to the stream,
+# where its redelivery order relative to the chat's other messages is not kept.
+MAX_WAIT_IN_PLACE = 60.0
 DELIVERED_TTL = 7 * 24 * 3600
 
 
@@ -66,9 +72,12 @@ class Delivery:
                                   max_ack_pending=10 * self._batch_size),
         )
         log.info("delivering %s", OUTBOUND_SUBJECT)
+        loop = asyncio.get_running_loop()
+        fetched_at = loop.time()
         while not self._stopping.is_set():
+            fetched_at = loop.time()
             try:
-                messages = await subscription.fetch(self._batch_size, timeout=1.0)
+                messages = await subscription.fetch(self._batch_size, timeout=FETCH_TIMEOUT)
             except (NatsTimeoutError, asyncio.TimeoutError):  # nats-py raises either
                 continue
             except NatsError as exc:
@@ -77,7 +86,7 @@ class Delivery:
                 continue
             await self.deliver_batch(messages)
         # A pull subscription left with a pending fetch makes drain() wait forever.
-        await subscription.unsubscribe()
+        await jetstream.hand_back(subscription, FETCH_TIMEOUT - (loop.time() - fetched_at))
         log.info("delivery stopped")
 
     def stop(self) -> None:
@@ -97,31 +106,60 @@ class Delivery:
 
     async def _deliver_in_order(self, queue: list[tuple[Msg, OutboundMessage]]) -> None:
         for index, (msg, outbound) in enumerate(queue):
-            delay = await self._deliver(msg, outbound)
+            if self._stopping.is_set():
+                # Only sends already in flight finish at shutdown; the rest go back
+                # now, rather than after ACK_WAIT, to whichever bot runs next.
+                for later, _ in queue[index:]:
+                    await later.nak()
+                return
+            delay = await self._deliver_patiently(msg, outbound)
             if delay is not None:
-                # Keep the chat's order: what follows waits as long as this one.
                 for later, _ in queue[index:]:
                     await later.nak(delay=delay)
                 return
 
+    async def _deliver_patiently(self, msg: Msg, outbound: OutboundMessage) -> float | None:
+        """Retry in place, so the chat's later messages (in this batch and the next) stay
+        behind this one; give the message back only after waiting too long in all."""
+        waited = 0.0
+        while True:
+            delay = await self._deliver(msg, outbound)
+            if delay is None:
+                return None
+            if waited + delay > MAX_WAIT_IN_PLACE or self._stopping.is_set():
+                return delay
+            await msg.in_progress()  # JetStream must not hand it to another bot meanwhile
+            await asyncio.sleep(delay)
+            waited += delay
+
     async def _deliver(self, msg: Msg, outbound: OutboundMessage) -> float | None:
         """Send one message; the delay before another try, or None when done with it."""
         marker = delivered_key(outbound.key)
-        if await self._was_delivered(marker):
+        # Only a redelivery can have been sent before (by a bot that died before
+        # acknowledging); first deliveries skip the look-up.
+        if msg.metadata.num_delivered > 1 and await self._was_delivered(marker):
             await msg.ack()
             return None
         try:
             await self._bot.send_message(chat_id=chat_ref(outbound.chat_id), text=outbound.text)
         except RetryAfter as exc:
+            OUTBOUND_FAILURES.labels(reason="retry_after").inc()
             log.warning("telegram asks to wait %s s before chat %s", exc.retry_after, outbound.chat_id)
             return retry_seconds(exc)
         except (Forbidden, BadRequest) as exc:
+            OUTBOUND_FAILURES.labels(reason="forbidden" if isinstance(exc, Forbidden) else "bad_request").inc()
             await self._park(outbound, str(exc))
             await msg.ack()
             return None
         except NetworkError as exc:
+            OUTBOUND_FAILURES.labels(reason="network").inc()
             log.warning("sending to chat %s failed, will retry: %s", outbound.chat_id, exc)
             return NETWORK_RETRY_DELAY
+        except TelegramError as exc:  # chat migrated, endpoint gone...: not this message's fault
+            OUTBOUND_FAILURES.labels(reason="other").inc()
+            log.warning("sending to chat %s failed, will retry: %r", outbound.chat_id, exc)
+            return NETWORK_RETRY_DELAY
+        OUTBOUND_SENT.labels(kind=outbound.kind).inc()
         await self._remember(marker)
         await msg.ack()
         return None
@@ -146,6 +184,7 @@ class Delivery:
         parked = OutboundMessage(key=outbound.key, chat_id=outbound.chat_id, text=outbound.text,
                                  kind=outbound.kind, meta={**outbound.meta, "reason": reason})
         await self._js.publish(PARKED_SUBJECT, parked.to_bytes(), headers={"Nats-Msg-Id": outbound.key})
+        OUTBOUND_PARKED.labels(kind=outbound.kind).inc()
 
 
 async def delivered_bucket(js: JetStreamContext) -> KeyValue:

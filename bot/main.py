@@ -1,23 +1,31 @@
-"""Start-up and graceful shutdown of the bot process."""
+"""Start-up and graceful shutdown of the bot process.
+
+Updates arrive by long polling, or by webhook when TELEGRAM_WEBHOOK_URL is set.
+On SIGTERM the bot stops taking updates (the ones being relayed finish and are
+confirmed), lets the sends in flight finish (the outbound messages not started
+go back to JetStream), drains NATS and exits 0, within SHUTDOWN_GRACE.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 
+from nats.errors import Error as NatsError
 from telegram.error import InvalidToken, TelegramError
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
 
-from bot import config
+from bot import config, metrics
 from bot.delivery import Delivery
 from bot.relay import Poller, Relay, register
-from contract import jetstream, logs
+from contract import jetstream, lifecycle, logs
 from contract.environment import ConfigError
 
 log = logging.getLogger("bot")
 
+# Container runtimes wait 10 s by default before SIGKILL; podman-compose.yml
+# sets stop_grace_period above this.
 SHUTDOWN_GRACE = 20.0
 
 
@@ -37,9 +45,15 @@ async def main() -> None:
         settings = config.load()
     except ConfigError as exc:
         sys.exit(f"bot: {exc}")
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets)
+    stopping = lifecycle.stop_event()
 
-    nc = await jetstream.connect(settings.nats_url, "balcao-bot")
+    nc = await lifecycle.retry_until_ready(
+        "NATS", lambda: jetstream.connect(settings.nats_url, "balcao-bot"), stopping,
+        (OSError, NatsError, asyncio.TimeoutError))
+    if nc is None:
+        log.info("bot stopped before it was ready")
+        return
     js = nc.jetstream()
     await jetstream.ensure_streams(js)
 
@@ -53,23 +67,36 @@ async def main() -> None:
     except TelegramError as exc:
         sys.exit(f"bot: cannot reach the Telegram Bot API: {exc}")
     log.info("bot @%s started", application.bot.username)
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
 
-    poller = Poller(application, failures, settings.poll_timeout)
     delivery = Delivery(application.bot, js)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
+    workers = [asyncio.create_task(delivery.run(), name="delivery")]
+    receiver = poller = None
+    if settings.webhook_url:
+        # Tornado is needed in webhook mode only (extra `bot-webhook`).
+        from bot.webhook import WebhookReceiver
 
-    tasks = [asyncio.create_task(poller.run(), name="poller"),
-             asyncio.create_task(delivery.run(), name="delivery")]
-    await stopping.wait()
+        receiver = WebhookReceiver(application, failures, settings)
+        try:
+            await receiver.start()
+        except TelegramError as exc:
+            sys.exit(f"bot: Telegram refused the webhook: {exc}")
+    else:
+        poller = Poller(application, failures, settings.poll_timeout)
+        workers.append(asyncio.create_task(poller.run(), name="poller"))
+    crashed = await lifecycle.until_stopped(stopping, workers)
+
     log.info("bot stopping")
-    poller.stop()
+    deadline = lifecycle.Deadline(SHUTDOWN_GRACE)
+    if receiver is not None:
+        await receiver.stop(deadline.remaining())
+    if poller is not None:
+        poller.stop()
     delivery.stop()
-    done, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
-    for task in pending:
-        task.cancel()
+    await deadline.settle(task for task in workers if not task.done())
     await application.shutdown()
-    await jetstream.drain(nc)
+    await jetstream.drain(nc, timeout=deadline.remaining(at_least=2.0))
     log.info("bot stopped")
+    if crashed:
+        sys.exit(1)

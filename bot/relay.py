@@ -2,7 +2,9 @@
 
 PTB's own Updater confirms an update to Telegram as soon as it has fetched it.
 Balcão must confirm only after JetStream acknowledged the message, so this loop
-asks for the next offset only once every update before it was handled.
+asks for the next offset only once every update before it was handled. Webhook
+mode (bot.webhook) runs updates through the same handlers with `handle_update`
+and answers Telegram's POST only afterwards.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from telegram import Update
 from telegram.error import Conflict, Forbidden, NetworkError, RetryAfter, TelegramError
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
+from bot.metrics import INBOUND_RELAY_FAILURES, INBOUND_RELAYED
 from contract.messaging import INBOUND_SUBJECT, PLATFORM_TELEGRAM, InboundMessage
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,9 @@ class Relay:
             await self._js.publish(INBOUND_SUBJECT, inbound.to_bytes(), timeout=PUBLISH_TIMEOUT,
                                    headers={"Nats-Msg-Id": inbound.dedup_id})
         except (NatsError, asyncio.TimeoutError) as exc:
+            INBOUND_RELAY_FAILURES.inc()
             raise RelayFailed(f"update {update.update_id} not relayed: {exc!r}") from exc
+        INBOUND_RELAYED.inc()
 
     async def welcome(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """/start: a short welcome, nothing stored."""
@@ -81,6 +86,14 @@ def register(application: Application, relay: Relay, failures: set[int]) -> None
             log.error("update %s failed", getattr(update, "update_id", "?"), exc_info=error)
 
     application.add_error_handler(log_failure)
+
+
+async def handle_update(application: Application, failures: set[int], update: Update) -> bool:
+    """Run the update through the handlers; False if relaying it to JetStream failed,
+    so it must not be confirmed to Telegram."""
+    failures.discard(update.update_id)
+    await application.process_update(update)
+    return update.update_id not in failures
 
 
 class Poller:
@@ -139,9 +152,7 @@ class Poller:
         """Handle the update, retrying a failed relay; False if stopped before it succeeded."""
         delay = RETRY_DELAY
         while True:
-            self._failures.discard(update.update_id)
-            await self._application.process_update(update)
-            if update.update_id not in self._failures:
+            if await handle_update(self._application, self._failures, update):
                 return True
             # Not confirmed, so even a crash now means Telegram delivers it again.
             try:

@@ -1,0 +1,120 @@
+"""Webhook mode: Telegram POSTs each update, confirmed only once JetStream has it.
+
+PTB's own webhook server answers 200 before the handlers run, which would
+confirm updates JetStream never acknowledged. This receiver runs each update
+through the same handlers as polling (`bot.relay.handle_update`) and answers
+200 only after that; 500 when the relay failed, so Telegram delivers the update
+again; 403 when the secret Telegram was given at setWebhook is missing or wrong.
+
+Tornado is imported here and nowhere else in the bot: polling mode runs without
+it (extra `bot-webhook`), so bot.main imports this module only in webhook mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from http import HTTPStatus
+
+from telegram import Update
+from telegram.ext import Application
+from tornado.httpserver import HTTPServer
+from tornado.web import Application as WebApplication
+from tornado.web import RequestHandler
+
+from bot.config import Settings
+from bot.relay import handle_update
+
+log = logging.getLogger(__name__)
+
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+# Updates are small; Telegram's largest text is 4096 characters.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class WebhookReceiver:
+    """The HTTP listener Telegram posts updates to, and its registration with Telegram."""
+
+    def __init__(self, application: Application, failures: set[int], settings: Settings) -> None:
+        self.application = application
+        self.failures = failures
+        self._settings = settings
+        self._secret = (settings.webhook_secret or "").encode()
+        self._server: HTTPServer | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.stopping = False
+
+    async def start(self) -> None:
+        """Listen first, then tell Telegram where to post, so no update finds nobody home."""
+        routes = [(self._settings.webhook_path, UpdateHandler, {"receiver": self})]
+        self._server = HTTPServer(WebApplication(routes), max_body_size=MAX_BODY_BYTES)
+        self._server.listen(self._settings.webhook_port)
+        await self.application.bot.set_webhook(
+            url=self._settings.webhook_url,
+            secret_token=self._settings.webhook_secret,
+            allowed_updates=["message"],
+        )
+        log.info("receiving updates by webhook on port %d", self._settings.webhook_port)
+
+    async def stop(self, timeout: float) -> None:
+        """Refuse new updates, let the ones being relayed finish, close the listener.
+
+        The webhook stays registered: Telegram keeps the updates and retries them
+        until a bot answers again.
+        """
+        self.stopping = True
+        if self._server is None:
+            return
+        self._server.stop()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("%d webhook updates still being relayed; closing", self._in_flight)
+        await self._server.close_all_connections()
+        log.info("webhook stopped")
+
+    def authentic(self, secret: str) -> bool:
+        return hmac.compare_digest(secret.encode(), self._secret)
+
+    async def relay(self, update: Update) -> bool:
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await handle_update(self.application, self.failures, update)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+
+class UpdateHandler(RequestHandler):
+    def initialize(self, receiver: WebhookReceiver) -> None:
+        self.receiver = receiver
+
+    async def post(self) -> None:
+        """One update from Telegram: 200 only once handled (and relayed, if text)."""
+        receiver = self.receiver
+        if not receiver.authentic(self.request.headers.get(SECRET_HEADER, "")):
+            log.warning("webhook call without the right secret from %s refused", self.request.remote_ip)
+            return self.answer(HTTPStatus.FORBIDDEN)
+        if receiver.stopping:
+            return self.answer(HTTPStatus.SERVICE_UNAVAILABLE)  # Telegram retries later
+        try:
+            body = json.loads(self.request.body)
+            update = Update.de_json(body, receiver.application.bot) if isinstance(body, dict) else None
+        except Exception as exc:  # PTB raises assorted errors on malformed updates
+            log.warning("webhook body is not an update: %r", exc)
+            update = None
+        if update is None:
+            return self.answer(HTTPStatus.BAD_REQUEST)  # resending will not fix it
+        relayed = await receiver.relay(update)
+        self.answer(HTTPStatus.OK if relayed else HTTPStatus.INTERNAL_SERVER_ERROR)
+
+    def answer(self, status: HTTPStatus) -> None:
+        # No body: Telegram would run a JSON body as a Bot API call.
+        self.set_status(status)
+        self.finish()

@@ -1,0 +1,116 @@
+"""Outbound delivery against the real nats-server and the fake Bot API (in process)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import nats
+import pytest
+import pytest_asyncio
+from telegram import Bot
+
+from bot.delivery import Delivery, delivered_bucket, delivered_key
+from contract import jetstream
+from contract.messaging import OUTBOUND_SUBJECT, PARKED_STREAM, PARKED_SUBJECT, OutboundMessage
+from devstack.faketelegram import FakeTelegram
+
+TOKEN = "7:delivery-test"
+
+
+@pytest_asyncio.fixture
+async def fake():
+    telegram = FakeTelegram(TOKEN)
+    await telegram.start(port=0)
+    yield telegram
+    await telegram.stop()
+
+
+@pytest_asyncio.fixture
+async def js(clean_nats):
+    nc = await nats.connect(clean_nats.url)
+    context = nc.jetstream()
+    await jetstream.ensure_streams(context)
+    yield context
+    await nc.close()
+
+
+@pytest_asyncio.fixture
+async def delivery(fake, js):
+    async with Bot(TOKEN, base_url=f"{fake.base_url}/bot") as bot:
+        running = Delivery(bot, js, batch_size=10)
+        task = asyncio.create_task(running.run())
+        yield running
+        running.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def publish(js, key: str, chat_id: str, text: str) -> None:
+    message = OutboundMessage(key=key, chat_id=chat_id, text=text)
+    await js.publish(OUTBOUND_SUBJECT, message.to_bytes(), headers={"Nats-Msg-Id": key})
+
+
+async def until(check, timeout: float = 10.0):
+    for _ in range(int(timeout / 0.05)):
+        result = check()
+        if result:
+            return result
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met")
+
+
+@pytest.mark.asyncio
+async def test_messages_for_one_chat_keep_their_order_across_a_retry_after(fake, js, delivery):
+    fake.register_user(11, "Ana")
+    fake.add_fault("sendMessage", 429, chat_id=11, retry_after=1, times=1)
+    for n in range(3):
+        await publish(js, f"k{n}", "11", f"texto {n}")
+    sent = await until(lambda: [m["text"] for m in fake.sent(11)] if len(fake.sent(11)) == 3 else None)
+    assert sent == ["texto 0", "texto 1", "texto 2"]
+
+
+@pytest.mark.asyncio
+async def test_channel_names_and_ids_are_both_delivered(fake, js, delivery):
+    channel = fake.register_channel(username="@suporte", title="Suporte")
+    await publish(js, "a1", "@suporte", "por nome")
+    await publish(js, "a2", str(channel["id"]), "por id")
+    texts = await until(lambda: sorted(m["text"] for m in fake.sent("@suporte")) if len(fake.sent("@suporte")) == 2 else None)
+    assert texts == ["por id", "por nome"]
+
+
+@pytest.mark.asyncio
+async def test_undeliverable_message_is_parked_with_its_reason(fake, js, delivery):
+    await publish(js, "lost", "999", "ninguém")  # never talked to the bot: chat not found
+    fake.register_user(12, "Bia")
+    await publish(js, "fine", "12", "ok")
+    await until(lambda: fake.sent(12))
+    subscription = await js.pull_subscribe(PARKED_SUBJECT, durable="test-parked", stream=PARKED_STREAM)
+    parked = await subscription.fetch(1, timeout=5)
+    body = json.loads(parked[0].data)
+    assert body["key"] == "lost"
+    assert "chat not found" in body["meta"]["reason"].lower()
+    assert fake.sent(999) == []
+
+
+@pytest.mark.asyncio
+async def test_a_redelivered_message_already_sent_is_not_sent_again(fake, js):
+    fake.register_user(13, "Caio")
+    # A bot sent "k-sent", recorded it, and died before acknowledging.
+    bucket = await delivered_bucket(js)
+    await bucket.put(delivered_key("k-sent"), b"1")
+    await publish(js, "k-sent", "13", "já enviado")
+    await publish(js, "k-new", "13", "novo")
+    subscription = await js.pull_subscribe(OUTBOUND_SUBJECT, durable="bot-outbound")
+    first = await subscription.fetch(2, timeout=5)
+    for msg in first:
+        await msg.nak()
+    await subscription.unsubscribe()
+
+    async with Bot(TOKEN, base_url=f"{fake.base_url}/bot") as bot:
+        running = Delivery(bot, js)
+        task = asyncio.create_task(running.run())
+        await until(lambda: fake.sent(13))
+        await asyncio.sleep(0.5)
+        running.stop()
+        await asyncio.wait_for(task, 10)
+    assert [m["text"] for m in fake.sent(13)] == ["novo"]
