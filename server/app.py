@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -10,7 +12,9 @@ from tornado.web import Application
 
 from server.config import Settings
 from server.database import Database
-from server.handlers import base, health
+from server.cursors import CursorCodec
+from server.handlers import base, health, imports, metrics, openapi, sessions
+from server.importing.jobs import Imports
 from server.outbound import Outbound
 
 
@@ -20,14 +24,26 @@ class Services:
     nats: Client
     js: JetStreamContext
     outbound: Outbound
+    # Set when SIGTERM arrives: long work (an import) checks it between batches.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Awaited at shutdown, after the HTTP server stopped accepting and before NATS
+    # is drained: each finishes the work in hand (an import's current batch) and
+    # returns. They run concurrently within the shutdown grace period.
+    drains: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 def make_app(settings: Settings, services: Services) -> Application:
-    handlers = [*health.default_handlers]
+    handlers = [*health.default_handlers, *metrics.default_handlers, *sessions.default_handlers,
+                *imports.default_handlers, *openapi.default_handlers]
+    running_imports = Imports(services.db, services.outbound)
+    services.drains.append(running_imports.drain)
     return Application(
         handlers,
         default_handler_class=base.NotFoundHandler,
         api_token=settings.api_token,
         config=settings,
         services=services,
+        cursors=CursorCodec(settings.api_token),
+        imports=running_imports,
+        log_function=metrics.log_request,
     )

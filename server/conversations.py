@@ -15,7 +15,7 @@ from pymongo.errors import BulkWriteError
 
 from contract.messaging import InboundMessage
 from server import names
-from server.models import PREVIEW_LENGTH, Message, Session
+from server.models import PREVIEW_LENGTH, Message, Session, activity_key
 
 DUPLICATE_KEY = 11000
 
@@ -38,68 +38,92 @@ class StoredInbound:
     key: str
     session_id: ObjectId
     needs_reply: bool
+    inserted: bool = False  # stored by this call, not found stored already
 
 
 def _open_sessions(batch: Sequence[InboundMessage], now: dt.datetime) -> dict[tuple[str, str], ObjectId]:
     """Find or create the open session of every contact in the batch.
 
-    Reads first and writes only what is missing or renamed: matching sessions by
-    `$in` on the unique contact index is index-served everywhere, where `$or` or
-    extra predicates in an update filter are collection scans on SecantusDB.
+    Reads first and writes only what is missing, renamed or unreachable:
+    matching sessions by `$in` on the unique contact index is index-served
+    everywhere, where `$or` or extra predicates in an update filter are
+    collection scans on SecantusDB.
     """
     latest: dict[tuple[str, str], InboundMessage] = {}
     for message in batch:
         latest[(message.platform, message.contact_identifier)] = message  # latest name wins
-    sessions = _find_sessions(latest)
+    fields = ("contact_name", "chat_id")
+    sessions = sessions_by_contact(latest, fields)
     missing = [contact for contact in latest if contact not in sessions]
     if missing:
         _create_sessions([latest[contact] for contact in missing], now)
-        sessions.update(_find_sessions({contact: latest[contact] for contact in missing}))
-    renamed = [
-        UpdateOne({"_id": session_id}, {"$set": _naming(latest[contact].name)})
-        for contact, (session_id, name) in sessions.items()
-        if name != latest[contact].name
-    ]
-    if renamed:
-        Session._get_collection().bulk_write(renamed, ordered=False)
-    return {contact: session_id for contact, (session_id, _) in sessions.items()}
+        sessions.update(sessions_by_contact(missing, fields))
+    updates = []
+    for contact, session in sessions.items():
+        message, changes = latest[contact], {}
+        if session.get("contact_name", "") != message.name:
+            changes.update(naming(message.name))
+        if not session.get("chat_id"):
+            # An imported session: now that the contact wrote, goodbyes and replies can reach them.
+            changes["chat_id"] = str(message.chat_id)
+        if changes:
+            updates.append(UpdateOne({"_id": session["_id"]}, {"$set": changes}))
+    if updates:
+        Session._get_collection().bulk_write(updates, ordered=False)
+    return {contact: session["_id"] for contact, session in sessions.items()}
 
 
-def _naming(name: str) -> dict:
+def naming(name: str) -> dict:
+    """The fields that hold a contact's name: as shown, and as searched."""
     return {"contact_name": name, "name_keys": names.search_keys(name)}
 
 
-def _find_sessions(contacts: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[ObjectId, str]]:
+def sessions_by_contact(contacts: Iterable[tuple[str, str]],
+                        fields: Iterable[str] = ("contact_name",)) -> dict[tuple[str, str], dict]:
+    """The open sessions of these contacts (platform, identifier), with the given fields.
+
+    One `$in` per platform on the unique contact index: index-served everywhere.
+    """
     by_platform: dict[str, list[str]] = {}
     for platform, identifier in contacts:
         by_platform.setdefault(platform, []).append(identifier)
-    found: dict[tuple[str, str], tuple[ObjectId, str]] = {}
+    projection = {"contact_identifier": 1, **{name: 1 for name in fields}}
+    found: dict[tuple[str, str], dict] = {}
     for platform, identifiers in by_platform.items():
         cursor = Session._get_collection().find(
-            {"platform": platform, "contact_identifier": {"$in": identifiers}},
-            {"contact_identifier": 1, "contact_name": 1},
+            {"platform": platform, "contact_identifier": {"$in": identifiers}}, projection
         )
         for doc in cursor:
-            found[(platform, doc["contact_identifier"])] = (doc["_id"], doc.get("contact_name", ""))
+            found[(platform, doc["contact_identifier"])] = doc
     return found
 
 
+def duplicates_only(exc: BulkWriteError) -> set[int]:
+    """The indexes of the documents an unordered insert_many skipped as already stored.
+
+    Re-raises when anything else failed: only a duplicate key is expected.
+    """
+    errors = exc.details["writeErrors"]
+    if any(error["code"] != DUPLICATE_KEY for error in errors):
+        raise exc
+    return {error["index"] for error in errors}
+
+
 def _create_sessions(messages: Sequence[InboundMessage], now: dt.datetime) -> None:
+    ids = [ObjectId() for _ in messages]  # chosen here: the activity key holds the id
     documents = [
-        {"platform": m.platform, "contact_identifier": m.contact_identifier, **_naming(m.name),
-         "chat_id": str(m.chat_id), "created_at": now, "last_message_at": now,
-         "message_count": 0, "last_message_preview": ""}
-        for m in messages
+        {"_id": session_id, "platform": m.platform, "contact_identifier": m.contact_identifier,
+         **naming(m.name), "chat_id": str(m.chat_id), "created_at": now, "last_message_at": now,
+         "activity_key": activity_key(now, session_id), "message_count": 0, "last_message_preview": ""}
+        for session_id, m in zip(ids, messages)
     ]
     try:
         Session._get_collection().insert_many(documents, ordered=False)
     except BulkWriteError as exc:
-        # Another replica opened the same contact's session first: use theirs.
-        if any(error["code"] != DUPLICATE_KEY for error in exc.details["writeErrors"]):
-            raise
+        duplicates_only(exc)  # another replica opened the same contact's session first: use theirs
 
 
-def _insert_new(documents: list[dict]) -> set[str]:
+def insert_new_messages(documents: list[dict]) -> set[str]:
     """Insert the messages not stored yet; return the keys actually inserted."""
     if not documents:
         return set()
@@ -107,10 +131,7 @@ def _insert_new(documents: list[dict]) -> set[str]:
         Message._get_collection().insert_many(documents, ordered=False)
         return {doc["key"] for doc in documents}
     except BulkWriteError as exc:
-        errors = exc.details["writeErrors"]
-        if any(error["code"] != DUPLICATE_KEY for error in errors):
-            raise
-        failed = {error["index"] for error in errors}
+        failed = duplicates_only(exc)
         return {doc["key"] for index, doc in enumerate(documents) if index not in failed}
 
 
@@ -141,12 +162,13 @@ def store_inbound(batch: Sequence[InboundMessage], redelivered: Sequence[bool]) 
         }
         for key, (m, _) in unique.items()
     ]
-    inserted = _insert_new(documents)
+    inserted = insert_new_messages(documents)
     _touch_sessions(
         [(doc["session_id"], doc["text"]) for doc in documents if doc["key"] in inserted], now
     )
     return [
-        StoredInbound(m, key, sessions[(m.platform, m.contact_identifier)], key in inserted or again)
+        StoredInbound(m, key, sessions[(m.platform, m.contact_identifier)], key in inserted or again,
+                      key in inserted)
         for key, (m, again) in unique.items()
     ]
 
@@ -163,7 +185,8 @@ def _touch_sessions(new_messages: Iterable[tuple[ObjectId, str]], now: dt.dateti
         [
             UpdateOne(
                 {"_id": session_id},
-                {"$inc": {"message_count": count}, "$max": {"last_message_at": now},
+                {"$inc": {"message_count": count},
+                 "$max": {"last_message_at": now, "activity_key": activity_key(now, session_id)},
                  "$set": {"last_message_preview": preview(last_text[session_id])}},
             )
             for session_id, count in counts.items()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
+from bson import ObjectId
 from mongoengine import (
     DateTimeField,
     DictField,
@@ -14,6 +17,44 @@ from mongoengine import (
 )
 
 PREVIEW_LENGTH = 120
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MILLISECOND = dt.timedelta(milliseconds=1)
+# Fourteen digits of milliseconds since 1970 keep the keys' text order equal to
+# time order until the year 5138.
+_TIME_DIGITS = 14
+
+
+def activity_time_prefix(at: dt.datetime) -> str:
+    """The leading part of every activity key at `at`: a bound for time ranges."""
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)
+    milliseconds = min(max((at - _EPOCH) // _MILLISECOND, 0), 10**_TIME_DIGITS - 1)
+    return f"{milliseconds:0{_TIME_DIGITS}d}"
+
+
+def activity_key(last_message_at: dt.datetime, session_id: ObjectId) -> str:
+    """`Session.activity_key`: last activity, then the id, as one sortable string.
+
+    Listing pages by a range over one field is index-served on mongod and on
+    SecantusDB alike, where `(last_message_at, _id)` keysets need an `$or` that
+    SecantusDB answers with a collection scan. The id suffix makes keys unique,
+    and a session's keys only grow, so `$max` keeps the field current.
+    """
+    return activity_time_prefix(last_message_at) + str(session_id)
+
+
+def activity_floor(at: dt.datetime) -> str:
+    """The smallest activity key at `at`, as long as every key.
+
+    Range bounds are whole keys: SecantusDB 0.7 misplaces a string bound that
+    is a prefix of indexed values on a descending index, and equal-length keys
+    never stand in that relation.
+    """
+    return activity_time_prefix(at) + "0" * 24
+
+
+def activity_key_time(key: str) -> dt.datetime:
+    return _EPOCH + int(key[:_TIME_DIGITS]) * _MILLISECOND
 
 
 class SessionQuerySet(QuerySet):
@@ -34,14 +75,20 @@ class Session(Document):
     message_count = IntField(default=0, min_value=0)
     last_message_preview = StringField(default="")
     source_id = StringField()  # the `_id` a session had in an imported file
+    # activity_key(last_message_at, id); every writer of a session sets it, or the
+    # session is missing from the listings. See server.sessions for the queries.
+    activity_key = StringField(required=True)
 
     meta = {
         "collection": "sessions",
         "queryset_class": SessionQuerySet,
         "indexes": [
             {"fields": ["platform", "contact_identifier"], "unique": True, "name": "contact"},
-            {"fields": ["-last_message_at", "-id"], "name": "activity"},
-            {"fields": ["name_keys", "-last_message_at", "-id"], "name": "name_search"},
+            # Ascending, walked backwards for newest-first pages: SecantusDB 0.7 gets
+            # some string ranges wrong on descending indexes (see activity_floor).
+            {"fields": ["activity_key"], "name": "activity_order"},
+            {"fields": ["name_keys", "activity_key"], "name": "name_activity"},
+            {"fields": ["platform", "activity_key"], "name": "platform_activity"},
         ],
         "auto_create_index": False,
     }
@@ -93,7 +140,53 @@ class OutboxEntry(Document):
     }
 
 
-DOCUMENTS = (Session, Message, OutboxEntry)
+class ImportJob(Document):
+    """One import of session records, from an upload or from the CLI's chunks.
+
+    Kept in MongoDB so that any replica answers `GET /v1/imports/{id}`. While
+    the import runs, its counts and errors are the sum of its ImportBatch
+    documents; when it ends they are copied here.
+    """
+
+    channel = StringField(required=True)  # "@name" or "-100..." id: where the summary goes
+    source = StringField(default="")  # the file name the client gave
+    file_format = StringField()  # json, ndjson or csv; None for the CLI's chunks
+    mode = StringField(required=True, choices=("upload", "chunks"))
+    status = StringField(required=True, choices=("running", "succeeded", "failed"))
+    created_at = DateTimeField(required=True)
+    finished_at = DateTimeField()
+    bytes_received = IntField(default=0)
+    next_chunk = IntField(default=0)  # chunks mode: every chunk below it is stored
+    counts = DictField()
+    errors = ListField(DictField())
+    # Why a failed import stopped: {"reason", "message", "offset", "line", "record"}.
+    failure = DictField()
+
+    meta = {"collection": "import_jobs", "indexes": [], "auto_create_index": False}
+
+
+class ImportBatch(Document):
+    """The commit record of one batch of an upload, or of one chunk from the CLI.
+
+    Written after the batch's sessions and messages, and unique per job and
+    sequence number: a chunk sent again finds its record and is not applied
+    twice, and the job's counts are the sum of these.
+    """
+
+    job_id = ObjectIdField(required=True)
+    seq = IntField(required=True, min_value=0)
+    counts = DictField()
+    errors = ListField(DictField())  # at most the report's limit per batch
+    created_at = DateTimeField(required=True)
+
+    meta = {
+        "collection": "import_batches",
+        "indexes": [{"fields": ["job_id", "seq"], "unique": True, "name": "job_batch"}],
+        "auto_create_index": False,
+    }
+
+
+DOCUMENTS = (Session, Message, OutboxEntry, ImportJob, ImportBatch)
 
 
 def ensure_indexes() -> None:

@@ -101,10 +101,11 @@ class Stack:
         self.processes: list[Process] = []
         self.http_port = free_port()
 
-    def server(self, **extra: str) -> Process:
+    def server(self, *, wait: bool = True, **extra: str) -> Process:
+        """Start a server; unless `wait` is False, return once its HTTP port is open."""
         env = {**self.env, "HTTP_PORT": str(self.http_port), **extra}
         port = int(env["HTTP_PORT"])
-        process = Process("server", env, self.logs / f"server-{port}.log", port=port)
+        process = Process("server", env, self.logs / f"server-{port}.log", port=port if wait else None)
         self.processes.append(process)
         return process.start()
 

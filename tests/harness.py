@@ -165,3 +165,93 @@ def stack_env(nats_url: str, mongodb_uri: str, telegram_url: str) -> dict[str, s
 
 def new_port() -> int:
     return free_port()
+
+
+class ApiClient:
+    """The /v1 API of a running server, called the way agents call it.
+
+    Every answer to a documented route is validated against the OpenAPI document
+    on the way, so each API test also checks the contract; `check=False` is for
+    the few requests that probe what the document leaves out.
+    """
+
+    def __init__(self, base_url: str, token: str | None = API_TOKEN) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url
+        self.http = httpx.Client(base_url=f"{base_url}/v1/", headers=headers, timeout=30)
+
+    def request(self, method: str, path: str, *, check: bool = True, **kwargs: Any) -> httpx.Response:
+        response = self.http.request(method, path, **kwargs)
+        if check:
+            conforms_to_openapi(response)
+        return response
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("DELETE", path, **kwargs)
+
+    def walk(self, path: str, **params: Any) -> list[list[dict]]:
+        """Every page of a listing, following `next_cursor` to the end."""
+        pages: list[list[dict]] = []
+        cursor = None
+        while True:
+            response = self.get(path, params={**params, **({"cursor": cursor} if cursor else {})})
+            assert response.status_code == 200, response.text
+            body = response.json()
+            pages.append(body["items"])
+            cursor = body["next_cursor"]
+            if cursor is None:
+                return pages
+
+    def close(self) -> None:
+        self.http.close()
+
+
+_openapi_schema: Any = None
+
+
+def conforms_to_openapi(response: httpx.Response) -> None:
+    """Raise unless the response is what the OpenAPI document says its route answers."""
+    global _openapi_schema
+    import schemathesis  # heavy; only API tests need it
+
+    if _openapi_schema is None:
+        _openapi_schema = schemathesis.openapi.from_path(ROOT / "server" / "openapi.json")
+    request = response.request
+    operation = _openapi_schema.find_operation_by_path(request.method, request.url.path)
+    assert operation is not None, f"{request.method} {request.url.path} is not in the OpenAPI document"
+    operation.validate_response(response)
+
+
+async def _outbound_messages(url: str) -> list:
+    import nats
+    from nats.js.errors import NotFoundError
+
+    from contract.messaging import OUTBOUND_STREAM, OutboundMessage
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        try:
+            state = (await js.stream_info(OUTBOUND_STREAM)).state
+        except NotFoundError:
+            return []
+        found = []
+        for sequence in range(state.first_seq, state.last_seq + 1):
+            try:
+                found.append(OutboundMessage.from_bytes((await js.get_msg(OUTBOUND_STREAM, sequence)).data))
+            except NotFoundError:
+                continue  # consumed and removed: the stream is a work queue
+        return found
+    finally:
+        await nc.close()
+
+
+def outbound_messages(nats_url: str) -> list:
+    """What the server published on the outbound stream and no bot has taken yet."""
+    return asyncio.run(_outbound_messages(nats_url))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
+from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
+from pymongo.errors import ConnectionFailure
 from tornado.web import HTTPError, RequestHandler
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,10 @@ class JsonHandler(RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
+        if self.SUPPORTED_METHODS is not RequestHandler.SUPPORTED_METHODS:
+            # A route that names its methods says so on every answer, so its 405s
+            # carry the Allow header RFC 9110 requires of them.
+            self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))
 
     def write_json(self, body: dict[str, Any], status: int = 200) -> None:
         self.set_status(status)
@@ -89,6 +96,17 @@ class ApiHandler(JsonHandler):
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
             raise ApiError(401, "send `Authorization: Bearer <token>` with a valid API token",
                            kind="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="balcao"'})
+
+
+@contextlib.contextmanager
+def database_errors() -> Iterator[None]:
+    """MongoDB out of reach is a 503 with Retry-After: the client may try again, it is no bug."""
+    try:
+        yield
+    except ConnectionFailure as exc:
+        log.warning("mongodb unavailable while serving a request: %s", exc)
+        raise ApiError(503, "the database is not answering; try again shortly", kind="unavailable",
+                       headers={"Retry-After": "5"}) from exc
 
 
 def slug(title: str) -> str:

@@ -1,0 +1,328 @@
+"""The sessions API: list and search open sessions, read them and their messages,
+answer a contact as an agent, and finish a session with a goodbye."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import unicodedata
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from bson import ObjectId
+from tornado.web import stream_request_body, url
+
+from contract.messaging import OutboundMessage
+from server import names, sessions
+from server.cursors import CursorCodec, CursorInvalid
+from server.handlers.base import ApiError, ApiHandler, database_errors
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+SESSION_ID = r"(?P<session_id>[^/]+)"
+MESSAGE_ID = r"(?P<message_id>[^/]+)"
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+MAX_QUERY_LENGTH = 200
+# Telegram's limit for the text of one message.
+MAX_TEXT_LENGTH = 4096
+# 4096 characters JSON-escaped at worst as surrogate pairs (12 bytes each) fit
+# in 48 KiB; a larger body is not a reply and is not read.
+MAX_REPLY_BODY = 64 * 1024
+_PLATFORM = re.compile(r"[a-z0-9_-]{1,32}")
+_QUERY_PUNCTUATION = frozenset(" '’-")
+_OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
+# RFC 3339 date-time, as the OpenAPI `format: date-time` promises; the zone is
+# required so no one's local time is taken for UTC.
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
+
+
+def timestamp(at: dt.datetime) -> str:
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)
+    return at.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def session_resource(doc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(doc["_id"]),
+        "contact": {
+            "platform": doc["platform"],
+            "identifier": doc["contact_identifier"],
+            "name": doc.get("contact_name") or "",
+        },
+        "created_at": timestamp(doc["created_at"]),
+        "last_message_at": timestamp(doc["last_message_at"]),
+        "message_count": doc.get("message_count", 0),
+        "last_message_preview": doc.get("last_message_preview") or "",
+    }
+
+
+def message_resource(doc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(doc["_id"]),
+        "session_id": str(doc["session_id"]),
+        "direction": doc["direction"],
+        "text": doc["text"],
+        "sent_at": timestamp(doc["sent_at"]),
+    }
+
+
+def messages_listing(session_id: ObjectId) -> str:
+    return json.dumps(["messages", str(session_id)])
+
+
+class ParameterProblems:
+    """Every query-parameter problem of a request, reported together in one 400."""
+
+    def __init__(self, handler: SessionsApiHandler) -> None:
+        self._handler = handler
+        self.errors: list[dict[str, str]] = []
+
+    def add(self, name: str, message: str) -> None:
+        self.errors.append({"field": name, "in": "query", "message": message})
+
+    def raw(self, name: str) -> str | None:
+        return self._handler.get_query_argument(name, None, strip=False)
+
+    def limit(self) -> int:
+        raw = self.raw("limit")
+        if raw is None:
+            return DEFAULT_LIMIT
+        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+            self.add("limit", f"must be a whole number from 1 to {MAX_LIMIT}, got {raw[:20]!r}")
+            return DEFAULT_LIMIT
+        return int(raw)
+
+    def search_words(self) -> tuple[str, ...]:
+        raw = self.raw("q")
+        if raw is None or not raw.strip():
+            return ()
+        if len(raw) > MAX_QUERY_LENGTH:
+            self.add("q", f"must be at most {MAX_QUERY_LENGTH} characters, got {len(raw)}")
+            return ()
+        for position, char in enumerate(raw):
+            if not (char.isalnum() or char in _QUERY_PUNCTUATION
+                    or unicodedata.category(char).startswith("M")):
+                self.add("q", "may hold only letters, digits, spaces, apostrophes and hyphens; "
+                              f"found {char!r} at position {position}")
+                return ()
+        words = names.query_keys(raw)
+        if not words:
+            self.add("q", "holds no letters or digits to search for")
+        return tuple(words)
+
+    def platform(self) -> str | None:
+        raw = self.raw("platform")
+        if raw is None:
+            return None
+        platform = raw.lower()
+        if not _PLATFORM.fullmatch(platform):
+            self.add("platform", "must be 1 to 32 letters, digits, '_' or '-', like 'telegram'")
+            return None
+        return platform
+
+    def active_since(self) -> dt.datetime | None:
+        raw = self.raw("active_since")
+        if raw is None:
+            return None
+        try:
+            if not _DATE_TIME.fullmatch(raw):
+                raise ValueError(raw)
+            return dt.datetime.fromisoformat(raw.upper())
+        except ValueError:
+            self.add("active_since", "must be an RFC 3339 date-time with a zone, such as "
+                                     f"2024-05-01T12:00:00Z, got {raw[:40]!r}")
+            return None
+
+    def resume(self, listing: str, read: Callable[[dict[str, Any]], T]) -> T | None:
+        """The position in `cursor`, checked only once every other parameter is valid,
+        because a listing with bad filters has no cursors to compare with."""
+        raw = self.raw("cursor")
+        if raw is None or self.errors:
+            return None
+        try:
+            return read(self._handler.cursors.decode(listing, raw))
+        except CursorInvalid as exc:
+            self.add("cursor", f"{exc}; start again without a cursor")
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("a validly signed cursor held an unreadable position: %r", exc)
+            self.add("cursor", "cannot be read; start again without a cursor")
+        return None
+
+    def check(self) -> None:
+        if self.errors:
+            detail = "; ".join(f"{error['field']} {error['message']}" for error in self.errors)
+            raise ApiError(400, detail, kind="invalid-parameters", errors=self.errors)
+
+
+class SessionsApiHandler(ApiHandler):
+    """Shared plumbing of the sessions routes."""
+
+    @property
+    def cursors(self) -> CursorCodec:
+        return self.settings["cursors"]
+
+    async def database(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        with database_errors():
+            return await self.settings["services"].db.run(fn, *args, **kwargs)
+
+    async def promise(self, message: OutboundMessage) -> None:
+        with database_errors():
+            await self.settings["services"].outbound.promise(message)
+
+    async def open_session(self, raw_id: str) -> dict[str, Any]:
+        session_id = _object_id(raw_id)
+        session = None if session_id is None else await self.database(sessions.find_session, session_id)
+        if session is None:
+            raise ApiError(404, f"there is no open session with id {raw_id[:40]!r}", kind="session-not-found")
+        return session
+
+
+def _object_id(raw: str) -> ObjectId | None:
+    return ObjectId(raw) if _OBJECT_ID.fullmatch(raw) else None
+
+
+class SessionsHandler(SessionsApiHandler):
+    SUPPORTED_METHODS = ("GET",)
+
+    async def get(self) -> None:
+        """Open sessions, most recent activity first, optionally searched and filtered."""
+        params = ParameterProblems(self)
+        limit = params.limit()
+        criteria = sessions.SessionFilter(words=params.search_words(), platform=params.platform(),
+                                          active_since=params.active_since())
+        resume = params.resume(criteria.listing(), sessions.SessionsResume.from_position)
+        params.check()
+        page = await self.database(sessions.list_sessions, criteria, limit, resume)
+        cursor = (self.cursors.encode(criteria.listing(), page.resume.to_position())
+                  if page.resume else None)
+        self.write_json({"items": [session_resource(doc) for doc in page.sessions], "next_cursor": cursor})
+
+
+class SessionHandler(SessionsApiHandler):
+    SUPPORTED_METHODS = ("GET", "DELETE")
+
+    async def get(self, session_id: str) -> None:
+        """One open session."""
+        self.write_json(session_resource(await self.open_session(session_id)))
+
+    async def delete(self, session_id: str) -> None:
+        """Finish the session: delete it and its messages, and say goodbye to the contact.
+
+        The goodbye is promised (kept in the outbox) before anything is deleted, so
+        neither a crash nor NATS being down loses it; its key is the session's, so
+        JetStream and the bot's delivered-key store drop any repeat.
+        """
+        session = await self.open_session(session_id)
+        chat = session.get("chat_id")
+        if chat:
+            await self.promise(OutboundMessage(
+                key=f"goodbye:{session['_id']}", chat_id=chat, text=self.settings["config"].goodbye_text,
+                kind="goodbye", meta={"session_id": str(session["_id"])},
+            ))
+        else:
+            log.info("session %s finished without a goodbye: no chat is known for it", session["_id"])
+        await self.database(sessions.finish, session["_id"])
+        log.info("session %s finished", session["_id"])
+        self.set_status(204)
+        self.finish()
+
+
+@stream_request_body
+class SessionMessagesHandler(SessionsApiHandler):
+    SUPPORTED_METHODS = ("GET", "POST")
+
+    def prepare(self) -> None:
+        super().prepare()
+        self._body: list[bytes] = []
+        if self.request.method != "POST":
+            return
+        length = self.request.headers.get("Content-Length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_REPLY_BODY):
+            raise ApiError(413, f"an agent reply body is at most {MAX_REPLY_BODY} bytes",
+                           kind="payload-too-large")
+        if self.request.connection is not None:  # chunked bodies are cut off at the limit too
+            self.request.connection.set_max_body_size(MAX_REPLY_BODY)
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body.append(chunk)
+
+    async def get(self, session_id: str) -> None:
+        """The session's messages, oldest first."""
+        session = await self.open_session(session_id)
+        params = ParameterProblems(self)
+        limit = params.limit()
+        listing = messages_listing(session["_id"])
+        resume = params.resume(listing, sessions.MessagesResume.from_position)
+        params.check()
+        page = await self.database(sessions.list_messages, session["_id"], limit, resume)
+        cursor = self.cursors.encode(listing, page.resume.to_position()) if page.resume else None
+        self.write_json({"items": [message_resource(doc) for doc in page.messages], "next_cursor": cursor})
+
+    async def post(self, session_id: str) -> None:
+        """An agent's reply: stored in the session and delivered to the contact."""
+        self.request.body = b"".join(self._body)
+        text = agent_text(self.json_body())
+        session = await self.open_session(session_id)
+        chat = session.get("chat_id")
+        if not chat:
+            raise ApiError(409, "this session has no chat to deliver to (it was imported, not started "
+                                "by the contact)", kind="no-chat")
+        message = await self.database(sessions.add_agent_reply, session, text)
+        if message is None:
+            raise ApiError(404, f"session {session_id} was finished meanwhile", kind="session-not-found")
+        await self.promise(OutboundMessage(
+            key=f"agent:{message['_id']}", chat_id=chat, text=text, kind="agent",
+            meta={"session_id": str(session["_id"]), "message_id": str(message["_id"])},
+        ))
+        self.set_header("Location", self.reverse_url("session_message", str(session["_id"]),
+                                                     str(message["_id"])))
+        self.write_json(message_resource(message), status=201)
+
+
+def agent_text(body: dict[str, Any]) -> str:
+    errors = [{"field": name, "in": "body", "message": "is not a field of an agent reply"}
+              for name in body if name != "text"]
+    text = body.get("text")
+    if text is None:
+        errors.append({"field": "text", "in": "body", "message": "is required"})
+    elif not isinstance(text, str):
+        errors.append({"field": "text", "in": "body", "message": "must be a string"})
+    elif not text.strip():
+        errors.append({"field": "text", "in": "body", "message": "must not be empty or only spaces"})
+    elif len(text) > MAX_TEXT_LENGTH:
+        errors.append({"field": "text", "in": "body", "message":
+                       f"must be at most {MAX_TEXT_LENGTH} characters (Telegram's limit), got {len(text)}"})
+    if errors:
+        detail = "; ".join(f"{error['field']} {error['message']}" for error in errors)
+        raise ApiError(400, detail, kind="invalid-body", errors=errors)
+    return text
+
+
+class SessionMessageHandler(SessionsApiHandler):
+    SUPPORTED_METHODS = ("GET",)
+
+    async def get(self, session_id: str, message_id: str) -> None:
+        """One message of an open session."""
+        session = await self.open_session(session_id)
+        wanted = _object_id(message_id)
+        message = None if wanted is None else await self.database(sessions.find_message, session["_id"], wanted)
+        if message is None:
+            raise ApiError(404, f"session {session_id} has no message with id {message_id[:40]!r}",
+                           kind="message-not-found")
+        self.write_json(message_resource(message))
+
+
+default_handlers = [
+    url(r"/v1/sessions", SessionsHandler, name="sessions"),
+    url(rf"/v1/sessions/{SESSION_ID}", SessionHandler, name="session"),
+    url(rf"/v1/sessions/{SESSION_ID}/messages", SessionMessagesHandler, name="session_messages"),
+    url(rf"/v1/sessions/{SESSION_ID}/messages/{MESSAGE_ID}", SessionMessageHandler, name="session_message"),
+]

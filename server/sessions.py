@@ -1,0 +1,281 @@
+"""Open sessions as agents see them: listed by activity, searched by contact name,
+read with their messages, answered by agents, and finished.
+
+These functions block on MongoDB; handlers run them through `Database.run`.
+
+How a page of sessions is read
+------------------------------
+Every query is at most one equality (a contact-name key or a platform) plus one
+range over `activity_key`, sorted by `activity_key` descending: mongod serves it
+from the matching compound index, and so does SecantusDB, whose planner scans
+the collection for `$or` keysets, `$all` and anchored regexes.
+
+SecantusDB also reads every index entry in a range before it applies the limit,
+so an open-ended range costs as much as the whole collection. A page is
+therefore gathered from bounded time slices walked backwards from the cursor:
+each slice is one index-served query, a slice that comes back short makes the
+next one wider, and the cursor carries the width that filled the page, so the
+next page starts with a slice of the right size. On mongod the limit ends each
+scan early anyway; the slices add a few round trips only where activity is sparse.
+
+A query of several words probes the index with its longest word (usually the
+rarest prefix) and checks the others against the contact's name here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING
+
+from server import names
+from server.conversations import preview, utcnow
+from server.models import (
+    Message,
+    Session,
+    activity_floor,
+    activity_key,
+    activity_key_time,
+    activity_time_prefix,
+)
+
+SESSION_ORDER = [("activity_key", DESCENDING)]
+MESSAGE_ORDER = [("sent_at", ASCENDING), ("_id", ASCENDING)]
+# Name keys are dozens of strings per session and no reader needs them.
+SESSION_FIELDS = {"name_keys": 0}
+
+FIRST_SLICE_MS = 60_000
+MIN_SLICE_MS = 1_000
+MAX_SLICE_MS = 10**14  # wider than any activity key's range
+MAX_WIDENING = 8
+
+
+@dataclass(frozen=True)
+class SessionFilter:
+    """What a listing asks for; `words` are folded name prefixes (names.query_keys)."""
+
+    words: tuple[str, ...] = ()
+    platform: str | None = None
+    active_since: dt.datetime | None = None
+
+    def listing(self) -> str:
+        """Identifies the listing, so a cursor is honoured only where it was issued."""
+        since = self.active_since.astimezone(dt.UTC).isoformat() if self.active_since else None
+        return json.dumps(["sessions", sorted(self.words), self.platform, since])
+
+
+@dataclass(frozen=True)
+class Query:
+    """One `find` as sent to MongoDB; the benchmark replays these on the bare driver."""
+
+    collection: str
+    filter: dict[str, Any]
+    sort: list[tuple[str, int]]
+    limit: int
+    projection: dict[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class SessionsResume:
+    before: str  # activity key of the last session already listed
+    slice_ms: int
+
+    def to_position(self) -> dict[str, Any]:
+        return {"before": self.before, "slice": self.slice_ms}
+
+    @classmethod
+    def from_position(cls, position: dict[str, Any]) -> SessionsResume:
+        before, width = position["before"], position["slice"]
+        if not isinstance(before, str) or not isinstance(width, int):
+            raise ValueError("malformed sessions position")
+        activity_key_time(before)  # raises ValueError unless it starts with the time
+        return cls(before, min(max(width, MIN_SLICE_MS), MAX_SLICE_MS))
+
+
+@dataclass
+class SessionsPage:
+    sessions: list[dict[str, Any]]
+    resume: SessionsResume | None
+    queries: list[Query] = field(default_factory=list)
+
+
+def list_sessions(criteria: SessionFilter, limit: int, resume: SessionsResume | None = None,
+                  now: dt.datetime | None = None) -> SessionsPage:
+    """The open sessions matching `criteria`, most recent activity first.
+
+    Keyset pages over `activity_key`: a page holds only sessions whose key is below
+    the previous page's last one. A session that gets a message moves up past the
+    reader and is not listed again; every session without new activity is listed
+    exactly once, however much the others move.
+    """
+    collection = Session._get_collection()
+    equality, wanted = _access_path(criteria)
+    floor = activity_floor(criteria.active_since) if criteria.active_since else ""
+    upper = resume.before if resume else None
+    top = _milliseconds(activity_key_time(upper) if upper else (now or utcnow()))
+    width = resume.slice_ms if resume else FIRST_SLICE_MS
+    found: list[dict[str, Any]] = []
+    queries: list[Query] = []
+    while True:
+        bottom = top - width
+        lower = max(activity_floor(_from_milliseconds(bottom)), floor) if bottom > 0 else floor
+        bounds = {**({"$gte": lower} if lower else {}), **({"$lt": upper} if upper else {})}
+        # Re-checked candidates may be dropped, so those queries take a full page.
+        batch = limit + 1 if wanted is not None else limit + 1 - len(found)
+        query = Query(collection.name, {**equality, **({"activity_key": bounds} if bounds else {})},
+                      SESSION_ORDER, batch, SESSION_FIELDS)
+        queries.append(query)
+        docs = list(collection.find(query.filter, query.projection).sort(query.sort).limit(query.limit))
+        kept = [doc for doc in docs if wanted is None or wanted(doc)]
+        found += kept
+        if len(found) > limit:
+            break
+        if len(docs) == batch:  # the slice may hold more: continue inside it
+            upper = docs[-1]["activity_key"]
+            continue
+        if lower == floor:  # reached the oldest activity asked for
+            break
+        upper, top = lower, bottom
+        width = _widen(width, len(kept), limit + 1 - len(found))
+    if len(found) <= limit:
+        return SessionsPage(found, None, queries)
+    page = found[:limit]
+    return SessionsPage(page, SessionsResume(page[-1]["activity_key"], width), queries)
+
+
+def _access_path(criteria: SessionFilter) -> tuple[dict[str, Any], Callable[[dict], bool] | None]:
+    """The index equality to query with, and the check of whatever it leaves out."""
+    if not criteria.words:
+        return ({"platform": criteria.platform} if criteria.platform else {}), None
+    probe = max(criteria.words, key=len)
+    others = [word for word in criteria.words if word != probe]
+    if not others and not criteria.platform:
+        return {"name_keys": probe}, None
+
+    def wanted(doc: dict[str, Any]) -> bool:
+        if criteria.platform and doc.get("platform") != criteria.platform:
+            return False
+        keys = set(names.search_keys(doc.get("contact_name") or ""))
+        return all(word in keys for word in others)
+
+    return {"name_keys": probe}, wanted
+
+
+def _widen(width: int, kept: int, missing: int) -> int:
+    """The next slice's width: grow by the density seen so far, within bounds."""
+    factor = MAX_WIDENING if kept == 0 else min(MAX_WIDENING, max(2, math.ceil(2 * missing / kept)))
+    return min(width * factor, MAX_SLICE_MS)
+
+
+def _milliseconds(at: dt.datetime) -> int:
+    return int(activity_time_prefix(at))
+
+
+def _from_milliseconds(milliseconds: int) -> dt.datetime:
+    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=milliseconds)
+
+
+def find_session(session_id: ObjectId) -> dict[str, Any] | None:
+    return Session._get_collection().find_one({"_id": session_id}, SESSION_FIELDS)
+
+
+@dataclass(frozen=True)
+class MessagesResume:
+    sent_at: dt.datetime
+    message_id: ObjectId
+
+    def to_position(self) -> dict[str, Any]:
+        return {"at": _milliseconds(self.sent_at), "id": str(self.message_id)}
+
+    @classmethod
+    def from_position(cls, position: dict[str, Any]) -> MessagesResume:
+        at, message_id = position["at"], position["id"]
+        if not isinstance(at, int) or not isinstance(message_id, str):
+            raise ValueError("malformed messages position")
+        return cls(_from_milliseconds(at), ObjectId(message_id))
+
+
+@dataclass
+class MessagesPage:
+    messages: list[dict[str, Any]]
+    resume: MessagesResume | None
+    queries: list[Query] = field(default_factory=list)
+
+
+def list_messages(session_id: ObjectId, limit: int, resume: MessagesResume | None = None) -> MessagesPage:
+    """A session's messages, oldest first, in keyset pages over (sent_at, id).
+
+    Messages sharing the cursor's instant are read by their own query rather than
+    by an `$or` keyset, which SecantusDB answers with a collection scan.
+    """
+    collection = Message._get_collection()
+    found: list[dict[str, Any]] = []
+    queries: list[Query] = []
+    later: dict[str, Any] = {"session_id": session_id}
+    if resume is not None:
+        same_instant = Query(collection.name, {"session_id": session_id, "sent_at": resume.sent_at,
+                                               "_id": {"$gt": resume.message_id}}, MESSAGE_ORDER, limit + 1)
+        queries.append(same_instant)
+        found += collection.find(same_instant.filter).sort(MESSAGE_ORDER).limit(same_instant.limit)
+        later["sent_at"] = {"$gt": resume.sent_at}
+    if len(found) <= limit:
+        rest = Query(collection.name, later, MESSAGE_ORDER, limit + 1 - len(found))
+        queries.append(rest)
+        found += collection.find(rest.filter).sort(MESSAGE_ORDER).limit(rest.limit)
+    if len(found) <= limit:
+        return MessagesPage(found, None, queries)
+    page = found[:limit]
+    return MessagesPage(page, MessagesResume(page[-1]["sent_at"], page[-1]["_id"]), queries)
+
+
+def find_message(session_id: ObjectId, message_id: ObjectId) -> dict[str, Any] | None:
+    return Message._get_collection().find_one({"_id": message_id, "session_id": session_id})
+
+
+def finish(session_id: ObjectId) -> bool:
+    """Delete the session and its messages; False if it was gone already.
+
+    Messages go first, so a failure half-way leaves a session a retry can finish
+    rather than messages nothing points to; the second pass takes what the intake
+    stored in the session meanwhile.
+    """
+    messages = Message._get_collection()
+    messages.delete_many({"session_id": session_id})
+    deleted = Session._get_collection().delete_one({"_id": session_id}).deleted_count
+    messages.delete_many({"session_id": session_id})
+    return deleted == 1
+
+
+def add_agent_reply(session: dict[str, Any], text: str) -> dict[str, Any] | None:
+    """Store an agent's message in the session; None if the session was finished meanwhile."""
+    now = _whole_milliseconds(utcnow())  # what MongoDB keeps, so the reply reads back the same
+    message_id = ObjectId()
+    message = {
+        "_id": message_id,
+        "session_id": session["_id"],
+        "key": f"{session['platform']}:{session['contact_identifier']}:agent:{message_id}",
+        "direction": "out",
+        "text": text,
+        "sent_at": now,
+    }
+    Message._get_collection().insert_one(message)
+    touched = Session._get_collection().update_one(
+        {"_id": session["_id"]},
+        {"$inc": {"message_count": 1},
+         "$max": {"last_message_at": now, "activity_key": activity_key(now, session["_id"])},
+         "$set": {"last_message_preview": preview(text)}},
+    )
+    if touched.matched_count == 0:
+        Message._get_collection().delete_one({"_id": message_id})
+        return None
+    return message
+
+
+def _whole_milliseconds(at: dt.datetime) -> dt.datetime:
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)

@@ -1,0 +1,107 @@
+"""Test data: sessions and messages stored the way the intake stores them.
+
+Factories build plain documents and insert them with pymongo into the database
+bound by `bind` (the API fixtures bind the test database), so what the server
+reads is exactly what its writers produce, derived fields included.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import factory
+from bson import ObjectId
+from pymongo.database import Database
+
+from server import names
+from server.conversations import preview
+from server.models import activity_key
+
+_bound: dict[str, Database] = {}
+
+
+def bind(database: Database) -> None:
+    _bound["database"] = database
+
+
+def _insert(collection: str, document: dict[str, Any]) -> None:
+    _bound["database"][collection].insert_one(document)
+
+
+def now() -> dt.datetime:
+    """The current time at MongoDB's precision, so documents read back unchanged."""
+    at = dt.datetime.now(dt.UTC)
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+
+class SessionFactory(factory.Factory):
+    """An open session; `last_message_at` decides its place in the listings."""
+
+    class Meta:
+        model = dict
+
+    id = factory.LazyFunction(ObjectId)
+    platform = "telegram"
+    contact_identifier = factory.Sequence(lambda n: str(700_000 + n))
+    chat_id = factory.SelfAttribute("contact_identifier")
+    contact_name = factory.Faker("name", locale="pt_BR")
+    name_keys = factory.LazyAttribute(lambda o: names.search_keys(o.contact_name))
+    last_message_at = factory.LazyFunction(now)
+    created_at = factory.LazyAttribute(lambda o: o.last_message_at - dt.timedelta(minutes=5))
+    activity_key = factory.LazyAttribute(lambda o: activity_key(o.last_message_at, o.id))
+    message_count = 1
+    last_message_preview = factory.Faker("sentence", locale="pt_BR")
+
+    @classmethod
+    def _adjust_kwargs(cls, **kwargs: Any) -> dict[str, Any]:
+        kwargs["_id"] = kwargs.pop("id")
+        if kwargs["chat_id"] is None:
+            del kwargs["chat_id"]  # imported sessions have no chat
+        return kwargs
+
+    @classmethod
+    def _create(cls, model_class: type, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        document = model_class(*args, **kwargs)
+        _insert("sessions", document)
+        return document
+
+
+class MessageFactory(factory.Factory):
+    """A message of `session` (a SessionFactory document), from the contact by default."""
+
+    class Meta:
+        model = dict
+        exclude = ("session",)
+
+    session = factory.SubFactory(SessionFactory)
+    id = factory.LazyFunction(ObjectId)
+    session_id = factory.LazyAttribute(lambda o: o.session["_id"])
+    key = factory.LazyAttribute(lambda o: f"{o.session['platform']}:{o.session['contact_identifier']}:test{o.id}")
+    direction = "in"
+    text = factory.Faker("sentence", locale="pt_BR")
+    sent_at = factory.LazyFunction(now)
+
+    @classmethod
+    def _adjust_kwargs(cls, **kwargs: Any) -> dict[str, Any]:
+        kwargs["_id"] = kwargs.pop("id")
+        return kwargs
+
+    @classmethod
+    def _create(cls, model_class: type, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        document = model_class(*args, **kwargs)
+        _insert("messages", document)
+        return document
+
+
+def conversation(texts: list[str], start: dt.datetime | None = None, step: dt.timedelta = dt.timedelta(seconds=1),
+                 **session_fields: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A session holding `texts` as consecutive messages, its counters consistent with them."""
+    start = start or now() - step * len(texts)
+    last = start + step * (len(texts) - 1)
+    session = SessionFactory.create(last_message_at=last, message_count=len(texts),
+                                    last_message_preview=preview(texts[-1]) if texts else "",
+                                    created_at=start, **session_fields)
+    messages = [MessageFactory.create(session=session, text=text, sent_at=start + step * n)
+                for n, text in enumerate(texts)]
+    return session, messages

@@ -1,0 +1,191 @@
+"""The MongoDB queries behind the sessions API, run in this process against the test server.
+
+The query plan test is the one that keeps search and paging honest: every query
+the listings issue must be answered from an index, on SecantusDB and on mongod
+(run the suite with MONGODB_URI pointing at a mongod to check the latter).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from bson import ObjectId
+
+from contract.messaging import InboundMessage
+from server import conversations, sessions
+from server.models import activity_key, activity_time_prefix
+from server.sessions import MessagesResume, SessionFilter, SessionsResume
+from tests.server import factories
+from tests.server.factories import MessageFactory, SessionFactory, now
+
+
+@pytest.fixture
+def store(database, mongo):
+    """An empty database, reachable both through MongoEngine (the code) and pymongo (the test)."""
+    factories.bind(mongo)
+    return mongo
+
+
+def stages(plan: Any) -> list[tuple[str, str | None]]:
+    """(stage, index) of every stage in an explain() plan, whatever the server's layout."""
+    found = []
+    if isinstance(plan, dict):
+        if "stage" in plan:
+            found.append((plan["stage"], plan.get("indexName")))
+        for value in plan.values():
+            found += stages(value)
+    elif isinstance(plan, list):
+        for value in plan:
+            found += stages(value)
+    return found
+
+
+def explain(store, query: sessions.Query) -> list[tuple[str, str | None]]:
+    cursor = store[query.collection].find(query.filter, query.projection).sort(query.sort).limit(query.limit)
+    return stages(cursor.explain()["queryPlanner"]["winningPlan"])
+
+
+def names_and_times(count: int) -> list[dict]:
+    first = ["Maria", "João", "Ana", "Benjamin", "Mariana", "José", "Paula", "Lucas"]
+    last = ["Silva", "Lynch", "Souza", "Costa", "Lima"]
+    return [SessionFactory.create(contact_name=f"{first[n % 8]} {last[n % 5]}",
+                                  platform="telegram" if n % 3 else "whatsapp",
+                                  last_message_at=now() - dt.timedelta(hours=n * 7))
+            for n in range(count)]
+
+
+LISTINGS = [
+    (SessionFilter(), {"activity_order"}),
+    (SessionFilter(platform="whatsapp"), {"platform_activity", "activity_order"}),
+    (SessionFilter(active_since=now() - dt.timedelta(days=5)), {"activity_order"}),
+    (SessionFilter(words=("mar",)), {"name_activity", "activity_order"}),
+    (SessionFilter(words=("ben", "lyn")), {"name_activity", "activity_order"}),
+    (SessionFilter(words=("silva",), platform="telegram"), {"name_activity", "activity_order"}),
+]
+
+
+@pytest.mark.parametrize(("criteria", "indexes"), LISTINGS)
+def test_every_listing_query_is_served_by_an_index(store, criteria, indexes):
+    names_and_times(40)
+    first = sessions.list_sessions(criteria, 3)
+    queries = list(first.queries)
+    if first.resume:
+        queries += sessions.list_sessions(criteria, 3, first.resume).queries
+
+    assert first.sessions, "the data must exercise the query"
+    for query in queries:
+        plan = explain(store, query)
+        assert not [stage for stage in plan if stage[0] == "COLLSCAN"], (query, plan)
+        used = {index for stage, index in plan if stage == "IXSCAN"}
+        assert used and used <= indexes, (query, plan)
+
+
+def test_message_queries_are_served_by_the_timeline_index(store):
+    session = SessionFactory.create()
+    instant = now()
+    for n in range(5):
+        MessageFactory.create(session=session, sent_at=instant + dt.timedelta(seconds=n // 2))
+    first = sessions.list_messages(session["_id"], 2)
+    second = sessions.list_messages(session["_id"], 2, first.resume)
+
+    assert len(second.queries) == 2  # the cursor's own instant, then what follows
+    for query in first.queries + second.queries:
+        plan = explain(store, query)
+        assert not [stage for stage in plan if stage[0] == "COLLSCAN"], (query, plan)
+        assert {index for stage, index in plan if stage == "IXSCAN"} == {"session_timeline"}, plan
+
+
+def test_search_probes_the_index_with_one_word_and_checks_the_others(store):
+    for name in ("Benjamin Lynch", "Lynch Bento", "Benjamin Costa", "David Lynch"):
+        SessionFactory.create(contact_name=name)
+
+    page = sessions.list_sessions(SessionFilter(words=("ben", "lynch")), 50)
+
+    assert {s["contact_name"] for s in page.sessions} == {"Benjamin Lynch", "Lynch Bento"}
+    assert all(query.filter["name_keys"] == "lynch" for query in page.queries)
+
+
+def test_slices_cross_years_of_quiet_and_sessions_dated_in_the_future(store):
+    at = now()
+    spread = [at + dt.timedelta(days=2), at - dt.timedelta(seconds=5), at - dt.timedelta(days=400),
+              at - dt.timedelta(days=3650), dt.datetime(1971, 1, 1, tzinfo=dt.UTC)]
+    created = [SessionFactory.create(last_message_at=moment) for moment in spread]
+
+    page = sessions.list_sessions(SessionFilter(), 10, now=at)
+
+    assert [s["_id"] for s in page.sessions] == [s["_id"] for s in created]
+    assert page.resume is None
+    assert len(page.queries) <= 12, "slices widen fast over empty years"
+
+
+def test_the_cursor_carries_the_slice_that_filled_the_page(store):
+    at = now()
+    for n in range(60):
+        SessionFactory.create(last_message_at=at - dt.timedelta(hours=n))
+
+    first = sessions.list_sessions(SessionFilter(), 10, now=at)
+    second = sessions.list_sessions(SessionFilter(), 10, first.resume, now=at)
+
+    assert len(first.queries) > 2, "the first page had to find the density"
+    assert len(second.queries) <= 2, "later pages start with a slice of the right size"
+    assert second.sessions[0]["activity_key"] < first.sessions[-1]["activity_key"]
+
+
+def test_active_since_is_the_floor_of_the_walk(store):
+    at = now()
+    recent = [SessionFactory.create(last_message_at=at - dt.timedelta(minutes=n)) for n in range(3)]
+    SessionFactory.create(last_message_at=at - dt.timedelta(days=30))
+
+    since = at - dt.timedelta(hours=1)
+    page = sessions.list_sessions(SessionFilter(active_since=since), 10, now=at)
+
+    assert [s["_id"] for s in page.sessions] == [s["_id"] for s in recent]
+    assert all(query.filter["activity_key"]["$gte"] >= activity_time_prefix(since) for query in page.queries)
+
+
+def test_positions_survive_the_cursor_round_trip(store):
+    resume = SessionsResume("00001700000000000" + "a" * 24, 5_000)
+    assert SessionsResume.from_position(resume.to_position()) == resume
+    clamped = SessionsResume.from_position({"before": resume.before, "slice": 10**30})
+    assert clamped.slice_ms == sessions.MAX_SLICE_MS
+    with pytest.raises(ValueError):
+        SessionsResume.from_position({"before": "zzz", "slice": 1000})
+    message = MessagesResume(dt.datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=dt.UTC), ObjectId())
+    assert MessagesResume.from_position(message.to_position()) == message
+    with pytest.raises(ValueError):
+        MessagesResume.from_position({"at": "noon", "id": "x"})
+
+
+def test_listing_identity_ignores_word_order(store):
+    assert SessionFilter(words=("ben", "lyn")).listing() == SessionFilter(words=("lyn", "ben")).listing()
+    assert SessionFilter(words=("ben",)).listing() != SessionFilter(words=("ben",), platform="x").listing()
+
+
+def inbound(message_id: int, name: str = "Rita Lee") -> InboundMessage:
+    return InboundMessage(platform="telegram", contact_identifier="9001", chat_id=9001, message_id=message_id,
+                          name=name, text=f"mensagem {message_id}", sent_at=now().isoformat())
+
+
+def test_the_intake_keeps_the_activity_key_current(store):
+    conversations.store_inbound([inbound(1)], [False])
+    opened = store.sessions.find_one({"contact_identifier": "9001"})
+    assert opened["activity_key"] == activity_key(opened["last_message_at"], opened["_id"])
+
+    conversations.store_inbound([inbound(2, name="Rita Lee Jones")], [False])
+    touched = store.sessions.find_one({"_id": opened["_id"]})
+    assert touched["activity_key"] == activity_key(touched["last_message_at"], opened["_id"])
+    assert touched["activity_key"] >= opened["activity_key"]
+    assert "jon" in touched["name_keys"]
+    page = sessions.list_sessions(SessionFilter(words=("jones",)), 5)
+    assert [s["_id"] for s in page.sessions] == [opened["_id"]]
+
+
+def test_an_agent_reply_to_a_session_finished_meanwhile_is_not_kept(store):
+    session = SessionFactory.create()
+    sessions.finish(session["_id"])
+
+    assert sessions.add_agent_reply(session, "oi") is None
+    assert store.messages.count_documents({}) == 0
+    assert sessions.finish(session["_id"]) is False
