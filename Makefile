@@ -12,7 +12,17 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[server,bot,cli,dev]'
 	@touch $@
 
-install: $(INSTALLED)
+# The Bruno CLI that runs the collection in bruno/ (tests/server/test_bruno.py);
+# npm installs the pinned version under .tools/, never globally.
+BRUNO_CLI_VERSION := 4.1.0
+BRUNO_CLI := .tools/bruno/.installed-$(BRUNO_CLI_VERSION)
+
+$(BRUNO_CLI):
+	npm install --prefix .tools/bruno --save-exact --no-audit --no-fund --loglevel=error \
+	  @usebruno/cli@$(BRUNO_CLI_VERSION)
+	@touch $@
+
+install: $(INSTALLED) $(BRUNO_CLI)
 
 run: install
 	$(PY) -m devstack
