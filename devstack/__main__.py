@@ -57,7 +57,8 @@ def main() -> int:
             children.append(nats)
             env["NATS_URL"] = nats.url
         if not env.get("MONGODB_URI"):
-            mongo = SecantusServer(data_dir=VAR / "mongo", log_file=VAR / "mongo.log")
+            mongo = SecantusServer(data_dir=VAR / "mongo", log_file=VAR / "mongo.log",
+                                   cache_size="4G", oplog_max_entries=5_000_000)
             mongo.start()
             children.append(mongo)
             env["MONGODB_URI"] = mongo.uri

@@ -109,11 +109,20 @@ class SecantusServer(ChildServer):
     """SecantusDB: a MongoDB-wire server on WiredTiger; development and tests only (GPL)."""
 
     name: str = "secantusdb"
+    # SecantusDB's defaults (1 GB cache, 100,000 oplog entries) stall bulk loads
+    # past about 120,000 sessions; large imports and benchmarks raise both.
+    cache_size: str | None = None
+    oplog_max_entries: int | None = None
 
     def command(self) -> list[str]:
-        return [sys.executable, venv_binary("secantusd-py"), "--host", "127.0.0.1",
-                "--port", str(self.port), "--storage-path", str(self.data_dir),
-                "--log-level", "WARNING"]
+        command = [sys.executable, venv_binary("secantusd-py"), "--host", "127.0.0.1",
+                   "--port", str(self.port), "--storage-path", str(self.data_dir),
+                   "--log-level", "WARNING"]
+        if self.cache_size:
+            command += ["--cache-size", self.cache_size]
+        if self.oplog_max_entries:
+            command += ["--oplog-max-entries", str(self.oplog_max_entries)]
+        return command
 
     @property
     def uri(self) -> str:
