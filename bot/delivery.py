@@ -17,9 +17,7 @@ from enum import Enum
 
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 from telegram import Bot
@@ -41,7 +39,6 @@ from contract.messaging import (
 log = logging.getLogger(__name__)
 
 ACK_WAIT = 120.0  # long enough for a rate-limited chat's queue to drain
-FETCH_TIMEOUT = 1.0
 NETWORK_RETRY_DELAY = 2.0
 # A message is retried in place for this long before going back to the stream,
 # where its redelivery order relative to the chat's other messages is not kept.
@@ -64,30 +61,10 @@ class Delivery:
 
     async def run(self) -> None:
         self._delivered = await delivered_bucket(self._js)
-        subscription = await self._js.pull_subscribe(
-            OUTBOUND_SUBJECT,
-            durable=OUTBOUND_CONSUMER,
-            stream=OUTBOUND_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT,
-                                  max_ack_pending=10 * self._batch_size),
-        )
-        log.info("delivering %s", OUTBOUND_SUBJECT)
-        loop = asyncio.get_running_loop()
-        fetched_at = loop.time()
-        while not self._stopping.is_set():
-            fetched_at = loop.time()
-            try:
-                messages = await subscription.fetch(self._batch_size, timeout=FETCH_TIMEOUT)
-            except (NatsTimeoutError, asyncio.TimeoutError):  # nats-py raises either
-                continue
-            except NatsError as exc:
-                log.warning("outbound fetch failed: %s", exc)
-                await asyncio.sleep(1.0)
-                continue
-            await self.deliver_batch(messages)
-        # A pull subscription left with a pending fetch makes drain() wait forever.
-        await jetstream.hand_back(subscription, FETCH_TIMEOUT - (loop.time() - fetched_at))
-        log.info("delivery stopped")
+        await jetstream.consume(
+            self._js, stream=OUTBOUND_STREAM, subject=OUTBOUND_SUBJECT, durable=OUTBOUND_CONSUMER,
+            batch_size=self._batch_size, ack_wait=ACK_WAIT, handle=self.deliver_batch,
+            stopping=self._stopping, what="delivery")
 
     def stop(self) -> None:
         self._stopping.set()

@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import BadRequestError
 
 from contract import messaging
@@ -124,3 +133,46 @@ async def drain(nc: Client, timeout: float = 10.0) -> None:
     except (asyncio.TimeoutError, nats.errors.Error) as exc:
         log.warning("nats drain incomplete: %r", exc)
         await nc.close()
+
+
+# A fetch waits this long for messages; stopping is noticed between fetches.
+FETCH_TIMEOUT = 1.0
+
+
+async def consume(js: JetStreamContext, *, stream: str, subject: str, durable: str, batch_size: int,
+                  ack_wait: float, handle: Callable[[list[Msg]], Awaitable[None]],
+                  stopping: asyncio.Event, what: str) -> None:
+    """Feed batches from a durable pull consumer to `handle` until `stopping` is set.
+
+    Every replica binds the same durable consumer, so JetStream splits the work
+    between them; `handle` acknowledges what it finished, and anything else is
+    redelivered after `ack_wait`. The batch in hand is finished before returning.
+    """
+    subscription = await js.pull_subscribe(
+        subject,
+        durable=durable,
+        stream=stream,
+        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait,
+                              max_ack_pending=10 * batch_size),
+    )
+    log.info("%s consuming %s", what, subject)
+    loop = asyncio.get_running_loop()
+    fetched_at = loop.time()
+    while not stopping.is_set():
+        fetched_at = loop.time()
+        try:
+            messages = await subscription.fetch(batch_size, timeout=FETCH_TIMEOUT)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):  # nats-py raises either
+            continue
+        except nats.errors.Error as exc:
+            log.warning("%s fetch failed: %s", what, exc)
+            await asyncio.sleep(1.0)
+            continue
+        try:
+            await handle(messages)
+        except nats.errors.Error as exc:
+            # Acks and naks are best effort: what was not acknowledged is redelivered.
+            log.warning("%s lost NATS while settling a batch: %s", what, exc)
+    # A pull subscription left with a pending fetch makes drain() wait forever.
+    await hand_back(subscription, FETCH_TIMEOUT - (loop.time() - fetched_at))
+    log.info("%s stopped", what)

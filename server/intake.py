@@ -15,9 +15,7 @@ import logging
 
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
 from pymongo.errors import PyMongoError
 
 from contract import jetstream
@@ -37,7 +35,6 @@ from server.outbound import Outbound
 log = logging.getLogger(__name__)
 
 ACK_WAIT = 30.0
-FETCH_TIMEOUT = 1.0
 RETRY_DELAY = 1.0
 # A batch that failed is offered again after RETRY_DELAY, doubling with each
 # delivery up to this, so a long MongoDB outage costs a few attempts a minute,
@@ -57,34 +54,10 @@ class Intake:
 
     async def run(self) -> None:
         """Consume until `stop()`; the batch in hand is finished before returning."""
-        subscription = await self._js.pull_subscribe(
-            INBOUND_SUBJECT,
-            durable=INBOUND_CONSUMER,
-            stream=INBOUND_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT,
-                                  max_ack_pending=10 * self._batch_size),
-        )
-        log.info("intake consuming %s", INBOUND_SUBJECT)
-        loop = asyncio.get_running_loop()
-        fetched_at = loop.time()
-        while not self._stopping.is_set():
-            fetched_at = loop.time()
-            try:
-                messages = await subscription.fetch(self._batch_size, timeout=FETCH_TIMEOUT)
-            except (NatsTimeoutError, asyncio.TimeoutError):  # nats-py raises either
-                continue
-            except NatsError as exc:
-                log.warning("intake fetch failed: %s", exc)
-                await asyncio.sleep(RETRY_DELAY)
-                continue
-            try:
-                await self.handle(messages)
-            except NatsError as exc:
-                # Acks and naks are best effort: what was not acknowledged is redelivered.
-                log.warning("intake lost NATS while settling a batch: %s", exc)
-        # A pull subscription left with a pending fetch makes drain() wait forever.
-        await jetstream.hand_back(subscription, FETCH_TIMEOUT - (loop.time() - fetched_at))
-        log.info("intake stopped")
+        await jetstream.consume(
+            self._js, stream=INBOUND_STREAM, subject=INBOUND_SUBJECT, durable=INBOUND_CONSUMER,
+            batch_size=self._batch_size, ack_wait=ACK_WAIT, handle=self.handle,
+            stopping=self._stopping, what="intake")
 
     def stop(self) -> None:
         self._stopping.set()
