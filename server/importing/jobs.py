@@ -1,0 +1,244 @@
+"""Import jobs: stored in MongoDB, reported over the API, announced once when they end.
+
+A job's counts while it runs are the sum of its ImportBatch documents, each
+written after its batch's sessions and messages: whatever replica serves the
+report, and whenever a replica dies, the counts describe what is stored. When
+the job ends the totals are copied onto it and the summary is promised to the
+channel through the outbox, keyed by the job, so it is announced exactly once.
+
+The module-level functions block on MongoDB (run them through `Database.run`);
+`Imports` is what the handlers use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING
+from pymongo.errors import DuplicateKeyError
+
+from contract.messaging import OutboundMessage
+from server.conversations import utcnow
+from server.database import Database
+from server.importing.feed import MAX_REPORTED_ERRORS, Tally
+from server.models import ImportBatch, ImportJob
+from server.outbound import Outbound
+
+log = logging.getLogger(__name__)
+
+RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
+MAX_SOURCE_LENGTH = 200
+
+# Why an import ended early, as the announcement says it (pt-BR, like the bot).
+FAILURE_REASONS = {
+    "invalid-file": "o arquivo está truncado ou inválido",
+    "interrupted": "o envio do arquivo foi interrompido",
+    "too-large": "o arquivo passou do tamanho máximo aceito",
+    "shutdown": "o servidor foi reiniciado durante a importação",
+}
+
+
+def create_job(channel: str, source: str, mode: str, file_format: str | None = None,
+               started_at: dt.datetime | None = None) -> dict[str, Any]:
+    job = {"_id": ObjectId(), "channel": channel, "source": source[:MAX_SOURCE_LENGTH], "mode": mode,
+           "file_format": file_format, "status": RUNNING, "created_at": _stored_time(started_at or utcnow()),
+           "bytes_received": 0, "next_chunk": 0, "counts": Tally().counts(), "errors": []}
+    ImportJob._get_collection().insert_one(job)
+    return job
+
+
+def find_job(job_id: ObjectId) -> dict[str, Any] | None:
+    return ImportJob._get_collection().find_one({"_id": job_id})
+
+
+def save_batch(job_id: ObjectId, seq: int, tally: Tally) -> bool:
+    """Record a written batch; False when this sequence number was recorded before."""
+    try:
+        ImportBatch._get_collection().insert_one({
+            "job_id": job_id, "seq": seq, "counts": tally.counts(), "errors": tally.errors,
+            "created_at": utcnow(),
+        })
+    except DuplicateKeyError:
+        return False
+    return True
+
+
+def find_batch(job_id: ObjectId, seq: int) -> dict[str, Any] | None:
+    return ImportBatch._get_collection().find_one({"job_id": job_id, "seq": seq})
+
+
+def advance_chunks(job_id: ObjectId, next_chunk: int) -> None:
+    ImportJob._get_collection().update_one({"_id": job_id}, {"$max": {"next_chunk": next_chunk}})
+
+
+def batch_totals(job_id: ObjectId) -> tuple[Tally, int]:
+    """The sum of the job's batches, and how many there are."""
+    total, batches = Tally(), 0
+    cursor = ImportBatch._get_collection().find(
+        {"job_id": job_id}, {"counts": 1, "errors": 1, "_id": 0}
+    ).sort("seq", ASCENDING).hint("job_batch")
+    for batch in cursor:
+        total.add(Tally.of(batch["counts"], batch.get("errors") or []))
+        batches += 1
+    return total, batches
+
+
+def finish_job(job_id: ObjectId, tally: Tally, failure: dict[str, Any] | None,
+               bytes_received: int | None = None) -> tuple[dict[str, Any], bool]:
+    """End the job with these totals; the job, and True if this call ended it."""
+    fields: dict[str, Any] = {"status": FAILED if failure else SUCCEEDED, "finished_at": _stored_time(utcnow()),
+                              "counts": tally.counts(), "errors": tally.errors[:MAX_REPORTED_ERRORS]}
+    if failure:
+        fields["failure"] = failure
+    if bytes_received is not None:
+        fields["bytes_received"] = bytes_received
+    job = find_job(job_id)
+    if job is None:
+        raise LookupError(f"import {job_id} does not exist")
+    if job["status"] != RUNNING:
+        return job, False  # ended already (a repeated completion): leave it as it was
+    ImportJob._get_collection().update_one({"_id": job_id}, {"$set": fields})
+    return {**job, **fields}, True
+
+
+def report(job: dict[str, Any], tally: Tally | None = None) -> dict[str, Any]:
+    """The API resource of a job; `tally` gives a running job's counts so far."""
+    if tally is None:
+        tally = Tally.of(job.get("counts") or {}, job.get("errors") or [])
+    started, finished = job["created_at"], job.get("finished_at")
+    body: dict[str, Any] = {
+        "id": str(job["_id"]),
+        "status": job["status"],
+        "channel": job["channel"],
+        "source": job.get("source") or None,
+        "format": job.get("file_format"),
+        "mode": job["mode"],
+        "counts": tally.counts(),
+        "errors": tally.errors,
+        # Counts cover every record; the list stops at the first errors.
+        "errors_truncated": tally.rejected > 0 and len(tally.errors) >= MAX_REPORTED_ERRORS,
+        "failure": _failure_report(job.get("failure"), tally),
+        "started_at": _timestamp(started),
+        "finished_at": _timestamp(finished) if finished else None,
+        "duration_seconds": round(((finished or utcnow()) - _aware(started)).total_seconds(), 3),
+        "bytes_received": job.get("bytes_received", 0),
+    }
+    if job["mode"] == "chunks":
+        body["next_chunk"] = job.get("next_chunk", 0)
+    return body
+
+
+def _failure_report(failure: dict[str, Any] | None, tally: Tally) -> dict[str, Any] | None:
+    if not failure:
+        return None
+    kept = tally.received - tally.rejected
+    return {
+        **failure,
+        "imported_before_failure": kept,
+        "note": f"the {kept} valid records read before this point were imported; nothing after it was read",
+    }
+
+
+def announcement(job: dict[str, Any]) -> str:
+    """The channel's summary of an ended import, in Portuguese like everything the bot says."""
+    counts = job.get("counts") or {}
+    imported = sum(counts.get(outcome, 0) for outcome in ("created", "updated", "unchanged"))
+    summary = (
+        f"{plural(imported, 'sessão importada', 'sessões importadas')} "
+        f"({plural(counts.get('created', 0), 'nova', 'novas')}, "
+        f"{plural(counts.get('updated', 0), 'atualizada', 'atualizadas')}, "
+        f"{number(counts.get('unchanged', 0))} sem alteração), "
+        f"{plural(counts.get('rejected', 0), 'rejeitada', 'rejeitadas')}"
+    )
+    source = f" ({job['source']})" if job.get("source") else ""
+    if job["status"] == SUCCEEDED:
+        return f"Importação concluída{source}: {summary}."
+    failure = job.get("failure") or {}
+    reason = FAILURE_REASONS.get(failure.get("reason", ""), "ocorreu um erro")
+    if failure.get("line") is not None:
+        reason += f" (linha {number(failure['line'])})"
+    elif failure.get("offset") is not None:
+        reason += f" (byte {number(failure['offset'])})"
+    return f"Importação interrompida{source}: {reason}. Antes disso: {summary}."
+
+
+def number(value: int) -> str:
+    """1234567 -> "1.234.567", as written in Brazil."""
+    return f"{value:,}".replace(",", ".")
+
+
+def plural(count: int, one: str, many: str) -> str:
+    return f"{number(count)} {one if count == 1 else many}"
+
+
+def _timestamp(at: dt.datetime) -> str:
+    return _aware(at).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _stored_time(at: dt.datetime) -> dt.datetime:
+    """`at` as MongoDB keeps it (milliseconds), so a report reads the same before and after storing."""
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+
+def _aware(at: dt.datetime) -> dt.datetime:
+    return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+
+
+class Imports:
+    """The imports this replica is running, and how any import ends.
+
+    Uploads in progress register a stop callback: at shutdown `drain` calls them,
+    and each finishes the batch in hand, ends its job as failed and answers
+    its client, so no batch is left half-written and every job gets its report
+    and announcement.
+    """
+
+    def __init__(self, db: Database, outbound: Outbound) -> None:
+        self.db = db
+        self._outbound = outbound
+        self._stops: dict[object, Callable[[], Awaitable[None]]] = {}
+        self._endings: set[asyncio.Task] = set()
+
+    async def finish(self, job_id: ObjectId, tally: Tally, failure: dict[str, Any] | None = None,
+                     bytes_received: int | None = None) -> dict[str, Any]:
+        """End the job, store its totals and announce it (once, however often called)."""
+        job, ended_now = await self.db.run(finish_job, job_id, tally, failure, bytes_received)
+        if ended_now:
+            log.info("import %s %s: %s", job_id, job["status"], tally.counts())
+        # Promised even when the job had ended before: a crash may have come
+        # between the two; the key makes a repeat a no-op.
+        await self._outbound.promise(OutboundMessage(
+            key=f"import:{job_id}", chat_id=job["channel"], text=announcement(job), kind="announcement",
+            meta={"import_id": str(job_id)},
+        ))
+        return job
+
+    def register(self, owner: object, stop: Callable[[], Awaitable[None]]) -> None:
+        self._stops[owner] = stop
+
+    def unregister(self, owner: object) -> None:
+        self._stops.pop(owner, None)
+
+    def in_background(self, work: Awaitable[None]) -> None:
+        """Run an ending nobody waits for (a client gone mid-upload); `drain` waits for it."""
+        task = asyncio.ensure_future(work)
+        self._endings.add(task)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        self._endings.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("ending an interrupted import failed", exc_info=task.exception())
+
+    async def drain(self) -> None:
+        stops = list(self._stops.values())
+        if stops:
+            log.info("stopping %d imports in progress", len(stops))
+        await asyncio.gather(*(stop() for stop in stops), return_exceptions=True)
+        if self._endings:
+            await asyncio.gather(*list(self._endings), return_exceptions=True)

@@ -1,0 +1,273 @@
+"""Upserting validated session records in batches: the one engine behind uploads and the CLI.
+
+A record merges into the open session of its contact (platform + contact
+identifier), whether an earlier import or the bot opened it, and its messages
+are stored once each under their natural key (`records.message_key`), so
+importing a file again changes nothing. A session's counter, preview and last
+activity move only with messages actually inserted.
+
+Every batch costs the same few round trips whatever its size: one read of the
+contacts' sessions and one of the existing message keys (both `$in` on unique
+indexes, index-served on mongod and SecantusDB alike), then unordered bulk
+inserts and one bulk update. Nothing is upserted with a filter beyond `_id`:
+SecantusDB answers extra predicates in update filters with a collection scan.
+
+These functions block on MongoDB; callers run them through `Database.run`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from bson import ObjectId
+from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError
+
+from server.conversations import (
+    duplicates_only,
+    insert_new_messages,
+    naming,
+    preview,
+    sessions_by_contact,
+    utcnow,
+)
+from server.importing.records import ImportedMessage, ImportedSession, message_key
+from server.models import Message, Session, activity_key
+
+CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
+_SESSION_FIELDS = ("contact_name", "chat_id", "source_id", "last_message_at")
+
+Contact = tuple[str, str]
+
+
+@dataclass
+class _ContactRecords:
+    """One contact's records in a batch, in file order, with their messages merged."""
+
+    contact: Contact
+    indexes: list[int] = field(default_factory=list)  # positions of its records in the batch
+    keys: list[list[str]] = field(default_factory=list)  # each record's message keys
+    messages: dict[str, ImportedMessage] = field(default_factory=dict)  # by key, first wins
+    names: list[str] = field(default_factory=list)
+    source_ids: list[str | None] = field(default_factory=list)
+
+    def add(self, index: int, session: ImportedSession) -> None:
+        keys = []
+        for message in session.messages:
+            key = message_key(session.platform, session.contact_identifier, message)
+            self.messages.setdefault(key, message)
+            keys.append(key)
+        self.indexes.append(index)
+        self.keys.append(keys)
+        self.names.append(session.name)
+        self.source_ids.append(session.source_id)
+
+    @property
+    def source_id(self) -> str | None:
+        return next((source_id for source_id in self.source_ids if source_id), None)
+
+
+@dataclass
+class _Change:
+    """What a batch does to one existing session."""
+
+    session_id: ObjectId
+    last_message_at: dt.datetime
+    new_keys: list[str] = field(default_factory=list)
+    fields: dict = field(default_factory=dict)
+
+
+def upsert_sessions(batch: Sequence[ImportedSession]) -> list[str]:
+    """Store a batch of validated records; return each one's outcome, in order.
+
+    A record is `created` when it opened its contact's session, `updated` when
+    it added messages or changed the session's name or source id, `unchanged`
+    otherwise (a later record of the same contact in the batch is judged
+    against what the earlier ones already brought).
+    """
+    now = utcnow()
+    groups = _grouped(batch)
+    outcomes = [UNCHANGED] * len(batch)
+    existing = sessions_by_contact(groups, _SESSION_FIELDS)
+    new = [group for contact, group in groups.items() if contact not in existing]
+    taken = _create_sessions(new, now, outcomes)
+    if taken:  # another writer opened these contacts' sessions meanwhile
+        existing.update(sessions_by_contact([group.contact for group in taken], _SESSION_FIELDS))
+    _merge_into_existing([groups[contact] for contact in existing], existing, outcomes)
+    return outcomes
+
+
+def new_documents(batch: Sequence[ImportedSession], now: dt.datetime | None = None) -> tuple[list[dict], list[dict]]:
+    """The session and message documents a batch of new contacts is stored as.
+
+    The benchmark inserts these with the bare driver, to compare like with like.
+    """
+    return _new_documents(list(_grouped(batch).values()), now or utcnow())
+
+
+def _grouped(batch: Sequence[ImportedSession]) -> dict[Contact, _ContactRecords]:
+    groups: dict[Contact, _ContactRecords] = {}
+    for index, session in enumerate(batch):
+        contact = (session.platform, session.contact_identifier)
+        groups.setdefault(contact, _ContactRecords(contact)).add(index, session)
+    return groups
+
+
+def _new_documents(groups: list[_ContactRecords], now: dt.datetime) -> tuple[list[dict], list[dict]]:
+    """A session per contact, written with its final counter, preview and activity.
+
+    Worked out from the batch, so a new session costs one write, not an insert
+    and an update.
+    """
+    sessions, messages = [], []
+    for group in groups:
+        session_id = ObjectId()
+        dates = [message.date for message in group.messages.values()]
+        # Without messages, the session's own time: its file `_id` is an ObjectId,
+        # which holds when the session was created; failing that, the import's.
+        undated = ObjectId(group.source_id).generation_time if group.source_id else now
+        last = max(dates, default=undated)
+        # No chat_id: an imported contact has no chat until they write to the bot.
+        session = {
+            "_id": session_id,
+            "platform": group.contact[0],
+            "contact_identifier": group.contact[1],
+            **naming(group.names[-1]),  # the latest name in the file wins
+            "created_at": min(dates, default=undated),
+            "last_message_at": last,
+            "activity_key": activity_key(last, session_id),
+            "message_count": len(group.messages),
+            "last_message_preview": _latest_text(group.messages.values()),
+        }
+        if group.source_id:
+            session["source_id"] = group.source_id
+        sessions.append(session)
+        messages += _message_documents(session_id, group.messages.items())
+    return sessions, messages
+
+
+def _create_sessions(groups: list[_ContactRecords], now: dt.datetime, outcomes: list[str]) -> list[_ContactRecords]:
+    """Open a session per contact with its messages; return the groups that lost a race."""
+    if not groups:
+        return []
+    sessions, messages = _new_documents(groups, now)
+    try:
+        Session._get_collection().insert_many(sessions, ordered=False)
+        lost: set[int] = set()
+    except BulkWriteError as exc:
+        lost = duplicates_only(exc)
+    created = {doc["_id"] for index, doc in enumerate(sessions) if index not in lost}
+    inserted = insert_new_messages([doc for doc in messages if doc["session_id"] in created])
+    _uncount_duplicates(messages, created, inserted)
+    for index, group in enumerate(groups):
+        if index not in lost:
+            _judge_records(group, outcomes, opened=True)
+    return [group for index, group in enumerate(groups) if index in lost]
+
+
+def _uncount_duplicates(messages: list[dict], created: set[ObjectId], inserted: set[str]) -> None:
+    """Take back from a new session's counter the messages another writer stored first.
+
+    Only a concurrent import of the same contact can do that, and it counts
+    them in the session itself; the net count stays exact.
+    """
+    skipped: dict[ObjectId, int] = {}
+    for doc in messages:
+        if doc["session_id"] in created and doc["key"] not in inserted:
+            skipped[doc["session_id"]] = skipped.get(doc["session_id"], 0) + 1
+    if skipped:
+        Session._get_collection().bulk_write(
+            [UpdateOne({"_id": session_id}, {"$inc": {"message_count": -count}})
+             for session_id, count in skipped.items()],
+            ordered=False,
+        )
+
+
+def _merge_into_existing(groups: list[_ContactRecords], existing: dict[Contact, dict], outcomes: list[str]) -> None:
+    if not groups:
+        return
+    stored = _stored_keys(key for group in groups for key in group.messages)
+    changes: list[_Change] = []
+    documents: list[dict] = []
+    for group in groups:
+        session = existing[group.contact]
+        change = _Change(session["_id"], session["last_message_at"])
+        change.new_keys = [key for key in group.messages if key not in stored]
+        # A name the bot saw comes from the contact's live profile, newer than any file.
+        imported = not session.get("chat_id")
+        if imported and group.names[-1] != session.get("contact_name"):
+            change.fields.update(naming(group.names[-1]))
+        if group.source_id and not session.get("source_id"):
+            change.fields["source_id"] = group.source_id
+        _judge_records(group, outcomes, stored=stored, name=session.get("contact_name") if imported else None,
+                       adds_source="source_id" in change.fields)
+        documents += _message_documents(change.session_id, ((key, group.messages[key]) for key in change.new_keys))
+        changes.append(change)
+    inserted = insert_new_messages(documents)
+    by_key = {doc["key"]: doc for doc in documents}
+    updates = []
+    for change in changes:
+        added = [by_key[key] for key in change.new_keys if key in inserted]
+        update: dict = {"$set": change.fields} if change.fields else {}
+        if added:
+            newest = max(added, key=lambda doc: doc["sent_at"])
+            update["$inc"] = {"message_count": len(added)}
+            update["$max"] = {"last_message_at": newest["sent_at"],
+                              "activity_key": activity_key(newest["sent_at"], change.session_id)}
+            if newest["sent_at"] >= change.last_message_at:
+                update.setdefault("$set", {})["last_message_preview"] = preview(newest["text"])
+        if update:
+            updates.append(UpdateOne({"_id": change.session_id}, update))
+    if updates:
+        Session._get_collection().bulk_write(updates, ordered=False)
+
+
+def _judge_records(group: _ContactRecords, outcomes: list[str], *, opened: bool = False,
+                   stored: set[str] = frozenset(), name: str | None = None, adds_source: bool = False) -> None:
+    """Set each record's outcome against what the session held before that record.
+
+    `opened`: this batch created the session with the group's first record.
+    `name`: the stored name when the import may rename the session, else None.
+    `adds_source`: the session had no source id and the group brings one.
+    """
+    known = set(stored)
+    first_source = next((i for i, source_id in enumerate(group.source_ids) if source_id), None)
+    for position, (index, keys, record_name) in enumerate(zip(group.indexes, group.keys, group.names)):
+        adds = any(key not in known for key in keys)
+        renames = name is not None and record_name != name
+        if opened and position == 0:
+            outcomes[index] = CREATED
+        elif adds or renames or (adds_source and position == first_source):
+            outcomes[index] = UPDATED
+        known.update(keys)
+        if name is not None or (opened and position == 0):
+            name = record_name
+
+
+def _stored_keys(keys: Iterable[str]) -> set[str]:
+    wanted = list(dict.fromkeys(keys))
+    if not wanted:
+        return set()
+    cursor = Message._get_collection().find({"key": {"$in": wanted}}, {"key": 1, "_id": 0})
+    return {doc["key"] for doc in cursor}
+
+
+def _message_documents(session_id: ObjectId, messages: Iterable[tuple[str, ImportedMessage]]) -> list[dict]:
+    documents = []
+    for key, message in messages:
+        document = {"session_id": session_id, "key": key, "direction": "in", "text": message.content,
+                    "sent_at": message.date}
+        if message.id is not None:
+            document["external_id"] = message.id
+        documents.append(document)
+    return documents
+
+
+def _latest_text(messages: Iterable[ImportedMessage]) -> str:
+    latest = None
+    for message in messages:
+        if latest is None or message.date >= latest.date:
+            latest = message
+    return preview(latest.content) if latest else ""

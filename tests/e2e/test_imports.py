@@ -1,0 +1,171 @@
+"""Case 4 end to end: uploads through the real server, announcements through the bot to the fake channel."""
+
+from __future__ import annotations
+
+import io
+import signal
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from cli.generate import generate_sessions, write_sessions
+from tests.harness import API_TOKEN, ROOT, eventually, outbound_messages
+
+DATA = ROOT / "data"
+CHANNEL = "@suporte"
+BOUNDARY = "balcao-test-boundary"
+
+
+@pytest.fixture
+def http(stack) -> Iterator[httpx.Client]:
+    client = httpx.Client(base_url=f"{stack.api_url}/v1/", headers={"Authorization": f"Bearer {API_TOKEN}"},
+                          timeout=60)
+    yield client
+    client.close()
+
+
+def upload(http: httpx.Client, name: str, content_type: str, content: bytes | None = None) -> httpx.Response:
+    content = (DATA / name).read_bytes() if content is None else content
+    return http.post("imports", data={"channel": CHANNEL}, files={"file": (name, content, content_type)})
+
+
+def generated_json(sessions: int) -> bytes:
+    out = io.StringIO()
+    write_sessions(generate_sessions(sessions, messages_per_session=1, seed=5), out, "json")
+    return out.getvalue().encode()
+
+
+def announcements(telegram) -> list[str]:
+    return [message["text"] for message in telegram.sent(CHANNEL)]
+
+
+def snapshot(mongo) -> list[tuple]:
+    return sorted(
+        (s["contact_identifier"], s["contact_name"], s["message_count"], s["last_message_preview"],
+         sorted(m["key"] for m in mongo.messages.find({"session_id": s["_id"]})))
+        for s in mongo.sessions.find()
+    )
+
+
+def form_head(filename: str = "sessions.json") -> bytes:
+    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"channel\"\r\n\r\n{CHANNEL}\r\n"
+            f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
+            "Content-Type: application/json\r\n\r\n").encode()
+
+
+def raw_upload(port: int, body: bytes, length: int) -> socket.socket:
+    """A connection that has sent the request head and `body`, of a body of `length` bytes."""
+    connection = socket.create_connection(("127.0.0.1", port))
+    connection.sendall(
+        f"POST /v1/imports HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_TOKEN}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {length}\r\n\r\n".encode()
+        + body
+    )
+    return connection
+
+
+def test_json_and_csv_give_the_same_searchable_sessions_each_import_announced_once(stack, telegram, mongo, http):
+    telegram.add_channel(CHANNEL)
+    stack.server()
+    stack.bot()
+
+    first = upload(http, "sessions.json", "application/json")
+    assert first.status_code == 202 and first.json()["counts"]["created"] == 300
+    from_json = snapshot(mongo)
+    found = http.get("sessions", params={"q": "joao silva"}).json()["items"]
+    assert [item["contact"]["name"] for item in found] == ["João Silva"]
+    assert http.get("sessions", params={"q": "ben lyn"}).json()["items"][0]["contact"]["name"] == "Benjamin Lynch"
+
+    second = upload(http, "sessions.csv", "text/csv")
+    assert second.json()["counts"] == {"received": 300, "created": 0, "updated": 0, "unchanged": 300, "rejected": 0}
+    assert snapshot(mongo) == from_json
+
+    content = generated_json(600)
+    cut = content.index(b"\n", len(content) // 2) + 10
+    third = upload(http, "big.json", "application/json", content[:cut]).json()
+    assert third["status"] == "failed" and third["failure"]["offset"] == cut
+    kept = third["counts"]["created"]
+    assert 0 < kept < 600 and mongo.sessions.count_documents({}) == 300 + kept
+
+    byte = f"{cut:,}".replace(",", ".")  # as written in Brazil
+    eventually(lambda: len(announcements(telegram)) >= 3, message="three announcements")
+    time.sleep(1.5)  # a repeat would have arrived by now
+    assert announcements(telegram) == [
+        "Importação concluída (sessions.json): 300 sessões importadas (300 novas, 0 atualizadas, "
+        "0 sem alteração), 0 rejeitadas.",
+        "Importação concluída (sessions.csv): 300 sessões importadas (0 novas, 0 atualizadas, "
+        "300 sem alteração), 0 rejeitadas.",
+        f"Importação interrompida (big.json): o arquivo está truncado ou inválido (byte {byte}). Antes disso: "
+        f"{kept} sessões importadas ({kept} novas, 0 atualizadas, 0 sem alteração), 0 rejeitadas.",
+    ]
+
+
+def test_uploads_over_the_limit_are_refused_and_the_server_keeps_serving(stack, telegram, mongo, http):
+    stack.server(IMPORT_MAX_BYTES="200000")
+    content = generated_json(1600)
+    assert len(content) > 2 * 200000
+
+    refused = upload(http, "big.json", "application/json", content)
+    assert refused.status_code == 413 and refused.json()["type"].endswith("/payload-too-large")
+    assert mongo.import_jobs.count_documents({}) == 0
+
+    def streamed() -> Iterator[bytes]:  # no Content-Length: the server counts as it reads
+        yield form_head("big.json")
+        for start in range(0, len(content), 8192):
+            yield content[start:start + 8192]
+        yield f"\r\n--{BOUNDARY}--\r\n".encode()
+
+    try:
+        cut_off = http.post("imports", content=streamed(),
+                            headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+        assert cut_off.status_code == 413
+    except httpx.TransportError:
+        pass  # the answer went out while the client was still sending: the connection was closed on it
+    job = eventually(lambda: mongo.import_jobs.find_one({"status": {"$ne": "running"}}), message="ended import")
+    assert job["status"] == "failed" and job["failure"]["reason"] == "too-large"
+    assert mongo.sessions.count_documents({}) == job["counts"]["created"] > 0
+    assert http.get("sessions").status_code == 200
+
+
+def announced(nats_url: str, job: dict) -> list:
+    return [m for m in outbound_messages(nats_url) if m.key == f"import:{job['_id']}"]
+
+
+def test_a_client_gone_mid_upload_ends_its_import_as_failed(stack, telegram, mongo, clean_nats):
+    stack.server()
+    content = generated_json(1100)
+    connection = raw_upload(stack.http_port, form_head() + content[: len(content) * 2 // 3], len(content) + 500)
+    eventually(lambda: mongo.import_jobs.find_one(), message="import started")
+
+    connection.close()
+
+    job = eventually(lambda: mongo.import_jobs.find_one({"status": "failed"}), message="failed import")
+    assert job["failure"]["reason"] == "interrupted"
+    stored = mongo.sessions.count_documents({})
+    assert stored == job["counts"]["created"] > 0
+    assert mongo.messages.count_documents({}) == stored  # whole sessions only: one message each
+    assert len(eventually(lambda: announced(clean_nats.url, job), message="announcement")) == 1
+
+
+def test_shutdown_mid_upload_finishes_the_batch_in_hand_and_reports(stack, telegram, mongo, clean_nats):
+    server = stack.server()
+    content = generated_json(1100)
+    connection = raw_upload(stack.http_port, form_head() + content[: len(content) // 2], len(content) + 500)
+    eventually(lambda: mongo.import_jobs.find_one(), message="import started")
+
+    assert server.stop(signal.SIGTERM) == 0
+    answer = connection.recv(65536).decode()
+    connection.close()
+
+    assert answer.startswith("HTTP/1.1 503"), answer
+    assert "Location: /v1/imports/" in answer
+    job = mongo.import_jobs.find_one()
+    assert job["status"] == "failed" and job["failure"]["reason"] == "shutdown"
+    stored = mongo.sessions.count_documents({})
+    assert stored == job["counts"]["created"] > 0
+    assert mongo.messages.count_documents({}) == stored  # no batch half-written
+    assert sum(b["counts"]["created"] for b in mongo.import_batches.find()) == stored
+    assert len(announced(clean_nats.url, job)) == 1  # the last relay round published it before exit

@@ -1,0 +1,207 @@
+"""The upsert engine against a real MongoDB-wire server: created, updated, unchanged, merged."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from cli.generate import generate_sessions
+from server.importing import upsert
+from server.importing.records import ImportedMessage, ImportedSession, message_key, normalise_session
+from server.importing.upsert import CREATED, UNCHANGED, UPDATED, upsert_sessions
+from server.models import activity_key
+from tests.server import factories
+from tests.server.factories import SessionFactory
+
+T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def record(identifier: str = "5585999990001", name: str = "João Silva", *messages: tuple[str, int],
+           source_id: str | None = None, with_ids: bool = True) -> ImportedSession:
+    """A validated record; each message is (text, minutes after T0)."""
+    return ImportedSession(
+        source_id, name, "telegram", identifier,
+        tuple(ImportedMessage(f"m-{text}" if with_ids else None, text, T0 + dt.timedelta(minutes=minutes))
+              for text, minutes in messages),
+    )
+
+
+def generated(count: int, seed: int = 3) -> list[ImportedSession]:
+    return [normalise_session(raw, record=n) for n, raw in enumerate(generate_sessions(count, seed=seed), 1)]
+
+
+@pytest.fixture
+def store(database, mongo):
+    """Runs the engine in this process against the emptied test database."""
+    factories.bind(mongo)
+    return upsert_sessions
+
+
+def test_new_contacts_get_a_session_with_their_messages(store, mongo):
+    outcomes = store([record("1", "Ana Luíza", ("oi", 1), ("tudo bem?", 5), source_id="603fd3c61ce2ab564307a73a")])
+
+    assert outcomes == [CREATED]
+    session = mongo.sessions.find_one()
+    assert session["contact_name"] == "Ana Luíza"
+    assert "ana" in session["name_keys"] and "luiza" in session["name_keys"]
+    assert session["message_count"] == 2
+    assert session["last_message_preview"] == "tudo bem?"
+    assert session["created_at"] == T0 + dt.timedelta(minutes=1)
+    assert session["last_message_at"] == T0 + dt.timedelta(minutes=5)
+    assert session["activity_key"] == activity_key(T0 + dt.timedelta(minutes=5), session["_id"])
+    assert session["source_id"] == "603fd3c61ce2ab564307a73a"
+    assert "chat_id" not in session  # no chat until the contact writes to the bot
+    messages = list(mongo.messages.find().sort("sent_at", 1))
+    assert [m["text"] for m in messages] == ["oi", "tudo bem?"]
+    assert {m["session_id"] for m in messages} == {session["_id"]}
+    assert messages[0]["key"] == "telegram:1:id:m-oi" and messages[0]["external_id"] == "m-oi"
+
+
+def test_a_session_without_messages_is_dated_by_its_source_id(store, mongo):
+    store([record("12", "Otávio", source_id="603fd3c61ce2ab564307a73a")])
+
+    session = mongo.sessions.find_one()
+    assert session["created_at"] == session["last_message_at"] == dt.datetime(2021, 3, 3, 18, 21, 58, tzinfo=dt.UTC)
+    assert session["message_count"] == 0 and session["last_message_preview"] == ""
+
+
+def test_importing_the_same_records_again_changes_nothing(store, mongo):
+    batch = generated(40)
+    store(batch)
+    before = list(mongo.sessions.find().sort("_id")), list(mongo.messages.find().sort("_id"))
+
+    assert store(batch) == [UNCHANGED] * 40
+    assert (list(mongo.sessions.find().sort("_id")), list(mongo.messages.find().sort("_id"))) == before
+
+
+def test_messages_without_an_id_are_matched_by_date_and_content(store, mongo):
+    store([record("2", "Caio", ("sem id", 3), with_ids=False)])
+
+    assert store([record("2", "Caio", ("sem id", 3), with_ids=False)]) == [UNCHANGED]
+    assert store([record("2", "Caio", ("sem id", 4), with_ids=False)]) == [UPDATED]  # another date: another message
+    assert mongo.messages.count_documents({}) == 2
+
+
+def test_new_messages_update_the_session_counter_preview_and_activity(store, mongo):
+    store([record("3", "Davi", ("primeira", 10))])
+
+    assert store([record("3", "Davi", ("primeira", 10), ("segunda", 20))]) == [UPDATED]
+    session = mongo.sessions.find_one()
+    assert session["message_count"] == 2
+    assert session["last_message_preview"] == "segunda"
+    assert session["last_message_at"] == T0 + dt.timedelta(minutes=20)
+    assert session["activity_key"] == activity_key(T0 + dt.timedelta(minutes=20), session["_id"])
+
+
+def test_an_older_message_counts_but_leaves_the_preview_and_activity(store, mongo):
+    store([record("4", "Eva", ("recente", 30))])
+
+    store([record("4", "Eva", ("antiga", 1))])
+    session = mongo.sessions.find_one()
+    assert session["message_count"] == 2
+    assert session["last_message_preview"] == "recente"
+    assert session["last_message_at"] == T0 + dt.timedelta(minutes=30)
+
+
+def test_records_merge_into_the_session_the_bot_opened_without_renaming_it(store, mongo):
+    opened = SessionFactory.create(contact_identifier="5", contact_name="Fábio (Telegram)", chat_id="5",
+                                   last_message_at=T0 + dt.timedelta(minutes=50), message_count=1,
+                                   last_message_preview="pelo bot")
+
+    assert store([record("5", "Fabio do arquivo", ("do arquivo", 2))]) == [UPDATED]
+    session = mongo.sessions.find_one()
+    assert session["_id"] == opened["_id"]
+    assert session["contact_name"] == "Fábio (Telegram)"  # the live profile is newer than any file
+    assert session["message_count"] == 2
+    assert session["last_message_preview"] == "pelo bot"
+    assert session["chat_id"] == "5"
+
+
+def test_a_later_file_renames_an_imported_session(store, mongo):
+    store([record("6", "Gabi", ("oi", 1))])
+
+    assert store([record("6", "Gabriela Souza", ("oi", 1))]) == [UPDATED]
+    session = mongo.sessions.find_one()
+    assert session["contact_name"] == "Gabriela Souza"
+    assert "souza" in session["name_keys"] and "gabi" not in session["name_keys"]
+
+
+def test_a_source_id_is_added_once(store, mongo):
+    store([record("7", "Heitor", ("oi", 1))])
+
+    assert store([record("7", "Heitor", ("oi", 1), source_id="603fd3c61ce2ab564307a73b")]) == [UPDATED]
+    assert store([record("7", "Heitor", ("oi", 1), source_id="603fd3c61ce2ab564307a73c")]) == [UNCHANGED]
+    assert mongo.sessions.find_one()["source_id"] == "603fd3c61ce2ab564307a73b"
+
+
+def test_records_of_one_contact_in_a_batch_are_judged_in_file_order(store, mongo):
+    outcomes = store([
+        record("8", "Iara", ("a", 1)),
+        record("8", "Iara", ("a", 1)),  # nothing new after the first
+        record("8", "Iara", ("b", 2)),
+        record("9", "Júlio", ("c", 3)),
+    ])
+
+    assert outcomes == [CREATED, UNCHANGED, UPDATED, CREATED]
+    assert mongo.sessions.count_documents({}) == 2
+    assert mongo.sessions.find_one({"contact_identifier": "8"})["message_count"] == 2
+
+
+def test_a_contact_opened_meanwhile_by_another_writer_is_merged_into(store, mongo, monkeypatch):
+    other = SessionFactory.create(contact_identifier="10", contact_name="Lia", chat_id="10", message_count=0)
+    real = upsert.sessions_by_contact
+    calls = []
+
+    def stale_first_read(contacts, fields):
+        calls.append(list(contacts))
+        return {} if len(calls) == 1 else real(contacts, fields)  # the first read misses `other`
+
+    monkeypatch.setattr(upsert, "sessions_by_contact", stale_first_read)
+    assert store([record("10", "Lia", ("oi", 1))]) == [UPDATED]
+    assert mongo.sessions.count_documents({}) == 1
+    assert mongo.sessions.find_one()["_id"] == other["_id"]
+    assert mongo.sessions.find_one()["message_count"] == 1
+
+
+def test_a_message_stored_meanwhile_by_another_import_is_not_counted_twice(store, mongo, monkeypatch):
+    session = record("11", "Nina", ("um", 1), ("dois", 2))
+    taken = message_key("telegram", "11", session.messages[1])
+    real = upsert.insert_new_messages
+
+    def another_import_was_faster(documents):
+        return real(documents) - {taken}
+
+    monkeypatch.setattr(upsert, "insert_new_messages", another_import_was_faster)
+    store([session])
+    # The other import counts the message it stored itself; this one takes it back.
+    assert mongo.sessions.find_one()["message_count"] == 1
+
+
+def test_new_documents_are_what_the_engine_stores(store, mongo):
+    batch = generated(5, seed=9)
+    sessions, messages = upsert.new_documents(batch)
+    store(batch)
+
+    def comparable(docs, drop):
+        return sorted(({k: v for k, v in doc.items() if k not in drop} for doc in docs), key=repr)
+
+    stored_sessions = list(mongo.sessions.find())
+    assert comparable(stored_sessions, {"_id", "activity_key"}) == comparable(sessions, {"_id", "activity_key"})
+    assert comparable(mongo.messages.find(), {"_id", "session_id"}) == comparable(messages, {"_id", "session_id"})
+
+
+def test_an_imported_contact_writing_to_the_bot_gets_their_chat_and_name(store, mongo):
+    from contract.messaging import InboundMessage
+    from server.conversations import store_inbound
+
+    store([record("13", "Paula (arquivo)", ("antiga", 1))])
+    message = InboundMessage("telegram", "13", 13, 501, "Paula Souza", "voltei", "2024-05-02T10:00:00+00:00")
+
+    store_inbound([message], [False])
+
+    session = mongo.sessions.find_one()
+    assert session["chat_id"] == "13"  # goodbyes and agent replies can reach the contact now
+    assert session["contact_name"] == "Paula Souza"
+    assert session["message_count"] == 2
+    assert mongo.sessions.count_documents({}) == 1

@@ -1,0 +1,380 @@
+"""The imports API against a real server: uploads, reports, refusals, and chunked imports.
+
+Every response is also validated against the OpenAPI document by the `api` client.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli.generate import generate_sessions, write_sessions
+from tests.harness import API_TOKEN, ROOT, conforms_to_openapi, eventually, outbound_messages
+
+DATA = ROOT / "data"
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+
+
+def session_file(file_format: str, sessions: list[dict[str, Any]]) -> bytes:
+    out = io.StringIO()
+    write_sessions(sessions, out, file_format)
+    return out.getvalue().encode()
+
+
+def sessions(count: int, seed: int = 11, messages: int = 2) -> list[dict[str, Any]]:
+    return list(generate_sessions(count, seed=seed, messages_per_session=messages))
+
+
+def post_form(api, fields: dict[str, str], files: dict[str, tuple]):
+    request = api.http.build_request("POST", "imports", data=fields, files=files)
+    request.read()  # httpx streams forms; the contract check reads the request back
+    response = api.http.send(request)
+    conforms_to_openapi(response)
+    return response
+
+
+def upload(api, content: bytes, filename: str = "sessions.json", content_type: str = "application/json",
+           channel: str | None = "@suporte"):
+    fields = {} if channel is None else {"channel": channel}
+    return post_form(api, fields, {"file": (filename, content, content_type)})
+
+
+def stored(mongo, ignore: tuple[str, ...] = ()) -> tuple[list[dict], list[dict]]:
+    """Sessions and messages as a client sees them, independent of ids and import order."""
+    def comparable(doc: dict) -> dict:
+        return {k: v for k, v in doc.items() if k not in ("_id", "activity_key", *ignore)}
+
+    sessions = sorted(map(comparable, mongo.sessions.find()), key=lambda doc: doc["contact_identifier"])
+    messages = sorted(({k: v for k, v in doc.items() if k not in ("_id", "session_id")}
+                       for doc in mongo.messages.find()), key=lambda doc: doc["key"])
+    return sessions, messages
+
+
+def assert_serving(api) -> None:
+    assert api.http.get(f"{api.base_url}/health").status_code == 200
+
+
+def problem(response, status: int, kind: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/problem+json"
+    body = response.json()
+    assert body["type"].endswith("/" + kind), body
+    return body
+
+
+# --- uploads ---------------------------------------------------------------------
+
+
+def test_json_upload_imports_every_session_and_reports_it(api, mongo):
+    response = upload(api, (DATA / "sessions.json").read_bytes())
+
+    assert response.status_code == 202, response.text
+    report = response.json()
+    assert report["status"] == "succeeded"
+    assert report["counts"] == {"received": 300, "created": 300, "updated": 0, "unchanged": 0, "rejected": 0}
+    assert report["format"] == "json" and report["source"] == "sessions.json" and report["channel"] == "@suporte"
+    assert report["errors"] == [] and report["failure"] is None
+    assert report["duration_seconds"] >= 0 and report["finished_at"] is not None
+    assert mongo.sessions.count_documents({}) == 300
+    assert mongo.messages.count_documents({}) == 853  # data/README.md
+    assert response.headers["Location"] == f"/v1/imports/{report['id']}"
+    assert api.get(f"imports/{report['id']}").json() == report
+
+
+def test_csv_gives_the_same_sessions_as_json_and_reimporting_changes_nothing(api, mongo):
+    assert upload(api, (DATA / "sessions.json").read_bytes()).status_code == 202
+    from_json = stored(mongo)
+
+    again = upload(api, (DATA / "sessions.csv").read_bytes(), "sessions.csv", "text/csv").json()
+    assert again["counts"] == {"received": 300, "created": 0, "updated": 0, "unchanged": 300, "rejected": 0}
+    assert again["format"] == "csv"
+    assert stored(mongo) == from_json
+
+    mongo.sessions.delete_many({})
+    mongo.messages.delete_many({})
+    assert upload(api, (DATA / "sessions.csv").read_bytes(), "sessions.csv", "text/csv").status_code == 202
+    assert stored(mongo) == from_json
+
+
+def test_one_message_per_row_csv_and_ndjson_import_like_json(api, mongo):
+    generated = sessions(30)
+    upload(api, session_file("json", generated))
+    expected = stored(mongo, ignore=("source_id",))  # a message per row leaves no room for `_id`
+
+    for file_format, name in (("csv-messages", "export.csv"), ("ndjson", "export.ndjson")):
+        mongo.sessions.delete_many({})
+        mongo.messages.delete_many({})
+        report = upload(api, session_file(file_format, generated), name, "application/octet-stream").json()
+        assert report["counts"]["created"] == 30, report
+        assert stored(mongo, ignore=("source_id",)) == expected
+
+
+def test_bad_records_are_reported_by_record_line_and_field_and_the_rest_imported(api, mongo):
+    good = sessions(4)
+    missing_name = {**good[1], "name": None}
+    bad_date = {**good[2], "messages": [{"id": "x", "content": "oi", "date": "ontem"}]}
+    lines = [json.dumps(good[0]), json.dumps(missing_name), "[1, 2]", "{broken", json.dumps(bad_date),
+             json.dumps(good[3])]
+    content = ("\n".join(lines) + "\n").encode()
+
+    report = upload(api, content, "bad.ndjson", "application/x-ndjson").json()
+
+    assert report["status"] == "succeeded"
+    assert report["counts"] == {"received": 6, "created": 2, "updated": 0, "unchanged": 0, "rejected": 4}
+    where = [(e["record"], e["line"], e["field"]) for e in report["errors"]]
+    assert where == [(2, 2, "name"), (3, 3, None), (4, 4, None), (5, 5, "messages[0].date")]
+    assert report["errors"][0]["offset"] == len(lines[0]) + 1
+    assert "required" in report["errors"][0]["message"]
+    assert mongo.sessions.count_documents({}) == 2
+
+
+def test_bad_csv_rows_are_reported_by_line(api, mongo):
+    rows = session_file("csv", sessions(3)).decode().splitlines()
+    rows[2] = rows[2].replace(",Telegram,", ",Tele gram,")
+    content = ("\n".join([*rows, "only,three,fields"]) + "\n").encode()
+
+    report = upload(api, content, "bad.csv", "text/csv").json()
+
+    assert report["counts"]["rejected"] == 2 and report["counts"]["created"] == 2
+    assert [(e["line"], e["field"]) for e in report["errors"]] == [(3, "platform_type"), (5, None)]
+    assert "expected 5 fields" in report["errors"][1]["message"]
+
+
+def test_truncated_json_fails_at_its_end_and_keeps_the_records_before(api, mongo):
+    content = session_file("json", sessions(700, messages=1))
+    lines = content.split(b"\n")
+    cut = len(b"\n".join(lines[:651])) + 40  # inside the 651st session (line 652 of the file)
+
+    response = upload(api, content[:cut])
+
+    assert response.status_code == 202
+    report = response.json()
+    assert report["status"] == "failed"
+    assert report["failure"]["reason"] == "invalid-file"
+    assert report["failure"]["offset"] == cut
+    assert str(cut) in report["failure"]["message"]
+    assert report["counts"]["created"] == 650
+    assert report["failure"]["imported_before_failure"] == 650
+    assert mongo.sessions.count_documents({}) == 650
+    assert api.get(f"imports/{report['id']}").json()["status"] == "failed"
+    assert_serving(api)
+
+
+def test_broken_json_fails_near_the_break(api, mongo):
+    content = session_file("json", sessions(200, messages=1))
+    at = content.index(b"\n", len(content) // 2) + 1
+    broken = content[:at] + b"{oops}" + content[at:]
+
+    report = upload(api, broken).json()
+
+    assert report["status"] == "failed"
+    assert abs(report["failure"]["offset"] - at) <= 1024  # within the parser's error window
+    assert 0 < report["counts"]["created"] < 200
+
+
+def test_a_client_leaving_after_the_file_broke_gets_its_import_ended_with_the_cause(api, api_server, mongo):
+    content = session_file("json", sessions(1400, messages=1))
+    at = content.index(b"\n", len(content) // 2) + 1  # past the first batch: the import exists
+    broken = content[:at] + b"{oops}"
+    boundary = "b0undary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"channel\"\r\n\r\n@suporte\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"s.json\"\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", api_server.port)) as connection:
+        connection.sendall(
+            f"POST /v1/imports HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(head) + len(content)}\r\n\r\n".encode() + head + broken)
+        eventually(lambda: mongo.import_jobs.find_one(), message="import started")
+
+    job = eventually(lambda: mongo.import_jobs.find_one({"status": "failed"}), message="failed import")
+    assert job["failure"]["reason"] == "invalid-file"  # the cause, not the client leaving
+    assert mongo.sessions.count_documents({}) == job["counts"]["created"] > 0
+
+
+def test_an_empty_file_is_refused(api, mongo):
+    body = problem(upload(api, b""), 422, "empty-file")
+
+    assert body["errors"] == [{"field": "file", "in": "body", "message": "empty"}]
+    assert mongo.import_jobs.count_documents({}) == 0
+    assert_serving(api)
+
+
+@pytest.mark.parametrize("content, filename", [(PNG, "sessions.json"), (b"abc\x00\x01" * 100, "sessions.csv"),
+                                               (b"[]", "sessions.xlsx")])
+def test_binary_and_unsupported_files_are_refused(api, mongo, content, filename):
+    body = problem(upload(api, content, filename), 415, "unsupported-file-type")
+
+    assert body["detail"]
+    assert mongo.import_jobs.count_documents({}) == 0
+    assert_serving(api)
+
+
+def test_a_csv_header_lacking_a_column_is_refused_with_its_line(api, mongo):
+    content = b"_id,name,contact_identifier,messages\n603fd3c61ce2ab564307a73a,Ana,1,[]\n"
+
+    body = problem(upload(api, content, "sessions.csv", "text/csv"), 422, "invalid-file")
+
+    assert "platform_type" in body["detail"]
+    assert body["errors"][0]["field"] == "file" and body["errors"][0]["line"] == 1
+    assert mongo.sessions.count_documents({}) == 0
+    assert_serving(api)
+
+
+def test_a_body_that_is_not_a_form_is_refused(api):
+    response = api.post("imports", content=(DATA / "sessions.json").read_bytes(),
+                        headers={"Content-Type": "text/plain"})
+
+    problem(response, 415, "unsupported-media-type")
+    assert_serving(api)
+
+
+def test_a_form_without_channel_or_file_is_refused(api, mongo):
+    body = problem(upload(api, b"[]", channel=None), 400, "invalid-channel")
+    assert "before the file" in body["detail"]
+
+    body = problem(post_form(api, {"channel": "@suporte"}, {"other": ("x", b"1")}), 400,
+                   "missing-field")
+    assert body["errors"] == [{"field": "file", "in": "body", "message": "required"}]
+
+    problem(upload(api, b"[]", channel="suporte"), 400, "invalid-channel")
+    problem(upload(api, b"[]", channel="-5"), 400, "invalid-channel")
+    assert mongo.import_jobs.count_documents({}) == 0
+
+
+def test_a_file_without_sessions_is_an_empty_import(api, mongo):
+    report = upload(api, b"[ ]").json()
+
+    assert report["status"] == "succeeded" and report["counts"]["received"] == 0
+
+
+def test_channel_names_are_kept_lower_case(api):
+    assert upload(api, b"[]", channel="@SuporteBR").json()["channel"] == "@suportebr"
+    assert upload(api, b"[]", channel="-1001234567890").json()["channel"] == "-1001234567890"
+
+
+def test_unknown_imports_are_not_found(api):
+    problem(api.get("imports/65f1c0ffee00000000000099"), 404, "import-not-found")
+    problem(api.get("imports/nope"), 404, "import-not-found")
+
+
+def test_each_ended_import_is_announced_once(api, nats_server):
+    report = upload(api, session_file("json", sessions(3))).json()
+
+    def announcements() -> list:
+        return [m for m in outbound_messages(nats_server.url) if m.key == f"import:{report['id']}"]
+
+    found = eventually(announcements, message="announcement")
+    assert len(found) == 1
+    assert found[0].chat_id == "@suporte" and found[0].kind == "announcement"
+    assert found[0].text == ("Importação concluída (sessions.json): 3 sessões importadas (3 novas, "
+                             "0 atualizadas, 0 sem alteração), 0 rejeitadas.")
+
+
+# --- chunked imports (the CLI's protocol) --------------------------------------------
+
+
+def envelopes(records: list[dict[str, Any]], first: int = 1) -> bytes:
+    return "".join(json.dumps({"record": first + n, "line": None, "data": raw}) + "\n"
+                   for n, raw in enumerate(records)).encode()
+
+
+def put_chunk(api, import_id: str, seq: int, body: bytes):
+    return api.request("PUT", f"imports/{import_id}/chunks/{seq}", content=body,
+                       headers={"Content-Type": "application/x-ndjson"})
+
+
+def test_a_chunked_import_applies_each_chunk_once_and_ends_on_completion(api, mongo, nats_server):
+    generated = sessions(30)
+    started = api.post("imports", json={"channel": "@suporte", "source": "big.csv"})
+    assert started.status_code == 201, started.text
+    job = started.json()
+    assert job["status"] == "running" and job["mode"] == "chunks" and job["next_chunk"] == 0
+    assert started.headers["Location"] == f"/v1/imports/{job['id']}"
+
+    first = put_chunk(api, job["id"], 0, envelopes(generated[:10]))
+    assert first.json() == {"chunk": 0, "repeated": False, "errors": [],
+                            "counts": {"received": 10, "created": 10, "updated": 0, "unchanged": 0, "rejected": 0}}
+    repeated = put_chunk(api, job["id"], 0, envelopes(generated[:10]))
+    assert repeated.json() == {**first.json(), "repeated": True}
+    problem(put_chunk(api, job["id"], 2, envelopes(generated[20:])), 409, "chunk-out-of-order")
+    problem(api.post(f"imports/{job['id']}/complete", json={"chunks": 2}), 409, "chunks-missing")
+
+    bad = {"record": 20, "line": 21, "problem": "expected 5 fields, saw 6"}
+    second = put_chunk(api, job["id"], 1, envelopes(generated[10:19], first=11) + json.dumps(bad).encode())
+    assert second.json()["counts"]["rejected"] == 1
+    assert second.json()["errors"] == [{"record": 20, "line": 21, "offset": None, "field": None,
+                                        "message": "expected 5 fields, saw 6"}]
+    running = api.get(f"imports/{job['id']}").json()
+    assert running["status"] == "running" and running["next_chunk"] == 2
+    assert running["counts"]["received"] == 20
+
+    done = api.post(f"imports/{job['id']}/complete", json={"chunks": 2})
+    assert done.status_code == 200
+    assert done.json()["status"] == "succeeded"
+    assert done.json()["counts"] == {"received": 20, "created": 19, "updated": 0, "unchanged": 0, "rejected": 1}
+    assert api.post(f"imports/{job['id']}/complete", json={"chunks": 2}).json() == done.json()
+    problem(put_chunk(api, job["id"], 2, envelopes(generated[20:])), 409, "import-ended")
+    assert mongo.sessions.count_documents({}) == 19
+    announced = eventually(lambda: [m for m in outbound_messages(nats_server.url)
+                                    if m.key == f"import:{job['id']}"])
+    assert len(announced) == 1 and "19 sessões importadas" in announced[0].text
+
+
+def test_a_chunked_import_the_client_found_broken_ends_as_failed(api, mongo):
+    job = api.post("imports", json={"channel": "-1001234567890"}).json()
+    put_chunk(api, job["id"], 0, envelopes(sessions(5)))
+
+    failure = {"message": "invalid JSON after record 5", "offset": 4096, "line": None}
+    report = api.post(f"imports/{job['id']}/complete", json={"chunks": 1, "failure": failure}).json()
+
+    assert report["status"] == "failed"
+    assert report["failure"]["offset"] == 4096 and report["failure"]["imported_before_failure"] == 5
+
+
+def test_chunked_import_requests_are_checked(api):
+    problem(api.post("imports", json={"channel": "@suporte", "extra": 1}), 400, "invalid-body")
+    problem(api.post("imports", json={"channel": "@suporte", "source": 5}), 400, "invalid-body")
+    problem(api.post("imports", json={}), 400, "invalid-channel")
+    upload_id = upload(api, b"[]").json()["id"]
+    problem(put_chunk(api, upload_id, 0, b"{}\n"), 409, "not-chunked")
+    problem(api.post(f"imports/{upload_id}/complete", json={"chunks": 0}), 409, "not-chunked")
+    job = api.post("imports", json={"channel": "@suporte"}).json()
+    problem(api.request("PUT", f"imports/{job['id']}/chunks/0", content=b"{}", headers={"Content-Type": "text/csv"}),
+            415, "unsupported-media-type")
+    problem(put_chunk(api, job["id"], 0, b""), 400, "invalid-chunk")
+    problem(api.post(f"imports/{job['id']}/complete", json={"chunks": -1}), 400, "invalid-body")
+    problem(api.post(f"imports/{job['id']}/complete", json={"chunks": 0, "failure": "x"}), 400, "invalid-body")
+    body = problem(put_chunk(api, job["id"], 0, envelopes(sessions(1)) + b'{"record": 2}\n'), 400, "invalid-chunk")
+    assert "line 2 of the chunk is not a record envelope" in body["detail"]
+    problem(put_chunk(api, job["id"], 0, b'{"record": 0, "data": {}}\n'), 400, "invalid-chunk")
+    problem(api.post("imports", json={"channel": "@suporte", "source": None}), 400, "invalid-body")
+
+
+# --- the contract, fuzzed ------------------------------------------------------------
+
+
+def test_schemathesis_finds_no_server_error_and_no_contract_violation_in_imports(api, api_server, tmp_path):
+    schemathesis = Path(sysconfig.get_path("scripts")) / "schemathesis"
+    run = subprocess.run(
+        [str(schemathesis), "run", str(ROOT / "server" / "openapi.json"),
+         "--url", f"http://127.0.0.1:{api_server.port}", "--header", f"Authorization: Bearer {API_TOKEN}",
+         "--include-path-regex", "^/v1/imports", "--checks", "all",
+         # A schema-valid upload can still be a file that is not sessions; that check does not apply.
+         "--exclude-checks", "positive_data_acceptance",
+         "--phases", "examples,coverage,fuzzing", "--max-examples", "15", "--seed", "20240501",
+         "--workers", "1", "--request-timeout", "10", "--no-color"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.server.schemathesis_hooks", "PYTHONPATH": str(ROOT)},
+    )
+
+    assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
+    assert re.search(r"Tested:\s+4\b", run.stdout), run.stdout[-3000:]
