@@ -13,8 +13,12 @@ def cli() -> None:
 
 def register() -> None:
     from cli.generate import generate
+    from cli.imports import import_sessions
+    from cli.sessions import sessions
 
     cli.add_command(generate)
+    cli.add_command(import_sessions)
+    cli.add_command(sessions)
 
 
 def main() -> None:

@@ -1,0 +1,128 @@
+"""The REST API as the commands call it: where and with which token, retries, clear errors.
+
+A mistake the user can fix (a wrong URL or token, a bad argument the server
+refuses) ends the command with exit code 2 and one line saying what to change;
+a failure that may pass (connection lost, 5xx, 429) is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+import httpx
+
+DEFAULT_API_URL = "http://localhost:8080"
+# What may pass if asked again: rate limiting, and a server restarting or overloaded.
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_BACKOFF = 30.0
+
+
+class UserError(click.ClickException):
+    """A mistake the user can fix: exit code 2, like Click's own usage errors."""
+
+    exit_code = 2
+
+
+class ApiFailure(click.ClickException):
+    """The API did not do what was asked, and asking again will not help."""
+
+    def __init__(self, message: str, response: httpx.Response | None = None) -> None:
+        super().__init__(message)
+        self.status = response.status_code if response is not None else None
+        self.problem = _problem(response) if response is not None else {}
+
+
+def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every API command takes; the command receives an `api` ApiClient."""
+
+    @click.option("--api-url", envvar="BALCAO_API_URL", default=DEFAULT_API_URL, show_default=True,
+                  help="Base URL of the Balcão API (env BALCAO_API_URL).")
+    @click.option("--api-token", envvar="BALCAO_API_TOKEN", required=True, show_envvar=False,
+                  help="Bearer token of the API (env BALCAO_API_TOKEN).")
+    @functools.wraps(command)
+    def with_api(*args: Any, api_url: str, api_token: str, **kwargs: Any) -> Any:
+        if not api_url.startswith(("http://", "https://")):
+            raise click.BadParameter("must start with http:// or https://", param_hint="--api-url")
+        with ApiClient(api_url, api_token) as api:
+            return command(*args, api=api, **kwargs)
+
+    return with_api
+
+
+class ApiClient:
+    def __init__(self, url: str, token: str, *, retries: int = 8, timeout: float = 300.0,
+                 sleep: Callable[[float], None] = time.sleep, transport: httpx.BaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.retries = retries
+        self._sleep = sleep
+        self._answered = False  # the server answered once: a connection error is transient from then on
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token.strip()}", "Accept": "application/json"},
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            transport=transport,
+        )
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,),
+                on_retry: Callable[[str], None] | None = None, **kwargs: Any) -> httpx.Response:
+        """Send, retrying what may pass; return a response whose status is in `ok`."""
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if not self._answered and isinstance(exc, httpx.ConnectError):
+                    raise UserError(f"cannot reach the API at {self.url} ({exc}); check --api-url "
+                                    "or BALCAO_API_URL, and that the server runs") from None
+                reason, wait = f"{type(exc).__name__}: {exc}", None
+            else:
+                self._answered = True
+                if response.status_code in ok:
+                    return response
+                if response.status_code not in TRANSIENT_STATUSES:
+                    raise self._refusal(response)
+                reason, wait = f"HTTP {response.status_code}", _retry_after(response)
+            attempt += 1
+            if attempt > self.retries:
+                raise ApiFailure(f"{method} {path} failed {attempt} times, last with {reason}")
+            delay = wait if wait is not None else min(MAX_BACKOFF, 0.5 * 2 ** (attempt - 1))
+            delay *= random.uniform(1.0, 1.25)  # so many clients do not come back in step
+            if on_retry is not None:
+                on_retry(f"{reason}; retrying in {delay:.1f} s ({attempt}/{self.retries})")
+            self._sleep(delay)
+
+    def _refusal(self, response: httpx.Response) -> click.ClickException:
+        problem = _problem(response)
+        detail = problem.get("detail") or response.reason_phrase
+        if response.status_code == 401:
+            return UserError(f"the API refused the token ({detail}); check --api-token or BALCAO_API_TOKEN")
+        if response.status_code in (400, 403, 404, 405, 413, 415, 422):
+            return UserError(detail)
+        return ApiFailure(f"HTTP {response.status_code}: {detail}", response)
+
+
+def _problem(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    try:
+        return min(MAX_BACKOFF, max(0.0, float(value)))
+    except ValueError:
+        return None

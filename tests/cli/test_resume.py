@@ -1,0 +1,96 @@
+"""A 20,000-session import through the CLI, interrupted twice, ends as a clean import would."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cli.generate import generate_sessions, write_sessions
+from server.conversations import preview
+from server.importing.records import message_key, normalise_session
+from tests.harness import API_TOKEN, ROOT, eventually
+
+SESSIONS = 20_000
+CHANNEL = "@suporte"
+
+
+def chunks_acknowledged(state_dir: Path) -> int:
+    for path in state_dir.glob("*.json"):
+        try:
+            return json.loads(path.read_text())["chunks_sent"]
+        except (ValueError, KeyError, FileNotFoundError):
+            return 0  # caught mid-replace
+    return 0
+
+
+def clean_import(path: Path) -> list[tuple]:
+    """What a clean import of the file stores, worked out from the file itself."""
+    expected = []
+    for number, raw in enumerate(generate_sessions(SESSIONS, messages_per_session=1, seed=77), start=1):
+        session = normalise_session(raw, record=number)
+        (message,) = session.messages
+        expected.append((session.contact_identifier, session.name, session.source_id, 1, preview(message.content),
+                         message.date, message.date,
+                         (message_key(session.platform, session.contact_identifier, message),)))
+    return sorted(expected)
+
+
+def stored(mongo) -> list[tuple]:
+    keys: dict = {}
+    for message in mongo.messages.find({}, {"session_id": 1, "key": 1}):
+        keys.setdefault(message["session_id"], []).append(message["key"])
+    return sorted(
+        (s["contact_identifier"], s["contact_name"], s.get("source_id"), s["message_count"],
+         s["last_message_preview"], s["created_at"], s["last_message_at"], tuple(sorted(keys.get(s["_id"], []))))
+        for s in mongo.sessions.find()
+    )
+
+
+def test_an_import_survives_a_server_crash_and_resumes_after_the_cli_dies(stack, telegram, mongo, tmp_path):
+    telegram.add_channel(CHANNEL)
+    server = stack.server()
+    stack.bot()
+    path = tmp_path / "sessions.csv"
+    out = io.StringIO()
+    write_sessions(generate_sessions(SESSIONS, messages_per_session=1, seed=77), out, "csv")
+    path.write_text(out.getvalue(), encoding="utf-8")
+    state = tmp_path / "state"
+    command = [sys.executable, "-m", "cli", "import", str(path), "--channel", CHANNEL, "--chunk-size", "1000",
+               "--state-dir", str(state)]
+    env = {**os.environ, "BALCAO_API_URL": stack.api_url, "BALCAO_API_TOKEN": API_TOKEN}
+    started = time.monotonic()
+    first = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    # The server dies mid-chunk and comes back on the same port: the CLI retries and goes on.
+    eventually(lambda: chunks_acknowledged(state) >= 3, timeout=60, message="3 chunks")
+    server.kill()
+    stack.server()
+    # Then the CLI itself dies.
+    eventually(lambda: chunks_acknowledged(state) >= 9, timeout=60, message="9 chunks")
+    first.kill()
+    _, retries = first.communicate()
+    assert "retrying" in retries
+
+    resumed = subprocess.run([*command, "--resume"], env=env, cwd=ROOT, capture_output=True, text=True,
+                             timeout=120, check=False)
+
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming import" in resumed.stderr
+    assert stored(mongo) == clean_import(path)
+    job = mongo.import_jobs.find_one()
+    assert job["status"] == "succeeded"
+    counts = job["counts"]
+    # Each chunk is counted once; the two chunks cut short (server crash, CLI killed) were sent
+    # again, and the records they had stored count as unchanged the second time.
+    assert counts["received"] == SESSIONS and counts["rejected"] == 0
+    assert counts["created"] + counts["unchanged"] == SESSIONS and counts["created"] >= SESSIONS - 2 * 1000
+    assert not list(state.glob("*.json"))
+    eventually(lambda: telegram.sent(CHANNEL), message="announcement")
+    time.sleep(1)
+    assert len(telegram.sent(CHANNEL)) == 1
+    print(f"interrupted import of {SESSIONS} sessions done in {time.monotonic() - started:.1f} s")
