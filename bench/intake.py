@@ -30,7 +30,8 @@ import nats
 import pymongo
 
 from devstack.faketelegram import FakeTelegram
-from devstack.processes import NatsServer, SecantusServer, free_port, wait_for_port
+from bench.backends import backends
+from devstack.processes import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "42:bench-token"
@@ -163,25 +164,12 @@ async def baseline(nats_url: str, mongodb_uri: str, messages: int, contacts: int
 
 
 async def run(messages: int, contacts: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="balcao-bench-") as tmp:
-        work = Path(tmp)
-        nats_server = NatsServer(data_dir=work / "nats")
-        mongo = SecantusServer(data_dir=work / "mongo")
-        external = os.environ.get("MONGODB_URI")
-        nats_server.start()
-        if not external:
-            mongo.start()
-        uri = external or mongo.uri
-        try:
-            print(f"{messages} messages from {contacts} contacts; MongoDB: "
-                  f"{'external' if external else 'SecantusDB'}")
-            ours = await balcao(nats_server.url, uri, messages, contacts, work)
-            base = await baseline(nats_server.url, uri, messages, contacts)
-            print(f"throughput ratio balcao/baseline: {ours['rate'] / base['rate']:.2f} (target >= 0.50)")
-            print(f"p99 ratio balcao/baseline:        {ours['p99'] / base['p99']:.2f} (target <= 3.00)")
-        finally:
-            nats_server.stop()
-            mongo.stop()
+    with tempfile.TemporaryDirectory(prefix="balcao-bench-") as tmp, backends(Path(tmp)) as servers:
+        print(f"{messages} messages from {contacts} contacts; MongoDB: {servers.mongodb_name}")
+        ours = await balcao(servers.nats_url, servers.mongodb_uri, messages, contacts, Path(tmp))
+        base = await baseline(servers.nats_url, servers.mongodb_uri, messages, contacts)
+        print(f"throughput ratio balcao/baseline: {ours['rate'] / base['rate']:.2f} (target >= 0.50)")
+        print(f"p99 ratio balcao/baseline:        {ours['p99'] / base['p99']:.2f} (target <= 3.00)")
 
 
 def main() -> None:
