@@ -19,8 +19,7 @@ from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
 from bot import config, metrics
 from bot.delivery import Delivery
 from bot.relay import Poller, Relay, register
-from contract import jetstream, lifecycle, logs
-from contract.environment import ConfigError
+from contract import jetstream, lifecycle
 
 log = logging.getLogger("bot")
 
@@ -41,12 +40,7 @@ def build_application(settings: config.Settings) -> Application:
 
 
 async def main() -> None:
-    try:
-        settings = config.load()
-    except ConfigError as exc:
-        sys.exit(f"bot: {exc}")
-    logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets)
-    stopping = lifecycle.stop_event()
+    settings, stopping = lifecycle.begin("bot", config.load)
 
     nc = await lifecycle.retry_until_ready(
         "NATS", lambda: jetstream.connect(settings.nats_url, "balcao-bot"), stopping,

@@ -10,10 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
+from contract import logs
+from contract.environment import ConfigError
+
 T = TypeVar("T")
+S = TypeVar("S")
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +97,14 @@ async def retry_until_ready(what: str, attempt: Callable[[], Awaitable[T]], stop
             return None
         except asyncio.TimeoutError:
             delay = min(delay * 2, 30.0)
+
+
+def begin(process: str, load: Callable[[], S]) -> tuple[S, asyncio.Event]:
+    """A process's first steps: its settings (or exit with every problem named), its
+    logging, and the stop event; call from the running loop."""
+    try:
+        settings = load()
+    except ConfigError as exc:
+        sys.exit(f"{process}: {exc}")
+    logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets)
+    return settings, stop_event()

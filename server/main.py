@@ -17,8 +17,7 @@ import sys
 from nats.errors import Error as NatsError
 from pymongo.errors import PyMongoError
 
-from contract import jetstream, lifecycle, logs
-from contract.environment import ConfigError
+from contract import jetstream, lifecycle
 from server import config
 from server.app import Services, make_app
 from server.database import Database
@@ -34,12 +33,7 @@ SHUTDOWN_GRACE = 20.0
 
 
 async def main() -> None:
-    try:
-        settings = config.load()
-    except ConfigError as exc:
-        sys.exit(f"server: {exc}")
-    logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets)
-    stopping = lifecycle.stop_event()
+    settings, stopping = lifecycle.begin("server", config.load)
 
     db = Database(settings.mongodb_uri, settings.db_threads)
     db.connect()

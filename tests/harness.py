@@ -255,3 +255,19 @@ async def _outbound_messages(url: str) -> list:
 def outbound_messages(nats_url: str) -> list:
     """What the server published on the outbound stream and no bot has taken yet."""
     return asyncio.run(_outbound_messages(nats_url))
+
+
+def inbound_waiting(nats_url: str) -> int:
+    """Inbound messages not acknowledged yet (the inbound stream is a work queue)."""
+    from contract.messaging import INBOUND_STREAM
+
+    async def count() -> int:
+        import nats
+
+        nc = await nats.connect(nats_url)
+        try:
+            return (await nc.jetstream().stream_info(INBOUND_STREAM)).state.messages
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())

@@ -7,20 +7,17 @@ other test.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import nats
 import pymongo
 import pytest
 
-from contract.messaging import INBOUND_STREAM
 from devstack.processes import SecantusServer
-from tests.harness import eventually
+from tests.harness import eventually, inbound_waiting
 
 REPLY = "Reply: mensagem recebida"
 CONTACTS = (9101, 9102)
@@ -39,17 +36,6 @@ def replies(telegram, chat_id: int) -> int:
     return sum(1 for m in telegram.sent(chat_id) if m["text"] == REPLY)
 
 
-def waiting_in_jetstream(nats_url: str) -> int:
-    """Inbound messages not acknowledged yet (the stream is a work queue)."""
-
-    async def count() -> int:
-        nc = await nats.connect(nats_url)
-        try:
-            return (await nc.jetstream().stream_info(INBOUND_STREAM)).state.messages
-        finally:
-            await nc.close()
-
-    return asyncio.run(count())
 
 
 # own_mongodb comes first, so it is still up while the stack's processes stop.
@@ -69,12 +55,12 @@ def test_intake_waits_out_a_mongodb_outage_and_stores_everything(own_mongodb, st
     eventually(lambda: not telegram.pending_updates(), message="the bot relayed them to JetStream")
     # Nothing is acknowledged that was not stored: all of it still waits in the stream.
     time.sleep(1)
-    assert waiting_in_jetstream(clean_nats.url) == DURING
+    assert inbound_waiting(clean_nats.url) == DURING
     assert [replies(telegram, c) for c in CONTACTS] == [1, 0]
     # Longer than pymongo's 5 s server selection: the intake gives the batch back.
     eventually(lambda: "left for redelivery, MongoDB" in server.log_text(), timeout=15,
                message="the batch handed back to JetStream")
-    assert waiting_in_jetstream(clean_nats.url) == DURING
+    assert inbound_waiting(clean_nats.url) == DURING
 
     own_mongodb.start()
     outage = time.monotonic() - outage_started
@@ -82,7 +68,7 @@ def test_intake_waits_out_a_mongodb_outage_and_stores_everything(own_mongodb, st
                and replies(telegram, CONTACTS[1]) == DURING // 2, timeout=30,
                message="replies to what was sent during the outage")
     assert httpx.get(f"{stack.api_url}/ready", timeout=10).status_code == 200
-    eventually(lambda: waiting_in_jetstream(clean_nats.url) == 0, message="all acknowledged")
+    eventually(lambda: inbound_waiting(clean_nats.url) == 0, message="all acknowledged")
 
     with pymongo.MongoClient(own_mongodb.uri, tz_aware=True) as client:
         db = client.get_default_database()

@@ -15,7 +15,7 @@ from contract import jetstream
 from contract.environment import ConfigError
 from contract.messaging import INBOUND_STREAM
 from devstack.processes import free_port, wait_for_port
-from tests.harness import BOT_TOKEN, eventually
+from tests.harness import BOT_TOKEN, eventually, inbound_waiting
 
 REPLY = "Reply: mensagem recebida"
 SECRET = "webhook-secret_0123456789"
@@ -52,15 +52,6 @@ def update(update_id: int, user_id: int, text: str) -> dict:
                         "chat": {"id": user_id, "type": "private", "first_name": "Intrusa"}}}
 
 
-def inbound_messages(nats_url: str) -> int:
-    async def count() -> int:
-        nc = await nats.connect(nats_url)
-        try:
-            return (await nc.jetstream().stream_info(INBOUND_STREAM)).state.messages
-        finally:
-            await nc.close()
-
-    return asyncio.run(count())
 
 
 def test_webhook_mode_relays_replies_and_refuses_strangers(stack, telegram, mongo):
@@ -113,7 +104,7 @@ def test_relay_failure_answers_500_and_telegram_delivers_again(stack, telegram, 
 
     asyncio.run(restore_streams())
     eventually(lambda: not telegram.pending_updates(), message="redelivered and confirmed")
-    assert inbound_messages(clean_nats.url) == 1
+    assert inbound_waiting(clean_nats.url) == 1
     payload = json.loads(_first_inbound(clean_nats.url))
     assert payload["text"] == "insistente" and payload["contact_identifier"] == "9601"
     assert "not relayed" in bot.log_text()
