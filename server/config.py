@@ -21,7 +21,7 @@ class Settings:
     reply_text: str = DEFAULT_REPLY
     goodbye_text: str = DEFAULT_GOODBYE
     import_max_bytes: int = 1024 * 1024 * 1024
-    intake_batch: int = 200
+    intake_batch: int = 1000
     db_threads: int = 8
     log_format: str = "text"
     log_level: str = "info"
@@ -45,7 +45,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         nats_url=env.url("NATS_URL", None, ("nats", "tls", "ws", "wss")) or "",
         goodbye_text=env.text("GOODBYE_TEXT", DEFAULT_GOODBYE) or DEFAULT_GOODBYE,
         import_max_bytes=env.integer("IMPORT_MAX_BYTES", 1024 * 1024 * 1024, minimum=1),
-        intake_batch=env.integer("INTAKE_BATCH", 200, minimum=1, maximum=1000),
+        intake_batch=env.integer("INTAKE_BATCH", 1000, minimum=1, maximum=1000),
         db_threads=env.integer("DB_THREADS", 8, minimum=1, maximum=64),
         log_format=env.choice("LOG_FORMAT", "text", ("text", "json")),
         log_level=env.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),

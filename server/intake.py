@@ -44,7 +44,7 @@ MAX_RETRY_DELAY = 15.0
 
 class Intake:
     def __init__(self, js: JetStreamContext, db: Database, outbound: Outbound,
-                 reply_text: str, batch_size: int = 200) -> None:
+                 reply_text: str, batch_size: int = 1000) -> None:
         self._js = js
         self._db = db
         self._outbound = outbound
