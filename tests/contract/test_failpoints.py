@@ -1,0 +1,47 @@
+"""Fail points: inert unless armed, fire on the pass asked for, kill for real."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from contract import failpoints
+from contract.failpoints import FailPointError, failpoint
+from tests.harness import ROOT
+
+
+@pytest.fixture(autouse=True)
+def disarm():
+    yield
+    failpoints.configure({})
+
+
+def test_unarmed_fail_point_does_nothing():
+    failpoints.configure({})
+    failpoint("anything")
+
+
+def test_raise_fires_on_the_pass_asked_for_and_is_logged(tmp_path):
+    log = tmp_path / "fired"
+    failpoints.configure({"BALCAO_FAILPOINTS": "a.b=raise@2, other=kill", "BALCAO_FAILPOINTS_LOG": str(log)})
+    failpoint("a.b")
+    failpoint("unrelated")
+    with pytest.raises(FailPointError, match="a.b"):
+        failpoint("a.b")
+    failpoint("a.b")  # the third pass is past the armed one
+    assert log.read_text().split()[:2] == ["a.b", "raise"]
+
+
+@pytest.mark.parametrize("spec", ["nameonly", "x=explode", "x=kill@two", "=kill"])
+def test_bad_spec_is_refused_with_the_entry(spec):
+    with pytest.raises(ValueError, match="BALCAO_FAILPOINTS"):
+        failpoints.parse(spec)
+
+
+def test_kill_ends_the_process_with_sigkill():
+    env = {**os.environ, "BALCAO_FAILPOINTS": "here=kill"}
+    code = "from contract.failpoints import failpoint; failpoint('here'); print('survived')"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, timeout=60)
+    assert result.returncode == -9
+    assert b"survived" not in result.stdout
