@@ -35,6 +35,7 @@ from tornado import httputil, iostream
 from tornado.httpserver import HTTPServer
 
 from server.handlers.base import PROBLEM_TYPE_ROOT
+from server.metrics import HTTP_REFUSED
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("tornado.access")
@@ -72,6 +73,7 @@ class DrainingHTTPServer(HTTPServer):
 
     def _refuse_connection(self, stream: iostream.IOStream) -> None:
         self.refused_connections += 1
+        HTTP_REFUSED.labels(reason="too-many-connections").inc()
         now = time.monotonic()
         if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL:
             self._refusal_logged_at = now
@@ -216,7 +218,7 @@ class _TrackedDelegate(httputil.HTTPMessageDelegate):
     def finish(self) -> None:
         if self._dropping:
             if not self._connection.responded:
-                self._answer_too_large()  # the whole body was read: the connection stays usable
+                self._answer_too_large(closing=False)  # the whole body was read: the connection stays usable
             self._delegate.on_connection_close()  # the handler was never run; let go of it
             return
         self._delegate.finish()
@@ -228,7 +230,7 @@ class _TrackedDelegate(httputil.HTTPMessageDelegate):
         finally:
             self._connection.end()
 
-    def _answer_too_large(self) -> None:
+    def _answer_too_large(self, *, closing: bool = True) -> None:
         limit = self._connection.body_limit
         size = f"{self._declared} bytes" if self._declared is not None else f"over {limit} bytes"
         path = self._start_line.path.split("?")[0] if self._start_line is not None else ""
@@ -236,8 +238,13 @@ class _TrackedDelegate(httputil.HTTPMessageDelegate):
                             f"{limit} bytes", "payload-too-large", path)
         headers = httputil.HTTPHeaders({"Content-Type": "application/problem+json",
                                         "Content-Length": str(len(body)), "Cache-Control": "no-store"})
+        if closing:
+            # Tornado closes a connection whose request body is still unread once
+            # the answer is out; say so, as RFC 9112 asks.
+            headers["Connection"] = "close"
         method = self._start_line.method if self._start_line is not None else "-"
         access_log.warning("413 %s %s: a body of %s refused", method, path, size)
+        HTTP_REFUSED.labels(reason="body-too-large").inc()
         try:
             self._connection.write_headers(httputil.ResponseStartLine("HTTP/1.1", 413, "Content Too Large"),
                                            headers, body)

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from server.handlers.base import JsonHandler
+from server.metrics import READINESS_PINGS
 
 
 class HealthHandler(JsonHandler):
@@ -50,6 +51,7 @@ class MongoProbe:
         now = time.monotonic()
         if self._ping is None or (self._ping.done() and now - self._at >= READY_CACHE_SECONDS):
             self._at, self._ping = now, asyncio.ensure_future(self._db.ping())
+            READINESS_PINGS.inc()
         # Shielded: one caller going away must not cancel the ping the others wait on.
         return await asyncio.shield(self._ping)
 
