@@ -17,7 +17,8 @@ bearer check) runs:
   does not stream is never buffered: its bytes are dropped and the answer is a
   413 problem document, sent when the body has ended if little of it remains
   (so the client reads it), or at once with the connection closed after it.
-  A streaming route over its own limit without an answer is closed.
+  A streaming route sees a declared length itself and refuses it as it
+  likes; a chunked body over the route's limit is answered 413 here too.
 - Connections. Beyond `max_connections` open at once, a new connection gets a
   503 problem document and is closed, so slow clients cannot use up every
   socket and file descriptor.
@@ -203,13 +204,11 @@ class _TrackedDelegate(httputil.HTTPMessageDelegate):
     def data_received(self, chunk: bytes) -> Any:
         self._received += len(chunk)
         if not self._dropping and self._declared is None and self._received > self._connection.body_limit:
-            if self._connection.responded:
-                self._dropping = True
-            elif self._streams():
-                self._dropping = True
-                self._connection.close()  # the handler gets on_connection_close, as if the client left
-            else:
-                self._dropping = True
+            # A chunked body passed the limit. A streaming handler waiting for the
+            # rest is told the client left when the connection closes after this
+            # answer, and returns without answering itself.
+            self._dropping = True
+            if not self._connection.responded:
                 self._answer_too_large()
         if self._dropping:
             return None

@@ -26,7 +26,7 @@ import pytest
 from pymongo.database import Database
 
 from devstack.processes import NatsServer, free_port
-from tests.harness import Process, eventually, reset_jetstream, stack_env
+from tests.harness import API_TOKEN, Process, eventually, reset_jetstream, stack_env
 from tests.security.conftest import NO_TELEGRAM, Target
 from tests.server import factories
 
@@ -217,6 +217,28 @@ def test_a_chunked_body_over_the_limit_is_refused_when_it_passes_it(target):
     sock.close()
 
     assert answer is not None and answer[0] == 413
+    assert json.loads(answer[2])["type"] == PROBLEM + "payload-too-large"
+    watch.check()
+
+
+def test_a_chunked_agent_reply_over_its_limit_is_a_413(target, session):
+    """The reply route streams and sets its own 64 KiB limit; a chunked body has
+    no length to check beforehand, so the limit is counted as it arrives."""
+    sock = connect(target)
+    sock.sendall(f"POST /v1/sessions/{session['_id']}/messages HTTP/1.1\r\nHost: x\r\n"
+                 f"Authorization: Bearer {API_TOKEN}\r\nContent-Type: application/json\r\n"
+                 "Transfer-Encoding: chunked\r\n\r\n".encode())
+    piece = b"x" * 16384
+    with Watch(target) as watch:
+        try:
+            for _ in range(8):
+                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+        except OSError:
+            pass
+        answer = read_response(sock, timeout=5)
+    sock.close()
+
+    assert answer is not None and answer[0] == 413, answer
     assert json.loads(answer[2])["type"] == PROBLEM + "payload-too-large"
     watch.check()
 
