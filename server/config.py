@@ -41,7 +41,7 @@ class Settings:
     import_body_timeout: float = 3600.0
     http_max_connections: int = 1000
     http_trust_proxy_headers: bool = False
-    query_max_time_ms: int = 5000
+    query_max_time_ms: int = 15000
     search_max_examined: int = 5000
 
     def __repr__(self) -> str:  # never print the token
@@ -94,7 +94,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         import_body_timeout=env.integer("IMPORT_BODY_TIMEOUT", 3600, minimum=1),
         http_max_connections=env.integer("HTTP_MAX_CONNECTIONS", 1000, minimum=1),
         http_trust_proxy_headers=env.choice("HTTP_TRUST_PROXY_HEADERS", "false", ("true", "false")) == "true",
-        query_max_time_ms=env.integer("QUERY_MAX_TIME_MS", 5000, minimum=1),
+        query_max_time_ms=env.integer("QUERY_MAX_TIME_MS", 15000, minimum=1),
         search_max_examined=env.integer("SEARCH_MAX_EXAMINED", 5000, minimum=1000),
     )
     if not settings.mongodb_uri:

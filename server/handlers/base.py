@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError, ServerSelectionTimeoutError
 from tornado.web import HTTPError, RequestHandler
 
 log = logging.getLogger(__name__)
@@ -126,18 +126,25 @@ def database_errors() -> Iterator[None]:
     """MongoDB out of reach is a 503 with Retry-After: the client may try again, it is no bug."""
     try:
         yield
-    except ConnectionFailure as exc:
-        log.warning("mongodb unavailable while serving a request: %s", exc)
-        raise ApiError(503, "the database is not answering; try again shortly", kind="unavailable",
-                       headers={"Retry-After": "5"}) from exc
+    except ServerSelectionTimeoutError as exc:  # no server to send to: before any timeout question
+        raise _unavailable(exc) from exc
     except PyMongoError as exc:
-        if not exc.timeout:
-            raise
-        # QUERY_MAX_TIME_MS ran out. The request was valid; the server could not
-        # answer it in time, so it is the server's 503, not the client's 4xx.
-        log.warning("a request's database time ran out: %s", exc)
-        raise ApiError(503, "the database did not answer in time; try again shortly",
-                       kind="query-timeout", headers={"Retry-After": "5"}) from exc
+        if exc.timeout:
+            # QUERY_MAX_TIME_MS ran out (on the server, or while waiting for its
+            # answer). The request was valid; the server could not answer it in
+            # time, so it is the server's 503, not the client's 4xx.
+            log.warning("a request's database time ran out: %s", exc)
+            raise ApiError(503, "the database did not answer in time; try again shortly",
+                           kind="query-timeout", headers={"Retry-After": "5"}) from exc
+        if isinstance(exc, ConnectionFailure):
+            raise _unavailable(exc) from exc
+        raise
+
+
+def _unavailable(exc: Exception) -> ApiError:
+    log.warning("mongodb unavailable while serving a request: %s", exc)
+    return ApiError(503, "the database is not answering; try again shortly", kind="unavailable",
+                    headers={"Retry-After": "5"})
 
 
 def slug(title: str) -> str:

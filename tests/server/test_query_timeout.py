@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 from bson import ObjectId
-from pymongo.errors import ExecutionTimeout, OperationFailure, PyMongoError
+from pymongo.errors import (
+    ExecutionTimeout,
+    NetworkTimeout,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
 
 from server import sessions
 from server.handlers.base import ApiError, database_errors
@@ -16,6 +22,18 @@ def test_a_query_timeout_is_a_503_with_retry_after():
     assert error.value.status_code == 503
     assert error.value.kind == "query-timeout"
     assert error.value.headers == {"Retry-After": "5"}
+
+
+def test_waiting_too_long_for_an_answer_is_a_query_timeout_too():
+    with pytest.raises(ApiError) as error, database_errors():
+        raise NetworkTimeout("timed out")
+    assert error.value.kind == "query-timeout"
+
+
+def test_no_server_to_ask_is_unavailable():
+    with pytest.raises(ApiError) as error, database_errors():
+        raise ServerSelectionTimeoutError("no servers")
+    assert error.value.status_code == 503 and error.value.kind == "unavailable"
 
 
 def test_other_database_errors_stay_errors():
