@@ -32,7 +32,7 @@ from server.importing.records import normalise_session
 from server.importing.upsert import new_documents
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "bench-api-token-0123456789"
+TOKEN = "bench-api-token-0123456789abcdef-0123456789"
 COLLECTIONS = ("sessions", "messages", "import_jobs", "import_batches", "outbox")
 
 

@@ -61,7 +61,7 @@ async def balcao(nats_url: str, mongodb_uri: str, messages: int, contacts: int, 
     await fake.start(port=0)
     port = free_port()
     env = {**os.environ, "NATS_URL": nats_url, "MONGODB_URI": mongodb_uri, "HTTP_PORT": str(port),
-           "API_TOKEN": "bench-api-token-0123456789", "TELEGRAM_BOT_TOKEN": TOKEN,
+           "API_TOKEN": "bench-api-token-0123456789abcdef-0123456789", "TELEGRAM_BOT_TOKEN": TOKEN,
            "TELEGRAM_API_BASE_URL": fake.base_url, "TELEGRAM_POLL_TIMEOUT": "10",
            "TELEGRAM_MAX_MESSAGES_PER_SECOND": "100000", "LOG_LEVEL": "warning"}
     logs = open(work / "balcao.log", "ab")

@@ -48,7 +48,7 @@ from server.database import Database
 from server.models import activity_key
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "bench-api-token-0123456789abcdef"
+TOKEN = "bench-api-token-0123456789abcdef-0123456789"
 LIMIT = 50
 TARGET_PAGE = 100
 BATCH = 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from contract.environment import Environment
 DEFAULT_API_BASE = "https://api.telegram.org"
 # What setWebhook accepts as secret_token (Bot API documentation).
 WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
+# Guessing a secret this long over the network is out of reach.
+MIN_SECRET_LENGTH = 32
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,20 @@ class Settings:
         return [self.token, self.webhook_secret or "", *logs.url_credentials(self.nats_url)]
 
 
+def plain_http_allowed(url: str) -> bool:
+    """True unless `url` is plain http:// to a host other than this machine."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return True
+    host = (parts.hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     env = Environment(environ)
     settings = Settings(
@@ -71,5 +88,12 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         env.problems.append("TELEGRAM_WEBHOOK_URL needs TELEGRAM_WEBHOOK_SECRET (or _FILE)")
     if settings.webhook_secret and not WEBHOOK_SECRET.fullmatch(settings.webhook_secret):
         env.problems.append("TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+    elif settings.webhook_secret and len(settings.webhook_secret) < MIN_SECRET_LENGTH:
+        env.problems.append(f"TELEGRAM_WEBHOOK_SECRET must be at least {MIN_SECRET_LENGTH} characters, "
+                            f"got {len(settings.webhook_secret)}")
+    if not plain_http_allowed(settings.api_base_url):
+        # The bot token travels in every Bot API URL: never over the network in clear.
+        env.problems.append("TELEGRAM_API_BASE_URL may use http:// only for a loopback host "
+                            "(localhost, 127.0.0.0/8, ::1); use https://")
     env.check()
     return settings

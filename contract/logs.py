@@ -14,8 +14,6 @@ from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
 MASK = "***"
-# Shorter values would mask ordinary words; real tokens and passwords are longer.
-MIN_SECRET_LENGTH = 6
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -38,9 +36,10 @@ class MaskingFormatter(logging.Formatter):
     def __init__(self, inner: logging.Formatter, secrets: Iterable[str]) -> None:
         super().__init__()
         self._inner = inner
-        # Longest first, so a secret containing another is masked whole.
-        self._secrets = sorted({s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH},
-                               key=len, reverse=True)
+        # Longest first, so a secret containing another is masked whole. Every
+        # secret is masked, however short: a short password that shows in a log
+        # is found at once, while masking an ordinary word only costs readability.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
         # JSON lines hold secrets escaped; mask that spelling too.
         for secret in list(self._secrets):
             escaped = json.dumps(secret, ensure_ascii=False)[1:-1]

@@ -31,7 +31,8 @@ def api_token() -> str:
     if os.environ.get("API_TOKEN") or os.environ.get("API_TOKEN_FILE"):
         return ""
     path = VAR / "api_token"
-    if not path.exists():
+    # Tokens kept from before the server required 32 characters are replaced.
+    if not path.exists() or len(path.read_text().strip()) < 32:
         path.write_text(secrets.token_urlsafe(32) + "\n")
         path.chmod(0o600)
     return path.read_text().strip()

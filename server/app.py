@@ -41,9 +41,10 @@ def make_app(settings: Settings, services: Services) -> Application:
         handlers,
         default_handler_class=base.NotFoundHandler,
         api_token=settings.api_token,
+        api_tokens=settings.api_tokens,
         config=settings,
         services=services,
-        cursors=CursorCodec(settings.api_token),
+        cursors=CursorCodec(*settings.cursor_keys),
         imports=running_imports,
         log_function=metrics.log_request,
     )

@@ -10,6 +10,8 @@ from contract.environment import Environment
 
 DEFAULT_GOODBYE = "Seu atendimento foi finalizado. Obrigado pelo contato!"
 DEFAULT_REPLY = "Reply: mensagem recebida"
+# 32 random characters are beyond guessing online; shorter tokens are typed by hand.
+MIN_SECRET_LENGTH = 32
 
 
 @dataclass(frozen=True)
@@ -25,14 +27,47 @@ class Settings:
     db_threads: int = 8
     log_format: str = "text"
     log_level: str = "info"
+    # The previous API token, still accepted while clients move to the new one.
+    api_token_previous: str = ""
+    # Signs page cursors; "" derives it from the API token (as before cursors had their own key).
+    cursor_key: str = ""
+    cursor_key_previous: str = ""
+    # Loopback by default: `make run` must not expose the API; the image sets 0.0.0.0.
+    http_address: str = "127.0.0.1"
+    # Bodies of routes that do not stream (everything but the import uploads and chunks).
+    http_max_body_bytes: int = 64 * 1024
+    http_idle_timeout: float = 60.0
+    http_body_timeout: float = 60.0
+    import_body_timeout: float = 3600.0
+    http_max_connections: int = 1000
+    http_trust_proxy_headers: bool = False
+    query_max_time_ms: int = 15000
+    search_max_examined: int = 5000
 
     def __repr__(self) -> str:  # never print the token
         return f"Settings(http_port={self.http_port}, api_token=***, nats_url=…, mongodb_uri=…)"
 
     @property
+    def api_tokens(self) -> tuple[str, ...]:
+        """Every bearer token accepted: the current one, and the previous during a rotation."""
+        return tuple(token for token in (self.api_token, self.api_token_previous) if token)
+
+    @property
+    def cursor_keys(self) -> tuple[str, ...]:
+        """Cursor signing secrets, the signing one first.
+
+        Without CURSOR_KEY the API tokens sign, as before cursors had a key of
+        their own, so cursors survive an upgrade and a token rotation alike.
+        """
+        if self.cursor_key:
+            return tuple(key for key in (self.cursor_key, self.cursor_key_previous) if key)
+        return self.api_tokens
+
+    @property
     def secrets(self) -> list[str]:
         """Values no log line may show."""
-        return [self.api_token, *logs.url_credentials(self.mongodb_uri),
+        return [self.api_token, self.api_token_previous, self.cursor_key, self.cursor_key_previous,
+                *logs.url_credentials(self.mongodb_uri),
                 *logs.url_credentials(self.nats_url)]
 
 
@@ -49,12 +84,29 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         db_threads=env.integer("DB_THREADS", 8, minimum=1, maximum=64),
         log_format=env.choice("LOG_FORMAT", "text", ("text", "json")),
         log_level=env.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+        api_token_previous=env.secret("API_TOKEN_PREVIOUS", required=False) or "",
+        cursor_key=env.secret("CURSOR_KEY", required=False) or "",
+        cursor_key_previous=env.secret("CURSOR_KEY_PREVIOUS", required=False) or "",
+        http_address=env.text("HTTP_ADDRESS", "127.0.0.1") or "127.0.0.1",
+        http_max_body_bytes=env.integer("HTTP_MAX_BODY_BYTES", 64 * 1024, minimum=1024, maximum=16 * 1024 * 1024),
+        http_idle_timeout=env.integer("HTTP_IDLE_TIMEOUT", 60, minimum=1),
+        http_body_timeout=env.integer("HTTP_BODY_TIMEOUT", 60, minimum=1),
+        import_body_timeout=env.integer("IMPORT_BODY_TIMEOUT", 3600, minimum=1),
+        http_max_connections=env.integer("HTTP_MAX_CONNECTIONS", 1000, minimum=1),
+        http_trust_proxy_headers=env.choice("HTTP_TRUST_PROXY_HEADERS", "false", ("true", "false")) == "true",
+        query_max_time_ms=env.integer("QUERY_MAX_TIME_MS", 15000, minimum=1),
+        search_max_examined=env.integer("SEARCH_MAX_EXAMINED", 5000, minimum=1000),
     )
     if not settings.mongodb_uri:
         env.problems.append("MONGODB_URI is required")
     if not settings.nats_url:
         env.problems.append("NATS_URL is required")
-    if settings.api_token and len(settings.api_token) < 16:
-        env.problems.append("API_TOKEN must be at least 16 characters")
+    for name, value in (("API_TOKEN", settings.api_token), ("API_TOKEN_PREVIOUS", settings.api_token_previous),
+                        ("CURSOR_KEY", settings.cursor_key), ("CURSOR_KEY_PREVIOUS", settings.cursor_key_previous)):
+        if value and len(value) < MIN_SECRET_LENGTH:
+            # Name the variable and the rule, never the value.
+            env.problems.append(f"{name} must be at least {MIN_SECRET_LENGTH} characters, got {len(value)}")
+    if settings.cursor_key_previous and not settings.cursor_key:
+        env.problems.append("CURSOR_KEY_PREVIOUS needs CURSOR_KEY: set the new key beside the old one")
     env.check()
     return settings

@@ -47,6 +47,14 @@ class Database:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
+    async def run_bounded(self, seconds: float, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`run`, with every MongoDB operation of `fn` bounded to `seconds` in all.
+
+        pymongo sends the time left as `maxTimeMS` with each command, so the
+        server abandons a query the client stopped waiting for.
+        """
+        return await self.run(_bounded, seconds, fn, *args, **kwargs)
+
     async def ensure_indexes(self) -> None:
         await self.run(models.ensure_indexes)
 
@@ -72,3 +80,9 @@ class Database:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         mongoengine.disconnect()
+
+
+def _bounded(seconds: float, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    # In the worker thread: pymongo.timeout is a context variable of the calling thread.
+    with pymongo.timeout(seconds):
+        return fn(*args, **kwargs)

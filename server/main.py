@@ -52,9 +52,19 @@ async def main() -> None:
     services = Services(db=db, nats=nc, js=js, outbound=outbound)
     intake = Intake(js, db, outbound, settings.reply_text, settings.intake_batch)
     app = make_app(settings, services)
-    server = DrainingHTTPServer(app, xheaders=True, max_body_size=settings.import_max_bytes)
-    server.listen(settings.http_port)
-    log.info("server listening on port %d", settings.http_port)
+    server = DrainingHTTPServer(
+        app,
+        # X-Real-Ip / X-Forwarded-For are anyone's to write unless a proxy in
+        # front overwrites them: trusted only when the operator says so.
+        xheaders=settings.http_trust_proxy_headers,
+        # Small for every route; the import handlers raise it after the bearer check.
+        max_body_size=settings.http_max_body_bytes,
+        idle_connection_timeout=settings.http_idle_timeout,
+        body_timeout=settings.http_body_timeout,
+        max_connections=settings.http_max_connections,
+    )
+    server.listen(settings.http_port, address=settings.http_address)
+    log.info("server listening on %s port %d", settings.http_address, settings.http_port)
 
     intake_task = asyncio.create_task(intake.run(), name="intake")
     relay_task = asyncio.create_task(outbound.relay_forever(), name="outbox-relay")

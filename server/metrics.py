@@ -50,6 +50,18 @@ HTTP_REQUEST_DURATION = Histogram(
     buckets=HTTP_BUCKETS,
 )
 
+HTTP_REFUSED = Counter(
+    "balcao_http_refused_total",
+    "Connections and requests refused before any handler ran, by reason",
+    ["reason"],  # too-many-connections, body-too-large
+)
+READINESS_PINGS = Counter(
+    "balcao_readiness_pings_total",
+    "MongoDB pings made to answer /ready; callers within a second share one",
+)
+
+for reason in ("too-many-connections", "body-too-large"):
+    HTTP_REFUSED.labels(reason=reason)
 for cause in ("mongodb", "nats", "error"):
     INTAKE_RETRIES.labels(cause=cause)
 OUTBOUND_PUBLISHED.labels(kind="reply")

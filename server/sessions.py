@@ -106,13 +106,18 @@ class SessionsPage:
 
 
 def list_sessions(criteria: SessionFilter, limit: int, resume: SessionsResume | None = None,
-                  now: dt.datetime | None = None) -> SessionsPage:
+                  now: dt.datetime | None = None, max_examined: int | None = None) -> SessionsPage:
     """The open sessions matching `criteria`, most recent activity first.
 
     Keyset pages over `activity_key`: a page holds only sessions whose key is below
     the previous page's last one. A session that gets a message moves up past the
     reader and is not listed again; every session without new activity is listed
     exactly once, however much the others move.
+
+    A search of several common words may read many candidates for each match;
+    once `max_examined` documents were read, the page ends short (even empty)
+    with a cursor past the last one read, so no single request walks every
+    session the probe word matches.
     """
     collection = Session._get_collection()
     equality, wanted = _access_path(criteria)
@@ -122,6 +127,7 @@ def list_sessions(criteria: SessionFilter, limit: int, resume: SessionsResume | 
     width = resume.slice_ms if resume else FIRST_SLICE_MS
     found: list[dict[str, Any]] = []
     queries: list[Query] = []
+    examined = 0
     while True:
         bottom = top - width
         lower = max(activity_floor(_from_milliseconds(bottom)), floor) if bottom > 0 else floor
@@ -134,8 +140,12 @@ def list_sessions(criteria: SessionFilter, limit: int, resume: SessionsResume | 
         docs = list(collection.find(query.filter, query.projection).sort(query.sort).limit(query.limit))
         kept = [doc for doc in docs if wanted is None or wanted(doc)]
         found += kept
+        examined += len(docs)
         if len(found) > limit:
             break
+        if max_examined is not None and examined >= max_examined and docs:
+            # Resume below the last document read: everything above it was looked at.
+            return SessionsPage(found, SessionsResume(docs[-1]["activity_key"], width), queries)
         if len(docs) == batch:  # the slice may hold more: continue inside it
             upper = docs[-1]["activity_key"]
             continue

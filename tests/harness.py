@@ -19,7 +19,7 @@ from devstack.processes import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BOT_TOKEN = "123456:TEST-token-for-the-fake-bot-api"
-API_TOKEN = "test-api-token-0123456789abcdef"
+API_TOKEN = "test-api-token-0123456789abcdef-0123456789"
 
 
 def eventually(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05,

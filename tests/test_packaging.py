@@ -136,6 +136,8 @@ def test_image_defaults_to_the_server_on_8080() -> None:
     assert ("WORKDIR", "/app") in stage
     env = " ".join(args for keyword, args in stage if keyword == "ENV")
     assert "PYTHONUNBUFFERED=1" in env and "PATH=/opt/venv/bin:$PATH" in env
+    # The server binds loopback unless told otherwise; in a container it must take outside traffic.
+    assert "HTTP_ADDRESS=0.0.0.0" in env
 
 
 def ignored(path: str, patterns: list[str]) -> bool:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import ConnectionFailure, PyMongoError, ServerSelectionTimeoutError
 from tornado.web import HTTPError, RequestHandler
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,15 @@ class JsonHandler(RequestHandler):
         if content_type != "application/json":
             raise ApiError(415, "send the body as application/json", kind="unsupported-media-type")
         try:
-            body = json.loads(self.request.body or b"")
+            body = json.loads(self.request.body or b"", parse_int=_bounded_int)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ApiError(400, f"the body is not valid JSON: {exc}", kind="invalid-json") from exc
+            raise ApiError(400, f"the body is not valid JSON: {exc}", kind="invalid-json",
+                           errors=[{"field": "body", "in": "body", "message": str(exc)}]) from exc
+        except RecursionError as exc:
+            # CPython's parser recurses per level; a body of brackets would otherwise be a 500.
+            message = "nests arrays or objects too deeply to be an API request"
+            raise ApiError(400, f"the body {message}", kind="invalid-json",
+                           errors=[{"field": "body", "in": "body", "message": message}]) from exc
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object", kind="invalid-json")
         return body
@@ -90,12 +96,29 @@ class ApiHandler(JsonHandler):
     """Base for `/v1` routes: a valid bearer token is required."""
 
     def prepare(self) -> None:
-        expected = self.settings["api_token"].encode()
+        # During a rotation the previous token is accepted too (API_TOKEN_PREVIOUS).
+        accepted = self.settings.get("api_tokens") or (self.settings["api_token"],)
         header = self.request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        presented = token.strip().encode()
+        # Every token is compared, so the time taken says nothing about which one nearly matched.
+        matches = [hmac.compare_digest(presented, expected.encode()) for expected in accepted]
+        if scheme.lower() != "bearer" or not any(matches):
             raise ApiError(401, "send `Authorization: Bearer <token>` with a valid API token",
                            kind="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="balcao"'})
+
+
+# No field of this API holds a number near this long; Python refuses to convert
+# integers of over 4300 digits (a ValueError, which would be a 500).
+MAX_INTEGER_DIGITS = 100
+
+
+def _bounded_int(digits: str) -> int | float:
+    """An integer as JSON wrote it; an absurdly long one becomes infinity, which
+    no field accepts, so the field's own check names it."""
+    if len(digits) <= MAX_INTEGER_DIGITS:
+        return int(digits)
+    return float("-inf") if digits.startswith("-") else float("inf")
 
 
 @contextlib.contextmanager
@@ -103,10 +126,25 @@ def database_errors() -> Iterator[None]:
     """MongoDB out of reach is a 503 with Retry-After: the client may try again, it is no bug."""
     try:
         yield
-    except ConnectionFailure as exc:
-        log.warning("mongodb unavailable while serving a request: %s", exc)
-        raise ApiError(503, "the database is not answering; try again shortly", kind="unavailable",
-                       headers={"Retry-After": "5"}) from exc
+    except ServerSelectionTimeoutError as exc:  # no server to send to: before any timeout question
+        raise _unavailable(exc) from exc
+    except PyMongoError as exc:
+        if exc.timeout:
+            # QUERY_MAX_TIME_MS ran out (on the server, or while waiting for its
+            # answer). The request was valid; the server could not answer it in
+            # time, so it is the server's 503, not the client's 4xx.
+            log.warning("a request's database time ran out: %s", exc)
+            raise ApiError(503, "the database did not answer in time; try again shortly",
+                           kind="query-timeout", headers={"Retry-After": "5"}) from exc
+        if isinstance(exc, ConnectionFailure):
+            raise _unavailable(exc) from exc
+        raise
+
+
+def _unavailable(exc: Exception) -> ApiError:
+    log.warning("mongodb unavailable while serving a request: %s", exc)
+    return ApiError(503, "the database is not answering; try again shortly", kind="unavailable",
+                    headers={"Retry-After": "5"})
 
 
 def slug(title: str) -> str:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from typing import Any
+
 from server.handlers.base import JsonHandler
+from server.metrics import READINESS_PINGS
 
 
 class HealthHandler(JsonHandler):
@@ -11,12 +16,17 @@ class HealthHandler(JsonHandler):
         self.write_json({"status": "ok"})
 
 
+# Probes and anyone else may call /ready without a token; one MongoDB ping per
+# this many seconds answers them all.
+READY_CACHE_SECONDS = 1.0
+
+
 class ReadyHandler(JsonHandler):
     async def get(self) -> None:
         """MongoDB and NATS both answer; 503 otherwise, so traffic goes elsewhere."""
         services = self.settings["services"]
         checks = {
-            "mongodb": "ok" if await services.db.ping() else "unavailable",
+            "mongodb": "ok" if await self.mongodb_probe(services).answers() else "unavailable",
             "nats": "ok" if services.nats.is_connected else "unavailable",
         }
         if services.stopping.is_set():
@@ -24,6 +34,26 @@ class ReadyHandler(JsonHandler):
         ready = all(state == "ok" for state in checks.values())
         self.write_json({"status": "ready" if ready else "unavailable", "checks": checks},
                         status=200 if ready else 503)
+
+    def mongodb_probe(self, services: Any) -> MongoProbe:
+        return self.application.settings.setdefault("mongodb_probe", MongoProbe(services.db))
+
+
+class MongoProbe:
+    """MongoDB's last ping answer while it is fresh; concurrent callers share one ping."""
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+        self._at = -READY_CACHE_SECONDS
+        self._ping: asyncio.Future[bool] | None = None
+
+    async def answers(self) -> bool:
+        now = time.monotonic()
+        if self._ping is None or (self._ping.done() and now - self._at >= READY_CACHE_SECONDS):
+            self._at, self._ping = now, asyncio.ensure_future(self._db.ping())
+            READINESS_PINGS.inc()
+        # Shielded: one caller going away must not cancel the ping the others wait on.
+        return await asyncio.shield(self._ping)
 
 
 default_handlers = [

@@ -160,6 +160,8 @@ class StreamedBodyHandler(ImportsApiHandler):
                            kind="payload-too-large")
         if self.request.connection is not None:
             self.request.connection.set_max_body_size(limit + BODY_SLACK)
+            # Authenticated by now: an upload over a slow link may take this long.
+            self.request.connection.set_body_timeout(self.settings["config"].import_body_timeout)
 
     def refuse(self, error: ApiError) -> None:
         """Answer `error` when the body ends, or at once if too much of it is still to come."""

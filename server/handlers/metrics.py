@@ -7,6 +7,7 @@ and it carries counts only, never contents.
 from __future__ import annotations
 
 import logging
+from urllib.parse import unquote_plus
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from tornado.routing import PathMatches
@@ -52,8 +53,24 @@ def log_request(handler: RequestHandler) -> None:
     HTTP_REQUEST_DURATION.labels(method=method, route=route_name(handler.application, handler),
                                  status=str(status)).observe(seconds)
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
-    access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.uri,
+    access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, logged_uri(request.uri or ""),
                    request.remote_ip, 1000.0 * seconds)
+
+
+# Query parameters whose values are personal data: `q` holds contact names.
+PRIVATE_PARAMETERS = frozenset({"q"})
+
+
+def logged_uri(uri: str) -> str:
+    """The request URI with the values of private query parameters masked."""
+    path, mark, query = uri.partition("?")
+    if not mark:
+        return uri
+    parts = []
+    for pair in query.split("&"):
+        name, equals, _ = pair.partition("=")
+        parts.append(f"{name}=***" if equals and unquote_plus(name) in PRIVATE_PARAMETERS else pair)
+    return f"{path}?{'&'.join(parts)}"
 
 
 default_handlers = [

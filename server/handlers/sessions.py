@@ -95,7 +95,8 @@ class ParameterProblems:
         raw = self.raw("limit")
         if raw is None:
             return DEFAULT_LIMIT
-        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        # Length first: int() refuses over 4300 digits with a ValueError.
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 6 or not 1 <= int(raw) <= MAX_LIMIT:
             self.add("limit", f"must be a whole number from 1 to {MAX_LIMIT}, got {raw[:20]!r}")
             return DEFAULT_LIMIT
         return int(raw)
@@ -135,8 +136,12 @@ class ParameterProblems:
         try:
             if not _DATE_TIME.fullmatch(raw):
                 raise ValueError(raw)
-            return dt.datetime.fromisoformat(raw.upper())
-        except ValueError:
+            since = dt.datetime.fromisoformat(raw.upper())
+            # An offset can carry a date past the year 1..9999 range in UTC
+            # (0001-01-01T00:00:00+23:59); the listing needs it in UTC.
+            since.astimezone(dt.UTC)
+            return since
+        except (ValueError, OverflowError):
             self.add("active_since", "must be an RFC 3339 date-time with a zone, such as "
                                      f"2024-05-01T12:00:00Z, got {raw[:40]!r}")
             return None
@@ -170,8 +175,10 @@ class SessionsApiHandler(ApiHandler):
         return self.settings["cursors"]
 
     async def database(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        config = self.settings["config"]
         with database_errors():
-            return await self.settings["services"].db.run(fn, *args, **kwargs)
+            return await self.settings["services"].db.run_bounded(config.query_max_time_ms / 1000, fn,
+                                                                  *args, **kwargs)
 
     async def promise(self, message: OutboundMessage) -> None:
         with database_errors():
@@ -200,7 +207,8 @@ class SessionsHandler(SessionsApiHandler):
                                           active_since=params.active_since())
         resume = params.resume(criteria.listing(), sessions.SessionsResume.from_position)
         params.check()
-        page = await self.database(sessions.list_sessions, criteria, limit, resume)
+        page = await self.database(sessions.list_sessions, criteria, limit, resume,
+                                   max_examined=self.settings["config"].search_max_examined)
         cursor = (self.cursors.encode(criteria.listing(), page.resume.to_position())
                   if page.resume else None)
         self.write_json({"items": [session_resource(doc) for doc in page.sessions], "next_cursor": cursor})

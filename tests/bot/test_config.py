@@ -32,3 +32,25 @@ def test_bot_exits_with_the_message_when_the_token_is_missing():
                             env={"PATH": "/usr/bin:/bin", "NATS_URL": "nats://x:1"}, timeout=60)
     assert result.returncode == 1
     assert "bot: configuration error: TELEGRAM_BOT_TOKEN (or TELEGRAM_BOT_TOKEN_FILE) is required" in result.stderr
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8081", "http://localhost:9", "http://[::1]:80",
+                                 "https://telegram.example"])
+def test_plain_http_only_to_loopback(url):
+    assert config.load({"TELEGRAM_BOT_TOKEN": "1:abc", "NATS_URL": "nats://n:4222",
+                        "TELEGRAM_API_BASE_URL": url}).api_base_url == url
+
+
+@pytest.mark.parametrize("url", ["http://api.telegram.org", "http://10.0.0.5:8081", "http://localhost.evil"])
+def test_plain_http_to_another_host_is_refused(url):
+    with pytest.raises(ConfigError) as error:
+        config.load({"TELEGRAM_BOT_TOKEN": "1:abc", "NATS_URL": "nats://n:4222", "TELEGRAM_API_BASE_URL": url})
+    assert error.value.problems == ["TELEGRAM_API_BASE_URL may use http:// only for a loopback host "
+                                    "(localhost, 127.0.0.0/8, ::1); use https://"]
+
+
+def test_webhook_secret_shorter_than_32_is_refused():
+    with pytest.raises(ConfigError) as error:
+        config.load({"TELEGRAM_BOT_TOKEN": "1:abc", "NATS_URL": "nats://n:4222",
+                     "TELEGRAM_WEBHOOK_URL": "https://bot.example/hook", "TELEGRAM_WEBHOOK_SECRET": "s" * 31})
+    assert error.value.problems == ["TELEGRAM_WEBHOOK_SECRET must be at least 32 characters, got 31"]

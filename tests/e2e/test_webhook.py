@@ -18,7 +18,7 @@ from devstack.processes import free_port, wait_for_port
 from tests.harness import BOT_TOKEN, eventually, inbound_waiting
 
 REPLY = "Reply: mensagem recebida"
-SECRET = "webhook-secret_0123456789"
+SECRET = "webhook-secret_0123456789-0123456789abcdef"
 HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 

@@ -5,7 +5,7 @@ import pytest
 from contract.environment import ConfigError
 from server import config
 
-VALID = {"API_TOKEN": "t" * 20, "MONGODB_URI": "mongodb://db/balcao", "NATS_URL": "nats://n:4222"}
+VALID = {"API_TOKEN": "t" * 32, "MONGODB_URI": "mongodb://db/balcao", "NATS_URL": "nats://n:4222"}
 
 
 def test_defaults():
@@ -13,7 +13,7 @@ def test_defaults():
     assert settings.http_port == 8080
     assert settings.goodbye_text == "Seu atendimento foi finalizado. Obrigado pelo contato!"
     assert settings.reply_text == "Reply: mensagem recebida"
-    assert "t" * 20 not in repr(settings)
+    assert "t" * 32 not in repr(settings)
 
 
 def test_every_problem_is_reported_at_once():
@@ -23,7 +23,7 @@ def test_every_problem_is_reported_at_once():
     assert "HTTP_PORT must be a whole number, got 'http'" in problems
     assert "MONGODB_URI is required" in problems
     assert "NATS_URL is required" in problems
-    assert "API_TOKEN must be at least 16 characters" in problems
+    assert "API_TOKEN must be at least 32 characters, got 5" in problems
     assert "LOG_FORMAT must be one of text, json, got 'xml'" in problems
     assert "short" not in str(error.value)
 
@@ -38,3 +38,33 @@ def test_server_exits_with_the_message_when_misconfigured():
     assert "server: configuration error:" in result.stderr
     assert "API_TOKEN (or API_TOKEN_FILE) is required" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_security_defaults():
+    settings = config.load(VALID)
+    assert settings.http_address == "127.0.0.1"
+    assert settings.http_trust_proxy_headers is False
+    assert settings.http_max_body_bytes == 64 * 1024
+    assert settings.api_tokens == ("t" * 32,)
+    # Without CURSOR_KEY the API tokens sign cursors, as before cursors had a key.
+    assert settings.cursor_keys == ("t" * 32,)
+
+
+def test_rotation_settings_accept_the_previous_token_and_cursor_key():
+    settings = config.load({**VALID, "API_TOKEN_PREVIOUS": "p" * 32})
+    assert settings.api_tokens == ("t" * 32, "p" * 32)
+    assert settings.cursor_keys == ("t" * 32, "p" * 32)
+    settings = config.load({**VALID, "CURSOR_KEY": "c" * 32, "CURSOR_KEY_PREVIOUS": "t" * 32})
+    assert settings.cursor_keys == ("c" * 32, "t" * 32)
+    assert {"p" * 32, "c" * 32} <= set(config.load({**VALID, "API_TOKEN_PREVIOUS": "p" * 32,
+                                                    "CURSOR_KEY": "c" * 32}).secrets)
+
+
+def test_short_rotation_secrets_and_an_orphan_previous_cursor_key_are_refused():
+    with pytest.raises(ConfigError) as error:
+        config.load({**VALID, "API_TOKEN_PREVIOUS": "short-old", "CURSOR_KEY_PREVIOUS": "k" * 32})
+    assert error.value.problems == [
+        "API_TOKEN_PREVIOUS must be at least 32 characters, got 9",
+        "CURSOR_KEY_PREVIOUS needs CURSOR_KEY: set the new key beside the old one",
+    ]
+    assert "short-old" not in str(error.value)
