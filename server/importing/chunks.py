@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from server.importing.parsers import FileFormatError, ParsedRecord, open_parser
+from server.importing.parsers import FileFormatError, ParsedRecord, RecordLimits, open_parser
 from server.importing.records import RecordError
 
 MEDIA_TYPE = "application/x-ndjson"
@@ -26,8 +26,8 @@ MEDIA_TYPE = "application/x-ndjson"
 class ChunkParser:
     """A SessionParser over one chunk's envelopes."""
 
-    def __init__(self) -> None:
-        self._lines = open_parser("ndjson")
+    def __init__(self, limits: RecordLimits | None = None) -> None:
+        self._lines = open_parser("ndjson", limits)
 
     def feed(self, chunk: bytes) -> list[ParsedRecord]:
         return self._unwrap(self._lines.feed, chunk)
