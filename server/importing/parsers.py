@@ -298,7 +298,7 @@ class _JsonArrayParser(_StreamParser):
         self._item_start = 0  # offset of the window in which the current item began
         self._item_values = 0
         self._skipping = False  # the current item passed a limit: its events are dropped
-        self._last_event = 0  # offset fed when yajl last produced an event
+        self._last_event = 0  # offset of the window in which yajl last produced an event
         self._fed = 0  # offset of the end of what yajl was given
 
     def _parse(self, data: bytes, offset: int) -> Iterator[ParsedRecord]:
@@ -349,7 +349,7 @@ class _JsonArrayParser(_StreamParser):
         events = list(self._events)
         del self._events[:]
         if events:
-            self._last_event = self._fed
+            self._last_event = window_offset
         limits = self._limits
         for event, value in events:
             opening = event in ("start_map", "start_array")
@@ -390,7 +390,7 @@ class _JsonArrayParser(_StreamParser):
         if self._fed - self._last_event > self._limits.bytes:
             number = self._numbers.count + (0 if self._skipping else 1)
             raise FileFormatError(
-                f"a single JSON value longer than {self._limits.bytes} bytes starts near byte {self._last_event} "
+                f"a single JSON value longer than {self._limits.bytes} bytes starts after byte {self._last_event} "
                 f"(record {number}); the file cannot be read past it", self._last_event)
 
 
