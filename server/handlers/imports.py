@@ -36,7 +36,7 @@ from server.conversations import utcnow
 from server.handlers.base import ApiError, ApiHandler, database_errors
 from server.importing import jobs
 from server.importing.chunks import MEDIA_TYPE as CHUNK_MEDIA_TYPE
-from server.importing.chunks import ChunkParser
+from server.importing.chunks import MAX_WHOLE, ChunkParser, whole_number
 from server.importing.feed import RecordFeed, Tally
 from server.importing.jobs import Imports
 from server.importing.parsers import FileFormatError, RecordLimits, UnsupportedFileType, detect_kind, open_parser
@@ -47,6 +47,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 IMPORT_ID = r"(?P<import_id>[^/]+)"
+# The route takes at most nine digits of sequence number.
+MAX_CHUNK_SEQ = 999_999_999
 # A Telegram channel: its public @username (5 to 32 letters, digits and
 # underscores, starting with a letter) or its numeric id, which starts -100.
 CHANNEL = re.compile(r"@[A-Za-z][A-Za-z0-9_]{4,31}|-100\d{1,16}")
@@ -610,10 +612,14 @@ class ImportCompletionHandler(ImportsApiHandler):
     async def post(self, import_id: str) -> None:
         """End a chunked import once all its chunks are in; its summary is announced."""
         body = self.json_body()
-        chunks = body.get("chunks")
-        if not _count(chunks):
+        unknown = sorted(set(body) - {"chunks", "failure"})
+        if unknown:
+            raise ApiError(400, f"unknown fields: {', '.join(unknown)}", kind="invalid-body",
+                           errors=[field_error(name, "not a field of a completion") for name in unknown])
+        chunks = whole_number(body.get("chunks"), minimum=0)
+        if chunks is None or chunks > MAX_CHUNK_SEQ + 1:
             raise ApiError(400, "chunks must be the number of chunks sent", kind="invalid-body",
-                           errors=[field_error("chunks", "a whole number >= 0 is required")])
+                           errors=[field_error("chunks", f"a whole number from 0 to {MAX_CHUNK_SEQ + 1} is required")])
         failure = _client_failure(body.get("failure"))
         job = await self.find_job(import_id)
         if job["mode"] != "chunks":
@@ -634,18 +640,15 @@ def _client_failure(raw: object) -> dict[str, Any] | None:
     """Where the CLI found the file broken (it parses the file in chunked imports)."""
     if raw is None:
         return None
-    if not isinstance(raw, dict) or not isinstance(raw.get("message"), str) or not all(
-        raw.get(name) is None or _count(raw[name]) for name in ("offset", "line")
-    ):
+    where = {name: None if not isinstance(raw, dict) or raw.get(name) is None else whole_number(raw[name], 0)
+             for name in ("offset", "line")}
+    if not isinstance(raw, dict) or not isinstance(raw.get("message"), str) or not set(raw) <= {
+        "message", "offset", "line"
+    } or any(where[name] is None and raw.get(name) is not None for name in where):
         raise ApiError(400, "failure must be {message, offset, line}", kind="invalid-body",
-                       errors=[field_error("failure", "expected {message: string, offset, line}")])
-    return {"reason": "invalid-file", "message": raw["message"][:500], "offset": raw.get("offset"),
-            "line": raw.get("line")}
-
-
-def _count(value: object) -> bool:
-    """A whole number >= 0, as JSON has it (JSON's true is no number, though Python's is)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+                       errors=[field_error("failure", "expected {message: string, offset, line}, whole numbers "
+                                                      f"from 0 to {MAX_WHOLE} or null")])
+    return {"reason": "invalid-file", "message": raw["message"][:500], **where}
 
 
 default_handlers = [
