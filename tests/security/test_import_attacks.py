@@ -101,7 +101,7 @@ def under_attack(target: Target) -> Iterator[Watch]:
     finally:
         done.set()
         sampler.join(10)
-    print(f"peak RSS {watch.peak / 2**20:.1f} MiB")  # for the report's table (pytest -s)
+        print(f"peak RSS {watch.peak / 2**20:.1f} MiB")  # shown with pytest -s
 
 
 def answer_of(send: Callable[[], httpx.Response]) -> httpx.Response:
