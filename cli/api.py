@@ -2,7 +2,8 @@
 
 A mistake the user can fix (a wrong URL or token, a bad argument the server
 refuses) ends the command with exit code 2 and one line saying what to change;
-a failure that may pass (connection lost, 5xx, 429) is retried with backoff.
+a failure that may pass (connection lost, 502, 503, 504, 429) is retried
+with backoff; a 500, a bug the same request meets again, is not.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import httpx
 
 DEFAULT_API_URL = "http://localhost:8080"
 # What may pass if asked again: rate limiting, and a server restarting or overloaded.
-TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Not 500: the server answers its database being away with 503, so a 500 is a
+# bug that the same request meets again; retrying it (and resuming, which sends
+# the same chunk) would loop on it for ever.
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 MAX_BACKOFF = 30.0
 
 

@@ -23,6 +23,13 @@ class Settings:
     reply_text: str = DEFAULT_REPLY
     goodbye_text: str = DEFAULT_GOODBYE
     import_max_bytes: int = 1024 * 1024 * 1024
+    import_max_record_bytes: int = 16 * 1024 * 1024
+    import_max_record_depth: int = 64
+    import_max_record_values: int = 1_000_000
+    import_max_record_messages: int = 1000
+    import_idle_timeout: int = 3600
+    import_max_chunks: int = 100_000
+    import_max_chunked_bytes: int = 64 * 1024 * 1024 * 1024
     intake_batch: int = 1000
     db_threads: int = 8
     log_format: str = "text"
@@ -80,6 +87,13 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         nats_url=env.url("NATS_URL", None, ("nats", "tls", "ws", "wss")) or "",
         goodbye_text=env.text("GOODBYE_TEXT", DEFAULT_GOODBYE) or DEFAULT_GOODBYE,
         import_max_bytes=env.integer("IMPORT_MAX_BYTES", 1024 * 1024 * 1024, minimum=1),
+        import_max_record_bytes=env.integer("IMPORT_MAX_RECORD_BYTES", 16 * 1024 * 1024, minimum=1024),
+        import_max_record_depth=env.integer("IMPORT_MAX_RECORD_DEPTH", 64, minimum=4, maximum=10_000),
+        import_max_record_values=env.integer("IMPORT_MAX_RECORD_VALUES", 1_000_000, minimum=100),
+        import_max_record_messages=env.integer("IMPORT_MAX_RECORD_MESSAGES", 1000, minimum=1),
+        import_idle_timeout=env.integer("IMPORT_IDLE_TIMEOUT", 3600, minimum=1),
+        import_max_chunks=env.integer("IMPORT_MAX_CHUNKS", 100_000, minimum=1, maximum=999_999_999),
+        import_max_chunked_bytes=env.integer("IMPORT_MAX_CHUNKED_BYTES", 64 * 1024 * 1024 * 1024, minimum=1),
         intake_batch=env.integer("INTAKE_BATCH", 1000, minimum=1, maximum=1000),
         db_threads=env.integer("DB_THREADS", 8, minimum=1, maximum=64),
         log_format=env.choice("LOG_FORMAT", "text", ("text", "json")),

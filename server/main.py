@@ -68,6 +68,8 @@ async def main() -> None:
 
     intake_task = asyncio.create_task(intake.run(), name="intake")
     relay_task = asyncio.create_task(outbound.relay_forever(), name="outbox-relay")
+    reaper_task = asyncio.create_task(
+        app.settings["imports"].reap_forever(settings.import_idle_timeout, services.stopping), name="import-reaper")
     crashed = await lifecycle.until_stopped(stopping, [intake_task, relay_task])
 
     log.info("server stopping")
@@ -79,6 +81,7 @@ async def main() -> None:
         server.drain(deadline.remaining()),
         *(drain() for drain in services.drains),
         *([] if intake_task.done() else [intake_task]),
+        *([] if reaper_task.done() else [reaper_task]),
     ])
     if server.in_flight:
         log.warning("closing %d HTTP requests still in flight", server.in_flight)

@@ -6,6 +6,7 @@ import datetime as dt
 
 from bson import ObjectId
 from mongoengine import (
+    BooleanField,
     DateTimeField,
     DictField,
     Document,
@@ -155,6 +156,9 @@ class ImportJob(Document):
     status = StringField(required=True, choices=("running", "succeeded", "failed"))
     created_at = DateTimeField(required=True)
     finished_at = DateTimeField()
+    # Set at each batch or chunk: the reaper fails a running job idle for too long.
+    last_activity_at = DateTimeField()
+    announce_pending = BooleanField()  # failed by the reaper, announcement not yet promised
     bytes_received = IntField(default=0)
     next_chunk = IntField(default=0)  # chunks mode: every chunk below it is stored
     counts = DictField()
@@ -162,7 +166,14 @@ class ImportJob(Document):
     # Why a failed import stopped: {"reason", "message", "offset", "line", "record"}.
     failure = DictField()
 
-    meta = {"collection": "import_jobs", "indexes": [], "auto_create_index": False}
+    meta = {
+        "collection": "import_jobs",
+        "indexes": [
+            {"fields": ["status", "last_activity_at"], "name": "status_activity"},
+            {"fields": ["announce_pending"], "sparse": True, "name": "announce_pending"},
+        ],
+        "auto_create_index": False,
+    }
 
 
 class ImportBatch(Document):

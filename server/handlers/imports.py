@@ -23,6 +23,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Callable
+from email.message import Message
 from typing import Any, ParamSpec, TypeVar
 
 from bson import ObjectId
@@ -35,10 +36,10 @@ from server.conversations import utcnow
 from server.handlers.base import ApiError, ApiHandler, database_errors
 from server.importing import jobs
 from server.importing.chunks import MEDIA_TYPE as CHUNK_MEDIA_TYPE
-from server.importing.chunks import ChunkParser
+from server.importing.chunks import MAX_WHOLE, ChunkParser, whole_number
 from server.importing.feed import RecordFeed, Tally
 from server.importing.jobs import Imports
-from server.importing.parsers import FileFormatError, UnsupportedFileType, detect_kind, open_parser
+from server.importing.parsers import FileFormatError, RecordLimits, UnsupportedFileType, detect_kind, open_parser
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 IMPORT_ID = r"(?P<import_id>[^/]+)"
+# The route takes at most nine digits of sequence number.
+MAX_CHUNK_SEQ = 999_999_999
 # A Telegram channel: its public @username (5 to 32 letters, digits and
 # underscores, starting with a letter) or its numeric id, which starts -100.
 CHANNEL = re.compile(r"@[A-Za-z][A-Za-z0-9_]{4,31}|-100\d{1,16}")
@@ -58,6 +61,10 @@ MAX_JSON_BODY = 16 * 1024
 BODY_SLACK = 1024 * 1024
 # How much of a refused body is read and dropped before answering (see StreamedBodyHandler).
 LINGER_BYTES = 8 * 1024 * 1024
+# The `file` part must begin within this much of the body: the channel field and
+# a preamble (which RFC 2046 allows, and which the form parser does not take, so
+# it is dropped here) are small; anything else up front is not a session file.
+MAX_PREAMBLE = 64 * 1024
 _OBJECT_ID = re.compile(r"[0-9a-f]{24}")
 
 
@@ -96,6 +103,12 @@ class ImportsApiHandler(ApiHandler):
     @property
     def imports(self) -> Imports:
         return self.settings["imports"]
+
+    @property
+    def record_limits(self) -> RecordLimits:
+        config = self.settings["config"]
+        return RecordLimits(config.import_max_record_bytes, config.import_max_record_depth,
+                            config.import_max_record_values, config.import_max_record_messages)
 
     async def database(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         with database_errors():
@@ -309,6 +322,8 @@ class ImportsHandler(StreamedBodyHandler):
             self._form = StreamingFormDataParser(self.request.headers)
         except ParseFailedException as exc:
             raise ApiError(400, f"cannot read the multipart body: {exc}", kind="invalid-multipart") from exc
+        self._preamble: bytearray | None = bytearray()  # until the first boundary is found
+        self._delimiter = b"--" + _boundary(self.request.headers.get("Content-Type", ""))
         self._channel_part, self._file_part = _FieldPart(), _FilePart()
         self._form.register("channel", self._channel_part)
         self._form.register("file", self._file_part)
@@ -332,11 +347,26 @@ class ImportsHandler(StreamedBodyHandler):
                     await self._end_early(ApiError(413, f"the upload passed the limit of {limit} bytes",
                                                    kind="payload-too-large"), "too-large")
                     return
+                if (chunk := self._past_preamble(chunk)) is None:
+                    return
                 try:
                     self._form.data_received(chunk)
                 except ParseFailedException as exc:
                     await self._end_early(ApiError(400, f"cannot read the multipart body: {exc}",
-                                                   kind="invalid-multipart"), "interrupted")
+                                                   kind="invalid-multipart"), "interrupted", linger=True)
+                    return
+                except UnicodeDecodeError as exc:
+                    # The form parser decodes part headers as UTF-8, as RFC 7578 has them.
+                    message = f"a part's headers are not UTF-8 text (byte 0x{exc.object[exc.start]:02x})"
+                    await self._end_early(ApiError(400, f"cannot read the multipart body: {message}",
+                                                   kind="invalid-multipart",
+                                                   errors=[field_error("part headers", message)]),
+                                          "interrupted", linger=True)
+                    return
+                if not self._file_part.started and self.received > MAX_PREAMBLE:
+                    message = f"the file part must begin within the first {MAX_PREAMBLE} bytes of the body"
+                    self._refuse(ApiError(400, message + " (send only channel before it)", kind="invalid-multipart",
+                                          errors=[field_error("file", message)]))
                     return
                 await self._pump()
         except ApiError as error:  # the database failed: the import cannot go on
@@ -367,7 +397,7 @@ class ImportsHandler(StreamedBodyHandler):
                 self._refuse(ApiError(415, str(exc), kind="unsupported-file-type"))
                 return
             self._kind = kind
-            self._feed = RecordFeed(self.imports.db, open_parser(kind), on_batch=self._save_batch)
+            self._feed = RecordFeed(self.imports.db, open_parser(kind, self.record_limits), on_batch=self._save_batch)
             pieces, self._head = [bytes(self._head)], bytearray()
         for piece in pieces:
             await self._feed.feed(piece)
@@ -378,6 +408,24 @@ class ImportsHandler(StreamedBodyHandler):
     def _refuse(self, error: ApiError) -> None:
         self._reading, self._done = False, True
         self.refuse(error)
+
+    def _past_preamble(self, chunk: bytes) -> bytes | None:
+        """The body from its first boundary on; None while that is still to come, or refused."""
+        if self._preamble is None:
+            return chunk
+        self._preamble += chunk
+        data = bytes(self._preamble)
+        start = 0 if data.startswith(self._delimiter) else data.find(b"\r\n" + self._delimiter)
+        if start < 0:
+            if len(data) > MAX_PREAMBLE:
+                message = f"no part begins within the first {MAX_PREAMBLE} bytes of the body"
+                self._refuse(ApiError(400, f"cannot read the multipart body: {message}", kind="invalid-multipart",
+                                      errors=[field_error("file", message)]))
+                return None
+            # Keep only what may still hold the start of the boundary line.
+            return None
+        self._preamble = None
+        return data[start + 2:] if start else data
 
     async def _save_batch(self, batch: Tally) -> None:
         if self._job is None:
@@ -434,13 +482,20 @@ class ImportsHandler(StreamedBodyHandler):
     def _stopped_at(self, reason: str, message: str) -> dict[str, Any]:
         return {"reason": reason, "message": message, "offset": self._file_part.size, "line": None}
 
-    async def _end_early(self, error: ApiError, reason: str) -> None:
-        """End the import before the body did: keep what is read, report it, answer now."""
+    async def _end_early(self, error: ApiError, reason: str, linger: bool = False) -> None:
+        """End the import before the body did: keep what is read, report it, answer.
+
+        Answered now, or with `linger` when the body ends (see StreamedBodyHandler),
+        so that a client still sending reads the answer instead of a reset.
+        """
         job = await self._end_import(self._stopped_at(reason, error.detail))
         if job is not None:
             error.detail += f"; import {job['_id']} ended as failed, keeping the records read before"
             error.headers["Location"] = self.reverse_url("import", str(job["_id"]))
-        self.answer_problem(error)
+        if linger:
+            self.refuse(error)
+        else:
+            self.answer_problem(error)
 
     async def _stop(self) -> None:
         """Shutdown: finish the batch in hand, end the import as failed, answer 503."""
@@ -459,6 +514,14 @@ class ImportsHandler(StreamedBodyHandler):
                 await self._end_import(self._stopped_at(
                     "interrupted", "the client closed the connection before the upload ended, after "
                                    f"{self._file_part.size} bytes of the file"))
+
+
+def _boundary(content_type: str) -> bytes:
+    """The multipart boundary named by the Content-Type (the form parser has checked it is there)."""
+    header = Message()
+    header["Content-Type"] = content_type
+    boundary = header.get_param("boundary")
+    return boundary.encode("latin-1", errors="replace") if isinstance(boundary, str) else b""
 
 
 def _failure(failure: FileFormatError | None) -> dict[str, Any] | None:
@@ -487,7 +550,8 @@ class ImportChunkHandler(StreamedBodyHandler):
         self._feed: RecordFeed | None = None
         if media_type(self.request.headers.get("Content-Type")) != CHUNK_MEDIA_TYPE:
             raise ApiError(415, f"send a chunk as {CHUNK_MEDIA_TYPE}", kind="unsupported-media-type")
-        self.limit_body(self.settings["config"].import_max_bytes)
+        config = self.settings["config"]
+        self.limit_body(config.import_max_bytes)
         job = await self.running_chunked_job(self.path_kwargs["import_id"])
         seq = int(self.path_kwargs["seq"])
         self._job, self._seq = job, seq
@@ -496,10 +560,24 @@ class ImportChunkHandler(StreamedBodyHandler):
             raise ApiError(409, f"chunk {job.get('next_chunk', 0)} comes next: chunks are applied in order",
                            kind="chunk-out-of-order")
         if self._stored is None:
-            self._feed = RecordFeed(self.imports.db, ChunkParser())
+            if seq >= config.import_max_chunks:
+                raise ApiError(413, f"an import takes at most {config.import_max_chunks} chunks; "
+                                    "complete this one and start another for the rest", kind="too-many-chunks")
+            self._bytes_left = config.import_max_chunked_bytes - job.get("bytes_received", 0)
+            if self._length is not None and self._length > self._bytes_left:
+                raise self._too_many_bytes()
+            self._feed = RecordFeed(self.imports.db, ChunkParser(self.record_limits))
+
+    def _too_many_bytes(self) -> ApiError:
+        limit = self.settings["config"].import_max_chunked_bytes
+        return ApiError(413, f"the chunks of one import may hold at most {limit} bytes in all; complete this "
+                             "import and start another for the rest", kind="payload-too-large")
 
     async def data_received(self, chunk: bytes) -> None:
         if self.discarding(chunk) or self._feed is None:  # a chunk stored before is not read again
+            return
+        if self.received > self._bytes_left:
+            self.refuse(self._too_many_bytes())
             return
         try:
             with database_errors():
@@ -522,7 +600,7 @@ class ImportChunkHandler(StreamedBodyHandler):
                            kind="invalid-chunk")
         tally = self._feed.total
         first = await self.database(jobs.save_batch, self._job["_id"], self._seq, tally)
-        await self.database(jobs.advance_chunks, self._job["_id"], self._seq + 1)
+        await self.database(jobs.advance_chunks, self._job["_id"], self._seq + 1, self.received)
         self.write_json(_chunk_report(self._seq, tally, repeated=not first))
 
 
@@ -536,10 +614,14 @@ class ImportCompletionHandler(ImportsApiHandler):
     async def post(self, import_id: str) -> None:
         """End a chunked import once all its chunks are in; its summary is announced."""
         body = self.json_body()
-        chunks = body.get("chunks")
-        if not _count(chunks):
+        unknown = sorted(set(body) - {"chunks", "failure"})
+        if unknown:
+            raise ApiError(400, f"unknown fields: {', '.join(unknown)}", kind="invalid-body",
+                           errors=[field_error(name, "not a field of a completion") for name in unknown])
+        chunks = whole_number(body.get("chunks"), minimum=0)
+        if chunks is None or chunks > MAX_CHUNK_SEQ + 1:
             raise ApiError(400, "chunks must be the number of chunks sent", kind="invalid-body",
-                           errors=[field_error("chunks", "a whole number >= 0 is required")])
+                           errors=[field_error("chunks", f"a whole number from 0 to {MAX_CHUNK_SEQ + 1} is required")])
         failure = _client_failure(body.get("failure"))
         job = await self.find_job(import_id)
         if job["mode"] != "chunks":
@@ -560,18 +642,15 @@ def _client_failure(raw: object) -> dict[str, Any] | None:
     """Where the CLI found the file broken (it parses the file in chunked imports)."""
     if raw is None:
         return None
-    if not isinstance(raw, dict) or not isinstance(raw.get("message"), str) or not all(
-        raw.get(name) is None or _count(raw[name]) for name in ("offset", "line")
-    ):
+    where = {name: None if not isinstance(raw, dict) or raw.get(name) is None else whole_number(raw[name], 0)
+             for name in ("offset", "line")}
+    if not isinstance(raw, dict) or not isinstance(raw.get("message"), str) or not set(raw) <= {
+        "message", "offset", "line"
+    } or any(where[name] is None and raw.get(name) is not None for name in where):
         raise ApiError(400, "failure must be {message, offset, line}", kind="invalid-body",
-                       errors=[field_error("failure", "expected {message: string, offset, line}")])
-    return {"reason": "invalid-file", "message": raw["message"][:500], "offset": raw.get("offset"),
-            "line": raw.get("line")}
-
-
-def _count(value: object) -> bool:
-    """A whole number >= 0, as JSON has it (JSON's true is no number, though Python's is)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+                       errors=[field_error("failure", "expected {message: string, offset, line}, whole numbers "
+                                                      f"from 0 to {MAX_WHOLE} or null")])
+    return {"reason": "invalid-file", "message": raw["message"][:500], **where}
 
 
 default_handlers = [

@@ -17,17 +17,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from server.importing.parsers import FileFormatError, ParsedRecord, open_parser
+from server.importing.parsers import FileFormatError, ParsedRecord, RecordLimits, open_parser
 from server.importing.records import RecordError
 
 MEDIA_TYPE = "application/x-ndjson"
+# 2**53 - 1: the largest whole number every JSON reader holds exactly.
+MAX_WHOLE = 2**53 - 1
+_ENVELOPE_KEYS = {"record", "line", "data", "problem"}
 
 
 class ChunkParser:
     """A SessionParser over one chunk's envelopes."""
 
-    def __init__(self) -> None:
-        self._lines = open_parser("ndjson")
+    def __init__(self, limits: RecordLimits | None = None) -> None:
+        self._lines = open_parser("ndjson", limits)
 
     def feed(self, chunk: bytes) -> list[ParsedRecord]:
         return self._unwrap(self._lines.feed, chunk)
@@ -55,18 +58,30 @@ class ChunkParser:
 
     def _record(self, envelope: ParsedRecord) -> ParsedRecord:
         body = envelope.raw
-        number, line = body.get("record"), body.get("line")
+        number, line = whole_number(body.get("record")), body.get("line")
+        line = None if line is None else whole_number(line) or False
         data, problem = body.get("data"), body.get("problem")
-        if envelope.problem is not None or not _whole(number) or not (line is None or _whole(line)) or not (
+        if envelope.problem is not None or not number or line is False or not set(body) <= _ENVELOPE_KEYS or not (
             isinstance(data, dict) != isinstance(problem, str)
         ):
             # Only a client that does not speak the protocol sends this: refuse the chunk.
             raise FileFormatError(f"line {envelope.line} of the chunk is not a record envelope "
-                                  "({record, line, data} or {record, line, problem})", envelope.offset, envelope.line)
+                                  "({record, line, data} or {record, line, problem}, nothing else)",
+                                  envelope.offset, envelope.line)
         if problem is not None:
             return ParsedRecord(number, line, None, {}, RecordError(number, line, None, "", problem))
         return ParsedRecord(number, line, None, data)
 
 
-def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+def whole_number(value: object, minimum: int = 1) -> int | None:
+    """A whole number from JSON within [minimum, MAX_WHOLE], as an int; None otherwise.
+
+    JSON has one number type, so 7.0 is the whole number 7 (JSON Schema agrees);
+    true is no number, though Python's bool is an int. The bound keeps the value
+    exact in every JSON reader and storable in BSON.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return int(value) if minimum <= value <= MAX_WHOLE else None

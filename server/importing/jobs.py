@@ -13,8 +13,10 @@ The module-level functions block on MongoDB (run them through `Database.run`);
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import unicodedata
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 MAX_SOURCE_LENGTH = 200
+# The file's name as the channel's announcement shows it: a client chooses it.
+MAX_ANNOUNCED_SOURCE = 80
+# Jobs the reaper fails in one round; the next round takes the rest.
+REAP_BATCH = 100
 
 # Why an import ended early, as the announcement says it (pt-BR, like the bot).
 FAILURE_REASONS = {
@@ -40,16 +46,75 @@ FAILURE_REASONS = {
     "interrupted": "o envio do arquivo foi interrompido",
     "too-large": "o arquivo passou do tamanho máximo aceito",
     "shutdown": "o servidor foi reiniciado durante a importação",
+    "abandoned": "a importação ficou parada por tempo demais",
 }
 
 
 def create_job(channel: str, source: str, mode: str, file_format: str | None = None,
                started_at: dt.datetime | None = None) -> dict[str, Any]:
-    job = {"_id": ObjectId(), "channel": channel, "source": source[:MAX_SOURCE_LENGTH], "mode": mode,
-           "file_format": file_format, "status": RUNNING, "created_at": _stored_time(started_at or utcnow()),
-           "bytes_received": 0, "next_chunk": 0, "counts": Tally().counts(), "errors": []}
+    now = _stored_time(utcnow())
+    job = {"_id": ObjectId(), "channel": channel, "source": clean_source(source), "mode": mode,
+           "file_format": file_format, "status": RUNNING, "created_at": _stored_time(started_at or now),
+           "last_activity_at": now, "bytes_received": 0, "next_chunk": 0, "counts": Tally().counts(),
+           "errors": []}
     ImportJob._get_collection().insert_one(job)
     return job
+
+
+def clean_source(source: str) -> str:
+    """The client's file name without control or format characters (line breaks, bidi overrides), bounded.
+
+    It is shown in the report and in the channel's announcement, where a
+    crafted name could otherwise forge lines or reorder the text.
+    """
+    kept = "".join(" " if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") else char
+                   for char in source[: MAX_SOURCE_LENGTH * 4])
+    return " ".join(kept.split())[:MAX_SOURCE_LENGTH]
+
+
+def touch_job(job_id: ObjectId, received: int = 0) -> None:
+    """The job made progress (a batch, a chunk): the reaper leaves it alone for another idle period."""
+    update: dict[str, Any] = {"$set": {"last_activity_at": _stored_time(utcnow())}}
+    if received:
+        update["$inc"] = {"bytes_received": received}
+    ImportJob._get_collection().update_one({"_id": job_id, "status": RUNNING}, update)
+
+
+def reap_job(job: dict[str, Any], idle_seconds: float) -> dict[str, Any] | None:
+    """Fail a job that made no progress for `idle_seconds`; the failed job, or None if another took it.
+
+    The claim is one conditional update (still running, still as idle as read),
+    so of several replicas reaping at once exactly one ends each job, and a job
+    that made progress meanwhile is left running. `announce_pending` stays set
+    until its announcement is promised, so a crash in between is made up for.
+    """
+    tally, _ = batch_totals(job["_id"])
+    idle_since = job.get("last_activity_at") or job["created_at"]
+    minutes = max(1, round(idle_seconds / 60))
+    failure = {"reason": "abandoned", "offset": job.get("bytes_received") or None, "line": None,
+               "message": f"no data arrived for {minutes} minute(s): the import was abandoned "
+                          "(the client went away or the server that took it stopped)"}
+    fields = {"status": FAILED, "finished_at": _stored_time(utcnow()), "counts": tally.counts(),
+              "errors": tally.errors[:MAX_REPORTED_ERRORS], "failure": failure, "announce_pending": True}
+    claimed = ImportJob._get_collection().update_one(
+        {"_id": job["_id"], "status": RUNNING, "last_activity_at": idle_since}, {"$set": fields})
+    return {**job, **fields} if claimed.modified_count == 1 else None
+
+
+def idle_jobs(idle_seconds: float) -> list[dict[str, Any]]:
+    """Running jobs idle for longer than `idle_seconds`, and failed ones whose announcement is pending."""
+    cutoff = _stored_time(utcnow() - dt.timedelta(seconds=idle_seconds))
+    collection = ImportJob._get_collection()
+    # Jobs from before last_activity_at existed are judged by their start.
+    idle = list(collection.find({"status": RUNNING, "$or": [
+        {"last_activity_at": {"$lt": cutoff}},
+        {"last_activity_at": None, "created_at": {"$lt": cutoff}},
+    ]}).limit(REAP_BATCH))
+    return idle + list(collection.find({"announce_pending": True, "status": FAILED}).limit(REAP_BATCH))
+
+
+def announced(job_id: ObjectId) -> None:
+    ImportJob._get_collection().update_one({"_id": job_id}, {"$unset": {"announce_pending": ""}})
 
 
 def find_job(job_id: ObjectId) -> dict[str, Any] | None:
@@ -65,6 +130,7 @@ def save_batch(job_id: ObjectId, seq: int, tally: Tally) -> bool:
         })
     except DuplicateKeyError:
         return False
+    touch_job(job_id)
     return True
 
 
@@ -72,8 +138,12 @@ def find_batch(job_id: ObjectId, seq: int) -> dict[str, Any] | None:
     return ImportBatch._get_collection().find_one({"job_id": job_id, "seq": seq})
 
 
-def advance_chunks(job_id: ObjectId, next_chunk: int) -> None:
-    ImportJob._get_collection().update_one({"_id": job_id}, {"$max": {"next_chunk": next_chunk}})
+def advance_chunks(job_id: ObjectId, next_chunk: int, received: int = 0) -> None:
+    update: dict[str, Any] = {"$max": {"next_chunk": next_chunk},
+                              "$set": {"last_activity_at": _stored_time(utcnow())}}
+    if received:
+        update["$inc"] = {"bytes_received": received}
+    ImportJob._get_collection().update_one({"_id": job_id}, update)
 
 
 def batch_totals(job_id: ObjectId) -> tuple[Tally, int]:
@@ -155,7 +225,10 @@ def announcement(job: dict[str, Any]) -> str:
         f"{number(counts.get('unchanged', 0))} sem alteração), "
         f"{plural(counts.get('rejected', 0), 'rejeitada', 'rejeitadas')}"
     )
-    source = f" ({job['source']})" if job.get("source") else ""
+    shown = clean_source(job.get("source") or "")
+    if len(shown) > MAX_ANNOUNCED_SOURCE:
+        shown = shown[: MAX_ANNOUNCED_SOURCE - 1] + "…"
+    source = f" ({shown})" if shown else ""
     if job["status"] == SUCCEEDED:
         return f"Importação concluída{source}: {summary}."
     failure = job.get("failure") or {}
@@ -217,6 +290,34 @@ class Imports:
             meta={"import_id": str(job_id)},
         ))
         return job
+
+    async def reap(self, idle_seconds: float) -> int:
+        """Fail the imports idle for longer than `idle_seconds`, announcing each; how many this call ended."""
+        ended = 0
+        for job in await self.db.run(idle_jobs, idle_seconds):
+            if job["status"] == RUNNING:
+                job = await self.db.run(reap_job, job, idle_seconds)
+                if job is None:
+                    continue  # another replica took it, or it moved meanwhile
+                ended += 1
+                log.warning("import %s failed: no progress for %.0f s", job["_id"], idle_seconds)
+            await self._outbound.promise(OutboundMessage(
+                key=f"import:{job['_id']}", chat_id=job["channel"], text=announcement(job), kind="announcement",
+                meta={"import_id": str(job["_id"])},
+            ))
+            await self.db.run(announced, job["_id"])
+        return ended
+
+    async def reap_forever(self, idle_seconds: float, stopping: asyncio.Event) -> None:
+        """Reap every so often until `stopping` is set; a failed round is logged and tried again."""
+        interval = min(60.0, max(0.5, idle_seconds / 4))
+        while not stopping.is_set():
+            try:
+                await self.reap(idle_seconds)
+            except Exception:  # the database may be down; the next round tries again
+                log.exception("reaping idle imports failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stopping.wait(), interval)
 
     def register(self, owner: object, stop: Callable[[], Awaitable[None]]) -> None:
         self._stops[owner] = stop

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import ijson  # picks its C backend (yajl2_c) when it is built, the pure-Python one otherwise
 import orjson
+from ijson.common import ObjectBuilder
 
 from server.importing.records import ImportedSession, RecordError, RecordInvalid, json_type, normalise_session
 
@@ -37,6 +38,12 @@ MAX_RECORD_BYTES = 16 * 1024 * 1024
 # one record of at most this many messages, so memory stays bounded when a
 # contact has a huge history; the upsert merges the records of one contact.
 MAX_MESSAGES_PER_RECORD = 1000
+# A JSON array item is read value by value; these bound how deep it may nest and
+# how many values it may hold, so that the Python objects built for one record
+# stay within a small multiple of MAX_RECORD_BYTES (a file of `[{},{},...]`
+# would otherwise make some twenty times its size in dicts).
+MAX_RECORD_DEPTH = 64
+MAX_RECORD_VALUES = 1_000_000
 # yajl does not say where in a chunk it failed; feeding it windows of this size,
 # aligned on absolute offsets, places an error within this many bytes whatever
 # the network's chunk sizes are.
@@ -85,6 +92,20 @@ class FileFormatError(ValueError):
         self.records: list[ParsedRecord] = []
 
 
+@dataclass(frozen=True, slots=True)
+class RecordLimits:
+    """What one record of an upload may take; the server's settings give the values."""
+
+    bytes: int
+    depth: int
+    values: int
+    messages: int
+
+    @classmethod
+    def default(cls) -> RecordLimits:
+        return cls(MAX_RECORD_BYTES, MAX_RECORD_DEPTH, MAX_RECORD_VALUES, MAX_MESSAGES_PER_RECORD)
+
+
 class UnsupportedFileType(ValueError):
     """The upload is not a JSON, NDJSON or CSV text file."""
 
@@ -110,12 +131,12 @@ class SessionParser(Protocol):
     def close(self) -> list[ParsedRecord]: ...
 
 
-def open_parser(kind: str) -> SessionParser:
+def open_parser(kind: str, limits: RecordLimits | None = None) -> SessionParser:
     """A fresh parser for one file of the given kind ("json", "ndjson" or "csv")."""
     parsers: dict[str, type[_StreamParser]] = {"json": _JsonArrayParser, "ndjson": _NdjsonParser, "csv": _CsvParser}
     if kind not in parsers:
         raise ValueError(f"unknown file kind {kind!r}; expected one of {', '.join(KINDS)}")
-    return parsers[kind]()
+    return parsers[kind](limits or RecordLimits.default())
 
 
 def detect_kind(filename: str | None, content_type: str | None, head: bytes) -> str:
@@ -207,7 +228,8 @@ class _RecordNumbers:
 class _StreamParser:
     """What every kind shares: the BOM, byte accounting and record numbering."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: RecordLimits) -> None:
+        self._limits = limits
         self._bom = _LeadingBom()
         self._received = 0
         self._numbers = _RecordNumbers()
@@ -249,17 +271,35 @@ class _StreamParser:
 
 
 class _JsonArrayParser(_StreamParser):
-    """A JSON array of session objects, read item by item with ijson's push interface.
+    """A JSON array of session objects, read item by item from yajl's events.
 
     yajl reports no positions, so records carry no line or offset: the record
-    number locates them.
+    number locates them. The item being read is measured while it streams, as
+    its bytes and values arrive, so a hostile item is stopped at the limit, not
+    after it was built: an item that grows past the record limits is rejected
+    and skipped (its values are dropped as they come); one that cannot be
+    skipped in bounded memory (a single string longer than the limit, which
+    yajl holds whole, or nesting past the depth limit, which yajl stacks) ends
+    the file there.
+
+    Numbers are read as yajl reads them (use_float): integers beyond 64 bits
+    end the file as invalid JSON rather than reaching int(), whose digit limit
+    the C backend cannot report (it crashes the process). No valid session
+    holds such a number: identifiers that long are written as strings.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._items = ijson.sendable_list()
-        self._coroutine = ijson.items_coro(self._items, "item")
+    def __init__(self, limits: RecordLimits) -> None:
+        super().__init__(limits)
+        self._events = ijson.sendable_list()
+        self._coroutine = ijson.basic_parse_coro(self._events, use_float=True)
         self._opened = False  # the array's '[' has been seen
+        self._depth = 0  # 1 inside the array, 2 and more inside an item
+        self._builder: ObjectBuilder | None = None
+        self._item_start = 0  # offset of the window in which the current item began
+        self._item_values = 0
+        self._skipping = False  # the current item passed a limit: its events are dropped
+        self._last_event = 0  # offset of the window in which yajl last produced an event
+        self._fed = 0  # offset of the end of what yajl was given
 
     def _parse(self, data: bytes, offset: int) -> Iterator[ParsedRecord]:
         if not self._opened:
@@ -270,17 +310,17 @@ class _JsonArrayParser(_StreamParser):
             if not body.startswith(b"["):
                 raise FileFormatError(f"expected a JSON array of sessions at byte {offset}", offset)
             self._opened = True
+            self._last_event = offset
             data = body
         for window_offset, window in _windows(data, offset):
+            self._fed = window_offset + len(window)
             try:
                 self._coroutine.send(window)
             except ijson.JSONError as error:
-                yield from self._drain()  # items the window completed before the error
-                reason = str(error).splitlines()[0]
-                # The whole window's start, even when the network split this window in two.
-                near = window_offset - window_offset % JSON_ERROR_WINDOW
-                raise FileFormatError(f"invalid JSON near byte {near}: {reason}", near) from None
-            yield from self._drain()
+                yield from self._take_events(window_offset)  # items the window completed before the error
+                raise self._invalid(error, window_offset) from None
+            yield from self._take_events(window_offset)
+            self._check_token(window_offset)
 
     def _finish(self) -> Iterator[ParsedRecord]:
         if not self._opened:
@@ -294,12 +334,64 @@ class _JsonArrayParser(_StreamParser):
             else:
                 message = f"invalid JSON at the end of the file (byte {self._received}): {reason}"
             raise FileFormatError(message, self._received) from None
-        yield from self._drain()
+        yield from self._take_events(self._received)
 
-    def _drain(self) -> Iterator[ParsedRecord]:
-        items = list(self._items)
-        del self._items[:]
-        return (self._numbers.record(item, None, None) for item in items)
+    def _invalid(self, error: Exception, window_offset: int) -> FileFormatError:
+        reason = str(error).splitlines()[0]
+        # The whole window's start, even when the network split this window in two.
+        near = window_offset - window_offset % JSON_ERROR_WINDOW
+        if "overflow" in reason:
+            reason += " (a number too large: write long identifiers as strings of digits)"
+        return FileFormatError(f"invalid JSON near byte {near}: {reason}", near)
+
+    def _take_events(self, window_offset: int) -> Iterator[ParsedRecord]:
+        """Records that the events yajl produced complete; the current item measured."""
+        events = list(self._events)
+        del self._events[:]
+        if events:
+            self._last_event = window_offset
+        limits = self._limits
+        for event, value in events:
+            opening = event in ("start_map", "start_array")
+            closing = event in ("end_map", "end_array")
+            if self._depth == 1 and not closing:  # an item begins
+                self._item_start, self._item_values, self._skipping = window_offset, 0, False
+                self._builder = ObjectBuilder()
+            if opening:
+                self._depth += 1
+                if self._depth - 1 > limits.depth:
+                    number = self._numbers.count + 1
+                    raise FileFormatError(f"record {number} nests deeper than {limits.depth} levels "
+                                          f"near byte {window_offset}", window_offset)
+            elif closing:
+                self._depth -= 1
+            if self._depth == 0:
+                continue  # the array's own '[' and ']'
+            if self._builder is not None and not self._skipping:
+                self._item_values += 1
+                self._builder.event(event, value)
+                if self._item_values > limits.values:
+                    yield self._oversized(f"holds more than {limits.values} values")
+            if self._depth == 1 and not opening:  # the item has ended
+                builder, self._builder = self._builder, None
+                if builder is not None and not self._skipping:
+                    yield self._numbers.record(builder.value, None, None)
+        if self._builder is not None and not self._skipping and self._fed - self._item_start > limits.bytes:
+            yield self._oversized(f"is longer than {limits.bytes} bytes")
+
+    def _oversized(self, what: str) -> ParsedRecord:
+        """Reject the current item now and drop the rest of it as it streams by."""
+        self._skipping, self._builder = True, None
+        return self._numbers.unreadable(None, self._item_start,
+                                        f"the record starting near byte {self._item_start} {what}; it was skipped")
+
+    def _check_token(self, window_offset: int) -> None:
+        """A single value (a string, a number) that yajl holds whole may not pass the record limit."""
+        if self._fed - self._last_event > self._limits.bytes:
+            number = self._numbers.count + (0 if self._skipping else 1)
+            raise FileFormatError(
+                f"a single JSON value longer than {self._limits.bytes} bytes starts after byte {self._last_event} "
+                f"(record {number}); the file cannot be read past it", self._last_event)
 
 
 def _windows(data: bytes, offset: int) -> Iterator[tuple[int, bytes]]:
@@ -331,7 +423,8 @@ class _Lines:
     inside a multi-byte UTF-8 sequence, and it keeps each line's byte offset.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
         self._tail = bytearray()
         self._tail_offset = 0
         self._count = 0
@@ -350,10 +443,10 @@ class _Lines:
             if not self._tail:
                 self._tail_offset = offset + start
             self._tail += data[start:]
-            if len(self._tail) > MAX_RECORD_BYTES:
+            if len(self._tail) > self._max_bytes:
                 number = self._count + 1
                 raise FileFormatError(
-                    f"line {number} is longer than {MAX_RECORD_BYTES} bytes", self._tail_offset, number
+                    f"line {number} is longer than {self._max_bytes} bytes", self._tail_offset, number
                 )
 
     def flush(self) -> Iterator[_Line]:
@@ -370,9 +463,9 @@ class _Lines:
 class _NdjsonParser(_StreamParser):
     """One JSON object per line; blank lines are skipped, a broken line is that record's problem."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._lines = _Lines()
+    def __init__(self, limits: RecordLimits) -> None:
+        super().__init__(limits)
+        self._lines = _Lines(limits.bytes)
 
     def _parse(self, data: bytes, offset: int) -> Iterator[ParsedRecord]:
         return (record for line in self._lines.split(data, offset) if (record := self._read(line)))
@@ -400,14 +493,14 @@ class _CsvParser(_StreamParser):
     module reads the complete record, so quoted fields may hold line breaks.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, limits: RecordLimits) -> None:
+        super().__init__(limits)
         # The csv module refuses fields over 128 KiB by default, and the messages
         # cell of a long session is larger. The limit is process-wide; raising it
         # to the bound this parser enforces anyway harms no other reader.
-        if csv.field_size_limit() < MAX_RECORD_BYTES:
-            csv.field_size_limit(MAX_RECORD_BYTES)
-        self._lines = _Lines()
+        if csv.field_size_limit() < limits.bytes:
+            csv.field_size_limit(limits.bytes)
+        self._lines = _Lines(limits.bytes)
         self._layout: _CsvLayout | None = None
         self._delimiter = ","
         self._pending: list[str] = []  # physical lines of a record whose quoted field is still open
@@ -446,21 +539,21 @@ class _CsvParser(_StreamParser):
         self._pending_bytes += len(line.data)
         self._inside_quotes = _continues_quoted_field(text, self._delimiter, self._inside_quotes)
         if self._inside_quotes:
-            if self._pending_bytes > MAX_RECORD_BYTES:
+            if self._pending_bytes > self._limits.bytes:
                 raise FileFormatError(
                     f"the quoted field of the record starting at line {self._start.number} "
-                    f"is not closed within {MAX_RECORD_BYTES} bytes",
+                    f"is not closed within {self._limits.bytes} bytes",
                     self._start.offset,
                     self._start.number,
                 )
             return []
-        start, lines = self._start, self._pending
+        start, lines, start_bytes = self._start, self._pending, self._pending_bytes
         self._start, self._pending, self._pending_bytes = None, [], 0
         try:
             fields = next(csv.reader(lines, delimiter=self._delimiter), [])
         except csv.Error as error:
             return self._layout.broken_row(start.number, start.offset, f"unreadable CSV row: {error}")
-        return self._layout.row(fields, start.number, start.offset)
+        return self._layout.row(fields, start.number, start.offset, start_bytes)
 
     def _read_header(self, text: str, line: _Line) -> None:
         self._delimiter = _header_delimiter(text)
@@ -476,7 +569,7 @@ class _CsvParser(_StreamParser):
                 line.offset,
                 line.number,
             )
-        self._layout = layout_type(columns, self._numbers)
+        self._layout = layout_type(columns, self._numbers, self._limits)
 
 
 def _header_delimiter(header: str) -> str:
@@ -526,20 +619,21 @@ class _CsvLayout:
 
     columns: tuple[str, ...] = ()
 
-    def __init__(self, header: list[str], numbers: _RecordNumbers) -> None:
+    def __init__(self, header: list[str], numbers: _RecordNumbers, limits: RecordLimits) -> None:
         self._header = header
         self._numbers = numbers
+        self._limits = limits
         # Columns not named in the layout are ignored; for a repeated name the first wins.
         self._positions = {name: header.index(name) for name in self.columns if name in header}
 
-    def row(self, fields: list[str], line: int, offset: int) -> list[ParsedRecord]:
+    def row(self, fields: list[str], line: int, offset: int, size: int = 0) -> list[ParsedRecord]:
         if not any(field.strip() for field in fields):
             return []  # blank lines and spreadsheets' empty rows (";;;;")
         if len(fields) != len(self._header):
             message = f"expected {len(self._header)} fields as in the header, got {len(fields)}"
             return self.broken_row(line, offset, message)
         cells = {name: _cell(fields[position]) for name, position in self._positions.items()}
-        return self._cells(cells, line, offset)
+        return self._cells(cells, line, offset, size)
 
     def broken_row(self, line: int, offset: int, message: str) -> list[ParsedRecord]:
         return [self._numbers.unreadable(line, offset, message)]
@@ -547,7 +641,7 @@ class _CsvLayout:
     def finish(self) -> list[ParsedRecord]:
         return []
 
-    def _cells(self, cells: dict[str, str | None], line: int, offset: int) -> list[ParsedRecord]:
+    def _cells(self, cells: dict[str, str | None], line: int, offset: int, size: int) -> list[ParsedRecord]:
         raise NotImplementedError
 
 
@@ -561,7 +655,7 @@ class _SessionRows(_CsvLayout):
 
     columns = SESSION_COLUMNS
 
-    def _cells(self, cells: dict[str, str | None], line: int, offset: int) -> list[ParsedRecord]:
+    def _cells(self, cells: dict[str, str | None], line: int, offset: int, size: int) -> list[ParsedRecord]:
         raw: dict[str, Any] = dict(cells)
         if raw.get("messages") is None:
             raw["messages"] = []  # an empty cell is a session without messages
@@ -579,9 +673,10 @@ class _MessageRows(_CsvLayout):
 
     columns = MESSAGE_COLUMNS
 
-    def __init__(self, header: list[str], numbers: _RecordNumbers) -> None:
-        super().__init__(header, numbers)
+    def __init__(self, header: list[str], numbers: _RecordNumbers, limits: RecordLimits) -> None:
+        super().__init__(header, numbers, limits)
         self._session: dict[str, Any] | None = None
+        self._bytes = 0  # of the rows gathered into the session
         self._contact: tuple[str, str] = ("", "")
         self._line = 0
         self._offset = 0
@@ -596,11 +691,14 @@ class _MessageRows(_CsvLayout):
         session, self._session = self._session, None
         return [self._numbers.record(session, self._line, self._offset)]
 
-    def _cells(self, cells: dict[str, str | None], line: int, offset: int) -> list[ParsedRecord]:
+    def _cells(self, cells: dict[str, str | None], line: int, offset: int, size: int) -> list[ParsedRecord]:
         contact = ((cells["platform_type"] or "").strip().lower(), (cells["contact_identifier"] or "").strip())
         records: list[ParsedRecord] = []
+        # A record is cut at the limits of a JSON item (messages, bytes), so a
+        # contact with a huge history takes no more memory than any record.
         if self._session is not None and (
-            contact != self._contact or len(self._session["messages"]) >= MAX_MESSAGES_PER_RECORD
+            contact != self._contact or len(self._session["messages"]) >= self._limits.messages
+            or self._bytes + size > self._limits.bytes
         ):
             records = self.finish()
         if self._session is None:
@@ -610,7 +708,8 @@ class _MessageRows(_CsvLayout):
                 "platform_type": cells["platform_type"],
                 "messages": [],
             }
-            self._contact, self._line, self._offset = contact, line, offset
+            self._contact, self._line, self._offset, self._bytes = contact, line, offset, 0
+        self._bytes += size
         message = {"id": cells.get("message_id"), "content": cells["message_content"], "date": cells["message_date"]}
         if any(value is not None for value in message.values()):
             self._session["messages"].append(message)

@@ -232,6 +232,10 @@ def _contact_identifier(value: object) -> str:
         digits = digits.removeprefix("+")
         if not (digits.isascii() and digits.isdigit()):
             raise _Invalid(f"expected digits (spaces and a leading '+' allowed), got {_shown(value)}")
+        # Measured before int(), which refuses more than 4,300 digits with a ValueError.
+        digits = digits.lstrip("0") or "0"
+        if len(digits) > MAX_CONTACT_DIGITS:
+            raise _Invalid(f"longer than {MAX_CONTACT_DIGITS} digits ({len(digits)})")
         number = int(digits)
     else:
         raise _Invalid(f"expected a number or a string of digits, got {json_type(value)}")
@@ -244,6 +248,9 @@ def _contact_identifier(value: object) -> str:
 
 
 def _whole_number(value: float | Decimal) -> int:
+    # int() of a Decimal such as 1E+999999999 would build a number of a billion digits.
+    if isinstance(value, Decimal) and value.is_finite() and value.adjusted() >= MAX_CONTACT_DIGITS:
+        raise _Invalid(f"longer than {MAX_CONTACT_DIGITS} digits")
     if not math.isfinite(value) or value != int(value):
         raise _Invalid(f"expected a whole number, got {value}")
     if isinstance(value, float) and abs(value) > _EXACT_FLOAT_LIMIT:

@@ -74,3 +74,12 @@ def test_a_refused_token_and_bad_input_exit_2_with_the_servers_words():
     with pytest.raises(ApiFailure, match="HTTP 409: ended") as raised:
         api.request("POST", "/v1/imports/x/complete")
     assert raised.value.exit_code == 1 and raised.value.problem["detail"] == "ended"
+
+
+def test_a_server_error_is_not_retried():
+    # A record the server cannot handle answers 500 every time: retrying, then resuming, looped for ever.
+    api, waits, sent = client(problem(500, "bug"), httpx.Response(200))
+
+    with pytest.raises(ApiFailure, match="HTTP 500: bug"):
+        api.request("PUT", "/v1/imports/x/chunks/0")
+    assert waits == [] and len(sent) == 1

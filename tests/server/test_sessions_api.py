@@ -6,11 +6,13 @@ Every response is also validated against the OpenAPI document by the `api` clien
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 
 import pytest
 
 from server.config import DEFAULT_GOODBYE
-from tests.harness import eventually, outbound_messages
+from tests.harness import ROOT, eventually, outbound_messages
 from tests.server.factories import MessageFactory, SessionFactory, conversation, now
 
 
@@ -309,15 +311,22 @@ def test_finishing_an_imported_session_needs_no_chat(api, mongo):
 
 # --- authentication and methods --------------------------------------------------
 
-ROUTES = [
-    ("GET", "sessions"),
-    ("GET", "sessions/000000000000000000000000"),
-    ("DELETE", "sessions/000000000000000000000000"),
-    ("GET", "sessions/000000000000000000000000/messages"),
-    ("POST", "sessions/000000000000000000000000/messages"),
-    ("GET", "sessions/000000000000000000000000/messages/000000000000000000000000"),
-    ("GET", "openapi.json"),
-]
+def documented_routes() -> list[tuple[str, str]]:
+    """Every operation of the OpenAPI document, its path parameters filled in: the routes that need the token."""
+    document = json.loads((ROOT / "server" / "openapi.json").read_text())
+    routes = []
+    for path, item in document["paths"].items():
+        concrete = re.sub(r"\{seq\}", "0", re.sub(r"\{\w+_id\}", "0" * 24, path)).removeprefix("/v1/")
+        routes += [(method.upper(), concrete) for method in item if method != "parameters"]
+    return sorted(routes)
+
+
+ROUTES = documented_routes()
+
+
+def test_the_routes_checked_for_the_token_cover_the_document():
+    assert len(ROUTES) >= 11
+    assert ("PUT", "imports/000000000000000000000000/chunks/0") in ROUTES
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
