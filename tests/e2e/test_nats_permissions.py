@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import nats
 import pytest
 
@@ -97,6 +98,10 @@ def test_server_and_bot_work_as_their_own_users(secured_stack, secured_nats, tel
         return info.state.messages
 
     assert asyncio.run(parked()) == 1
+    # The stream gauges are read with the server's user too (stream info).
+    metrics = httpx.get(f"{secured_stack.api_url}/metrics", timeout=10).text
+    for stream in (messaging.INBOUND_STREAM, messaging.OUTBOUND_STREAM, messaging.PARKED_STREAM):
+        assert f'balcao_stream_fill_ratio{{stream="{stream}"}}' in metrics, stream
     for process in secured_stack.processes:
         assert VIOLATION not in process.log_text().lower(), process.log_text()
 
