@@ -23,7 +23,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import APIError, BadRequestError
 
 from contract import messaging
 
@@ -117,6 +117,12 @@ async def ensure_streams(js: JetStreamContext, limits: StreamLimits | None = Non
             # Exists with other settings (an operator tuned it): keep theirs, but
             # for the limits, which the settings own.
             await _update_limits(js, wanted)
+        except APIError as exc:
+            # Typically "insufficient storage resources": nats-server reserves
+            # max_bytes up front. Say which stream and cap before giving up.
+            log.error("stream %s cannot be created with max_bytes=%s: %s",
+                      wanted.name, wanted.max_bytes, exc.description)
+            raise
 
 
 async def _update_limits(js: JetStreamContext, wanted: StreamConfig) -> None:

@@ -9,6 +9,7 @@ from nats.js.errors import APIError
 from prometheus_client import REGISTRY
 
 from contract import jetstream, messaging
+from devstack.processes import NatsServer
 from server import streams
 
 LIMITS = jetstream.StreamLimits(max_bytes=64 * 1024, max_age=3600)
@@ -112,3 +113,21 @@ async def test_stream_fill_is_read_into_the_gauges(clean_nats) -> None:
     assert stored > 10_000  # the ratio is not trivially zero
     assert sample("balcao_stream_bytes", messaging.INBOUND_STREAM) == 0
     await nc.close()
+
+
+@pytest.mark.asyncio
+async def test_caps_the_store_cannot_reserve_are_refused_by_name(tmp_path, caplog) -> None:
+    config = tmp_path / "small.conf"
+    config.write_text("jetstream { max_file_store: 2MB }\n")
+    small = NatsServer(data_dir=tmp_path / "nats", config_file=config)
+    small.start()
+    try:
+        nc = await nats.connect(small.url)
+        # nats-server reserves each stream's max_bytes up front: the second 1 MiB cap does not fit.
+        with pytest.raises(APIError):
+            await jetstream.ensure_streams(nc.jetstream(), jetstream.StreamLimits(max_bytes=1024 * 1024))
+        await nc.close()
+    finally:
+        small.stop()
+    refused = [r.getMessage() for r in caplog.records if "cannot be created" in r.getMessage()]
+    assert refused and "max_bytes=1048576" in refused[0] and "insufficient storage" in refused[0].lower()

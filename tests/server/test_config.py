@@ -54,7 +54,7 @@ def test_backend_passwords_come_from_files_and_are_masked(tmp_path):
 
 def test_stream_limits_default_and_read():
     defaults = config.load(VALID)
-    assert (defaults.stream_max_bytes, defaults.stream_max_age) == (1024 ** 3, 7 * 24 * 3600)
+    assert (defaults.stream_max_bytes, defaults.stream_max_age) == (256 * 1024 ** 2, 7 * 24 * 3600)
     settings = config.load({**VALID, "STREAM_MAX_BYTES": "0", "STREAM_MAX_AGE_SECONDS": "3600"})
     assert (settings.stream_max_bytes, settings.stream_max_age) == (0, 3600)
     with pytest.raises(ConfigError, match="STREAM_MAX_BYTES must be a whole number"):
