@@ -37,14 +37,22 @@ clean:
 PODMAN_COMPOSE ?= $(if $(wildcard $(VENV)/bin/podman-compose),$(VENV)/bin/podman-compose,podman-compose)
 COMPOSE := $(PODMAN_COMPOSE) -f podman-compose.yml
 SECRETS := secrets
+# Generated on first use, each a random 43-character URL-safe string, which
+# NATS_URL needs no percent-encoding for. The bot token is the one given.
+GENERATED_SECRETS := $(addprefix $(SECRETS)/,api_token mongodb_root_password mongodb_app_password \
+                     nats_server_password nats_bot_password)
 
-.PHONY: up down logs
+.PHONY: up down logs image-cli
 
 # BUILDAH_FORMAT=docker: podman builds OCI images by default, and OCI has no
 # HEALTHCHECK, so the image's /health probe would be dropped with a warning.
-up: $(SECRETS)/api_token $(SECRETS)/telegram_bot_token
+up: $(GENERATED_SECRETS) $(SECRETS)/telegram_bot_token
 	BUILDAH_FORMAT=docker $(COMPOSE) up -d --build
 	@echo "the /v1 bearer token is in $(SECRETS)/api_token"
+
+# The command-line image (pandas, no server): `podman run --rm localhost/balcao-cli --help`.
+image-cli:
+	podman build --target cli -t localhost/balcao-cli:latest -f Containerfile .
 
 # Volumes survive; `$(COMPOSE) down -v` also deletes MongoDB and JetStream data.
 down:
@@ -60,7 +68,7 @@ logs:
 $(SECRETS):
 	install -d -m 700 $@
 
-$(SECRETS)/api_token: | $(SECRETS)
+$(GENERATED_SECRETS): | $(SECRETS)
 	@umask 022 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > $@.tmp && mv $@.tmp $@
 	@echo "generated $@"
 

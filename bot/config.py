@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from contract import logs
+from contract import logs, messaging
 from contract.environment import Environment
 
 DEFAULT_API_BASE = "https://api.telegram.org"
@@ -30,6 +30,8 @@ class Settings:
     webhook_secret: str | None = None
     webhook_port: int = 8443
     metrics_port: int | None = None  # none: no metrics endpoint
+    stream_max_bytes: int = messaging.STREAM_MAX_BYTES
+    stream_max_age: int = messaging.STREAM_MAX_AGE_SECONDS
     log_format: str = "text"
     log_level: str = "info"
 
@@ -70,7 +72,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     env = Environment(environ)
     settings = Settings(
         token=env.secret("TELEGRAM_BOT_TOKEN", required=True) or "",
-        nats_url=env.url("NATS_URL", None, ("nats", "tls", "ws", "wss")) or "",
+        nats_url=env.url_with_password("NATS_URL", None, ("nats", "tls", "ws", "wss"),
+                                       password="NATS_PASSWORD", decoded=False) or "",
         api_base_url=env.url("TELEGRAM_API_BASE_URL", DEFAULT_API_BASE, ("https", "http")) or DEFAULT_API_BASE,
         poll_timeout=env.integer("TELEGRAM_POLL_TIMEOUT", 30, minimum=0, maximum=50),
         max_messages_per_second=env.integer("TELEGRAM_MAX_MESSAGES_PER_SECOND", 30, minimum=1),
@@ -78,6 +81,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         webhook_secret=env.secret("TELEGRAM_WEBHOOK_SECRET", required=False),
         webhook_port=env.integer("WEBHOOK_PORT", 8443, minimum=1, maximum=65535),
         metrics_port=env.integer("BOT_METRICS_PORT", 0, minimum=0, maximum=65535) or None,
+        # The bot declares the streams too (either process may start first):
+        # give both processes the same limits, or each start-up resets them.
+        stream_max_bytes=env.integer("STREAM_MAX_BYTES", messaging.STREAM_MAX_BYTES),
+        stream_max_age=env.integer("STREAM_MAX_AGE_SECONDS", messaging.STREAM_MAX_AGE_SECONDS),
         log_format=env.choice("LOG_FORMAT", "text", ("text", "json")),
         log_level=env.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
     )

@@ -49,7 +49,8 @@ async def main() -> None:
         log.info("bot stopped before it was ready")
         return
     js = nc.jetstream()
-    await jetstream.ensure_streams(js)
+    await jetstream.ensure_streams(js, jetstream.StreamLimits(settings.stream_max_bytes,
+                                                              settings.stream_max_age))
 
     application = build_application(settings)
     failures: set[int] = set()

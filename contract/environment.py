@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 
 class ConfigError(Exception):
@@ -58,6 +59,32 @@ class Environment:
             # The value may carry credentials: name the variable, never echo it.
             self.problems.append(f"{name} must start with {' or '.join(s + '://' for s in schemes)}")
         return value
+
+    def url_with_password(self, name: str, default: str | None, schemes: tuple[str, ...], *,
+                          password: str, decoded: bool = True) -> str | None:
+        """`name`'s URL with the password `password` (or `password_FILE`) put in it.
+
+        The URL names the user (`scheme://USER@host/...`) and the secret stays in a
+        file. `decoded=False` is for clients that read the URL's password as written
+        (nats-py): such a password must need no percent-encoding.
+        """
+        url = self.url(name, default, schemes)
+        secret = self.secret(password, required=False)
+        if not url or not secret:
+            return url
+        userinfo, at, host = urlsplit(url).netloc.rpartition("@")
+        if not at:
+            self.problems.append(f"{password} needs a user name in {name} (scheme://USER@host)")
+            return url
+        if ":" in userinfo:
+            self.problems.append(f"set the password in {name} or in {password}, not both")
+            return url
+        encoded = quote(secret, safe="")
+        if not decoded and encoded != secret:
+            self.problems.append(f"{password} may hold only A-Z, a-z, 0-9 and . _ ~ -")
+            return url
+        scheme_end = url.index("://") + 3
+        return f"{url[:scheme_end]}{userinfo}:{encoded}@{url[scheme_end + len(userinfo) + 1:]}"
 
     def secret(self, name: str, *, required: bool) -> str | None:
         """`NAME`, or the contents of the file named by `NAME_FILE` (never both)."""

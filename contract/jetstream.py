@@ -7,6 +7,7 @@ the others find them; nothing depends on start order.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -22,7 +23,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import APIError, BadRequestError
 
 from contract import messaging
 
@@ -88,13 +89,62 @@ async def connect(url: str, name: str) -> Client:
     return client
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
+@dataclasses.dataclass(frozen=True)
+class StreamLimits:
+    """Caps on what a stream may hold, so a long outage of the consuming side fills
+    the stream, not the disk. The work queues discard new messages when full: the
+    publisher gets an error (the bot then leaves the update unconfirmed, Telegram
+    keeps it), so nothing is dropped silently."""
+
+    max_bytes: int = 0  # per stream; 0: no cap
+    max_age: float = 0.0  # seconds, for the streams without an age of their own; 0: none
+
+    def apply(self, config: StreamConfig) -> StreamConfig:
+        changes: dict[str, float | int] = {}
+        if self.max_bytes > 0:
+            changes["max_bytes"] = self.max_bytes
+        if self.max_age > 0 and not config.max_age:
+            changes["max_age"] = self.max_age  # the parked stream keeps its month
+        return dataclasses.replace(config, **changes) if changes else config
+
+
+async def ensure_streams(js: JetStreamContext, limits: StreamLimits | None = None) -> None:
     for config in STREAMS:
+        wanted = (limits or StreamLimits()).apply(config)
         try:
-            await js.add_stream(config=config)
+            await js.add_stream(config=wanted)
         except BadRequestError:
-            # Exists with other settings (an operator tuned it): keep theirs.
-            log.info("stream %s exists with different settings; left as is", config.name)
+            # Exists with other settings (an operator tuned it): keep theirs, but
+            # for the limits, which the settings own.
+            await _update_limits(js, wanted)
+        except APIError as exc:
+            # Typically "insufficient storage resources": nats-server reserves
+            # max_bytes up front. Say which stream and cap before giving up.
+            log.error("stream %s cannot be created with max_bytes=%s: %s",
+                      wanted.name, wanted.max_bytes, exc.description)
+            raise
+
+
+async def _update_limits(js: JetStreamContext, wanted: StreamConfig) -> None:
+    """Bring an existing stream to the configured limits; its messages stay."""
+    info = await js.stream_info(wanted.name)
+    current = info.config
+    changes: dict[str, float | int] = {}
+    if wanted.max_bytes and wanted.max_bytes != current.max_bytes:
+        if info.state.bytes > wanted.max_bytes:
+            # A smaller cap would make JetStream delete the oldest messages now.
+            log.warning("stream %s holds %d bytes, more than the %d configured; cap left at %s",
+                        wanted.name, info.state.bytes, wanted.max_bytes, current.max_bytes)
+        else:
+            changes["max_bytes"] = wanted.max_bytes
+    if wanted.max_age and abs(wanted.max_age - (current.max_age or 0)) > 0.001:
+        changes["max_age"] = wanted.max_age
+    if not changes:
+        log.info("stream %s exists with different settings; left as is", wanted.name)
+        return
+    await js.update_stream(config=dataclasses.replace(current, **changes))
+    log.info("stream %s limits updated: %s", wanted.name,
+             ", ".join(f"{name}={value}" for name, value in sorted(changes.items())))
 
 
 async def hand_back(subscription: JetStreamContext.PullSubscription, lingering: float) -> int:

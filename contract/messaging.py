@@ -25,6 +25,14 @@ DELIVERED_BUCKET = "BALCAO_DELIVERED"
 # idempotent storage covers anything older.
 DUPLICATE_WINDOW_SECONDS = 600
 
+# Default caps per stream (STREAM_MAX_BYTES, STREAM_MAX_AGE_SECONDS): a day-long
+# outage at a few messages per second (well under 1 KiB each) stays far below
+# them, a runaway does not fill the disk. Telegram itself keeps unconfirmed
+# updates for about 24 h. nats-server reserves each stream's max_bytes in its
+# store when the stream is created, so the caps must fit the volume together.
+STREAM_MAX_BYTES = 256 * 1024 * 1024
+STREAM_MAX_AGE_SECONDS = 7 * 24 * 3600
+
 PLATFORM_TELEGRAM = "telegram"
 
 

@@ -7,6 +7,7 @@ developer runs.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -55,6 +56,7 @@ class ChildServer:
     port: int = 0
     startup_timeout: float = 30.0
     log_file: Path | None = None
+    environment: dict[str, str] = field(default_factory=dict)  # added to this process's own
     process: subprocess.Popen | None = field(default=None, init=False)
 
     def command(self) -> list[str]:  # pragma: no cover - abstract
@@ -66,7 +68,8 @@ class ChildServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         try:
-            self.process = subprocess.Popen(self.command(), stdout=output, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command(), stdout=output, stderr=subprocess.STDOUT,
+                                            env={**os.environ, **self.environment})
         finally:
             if self.log_file:
                 output.close()
@@ -94,9 +97,13 @@ class ChildServer:
 @dataclass(kw_only=True)
 class NatsServer(ChildServer):
     name: str = "nats-server"
+    # A configuration file (users, permissions); the flags below override its
+    # ports and store. Its $VARIABLES resolve from `environment`.
+    config_file: Path | None = None
 
     def command(self) -> list[str]:
-        return [venv_binary("nats-server"), "-js", "-sd", str(self.data_dir),
+        config = ["--config", str(self.config_file)] if self.config_file else []
+        return [venv_binary("nats-server"), *config, "-js", "-sd", str(self.data_dir),
                 "-a", "127.0.0.1", "-p", str(self.port)]
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from contract import logs
+from contract import logs, messaging
 from contract.environment import Environment
 
 DEFAULT_GOODBYE = "Seu atendimento foi finalizado. Obrigado pelo contato!"
@@ -32,6 +32,8 @@ class Settings:
     import_max_chunked_bytes: int = 64 * 1024 * 1024 * 1024
     intake_batch: int = 1000
     db_threads: int = 8
+    stream_max_bytes: int = messaging.STREAM_MAX_BYTES
+    stream_max_age: int = messaging.STREAM_MAX_AGE_SECONDS
     log_format: str = "text"
     log_level: str = "info"
     # The previous API token, still accepted while clients move to the new one.
@@ -83,8 +85,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(
         http_port=env.integer("HTTP_PORT", 8080, minimum=1, maximum=65535),
         api_token=env.secret("API_TOKEN", required=True) or "",
-        mongodb_uri=env.url("MONGODB_URI", None, ("mongodb", "mongodb+srv")) or "",
-        nats_url=env.url("NATS_URL", None, ("nats", "tls", "ws", "wss")) or "",
+        mongodb_uri=env.url_with_password("MONGODB_URI", None, ("mongodb", "mongodb+srv"),
+                                          password="MONGODB_PASSWORD") or "",
+        nats_url=env.url_with_password("NATS_URL", None, ("nats", "tls", "ws", "wss"),
+                                       password="NATS_PASSWORD", decoded=False) or "",
         goodbye_text=env.text("GOODBYE_TEXT", DEFAULT_GOODBYE) or DEFAULT_GOODBYE,
         import_max_bytes=env.integer("IMPORT_MAX_BYTES", 1024 * 1024 * 1024, minimum=1),
         import_max_record_bytes=env.integer("IMPORT_MAX_RECORD_BYTES", 16 * 1024 * 1024, minimum=1024),
@@ -96,6 +100,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         import_max_chunked_bytes=env.integer("IMPORT_MAX_CHUNKED_BYTES", 64 * 1024 * 1024 * 1024, minimum=1),
         intake_batch=env.integer("INTAKE_BATCH", 1000, minimum=1, maximum=1000),
         db_threads=env.integer("DB_THREADS", 8, minimum=1, maximum=64),
+        stream_max_bytes=env.integer("STREAM_MAX_BYTES", messaging.STREAM_MAX_BYTES),
+        stream_max_age=env.integer("STREAM_MAX_AGE_SECONDS", messaging.STREAM_MAX_AGE_SECONDS),
         log_format=env.choice("LOG_FORMAT", "text", ("text", "json")),
         log_level=env.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
         api_token_previous=env.secret("API_TOKEN_PREVIOUS", required=False) or "",

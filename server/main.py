@@ -18,7 +18,7 @@ from nats.errors import Error as NatsError
 from pymongo.errors import PyMongoError
 
 from contract import jetstream, lifecycle
-from server import config
+from server import config, streams
 from server.app import Services, make_app
 from server.database import Database
 from server.draining import DrainingHTTPServer
@@ -46,7 +46,8 @@ async def main() -> None:
         log.info("server stopped before it was ready")
         return
     js = nc.jetstream()
-    await jetstream.ensure_streams(js)
+    await jetstream.ensure_streams(js, jetstream.StreamLimits(settings.stream_max_bytes,
+                                                              settings.stream_max_age))
 
     outbound = Outbound(js, db)
     services = Services(db=db, nats=nc, js=js, outbound=outbound)
@@ -70,6 +71,8 @@ async def main() -> None:
     relay_task = asyncio.create_task(outbound.relay_forever(), name="outbox-relay")
     reaper_task = asyncio.create_task(
         app.settings["imports"].reap_forever(settings.import_idle_timeout, services.stopping), name="import-reaper")
+    # Not a worker: stale gauges are no reason to stop serving.
+    streams_task = asyncio.create_task(streams.watch(js, stopping), name="stream-metrics")
     crashed = await lifecycle.until_stopped(stopping, [intake_task, relay_task])
 
     log.info("server stopping")
@@ -88,7 +91,7 @@ async def main() -> None:
     await server.close_all_connections()
     # Last, so this round publishes what the requests drained above promised.
     outbound.stop()
-    await deadline.settle([] if relay_task.done() else [relay_task])
+    await deadline.settle(task for task in (relay_task, streams_task) if not task.done())
     await jetstream.drain(nc, timeout=deadline.remaining(at_least=2.0))
     db.close()
     log.info("server stopped")

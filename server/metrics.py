@@ -7,7 +7,7 @@ input or raw paths, so the number of series stays bounded.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 # Intake runs in batches of up to a few hundred messages, stored with bulk writes:
 # tens of milliseconds normally, seconds when MongoDB is slow or a retry was needed.
@@ -48,6 +48,22 @@ HTTP_REQUEST_DURATION = Histogram(
     "and status",
     ["method", "route", "status"],
     buckets=HTTP_BUCKETS,
+)
+STREAM_BYTES = Gauge(
+    "balcao_stream_bytes",
+    "Bytes a JetStream stream holds, read from stream info every STREAM_WATCH_INTERVAL",
+    ["stream"],
+)
+STREAM_MESSAGES = Gauge(
+    "balcao_stream_messages",
+    "Messages a JetStream stream holds",
+    ["stream"],
+)
+STREAM_FILL_RATIO = Gauge(
+    "balcao_stream_fill_ratio",
+    "Bytes held over the stream's max_bytes (0 to 1); absent for a stream without a cap. "
+    "A full work queue refuses new messages: alert well before 1",
+    ["stream"],
 )
 
 HTTP_REFUSED = Counter(

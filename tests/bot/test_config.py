@@ -54,3 +54,12 @@ def test_webhook_secret_shorter_than_32_is_refused():
         config.load({"TELEGRAM_BOT_TOKEN": "1:abc", "NATS_URL": "nats://n:4222",
                      "TELEGRAM_WEBHOOK_URL": "https://bot.example/hook", "TELEGRAM_WEBHOOK_SECRET": "s" * 31})
     assert error.value.problems == ["TELEGRAM_WEBHOOK_SECRET must be at least 32 characters, got 31"]
+
+
+def test_nats_password_from_a_file_is_put_in_the_url_and_masked(tmp_path):
+    (tmp_path / "nats").write_text("bot-nats-secret\n")
+    settings = config.load({"TELEGRAM_BOT_TOKEN": "1:abc", "NATS_URL": "nats://bot@n:4222",
+                            "NATS_PASSWORD_FILE": str(tmp_path / "nats"), "STREAM_MAX_BYTES": "4096"})
+    assert settings.nats_url == "nats://bot:bot-nats-secret@n:4222"
+    assert "bot-nats-secret" in settings.secrets
+    assert (settings.stream_max_bytes, settings.stream_max_age) == (4096, 7 * 24 * 3600)

@@ -68,3 +68,24 @@ def test_short_rotation_secrets_and_an_orphan_previous_cursor_key_are_refused():
         "CURSOR_KEY_PREVIOUS needs CURSOR_KEY: set the new key beside the old one",
     ]
     assert "short-old" not in str(error.value)
+
+
+def test_backend_passwords_come_from_files_and_are_masked(tmp_path):
+    (tmp_path / "mongodb").write_text("mongo-app-secret\n")
+    (tmp_path / "nats").write_text("nats-server-secret\n")
+    settings = config.load({**VALID, "MONGODB_URI": "mongodb://balcao@db/balcao",
+                            "MONGODB_PASSWORD_FILE": str(tmp_path / "mongodb"),
+                            "NATS_URL": "nats://server@n:4222", "NATS_PASSWORD_FILE": str(tmp_path / "nats")})
+    assert settings.mongodb_uri == "mongodb://balcao:mongo-app-secret@db/balcao"
+    assert settings.nats_url == "nats://server:nats-server-secret@n:4222"
+    assert {"mongo-app-secret", "nats-server-secret"} <= set(settings.secrets)
+    assert "secret" not in repr(settings)
+
+
+def test_stream_limits_default_and_read():
+    defaults = config.load(VALID)
+    assert (defaults.stream_max_bytes, defaults.stream_max_age) == (256 * 1024 ** 2, 7 * 24 * 3600)
+    settings = config.load({**VALID, "STREAM_MAX_BYTES": "0", "STREAM_MAX_AGE_SECONDS": "3600"})
+    assert (settings.stream_max_bytes, settings.stream_max_age) == (0, 3600)
+    with pytest.raises(ConfigError, match="STREAM_MAX_BYTES must be a whole number"):
+        config.load({**VALID, "STREAM_MAX_BYTES": "1GB"})
