@@ -25,12 +25,14 @@ from bson import ObjectId
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
+from contract.failpoints import failpoint
 from server.conversations import (
     duplicates_only,
     insert_new_messages,
     naming,
     preview,
     sessions_by_contact,
+    stored_counts,
     utcnow,
 )
 from server.importing.records import ImportedMessage, ImportedSession, message_key
@@ -158,8 +160,10 @@ def _create_sessions(groups: list[_ContactRecords], now: dt.datetime, outcomes: 
         lost: set[int] = set()
     except BulkWriteError as exc:
         lost = duplicates_only(exc)
+    failpoint("import.after_sessions_inserted")
     created = {doc["_id"] for index, doc in enumerate(sessions) if index not in lost}
     inserted = insert_new_messages([doc for doc in messages if doc["session_id"] in created])
+    failpoint("import.after_messages_inserted")
     _uncount_duplicates(messages, created, inserted)
     for index, group in enumerate(groups):
         if index not in lost:
@@ -208,12 +212,13 @@ def _merge_into_existing(groups: list[_ContactRecords], existing: dict[Contact, 
     inserted = insert_new_messages(documents)
     by_key = {doc["key"]: doc for doc in documents}
     updates = []
+    recount: list[ObjectId] = []
     for change in changes:
         added = [by_key[key] for key in change.new_keys if key in inserted]
         update: dict = {"$set": change.fields} if change.fields else {}
         if added:
             newest = max(added, key=lambda doc: doc["sent_at"])
-            update["$inc"] = {"message_count": len(added)}
+            recount.append(change.session_id)
             update["$max"] = {"last_message_at": newest["sent_at"],
                               "activity_key": activity_key(newest["sent_at"], change.session_id)}
             if newest["sent_at"] >= change.last_message_at:
@@ -222,6 +227,15 @@ def _merge_into_existing(groups: list[_ContactRecords], existing: dict[Contact, 
             updates.append(UpdateOne({"_id": change.session_id}, update))
     if updates:
         Session._get_collection().bulk_write(updates, ordered=False)
+    if recount:
+        # Counted from what is stored rather than incremented: a batch retried after
+        # a crash finds sessions that already count messages it had not stored yet.
+        counted = stored_counts(recount)
+        Session._get_collection().bulk_write(
+            [UpdateOne({"_id": session_id}, {"$set": {"message_count": counted.get(session_id, 0)}})
+             for session_id in recount],
+            ordered=False,
+        )
 
 
 def _judge_records(group: _ContactRecords, outcomes: list[str], *, opened: bool = False,
