@@ -498,7 +498,8 @@ class ImportChunkHandler(StreamedBodyHandler):
             raise ApiError(409, f"chunk {job.get('next_chunk', 0)} comes next: chunks are applied in order",
                            kind="chunk-out-of-order")
         if self._stored is None:
-            self._feed = RecordFeed(self.imports.db, ChunkParser())
+            # A chunk sent again after a crash is judged as its first try would have been.
+            self._feed = RecordFeed(self.imports.db, ChunkParser(), origin=f"{job['_id']}:{seq}")
 
     async def data_received(self, chunk: bytes) -> None:
         if self.discarding(chunk) or self._feed is None:  # a chunk stored before is not read again

@@ -39,7 +39,7 @@ from server.importing.records import ImportedMessage, ImportedSession, message_k
 from server.models import Message, Session, activity_key
 
 CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
-_SESSION_FIELDS = ("contact_name", "chat_id", "source_id", "last_message_at")
+_SESSION_FIELDS = ("contact_name", "chat_id", "source_id", "last_message_at", "import_origin")
 
 Contact = tuple[str, str]
 
@@ -81,23 +81,27 @@ class _Change:
     fields: dict = field(default_factory=dict)
 
 
-def upsert_sessions(batch: Sequence[ImportedSession]) -> list[str]:
+def upsert_sessions(batch: Sequence[ImportedSession], origin: str | None = None) -> list[str]:
     """Store a batch of validated records; return each one's outcome, in order.
 
     A record is `created` when it opened its contact's session, `updated` when
     it added messages or changed the session's name or source id, `unchanged`
     otherwise (a later record of the same contact in the batch is judged
     against what the earlier ones already brought).
+
+    `origin` names the batch (an import's chunk) in the sessions it opens, so
+    the same batch sent again after a crash still reports the sessions its
+    first try opened as `created`, not as `updated` or `unchanged`.
     """
     now = utcnow()
     groups = _grouped(batch)
     outcomes = [UNCHANGED] * len(batch)
     existing = sessions_by_contact(groups, _SESSION_FIELDS)
     new = [group for contact, group in groups.items() if contact not in existing]
-    taken = _create_sessions(new, now, outcomes)
+    taken = _create_sessions(new, now, outcomes, origin)
     if taken:  # another writer opened these contacts' sessions meanwhile
         existing.update(sessions_by_contact([group.contact for group in taken], _SESSION_FIELDS))
-    _merge_into_existing([groups[contact] for contact in existing], existing, outcomes)
+    _merge_into_existing([groups[contact] for contact in existing], existing, outcomes, origin)
     return outcomes
 
 
@@ -150,11 +154,15 @@ def _new_documents(groups: list[_ContactRecords], now: dt.datetime) -> tuple[lis
     return sessions, messages
 
 
-def _create_sessions(groups: list[_ContactRecords], now: dt.datetime, outcomes: list[str]) -> list[_ContactRecords]:
+def _create_sessions(groups: list[_ContactRecords], now: dt.datetime, outcomes: list[str],
+                     origin: str | None = None) -> list[_ContactRecords]:
     """Open a session per contact with its messages; return the groups that lost a race."""
     if not groups:
         return []
     sessions, messages = _new_documents(groups, now)
+    if origin is not None:
+        for session in sessions:
+            session["import_origin"] = origin
     try:
         Session._get_collection().insert_many(sessions, ordered=False)
         lost: set[int] = set()
@@ -189,7 +197,8 @@ def _uncount_duplicates(messages: list[dict], created: set[ObjectId], inserted: 
         )
 
 
-def _merge_into_existing(groups: list[_ContactRecords], existing: dict[Contact, dict], outcomes: list[str]) -> None:
+def _merge_into_existing(groups: list[_ContactRecords], existing: dict[Contact, dict], outcomes: list[str],
+                         origin: str | None = None) -> None:
     if not groups:
         return
     stored = _stored_keys(key for group in groups for key in group.messages)
@@ -205,8 +214,11 @@ def _merge_into_existing(groups: list[_ContactRecords], existing: dict[Contact, 
             change.fields.update(naming(group.names[-1]))
         if group.source_id and not session.get("source_id"):
             change.fields["source_id"] = group.source_id
-        _judge_records(group, outcomes, stored=stored, name=session.get("contact_name") if imported else None,
-                       adds_source="source_id" in change.fields)
+        if origin is not None and session.get("import_origin") == origin:
+            _judge_records(group, outcomes, opened=True)  # this batch's first try opened it
+        else:
+            _judge_records(group, outcomes, stored=stored, name=session.get("contact_name") if imported else None,
+                           adds_source="source_id" in change.fields)
         documents += _message_documents(change.session_id, ((key, group.messages[key]) for key in change.new_keys))
         changes.append(change)
     inserted = insert_new_messages(documents)

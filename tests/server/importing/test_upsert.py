@@ -217,11 +217,12 @@ def test_a_batch_retried_after_a_crash_counts_each_message_once(store, mongo, wi
     failpoints.configure({"BALCAO_FAILPOINTS": f"{window}=raise"})
     try:
         with pytest.raises(FailPointError):
-            store(batch)
+            store(batch, "job-1:0")
     finally:
         failpoints.configure({})
 
-    store(batch)  # the client sends the chunk again
+    # The client sends the chunk again: reported as its first try would have been.
+    assert store(batch, "job-1:0") == [CREATED, CREATED]
 
     assert mongo.messages.count_documents({}) == 3
     for session in mongo.sessions.find():
