@@ -223,11 +223,21 @@ def stored_counts(session_ids: Iterable[ObjectId]) -> dict[ObjectId, int]:
 
 
 def _recount_sessions(session_ids: set[ObjectId], now: dt.datetime) -> None:
-    """Set these sessions' counter and preview from the messages they hold."""
+    """Set the counter and preview of those sessions whose counter is not what they hold.
+
+    Sessions that count right are left alone: their preview is the last message
+    that arrived, which a read by time cannot tell apart from another one sent
+    in the same second.
+    """
     if not session_ids:
         return
     messages = Message._get_collection()
     counted = stored_counts(session_ids)
+    recorded = {doc["_id"]: doc.get("message_count", 0)
+                for doc in Session._get_collection().find({"_id": {"$in": list(session_ids)}}, {"message_count": 1})}
+    session_ids = {session_id for session_id, count in recorded.items() if count != counted.get(session_id, 0)}
+    if not session_ids:
+        return
     updates = []
     for session_id in session_ids:
         latest = messages.find_one({"session_id": session_id}, {"text": 1},
