@@ -9,7 +9,10 @@ kill falls there, in the spirit of FoundationDB's buggify and TiKV's fail-rs.
     BALCAO_FAILPOINTS="import.after_batch_record=raise@2,bot.relay.after_ack=kill"
 
 Actions: `kill` (SIGKILL to the process itself: no cleanup, no flush, as a power
-cut or the OOM killer would), `raise` (raises `FailPointError`). `@N` fires on
+cut or the OOM killer would), `raise` (raises `FailPointError`), `pause` (blocks
+the calling thread until the log file holds the line `resume NAME`, so a test
+can act inside a window, e.g. finish a session between its look-up and the
+insert; at most PAUSE_LIMIT seconds, and it needs the log file). `@N` fires on
 the N-th pass only (default: the first). When `BALCAO_FAILPOINTS_LOG` names a
 file, the fail point appends its name there before acting, so a test can check
 that the crash happened where its name says.
@@ -20,12 +23,15 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 ENV = "BALCAO_FAILPOINTS"
 LOG_ENV = "BALCAO_FAILPOINTS_LOG"
-ACTIONS = ("kill", "raise")
+ACTIONS = ("kill", "raise", "pause")
+# A paused fail point nobody resumes goes on after this long rather than hang a test run.
+PAUSE_LIMIT = 60.0
 
 
 class FailPointError(RuntimeError):
@@ -46,7 +52,7 @@ def parse(spec: str) -> dict[str, _Armed]:
         name, sep, action = entry.partition("=")
         action, _, count = action.partition("@")
         if not sep or not name or action not in ACTIONS or (count and not count.isdigit()):
-            raise ValueError(f"{ENV}: bad entry {entry!r} (want name=kill|raise[@N])")
+            raise ValueError(f"{ENV}: bad entry {entry!r} (want name=kill|raise|pause[@N])")
         armed[name.strip()] = _Armed(action, int(count or 1))
     return armed
 
@@ -80,7 +86,27 @@ def failpoint(name: str) -> None:
             log.write(f"{name} {armed.action} pid={os.getpid()}\n")
     if armed.action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if armed.action == "pause":
+        _pause(name)
+        return
     raise FailPointError(f"fail point {name}")
+
+
+def _pause(name: str) -> None:
+    if not _log_path:
+        raise FailPointError(f"fail point {name}: pause needs {LOG_ENV} to be resumed through")
+    deadline = time.monotonic() + PAUSE_LIMIT
+    while time.monotonic() < deadline:
+        with open(_log_path, encoding="utf-8") as log:
+            if f"resume {name}\n" in log.read():
+                return
+        time.sleep(0.02)
+
+
+def resume(log_path: str, name: str) -> None:
+    """Let a fail point paused in any process sharing `log_path` go on."""
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"resume {name}\n")
 
 
 configure()

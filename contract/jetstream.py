@@ -24,6 +24,7 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import APIError, BadRequestError
+from prometheus_client import Counter
 
 from contract import messaging
 
@@ -55,7 +56,36 @@ STREAMS = (
         storage=StorageType.FILE,
         max_age=30 * 24 * 3600,
     ),
+    # Dead letters: what a consumer can never handle, kept a month like parked ones.
+    StreamConfig(
+        name=messaging.DEAD_STREAM,
+        subjects=[f"{messaging.DEAD_SUBJECT_PREFIX}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=30 * 24 * 3600,
+        duplicate_window=messaging.DUPLICATE_WINDOW_SECONDS,
+    ),
 )
+
+DEAD_LETTERED = Counter(
+    "balcao_dead_lettered_total",
+    "Messages moved to the dead-letter stream (undecodable or delivered too often), by source stream",
+    ["stream"],  # one of the project's own streams: a fixed, small set
+)
+
+# A message delivered this many times goes to the dead-letter stream instead of
+# its handler: whatever makes every attempt fail or kill the process, it must
+# not hold a consumer (or crash-loop every replica) for ever. High enough that
+# retries through a long outage do not get there: intake's redelivery delay
+# tops out at 15 s, so 1,000 deliveries are over four hours of trying.
+MAX_DELIVER = 1000
+
+# How a stream's payloads are decoded; a payload that fails is dead-lettered
+# by the consume loop before any handler sees it.
+DECODERS: dict[str, Callable[[bytes], object]] = {
+    messaging.INBOUND_STREAM: messaging.InboundMessage.from_bytes,
+    messaging.OUTBOUND_STREAM: messaging.OutboundMessage.from_bytes,
+}
 
 
 async def connect(url: str, name: str) -> Client:
@@ -185,25 +215,88 @@ async def drain(nc: Client, timeout: float = 10.0) -> None:
         await nc.close()
 
 
+async def dead_letter(js: JetStreamContext, msg: Msg, reason: str) -> None:
+    """Keep `msg` in the dead-letter stream with why, then stop its redelivery.
+
+    The copy keeps the original headers (a repeated Nats-Msg-Id is stored once)
+    and adds the subject, stream, sequence and reason. If the copy cannot be
+    stored, the message is left unacknowledged: redelivered, never lost.
+    """
+    metadata = msg.metadata
+    headers = {**(msg.headers or {}),
+               "Balcao-Dead-Subject": msg.subject,
+               "Balcao-Dead-Stream": metadata.stream,
+               "Balcao-Dead-Sequence": str(metadata.sequence.stream),
+               "Balcao-Dead-Deliveries": str(metadata.num_delivered),
+               "Balcao-Dead-Reason": reason[:500]}
+    await js.publish(f"{messaging.DEAD_SUBJECT_PREFIX}.{msg.subject}", msg.data, headers=headers)
+    await msg.term()
+    DEAD_LETTERED.labels(stream=metadata.stream).inc()
+    log.error("message dead-lettered from %s (stream seq %s, delivery %s): %s",
+              metadata.stream, metadata.sequence.stream, metadata.num_delivered, reason)
+
+
+async def _dead_letters_removed(js: JetStreamContext, messages: list[Msg],
+                                decode: Callable[[bytes], object] | None, max_deliver: int) -> list[Msg]:
+    """The messages a handler can take; the others are dead-lettered."""
+    kept = []
+    for msg in messages:
+        reason = None
+        if msg.metadata.num_delivered >= max_deliver:
+            reason = f"delivered {msg.metadata.num_delivered} times without being settled"
+        elif decode is not None:
+            try:
+                decode(msg.data)
+            except Exception as exc:  # noqa: BLE001 - whatever the decoder hit, the payload is at fault
+                reason = f"undecodable: {type(exc).__name__}: {str(exc)[:200]}"
+        if reason is None:
+            kept.append(msg)
+        else:
+            await dead_letter(js, msg, reason)
+    return kept
+
+
+async def _keep_in_progress(messages: list[Msg], interval: float) -> None:
+    """Tell JetStream every `interval` that the unsettled messages are still being worked on.
+
+    Without it a batch that takes longer than the ack wait (a slow database,
+    a thousand messages) is handed to another replica while this one still
+    stores it.
+    """
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            for msg in messages:
+                if not msg.is_acked:
+                    await msg.in_progress()
+        except nats.errors.Error as exc:  # best effort, like every ack
+            log.warning("could not mark a batch in progress: %s", exc)
+
+
 # A fetch waits this long for messages; stopping is noticed between fetches.
 FETCH_TIMEOUT = 1.0
 
 
 async def consume(js: JetStreamContext, *, stream: str, subject: str, durable: str, batch_size: int,
                   ack_wait: float, handle: Callable[[list[Msg]], Awaitable[None]],
-                  stopping: asyncio.Event, what: str) -> None:
+                  stopping: asyncio.Event, what: str, max_deliver: int = MAX_DELIVER,
+                  decode: Callable[[bytes], object] | None = None) -> None:
     """Feed batches from a durable pull consumer to `handle` until `stopping` is set.
 
     Every replica binds the same durable consumer, so JetStream splits the work
     between them; `handle` acknowledges what it finished, and anything else is
-    redelivered after `ack_wait`. The batch in hand is finished before returning.
+    redelivered after `ack_wait`. The batch in hand is finished before returning,
+    and kept in progress while it is worked on. A message that `decode` (by
+    default the stream's decoder in DECODERS) cannot read, or that comes for the
+    `max_deliver`-th time, goes to the dead-letter stream instead of `handle`.
     """
+    decode = decode or DECODERS.get(stream)
     subscription = await js.pull_subscribe(
         subject,
         durable=durable,
         stream=stream,
         config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait,
-                              max_ack_pending=10 * batch_size),
+                              max_ack_pending=10 * batch_size, max_deliver=max_deliver),
     )
     log.info("%s consuming %s", what, subject)
     loop = asyncio.get_running_loop()
@@ -218,11 +311,24 @@ async def consume(js: JetStreamContext, *, stream: str, subject: str, durable: s
             log.warning("%s fetch failed: %s", what, exc)
             await asyncio.sleep(1.0)
             continue
+        progress = None
         try:
+            messages = await _dead_letters_removed(js, messages, decode, max_deliver)
+            if not messages:
+                continue
+            progress = asyncio.create_task(_keep_in_progress(messages, ack_wait / 3))
             await handle(messages)
         except nats.errors.Error as exc:
             # Acks and naks are best effort: what was not acknowledged is redelivered.
             log.warning("%s lost NATS while settling a batch: %s", what, exc)
+        except Exception:  # noqa: BLE001 - one bad batch must not end the consumer
+            # Unsettled messages come back after the ack wait; one that fails every
+            # time ends in the dead-letter stream after `max_deliver` deliveries.
+            log.exception("%s failed to handle a batch of %d", what, len(messages))
+        finally:
+            if progress is not None:
+                progress.cancel()
+                await asyncio.gather(progress, return_exceptions=True)
     # A pull subscription left with a pending fetch makes drain() wait forever.
     await hand_back(subscription, FETCH_TIMEOUT - (loop.time() - fetched_at))
     log.info("%s stopped", what)

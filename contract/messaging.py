@@ -17,6 +17,11 @@ OUTBOUND_CONSUMER = "bot-outbound"
 PARKED_STREAM = "BALCAO_PARKED"
 PARKED_SUBJECT = "balcao.outbound.parked"
 
+# Messages no consumer could ever handle (undecodable, or delivered too often),
+# kept with their original subject and headers for people to inspect or replay.
+DEAD_STREAM = "BALCAO_DEAD"
+DEAD_SUBJECT_PREFIX = "balcao.dead"
+
 # Key-value bucket of outbound keys already delivered to Telegram, so a bot that
 # crashed between sending and acknowledging does not send the message again.
 DELIVERED_BUCKET = "BALCAO_DELIVERED"
@@ -43,8 +48,10 @@ class PayloadError(ValueError):
 def _decode(data: bytes, required: tuple[str, ...]) -> dict[str, Any]:
     try:
         body = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(f"payload is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError, bad UTF-8 and integers past Python's
+        # 4,300-digit limit; RecursionError deep nesting. All the sender's fault.
+        raise PayloadError(f"payload is not JSON: {str(exc)[:200]}") from exc
     if not isinstance(body, dict):
         raise PayloadError("payload is not a JSON object")
     missing = [name for name in required if name not in body]

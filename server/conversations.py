@@ -13,6 +13,7 @@ from bson import ObjectId
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
+from contract.failpoints import failpoint
 from contract.messaging import InboundMessage
 from server import names
 from server.models import PREVIEW_LENGTH, Message, Session, activity_key
@@ -135,7 +136,17 @@ def insert_new_messages(documents: list[dict]) -> set[str]:
         return {doc["key"] for index, doc in enumerate(documents) if index not in failed}
 
 
-def store_inbound(batch: Sequence[InboundMessage], redelivered: Sequence[bool]) -> list[StoredInbound]:
+# A finish that keeps deleting the session a message was resolved to is retried
+# this often in one call; then the batch goes back to JetStream for another try.
+MAX_FINISH_RACES = 3
+
+
+class SessionFinishedMeanwhile(RuntimeError):
+    """The open session a message was about to be stored in kept being finished."""
+
+
+def store_inbound(batch: Sequence[InboundMessage], redelivered: Sequence[bool],
+                  races: int = 0) -> list[StoredInbound]:
     """Store each message once in its contact's open session; say which need a reply.
 
     A message stored now needs its reply. One stored before needs it again only
@@ -143,9 +154,14 @@ def store_inbound(batch: Sequence[InboundMessage], redelivered: Sequence[bool]) 
     storing and replying): that reply's Nats-Msg-Id is the same, so JetStream drops
     it if it was published after all. A message stored before and delivered for
     the first time is Telegram handing the bot an update twice: already answered.
+
+    A session finished between being found here and its messages being stored
+    would leave them orphans whose unique key blocks storing them again: they
+    are taken back and stored in the contact's next session instead.
     """
     now = utcnow()
     sessions = _open_sessions(batch, now)
+    failpoint("server.intake.after_sessions_resolved")
     unique: dict[str, tuple[InboundMessage, bool]] = {}
     for message, again in zip(batch, redelivered):
         key = inbound_key(message)
@@ -163,9 +179,17 @@ def store_inbound(batch: Sequence[InboundMessage], redelivered: Sequence[bool]) 
         for key, (m, _) in unique.items()
     ]
     inserted = insert_new_messages(documents)
-    _touch_sessions(
+    failpoint("server.intake.after_messages_inserted")
+    gone = _touch_sessions(
         [(doc["session_id"], doc["text"]) for doc in documents if doc["key"] in inserted], now
     )
+    failpoint("server.intake.after_sessions_updated")
+    if gone:
+        return _store_again_after_finish(batch, redelivered, documents, inserted, gone, races)
+    # A redelivered message found stored: the attempt that stored it may have died
+    # before counting it in its session, and nothing else ever would.
+    _recount_sessions({doc["session_id"] for doc in documents
+                       if doc["key"] not in inserted and unique[doc["key"]][1]}, now)
     return [
         StoredInbound(m, key, sessions[(m.platform, m.contact_identifier)], key in inserted or again,
                       key in inserted)
@@ -173,15 +197,70 @@ def store_inbound(batch: Sequence[InboundMessage], redelivered: Sequence[bool]) 
     ]
 
 
-def _touch_sessions(new_messages: Iterable[tuple[ObjectId, str]], now: dt.datetime) -> None:
+def _store_again_after_finish(batch: Sequence[InboundMessage], redelivered: Sequence[bool],
+                              documents: list[dict], inserted: set[str], gone: set[ObjectId],
+                              races: int) -> list[StoredInbound]:
+    """Take back what was stored in sessions finished meanwhile, and store the batch again.
+
+    Deleting by key and session id takes only this call's orphans; the second
+    pass finds the contacts' new sessions (or opens them) and stores the rest
+    as already stored, so nothing is counted or answered twice.
+    """
+    orphans = [doc["key"] for doc in documents if doc["session_id"] in gone and doc["key"] in inserted]
+    if orphans:
+        Message._get_collection().delete_many({"key": {"$in": orphans}, "session_id": {"$in": list(gone)}})
+    if races >= MAX_FINISH_RACES:
+        raise SessionFinishedMeanwhile(f"{len(gone)} sessions finished while their messages were stored")
+    return store_inbound(batch, redelivered, races + 1)
+
+
+def stored_counts(session_ids: Iterable[ObjectId]) -> dict[ObjectId, int]:
+    """How many messages each of these sessions holds (absent: none); one aggregation."""
+    return {doc["_id"]: doc["count"] for doc in Message._get_collection().aggregate([
+        {"$match": {"session_id": {"$in": list(session_ids)}}},
+        {"$group": {"_id": "$session_id", "count": {"$sum": 1}}},
+    ])}
+
+
+def _recount_sessions(session_ids: set[ObjectId], now: dt.datetime) -> None:
+    """Set the counter and preview of those sessions whose counter is not what they hold.
+
+    Sessions that count right are left alone: their preview is the last message
+    that arrived, which a read by time cannot tell apart from another one sent
+    in the same second.
+    """
+    if not session_ids:
+        return
+    messages = Message._get_collection()
+    counted = stored_counts(session_ids)
+    recorded = {doc["_id"]: doc.get("message_count", 0)
+                for doc in Session._get_collection().find({"_id": {"$in": list(session_ids)}}, {"message_count": 1})}
+    session_ids = {session_id for session_id, count in recorded.items() if count != counted.get(session_id, 0)}
+    if not session_ids:
+        return
+    updates = []
+    for session_id in session_ids:
+        latest = messages.find_one({"session_id": session_id}, {"text": 1},
+                                   sort=[("sent_at", -1), ("_id", -1)])
+        fields = {"message_count": counted.get(session_id, 0)}
+        if latest is not None:
+            fields["last_message_preview"] = preview(latest["text"])
+        updates.append(UpdateOne({"_id": session_id}, {
+            "$set": fields,
+            "$max": {"last_message_at": now, "activity_key": activity_key(now, session_id)}}))
+    Session._get_collection().bulk_write(updates, ordered=False)
+
+
+def _touch_sessions(new_messages: Iterable[tuple[ObjectId, str]], now: dt.datetime) -> set[ObjectId]:
+    """Count new messages in their sessions; the sessions that are gone (finished meanwhile)."""
     counts: dict[ObjectId, int] = {}
     last_text: dict[ObjectId, str] = {}
     for session_id, text in new_messages:
         counts[session_id] = counts.get(session_id, 0) + 1
         last_text[session_id] = text
     if not counts:
-        return
-    Session._get_collection().bulk_write(
+        return set()
+    result = Session._get_collection().bulk_write(
         [
             UpdateOne(
                 {"_id": session_id},
@@ -193,6 +272,10 @@ def _touch_sessions(new_messages: Iterable[tuple[ObjectId, str]], now: dt.dateti
         ],
         ordered=False,
     )
+    if result.matched_count == len(counts):
+        return set()
+    present = {doc["_id"] for doc in Session._get_collection().find({"_id": {"$in": list(counts)}}, {"_id": 1})}
+    return set(counts) - present
 
 
 def _parse_time(value: str, fallback: dt.datetime) -> dt.datetime:

@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from pymongo.errors import PyMongoError
 
 from contract import jetstream
+from contract.failpoints import failpoint
 from contract.messaging import (
     INBOUND_CONSUMER,
     INBOUND_STREAM,
@@ -81,9 +82,11 @@ class Intake:
             )
             MESSAGES_STORED.inc(sum(item.inserted for item in stored))
             await self._reply(stored)
+            failpoint("server.intake.after_reply_published")
         except Exception as exc:  # nothing unstored is acknowledged, whatever failed
             await self._retry_later(batch, exc)
             return
+        failpoint("server.intake.before_ack")
         for msg, _ in batch:
             await msg.ack()
         now = dt.datetime.now(dt.UTC)

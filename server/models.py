@@ -76,6 +76,9 @@ class Session(Document):
     message_count = IntField(default=0, min_value=0)
     last_message_preview = StringField(default="")
     source_id = StringField()  # the `_id` a session had in an imported file
+    # "<import id>:<chunk>" of the chunk that opened it: that chunk sent again after
+    # a crash reports it as created (server.importing.upsert).
+    import_origin = StringField()
     # activity_key(last_message_at, id); every writer of a session sets it, or the
     # session is missing from the listings. See server.sessions for the queries.
     activity_key = StringField(required=True)

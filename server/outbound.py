@@ -15,6 +15,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from pymongo.errors import PyMongoError
 
+from contract.failpoints import failpoint
 from contract.messaging import OUTBOUND_SUBJECT, OutboundMessage
 from server.conversations import utcnow
 from server.database import Database
@@ -95,6 +96,7 @@ class Outbound:
                 break
             published.append(entry.key)
         if published:
+            failpoint("outbox.after_publish_before_forget")
             await self._db.run(_forget, published)
         return len(published)
 

@@ -25,6 +25,7 @@ rarest prefix) and checks the others against the contact's name here.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -33,9 +34,10 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING
+from pymongo.errors import DuplicateKeyError
 
 from server import names
-from server.conversations import preview, utcnow
+from server.conversations import preview, stored_counts, utcnow
 from server.models import (
     Message,
     Session,
@@ -262,19 +264,52 @@ def finish(session_id: ObjectId) -> bool:
     return deleted == 1
 
 
-def add_agent_reply(session: dict[str, Any], text: str) -> dict[str, Any] | None:
-    """Store an agent's message in the session; None if the session was finished meanwhile."""
+class IdempotencyKeyReused(ValueError):
+    """An Idempotency-Key came back with another reply than the one it first stored."""
+
+
+def idempotent_message_key(session: dict[str, Any], idempotency_key: str) -> str:
+    # Hashed: the client's key is opaque text; the stored key stays short and plain.
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
+    return f"{session['platform']}:{session['contact_identifier']}:agent-key:{digest}"
+
+
+def add_agent_reply(session: dict[str, Any], text: str,
+                    idempotency_key: str | None = None) -> dict[str, Any] | None:
+    """Store an agent's message in the session; None if the session was finished meanwhile.
+
+    With an idempotency key, a retry (the client saw a 503 or lost the answer)
+    returns the message the first try stored instead of storing another, and
+    counts it in the session in case that try died before; the same key with
+    another text raises IdempotencyKeyReused.
+    """
     now = _whole_milliseconds(utcnow())  # what MongoDB keeps, so the reply reads back the same
     message_id = ObjectId()
+    key = (idempotent_message_key(session, idempotency_key) if idempotency_key
+           else f"{session['platform']}:{session['contact_identifier']}:agent:{message_id}")
     message = {
         "_id": message_id,
         "session_id": session["_id"],
-        "key": f"{session['platform']}:{session['contact_identifier']}:agent:{message_id}",
+        "key": key,
         "direction": "out",
         "text": text,
         "sent_at": now,
     }
-    Message._get_collection().insert_one(message)
+    try:
+        Message._get_collection().insert_one(message)
+    except DuplicateKeyError:
+        if idempotency_key is None:
+            raise
+        earlier = Message._get_collection().find_one({"key": key})
+        if earlier is None or earlier["session_id"] != session["_id"] or earlier["text"] != text:
+            raise IdempotencyKeyReused(key) from None
+        counted = stored_counts([session["_id"]]).get(session["_id"], 0)
+        touched = Session._get_collection().update_one(
+            {"_id": session["_id"]},
+            {"$set": {"message_count": counted},
+             "$max": {"last_message_at": earlier["sent_at"],
+                      "activity_key": activity_key(earlier["sent_at"], session["_id"])}})
+        return earlier if touched.matched_count else None
     touched = Session._get_collection().update_one(
         {"_id": session["_id"]},
         {"$inc": {"message_count": 1},

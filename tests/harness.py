@@ -271,3 +271,49 @@ def inbound_waiting(nats_url: str) -> int:
             await nc.close()
 
     return asyncio.run(count())
+
+
+async def _jetstream_backlog(url: str) -> tuple[int, int, int]:
+    """(inbound messages, inbound unacknowledged or undelivered, outbound messages)."""
+    import nats
+    from nats.js.errors import NotFoundError
+
+    from contract.messaging import INBOUND_CONSUMER, INBOUND_STREAM, OUTBOUND_STREAM
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        try:
+            inbound = (await js.stream_info(INBOUND_STREAM)).state.messages
+            outbound = (await js.stream_info(OUTBOUND_STREAM)).state.messages
+        except NotFoundError:
+            return 0, 0, 0
+        try:
+            consumer = await js.consumer_info(INBOUND_STREAM, INBOUND_CONSUMER)
+            waiting = consumer.num_pending + consumer.num_ack_pending
+        except NotFoundError:
+            waiting = inbound
+        return inbound, waiting, outbound
+    finally:
+        await nc.close()
+
+
+def settle(nats_url: str, observe: Callable[[], Any], quiet: float = 3.0,
+           timeout: float = 100.0) -> Any:
+    """Wait until JetStream holds nothing in flight and `observe()` stays the same for `quiet` s.
+
+    Nothing in the inbound stream or its consumer (pending or unacknowledged),
+    nothing left on the outbound stream (the bot took it all), and what the test
+    counts unchanged over the interval: only then are `==` assertions fair.
+    Returns the last `observe()`.
+    """
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        current = (asyncio.run(_jetstream_backlog(nats_url)), observe())
+        if current != last:
+            last, since = current, time.monotonic()
+        elif current[0] == (0, 0, 0) and time.monotonic() - since >= quiet:
+            return current[1]
+        time.sleep(0.25)
+    raise AssertionError(f"the system did not settle in {timeout} s (last: {last!r})")

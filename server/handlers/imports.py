@@ -32,6 +32,7 @@ from streaming_form_data.parser import ParseFailedException
 from streaming_form_data.targets import BaseTarget
 from tornado.web import stream_request_body, url
 
+from contract.failpoints import failpoint
 from server.conversations import utcnow
 from server.handlers.base import ApiError, ApiHandler, database_errors
 from server.importing import jobs
@@ -435,6 +436,7 @@ class ImportsHandler(StreamedBodyHandler):
             )
             log.info("import %s started for upload %r", self._job["_id"], self._job["source"])
         await self.database(jobs.save_batch, self._job["_id"], self._batches, batch)
+        failpoint("import.after_batch_record")
         self._batches += 1
 
     async def _end_upload(self) -> None:
@@ -557,6 +559,8 @@ class ImportChunkHandler(StreamedBodyHandler):
         self._job, self._seq = job, seq
         self._stored = await self.database(jobs.find_batch, job["_id"], seq)
         if self._stored is None and seq > job.get("next_chunk", 0):
+            job["next_chunk"] = await self.database(jobs.repair_next_chunk, job["_id"])
+        if self._stored is None and seq > job.get("next_chunk", 0):
             raise ApiError(409, f"chunk {job.get('next_chunk', 0)} comes next: chunks are applied in order",
                            kind="chunk-out-of-order")
         if self._stored is None:
@@ -566,7 +570,8 @@ class ImportChunkHandler(StreamedBodyHandler):
             self._bytes_left = config.import_max_chunked_bytes - job.get("bytes_received", 0)
             if self._length is not None and self._length > self._bytes_left:
                 raise self._too_many_bytes()
-            self._feed = RecordFeed(self.imports.db, ChunkParser(self.record_limits))
+            # A chunk sent again after a crash is judged as its first try would have been.
+            self._feed = RecordFeed(self.imports.db, ChunkParser(self.record_limits), origin=f"{job['_id']}:{seq}")
 
     def _too_many_bytes(self) -> ApiError:
         limit = self.settings["config"].import_max_chunked_bytes
@@ -589,6 +594,9 @@ class ImportChunkHandler(StreamedBodyHandler):
         """Apply one chunk of records, once: the same chunk again changes nothing."""
         self.check_not_refused()
         if self._stored is not None:
+            # The first try may have died between its batch record and advancing the
+            # job: advance now, or the next chunk would be refused for good.
+            await self.database(jobs.advance_chunks, self._job["_id"], self._seq + 1)
             self.write_json(_chunk_report(self._seq, Tally.of(self._stored["counts"], self._stored["errors"]),
                                           repeated=True))
             return
@@ -600,6 +608,7 @@ class ImportChunkHandler(StreamedBodyHandler):
                            kind="invalid-chunk")
         tally = self._feed.total
         first = await self.database(jobs.save_batch, self._job["_id"], self._seq, tally)
+        failpoint("import.chunk.after_batch_record")
         await self.database(jobs.advance_chunks, self._job["_id"], self._seq + 1, self.received)
         self.write_json(_chunk_report(self._seq, tally, repeated=not first))
 

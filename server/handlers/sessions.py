@@ -262,6 +262,18 @@ class SessionMessagesHandler(SessionsApiHandler):
     def data_received(self, chunk: bytes) -> None:
         self._body.append(chunk)
 
+    def idempotency_key(self) -> str | None:
+        """The client's Idempotency-Key (RFC draft `httpapi-idempotency-key-header`), if sent."""
+        raw = self.request.headers.get(IDEMPOTENCY_HEADER)
+        if raw is None:
+            return None
+        if not 1 <= len(raw) <= MAX_IDEMPOTENCY_KEY or not raw.isascii() or not raw.isprintable():
+            raise ApiError(400, f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII "
+                                "characters", kind="invalid-header",
+                           errors=[{"field": IDEMPOTENCY_HEADER, "in": "header",
+                                    "message": f"1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"}])
+        return raw
+
     async def get(self, session_id: str) -> None:
         """The session's messages, oldest first."""
         session = await self.open_session(session_id)
@@ -283,7 +295,14 @@ class SessionMessagesHandler(SessionsApiHandler):
         if not chat:
             raise ApiError(409, "this session has no chat to deliver to (it was imported, not started "
                                 "by the contact)", kind="no-chat")
-        message = await self.database(sessions.add_agent_reply, session, text)
+        idempotency_key = self.idempotency_key()
+        try:
+            message = await self.database(sessions.add_agent_reply, session, text, idempotency_key)
+        except sessions.IdempotencyKeyReused:
+            raise ApiError(422, "this Idempotency-Key was used before with another reply; use a new key "
+                                "for a new reply", kind="idempotency-key-reused",
+                           errors=[{"field": IDEMPOTENCY_HEADER, "in": "header",
+                                    "message": "was sent before with a different body"}]) from None
         if message is None:
             raise ApiError(404, f"session {session_id} was finished meanwhile", kind="session-not-found")
         await self.promise(OutboundMessage(
@@ -293,6 +312,10 @@ class SessionMessagesHandler(SessionsApiHandler):
         self.set_header("Location", self.reverse_url("session_message", str(session["_id"]),
                                                      str(message["_id"])))
         self.write_json(message_resource(message), status=201)
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 200
 
 
 def agent_text(body: dict[str, Any]) -> str:

@@ -83,8 +83,9 @@ class RecordFeed:
     """
 
     def __init__(self, db: Database, parser: SessionParser,
-                 on_batch: Callable[[Tally], Awaitable[None]] | None = None) -> None:
+                 on_batch: Callable[[Tally], Awaitable[None]] | None = None, origin: str | None = None) -> None:
         self._db = db
+        self._origin = origin
         self._parser = parser
         self._on_batch = on_batch
         self._sessions: list[ImportedSession] = []
@@ -148,7 +149,7 @@ class RecordFeed:
 
     async def _write(self, sessions: list[ImportedSession], batch: Tally) -> None:
         if sessions:
-            for outcome in await self._db.run(upsert_sessions, sessions):
+            for outcome in await self._db.run(upsert_sessions, sessions, self._origin):
                 batch.count(outcome)
         for outcome in OUTCOMES:
             if getattr(batch, outcome):

@@ -146,6 +146,21 @@ def advance_chunks(job_id: ObjectId, next_chunk: int, received: int = 0) -> None
     ImportJob._get_collection().update_one({"_id": job_id}, update)
 
 
+def repair_next_chunk(job_id: ObjectId) -> int:
+    """Advance the job past every chunk recorded; the chunk that comes next.
+
+    A chunk's batch record and the job's `next_chunk` are two writes: a crash
+    between them leaves the record without the advance. The records are the
+    truth, so the job is brought up to them.
+    """
+    last = ImportBatch._get_collection().find_one(
+        {"job_id": job_id}, {"seq": 1, "_id": 0}, sort=[("seq", -1)], hint="job_batch")
+    if last is not None:
+        advance_chunks(job_id, last["seq"] + 1)
+    job = ImportJob._get_collection().find_one({"_id": job_id}, {"next_chunk": 1})
+    return job.get("next_chunk", 0) if job else 0
+
+
 def batch_totals(job_id: ObjectId) -> tuple[Tally, int]:
     """The sum of the job's batches, and how many there are."""
     total, batches = Tally(), 0

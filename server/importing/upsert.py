@@ -25,19 +25,21 @@ from bson import ObjectId
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
+from contract.failpoints import failpoint
 from server.conversations import (
     duplicates_only,
     insert_new_messages,
     naming,
     preview,
     sessions_by_contact,
+    stored_counts,
     utcnow,
 )
 from server.importing.records import ImportedMessage, ImportedSession, message_key
 from server.models import Message, Session, activity_key
 
 CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
-_SESSION_FIELDS = ("contact_name", "chat_id", "source_id", "last_message_at")
+_SESSION_FIELDS = ("contact_name", "chat_id", "source_id", "last_message_at", "import_origin")
 
 Contact = tuple[str, str]
 
@@ -79,23 +81,27 @@ class _Change:
     fields: dict = field(default_factory=dict)
 
 
-def upsert_sessions(batch: Sequence[ImportedSession]) -> list[str]:
+def upsert_sessions(batch: Sequence[ImportedSession], origin: str | None = None) -> list[str]:
     """Store a batch of validated records; return each one's outcome, in order.
 
     A record is `created` when it opened its contact's session, `updated` when
     it added messages or changed the session's name or source id, `unchanged`
     otherwise (a later record of the same contact in the batch is judged
     against what the earlier ones already brought).
+
+    `origin` names the batch (an import's chunk) in the sessions it opens, so
+    the same batch sent again after a crash still reports the sessions its
+    first try opened as `created`, not as `updated` or `unchanged`.
     """
     now = utcnow()
     groups = _grouped(batch)
     outcomes = [UNCHANGED] * len(batch)
     existing = sessions_by_contact(groups, _SESSION_FIELDS)
     new = [group for contact, group in groups.items() if contact not in existing]
-    taken = _create_sessions(new, now, outcomes)
+    taken = _create_sessions(new, now, outcomes, origin)
     if taken:  # another writer opened these contacts' sessions meanwhile
         existing.update(sessions_by_contact([group.contact for group in taken], _SESSION_FIELDS))
-    _merge_into_existing([groups[contact] for contact in existing], existing, outcomes)
+    _merge_into_existing([groups[contact] for contact in existing], existing, outcomes, origin)
     return outcomes
 
 
@@ -148,18 +154,24 @@ def _new_documents(groups: list[_ContactRecords], now: dt.datetime) -> tuple[lis
     return sessions, messages
 
 
-def _create_sessions(groups: list[_ContactRecords], now: dt.datetime, outcomes: list[str]) -> list[_ContactRecords]:
+def _create_sessions(groups: list[_ContactRecords], now: dt.datetime, outcomes: list[str],
+                     origin: str | None = None) -> list[_ContactRecords]:
     """Open a session per contact with its messages; return the groups that lost a race."""
     if not groups:
         return []
     sessions, messages = _new_documents(groups, now)
+    if origin is not None:
+        for session in sessions:
+            session["import_origin"] = origin
     try:
         Session._get_collection().insert_many(sessions, ordered=False)
         lost: set[int] = set()
     except BulkWriteError as exc:
         lost = duplicates_only(exc)
+    failpoint("import.after_sessions_inserted")
     created = {doc["_id"] for index, doc in enumerate(sessions) if index not in lost}
     inserted = insert_new_messages([doc for doc in messages if doc["session_id"] in created])
+    failpoint("import.after_messages_inserted")
     _uncount_duplicates(messages, created, inserted)
     for index, group in enumerate(groups):
         if index not in lost:
@@ -185,7 +197,8 @@ def _uncount_duplicates(messages: list[dict], created: set[ObjectId], inserted: 
         )
 
 
-def _merge_into_existing(groups: list[_ContactRecords], existing: dict[Contact, dict], outcomes: list[str]) -> None:
+def _merge_into_existing(groups: list[_ContactRecords], existing: dict[Contact, dict], outcomes: list[str],
+                         origin: str | None = None) -> None:
     if not groups:
         return
     stored = _stored_keys(key for group in groups for key in group.messages)
@@ -201,19 +214,23 @@ def _merge_into_existing(groups: list[_ContactRecords], existing: dict[Contact, 
             change.fields.update(naming(group.names[-1]))
         if group.source_id and not session.get("source_id"):
             change.fields["source_id"] = group.source_id
-        _judge_records(group, outcomes, stored=stored, name=session.get("contact_name") if imported else None,
-                       adds_source="source_id" in change.fields)
+        if origin is not None and session.get("import_origin") == origin:
+            _judge_records(group, outcomes, opened=True)  # this batch's first try opened it
+        else:
+            _judge_records(group, outcomes, stored=stored, name=session.get("contact_name") if imported else None,
+                           adds_source="source_id" in change.fields)
         documents += _message_documents(change.session_id, ((key, group.messages[key]) for key in change.new_keys))
         changes.append(change)
     inserted = insert_new_messages(documents)
     by_key = {doc["key"]: doc for doc in documents}
     updates = []
+    recount: list[ObjectId] = []
     for change in changes:
         added = [by_key[key] for key in change.new_keys if key in inserted]
         update: dict = {"$set": change.fields} if change.fields else {}
         if added:
             newest = max(added, key=lambda doc: doc["sent_at"])
-            update["$inc"] = {"message_count": len(added)}
+            recount.append(change.session_id)
             update["$max"] = {"last_message_at": newest["sent_at"],
                               "activity_key": activity_key(newest["sent_at"], change.session_id)}
             if newest["sent_at"] >= change.last_message_at:
@@ -222,6 +239,15 @@ def _merge_into_existing(groups: list[_ContactRecords], existing: dict[Contact, 
             updates.append(UpdateOne({"_id": change.session_id}, update))
     if updates:
         Session._get_collection().bulk_write(updates, ordered=False)
+    if recount:
+        # Counted from what is stored rather than incremented: a batch retried after
+        # a crash finds sessions that already count messages it had not stored yet.
+        counted = stored_counts(recount)
+        Session._get_collection().bulk_write(
+            [UpdateOne({"_id": session_id}, {"$set": {"message_count": counted.get(session_id, 0)}})
+             for session_id in recount],
+            ordered=False,
+        )
 
 
 def _judge_records(group: _ContactRecords, outcomes: list[str], *, opened: bool = False,

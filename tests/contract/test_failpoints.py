@@ -45,3 +45,27 @@ def test_kill_ends_the_process_with_sigkill():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, timeout=60)
     assert result.returncode == -9
     assert b"survived" not in result.stdout
+
+
+def test_pause_blocks_until_resumed_through_the_log(tmp_path):
+    import threading
+    import time
+
+    log = tmp_path / "fired"
+    failpoints.configure({"BALCAO_FAILPOINTS": "window=pause", "BALCAO_FAILPOINTS_LOG": str(log)})
+    passed = threading.Event()
+    worker = threading.Thread(target=lambda: (failpoint("window"), passed.set()))
+    worker.start()
+    time.sleep(0.3)
+    assert not passed.is_set()
+    assert log.read_text().startswith("window pause")
+    failpoints.resume(str(log), "window")
+    worker.join(5)
+    assert passed.is_set()
+    failpoint("window")  # fired once: the second pass goes straight through
+
+
+def test_pause_without_a_log_to_resume_through_raises():
+    failpoints.configure({"BALCAO_FAILPOINTS": "window=pause"})
+    with pytest.raises(FailPointError, match="BALCAO_FAILPOINTS_LOG"):
+        failpoint("window")

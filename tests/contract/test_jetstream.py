@@ -41,3 +41,73 @@ async def test_messages_delivered_after_the_last_fetch_are_handed_back(clean_nat
     assert sorted(msg.data for msg in received) == [b"0", b"1", b"2"]
     assert all(msg.metadata.num_delivered == 2 for msg in received)
     await nc.close()
+
+
+async def _consume_until(js, stream: str, subject: str, handle, done: asyncio.Event, replicas: int = 1,
+                         **options) -> None:
+    stopping = asyncio.Event()
+    tasks = [asyncio.create_task(jetstream.consume(
+        js, stream=stream, subject=subject, durable="worker", batch_size=10, handle=handle,
+        stopping=stopping, what="test", **options)) for _ in range(replicas)]
+    try:
+        await asyncio.wait_for(done.wait(), 20)
+    finally:
+        stopping.set()
+        await asyncio.gather(*tasks)
+
+
+@pytest.mark.asyncio
+async def test_a_slow_batch_stays_in_progress_and_is_not_redelivered(clean_nats) -> None:
+    nc = await nats.connect(clean_nats.url)
+    js = nc.jetstream()
+    await js.add_stream(name="SLOW", subjects=["slow.work"])
+    await js.publish("slow.work", b"1")
+    deliveries: list[int] = []
+    done = asyncio.Event()
+
+    async def handle(messages) -> None:
+        deliveries.extend(msg.metadata.num_delivered for msg in messages)
+        await asyncio.sleep(3.5)  # over three ack waits
+        for msg in messages:
+            await msg.ack_sync()
+        done.set()
+
+    # Two replicas: the other one is asking for work all along.
+    await _consume_until(js, "SLOW", "slow.work", handle, done, replicas=2, ack_wait=1.0)
+    assert deliveries == [1]
+    await nc.close()
+
+
+@pytest.mark.asyncio
+async def test_a_message_delivered_too_often_is_dead_lettered(clean_nats) -> None:
+    from contract.messaging import DEAD_STREAM
+
+    nc = await nats.connect(clean_nats.url)
+    js = nc.jetstream()
+    await jetstream.ensure_streams(js)
+    await js.add_stream(name="FLAKY", subjects=["flaky.work"])
+    await js.publish("flaky.work", b"never works", headers={"Nats-Msg-Id": "flaky-1"})
+    deliveries: list[int] = []
+    done = asyncio.Event()
+
+    async def handle(messages) -> None:
+        deliveries.extend(msg.metadata.num_delivered for msg in messages)
+        for msg in messages:
+            await msg.nak()
+
+    async def watch() -> None:
+        while (await js.stream_info(DEAD_STREAM)).state.messages == 0:
+            await asyncio.sleep(0.1)
+        done.set()
+
+    watcher = asyncio.create_task(watch())
+    await _consume_until(js, "FLAKY", "flaky.work", handle, done, ack_wait=5.0, max_deliver=3)
+    await watcher
+    dead = await js.get_msg(DEAD_STREAM, 1)
+    assert deliveries == [1, 2]
+    assert dead.data == b"never works"
+    assert dead.headers["Balcao-Dead-Subject"] == "flaky.work"
+    assert dead.headers["Balcao-Dead-Deliveries"] == "3"
+    consumer = await js.consumer_info("FLAKY", "worker")  # terminated: nothing left to deliver
+    assert (consumer.num_ack_pending, consumer.num_pending) == (0, 0)
+    await nc.close()

@@ -10,7 +10,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.processes import free_port
-from tests.harness import eventually
+from tests.harness import eventually, settle
 
 REPLY = "Reply: mensagem recebida"
 CONTACTS = 25
@@ -43,6 +43,8 @@ def test_two_replicas_process_each_message_once_and_share_the_work(stack, telegr
 
     eventually(all_replies, timeout=60, interval=0.5, message=f"{TOTAL} replies")
     eventually(lambda: not telegram.pending_updates(), message="updates confirmed")
+    # Nothing in flight and the counts still for a while: a duplicate would show by now.
+    settle(stack.env["NATS_URL"], lambda: (len(telegram.sent()), mongo.messages.count_documents({})))
 
     per_chat: dict[int, int] = {}
     for message in telegram.sent():

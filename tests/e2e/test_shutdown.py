@@ -14,7 +14,7 @@ import time
 
 from bot.main import SHUTDOWN_GRACE as BOT_GRACE
 from server.main import SHUTDOWN_GRACE as SERVER_GRACE
-from tests.harness import eventually
+from tests.harness import eventually, settle
 
 REPLY = "Reply: mensagem recebida"
 CONTACTS = [8101, 8102, 8103, 8104]
@@ -63,7 +63,7 @@ def test_sigterm_mid_stream_loses_and_doubles_nothing(stack, telegram, mongo):
     eventually(lambda: sum(replies(telegram, c) for c in CONTACTS) >= total, timeout=25,
                message=f"{total} replies")
     eventually(lambda: not telegram.pending_updates(), message="updates confirmed")
-    time.sleep(0.5)  # a duplicate would show up now
+    settle(stack.env["NATS_URL"], lambda: (len(telegram.sent()), mongo.messages.count_documents({})))
 
     for contact in CONTACTS:
         assert replies(telegram, contact) == PER_CONTACT

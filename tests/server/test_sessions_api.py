@@ -236,6 +236,36 @@ def test_an_agent_reply_is_stored_and_sent_to_the_contact(api, api_server, mongo
     eventually(lambda: mongo.outbox.count_documents({}) == 0, message="outbox relayed")
 
 
+def test_an_agent_reply_retried_with_its_idempotency_key_is_stored_and_sent_once(api, mongo, nats_server):
+    session, _ = conversation(["Olá"], contact_identifier="4343", chat_id="4343", start=minutes_ago(60))
+    path, key = f"sessions/{session['_id']}/messages", {"Idempotency-Key": "reply-7f3a"}
+
+    first = api.post(path, json={"text": "Chega amanhã."}, headers=key)
+    again = api.post(path, json={"text": "Chega amanhã."}, headers=key)  # the client saw a 503, say
+    other = api.post(path, json={"text": "Outra coisa."}, headers=key)
+    fresh = api.post(path, json={"text": "Chega amanhã."}, headers={"Idempotency-Key": "reply-8b1c"})
+
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json() and again.headers["Location"] == first.headers["Location"]
+    assert other.status_code == 422 and other.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert fresh.status_code == 201 and fresh.json()["id"] != first.json()["id"]
+    assert mongo.messages.count_documents({"session_id": session["_id"], "direction": "out"}) == 2
+    assert mongo.sessions.find_one({"_id": session["_id"]})["message_count"] == 3
+    eventually(lambda: mongo.outbox.count_documents({}) == 0, message="outbox relayed")
+    sent = [m.key for m in outbound_messages(nats_server.url) if m.chat_id == "4343"]
+    assert sorted(sent) == sorted([f"agent:{first.json()['id']}", f"agent:{fresh.json()['id']}"])
+
+
+@pytest.mark.parametrize("header", ["", "x" * 201, "chave com acentuação"])
+def test_a_malformed_idempotency_key_is_a_400_problem(api, header):
+    session, _ = conversation(["Olá"], contact_identifier="4444", chat_id="4444")
+    response = api.post(f"sessions/{session['_id']}/messages", json={"text": "oi"},
+                        headers={"Idempotency-Key": header.encode()})
+    assert response.status_code == 400
+    assert response.json()["errors"][0] == {"field": "Idempotency-Key", "in": "header",
+                                            "message": "1 to 200 printable ASCII characters"}
+
+
 @pytest.mark.parametrize(("body", "field"), [
     ({}, "text"),
     ({"text": ""}, "text"),

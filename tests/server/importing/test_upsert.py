@@ -108,6 +108,7 @@ def test_records_merge_into_the_session_the_bot_opened_without_renaming_it(store
     opened = SessionFactory.create(contact_identifier="5", contact_name="Fábio (Telegram)", chat_id="5",
                                    last_message_at=T0 + dt.timedelta(minutes=50), message_count=1,
                                    last_message_preview="pelo bot")
+    factories.MessageFactory.create(session=opened, text="pelo bot", sent_at=T0 + dt.timedelta(minutes=50))
 
     assert store([record("5", "Fabio do arquivo", ("do arquivo", 2))]) == [UPDATED]
     session = mongo.sessions.find_one()
@@ -205,3 +206,24 @@ def test_an_imported_contact_writing_to_the_bot_gets_their_chat_and_name(store, 
     assert session["contact_name"] == "Paula Souza"
     assert session["message_count"] == 2
     assert mongo.sessions.count_documents({}) == 1
+
+
+@pytest.mark.parametrize("window", ["import.after_sessions_inserted", "import.after_messages_inserted"])
+def test_a_batch_retried_after_a_crash_counts_each_message_once(store, mongo, window):
+    from contract import failpoints
+    from contract.failpoints import FailPointError
+
+    batch = [record("11", "Ana", ("oi", 1), ("tudo bem?", 2)), record("12", "Bia", ("olá", 3))]
+    failpoints.configure({"BALCAO_FAILPOINTS": f"{window}=raise"})
+    try:
+        with pytest.raises(FailPointError):
+            store(batch, "job-1:0")
+    finally:
+        failpoints.configure({})
+
+    # The client sends the chunk again: reported as its first try would have been.
+    assert store(batch, "job-1:0") == [CREATED, CREATED]
+
+    assert mongo.messages.count_documents({}) == 3
+    for session in mongo.sessions.find():
+        assert session["message_count"] == mongo.messages.count_documents({"session_id": session["_id"]})

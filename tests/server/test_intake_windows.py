@@ -1,0 +1,76 @@
+"""Intake's storage across its crash windows, with fail points, against the real test database."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from contract import failpoints
+from contract.failpoints import FailPointError
+from contract.messaging import InboundMessage
+from server import sessions
+from server.conversations import store_inbound
+
+
+@pytest.fixture
+def store(database, mongo):
+    yield store_inbound
+    failpoints.configure({})
+
+
+def inbound(contact: str, message_id: int, text: str) -> InboundMessage:
+    return InboundMessage(platform="telegram", contact_identifier=contact, chat_id=int(contact),
+                          message_id=message_id, name="Rita", text=text,
+                          sent_at=f"2026-01-01T00:00:{message_id:02d}+00:00")
+
+
+def assert_counters_match_what_is_stored(mongo) -> None:
+    for session in mongo.sessions.find():
+        held = list(mongo.messages.find({"session_id": session["_id"]}).sort("sent_at", -1))
+        assert session["message_count"] == len(held), session
+        latest = {m["text"] for m in held if m["sent_at"] == held[0]["sent_at"]} if held else {""}
+        assert session["last_message_preview"] in latest
+
+
+@pytest.mark.parametrize("window", ["server.intake.after_messages_inserted",
+                                    "server.intake.after_sessions_updated"])
+def test_a_crash_before_the_ack_leaves_counters_equal_to_what_is_stored(store, mongo, window):
+    batch = [inbound("81", 1, "primeira"), inbound("81", 2, "segunda"), inbound("82", 3, "outra")]
+    failpoints.configure({"BALCAO_FAILPOINTS": f"{window}=raise"})
+    with pytest.raises(FailPointError):
+        store(batch, [False] * 3)
+    failpoints.configure({})
+
+    stored = store(batch, [True] * 3)  # JetStream redelivers the unacknowledged batch
+
+    assert mongo.messages.count_documents({}) == 3
+    assert_counters_match_what_is_stored(mongo)
+    assert all(item.needs_reply for item in stored)  # the reply may not have gone out
+
+
+def test_a_session_finished_between_lookup_and_insert_loses_no_message(store, mongo, tmp_path):
+    store([inbound("91", 1, "antes")], [False])
+    session_id = mongo.sessions.find_one({"contact_identifier": "91"})["_id"]
+    log = tmp_path / "failpoints"
+    failpoints.configure({"BALCAO_FAILPOINTS": "server.intake.after_sessions_resolved=pause",
+                          "BALCAO_FAILPOINTS_LOG": str(log)})
+    result: list = []
+    intake = threading.Thread(target=lambda: result.extend(store([inbound("91", 2, "durante")], [False])))
+    intake.start()
+    for _ in range(500):
+        if log.exists() and "after_sessions_resolved pause" in log.read_text():
+            break
+        intake.join(0.02)
+    assert sessions.finish(session_id)  # the agent finishes the session inside the window
+    failpoints.resume(str(log), "server.intake.after_sessions_resolved")
+    intake.join(30)
+
+    assert not intake.is_alive()
+    message = mongo.messages.find_one({"text": "durante"})
+    assert message is not None, "the message was lost"
+    follow_up = mongo.sessions.find_one({"contact_identifier": "91"})
+    assert follow_up["_id"] != session_id and message["session_id"] == follow_up["_id"]
+    assert mongo.messages.count_documents({}) == 1  # "antes" went with the finished session
+    assert [item.needs_reply for item in result] == [True]
+    assert_counters_match_what_is_stored(mongo)
