@@ -158,7 +158,6 @@ def stack_env(nats_url: str, mongodb_uri: str, telegram_url: str) -> dict[str, s
         "TELEGRAM_BOT_TOKEN": BOT_TOKEN,
         "TELEGRAM_API_BASE_URL": telegram_url,
         "TELEGRAM_POLL_TIMEOUT": "1",
-        "TELEGRAM_MAX_MESSAGES_PER_SECOND": "1000",
         "LOG_LEVEL": "info",
     }
 
