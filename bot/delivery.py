@@ -55,10 +55,10 @@ from contract.messaging import (
 
 log = logging.getLogger(__name__)
 
-ACK_WAIT = 120.0
-# Messages waiting in a chat's queue are kept "in progress" this often, so
-# JetStream does not hand them to another bot while a slow chat drains.
-KEEP_ALIVE_EVERY = 30.0
+# After a crash, JetStream hands a bot's unacknowledged messages to another
+# after this long. Messages waiting in a chat's queue are kept "in progress"
+# three times per ack wait, so a slow chat never lets them go meanwhile.
+ACK_WAIT = 30.0
 NETWORK_RETRY_DELAY = 2.0
 DELIVERED_TTL = 7 * 24 * 3600
 # Telegram's per-chat limits (Bot API FAQ): one message a second in a private
@@ -83,8 +83,9 @@ class _Chat:
 
 class Delivery:
     def __init__(self, bot: Bot, js: JetStreamContext, batch_size: int = FETCH_BATCH,
-                 max_per_second: float = 30.0) -> None:
+                 max_per_second: float = 30.0, ack_wait: float = ACK_WAIT) -> None:
         self._bot = bot
+        self._ack_wait = ack_wait
         self._js = js
         self._batch_size = batch_size
         self._slot_interval = 1.0 / max_per_second
@@ -105,14 +106,14 @@ class Delivery:
         try:
             await jetstream.consume(
                 self._js, stream=OUTBOUND_STREAM, subject=OUTBOUND_SUBJECT, durable=OUTBOUND_CONSUMER,
-                batch_size=self._batch_size, ack_wait=ACK_WAIT, handle=self.accept,
+                batch_size=self._batch_size, ack_wait=self._ack_wait, handle=self.accept,
                 stopping=self._stopping, what="delivery")
         finally:
             for task in (scheduler, keeper):
                 task.cancel()
             await asyncio.gather(scheduler, keeper, return_exceptions=True)
             # Sends in flight finish; the rest go back now, rather than after
-            # ACK_WAIT, to whichever bot runs next.
+            # the ack wait, to whichever bot runs next.
             if self._in_flight:
                 await asyncio.gather(*self._in_flight, return_exceptions=True)
             await self._hand_back()
@@ -240,7 +241,7 @@ class Delivery:
 
     async def _keep_alive(self) -> None:
         while True:
-            await asyncio.sleep(KEEP_ALIVE_EVERY)
+            await asyncio.sleep(self._ack_wait / 3)
             now = time.monotonic()
             # A chat is forgotten only once its pacing no longer matters.
             for chat_id in [chat_id for chat_id, chat in self._chats.items()

@@ -65,7 +65,8 @@ async def main() -> None:
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
 
-    delivery = Delivery(application.bot, js, max_per_second=settings.max_messages_per_second)
+    delivery = Delivery(application.bot, js, max_per_second=settings.max_messages_per_second,
+                        ack_wait=settings.delivery_ack_wait)
     workers = [asyncio.create_task(delivery.run(), name="delivery")]
     receiver = poller = None
     if settings.webhook_url:
