@@ -5,10 +5,12 @@ private chat (a short burst passes) and 20 per minute in a group or channel;
 beyond that it answers 429 with `retry_after`. So the bot paces itself rather
 than finding the limits by hitting them: every chat has its own queue and its
 own next allowed time, and a scheduler hands out the overall slots (1/30 s
-apart) round-robin among the chats that may send now. A contact whose burst of
-20 messages owes 20 replies gets one a second, and everyone else's replies,
-goodbyes and agent answers go out in the slots between them instead of behind
-that queue. Messages for one chat go out in stream order, retries included.
+apart) to the chats that may send now, oldest waiting message first. A contact
+whose burst of 20 messages owes 20 replies gets one a second, and everyone
+else's replies, goodbyes and agent answers go out in the slots between them
+instead of behind that queue; the burst itself is not starved either, so no
+slow tail is left at the end. Messages for one chat go out in stream order,
+retries included.
 
 Each outbound message has a key, and a delivered marker (JetStream KV) is
 checked before every send and written after it, so a message published twice
@@ -75,7 +77,7 @@ FETCH_BATCH = MAX_HELD // 10  # the shared consumer allows 10 batches pending
 class _Chat:
     chat_id: str
     interval: float
-    queue: deque[tuple[Msg, OutboundMessage]] = field(default_factory=deque)
+    queue: deque[tuple[int, Msg, OutboundMessage]] = field(default_factory=deque)  # (arrival, ...)
     next_at: float = 0.0
     busy: bool = False
     scheduled: bool = False
@@ -93,9 +95,12 @@ class Delivery:
         self._delivered: KeyValue | None = None
         self._stopping = asyncio.Event()
         self._chats: dict[str, _Chat] = {}
-        self._ready: deque[_Chat] = deque()  # may send now, in turn
-        self._waiting: list[tuple[float, int, _Chat]] = []  # heap by next allowed time
+        # Chats that may send now, by their oldest message's arrival; and chats
+        # with something to send later, by their next allowed time.
+        self._ready: list[tuple[int, int, _Chat]] = []
+        self._waiting: list[tuple[float, int, _Chat]] = []
         self._order = 0
+        self._arrivals = 0
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
 
@@ -139,7 +144,8 @@ class Delivery:
             chat = self._chats.get(outbound.chat_id)
             if chat is None:
                 chat = self._chats[outbound.chat_id] = _Chat(outbound.chat_id, chat_interval(outbound.chat_id))
-            chat.queue.append((msg, outbound))
+            self._arrivals += 1
+            chat.queue.append((self._arrivals, msg, outbound))
             self._enlist(chat)
         self._wake.set()
 
@@ -148,10 +154,10 @@ class Delivery:
         if chat.busy or chat.scheduled or not chat.queue:
             return
         chat.scheduled = True
+        self._order += 1
         if chat.next_at <= time.monotonic():
-            self._ready.append(chat)
+            heapq.heappush(self._ready, (chat.queue[0][0], self._order, chat))
         else:
-            self._order += 1
             heapq.heappush(self._waiting, (chat.next_at, self._order, chat))
 
     async def _schedule(self) -> None:
@@ -159,7 +165,9 @@ class Delivery:
         while not self._stopping.is_set():
             now = time.monotonic()
             while self._waiting and self._waiting[0][0] <= now:
-                self._ready.append(heapq.heappop(self._waiting)[2])
+                chat = heapq.heappop(self._waiting)[2]
+                self._order += 1
+                heapq.heappush(self._ready, (chat.queue[0][0], self._order, chat))
             if not self._ready:
                 timeout = self._waiting[0][0] - now if self._waiting else None
                 self._wake.clear()
@@ -172,7 +180,7 @@ class Delivery:
             self._next_slot = slot + self._slot_interval
             if slot > loop.time():
                 await asyncio.sleep(slot - loop.time())
-            chat = self._ready.popleft()
+            chat = heapq.heappop(self._ready)[2]
             chat.scheduled = False
             if not chat.queue:
                 continue
@@ -182,7 +190,7 @@ class Delivery:
             task.add_done_callback(self._in_flight.discard)
 
     async def _send_head(self, chat: _Chat) -> None:
-        msg, outbound = chat.queue[0]
+        _, msg, outbound = chat.queue[0]
         started = time.monotonic()
         delay: float | None = None
         try:
@@ -192,7 +200,7 @@ class Delivery:
             delay = NETWORK_RETRY_DELAY
         finally:
             if delay is None:
-                if chat.queue and chat.queue[0][0] is msg:
+                if chat.queue and chat.queue[0][1] is msg:
                     chat.queue.popleft()
                 chat.next_at = started + chat.interval
             else:
@@ -248,14 +256,14 @@ class Delivery:
                             if not chat.queue and not chat.busy and chat.next_at <= now]:
                 del self._chats[chat_id]
             for chat in list(self._chats.values()):
-                for msg, _ in list(chat.queue):
+                for _, msg, _ in list(chat.queue):
                     with contextlib.suppress(NatsError, asyncio.TimeoutError):
                         await msg.in_progress()
 
     async def _hand_back(self) -> None:
         for chat in self._chats.values():
             while chat.queue:
-                msg, _ = chat.queue.popleft()
+                _, msg, _ = chat.queue.popleft()
                 with contextlib.suppress(NatsError, asyncio.TimeoutError):
                     await msg.nak()
         self._chats.clear()
