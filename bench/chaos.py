@@ -55,6 +55,9 @@ REPLY = "Reply: mensagem recebida"
 GOODBYE = "Seu atendimento foi finalizado. Obrigado pelo contato!"
 CHANNEL = "@importacoes"
 FIRST_CONTACT = 900_000
+# A send accepted this shortly before the bot was SIGKILLed may lack its marker
+# (the marker is one KV write after the HTTP answer; on a loaded machine, slow).
+RESIDUAL_SECONDS = 1.0
 
 
 @dataclass
@@ -75,6 +78,7 @@ class Service:
                                           env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"})
         if self.port:
             wait_for_port(self.port, 60, self.popen)
+        ensure_ours(self.popen, self.module)
 
     def kill(self) -> None:
         if self.popen is not None and self.popen.poll() is None:
@@ -104,6 +108,7 @@ class Ledger:
     agent_replies: dict[int, list[str]] = field(default_factory=lambda: collections.defaultdict(list))
     paused: set[int] = field(default_factory=set)
     kills: list[str] = field(default_factory=list)
+    kill_times: list[tuple[str, float]] = field(default_factory=list)  # time.monotonic(): system-wide on Linux
     import_done: bool = False
     import_attempts: int = 0
 
@@ -129,7 +134,8 @@ class Chaos:
             self.mongo_server = SecantusServer(data_dir=self.work / "mongo", log_file=self.work / "mongo.log")
             self.mongo_server.start()
         self.mongodb_uri = self.external_mongo or self.mongo_server.uri
-        self.mongo = pymongo.MongoClient(self.mongodb_uri, tz_aware=True).get_default_database()
+        self.mongo_client = pymongo.MongoClient(self.mongodb_uri, tz_aware=True)
+        self.mongo = self.mongo_client.get_default_database()
         telegram_port = free_port()
         with open(self.work / "faketelegram.log", "ab") as log:
             self.fake = subprocess.Popen([sys.executable, "-m", "devstack.faketelegram", "--port",
@@ -151,6 +157,8 @@ class Chaos:
         self.bot.start()
 
     def stop(self) -> None:
+        self.telegram.close()
+        self.mongo_client.close()
         for service in (self.bot, self.server):
             service.stop()
         self.fake.terminate()
@@ -185,12 +193,17 @@ class Chaos:
             n += 1
             next_at += interval
             time.sleep(max(0.0, next_at - time.monotonic()))
+        client.close()
         self.sending_done.set()
 
     def operate(self) -> None:
         """An agent answering and finishing sessions over the API, one contact at a time."""
         api = httpx.Client(base_url=f"{self.api_url}/v1", timeout=30,
                            headers={"Authorization": f"Bearer {API_TOKEN}"})
+        with api:
+            self._operate(api)
+
+    def _operate(self, api: httpx.Client) -> None:
         turn = 0
         while not self.sending_done.is_set() and not self.stopping.is_set():
             time.sleep(self.args.operate_every)
@@ -299,11 +312,13 @@ class Chaos:
         while not self.sending_done.wait(self.random.uniform(0.5, 1.5) * self.args.kill_every):
             victim = self.random.choice(["server", "bot", "nats"])
             self.ledger.kills.append(victim)
+            self.ledger.kill_times.append((victim, time.monotonic()))
             if victim == "nats":
                 self.nats.process.send_signal(signal.SIGKILL)
                 self.nats.process.wait()
                 time.sleep(self.random.uniform(0.2, 1.5))
                 self.nats.start()
+                ensure_ours(self.nats.process, "nats-server")
             else:
                 service = self.server if victim == "server" else self.bot
                 service.kill()
@@ -379,31 +394,47 @@ class Chaos:
                         f"{len(sessions)} sessions, {stale} with a stale message_count"
                         + (f" ({'; '.join(stale_examples[:3])})" if stale_examples else "")))
 
-        # Replies, goodbyes, agent replies: exactly what is owed, per contact.
-        wrong_replies = missing = extra = 0
-        wrong_goodbyes = g_missing = g_extra = 0
-        agent_missing = agent_extra = 0
+        # Replies, goodbyes, agent replies: exactly what is owed, per contact. A send
+        # beyond that is the documented residual window only if the bot was SIGKILLed
+        # just after Telegram accepted it (before its delivered marker): any other
+        # extra send, and every missing one, fails.
+        accepted = collections.defaultdict(list)
+        for attempt in self.telegram.get("/_test/attempts").json()["attempts"]:
+            if attempt["method"] == "sendMessage" and attempt["status"] == 200:
+                accepted[(str(attempt["chat_id"]), attempt["text"])].append(attempt["at"])
+        bot_kills = [at for victim, at in ledger.kill_times if victim == "bot"]
+
+        def tally(contact: int, text: str, owed: int, into: collections.Counter) -> None:
+            got = by_chat[contact][text]
+            into["missing"] += max(0, owed - got)
+            surplus = max(0, got - owed)
+            if surplus:
+                near_kill = sum(1 for at in accepted[(str(contact), text)]
+                                if any(0 <= kill - at <= RESIDUAL_SECONDS for kill in bot_kills))
+                into["residual"] += min(surplus, near_kill)
+                into["extra"] += max(0, surplus - near_kill)
+
+        replies, goodbyes, agent = collections.Counter(), collections.Counter(), collections.Counter()
         for contact in ledger.sent:
-            got = by_chat[contact]
-            owed = len(ledger.sent[contact])
-            wrong_replies += got[REPLY] != owed
-            missing += max(0, owed - got[REPLY])
-            extra += max(0, got[REPLY] - owed)
-            wrong_goodbyes += got[GOODBYE] != ledger.finishes[contact]
-            g_missing += max(0, ledger.finishes[contact] - got[GOODBYE])
-            g_extra += max(0, got[GOODBYE] - ledger.finishes[contact])
+            tally(contact, REPLY, len(ledger.sent[contact]), replies)
+            tally(contact, GOODBYE, ledger.finishes[contact], goodbyes)
             for text in ledger.agent_replies.get(contact, []):
-                agent_missing += got[text] == 0
-                agent_extra += max(0, got[text] - 1)
-        results.append(("one automatic reply per message", wrong_replies == 0,
-                        f"{sum(c[REPLY] for c in by_chat.values())} replies for {total} messages: "
-                        f"{missing} missing, {extra} extra, {wrong_replies} contacts off"))
+                tally(contact, text, 1, agent)
+
+        def verdict(counts: collections.Counter) -> tuple[bool, str]:
+            return (counts["missing"] == 0 and counts["extra"] == 0,
+                    f"{counts['missing']} missing, {counts['extra']} extra, {counts['residual']} repeated by "
+                    f"a bot SIGKILLed between Telegram's acceptance and the marker (residual window)")
+
+        ok, detail = verdict(replies)
+        results.append(("one automatic reply per message", ok,
+                        f"{sum(c[REPLY] for c in by_chat.values())} replies for {total} messages: {detail}"))
         finishes = sum(ledger.finishes.values())
-        results.append(("one goodbye per finished session", wrong_goodbyes == 0,
-                        f"{finishes} finished: {g_missing} goodbyes missing, {g_extra} extra"))
+        ok, detail = verdict(goodbyes)
+        results.append(("one goodbye per finished session", ok, f"{finishes} finished: {detail}"))
         agents = sum(len(t) for t in ledger.agent_replies.values())
-        results.append(("each agent reply delivered once", agent_missing == 0 and agent_extra == 0,
-                        f"{agents} agent replies: {agent_missing} missing, {agent_extra} extra"))
+        ok, detail = verdict(agent)
+        results.append(("each agent reply delivered once", ok, f"{agents} agent replies: {detail}"))
         stored_agent = collections.Counter(m["text"] for m in mongo.messages.find({"direction": "out"}, {"text": 1}))
         doubled = sum(count - 1 for count in stored_agent.values() if count > 1)
         results.append(("each agent reply stored once", doubled == 0,
@@ -442,6 +473,18 @@ class Chaos:
         stats = self.telegram.get("/_test/stats").json()
         return (f"telegram: {stats['sent']} messages sent, {stats['by_status'].get('429', 0)} sends met a 429 "
                 f"(a restarted bot starts its pacing afresh)")
+
+
+class PortTaken(RuntimeError):
+    """Another program took a port while its process was down: the run means nothing."""
+
+
+def ensure_ours(process: subprocess.Popen, name: str) -> None:
+    # On a shared machine another program may bind a port in the moment between
+    # a kill and the restart; the open port would then not be ours.
+    time.sleep(0.3)
+    if process.poll() is not None:
+        raise PortTaken(f"{name} exited with {process.returncode} on restart (port taken?)")
 
 
 def by_chat_name(sent: list[dict], name: str) -> list[dict]:

@@ -195,6 +195,9 @@ class Delivery:
         delay: float | None = None
         try:
             delay = await self._deliver(msg, outbound)
+        except (NatsError, asyncio.TimeoutError) as exc:  # NATS away: the chat waits and tries again
+            log.warning("delivering to chat %s interrupted, will retry: %r", chat.chat_id, exc)
+            delay = NETWORK_RETRY_DELAY
         except Exception:  # never lose the scheduler's bookkeeping for one message
             log.exception("delivering to chat %s failed", chat.chat_id)
             delay = NETWORK_RETRY_DELAY
@@ -216,7 +219,12 @@ class Delivery:
         # Every delivery is checked, not only redeliveries: the same key can come
         # back as a new stream message when its publisher retried after the
         # de-duplication window, or after NATS lost that window in a restart.
-        if await self._was_delivered(marker):
+        try:
+            delivered = await self._was_delivered(marker)
+        except (NatsError, asyncio.TimeoutError) as exc:
+            log.warning("delivered-key store unreachable, chat %s waits: %s", outbound.chat_id, exc)
+            return NETWORK_RETRY_DELAY
+        if delivered:
             log.info("outbound %s to chat %s already delivered; not sent again",
                      outbound.kind, outbound.chat_id)
             await msg.ack()
@@ -244,7 +252,8 @@ class Delivery:
         # The residual window: Telegram has the message, the marker is not written.
         failpoint("bot.delivery.after_send_before_marker")
         await self._remember(marker)
-        await msg.ack()
+        with contextlib.suppress(NatsError, asyncio.TimeoutError):
+            await msg.ack()  # if lost, the redelivery finds the marker
         return None
 
     async def _keep_alive(self) -> None:
@@ -276,11 +285,21 @@ class Delivery:
             return False
 
     async def _remember(self, marker: str) -> None:
-        try:
-            await self._delivered.put(marker, b"1")
-        except (NatsError, asyncio.TimeoutError) as exc:
-            # Sent already; at worst a redelivery repeats it. Never resend on purpose.
-            log.warning("delivery marker not saved: %s", exc)
+        """Write the marker before acknowledging, however long NATS is away: the message
+        went out, and without the marker its redelivery (the ack is lost with NATS too)
+        would send it again."""
+        delay = 0.5
+        while True:
+            try:
+                await self._delivered.put(marker, b"1")
+                return
+            except (NatsError, asyncio.TimeoutError) as exc:
+                if self._stopping.is_set():
+                    log.warning("delivery marker not saved at shutdown; a redelivery may repeat it: %s", exc)
+                    return
+                log.warning("delivery marker not saved, retrying: %s", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def _park(self, outbound: OutboundMessage, reason: str) -> None:
         log.warning("outbound %s to chat %s parked, telegram refused it: %s",
