@@ -32,3 +32,12 @@ def test_bot_exits_with_the_message_when_the_token_is_missing():
                             env={"PATH": "/usr/bin:/bin", "NATS_URL": "nats://x:1"}, timeout=60)
     assert result.returncode == 1
     assert "bot: configuration error: TELEGRAM_BOT_TOKEN (or TELEGRAM_BOT_TOKEN_FILE) is required" in result.stderr
+
+
+def test_delivery_ack_wait_defaults_to_30_and_is_bounded():
+    base = {"TELEGRAM_BOT_TOKEN": "1:abc", "NATS_URL": "nats://n:4222"}
+    assert config.load(base).delivery_ack_wait == 30
+    assert config.load({**base, "BOT_DELIVERY_ACK_WAIT": "5"}).delivery_ack_wait == 5
+    with pytest.raises(ConfigError) as error:
+        config.load({**base, "BOT_DELIVERY_ACK_WAIT": "1"})
+    assert any("BOT_DELIVERY_ACK_WAIT" in problem for problem in error.value.problems)
