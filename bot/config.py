@@ -26,6 +26,9 @@ class Settings:
     poll_timeout: int = 30
     # Telegram allows about 30 messages per second overall; a local fake allows more.
     max_messages_per_second: int = 30
+    # How long a crashed bot's unacknowledged sends wait before another bot gets them;
+    # messages queued behind a slow chat are kept alive meanwhile, whatever this is.
+    delivery_ack_wait: int = 30
     webhook_url: str | None = None
     webhook_secret: str | None = None
     webhook_port: int = 8443
@@ -77,6 +80,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         api_base_url=env.url("TELEGRAM_API_BASE_URL", DEFAULT_API_BASE, ("https", "http")) or DEFAULT_API_BASE,
         poll_timeout=env.integer("TELEGRAM_POLL_TIMEOUT", 30, minimum=0, maximum=50),
         max_messages_per_second=env.integer("TELEGRAM_MAX_MESSAGES_PER_SECOND", 30, minimum=1),
+        delivery_ack_wait=env.integer("BOT_DELIVERY_ACK_WAIT", 30, minimum=3, maximum=3600),
         webhook_url=env.url("TELEGRAM_WEBHOOK_URL", None, ("https", "http")),
         webhook_secret=env.secret("TELEGRAM_WEBHOOK_SECRET", required=False),
         webhook_port=env.integer("WEBHOOK_PORT", 8443, minimum=1, maximum=65535),

@@ -1,19 +1,37 @@
-"""Delivering the outbound stream to Telegram within its limits.
+"""Delivering the outbound stream to Telegram within its limits, fairly.
 
-Messages for one chat go out in order; different chats go out concurrently, and
-PTB's AIORateLimiter keeps the whole within Telegram's flood limits (about 30
-messages per second overall, 20 per minute per group or channel) and waits out
-`retry_after`. A message Telegram will never accept (bot blocked, chat not found)
-is parked with a log line instead of being retried forever.
+Telegram allows a bot about 30 messages per second in all, one per second in a
+private chat (a short burst passes) and 20 per minute in a group or channel;
+beyond that it answers 429 with `retry_after`. So the bot paces itself rather
+than finding the limits by hitting them: every chat has its own queue and its
+own next allowed time, and a scheduler hands out the overall slots (1/30 s
+apart) to the chats that may send now, oldest waiting message first. A contact
+whose burst of 20 messages owes 20 replies gets one a second, and everyone
+else's replies, goodbyes and agent answers go out in the slots between them
+instead of behind that queue; the burst itself is not starved either, so no
+slow tail is left at the end. Messages for one chat go out in stream order,
+retries included.
+
+Each outbound message has a key, and a delivered marker (JetStream KV) is
+checked before every send and written after it, so a message published twice
+(the outbox relay retried past JetStream's de-duplication window, or a NATS
+restart forgot it) is sent once. The one window left: a crash after Telegram
+accepted a send and before its marker was written sends it once more.
+
+A message Telegram will never accept (bot blocked, chat not found) is parked
+with a log line instead of being retried forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import heapq
 import logging
-from collections import defaultdict
-from enum import Enum
+import time
+from collections import deque
+from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -26,6 +44,7 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Tele
 from bot.metrics import OUTBOUND_FAILURES, OUTBOUND_PARKED, OUTBOUND_SENT
 from bot.relay import retry_seconds
 from contract import jetstream
+from contract.failpoints import failpoint
 from contract.messaging import (
     DELIVERED_BUCKET,
     OUTBOUND_CONSUMER,
@@ -38,39 +57,83 @@ from contract.messaging import (
 
 log = logging.getLogger(__name__)
 
-ACK_WAIT = 120.0  # long enough for a rate-limited chat's queue to drain
+# After a crash, JetStream hands a bot's unacknowledged messages to another
+# after this long. Messages waiting in a chat's queue are kept "in progress"
+# three times per ack wait, so a slow chat never lets them go meanwhile.
+ACK_WAIT = 30.0
 NETWORK_RETRY_DELAY = 2.0
-# A message is retried in place for this long before going back to the stream,
-# where its redelivery order relative to the chat's other messages is not kept.
-MAX_WAIT_IN_PLACE = 60.0
 DELIVERED_TTL = 7 * 24 * 3600
+# Telegram's per-chat limits (Bot API FAQ): one message a second in a private
+# chat, 20 a minute in a group or channel.
+PRIVATE_CHAT_INTERVAL = 1.0
+GROUP_CHAT_INTERVAL = 3.0
+# Messages held (fetched, not acknowledged) at once: bounds memory, and is large
+# enough that one chat's burst does not fill it and starve the other chats.
+MAX_HELD = 2000
+FETCH_BATCH = MAX_HELD // 10  # the shared consumer allows 10 batches pending
 
 
-class Outcome(Enum):
-    DONE = "done"
-    LATER = "later"
+@dataclass
+class _Chat:
+    chat_id: str
+    interval: float
+    queue: deque[tuple[int, Msg, OutboundMessage]] = field(default_factory=deque)  # (arrival, ...)
+    next_at: float = 0.0
+    busy: bool = False
+    scheduled: bool = False
 
 
 class Delivery:
-    def __init__(self, bot: Bot, js: JetStreamContext, batch_size: int = 100) -> None:
+    def __init__(self, bot: Bot, js: JetStreamContext, batch_size: int = FETCH_BATCH,
+                 max_per_second: float = 30.0, ack_wait: float = ACK_WAIT) -> None:
         self._bot = bot
+        self._ack_wait = ack_wait
         self._js = js
         self._batch_size = batch_size
+        self._slot_interval = 1.0 / max_per_second
+        self._next_slot = 0.0
         self._delivered: KeyValue | None = None
         self._stopping = asyncio.Event()
+        self._chats: dict[str, _Chat] = {}
+        # Chats that may send now, by their oldest message's arrival; and chats
+        # with something to send later, by their next allowed time.
+        self._ready: list[tuple[int, int, _Chat]] = []
+        self._waiting: list[tuple[float, int, _Chat]] = []
+        self._order = 0
+        self._arrivals = 0
+        self._wake = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         self._delivered = await delivered_bucket(self._js)
-        await jetstream.consume(
-            self._js, stream=OUTBOUND_STREAM, subject=OUTBOUND_SUBJECT, durable=OUTBOUND_CONSUMER,
-            batch_size=self._batch_size, ack_wait=ACK_WAIT, handle=self.deliver_batch,
-            stopping=self._stopping, what="delivery")
+        scheduler = asyncio.create_task(self._schedule(), name="delivery-scheduler")
+        keeper = asyncio.create_task(self._keep_alive(), name="delivery-keep-alive")
+        try:
+            await jetstream.consume(
+                self._js, stream=OUTBOUND_STREAM, subject=OUTBOUND_SUBJECT, durable=OUTBOUND_CONSUMER,
+                batch_size=self._batch_size, ack_wait=self._ack_wait, handle=self.accept,
+                stopping=self._stopping, what="delivery")
+        finally:
+            for task in (scheduler, keeper):
+                task.cancel()
+            await asyncio.gather(scheduler, keeper, return_exceptions=True)
+            # Sends in flight finish; the rest go back now, rather than after
+            # the ack wait, to whichever bot runs next.
+            if self._in_flight:
+                await asyncio.gather(*self._in_flight, return_exceptions=True)
+            await self._hand_back()
 
     def stop(self) -> None:
         self._stopping.set()
+        self._wake.set()
 
-    async def deliver_batch(self, messages: list[Msg]) -> None:
-        by_chat: dict[str, list[tuple[Msg, OutboundMessage]]] = defaultdict(list)
+    @property
+    def held(self) -> int:
+        """Messages fetched and not yet settled."""
+        return sum(len(chat.queue) for chat in self._chats.values())
+
+    async def accept(self, messages: list[Msg]) -> None:
+        """Queue a fetched batch per chat; the scheduler sends it."""
         for msg in messages:
             try:
                 outbound = OutboundMessage.from_bytes(msg.data)
@@ -78,43 +141,92 @@ class Delivery:
                 log.error("outbound message dropped, %s", exc)
                 await msg.term()
                 continue
-            by_chat[outbound.chat_id].append((msg, outbound))
-        await asyncio.gather(*(self._deliver_in_order(queue) for queue in by_chat.values()))
+            chat = self._chats.get(outbound.chat_id)
+            if chat is None:
+                chat = self._chats[outbound.chat_id] = _Chat(outbound.chat_id, chat_interval(outbound.chat_id))
+            self._arrivals += 1
+            chat.queue.append((self._arrivals, msg, outbound))
+            self._enlist(chat)
+        self._wake.set()
 
-    async def _deliver_in_order(self, queue: list[tuple[Msg, OutboundMessage]]) -> None:
-        for index, (msg, outbound) in enumerate(queue):
-            if self._stopping.is_set():
-                # Only sends already in flight finish at shutdown; the rest go back
-                # now, rather than after ACK_WAIT, to whichever bot runs next.
-                for later, _ in queue[index:]:
-                    await later.nak()
-                return
-            delay = await self._deliver_patiently(msg, outbound)
-            if delay is not None:
-                for later, _ in queue[index:]:
-                    await later.nak(delay=delay)
-                return
+    def _enlist(self, chat: _Chat) -> None:
+        """Put a chat with something to send in line, once."""
+        if chat.busy or chat.scheduled or not chat.queue:
+            return
+        chat.scheduled = True
+        self._order += 1
+        if chat.next_at <= time.monotonic():
+            heapq.heappush(self._ready, (chat.queue[0][0], self._order, chat))
+        else:
+            heapq.heappush(self._waiting, (chat.next_at, self._order, chat))
 
-    async def _deliver_patiently(self, msg: Msg, outbound: OutboundMessage) -> float | None:
-        """Retry in place, so the chat's later messages (in this batch and the next) stay
-        behind this one; give the message back only after waiting too long in all."""
-        waited = 0.0
-        while True:
+    async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            while self._waiting and self._waiting[0][0] <= now:
+                chat = heapq.heappop(self._waiting)[2]
+                self._order += 1
+                heapq.heappush(self._ready, (chat.queue[0][0], self._order, chat))
+            if not self._ready:
+                timeout = self._waiting[0][0] - now if self._waiting else None
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                continue
+            # One overall slot every 1/30 s, never saved up while idle, so the
+            # bot stays under Telegram's per-bot limit whatever the chats.
+            slot = max(self._next_slot, loop.time())
+            self._next_slot = slot + self._slot_interval
+            if slot > loop.time():
+                await asyncio.sleep(slot - loop.time())
+            chat = heapq.heappop(self._ready)[2]
+            chat.scheduled = False
+            if not chat.queue:
+                continue
+            chat.busy = True
+            task = asyncio.create_task(self._send_head(chat))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _send_head(self, chat: _Chat) -> None:
+        _, msg, outbound = chat.queue[0]
+        started = time.monotonic()
+        delay: float | None = None
+        try:
             delay = await self._deliver(msg, outbound)
+        except (NatsError, asyncio.TimeoutError) as exc:  # NATS away: the chat waits and tries again
+            log.warning("delivering to chat %s interrupted, will retry: %r", chat.chat_id, exc)
+            delay = NETWORK_RETRY_DELAY
+        except Exception:  # never lose the scheduler's bookkeeping for one message
+            log.exception("delivering to chat %s failed", chat.chat_id)
+            delay = NETWORK_RETRY_DELAY
+        finally:
             if delay is None:
-                return None
-            if waited + delay > MAX_WAIT_IN_PLACE or self._stopping.is_set():
-                return delay
-            await msg.in_progress()  # JetStream must not hand it to another bot meanwhile
-            await asyncio.sleep(delay)
-            waited += delay
+                if chat.queue and chat.queue[0][1] is msg:
+                    chat.queue.popleft()
+                chat.next_at = started + chat.interval
+            else:
+                # The head stays first: the chat's later messages wait behind it.
+                chat.next_at = time.monotonic() + delay
+            chat.busy = False
+            self._enlist(chat)
+            self._wake.set()
 
     async def _deliver(self, msg: Msg, outbound: OutboundMessage) -> float | None:
         """Send one message; the delay before another try, or None when done with it."""
         marker = delivered_key(outbound.key)
-        # Only a redelivery can have been sent before (by a bot that died before
-        # acknowledging); first deliveries skip the look-up.
-        if msg.metadata.num_delivered > 1 and await self._was_delivered(marker):
+        # Every delivery is checked, not only redeliveries: the same key can come
+        # back as a new stream message when its publisher retried after the
+        # de-duplication window, or after NATS lost that window in a restart.
+        try:
+            delivered = await self._was_delivered(marker)
+        except (NatsError, asyncio.TimeoutError) as exc:
+            log.warning("delivered-key store unreachable, chat %s waits: %s", outbound.chat_id, exc)
+            return NETWORK_RETRY_DELAY
+        if delivered:
+            log.info("outbound %s to chat %s already delivered; not sent again",
+                     outbound.kind, outbound.chat_id)
             await msg.ack()
             return None
         try:
@@ -137,9 +249,33 @@ class Delivery:
             log.warning("sending to chat %s failed, will retry: %r", outbound.chat_id, exc)
             return NETWORK_RETRY_DELAY
         OUTBOUND_SENT.labels(kind=outbound.kind).inc()
+        # The residual window: Telegram has the message, the marker is not written.
+        failpoint("bot.delivery.after_send_before_marker")
         await self._remember(marker)
-        await msg.ack()
+        with contextlib.suppress(NatsError, asyncio.TimeoutError):
+            await msg.ack()  # if lost, the redelivery finds the marker
         return None
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(self._ack_wait / 3)
+            now = time.monotonic()
+            # A chat is forgotten only once its pacing no longer matters.
+            for chat_id in [chat_id for chat_id, chat in self._chats.items()
+                            if not chat.queue and not chat.busy and chat.next_at <= now]:
+                del self._chats[chat_id]
+            for chat in list(self._chats.values()):
+                for _, msg, _ in list(chat.queue):
+                    with contextlib.suppress(NatsError, asyncio.TimeoutError):
+                        await msg.in_progress()
+
+    async def _hand_back(self) -> None:
+        for chat in self._chats.values():
+            while chat.queue:
+                _, msg, _ = chat.queue.popleft()
+                with contextlib.suppress(NatsError, asyncio.TimeoutError):
+                    await msg.nak()
+        self._chats.clear()
 
     async def _was_delivered(self, marker: str) -> bool:
         try:
@@ -149,11 +285,21 @@ class Delivery:
             return False
 
     async def _remember(self, marker: str) -> None:
-        try:
-            await self._delivered.put(marker, b"1")
-        except (NatsError, asyncio.TimeoutError) as exc:
-            # Sent already; at worst a redelivery repeats it. Never resend on purpose.
-            log.warning("delivery marker not saved: %s", exc)
+        """Write the marker before acknowledging, however long NATS is away: the message
+        went out, and without the marker its redelivery (the ack is lost with NATS too)
+        would send it again."""
+        delay = 0.5
+        while True:
+            try:
+                await self._delivered.put(marker, b"1")
+                return
+            except (NatsError, asyncio.TimeoutError) as exc:
+                if self._stopping.is_set():
+                    log.warning("delivery marker not saved at shutdown; a redelivery may repeat it: %s", exc)
+                    return
+                log.warning("delivery marker not saved, retrying: %s", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def _park(self, outbound: OutboundMessage, reason: str) -> None:
         log.warning("outbound %s to chat %s parked, telegram refused it: %s",
@@ -162,6 +308,14 @@ class Delivery:
                                  kind=outbound.kind, meta={**outbound.meta, "reason": reason})
         await self._js.publish(PARKED_SUBJECT, parked.to_bytes(), headers={"Nats-Msg-Id": outbound.key})
         OUTBOUND_PARKED.labels(kind=outbound.kind).inc()
+
+
+def chat_interval(chat_id: str) -> float:
+    """Private chats have positive ids; groups and channels negative ids or @names."""
+    try:
+        return PRIVATE_CHAT_INTERVAL if int(chat_id) > 0 else GROUP_CHAT_INTERVAL
+    except ValueError:
+        return GROUP_CHAT_INTERVAL
 
 
 async def delivered_bucket(js: JetStreamContext) -> KeyValue:

@@ -14,7 +14,7 @@ import sys
 
 from nats.errors import Error as NatsError
 from telegram.error import InvalidToken, TelegramError
-from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
+from telegram.ext import Application, ApplicationBuilder
 
 from bot import config, metrics
 from bot.delivery import Delivery
@@ -29,11 +29,12 @@ SHUTDOWN_GRACE = 20.0
 
 
 def build_application(settings: config.Settings) -> Application:
+    # No AIORateLimiter: delivery paces every chat and the bot as a whole itself
+    # (bot.delivery), and AIORateLimiter would stall every chat on one chat's 429.
     return (
         ApplicationBuilder()
         .token(settings.token)
         .base_url(settings.bot_base_url)
-        .rate_limiter(AIORateLimiter(overall_max_rate=settings.max_messages_per_second, max_retries=3))
         .updater(None)  # polling is ours: updates are confirmed only once relayed
         .build()
     )
@@ -65,7 +66,8 @@ async def main() -> None:
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
 
-    delivery = Delivery(application.bot, js)
+    delivery = Delivery(application.bot, js, max_per_second=settings.max_messages_per_second,
+                        ack_wait=settings.delivery_ack_wait)
     workers = [asyncio.create_task(delivery.run(), name="delivery")]
     receiver = poller = None
     if settings.webhook_url:

@@ -19,6 +19,7 @@ from telegram.error import Conflict, Forbidden, NetworkError, RetryAfter, Telegr
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bot.metrics import INBOUND_RELAY_FAILURES, INBOUND_RELAYED
+from contract.failpoints import failpoint
 from contract.messaging import INBOUND_SUBJECT, PLATFORM_TELEGRAM, InboundMessage
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ class Relay:
             INBOUND_RELAY_FAILURES.inc()
             raise RelayFailed(f"update {update.update_id} not relayed: {exc!r}") from exc
         INBOUND_RELAYED.inc()
+        # JetStream has it, Telegram still thinks it undelivered: a crash here
+        # gets the same update_id again, which Nats-Msg-Id de-duplicates.
+        failpoint("bot.relay.after_ack_before_confirm")
 
     async def welcome(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """/start: a short welcome, nothing stored."""

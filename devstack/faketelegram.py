@@ -10,6 +10,7 @@ import copy
 import functools
 import json
 import logging
+import math
 import re
 import signal
 import time
@@ -52,6 +53,11 @@ DEFAULT_DESCRIPTIONS = {
     500: "Internal Server Error",
 }
 DEFAULT_RETRY_AFTER = 1
+BLOCKED = "Forbidden: bot was blocked by the user"
+NOT_STARTED = "Forbidden: bot can't initiate conversation with a user"
+NOT_CHANNEL_ADMIN = "Bad Request: need administrator rights in the channel chat"
+# Telegram keeps an unconfirmed update about 24 hours, then drops it.
+UPDATE_KEPT_SECONDS = 24 * 3600
 
 USER_REQUIRED = ("id", "first_name")
 USER_OPTIONAL = ("last_name", "username", "language_code")
@@ -148,6 +154,78 @@ class _Signal:
             await asyncio.wait_for(self._event.wait(), timeout)
 
 
+@dataclass
+class _Bucket:
+    """A token bucket: `burst` sends at once, then one every 1/`rate` seconds."""
+
+    rate: float
+    burst: float
+    tokens: float
+    updated: float
+
+    def wait(self, now: float) -> float:
+        """Seconds until one send is allowed (0: allowed now); refills first."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
+
+@dataclass(frozen=True)
+class FloodLimits:
+    """Telegram's documented flood limits for bots (Bot API FAQ, "My bot is hitting limits").
+
+    Telegram publishes them as advice, not exact numbers: about 30 messages per second in
+    all, no more than one per second in one private chat (a short burst passes), and 20
+    per minute in one group or channel. Exceeding them gets 429 with `retry_after`.
+    """
+
+    per_bot: float = 30.0
+    per_bot_burst: float = 30.0
+    per_private_chat: float = 1.0
+    per_private_chat_burst: float = 3.0
+    per_group: float = 20 / 60
+    per_group_burst: float = 20.0
+
+
+class FloodControl:
+    """The per-bot and per-chat buckets; a send must fit both."""
+
+    def __init__(self, limits: FloodLimits = FloodLimits(), clock: Callable[[], float] = time.monotonic,
+                 ) -> None:
+        self.limits = limits
+        self.enabled = True
+        self._clock = clock
+        self._bot: _Bucket | None = None
+        self._chats: dict[int, _Bucket] = {}
+
+    def reset(self) -> None:
+        self.enabled = True
+        self._bot = None
+        self._chats.clear()
+
+    def admit(self, chat: JsonDict) -> None:
+        """Counts one send to `chat`, or raises 429 with the whole seconds to wait."""
+        if not self.enabled:
+            return
+        now = self._clock()
+        limits = self.limits
+        if self._bot is None:
+            self._bot = _Bucket(limits.per_bot, limits.per_bot_burst, limits.per_bot_burst, now)
+        bucket = self._chats.get(chat["id"])
+        if bucket is None:
+            rate, burst = ((limits.per_private_chat, limits.per_private_chat_burst)
+                           if chat["type"] == "private" else (limits.per_group, limits.per_group_burst))
+            bucket = self._chats[chat["id"]] = _Bucket(rate, burst, burst, now)
+        wait = max(bucket.wait(now), self._bot.wait(now))
+        if wait > 0:
+            # Telegram answers whole seconds, never 0.
+            retry_after = max(1, math.ceil(wait))
+            raise ApiError(HTTPStatus.TOO_MANY_REQUESTS, f"Too Many Requests: retry after {retry_after}",
+                           retry_after)
+        bucket.tokens -= 1
+        self._bot.tokens -= 1
+
+
 class FakeTelegram:
     """The fake Bot API: its state, its methods, the test controls and the HTTP server.
 
@@ -187,11 +265,18 @@ class FakeTelegram:
         self._server: tornado.httpserver.HTTPServer | None = None
         self._http_client: tornado.httpclient.AsyncHTTPClient | None = None
         self._webhook_task: asyncio.Task[None] | None = None
+        self.flood_control = FloodControl()
         self._clear_state()
 
     def _clear_state(self) -> None:
         self._chats: dict[int, JsonDict] = {}
+        # Users who wrote to the bot (or /start) may be messaged; blocking revokes that.
+        self._started: set[int] = set()
+        self._blocked: set[int] = set()
+        self._not_admin: set[int] = set()
         self._pending: list[JsonDict] = []
+        self._queued_at: dict[int, float] = {}
+        self._deliveries: dict[int, int] = {}
         self._confirmed_offset = 0
         self._allowed_updates: frozenset[str] | None = None
         self._sent: list[JsonDict] = []
@@ -240,7 +325,9 @@ class FakeTelegram:
             (r"/_test/updates/pending", _PendingHandler), (r"/_test/sent", _SentHandler),
             (r"/_test/confirmed_offset", _ConfirmedOffsetHandler),
             (r"/_test/faults", _FaultsHandler), (r"/_test/attempts", _AttemptsHandler),
-            (r"/_test/reset", _ResetHandler),
+            (r"/_test/reset", _ResetHandler), (r"/_test/stats", _StatsHandler),
+            (r"/_test/flood_control", _FloodControlHandler),
+            (r"/_test/updates/(-?[0-9]+)/deliveries", _DeliveriesHandler),
         ]
         routes = [(r"/bot([^/]*)/([^/]*)", _BotApiHandler), *control]
         return tornado.web.Application(
@@ -314,6 +401,7 @@ class FakeTelegram:
         limit = min(max(_int_param(params, "limit") or MAX_UPDATES_LIMIT, 1), MAX_UPDATES_LIMIT)
         timeout = max(_int_param(params, "timeout") or 0, 0)
         self._set_allowed_updates(_json_param(params, "allowed_updates"))
+        self._forget_expired()
         first_id = self._confirm(offset)
         return await self._long_poll(first_id, limit, timeout)
 
@@ -333,6 +421,12 @@ class FakeTelegram:
         self._pending = [update for update in self._pending if update["update_id"] >= offset]
         self._confirmed_offset = max(self._confirmed_offset, offset)
         return offset
+
+    def _forget_expired(self) -> None:
+        oldest = time.monotonic() - UPDATE_KEPT_SECONDS
+        if any(self._queued_at.get(update["update_id"], oldest) < oldest for update in self._pending):
+            self._pending = [update for update in self._pending
+                             if self._queued_at.get(update["update_id"], oldest) >= oldest]
 
     async def _long_poll(self, first_id: int | None, limit: int, timeout: int) -> list[JsonDict]:
         self._poll_generation += 1
@@ -357,6 +451,8 @@ class FakeTelegram:
                      if first_id is None or update["update_id"] >= first_id][:limit]
             remaining = deadline - asyncio.get_running_loop().time()
             if batch or remaining <= 0 or self._closing:
+                for update in batch:
+                    self._deliveries[update["update_id"]] = self._deliveries.get(update["update_id"], 0) + 1
                 return batch
             await self._signal.wait(remaining)
 
@@ -371,6 +467,8 @@ class FakeTelegram:
         chat = self._resolve_chat(params.get("chat_id"))
         text = _message_text(params.get("text"))
         _check_parse_mode(params.get("parse_mode"))
+        self._check_may_post(chat)
+        self.flood_control.admit(chat)
         message: JsonDict = {"message_id": self._next_message_id(chat["id"])}
         # Channel posts carry the channel as sender_chat and have no "from".
         if chat["type"] == "channel":
@@ -389,6 +487,17 @@ class FakeTelegram:
         if chat is None:
             raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: chat not found")
         return chat
+
+    def _check_may_post(self, chat: JsonDict) -> None:
+        """Telegram's refusals: a bot speaks only to users who started it and did not block
+        it, and posts only in channels where it is an administrator."""
+        if chat["type"] == "private":
+            if chat["id"] in self._blocked:
+                raise ApiError(HTTPStatus.FORBIDDEN, BLOCKED)
+            if chat["id"] not in self._started:
+                raise ApiError(HTTPStatus.FORBIDDEN, NOT_STARTED)
+        elif chat["type"] == "channel" and chat["id"] in self._not_admin:
+            raise ApiError(HTTPStatus.BAD_REQUEST, NOT_CHANNEL_ADMIN)
 
     def _find_chat(self, requested: str) -> JsonDict | None:
         if requested.startswith("@"):
@@ -485,8 +594,11 @@ class FakeTelegram:
     # -- test controls ----------------------------------------------------------------------
 
     def register_user(self, id: int, first_name: str, last_name: str | None = None,
-                      username: str | None = None, language_code: str | None = None) -> JsonDict:
-        """Makes a user known, so the bot can message them; returns the User object."""
+                      username: str | None = None, language_code: str | None = None, *,
+                      started: bool = True, blocked: bool = False) -> JsonDict:
+        """Makes a user known; returns the User object. By default the user has started the
+        bot, so it may message them; `started=False` is a user who never wrote to it,
+        `blocked=True` one who blocked it."""
         user: JsonDict = {"id": _control_int(id, "id"), "is_bot": False,
                           "first_name": _control_text(first_name, "first_name")}
         optional = {"last_name": last_name, "username": username, "language_code": language_code}
@@ -494,11 +606,14 @@ class FakeTelegram:
         chat_fields = ("first_name", "last_name", "username")
         self._chats[user["id"]] = {"id": user["id"], "type": "private",
                                    **{key: user[key] for key in chat_fields if key in user}}
+        (self._started.add if started else self._started.discard)(user["id"])
+        (self._blocked.add if blocked else self._blocked.discard)(user["id"])
         return dict(user)
 
     def register_channel(self, username: str | None = None, id: int | None = None,
-                         title: str | None = None) -> JsonDict:
-        """Makes a channel the bot can post to; returns the Chat object."""
+                         title: str | None = None, admin: bool = True) -> JsonDict:
+        """Makes a channel known; the bot can post to it if it is an `admin` there.
+        Returns the Chat object."""
         if username is None and id is None:
             raise ControlError("a channel needs a username or an id")
         name = _control_text(username, "username").lstrip("@") if username is not None else None
@@ -508,6 +623,7 @@ class FakeTelegram:
         if name:
             chat["username"] = name
         self._chats[chat_id] = chat
+        (self._not_admin.discard if admin else self._not_admin.add)(chat_id)
         return dict(chat)
 
     def _channel_id(self, requested: int | None, username: str | None) -> int:
@@ -525,7 +641,8 @@ class FakeTelegram:
     def inject_message(self, user: Mapping[str, Any], text: str | None = None, *,
                        kind: str = "text", chat_id: int | None = None) -> JsonDict:
         """Queues an Update as if ``user`` had just written; returns its update_id and message_id."""
-        sender = self.register_user(**_user_fields(user))
+        # Writing to the bot starts it (a blocked bot must be unblocked first).
+        sender = self.register_user(**_user_fields(user), started=True, blocked=False)
         chat = self._incoming_chat(sender, chat_id)
         message: JsonDict = {"message_id": self._next_message_id(chat["id"]), "from": sender,
                              "chat": chat, "date": int(time.time()), **_content(kind, text)}
@@ -560,6 +677,7 @@ class FakeTelegram:
         # Like Telegram, updates the bot did not subscribe to are never queued.
         if self._wants(update):
             self._pending.append(update)
+            self._queued_at[update["update_id"]] = time.monotonic()
             self._signal.notify()
         return update
 
@@ -593,6 +711,25 @@ class FakeTelegram:
     def pending_updates(self) -> list[JsonDict]:
         return copy.deepcopy(self._pending)
 
+    def deliveries(self, update_id: int) -> int:
+        """How many getUpdates answers carried this update (more than 1: redelivered)."""
+        return self._deliveries.get(update_id, 0)
+
+    def stats(self) -> JsonDict:
+        """Counts cheap enough to poll under load: sends, and attempts by status."""
+        by_status: dict[str, int] = {}
+        for attempt in self._attempts:
+            by_status[str(attempt.status)] = by_status.get(str(attempt.status), 0) + 1
+        return {"sent": len(self._sent), "attempts": len(self._attempts), "by_status": by_status,
+                "flood_control": self.flood_control.enabled}
+
+    def set_flood_control(self, enabled: Any) -> JsonDict:
+        """Test-only: flood control is on by default and after every reset."""
+        if not isinstance(enabled, bool):
+            raise ControlError("enabled must be true or false")
+        self.flood_control.enabled = enabled
+        return {"enabled": enabled}
+
     @property
     def confirmed_offset(self) -> int:
         """The highest offset the bot confirmed; every update below it is gone."""
@@ -619,8 +756,10 @@ class FakeTelegram:
         self._faults.clear()
 
     def reset(self) -> None:
-        """Forgets everything but the token and the id counters (ids are never reused)."""
+        """Forgets everything but the token and the id counters (ids are never reused);
+        flood control is on again."""
         self._clear_state()
+        self.flood_control.reset()
         self._signal.notify()
 
 
@@ -826,14 +965,14 @@ class _NotFoundHandler(tornado.web.RequestHandler):
 
 
 def _control_endpoint(
-    handler: Callable[[_ControlHandler], JsonDict],
-) -> Callable[[_ControlHandler], None]:
+    handler: Callable[..., JsonDict],
+) -> Callable[..., None]:
     """Answers the handler's dict as JSON, or a ControlError as 400 {"error": ...}."""
 
     @functools.wraps(handler)
-    def wrapper(self: _ControlHandler) -> None:
+    def wrapper(self: _ControlHandler, *args: str) -> None:
         try:
-            result = handler(self)
+            result = handler(self, *args)
         except ControlError as error:
             self.set_status(HTTPStatus.BAD_REQUEST)
             self.finish({"error": str(error)})
@@ -860,14 +999,21 @@ class _ControlHandler(_FakeHandler):
 class _UsersHandler(_ControlHandler):
     @_control_endpoint
     def post(self) -> JsonDict:
-        return self.fake.register_user(**_user_fields(self.json_body()))
+        body = self.json_body()
+        states = {key: body.pop(key) for key in ("started", "blocked") if key in body}
+        for key, value in states.items():
+            if not isinstance(value, bool):
+                raise ControlError(f"{key} must be true or false")
+        return self.fake.register_user(**_user_fields(body), **states)
 
 
 class _ChannelsHandler(_ControlHandler):
     @_control_endpoint
     def post(self) -> JsonDict:
-        return self.fake.register_channel(**_fields(self.json_body(), (), ("username", "id", "title"),
-                                                    "channel"))
+        body = _fields(self.json_body(), (), ("username", "id", "title", "admin"), "channel")
+        if not isinstance(body.get("admin", True), bool):
+            raise ControlError("admin must be true or false")
+        return self.fake.register_channel(**body)
 
 
 class _MessagesHandler(_ControlHandler):
@@ -920,6 +1066,28 @@ class _FaultsHandler(_ControlHandler):
         return {"ok": True}
 
 
+class _StatsHandler(_ControlHandler):
+    @_control_endpoint
+    def get(self) -> JsonDict:
+        return self.fake.stats()
+
+
+class _FloodControlHandler(_ControlHandler):
+    @_control_endpoint
+    def get(self) -> JsonDict:
+        return {"enabled": self.fake.flood_control.enabled}
+
+    @_control_endpoint
+    def post(self) -> JsonDict:
+        return self.fake.set_flood_control(_fields(self.json_body(), ("enabled",), (), "body")["enabled"])
+
+
+class _DeliveriesHandler(_ControlHandler):
+    @_control_endpoint
+    def get(self, update_id: str) -> JsonDict:
+        return {"update_id": int(update_id), "deliveries": self.fake.deliveries(int(update_id))}
+
+
 class _ResetHandler(_ControlHandler):
     @_control_endpoint
     def post(self) -> JsonDict:
@@ -937,6 +1105,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--token", required=True)
     parser.add_argument("--bot-username", default="balcao_test_bot")
+    parser.add_argument("--no-flood-control", action="store_true",
+                        help="accept sends beyond Telegram's flood limits (on by default)")
     return parser.parse_args(argv)
 
 
@@ -946,6 +1116,7 @@ async def main(argv: list[str] | None = None) -> None:
     # One line per long poll would bury the start line; failures still log as warnings.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     fake = FakeTelegram(token=args.token, bot_username=args.bot_username)
+    fake.flood_control.enabled = not args.no_flood_control
     await fake.start(host=args.host, port=args.port)
     log.info("fake Telegram Bot API for @%s listening on %s", args.bot_username, fake.base_url)
     stopping = asyncio.Event()

@@ -131,6 +131,20 @@ class FakeTelegramClient:
     def reset(self) -> None:
         self.http.post("/_test/reset").raise_for_status()
 
+    def deliveries(self, update_id: int) -> int:
+        """How many times getUpdates handed this update out."""
+        response = self.http.get(f"/_test/updates/{update_id}/deliveries")
+        response.raise_for_status()
+        return response.json()["deliveries"]
+
+    def stats(self) -> dict:
+        response = self.http.get("/_test/stats")
+        response.raise_for_status()
+        return response.json()
+
+    def set_flood_control(self, enabled: bool) -> None:
+        self.http.post("/_test/flood_control", json={"enabled": enabled}).raise_for_status()
+
 
 async def _reset_jetstream(url: str) -> None:
     import nats
@@ -158,7 +172,6 @@ def stack_env(nats_url: str, mongodb_uri: str, telegram_url: str) -> dict[str, s
         "TELEGRAM_BOT_TOKEN": BOT_TOKEN,
         "TELEGRAM_API_BASE_URL": telegram_url,
         "TELEGRAM_POLL_TIMEOUT": "1",
-        "TELEGRAM_MAX_MESSAGES_PER_SECOND": "1000",
         "LOG_LEVEL": "info",
     }
 

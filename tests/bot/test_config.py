@@ -63,3 +63,12 @@ def test_nats_password_from_a_file_is_put_in_the_url_and_masked(tmp_path):
     assert settings.nats_url == "nats://bot:bot-nats-secret@n:4222"
     assert "bot-nats-secret" in settings.secrets
     assert (settings.stream_max_bytes, settings.stream_max_age) == (4096, 7 * 24 * 3600)
+
+
+def test_delivery_ack_wait_defaults_to_30_and_is_bounded():
+    base = {"TELEGRAM_BOT_TOKEN": "1:abc", "NATS_URL": "nats://n:4222"}
+    assert config.load(base).delivery_ack_wait == 30
+    assert config.load({**base, "BOT_DELIVERY_ACK_WAIT": "5"}).delivery_ack_wait == 5
+    with pytest.raises(ConfigError) as error:
+        config.load({**base, "BOT_DELIVERY_ACK_WAIT": "1"})
+    assert any("BOT_DELIVERY_ACK_WAIT" in problem for problem in error.value.problems)

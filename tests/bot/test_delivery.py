@@ -114,3 +114,37 @@ async def test_a_redelivered_message_already_sent_is_not_sent_again(fake, js):
         running.stop()
         await asyncio.wait_for(task, 10)
     assert [m["text"] for m in fake.sent(13)] == ["novo"]
+
+
+@pytest.mark.asyncio
+async def test_same_key_published_again_as_a_new_stream_message_is_sent_once(fake, js, delivery):
+    fake.register_user(14, "Davi")
+    message = OutboundMessage(key="reply:14:1", chat_id="14", text="Reply: mensagem recebida")
+    await js.publish(OUTBOUND_SUBJECT, message.to_bytes(), headers={"Nats-Msg-Id": "first-publish"})
+    await until(lambda: fake.sent(14))
+    # The outbox relay published it again past the de-duplication window (or NATS
+    # forgot the window in a restart): a distinct stream message, delivered first time.
+    await js.publish(OUTBOUND_SUBJECT, message.to_bytes(), headers={"Nats-Msg-Id": "second-publish"})
+    await publish(js, "after", "14", "depois")
+    await until(lambda: any(m["text"] == "depois" for m in fake.sent(14)))
+    assert [m["text"] for m in fake.sent(14)] == ["Reply: mensagem recebida", "depois"]
+
+
+@pytest.mark.asyncio
+async def test_a_burst_to_one_chat_does_not_delay_other_chats(fake, js, delivery):
+    fake.register_user(20, "Rajada")
+    others = list(range(21, 26))
+    for user in others:
+        fake.register_user(user, f"Outro {user}")
+    for n in range(20):  # 20 replies owed to one chat take 20 s at Telegram's 1/s per chat
+        await publish(js, f"burst{n}", "20", f"rajada {n}")
+    await until(lambda: fake.sent(20))
+    for user in others:
+        await publish(js, f"other{user}", str(user), "sua vez")
+    await until(lambda: all(fake.sent(user) for user in others), timeout=10)
+    # Measured by the burst's own progress, not the clock, so a slow machine cannot fake it.
+    burst_sent = len(fake.sent(20))
+    assert burst_sent < 15, "the others must not have waited for the burst to drain"
+    await until(lambda: len(fake.sent(20)) == 20, timeout=40)
+    assert [m["text"] for m in fake.sent(20)] == [f"rajada {n}" for n in range(20)]
+    assert all(a["status"] == 200 for a in fake.attempts()), "paced sends must never meet a 429"

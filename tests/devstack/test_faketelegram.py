@@ -251,7 +251,7 @@ async def test_forbidden_fault_fails_once_for_that_chat(fake: FakeTelegram, bot:
     assert armed.status_code == 200, armed.text
 
     await bot.send_message(chat_id=6002, text="outro chat não é afetado")
-    with pytest.raises(Forbidden, match="bot was blocked by the user"):
+    with pytest.raises(Forbidden, match="(?i)bot was blocked by the user"):
         await bot.send_message(chat_id=ANA["id"], text="primeira")
     await bot.send_message(chat_id=ANA["id"], text="segunda")
 
@@ -476,3 +476,178 @@ def test_runs_standalone_and_logs_its_address() -> None:
         assert process.wait(5) == 0
         assert process.stderr is not None
         process.stderr.close()
+
+
+# -- behaving like Telegram: redelivery, flood control, refusals ----------------------------
+
+
+@pytest.mark.asyncio
+async def test_unconfirmed_update_comes_again_with_the_same_update_id(
+        fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient) -> None:
+    injected = await inject(http, "ainda aqui?")
+    first = await bot.get_updates()
+    # A poller that died before confirming: the next poll (a restarted bot) sees it again.
+    second = await bot.get_updates()
+    assert [update.update_id for update in first] == [injected["update_id"]]
+    assert [update.update_id for update in second] == [injected["update_id"]]
+    assert second[0].message.message_id == injected["message_id"]
+    deliveries = await http.get(f"/_test/updates/{injected['update_id']}/deliveries")
+    assert deliveries.json() == {"update_id": injected["update_id"], "deliveries": 2}
+
+
+@pytest.mark.asyncio
+async def test_confirmed_update_never_comes_again(fake: FakeTelegram, bot: telegram.Bot,
+                                                  http: httpx.AsyncClient) -> None:
+    injected = await inject(http, "uma vez")
+    await bot.get_updates()
+    assert await bot.get_updates(offset=injected["update_id"] + 1) == ()
+    # Not with an older offset, nor without one.
+    assert await bot.get_updates(offset=injected["update_id"]) == ()
+    assert await bot.get_updates() == ()
+    assert fake.deliveries(injected["update_id"]) == 1
+
+
+def test_unconfirmed_updates_expire_after_a_day(fake: FakeTelegram, monkeypatch) -> None:
+    import devstack.faketelegram as module
+
+    old = fake.inject_message(ANA, "velha")["update_id"]
+    monkeypatch.setattr(module.time, "monotonic", lambda: time.monotonic_ns() / 1e9 + 25 * 3600)
+    new = fake.inject_message(ANA, "nova")["update_id"]
+    fake._forget_expired()
+    assert [update["update_id"] for update in fake.pending_updates()] == [new]
+    assert old < new
+
+
+def flood(limits: "FloodLimits | None" = None):
+    from devstack.faketelegram import FloodControl, FloodLimits
+
+    now = [1000.0]
+    control = FloodControl(limits or FloodLimits(), clock=lambda: now[0])
+    return control, now
+
+
+def admitted(control, chat: dict, count: int) -> int:
+    from devstack.faketelegram import ApiError
+
+    done = 0
+    for _ in range(count):
+        try:
+            control.admit(chat)
+        except ApiError:
+            break
+        done += 1
+    return done
+
+
+def test_private_chat_gets_a_short_burst_then_one_message_a_second() -> None:
+    control, now = flood()
+    chat = {"id": 5001, "type": "private"}
+    assert admitted(control, chat, 10) == 3  # the burst
+    now[0] += 1.0
+    assert admitted(control, chat, 10) == 1
+    now[0] += 5.0
+    assert admitted(control, chat, 10) == 3  # refilled, never beyond the burst
+    for _ in range(20):  # sustained: one a second
+        now[0] += 1.0
+        assert admitted(control, chat, 2) == 1
+
+
+def test_group_or_channel_gets_twenty_a_minute() -> None:
+    control, now = flood()
+    channel = {"id": CHANNEL_ID, "type": "channel"}
+    assert admitted(control, channel, 30) == 20
+    now[0] += 3.0
+    assert admitted(control, channel, 5) == 1
+    now[0] += 60.0
+    assert admitted(control, channel, 30) == 20
+
+
+def test_bot_sends_about_thirty_a_second_across_chats() -> None:
+    control, now = flood()
+    chats = [{"id": 7000 + n, "type": "private"} for n in range(100)]
+    sent = sum(admitted(control, chat, 1) for chat in chats)
+    assert sent == 30
+    total = 0
+    for _ in range(10):
+        now[0] += 0.1
+        total += sum(admitted(control, chat, 1) for chat in chats)
+    assert total == 30  # one more second: 30 more, whatever the number of chats
+
+
+@pytest.mark.asyncio
+async def test_flood_control_answers_429_with_retry_after(fake: FakeTelegram, bot: telegram.Bot,
+                                                          http: httpx.AsyncClient,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PTB_TIMEDELTA", "true")
+    fake.register_user(**ANA)
+    for n in range(3):
+        await bot.send_message(ANA["id"], f"rajada {n}")
+    response = await api(http, "sendMessage", chat_id=ANA["id"], text="demais")
+    assert response.status_code == 429
+    body = response.json()
+    assert body["ok"] is False and body["error_code"] == 429
+    retry_after = body["parameters"]["retry_after"]
+    assert isinstance(retry_after, int) and retry_after >= 1
+    assert body["description"] == f"Too Many Requests: retry after {retry_after}"
+    with pytest.raises(RetryAfter):
+        await bot.send_message(ANA["id"], "ainda demais")
+    assert len(fake.sent(ANA["id"])) == 3
+    stats = (await http.get("/_test/stats")).json()
+    assert stats["by_status"]["429"] == 2 and stats["flood_control"] is True  # getMe is a 200 too
+
+
+@pytest.mark.asyncio
+async def test_flood_control_can_be_turned_off_and_reset_turns_it_on(
+        fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient) -> None:
+    assert (await http.get("/_test/flood_control")).json() == {"enabled": True}
+    assert (await http.post("/_test/flood_control", json={"enabled": False})).status_code == 200
+    fake.register_user(**ANA)
+    for n in range(10):
+        await bot.send_message(ANA["id"], f"sem limite {n}")
+    await http.post("/_test/reset")
+    assert (await http.get("/_test/flood_control")).json() == {"enabled": True}
+    bad = await http.post("/_test/flood_control", json={"enabled": "no"})
+    assert bad.status_code == 400
+
+
+@pytest.mark.asyncio
+async def test_user_who_never_wrote_cannot_be_messaged(fake: FakeTelegram, bot: telegram.Bot,
+                                                       http: httpx.AsyncClient) -> None:
+    response = await http.post("/_test/users", json={**ANA, "started": False})
+    assert response.status_code == 200
+    with pytest.raises(Forbidden, match="(?i)bot can.t initiate conversation with a user"):
+        await bot.send_message(ANA["id"], "olá?")
+    body = (await api(http, "sendMessage", chat_id=ANA["id"], text="olá?")).json()
+    assert body == {"ok": False, "error_code": 403,
+                    "description": "Forbidden: bot can't initiate conversation with a user"}
+    # Once the user writes, the bot may answer.
+    await inject(http, "oi")
+    await bot.send_message(ANA["id"], "olá!")
+    assert [message["text"] for message in fake.sent(ANA["id"])] == ["olá!"]
+
+
+@pytest.mark.asyncio
+async def test_user_who_blocked_the_bot_gets_nothing(fake: FakeTelegram, bot: telegram.Bot,
+                                                     http: httpx.AsyncClient) -> None:
+    await inject(http, "oi")
+    await http.post("/_test/users", json={**ANA, "blocked": True})
+    with pytest.raises(Forbidden, match="(?i)bot was blocked by the user"):
+        await bot.send_message(ANA["id"], "volte!")
+    body = (await api(http, "sendMessage", chat_id=ANA["id"], text="volte!")).json()
+    assert body["error_code"] == 403 and body["description"] == "Forbidden: bot was blocked by the user"
+    assert fake.sent(ANA["id"]) == []
+
+
+@pytest.mark.asyncio
+async def test_channel_without_admin_rights_refuses_posts(fake: FakeTelegram, bot: telegram.Bot,
+                                                          http: httpx.AsyncClient) -> None:
+    response = await http.post("/_test/channels", json={"username": "semadmin", "admin": False})
+    assert response.status_code == 200
+    with pytest.raises(BadRequest, match="(?i)need administrator rights in the channel chat"):
+        await bot.send_message("@semadmin", "anúncio")
+    body = (await api(http, "sendMessage", chat_id="@semadmin", text="anúncio")).json()
+    assert body == {"ok": False, "error_code": 400,
+                    "description": "Bad Request: need administrator rights in the channel chat"}
+    await http.post("/_test/channels", json={"username": "semadmin", "admin": True})
+    await bot.send_message("@semadmin", "anúncio")
+    assert len(fake.sent("@semadmin")) == 1
