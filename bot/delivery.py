@@ -25,7 +25,8 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Tele
 
 from bot.metrics import OUTBOUND_FAILURES, OUTBOUND_PARKED, OUTBOUND_SENT
 from bot.relay import retry_seconds
-from contract import jetstream
+from bot.reports import report_delivery
+from contract import events, jetstream
 from contract.messaging import (
     DELIVERED_BUCKET,
     OUTBOUND_CONSUMER,
@@ -138,6 +139,7 @@ class Delivery:
             return NETWORK_RETRY_DELAY
         OUTBOUND_SENT.labels(kind=outbound.kind).inc()
         await self._remember(marker)
+        await report_delivery(self._js, outbound, events.DELIVERY_SENT)
         await msg.ack()
         return None
 
@@ -162,6 +164,7 @@ class Delivery:
                                  kind=outbound.kind, meta={**outbound.meta, "reason": reason})
         await self._js.publish(PARKED_SUBJECT, parked.to_bytes(), headers={"Nats-Msg-Id": outbound.key})
         OUTBOUND_PARKED.labels(kind=outbound.kind).inc()
+        await report_delivery(self._js, outbound, events.DELIVERY_PARKED)
 
 
 async def delivered_bucket(js: JetStreamContext) -> KeyValue:

@@ -25,6 +25,14 @@ class Settings:
     db_threads: int = 8
     log_format: str = "text"
     log_level: str = "info"
+    # The live event stream (GET /v1/events).
+    events_max_age: int = 7 * 24 * 3600
+    events_max_bytes: int = 1024 * 1024 * 1024
+    events_max_clients: int = 1000
+    events_max_clients_per_token: int = 100
+    events_client_buffer_bytes: int = 1024 * 1024
+    events_ping_interval: float = 20.0
+    events_ping_timeout: float = 30.0
 
     def __repr__(self) -> str:  # never print the token
         return f"Settings(http_port={self.http_port}, api_token=***, nats_url=…, mongodb_uri=…)"
@@ -49,6 +57,13 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         db_threads=env.integer("DB_THREADS", 8, minimum=1, maximum=64),
         log_format=env.choice("LOG_FORMAT", "text", ("text", "json")),
         log_level=env.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+        events_max_age=env.integer("EVENTS_MAX_AGE_SECONDS", 7 * 24 * 3600, minimum=60),
+        events_max_bytes=env.integer("EVENTS_MAX_BYTES", 1024 * 1024 * 1024, minimum=1024 * 1024),
+        events_max_clients=env.integer("EVENTS_MAX_CLIENTS", 1000, minimum=1),
+        events_max_clients_per_token=env.integer("EVENTS_MAX_CLIENTS_PER_TOKEN", 100, minimum=1),
+        events_client_buffer_bytes=env.integer("EVENTS_CLIENT_BUFFER_BYTES", 1024 * 1024, minimum=4096),
+        events_ping_interval=float(env.integer("EVENTS_PING_INTERVAL", 20, minimum=1, maximum=3600)),
+        events_ping_timeout=float(env.integer("EVENTS_PING_TIMEOUT", 30, minimum=1, maximum=3600)),
     )
     if not settings.mongodb_uri:
         env.problems.append("MONGODB_URI is required")

@@ -18,7 +18,7 @@ from nats.errors import Error as NatsError
 from pymongo.errors import PyMongoError
 
 from contract import jetstream, lifecycle
-from server import config
+from server import config, events
 from server.app import Services, make_app
 from server.database import Database
 from server.draining import DrainingHTTPServer
@@ -47,6 +47,7 @@ async def main() -> None:
         return
     js = nc.jetstream()
     await jetstream.ensure_streams(js)
+    await events.ensure_stream(js, settings.events_max_age, settings.events_max_bytes)
 
     outbound = Outbound(js, db)
     services = Services(db=db, nats=nc, js=js, outbound=outbound)
