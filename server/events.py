@@ -23,6 +23,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import BadRequestError
 
 from contract import events
+from contract.failpoints import failpoint
 from contract.messaging import DUPLICATE_WINDOW_SECONDS
 from server.metrics import EVENTS_PUBLISHED
 from server.models import Session
@@ -109,6 +110,7 @@ async def publish_received(js: JetStreamContext, db, stored: Sequence) -> None:
         }), item.key))
     # One connection writes publishes in call order, so the stream keeps this order.
     await asyncio.gather(*(publish(js, body, key) for body, key in bodies))
+    failpoint("server.events.after_published")  # published, the inbound batch not yet acknowledged
 
 
 def _message_counts(session_ids: list[ObjectId]) -> dict[ObjectId, int]:

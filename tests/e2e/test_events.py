@@ -22,7 +22,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from contract import events
 from devstack.processes import free_port
-from tests.harness import API_TOKEN, eventually
+from tests.harness import API_TOKEN, eventually, inbound_waiting
 from tests.security.conftest import rss_bytes
 
 REPLY = "Reply: mensagem recebida"
@@ -268,3 +268,35 @@ def test_server_sent_events_resume_from_last_event_id(stack, clean_nats):
     gone = httpx.get(f"http://127.0.0.1:{server.port}/v1/events", params={"since": "x"},
                      headers={**AUTH, "Accept": "text/event-stream"}, timeout=15)
     assert gone.status_code == 400 and gone.json()["errors"][0]["field"] == "since"
+
+
+def test_a_batch_redelivered_after_its_events_were_published_adds_no_second_event(stack, telegram, tmp_path):
+    fired = tmp_path / "failpoints.log"
+    port = free_port()
+    crashing = stack.server(HTTP_PORT=str(port), BALCAO_FAILPOINTS="server.events.after_published=kill",
+                            BALCAO_FAILPOINTS_LOG=str(fired))
+    stack.bot()
+    telegram.send_as_user(7701, "só uma vez")
+    eventually(lambda: fired.exists() and "server.events.after_published" in fired.read_text(),
+               timeout=60, message="the fail point fired")
+    eventually(lambda: not crashing.running, message="the server died at the fail point")
+    assert inbound_waiting(stack.env["NATS_URL"]) == 1  # stored and published, never acknowledged
+    survivor = stack.server(HTTP_PORT=str(free_port()))  # gets the batch again (after the ack wait)
+    eventually(lambda: inbound_waiting(stack.env["NATS_URL"]) == 0, timeout=90, interval=0.5,
+               message="the redelivered batch acknowledged")
+    got = settled_stream(survivor.port, 3)
+    assert [e["type"] for e in got] == [events.SESSION_OPENED, events.MESSAGE_RECEIVED, events.MESSAGE_SENT], got
+
+
+def test_connections_over_the_per_token_cap_are_refused_before_the_upgrade(stack):
+    server = stack.server(EVENTS_MAX_CLIENTS_PER_TOKEN="1")
+    with open_events(server.port):
+        refused = httpx.get(f"http://127.0.0.1:{server.port}/v1/events", headers=upgrade_headers(**AUTH), timeout=15)
+        assert refused.status_code == 429 and refused.headers["Retry-After"]
+        metrics = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=10).text
+        assert 'balcao_event_clients{transport="websocket"} 1.0' in metrics
+    # The slot is given back when the client leaves.
+    eventually(lambda: httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=10).text.count(
+        'balcao_event_clients{transport="websocket"} 0.0') == 1, message="the client counted out")
+    with open_events(server.port):
+        pass
