@@ -47,6 +47,11 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def latency(event: dict) -> float:
     at = dt.datetime.fromisoformat(event["at"].replace("Z", "+00:00")).timestamp()
     return time.time() - at
@@ -122,6 +127,7 @@ async def measure(nats_url: str, port: int, pid: int, clients: int, messages: in
 
     interval = 1.0 / rate
     started = time.monotonic()
+    server_cpu, own_cpu = cpu_seconds(pid), time.process_time()
     for n in range(total):
         if n == warmup:
             await asyncio.sleep(2.0)  # let the warm-up settle; measure only what follows
@@ -138,6 +144,9 @@ async def measure(nats_url: str, port: int, pid: int, clients: int, messages: in
             await asyncio.sleep(pause)
     await asyncio.wait_for(asyncio.gather(*tasks, raw), timeout=120)
     peak = rss_bytes(pid)
+    elapsed = time.monotonic() - started
+    print(f"CPU over {elapsed:.0f} s: server {cpu_seconds(pid) - server_cpu:.1f} s, "
+          f"clients (this process) {time.process_time() - own_cpu:.1f} s")
     await nc.close()
     raw_latencies = raw_latencies[-messages:]
     figures = {}
