@@ -43,7 +43,8 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Tele
 
 from bot.metrics import OUTBOUND_FAILURES, OUTBOUND_PARKED, OUTBOUND_SENT
 from bot.relay import retry_seconds
-from contract import jetstream
+from bot.reports import report_delivery
+from contract import events, jetstream
 from contract.failpoints import failpoint
 from contract.messaging import (
     DELIVERED_BUCKET,
@@ -252,6 +253,7 @@ class Delivery:
         # The residual window: Telegram has the message, the marker is not written.
         failpoint("bot.delivery.after_send_before_marker")
         await self._remember(marker)
+        await report_delivery(self._js, outbound, events.DELIVERY_SENT)
         with contextlib.suppress(NatsError, asyncio.TimeoutError):
             await msg.ack()  # if lost, the redelivery finds the marker
         return None
@@ -308,6 +310,7 @@ class Delivery:
                                  kind=outbound.kind, meta={**outbound.meta, "reason": reason})
         await self._js.publish(PARKED_SUBJECT, parked.to_bytes(), headers={"Nats-Msg-Id": outbound.key})
         OUTBOUND_PARKED.labels(kind=outbound.kind).inc()
+        await report_delivery(self._js, outbound, events.DELIVERY_PARKED)
 
 
 def chat_interval(chat_id: str) -> float:

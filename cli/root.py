@@ -15,10 +15,13 @@ def register() -> None:
     from cli.generate import generate
     from cli.imports import import_sessions
     from cli.sessions import sessions
+    from cli.watch import reply, watch
 
     cli.add_command(generate)
     cli.add_command(import_sessions)
     cli.add_command(sessions)
+    cli.add_command(watch)
+    cli.add_command(reply)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from tornado.web import Application
 from server.config import Settings
 from server.database import Database
 from server.cursors import CursorCodec
-from server.handlers import base, health, imports, metrics, openapi, sessions
+from server.handlers import base, events, health, imports, metrics, openapi, sessions
 from server.importing.jobs import Imports
 from server.outbound import Outbound
 
@@ -34,9 +34,11 @@ class Services:
 
 def make_app(settings: Settings, services: Services) -> Application:
     handlers = [*health.default_handlers, *metrics.default_handlers, *sessions.default_handlers,
-                *imports.default_handlers, *openapi.default_handlers]
+                *imports.default_handlers, *openapi.default_handlers, *events.default_handlers]
     running_imports = Imports(services.db, services.outbound)
     services.drains.append(running_imports.drain)
+    event_clients = events.EventClients(settings.events_max_clients, settings.events_max_clients_per_token)
+    services.drains.append(event_clients.drain)
     return Application(
         handlers,
         default_handler_class=base.NotFoundHandler,
@@ -46,5 +48,6 @@ def make_app(settings: Settings, services: Services) -> Application:
         services=services,
         cursors=CursorCodec(*settings.cursor_keys),
         imports=running_imports,
+        event_clients=event_clients,
         log_function=metrics.log_request,
     )

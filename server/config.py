@@ -52,6 +52,14 @@ class Settings:
     http_trust_proxy_headers: bool = False
     query_max_time_ms: int = 15000
     search_max_examined: int = 5000
+    # The live event stream (GET /v1/events).
+    events_max_age: int = 7 * 24 * 3600
+    events_max_bytes: int = 1024 * 1024 * 1024
+    events_max_clients: int = 1000
+    events_max_clients_per_token: int = 100
+    events_client_buffer_bytes: int = 1024 * 1024
+    events_ping_interval: float = 20.0
+    events_ping_timeout: float = 30.0
 
     def __repr__(self) -> str:  # never print the token
         return f"Settings(http_port={self.http_port}, api_token=***, nats_url=…, mongodb_uri=…)"
@@ -116,6 +124,13 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         http_trust_proxy_headers=env.choice("HTTP_TRUST_PROXY_HEADERS", "false", ("true", "false")) == "true",
         query_max_time_ms=env.integer("QUERY_MAX_TIME_MS", 15000, minimum=1),
         search_max_examined=env.integer("SEARCH_MAX_EXAMINED", 5000, minimum=1000),
+        events_max_age=env.integer("EVENTS_MAX_AGE_SECONDS", 7 * 24 * 3600, minimum=60),
+        events_max_bytes=env.integer("EVENTS_MAX_BYTES", 1024 * 1024 * 1024, minimum=1024 * 1024),
+        events_max_clients=env.integer("EVENTS_MAX_CLIENTS", 1000, minimum=1),
+        events_max_clients_per_token=env.integer("EVENTS_MAX_CLIENTS_PER_TOKEN", 100, minimum=1),
+        events_client_buffer_bytes=env.integer("EVENTS_CLIENT_BUFFER_BYTES", 1024 * 1024, minimum=4096),
+        events_ping_interval=float(env.integer("EVENTS_PING_INTERVAL", 20, minimum=1, maximum=3600)),
+        events_ping_timeout=float(env.integer("EVENTS_PING_TIMEOUT", 30, minimum=1, maximum=3600)),
     )
     if not settings.mongodb_uri:
         env.problems.append("MONGODB_URI is required")

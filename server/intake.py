@@ -28,7 +28,7 @@ from contract.messaging import (
     OutboundMessage,
     PayloadError,
 )
-from server import conversations
+from server import conversations, events
 from server.database import Database
 from server.metrics import INTAKE_LATENCY, INTAKE_RETRIES, MESSAGES_STORED
 from server.outbound import Outbound
@@ -83,6 +83,7 @@ class Intake:
             MESSAGES_STORED.inc(sum(item.inserted for item in stored))
             await self._reply(stored)
             failpoint("server.intake.after_reply_published")
+            await events.publish_received(self._js, self._db, stored)
         except Exception as exc:  # nothing unstored is acknowledged, whatever failed
             await self._retry_later(batch, exc)
             return
@@ -114,6 +115,8 @@ class Intake:
             self._outbound.publish(OutboundMessage(
                 key=f"reply:{item.key}", chat_id=str(item.message.chat_id),
                 text=self._reply_text, kind="reply",
+                meta={"session_id": str(item.session_id), "platform": item.message.platform,
+                      "contact_identifier": item.message.contact_identifier},
             ))
             for item in pending
         ))

@@ -18,7 +18,7 @@ from nats.errors import Error as NatsError
 from pymongo.errors import PyMongoError
 
 from contract import jetstream, lifecycle
-from server import config, streams
+from server import config, events, streams
 from server.app import Services, make_app
 from server.database import Database
 from server.draining import DrainingHTTPServer
@@ -48,6 +48,7 @@ async def main() -> None:
     js = nc.jetstream()
     await jetstream.ensure_streams(js, jetstream.StreamLimits(settings.stream_max_bytes,
                                                               settings.stream_max_age))
+    await events.ensure_stream(js, settings.events_max_age, settings.events_max_bytes)
 
     outbound = Outbound(js, db)
     services = Services(db=db, nats=nc, js=js, outbound=outbound)

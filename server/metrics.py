@@ -81,3 +81,28 @@ for reason in ("too-many-connections", "body-too-large"):
 for cause in ("mongodb", "nats", "error"):
     INTAKE_RETRIES.labels(cause=cause)
 OUTBOUND_PUBLISHED.labels(kind="reply")
+
+# The live event stream (GET /v1/events).
+EVENTS_PUBLISHED = Counter(
+    "balcao_events_published_total",
+    "Events this replica stored in BALCAO_EVENTS, by type; duplicates JetStream dropped are not counted",
+    ["type"],
+)
+EVENT_CLIENTS = Gauge(
+    "balcao_event_clients",
+    "Clients connected to the event stream on this replica, by transport",
+    ["transport"],  # websocket, sse
+)
+EVENTS_SENT = Counter(
+    "balcao_events_sent_total",
+    "Events written to connected clients (one per event and client)",
+)
+EVENT_CLIENTS_DROPPED = Counter(
+    "balcao_event_clients_dropped_total",
+    "Event-stream clients this replica closed, by reason",
+    ["reason"],  # slow, gone (resume point no longer kept)
+)
+for transport in ("websocket", "sse"):
+    EVENT_CLIENTS.labels(transport=transport)
+for reason in ("slow", "gone"):
+    EVENT_CLIENTS_DROPPED.labels(reason=reason)

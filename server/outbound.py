@@ -38,6 +38,10 @@ class Outbound:
         self._wake = asyncio.Event()
         self._stopping = False
 
+    @property
+    def js(self) -> JetStreamContext:
+        return self._js
+
     async def publish(self, message: OutboundMessage) -> None:
         """Publish and wait for JetStream's acknowledgement (raises on failure)."""
         ack = await self._js.publish(

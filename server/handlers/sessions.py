@@ -15,7 +15,7 @@ from bson import ObjectId
 from tornado.web import stream_request_body, url
 
 from contract.messaging import OutboundMessage
-from server import names, sessions
+from server import events, names, sessions
 from server.cursors import CursorCodec, CursorInvalid
 from server.handlers.base import ApiError, ApiHandler, database_errors
 
@@ -238,6 +238,7 @@ class SessionHandler(SessionsApiHandler):
         else:
             log.info("session %s finished without a goodbye: no chat is known for it", session["_id"])
         await self.database(sessions.finish, session["_id"])
+        events.publish_soon(self.settings["services"].js, events.session_finished(session), str(session["_id"]))
         log.info("session %s finished", session["_id"])
         self.set_status(204)
         self.finish()

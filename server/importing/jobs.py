@@ -25,6 +25,7 @@ from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
 from contract.messaging import OutboundMessage
+from server import events
 from server.conversations import utcnow
 from server.database import Database
 from server.importing.feed import MAX_REPORTED_ERRORS, Tally
@@ -304,6 +305,7 @@ class Imports:
             key=f"import:{job_id}", chat_id=job["channel"], text=announcement(job), kind="announcement",
             meta={"import_id": str(job_id)},
         ))
+        events.publish_soon(self._outbound.js, events.import_finished(job), str(job_id))
         return job
 
     async def reap(self, idle_seconds: float) -> int:

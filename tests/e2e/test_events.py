@@ -1,0 +1,302 @@
+"""The live event stream, end to end: real server replicas, bot, NATS, MongoDB-wire server, fake Telegram.
+
+Clients are `websockets` sync clients, as `balcao watch` uses; each test keeps
+its message count small and spreads messages over many contacts (the fake
+Telegram throttles bursts to one chat).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from contract import events
+from devstack.processes import free_port
+from tests.harness import API_TOKEN, eventually, inbound_waiting
+from tests.security.conftest import rss_bytes
+
+REPLY = "Reply: mensagem recebida"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+def ws_url(port: int, query: str = "") -> str:
+    return f"ws://127.0.0.1:{port}/v1/events" + (f"?{query}" if query else "")
+
+
+def open_events(port: int, query: str = "") -> ClientConnection:
+    return connect(ws_url(port, query), additional_headers=AUTH, subprotocols=["balcao.v1"],
+                   open_timeout=15)
+
+
+def read_until(ws: ClientConnection, done, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Events until `done(events)` holds; fails after `timeout`."""
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while not done(got):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"events not complete after {timeout} s: {got!r}")
+        try:
+            got.append(json.loads(ws.recv(timeout=left)))
+        except TimeoutError:
+            continue
+    return got
+
+
+def received_texts(got: list[dict[str, Any]]) -> set[str]:
+    return {e["message"]["text"] for e in got if e["type"] == events.MESSAGE_RECEIVED}
+
+
+def settled_stream(port: int, expected: int) -> list[dict[str, Any]]:
+    """Every event the stream keeps, read from the start once `expected` are there."""
+    with open_events(port, "since=0") as ws:
+        got = read_until(ws, lambda got: len(got) >= expected)
+        try:  # nothing more arrives: the stream has settled
+            extra = ws.recv(timeout=2.0)
+            got.append(json.loads(extra))
+        except TimeoutError:
+            pass
+    return got
+
+
+def publish_raw(nats_url: str, bodies: list[bytes]) -> None:
+    async def run() -> None:
+        import nats
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        for body in bodies:
+            await js.publish(events.subject(events.IMPORT_FINISHED), body, stream=events.EVENTS_STREAM)
+        await nc.close()
+    asyncio.run(run())
+
+
+def purge(nats_url: str) -> None:
+    async def run() -> None:
+        import nats
+        nc = await nats.connect(nats_url)
+        await nc.jetstream().purge_stream(events.EVENTS_STREAM)
+        await nc.close()
+    asyncio.run(run())
+
+
+def test_a_contact_message_reaches_a_client_then_the_reply_it_got(stack, telegram):
+    server = stack.server()
+    stack.bot()
+    with open_events(server.port) as ws:
+        assert ws.subprotocol == "balcao.v1"
+        telegram.send_as_user(7101, "quero ajuda", first_name="Ana")
+        got = read_until(ws, lambda got: any(e["type"] == events.MESSAGE_SENT for e in got))
+    kinds = [e["type"] for e in got]
+    assert kinds == [events.SESSION_OPENED, events.MESSAGE_RECEIVED, events.MESSAGE_SENT], got
+    opened, received, sent = got
+    assert received["message"]["text"] == "quero ajuda"
+    assert received["contact"] == {"identifier": "7101", "name": "Ana"}
+    assert sent["message"]["text"] == REPLY and sent["delivery"] == events.DELIVERY_SENT
+    assert opened["session_id"] == received["session_id"] == sent["session_id"]
+    assert opened["id"] < received["id"] < sent["id"]
+
+
+def test_a_client_on_one_replica_sees_what_the_other_stored(stack, telegram):
+    a, b = stack.server(HTTP_PORT=str(free_port())), stack.server(HTTP_PORT=str(free_port()))
+    stack.bot()
+    with open_events(a.port, "type=message.received") as ws:
+        for n in range(6):
+            telegram.send_as_user(7200 + n, f"olá {n}")
+        got = read_until(ws, lambda got: len(got) >= 6)
+        assert received_texts(got) == {f"olá {n}" for n in range(6)}
+        assert {e["type"] for e in got} == {events.MESSAGE_RECEIVED}  # filtered by NATS
+        # A finish that only replica B handles reaches the client on A.
+        session_id = got[0]["session_id"]
+        with open_events(a.port, f"session={session_id}&type=session.finished") as finished:
+            httpx.delete(f"http://127.0.0.1:{b.port}/v1/sessions/{session_id}", headers=AUTH,
+                         timeout=15).raise_for_status()
+            (event,) = read_until(finished, lambda got: len(got) >= 1)
+    assert event["type"] == events.SESSION_FINISHED and event["session_id"] == session_id
+
+
+def test_a_dropped_client_resumes_from_its_last_id_with_every_event_once(stack, telegram):
+    server = stack.server()
+    stack.bot()
+    contacts = list(range(7300, 7316))
+
+    def contacts_write() -> None:
+        for contact in contacts:
+            telegram.send_as_user(contact, f"mensagem {contact}")
+            time.sleep(0.1)
+
+    writer = threading.Thread(target=contacts_write)
+    seen: list[dict[str, Any]] = []
+    with open_events(server.port, "since=0") as ws:
+        writer.start()
+        seen += read_until(ws, lambda got: len(got) >= 5)
+        # Cut the TCP connection under the client, no close handshake: a network drop.
+        ws.socket.shutdown(socket.SHUT_RDWR)
+    # Each contact makes three events: session.opened, message.received, message.sent.
+    expected = 3 * len(contacts)
+    with open_events(server.port, f"since={seen[-1]['id']}") as ws:
+        seen += read_until(ws, lambda got: len(seen) + len(got) >= expected)
+    writer.join()
+    ids = [e["id"] for e in seen]
+    assert ids == sorted(set(ids)), "an event repeated or came out of order"
+    assert seen == settled_stream(server.port, expected)  # and none is missing
+    assert received_texts(seen) == {f"mensagem {c}" for c in contacts}
+
+
+def test_a_client_whose_replica_is_killed_resumes_on_the_other(stack, telegram):
+    a, b = stack.server(HTTP_PORT=str(free_port())), stack.server(HTTP_PORT=str(free_port()))
+    stack.bot()
+    contacts = list(range(7400, 7410))
+    seen: list[dict[str, Any]] = []
+    with open_events(a.port, "since=0&type=message.received") as ws:
+        for contact in contacts[:4]:
+            telegram.send_as_user(contact, f"antes {contact}")
+        seen += read_until(ws, lambda got: len(got) >= 4)
+        a.stop(signal.SIGKILL)
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=30)
+    for contact in contacts[4:]:
+        telegram.send_as_user(contact, f"depois {contact}")
+    with open_events(b.port, f"since={seen[-1]['id']}&type=message.received") as ws:
+        seen += read_until(ws, lambda got: len(seen) + len(got) >= len(contacts))
+        try:
+            extra = ws.recv(timeout=2.0)
+            raise AssertionError(f"an event beyond the ten messages: {extra}")
+        except TimeoutError:
+            pass
+    ids = [e["id"] for e in seen]
+    assert ids == sorted(set(ids))
+    assert received_texts(seen) == {f"antes {c}" for c in contacts[:4]} | {f"depois {c}" for c in contacts[4:]}
+
+
+def test_a_client_that_never_reads_is_cut_off_without_the_server_growing(stack, clean_nats):
+    server = stack.server(EVENTS_CLIENT_BUFFER_BYTES=str(256 * 1024))
+    # A WebSocket handshake by hand, then never a read: the socket's buffers fill,
+    # then the server's, up to its limit.
+    raw = socket.create_connection(("127.0.0.1", server.port))
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.sendall((f"GET /v1/events HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                 f"Authorization: Bearer {API_TOKEN}\r\n\r\n").encode())
+    assert raw.recv(12) == b"HTTP/1.1 101"
+    before = rss_bytes(server.popen.pid)
+    chunk = json.dumps(events.event(events.IMPORT_FINISHED, padding="x" * 60_000)).encode()
+    publish_raw(clean_nats.url, [chunk] * 300)  # 18 MB of events for one client
+
+    def dropped() -> float:
+        text = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=10).text
+        for line in text.splitlines():
+            if line.startswith('balcao_event_clients_dropped_total{reason="slow"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    eventually(lambda: dropped() == 1.0, timeout=60, interval=0.5, message="slow client dropped")
+    grown = rss_bytes(server.popen.pid) - before
+    raw.close()
+    assert grown < 12 * 1024 * 1024, f"server grew {grown} bytes for one unread client"
+
+
+def upgrade_headers(**extra: str) -> dict[str, str]:
+    return {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", **extra}
+
+
+@pytest.mark.parametrize("query, headers", [
+    ("", {}),
+    ("", {"Authorization": "Bearer wrong-token-0123456789"}),
+    (f"token={API_TOKEN}", {}),
+    (f"access_token={API_TOKEN}", {"Authorization": f"Bearer {API_TOKEN}"}),
+    ("", {"Sec-WebSocket-Protocol": "balcao.v1, bearer.wrong-token-0123456789"}),
+], ids=["no-token", "wrong-token", "query-token", "query-token-beside-header", "wrong-subprotocol-token"])
+def test_a_bad_or_misplaced_token_is_refused_before_the_upgrade(stack, query, headers):
+    server = stack.server()
+    response = httpx.get(f"http://127.0.0.1:{server.port}/v1/events" + (f"?{query}" if query else ""),
+                         headers=upgrade_headers(**headers), timeout=15)
+    assert response.status_code == 401
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.json()["status"] == 401
+    if "token=" in query:
+        assert "query string" in response.json()["detail"]
+
+
+def test_a_browser_authenticates_with_a_subprotocol_that_is_never_echoed(stack):
+    server = stack.server()
+    with connect(ws_url(server.port), subprotocols=["balcao.v1", f"bearer.{API_TOKEN}"],
+                 open_timeout=15) as ws:
+        assert ws.subprotocol == "balcao.v1"
+        assert API_TOKEN not in str(ws.response.headers)
+
+
+def test_an_id_older_than_the_stream_keeps_gets_a_gone_close_code(stack, clean_nats):
+    server = stack.server()
+    publish_raw(clean_nats.url, [events.to_bytes(events.event(events.IMPORT_FINISHED))] * 3)
+    purge(clean_nats.url)
+    with open_events(server.port, "since=1") as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=15)
+    assert closed.value.rcvd.code == 4410
+    assert "reload" in closed.value.rcvd.reason
+    # An id the stream still keeps (or a future one) is fine.
+    with open_events(server.port, "since=3") as ws:
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=1.0)
+
+
+def test_server_sent_events_resume_from_last_event_id(stack, clean_nats):
+    server = stack.server()
+    publish_raw(clean_nats.url, [events.to_bytes(events.event(events.IMPORT_FINISHED, n=n)) for n in range(4)])
+    headers = {**AUTH, "Accept": "text/event-stream", "Last-Event-ID": "2"}
+    frames: list[str] = []
+    with httpx.stream("GET", f"http://127.0.0.1:{server.port}/v1/events", headers=headers, timeout=15) as response:
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            frames.append(line)
+            if line.startswith("data:") and json.loads(line[5:])["id"] == 4:
+                break
+    assert [line for line in frames if line.startswith("id:")] == ["id: 3", "id: 4"]
+    assert "event: import.finished" in frames
+    gone = httpx.get(f"http://127.0.0.1:{server.port}/v1/events", params={"since": "x"},
+                     headers={**AUTH, "Accept": "text/event-stream"}, timeout=15)
+    assert gone.status_code == 400 and gone.json()["errors"][0]["field"] == "since"
+
+
+def test_a_batch_redelivered_after_its_events_were_published_adds_no_second_event(stack, telegram, tmp_path):
+    fired = tmp_path / "failpoints.log"
+    port = free_port()
+    crashing = stack.server(HTTP_PORT=str(port), BALCAO_FAILPOINTS="server.events.after_published=kill",
+                            BALCAO_FAILPOINTS_LOG=str(fired))
+    stack.bot()
+    telegram.send_as_user(7701, "só uma vez")
+    eventually(lambda: fired.exists() and "server.events.after_published" in fired.read_text(),
+               timeout=60, message="the fail point fired")
+    eventually(lambda: not crashing.running, message="the server died at the fail point")
+    assert inbound_waiting(stack.env["NATS_URL"]) == 1  # stored and published, never acknowledged
+    survivor = stack.server(HTTP_PORT=str(free_port()))  # gets the batch again (after the ack wait)
+    eventually(lambda: inbound_waiting(stack.env["NATS_URL"]) == 0, timeout=90, interval=0.5,
+               message="the redelivered batch acknowledged")
+    got = settled_stream(survivor.port, 3)
+    assert [e["type"] for e in got] == [events.SESSION_OPENED, events.MESSAGE_RECEIVED, events.MESSAGE_SENT], got
+
+
+def test_connections_over_the_per_token_cap_are_refused_before_the_upgrade(stack):
+    server = stack.server(EVENTS_MAX_CLIENTS_PER_TOKEN="1")
+    with open_events(server.port):
+        refused = httpx.get(f"http://127.0.0.1:{server.port}/v1/events", headers=upgrade_headers(**AUTH), timeout=15)
+        assert refused.status_code == 429 and refused.headers["Retry-After"]
+        metrics = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=10).text
+        assert 'balcao_event_clients{transport="websocket"} 1.0' in metrics
+    # The slot is given back when the client leaves.
+    eventually(lambda: httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=10).text.count(
+        'balcao_event_clients{transport="websocket"} 0.0') == 1, message="the client counted out")
+    with open_events(server.port):
+        pass
