@@ -27,6 +27,8 @@ class Settings:
     webhook_secret: str | None = None
     webhook_port: int = 8443
     metrics_port: int | None = None  # none: no metrics endpoint
+    # Servers holding a copy of each stream: 1 on one node, 3 in a three-node cluster.
+    nats_replicas: int = 1
     log_format: str = "text"
     log_level: str = "info"
 
@@ -53,7 +55,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     env = Environment(environ)
     settings = Settings(
         token=env.secret("TELEGRAM_BOT_TOKEN", required=True) or "",
-        nats_url=env.url("NATS_URL", None, ("nats", "tls", "ws", "wss")) or "",
+        nats_url=env.url_list("NATS_URL", None, ("nats", "tls", "ws", "wss")) or "",
+        nats_replicas=env.integer("NATS_REPLICAS", 1, minimum=1, maximum=5),
         api_base_url=env.url("TELEGRAM_API_BASE_URL", DEFAULT_API_BASE, ("https", "http")) or DEFAULT_API_BASE,
         poll_timeout=env.integer("TELEGRAM_POLL_TIMEOUT", 30, minimum=0, maximum=50),
         max_messages_per_second=env.integer("TELEGRAM_MAX_MESSAGES_PER_SECOND", 30, minimum=1),

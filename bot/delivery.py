@@ -52,15 +52,17 @@ class Outcome(Enum):
 
 
 class Delivery:
-    def __init__(self, bot: Bot, js: JetStreamContext, batch_size: int = 100) -> None:
+    def __init__(self, bot: Bot, js: JetStreamContext, batch_size: int = 100, *,
+                 replicas: int = 1) -> None:
         self._bot = bot
+        self._replicas = replicas
         self._js = js
         self._batch_size = batch_size
         self._delivered: KeyValue | None = None
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
-        self._delivered = await delivered_bucket(self._js)
+        self._delivered = await delivered_bucket(self._js, self._replicas)
         await jetstream.consume(
             self._js, stream=OUTBOUND_STREAM, subject=OUTBOUND_SUBJECT, durable=OUTBOUND_CONSUMER,
             batch_size=self._batch_size, ack_wait=ACK_WAIT, handle=self.deliver_batch,
@@ -164,11 +166,15 @@ class Delivery:
         OUTBOUND_PARKED.labels(kind=outbound.kind).inc()
 
 
-async def delivered_bucket(js: JetStreamContext) -> KeyValue:
+async def delivered_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """The delivered-key store, kept on `replicas` servers like the streams (NATS_REPLICAS)."""
     try:
-        return await js.key_value(DELIVERED_BUCKET)
+        bucket = await js.key_value(DELIVERED_BUCKET)
     except BucketNotFoundError:
-        return await js.create_key_value(bucket=DELIVERED_BUCKET, ttl=DELIVERED_TTL)
+        return await js.create_key_value(bucket=DELIVERED_BUCKET, ttl=DELIVERED_TTL, replicas=replicas)
+    # A key-value bucket is the stream KV_<bucket>; its copies change like any stream's.
+    await jetstream.ensure_replicas(js, f"KV_{DELIVERED_BUCKET}", replicas)
+    return bucket
 
 
 def delivered_key(key: str) -> str:

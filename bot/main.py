@@ -49,7 +49,11 @@ async def main() -> None:
         log.info("bot stopped before it was ready")
         return
     js = nc.jetstream()
-    await jetstream.ensure_streams(js)
+    try:
+        await jetstream.ensure_streams(js, settings.nats_replicas)
+    except jetstream.ReplicationError as exc:
+        await nc.close()
+        sys.exit(f"bot: {exc}")
 
     application = build_application(settings)
     failures: set[int] = set()
@@ -64,7 +68,7 @@ async def main() -> None:
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
 
-    delivery = Delivery(application.bot, js)
+    delivery = Delivery(application.bot, js, replicas=settings.nats_replicas)
     workers = [asyncio.create_task(delivery.run(), name="delivery")]
     receiver = poller = None
     if settings.webhook_url:

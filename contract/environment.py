@@ -59,6 +59,23 @@ class Environment:
             self.problems.append(f"{name} must start with {' or '.join(s + '://' for s in schemes)}")
         return value
 
+    def url_list(self, name: str, default: str | None, schemes: tuple[str, ...]) -> str | None:
+        """A comma-separated list of URLs (the members of a cluster), each with a scheme.
+
+        Returned as written, with the blanks around commas dropped; `split_urls` splits it.
+        """
+        value = self.text(name, default)
+        if value is None:
+            return None
+        urls = [url.strip() for url in value.split(",")]
+        prefixes = tuple(f"{s}://" for s in schemes)
+        if any(not url.startswith(prefixes) for url in urls):
+            # The value may carry credentials: name the variable and the position, never echo it.
+            bad = ", ".join(str(i + 1) for i, url in enumerate(urls) if not url.startswith(prefixes))
+            self.problems.append(f"{name} must be a comma-separated list of URLs each starting with "
+                                 f"{' or '.join(prefixes)} (not so: entry {bad})")
+        return ",".join(urls)
+
     def secret(self, name: str, *, required: bool) -> str | None:
         """`NAME`, or the contents of the file named by `NAME_FILE` (never both)."""
         direct = self.text(name)

@@ -7,6 +7,7 @@ the others find them; nothing depends on start order.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -22,7 +23,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from contract import messaging
 
@@ -57,8 +58,22 @@ STREAMS = (
 )
 
 
+class ReplicationError(Exception):
+    """A stream cannot be created, or brought to the replication asked for."""
+
+
+def split_urls(url: str) -> list[str]:
+    """The servers of `NATS_URL`: one URL, or a comma-separated list of a cluster's members."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 async def connect(url: str, name: str) -> Client:
-    """Connect once, retrying forever in the background after the first success."""
+    """Connect once, retrying forever in the background after the first success.
+
+    `url` may name several servers (the members of a cluster, comma-separated):
+    the first connection goes to any that answers, and a lost connection moves
+    to another member, including members the cluster announced since.
+    """
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats error: %s", exc)
@@ -74,7 +89,7 @@ async def connect(url: str, name: str) -> Client:
 
     client = Client()
     await client.connect(
-        url,
+        servers=split_urls(url),
         name=name,
         error_cb=on_error,
         disconnected_cb=on_disconnected,
@@ -88,13 +103,53 @@ async def connect(url: str, name: str) -> Client:
     return client
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create the streams, each kept on `replicas` servers (NATS_REPLICAS).
+
+    A stream that exists with other settings keeps them (an operator tuned it),
+    except its replication, which is brought to `replicas` in place: JetStream
+    copies the data to the new peers (or drops the extra ones) without losing a
+    message, and the stream's consumers follow. What cannot be done that way
+    (more replicas than servers, a server without JetStream) raises
+    ReplicationError naming the stream and JetStream's reason.
+    """
     for config in STREAMS:
+        config = dataclasses.replace(config, num_replicas=replicas)
         try:
             await js.add_stream(config=config)
-        except BadRequestError:
-            # Exists with other settings (an operator tuned it): keep theirs.
-            log.info("stream %s exists with different settings; left as is", config.name)
+        except BadRequestError as exc:
+            try:
+                info = await js.stream_info(config.name)
+            except NotFoundError:
+                raise ReplicationError(
+                    f"cannot create stream {config.name} with {replicas} replica(s) "
+                    f"(NATS_REPLICAS): {exc.description}") from exc
+            if (info.config.num_replicas or 1) != replicas:
+                await ensure_replicas(js, config.name, replicas)
+            else:
+                # Exists with other settings (an operator tuned it): keep theirs.
+                log.info("stream %s exists with different settings; left as is", config.name)
+
+
+async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> None:
+    """Bring an existing stream (a key-value bucket is one) to `replicas` copies, data kept."""
+    info = await js.stream_info(stream)
+    current = info.config.num_replicas or 1
+    if current == replicas:
+        return
+    try:
+        await js.update_stream(config=dataclasses.replace(info.config, num_replicas=replicas))
+    except BadRequestError as exc:
+        raise ReplicationError(
+            f"stream {stream} has {current} replica(s) and cannot be changed to {replicas} "
+            f"(NATS_REPLICAS): {exc.description}") from exc
+    log.info("stream %s replication changed from %d to %d", stream, current, replicas)
+    # A durable consumer made on a one-replica stream stays on one server when
+    # the stream grows; its state (what was acknowledged) must survive a node too.
+    for consumer in await js.consumers_info(stream):
+        if consumer.config.num_replicas not in (0, replicas) or current == 1:
+            await js.add_consumer(stream, config=dataclasses.replace(consumer.config, num_replicas=replicas))
+            log.info("consumer %s on %s replication changed to %d", consumer.name, stream, replicas)
 
 
 async def hand_back(subscription: JetStreamContext.PullSubscription, lingering: float) -> int:

@@ -23,6 +23,8 @@ class Settings:
     import_max_bytes: int = 1024 * 1024 * 1024
     intake_batch: int = 1000
     db_threads: int = 8
+    # Servers holding a copy of each stream: 1 on one node, 3 in a three-node cluster.
+    nats_replicas: int = 1
     log_format: str = "text"
     log_level: str = "info"
 
@@ -42,7 +44,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         http_port=env.integer("HTTP_PORT", 8080, minimum=1, maximum=65535),
         api_token=env.secret("API_TOKEN", required=True) or "",
         mongodb_uri=env.url("MONGODB_URI", None, ("mongodb", "mongodb+srv")) or "",
-        nats_url=env.url("NATS_URL", None, ("nats", "tls", "ws", "wss")) or "",
+        nats_url=env.url_list("NATS_URL", None, ("nats", "tls", "ws", "wss")) or "",
+        nats_replicas=env.integer("NATS_REPLICAS", 1, minimum=1, maximum=5),
         goodbye_text=env.text("GOODBYE_TEXT", DEFAULT_GOODBYE) or DEFAULT_GOODBYE,
         import_max_bytes=env.integer("IMPORT_MAX_BYTES", 1024 * 1024 * 1024, minimum=1),
         intake_batch=env.integer("INTAKE_BATCH", 1000, minimum=1, maximum=1000),

@@ -46,7 +46,12 @@ async def main() -> None:
         log.info("server stopped before it was ready")
         return
     js = nc.jetstream()
-    await jetstream.ensure_streams(js)
+    try:
+        await jetstream.ensure_streams(js, settings.nats_replicas)
+    except jetstream.ReplicationError as exc:
+        await nc.close()
+        db.close()
+        sys.exit(f"server: {exc}")
 
     outbound = Outbound(js, db)
     services = Services(db=db, nats=nc, js=js, outbound=outbound)
