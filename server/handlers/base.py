@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import PyMongoError
 from tornado.web import HTTPError, RequestHandler
+
+from server import failover
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,11 @@ def database_errors() -> Iterator[None]:
     """MongoDB out of reach is a 503 with Retry-After: the client may try again, it is no bug."""
     try:
         yield
-    except ConnectionFailure as exc:
+    except PyMongoError as exc:
+        # A replica set electing a primary fails writes with codes and labels, not
+        # only with lost connections; those are as temporary (server/failover.py).
+        if not failover.is_transient(exc):
+            raise
         log.warning("mongodb unavailable while serving a request: %s", exc)
         raise ApiError(503, "the database is not answering; try again shortly", kind="unavailable",
                        headers={"Retry-After": "5"}) from exc
