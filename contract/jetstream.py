@@ -23,7 +23,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from contract import messaging
 
@@ -117,7 +117,7 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
         config = dataclasses.replace(config, num_replicas=replicas)
         try:
             await js.add_stream(config=config)
-        except BadRequestError as exc:
+        except APIError as exc:  # 400 "exists with other settings", 500 "replicas > 1 not supported", ...
             try:
                 info = await js.stream_info(config.name)
             except NotFoundError:
@@ -139,7 +139,7 @@ async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> N
         return
     try:
         await js.update_stream(config=dataclasses.replace(info.config, num_replicas=replicas))
-    except BadRequestError as exc:
+    except APIError as exc:
         raise ReplicationError(
             f"stream {stream} has {current} replica(s) and cannot be changed to {replicas} "
             f"(NATS_REPLICAS): {exc.description}") from exc
