@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from pathlib import Path
 
 import nats
@@ -46,7 +47,7 @@ def test_credentials_of_every_member_are_masked() -> None:
     assert set(logs.url_credentials(urls)) == {"first-secret", "second-secret", "token-abcdef"}
     settings = server_config.load({**SERVER_ENV, "NATS_URL": urls})
     line = logs.formatter("text", settings.secrets).format(
-        __import__("logging").LogRecord("t", 20, __file__, 1, "connecting to %s", (urls,), None))
+        logging.LogRecord("t", logging.INFO, __file__, 1, "connecting to %s", (urls,), None))
     assert not any(secret in line for secret in ("first-secret", "second-secret", "token-abcdef"))
 
 
@@ -88,7 +89,8 @@ def test_an_existing_stream_that_cannot_grow_is_reported(clean_nats) -> None:
         finally:
             await nc.close()
 
-    with pytest.raises(jetstream.ReplicationError, match=r"BALCAO_INBOUND has 1 replica\(s\) and cannot be changed to 3"):
+    refused = r"BALCAO_INBOUND has 1 replica\(s\) and cannot be changed to 3"
+    with pytest.raises(jetstream.ReplicationError, match=refused):
         asyncio.run(grow())
 
 
