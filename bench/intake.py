@@ -6,7 +6,14 @@ in the same run and against the same nats-server and MongoDB-wire server, the
 baseline: a raw nats-py request/reply whose responder does one raw pymongo upsert
 per message. Both are open-loop bursts with the same message count.
 
-    .venv/bin/python -m bench.intake [--messages 2000] [--contacts 200]
+    .venv/bin/python -m bench.intake [--messages 2000] [--contacts 200] [--runs 3] [--loads 0.25 0.5 0.75]
+
+A burst's throughput moves from run to run on a shared machine, so it runs
+`--runs` times on fresh servers and reports medians. Two references: the raw
+request/reply with one upsert (no Telegram send, as before), and the same with
+the reply also sent to a fake Bot API over HTTP, which is the work Balcão does
+end to end. Then a closed loop offers messages at fixed rates (fractions of the
+second reference's capacity) and reports latency where nothing queues.
 
 The bot's send rate is raised for the run (TELEGRAM_MAX_MESSAGES_PER_SECOND)
 and the fake's flood control is off: real Telegram's 30 messages/s would
@@ -57,7 +64,9 @@ def report(name: str, latencies: list[float], elapsed: float) -> dict[str, float
     return figures
 
 
-async def balcao(nats_url: str, mongodb_uri: str, messages: int, contacts: int, work: Path) -> dict:
+async def balcao(nats_url: str, mongodb_uri: str, messages: int, contacts: int, work: Path,
+                 rate: float | None = None) -> dict:
+    """Balcão end to end; `rate`: offer the messages at that many per second instead of at once."""
     fake = FakeTelegram(TOKEN)
     fake.flood_control.enabled = False  # measure Balcão, not Telegram's limits (bench.outbound does)
     await fake.start(port=0)
@@ -76,9 +85,11 @@ async def balcao(nats_url: str, mongodb_uri: str, messages: int, contacts: int, 
         started = time.monotonic()
         for n in range(messages):
             user_id = 10_000 + n % contacts
+            if rate:
+                await asyncio.sleep(max(started + n / rate - time.monotonic(), 0))
             injected.setdefault(user_id, []).append(time.monotonic())
             fake.inject_message({"id": user_id, "first_name": f"Contato {user_id}"}, f"mensagem {n}")
-            if n % 50 == 0:
+            if not rate and n % 50 == 0:
                 await asyncio.sleep(0)  # let the fake serve the bot while injecting
         progress = pymongo.MongoClient(mongodb_uri).get_default_database()["messages"]
         last_print = time.monotonic()
@@ -98,7 +109,7 @@ async def balcao(nats_url: str, mongodb_uri: str, messages: int, contacts: int, 
             answered = [a["at"] for a in done if str(a["chat_id"]) == str(user_id)]
             latencies += [reply - sent for sent, reply in zip(times, sorted(answered))]
         elapsed = max(a["at"] for a in done) - started
-        return report("balcao", latencies, elapsed)
+        return report("balcao" if not rate else f"balcao@{rate:.0f}", latencies, elapsed)
     finally:
         for process in (bot, server):
             process.terminate()
@@ -119,8 +130,17 @@ async def wait_until(check, timeout: float) -> None:
         await asyncio.sleep(0.02)
 
 
-async def baseline_responder(nats_url: str, mongodb_uri: str) -> None:
-    """The baseline's server side: one raw upsert per request, then the reply."""
+async def baseline_responder(nats_url: str, mongodb_uri: str, telegram_url: str = "") -> None:
+    """The baseline's server side: one raw upsert per request, then the reply.
+
+    With `telegram_url`, the reply is also sent as sendMessage to the fake Bot API
+    over HTTP first, as the bot does: the baseline then does the same kind of work
+    as Balcão end to end (store, answer on Telegram) with nothing in between.
+    """
+    import httpx
+
+    http = httpx.AsyncClient(base_url=f"{telegram_url}/bot{TOKEN}", timeout=60,
+                             limits=httpx.Limits(max_connections=100)) if telegram_url else None
     collection = pymongo.MongoClient(mongodb_uri).get_default_database()["bench_baseline"]
     collection.create_index([("contact", 1)], unique=True)
     executor = ThreadPoolExecutor(8)
@@ -134,6 +154,9 @@ async def baseline_responder(nats_url: str, mongodb_uri: str) -> None:
     async def handle(msg) -> None:
         contact, _, text = msg.data.decode().partition("|")
         await loop.run_in_executor(executor, upsert, contact, text)
+        if http is not None:
+            chat = 10_000 + int(contact)
+            await http.post("/sendMessage", json={"chat_id": chat, "text": REPLY})
         await msg.respond(REPLY.encode())
 
     await nc.subscribe(BASELINE_SUBJECT, cb=handle)
@@ -141,8 +164,17 @@ async def baseline_responder(nats_url: str, mongodb_uri: str) -> None:
     await asyncio.Event().wait()
 
 
-async def baseline(nats_url: str, mongodb_uri: str, messages: int, contacts: int) -> dict:
-    responder = subprocess.Popen([sys.executable, "-m", "bench.intake", "--responder", nats_url, mongodb_uri],
+async def baseline(nats_url: str, mongodb_uri: str, messages: int, contacts: int, *,
+                   send: bool = False, rate: float | None = None) -> dict:
+    """The raw reference; `send`: each reply also goes to a fake Bot API over HTTP."""
+    fake = None
+    if send:
+        fake = FakeTelegram(TOKEN)
+        await fake.start(port=0)
+        for contact in range(contacts):
+            fake.register_user(10_000 + contact, f"Contato {contact}")
+    responder = subprocess.Popen([sys.executable, "-m", "bench.intake", "--responder", nats_url, mongodb_uri,
+                                  fake.base_url if fake else ""],
                                  cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert responder.stdout.readline().strip() == "ready"
@@ -151,6 +183,8 @@ async def baseline(nats_url: str, mongodb_uri: str, messages: int, contacts: int
         finished: list[float] = []
 
         async def one(n: int) -> None:
+            if rate:
+                await asyncio.sleep(n / rate)
             sent = time.monotonic()
             await nc.request(BASELINE_SUBJECT, f"{n % contacts}|mensagem {n}".encode(), timeout=120)
             finished.append(time.monotonic())
@@ -159,31 +193,77 @@ async def baseline(nats_url: str, mongodb_uri: str, messages: int, contacts: int
         started = time.monotonic()
         await asyncio.gather(*(one(n) for n in range(messages)))
         await nc.close()
-        return report("baseline", latencies, max(finished) - started)
+        name = ("baseline+send" if send else "baseline") + (f"@{rate:.0f}" if rate else "")
+        return report(name, latencies, max(finished) - started)
     finally:
         responder.terminate()
         responder.wait(10)
+        if fake is not None:
+            await fake.stop()
 
 
-async def run(messages: int, contacts: int) -> None:
+async def one_run(messages: int, contacts: int) -> dict[str, dict]:
     with tempfile.TemporaryDirectory(prefix="balcao-bench-") as tmp, backends(Path(tmp)) as servers:
-        print(f"{messages} messages from {contacts} contacts; MongoDB: {servers.mongodb_name}")
-        ours = await balcao(servers.nats_url, servers.mongodb_uri, messages, contacts, Path(tmp))
-        base = await baseline(servers.nats_url, servers.mongodb_uri, messages, contacts)
-        print(f"throughput ratio balcao/baseline: {ours['rate'] / base['rate']:.2f} (target >= 0.50)")
-        print(f"p99 ratio balcao/baseline:        {ours['p99'] / base['p99']:.2f} (target <= 3.00)")
+        return {
+            "balcao": await balcao(servers.nats_url, servers.mongodb_uri, messages, contacts, Path(tmp)),
+            "baseline": await baseline(servers.nats_url, servers.mongodb_uri, messages, contacts),
+            "baseline+send": await baseline(servers.nats_url, servers.mongodb_uri, messages, contacts,
+                                            send=True),
+        }
+
+
+async def closed_loop(capacity: float, messages: int, contacts: int, loads: list[float]) -> None:
+    """Latency at fixed offered rates, fractions of the reference's measured capacity:
+    below capacity nothing queues, so p99 is service time, not waiting time."""
+    print(f"\nclosed loop: offered rates as fractions of the baseline+send capacity ({capacity:.0f} msg/s)")
+    for load in loads:
+        rate = capacity * load
+        count = max(int(rate * 10), 20)  # about ten seconds of traffic
+        with tempfile.TemporaryDirectory(prefix="balcao-bench-") as tmp, backends(Path(tmp)) as servers:
+            ours = await balcao(servers.nats_url, servers.mongodb_uri, count, contacts, Path(tmp), rate=rate)
+            base = await baseline(servers.nats_url, servers.mongodb_uri, count, contacts, send=True, rate=rate)
+        print(f"  {load:.0%} load ({rate:.0f} msg/s): balcao p50 {ours['p50']:.0f} ms p99 {ours['p99']:.0f} ms, "
+              f"baseline+send p50 {base['p50']:.0f} ms p99 {base['p99']:.0f} ms")
+
+
+async def run(messages: int, contacts: int, runs: int, loads: list[float]) -> None:
+    print(f"{messages} messages from {contacts} contacts, {runs} run(s); MongoDB: "
+          f"{'external' if os.environ.get('MONGODB_URI') else 'SecantusDB'}")
+    results = []
+    for number in range(1, runs + 1):
+        print(f"run {number}")
+        results.append(await one_run(messages, contacts))
+    median = {name: {figure: statistics.median(r[name][figure] for r in results)
+                     for figure in ("rate", "p50", "p99")} for name in results[0]}
+    print(f"\nmedian of {runs} run(s):")
+    for name, figures in median.items():
+        print(f"  {name:<14} {figures['rate']:>7.0f} msg/s  p50 {figures['p50']:>8.1f} ms  "
+              f"p99 {figures['p99']:>8.1f} ms")
+    ratios = [r["balcao"]["rate"] / r["baseline"]["rate"] for r in results]
+    like = [r["balcao"]["rate"] / r["baseline+send"]["rate"] for r in results]
+    print(f"throughput ratio balcao/baseline (no Telegram send): median {statistics.median(ratios):.2f} "
+          f"(runs: {', '.join(f'{x:.2f}' for x in ratios)})")
+    print(f"throughput ratio balcao/baseline+send (same HTTP send): median {statistics.median(like):.2f} "
+          f"(runs: {', '.join(f'{x:.2f}' for x in like)})")
+    print(f"p99 ratio balcao/baseline+send: {median['balcao']['p99'] / median['baseline+send']['p99']:.2f}")
+    if loads:
+        await closed_loop(median["baseline+send"]["rate"], messages, contacts, loads)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--contacts", type=int, default=200)
-    parser.add_argument("--responder", nargs=2, metavar=("NATS_URL", "MONGODB_URI"), help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, default=3, help="bursts to take the median of")
+    parser.add_argument("--loads", type=float, nargs="*", default=[0.25, 0.5, 0.75],
+                        help="closed-loop offered rates, as fractions of the baseline's capacity (none: skip)")
+    parser.add_argument("--responder", nargs=3, metavar=("NATS_URL", "MONGODB_URI", "TELEGRAM_URL"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.responder:
         asyncio.run(baseline_responder(*args.responder))
     else:
-        asyncio.run(run(args.messages, args.contacts))
+        asyncio.run(run(args.messages, args.contacts, args.runs, args.loads))
 
 
 if __name__ == "__main__":

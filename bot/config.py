@@ -35,6 +35,8 @@ class Settings:
     metrics_port: int | None = None  # none: no metrics endpoint
     stream_max_bytes: int = messaging.STREAM_MAX_BYTES
     stream_max_age: int = messaging.STREAM_MAX_AGE_SECONDS
+    # Servers holding a copy of each stream: 1 on one node, 3 in a three-node cluster.
+    nats_replicas: int = 1
     log_format: str = "text"
     log_level: str = "info"
 
@@ -75,8 +77,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     env = Environment(environ)
     settings = Settings(
         token=env.secret("TELEGRAM_BOT_TOKEN", required=True) or "",
-        nats_url=env.url_with_password("NATS_URL", None, ("nats", "tls", "ws", "wss"),
-                                       password="NATS_PASSWORD", decoded=False) or "",
+        nats_url=env.url_list_with_password("NATS_URL", None, ("nats", "tls", "ws", "wss"),
+                                            password="NATS_PASSWORD", decoded=False) or "",
+        nats_replicas=env.integer("NATS_REPLICAS", 1, minimum=1, maximum=5),
         api_base_url=env.url("TELEGRAM_API_BASE_URL", DEFAULT_API_BASE, ("https", "http")) or DEFAULT_API_BASE,
         poll_timeout=env.integer("TELEGRAM_POLL_TIMEOUT", 30, minimum=0, maximum=50),
         max_messages_per_second=env.integer("TELEGRAM_MAX_MESSAGES_PER_SECOND", 30, minimum=1),

@@ -86,9 +86,10 @@ class _Chat:
 
 class Delivery:
     def __init__(self, bot: Bot, js: JetStreamContext, batch_size: int = FETCH_BATCH,
-                 max_per_second: float = 30.0, ack_wait: float = ACK_WAIT) -> None:
+                 max_per_second: float = 30.0, ack_wait: float = ACK_WAIT, *, replicas: int = 1) -> None:
         self._bot = bot
         self._ack_wait = ack_wait
+        self._replicas = replicas
         self._js = js
         self._batch_size = batch_size
         self._slot_interval = 1.0 / max_per_second
@@ -106,7 +107,7 @@ class Delivery:
         self._in_flight: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        self._delivered = await delivered_bucket(self._js)
+        self._delivered = await delivered_bucket(self._js, self._replicas)
         scheduler = asyncio.create_task(self._schedule(), name="delivery-scheduler")
         keeper = asyncio.create_task(self._keep_alive(), name="delivery-keep-alive")
         try:
@@ -321,11 +322,15 @@ def chat_interval(chat_id: str) -> float:
         return GROUP_CHAT_INTERVAL
 
 
-async def delivered_bucket(js: JetStreamContext) -> KeyValue:
+async def delivered_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """The delivered-key store, kept on `replicas` servers like the streams (NATS_REPLICAS)."""
     try:
-        return await js.key_value(DELIVERED_BUCKET)
+        bucket = await js.key_value(DELIVERED_BUCKET)
     except BucketNotFoundError:
-        return await js.create_key_value(bucket=DELIVERED_BUCKET, ttl=DELIVERED_TTL)
+        return await js.create_key_value(bucket=DELIVERED_BUCKET, ttl=DELIVERED_TTL, replicas=replicas)
+    # A key-value bucket is the stream KV_<bucket>; its copies change like any stream's.
+    await jetstream.ensure_replicas(js, f"KV_{DELIVERED_BUCKET}", replicas)
+    return bucket
 
 
 def delivered_key(key: str) -> str:

@@ -50,8 +50,13 @@ async def main() -> None:
         log.info("bot stopped before it was ready")
         return
     js = nc.jetstream()
-    await jetstream.ensure_streams(js, jetstream.StreamLimits(settings.stream_max_bytes,
-                                                              settings.stream_max_age))
+    try:
+        await jetstream.ensure_streams(js, jetstream.StreamLimits(settings.stream_max_bytes,
+                                                                  settings.stream_max_age),
+                                       replicas=settings.nats_replicas)
+    except jetstream.ReplicationError as exc:
+        await nc.close()
+        sys.exit(f"bot: {exc}")
 
     application = build_application(settings)
     failures: set[int] = set()
@@ -67,7 +72,7 @@ async def main() -> None:
         metrics.serve(settings.metrics_port)
 
     delivery = Delivery(application.bot, js, max_per_second=settings.max_messages_per_second,
-                        ack_wait=settings.delivery_ack_wait)
+                        ack_wait=settings.delivery_ack_wait, replicas=settings.nats_replicas)
     workers = [asyncio.create_task(delivery.run(), name="delivery")]
     receiver = poller = None
     if settings.webhook_url:

@@ -72,7 +72,23 @@ class Environment:
         secret = self.secret(password, required=False)
         if not url or not secret:
             return url
-        userinfo, at, host = urlsplit(url).netloc.rpartition("@")
+        return self._with_password(url, name, password, secret, decoded)
+
+    def url_list_with_password(self, name: str, default: str | None, schemes: tuple[str, ...], *,
+                               password: str, decoded: bool = True) -> str | None:
+        """`url_list`, with the password `password` (or `password_FILE`) put in each URL:
+        every member of a cluster takes the same user."""
+        value = self.url_list(name, default, schemes)
+        secret = self.secret(password, required=False)
+        if not value or not secret:
+            return value
+        problems = len(self.problems)
+        urls = [self._with_password(url, name, password, secret, decoded) for url in value.split(",")]
+        del self.problems[problems + 1:]  # one problem said once, not once per member
+        return ",".join(urls)
+
+    def _with_password(self, url: str, name: str, password: str, secret: str, decoded: bool) -> str:
+        userinfo, at, _ = urlsplit(url).netloc.rpartition("@")
         if not at:
             self.problems.append(f"{password} needs a user name in {name} (scheme://USER@host)")
             return url
@@ -85,6 +101,23 @@ class Environment:
             return url
         scheme_end = url.index("://") + 3
         return f"{url[:scheme_end]}{userinfo}:{encoded}@{url[scheme_end + len(userinfo) + 1:]}"
+
+    def url_list(self, name: str, default: str | None, schemes: tuple[str, ...]) -> str | None:
+        """A comma-separated list of URLs (the members of a cluster), each with a scheme.
+
+        Returned as written, with the blanks around commas dropped; `split_urls` splits it.
+        """
+        value = self.text(name, default)
+        if value is None:
+            return None
+        urls = [url.strip() for url in value.split(",")]
+        prefixes = tuple(f"{s}://" for s in schemes)
+        if any(not url.startswith(prefixes) for url in urls):
+            # The value may carry credentials: name the variable and the position, never echo it.
+            bad = ", ".join(str(i + 1) for i, url in enumerate(urls) if not url.startswith(prefixes))
+            self.problems.append(f"{name} must be a comma-separated list of URLs each starting with "
+                                 f"{' or '.join(prefixes)} (not so: entry {bad})")
+        return ",".join(urls)
 
     def secret(self, name: str, *, required: bool) -> str | None:
         """`NAME`, or the contents of the file named by `NAME_FILE` (never both)."""

@@ -23,7 +23,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, BadRequestError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 from prometheus_client import Counter
 
 from contract import messaging
@@ -88,8 +88,22 @@ DECODERS: dict[str, Callable[[bytes], object]] = {
 }
 
 
+class ReplicationError(Exception):
+    """A stream cannot be created, or brought to the replication asked for."""
+
+
+def split_urls(url: str) -> list[str]:
+    """The servers of `NATS_URL`: one URL, or a comma-separated list of a cluster's members."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 async def connect(url: str, name: str) -> Client:
-    """Connect once, retrying forever in the background after the first success."""
+    """Connect once, retrying forever in the background after the first success.
+
+    `url` may name several servers (the members of a cluster, comma-separated):
+    the first connection goes to any that answers, and a lost connection moves
+    to another member, including members the cluster announced since.
+    """
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats error: %s", exc)
@@ -105,7 +119,7 @@ async def connect(url: str, name: str) -> Client:
 
     client = Client()
     await client.connect(
-        url,
+        servers=split_urls(url),
         name=name,
         error_cb=on_error,
         disconnected_cb=on_disconnected,
@@ -138,21 +152,37 @@ class StreamLimits:
         return dataclasses.replace(config, **changes) if changes else config
 
 
-async def ensure_streams(js: JetStreamContext, limits: StreamLimits | None = None) -> None:
+async def ensure_streams(js: JetStreamContext, limits: StreamLimits | None = None, *, replicas: int = 1) -> None:
+    """Create the streams with their limits, each kept on `replicas` servers (NATS_REPLICAS).
+
+    A stream that exists with other settings keeps them (an operator tuned it),
+    except the limits, which the settings own, and its replication, which is
+    brought to `replicas` in place: JetStream copies the data to the new peers
+    (or drops the extra ones) without losing a message, and the stream's
+    consumers follow. What cannot be done that way (more replicas than servers,
+    a server without JetStream) raises ReplicationError naming the stream and
+    JetStream's reason.
+    """
     for config in STREAMS:
-        wanted = (limits or StreamLimits()).apply(config)
+        wanted = dataclasses.replace((limits or StreamLimits()).apply(config), num_replicas=replicas)
         try:
             await js.add_stream(config=wanted)
-        except BadRequestError:
-            # Exists with other settings (an operator tuned it): keep theirs, but
-            # for the limits, which the settings own.
+        except APIError as exc:  # 400 "exists with other settings", 500 "replicas > 1 not supported", ...
+            try:
+                info = await js.stream_info(wanted.name)
+            except NotFoundError:
+                # Typically "insufficient storage resources": nats-server reserves
+                # max_bytes up front. Say which stream and cap before giving up.
+                log.error("stream %s cannot be created with max_bytes=%s and %d replica(s): %s",
+                          wanted.name, wanted.max_bytes, replicas, exc.description)
+                if replicas == 1 and not isinstance(exc, BadRequestError):
+                    raise
+                raise ReplicationError(
+                    f"cannot create stream {wanted.name} with {replicas} replica(s) "
+                    f"(NATS_REPLICAS): {exc.description}") from exc
+            if (info.config.num_replicas or 1) != replicas:
+                await ensure_replicas(js, wanted.name, replicas)
             await _update_limits(js, wanted)
-        except APIError as exc:
-            # Typically "insufficient storage resources": nats-server reserves
-            # max_bytes up front. Say which stream and cap before giving up.
-            log.error("stream %s cannot be created with max_bytes=%s: %s",
-                      wanted.name, wanted.max_bytes, exc.description)
-            raise
 
 
 async def _update_limits(js: JetStreamContext, wanted: StreamConfig) -> None:
@@ -175,6 +205,27 @@ async def _update_limits(js: JetStreamContext, wanted: StreamConfig) -> None:
     await js.update_stream(config=dataclasses.replace(current, **changes))
     log.info("stream %s limits updated: %s", wanted.name,
              ", ".join(f"{name}={value}" for name, value in sorted(changes.items())))
+
+
+async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> None:
+    """Bring an existing stream (a key-value bucket is one) to `replicas` copies, data kept."""
+    info = await js.stream_info(stream)
+    current = info.config.num_replicas or 1
+    if current == replicas:
+        return
+    try:
+        await js.update_stream(config=dataclasses.replace(info.config, num_replicas=replicas))
+    except APIError as exc:
+        raise ReplicationError(
+            f"stream {stream} has {current} replica(s) and cannot be changed to {replicas} "
+            f"(NATS_REPLICAS): {exc.description}") from exc
+    log.info("stream %s replication changed from %d to %d", stream, current, replicas)
+    # A durable consumer made on a one-replica stream stays on one server when
+    # the stream grows; its state (what was acknowledged) must survive a node too.
+    for consumer in await js.consumers_info(stream):
+        if consumer.config.num_replicas not in (0, replicas) or current == 1:
+            await js.add_consumer(stream, config=dataclasses.replace(consumer.config, num_replicas=replicas))
+            log.info("consumer %s on %s replication changed to %d", consumer.name, stream, replicas)
 
 
 async def hand_back(subscription: JetStreamContext.PullSubscription, lingering: float) -> int:

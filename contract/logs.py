@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
@@ -53,11 +54,22 @@ class MaskingFormatter(logging.Formatter):
         return line
 
 
+# A comma that starts another URL of a list (`nats://a:4222,nats://b:4222`); the
+# commas between the hosts of one MongoDB URI (`mongodb://u:p@h1,h2/db`) do not.
+_NEXT_URL = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
 def url_credentials(url: str | None) -> list[str]:
     """The password in a connection URL, or the user part when it stands alone
-    (NATS token authentication: `nats://TOKEN@host`), as written and percent-decoded."""
+    (NATS token authentication: `nats://TOKEN@host`), as written and percent-decoded.
+
+    A comma-separated list of URLs (NATS_URL naming a cluster) yields the
+    credentials of every member."""
     if not url:
         return []
+    members = _NEXT_URL.split(url)
+    if len(members) > 1:
+        return list({secret for member in members for secret in url_credentials(member)})
     try:
         parts = urlsplit(url)
         secret = parts.password if parts.password is not None else parts.username

@@ -1,6 +1,7 @@
 """`python -m devstack` (what `make run` calls): the whole system on embedded defaults.
 
-Starts nats-server and SecantusDB unless NATS_URL / MONGODB_URI point elsewhere,
+Starts nats-server (BALCAO_NATS_NODES=3: a three-node JetStream cluster) and
+SecantusDB unless NATS_URL / MONGODB_URI point elsewhere,
 then the server, and the bot when a Telegram token is configured. Data stays
 under `var/` between runs. Ctrl-C stops everything it started.
 """
@@ -17,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from devstack.cluster import NatsCluster
 from devstack.processes import NatsServer, SecantusServer, wait_for_port
 
 log = logging.getLogger("devstack")
@@ -42,7 +44,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     VAR.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    children: list[NatsServer | SecantusServer | subprocess.Popen] = []
+    children: list[NatsServer | NatsCluster | SecantusServer | subprocess.Popen] = []
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -52,6 +54,14 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
+        nodes = int(env.get("BALCAO_NATS_NODES") or 1)
+        if not env.get("NATS_URL") and nodes > 1:
+            # A JetStream cluster on loopback, to watch a node die (devstack/cluster.py).
+            cluster = NatsCluster(data_dir=VAR / "nats-cluster", size=nodes, log_dir=VAR)
+            children.append(cluster)
+            cluster.start()
+            env["NATS_URL"] = cluster.urls
+            env.setdefault("NATS_REPLICAS", str(min(nodes, 3)))
         if not env.get("NATS_URL"):
             nats = NatsServer(data_dir=VAR / "nats", log_file=VAR / "nats.log")
             nats.start()

@@ -34,6 +34,8 @@ class Settings:
     db_threads: int = 8
     stream_max_bytes: int = messaging.STREAM_MAX_BYTES
     stream_max_age: int = messaging.STREAM_MAX_AGE_SECONDS
+    # Servers holding a copy of each stream: 1 on one node, 3 in a three-node cluster.
+    nats_replicas: int = 1
     log_format: str = "text"
     log_level: str = "info"
     # The previous API token, still accepted while clients move to the new one.
@@ -95,8 +97,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         api_token=env.secret("API_TOKEN", required=True) or "",
         mongodb_uri=env.url_with_password("MONGODB_URI", None, ("mongodb", "mongodb+srv"),
                                           password="MONGODB_PASSWORD") or "",
-        nats_url=env.url_with_password("NATS_URL", None, ("nats", "tls", "ws", "wss"),
-                                       password="NATS_PASSWORD", decoded=False) or "",
+        nats_url=env.url_list_with_password("NATS_URL", None, ("nats", "tls", "ws", "wss"),
+                                            password="NATS_PASSWORD", decoded=False) or "",
+        nats_replicas=env.integer("NATS_REPLICAS", 1, minimum=1, maximum=5),
         goodbye_text=env.text("GOODBYE_TEXT", DEFAULT_GOODBYE) or DEFAULT_GOODBYE,
         import_max_bytes=env.integer("IMPORT_MAX_BYTES", 1024 * 1024 * 1024, minimum=1),
         import_max_record_bytes=env.integer("IMPORT_MAX_RECORD_BYTES", 16 * 1024 * 1024, minimum=1024),

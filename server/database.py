@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import mongoengine
 import pymongo
@@ -25,6 +26,22 @@ T = TypeVar("T")
 PING_TIMEOUT = 2.0
 
 
+# What the server writes (messages, sessions, the outbox, import batches) must
+# survive a failover: acknowledged only once a majority of the replica set holds
+# it, since a write only the old primary had is rolled back when another member
+# is elected. Retryable writes let the driver retry once across an election; the
+# reads that decide what to write (is this message stored? this chunk applied?)
+# must see the latest write, so they go to the primary. A URI that sets any of
+# these keeps its own choice.
+REPLICA_SET_SAFETY = {"w": "majority", "retryWrites": True, "readPreference": "primary"}
+
+
+def replica_set_safety(uri: str) -> dict[str, object]:
+    """REPLICA_SET_SAFETY less the options the URI sets itself (names are case-insensitive)."""
+    given = {key.lower() for key in parse_qs(urlsplit(uri).query)}
+    return {key: value for key, value in REPLICA_SET_SAFETY.items() if key.lower() not in given}
+
+
 class Database:
     """MongoEngine's blocking driver behind `await db.run(fn, ...)`."""
 
@@ -40,6 +57,7 @@ class Database:
             # Fail a request in seconds rather than hang it when MongoDB is away.
             serverSelectionTimeoutMS=5000,
             appname="balcao-server",
+            **replica_set_safety(self._uri),
         )
         log.info("mongodb client configured")
 

@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
-from contract import events
+from contract import events, jetstream
 from contract.failpoints import failpoint
 from contract.messaging import DUPLICATE_WINDOW_SECONDS
 from server.metrics import EVENTS_PUBLISHED
@@ -34,17 +34,18 @@ PUBLISH_TIMEOUT = 5.0
 BACKGROUND_RETRY_SECONDS = 120.0
 
 
-async def ensure_stream(js: JetStreamContext, max_age: float, max_bytes: int) -> None:
+async def ensure_stream(js: JetStreamContext, max_age: float, max_bytes: int, *, replicas: int = 1) -> None:
     """Declare BALCAO_EVENTS: kept by age and size; the oldest events go first."""
     config = StreamConfig(
         name=events.EVENTS_STREAM, subjects=[events.EVENTS_SUBJECTS], retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE, max_age=max_age, max_bytes=max_bytes, discard=DiscardPolicy.OLD,
-        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS, num_replicas=replicas,
     )
     try:
         await js.add_stream(config=config)
     except BadRequestError:
         log.info("stream %s exists with different settings; left as is", events.EVENTS_STREAM)
+        await jetstream.ensure_replicas(js, events.EVENTS_STREAM, replicas)
 
 
 async def publish(js: JetStreamContext, body: dict[str, Any], key: str) -> None:

@@ -46,9 +46,16 @@ async def main() -> None:
         log.info("server stopped before it was ready")
         return
     js = nc.jetstream()
-    await jetstream.ensure_streams(js, jetstream.StreamLimits(settings.stream_max_bytes,
-                                                              settings.stream_max_age))
-    await events.ensure_stream(js, settings.events_max_age, settings.events_max_bytes)
+    try:
+        await jetstream.ensure_streams(js, jetstream.StreamLimits(settings.stream_max_bytes,
+                                                                  settings.stream_max_age),
+                                       replicas=settings.nats_replicas)
+        await events.ensure_stream(js, settings.events_max_age, settings.events_max_bytes,
+                                   replicas=settings.nats_replicas)
+    except jetstream.ReplicationError as exc:
+        await nc.close()
+        db.close()
+        sys.exit(f"server: {exc}")
 
     outbound = Outbound(js, db)
     services = Services(db=db, nats=nc, js=js, outbound=outbound)

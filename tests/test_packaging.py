@@ -283,7 +283,7 @@ def test_env_example_documents_only_names_the_code_reads() -> None:
 # How the processes read settings: contract.environment's Environment methods,
 # plain os.environ / os.getenv, and Click's envvar= fallbacks.
 READ_CALL = re.compile(
-    r"""(?:\.(text|integer|choice|url|secret)\(|environ\.get\(|environ\[|getenv\(|envvar=)"""
+    r"""(?:\.(text|integer|choice|url|url_list|secret)\(|environ\.get\(|environ\[|getenv\(|envvar=)"""
     r"""\s*["']([A-Z][A-Z0-9_]*)["']"""
 )
 

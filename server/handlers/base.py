@@ -13,6 +13,8 @@ from typing import Any
 from pymongo.errors import ConnectionFailure, PyMongoError, ServerSelectionTimeoutError
 from tornado.web import HTTPError, RequestHandler
 
+from server import failover
+
 log = logging.getLogger(__name__)
 
 PROBLEM_TYPE_ROOT = "https://balcao.dev/problems/"
@@ -136,7 +138,9 @@ def database_errors() -> Iterator[None]:
             log.warning("a request's database time ran out: %s", exc)
             raise ApiError(503, "the database did not answer in time; try again shortly",
                            kind="query-timeout", headers={"Retry-After": "5"}) from exc
-        if isinstance(exc, ConnectionFailure):
+        # A replica set electing a primary fails writes with codes and labels, not
+        # only with lost connections; those are as temporary (server/failover.py).
+        if isinstance(exc, ConnectionFailure) or failover.is_transient(exc):
             raise _unavailable(exc) from exc
         raise
 
