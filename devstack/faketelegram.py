@@ -406,7 +406,8 @@ class FakeTelegram:
         if not url:
             return await self._delete_webhook(params)
         if not url.startswith(("https://", "http://")):
-            raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook")
+            raise ApiError(HTTPStatus.BAD_REQUEST,
+                           "Bad Request: bad webhook: An HTTPS URL must be provided for webhook")
         secret = params.get("secret_token") or None
         if secret is not None and not SECRET_TOKEN.fullmatch(str(secret)):
             raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: secret token contains unallowed characters")
