@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 import tornado.httpclient
 import tornado.httpserver
@@ -826,13 +826,16 @@ class _NotFoundHandler(tornado.web.RequestHandler):
         self.finish(ApiError(HTTPStatus.NOT_FOUND).payload())
 
 
+_C = TypeVar("_C", bound="_ControlHandler")
+
+
 def _control_endpoint(
-    handler: Callable[[_ControlHandler], JsonDict],
-) -> Callable[[_ControlHandler], None]:
+    handler: Callable[[_C], JsonDict],
+) -> Callable[[_C], None]:
     """Answers the handler's dict as JSON, or a ControlError as 400 {"error": ...}."""
 
     @functools.wraps(handler)
-    def wrapper(self: _ControlHandler) -> None:
+    def wrapper(self: _C) -> None:
         try:
             result = handler(self)
         except ControlError as error:

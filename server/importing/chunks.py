@@ -16,6 +16,7 @@ bug, not a bad record: the chunk is refused.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeGuard
 
 from server.importing.parsers import FileFormatError, ParsedRecord, open_parser
 from server.importing.records import RecordError
@@ -65,8 +66,9 @@ class ChunkParser:
                                   "({record, line, data} or {record, line, problem})", envelope.offset, envelope.line)
         if problem is not None:
             return ParsedRecord(number, line, None, {}, RecordError(number, line, None, "", problem))
+        assert isinstance(data, dict)  # the envelope check above: no problem means data is an object
         return ParsedRecord(number, line, None, data)
 
 
-def _whole(value: object) -> bool:
+def _whole(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
