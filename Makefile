@@ -6,8 +6,12 @@ INSTALLED := $(VENV)/.installed
 # Any CPython from 3.11 on works. PYTHON=/path/to/python overrides the search,
 # which takes the newest python3.X on the PATH that starts and is recent enough.
 PYTHON_CANDIDATES := python3.13 python3.12 python3.11 python3
-PYTHON ?= $(firstword $(foreach py,$(PYTHON_CANDIDATES),$(shell command -v $(py) >/dev/null 2>&1 && \
+SUITABLE_PYTHON = $(firstword $(foreach py,$(PYTHON_CANDIDATES),$(shell command -v $(py) >/dev/null 2>&1 && \
   $(py) -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && echo $(py))))
+# Searched on first use only, and once: most runs find .venv/ in place.
+ifeq ($(origin PYTHON),undefined)
+PYTHON = $(eval PYTHON := $(SUITABLE_PYTHON))$(PYTHON)
+endif
 
 .PHONY: install install-test run test lint bench clean
 
