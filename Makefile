@@ -44,10 +44,11 @@ run: install
 	$(PY) -m devstack
 
 # The linters first: they take seconds, the suite minutes. Workers: the tests
-# mostly wait on child processes, so two per core keep the machine busy;
-# PYTEST_WORKERS=0 runs them in one process. Coverage counts the product alone
+# mostly wait on child processes, so workers overlap that waiting; each starts
+# servers of its own, so more than the cores starve them. PYTEST_WORKERS=0 runs
+# them in one process. Coverage counts the product alone
 # (fail_under in pyproject.toml); devstack/, the test infrastructure, is shown apart.
-PYTEST_WORKERS ?= 4
+PYTEST_WORKERS ?= 2
 test: install-test lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --cov --cov-report= --cov-fail-under=0 $(PYTEST_ARGS)
 	@echo "--- coverage of the product (server, bot, cli, contract) ---"
