@@ -1,34 +1,73 @@
-# Balcão: `make run` starts the system on embedded defaults, `make test` runs every test.
-PYTHON ?= python3
+# Balcão: `make run` starts the system on embedded defaults (Python and make only),
+# `make test` runs every test (it needs Node.js 20 for the Bruno CLI too).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+# Any CPython from 3.11 on works. PYTHON=/path/to/python overrides the search,
+# which takes the newest python3.X on the PATH that starts and is recent enough.
+PYTHON_CANDIDATES := python3.13 python3.12 python3.11 python3
+SUITABLE_PYTHON = $(firstword $(foreach py,$(PYTHON_CANDIDATES),$(shell command -v $(py) >/dev/null 2>&1 && \
+  $(py) -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && echo $(py))))
+# Searched on first use only, and once: most runs find .venv/ in place.
+ifeq ($(origin PYTHON),undefined)
+PYTHON = $(eval PYTHON := $(SUITABLE_PYTHON))$(PYTHON)
+endif
 
-.PHONY: install run test bench lint clean
+.PHONY: install install-test run test lint bench clean
 
 $(INSTALLED): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "Balcão needs Python 3.11 or newer (3.11, 3.12 and 3.13 are tested);" \
+	  "none of $(PYTHON_CANDIDATES) on the PATH is. Install one, or run make PYTHON=/path/to/python3.11+" >&2; exit 1; }
+	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON) ($$($(PYTHON) -V 2>&1))"; $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[server,bot,cli,dev]'
 	@touch $@
 
 # The Bruno CLI that runs the collection in bruno/ (tests/server/test_bruno.py);
-# npm installs the pinned version under .tools/, never globally.
+# npm installs the pinned version under .tools/, never globally. Only the tests
+# need it, so only `make test` (and install-test) installs it.
 BRUNO_CLI_VERSION := 4.1.0
 BRUNO_CLI := .tools/bruno/.installed-$(BRUNO_CLI_VERSION)
 
 $(BRUNO_CLI):
+	@command -v npm >/dev/null 2>&1 || { echo "make test needs Node.js 20 and npm for the Bruno CLI" \
+	  "(make run does not); install Node.js 20 and run make test again" >&2; exit 1; }
 	npm install --prefix .tools/bruno --save-exact --no-audit --no-fund --loglevel=error \
 	  @usebruno/cli@$(BRUNO_CLI_VERSION)
 	@touch $@
 
-install: $(INSTALLED) $(BRUNO_CLI)
+install: $(INSTALLED)
+
+install-test: $(INSTALLED) $(BRUNO_CLI)
 
 run: install
 	$(PY) -m devstack
 
-test: install
-	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=85 $(PYTEST_ARGS)
+# The linters first: they take seconds, the suite minutes. Workers: the tests
+# mostly wait on child processes, so workers overlap that waiting; each starts
+# servers of its own, so more than the cores starve them. PYTEST_WORKERS=0 runs
+# them in one process. Coverage counts the product alone
+# (fail_under in pyproject.toml); devstack/, the test infrastructure, is shown apart.
+PYTEST_WORKERS ?= 2
+test: install-test lint
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --cov --cov-report= --cov-fail-under=0 $(PYTEST_ARGS)
+	@echo "--- coverage of the product (server, bot, cli, contract) ---"
+	$(PY) -m coverage report --omit='devstack/*'
+	@echo "--- coverage of the test infrastructure (devstack, not counted) ---"
+	$(PY) -m coverage report --include='devstack/*' --fail-under=0
+
+# `ruff format --check` joins once the tree has been formatted in one commit.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+# Modest sizes that finish in a few minutes; the README gives the full-size runs.
+BENCH_SESSIONS ?= 20000
+BENCH_MESSAGES ?= 2000
+bench: install
+	$(PY) -m bench.imports --sizes $(BENCH_SESSIONS)
+	$(PY) -m bench.intake --messages $(BENCH_MESSAGES)
+	$(PY) -m bench.sessions --sessions $(BENCH_SESSIONS) --repeat 50
 
 clean:
 	rm -rf var .coverage .coverage.* htmlcov

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from devstack.processes import NatsServer, SecantusServer
 
-
 # With the default 1 GB WiredTiger cache, eviction stalls writes for minutes once
 # the sessions' name-key index outgrows it (past ~100,000 sessions), and the
 # default oplog cap of 100,000 entries has it pruning on every write.

@@ -37,8 +37,8 @@ from pathlib import Path
 import nats
 import pymongo
 
-from devstack.faketelegram import FakeTelegram
 from bench.backends import backends
+from devstack.faketelegram import FakeTelegram
 from devstack.processes import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent

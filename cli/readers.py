@@ -116,7 +116,7 @@ def detect_format(path: Path) -> str:
 def read_chunks(file: BinaryIO, file_format: str, chunk_size: int) -> Iterator[Chunk]:
     """The file's records in chunks; raises FileBroken after the chunks read before the break."""
     counted = CountingReader(file)
-    buffered = io.BufferedReader(counted, buffer_size=256 * 1024)
+    buffered: io.BufferedReader = io.BufferedReader(counted, buffer_size=256 * 1024)
     readers = {"json": _json_array, "ndjson": _ndjson, "csv": _csv}
     for chunk in readers[file_format](buffered, counted, chunk_size):
         chunk.position = counted.position
@@ -280,7 +280,7 @@ def _delimiter(header: str) -> str:
 
 
 class _SessionRows:
-    columns = SESSION_COLUMNS
+    columns: tuple[str, ...] = SESSION_COLUMNS
 
     def __init__(self) -> None:
         self.record = 0
@@ -289,7 +289,7 @@ class _SessionRows:
         if not any(_cell(value) for value in cells.values()):
             return  # spreadsheets' empty rows (";;;;")
         self.record += 1
-        raw = {name: value for name in self.columns if (value := _cell(cells.get(name))) is not None}
+        raw: dict[str, Any] = {name: value for name in self.columns if (value := _cell(cells.get(name))) is not None}
         raw.setdefault("messages", [])  # an empty cell is a session without messages
         chunk.add(self.record, None, raw)
 

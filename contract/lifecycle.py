@@ -12,13 +12,26 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from contract import logs
 from contract.environment import ConfigError
 
 T = TypeVar("T")
-S = TypeVar("S")
+
+
+class _ProcessSettings(Protocol):
+    """What begin() reads from a process's settings (read-only, as frozen dataclasses are)."""
+
+    @property
+    def log_level(self) -> str: ...
+    @property
+    def log_format(self) -> str: ...
+    @property
+    def secrets(self) -> list[str]: ...
+
+
+S = TypeVar("S", bound=_ProcessSettings)
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ def _decode(data: bytes, required: tuple[str, ...]) -> dict[str, Any]:
     return body
 
 
-def _encode(payload: object) -> bytes:
+def _encode(payload: Any) -> bytes:  # a dataclass instance
     return json.dumps(asdict(payload), ensure_ascii=False, separators=(",", ":")).encode()
 
 

@@ -3,7 +3,9 @@
 Starts nats-server (BALCAO_NATS_NODES=3: a three-node JetStream cluster) and
 SecantusDB unless NATS_URL / MONGODB_URI point elsewhere,
 then the server, and the bot when a Telegram token is configured. Data stays
-under `var/` between runs. Ctrl-C stops everything it started.
+under `var/` between runs. Ctrl-C stops everything it started, in order: the bot
+and the server first, while NATS and the database still answer their goodbyes,
+then NATS and the database.
 """
 
 from __future__ import annotations
@@ -63,13 +65,15 @@ def main() -> int:
             env["NATS_URL"] = cluster.urls
             env.setdefault("NATS_REPLICAS", str(min(nodes, 3)))
         if not env.get("NATS_URL"):
-            nats = NatsServer(data_dir=VAR / "nats", log_file=VAR / "nats.log")
+            # Their own sessions keep the terminal's Ctrl-C (SIGINT to the whole
+            # foreground process group) from stopping them under a draining server.
+            nats = NatsServer(data_dir=VAR / "nats", log_file=VAR / "nats.log", own_session=True)
             nats.start()
             children.append(nats)
             env["NATS_URL"] = nats.url
         if not env.get("MONGODB_URI"):
             mongo = SecantusServer(data_dir=VAR / "mongo", log_file=VAR / "mongo.log",
-                                   cache_size="4G", oplog_max_entries=5_000_000)
+                                   cache_size="4G", oplog_max_entries=5_000_000, own_session=True)
             mongo.start()
             children.append(mongo)
             env["MONGODB_URI"] = mongo.uri
@@ -91,7 +95,7 @@ def main() -> int:
         while not stopping:
             for child in children:
                 if isinstance(child, subprocess.Popen) and child.poll() is not None:
-                    log.error("%s exited with %s; stopping the stack", child.args[-1], child.returncode)
+                    log.error("%s exited with %s; stopping the stack", name(child), child.returncode)
                     stopping, status = True, 1
             time.sleep(0.2)
         return status
@@ -100,13 +104,29 @@ def main() -> int:
         return 1
     finally:
         log.info("stopping")
+        # Newest first: the bot and the server (which a terminal's Ctrl-C has
+        # already signalled) drain against a NATS and a database still up.
         for child in reversed(children):
             if isinstance(child, subprocess.Popen):
-                if child.poll() is None:
-                    child.terminate()
-                    child.wait(30)
+                stop_app(child)
             else:
                 child.stop()
+
+
+def name(child: subprocess.Popen) -> str:
+    """`server` or `bot`, from the `python -m NAME` command line."""
+    return str(child.args[-1]) if isinstance(child.args, list) else str(child.args)
+
+
+def stop_app(child: subprocess.Popen, timeout: float = 30.0) -> None:
+    if child.poll() is None:
+        child.terminate()  # a second stop signal after Ctrl-C's SIGINT changes nothing
+    try:
+        child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("%s did not stop within %.0f s; killing it", name(child), timeout)
+        child.kill()
+        child.wait()
 
 
 def ensure_free(port: int) -> None:

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 import tornado.httpclient
 import tornado.httpserver
@@ -515,7 +515,8 @@ class FakeTelegram:
         if not url:
             return await self._delete_webhook(params)
         if not url.startswith(("https://", "http://")):
-            raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook")
+            raise ApiError(HTTPStatus.BAD_REQUEST,
+                           "Bad Request: bad webhook: An HTTPS URL must be provided for webhook")
         secret = params.get("secret_token") or None
         if secret is not None and not SECRET_TOKEN.fullmatch(str(secret)):
             raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: secret token contains unallowed characters")
@@ -962,6 +963,8 @@ class _NotFoundHandler(tornado.web.RequestHandler):
     def prepare(self) -> None:
         self.set_status(HTTPStatus.NOT_FOUND)
         self.finish(ApiError(HTTPStatus.NOT_FOUND).payload())
+
+
 
 
 def _control_endpoint(

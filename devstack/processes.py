@@ -57,6 +57,9 @@ class ChildServer:
     startup_timeout: float = 30.0
     log_file: Path | None = None
     environment: dict[str, str] = field(default_factory=dict)  # added to this process's own
+    # In a session of its own, a Ctrl-C in the terminal does not reach the server:
+    # its owner stops it after the processes that use it (see devstack/__main__.py).
+    own_session: bool = False
     process: subprocess.Popen | None = field(default=None, init=False)
 
     def command(self) -> list[str]:  # pragma: no cover - abstract
@@ -66,12 +69,13 @@ class ChildServer:
         if not self.port:
             self.port = free_port()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        output = open(self.log_file, "ab") if self.log_file else None
         try:
-            self.process = subprocess.Popen(self.command(), stdout=output, stderr=subprocess.STDOUT,
-                                            env={**os.environ, **self.environment})
+            self.process = subprocess.Popen(self.command(), stdout=output or subprocess.DEVNULL,
+                                            stderr=subprocess.STDOUT, env={**os.environ, **self.environment},
+                                            start_new_session=self.own_session)
         finally:
-            if self.log_file:
+            if output is not None:
                 output.close()
         wait_for_port(self.port, self.startup_timeout, self.process)
         log.info("%s listening on 127.0.0.1:%d", self.name, self.port)

@@ -11,8 +11,8 @@ from nats.js import JetStreamContext
 from tornado.web import Application
 
 from server.config import Settings
-from server.database import Database
 from server.cursors import CursorCodec
+from server.database import Database
 from server.handlers import base, events, health, imports, metrics, openapi, sessions
 from server.importing.jobs import Imports
 from server.outbound import Outbound

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,13 +40,21 @@ def mongodb_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real mongod when MONGODB_URI is set; otherwise SecantusDB on a free port."""
     external = os.environ.get("MONGODB_URI")
     if external:
-        yield external
+        # Parallel workers (pytest -n) share that server: each gets a database of its own.
+        worker = os.environ.get("PYTEST_XDIST_WORKER")
+        yield with_database(external, f"balcao_{worker}") if worker else external
         return
     server = SecantusServer(data_dir=tmp_path_factory.mktemp("mongo"),
                             log_file=tmp_path_factory.getbasetemp() / "secantus.log")
     server.start()
     yield server.uri
     server.stop()
+
+
+def with_database(uri: str, name: str) -> str:
+    """The URI with its path (the default database) replaced by `name`."""
+    parts = urllib.parse.urlsplit(uri)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + name))
 
 
 @pytest.fixture(scope="session")

@@ -244,7 +244,7 @@ def documented() -> dict[str, str | None]:
 
 
 def test_env_example_documents_every_fixed_name() -> None:
-    assert FIXED_NAMES <= documented().keys()
+    assert documented().keys() >= FIXED_NAMES
 
 
 def test_env_example_explains_each_variable() -> None:

@@ -70,6 +70,7 @@ class ChunkParser:
                                   envelope.offset, envelope.line)
         if problem is not None:
             return ParsedRecord(number, line, None, {}, RecordError(number, line, None, "", problem))
+        assert isinstance(data, dict)  # the envelope check above: no problem means data is an object
         return ParsedRecord(number, line, None, data)
 
 

@@ -18,7 +18,7 @@ These functions block on MongoDB; callers run them through `Database.run`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
 
 from bson import ObjectId
@@ -251,7 +251,7 @@ def _merge_into_existing(groups: list[_ContactRecords], existing: dict[Contact, 
 
 
 def _judge_records(group: _ContactRecords, outcomes: list[str], *, opened: bool = False,
-                   stored: set[str] = frozenset(), name: str | None = None, adds_source: bool = False) -> None:
+                   stored: Set[str] = frozenset(), name: str | None = None, adds_source: bool = False) -> None:
     """Set each record's outcome against what the session held before that record.
 
     `opened`: this batch created the session with the group's first record.

@@ -14,14 +14,16 @@ from devstack.processes import free_port
 from tests.harness import ROOT, eventually
 
 
-def start_stack(tmp_path, **extra: str) -> tuple[subprocess.Popen, int]:
+def start_stack(tmp_path, *, own_group: bool = False, **extra: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = {key: value for key, value in os.environ.items()
            if key not in ("API_TOKEN", "MONGODB_URI", "NATS_URL", "TELEGRAM_BOT_TOKEN")}
     env.update({"HTTP_PORT": str(port), "BALCAO_DATA_DIR": str(tmp_path / "var"), "PYTHONUNBUFFERED": "1",
                 **extra})
+    # own_group: the stack leads a process group, as in a terminal, where Ctrl-C
+    # sends SIGINT to the whole group at once.
     process = subprocess.Popen([sys.executable, "-m", "devstack"], cwd=ROOT, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=own_group)
     return process, port
 
 
@@ -70,3 +72,20 @@ def test_a_busy_port_is_reported_and_everything_started_is_stopped(tmp_path):
     assert process.returncode == 1
     assert "is in use; set HTTP_PORT" in output
     assert "nats-server stopped" in output and "secantusdb stopped" in output
+
+
+def test_ctrl_c_in_a_terminal_stops_the_server_before_nats_and_the_database_quietly(tmp_path):
+    process, port = start_stack(tmp_path, own_group=True)
+    try:
+        read_until(process, "Press Ctrl-C to stop.")
+        assert eventually(lambda: httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200)
+    finally:
+        os.killpg(process.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        output = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, output
+    after = output.splitlines()  # what came after the banner, which read_until consumed
+    stops = [line for line in after if re.search(r"(server|nats-server|secantusdb) stopped$", line)]
+    assert [line.rsplit(" ", 2)[-2] for line in stops] == ["server", "secantusdb", "nats-server"], output
+    # A few lines, and none of the reconnect warnings of infrastructure that went first.
+    assert not re.search(r"(?i)refused|reconnect|disconnected|traceback|error", "\n".join(after)), output
+    assert len(after) <= 10, output

@@ -9,7 +9,7 @@ indexes. Only the insert calls are timed for the baseline; the import is timed
 from the CLI's start to its exit, so it includes reading, validating and HTTP.
 Peak RSS is the kernel's high-water mark (VmHWM) of the server and of the CLI.
 
-    .venv/bin/python -m bench.import [--sizes 20000 200000] [--messages 3] [--format csv]
+    .venv/bin/python -m bench.imports [--sizes 20000 200000] [--messages 3] [--format csv]
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pymongo
 
-from cli.generate import generate_sessions, write_sessions
 from bench.backends import backends
+from cli.generate import generate_sessions, write_sessions
 from devstack.processes import free_port, wait_for_port
 from server.importing.feed import BATCH_RECORDS
 from server.importing.records import normalise_session
