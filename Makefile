@@ -56,9 +56,9 @@ test: install-test lint
 	@echo "--- coverage of the test infrastructure (devstack, not counted) ---"
 	$(PY) -m coverage report --include='devstack/*' --fail-under=0
 
-# `ruff format --check` joins once the tree has been formatted in one commit.
 lint: install
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
 # Modest sizes that finish in a few minutes; the README gives the full-size runs.

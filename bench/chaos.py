@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import collections
 import io
-import json
 import os
 import random
 import signal
@@ -76,9 +75,13 @@ class Service:
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen([sys.executable, "-m", self.module], cwd=ROOT, stdout=log,
-                                          stderr=subprocess.STDOUT,
-                                          env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"})
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", self.module],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
+            )
         if self.port:
             wait_for_port(self.port, 60, self.popen)
         ensure_ours(self.popen, self.module)
@@ -141,18 +144,28 @@ class Chaos:
         self.mongo = self.mongo_client.get_default_database()
         telegram_port = free_port()
         with open(self.work / "faketelegram.log", "ab") as log:
-            self.fake = subprocess.Popen([sys.executable, "-m", "devstack.faketelegram", "--port",
-                                          str(telegram_port), "--token", BOT_TOKEN],
-                                         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            self.fake = subprocess.Popen(
+                [sys.executable, "-m", "devstack.faketelegram", "--port", str(telegram_port), "--token", BOT_TOKEN],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         wait_for_port(telegram_port, 30, self.fake)
         self.telegram_url = f"http://127.0.0.1:{telegram_port}"
         self.telegram = httpx.Client(base_url=self.telegram_url, timeout=30)
         self.telegram.post("/_test/channels", json={"username": CHANNEL}).raise_for_status()
         http_port = free_port()
-        env = {"NATS_URL": self.nats.url, "MONGODB_URI": self.mongodb_uri, "API_TOKEN": API_TOKEN,
-               "HTTP_PORT": str(http_port), "TELEGRAM_BOT_TOKEN": BOT_TOKEN,
-               "TELEGRAM_API_BASE_URL": self.telegram_url, "TELEGRAM_POLL_TIMEOUT": "1",
-               "BOT_DELIVERY_ACK_WAIT": "5", "LOG_LEVEL": "warning"}
+        env = {
+            "NATS_URL": self.nats.url,
+            "MONGODB_URI": self.mongodb_uri,
+            "API_TOKEN": API_TOKEN,
+            "HTTP_PORT": str(http_port),
+            "TELEGRAM_BOT_TOKEN": BOT_TOKEN,
+            "TELEGRAM_API_BASE_URL": self.telegram_url,
+            "TELEGRAM_POLL_TIMEOUT": "1",
+            "BOT_DELIVERY_ACK_WAIT": "5",
+            "LOG_LEVEL": "warning",
+        }
         self.api_url = f"http://127.0.0.1:{http_port}"
         self.server = Service("server", env, self.work / "server.log", port=http_port)
         self.bot = Service("bot", env, self.work / "bot.log")
@@ -191,8 +204,9 @@ class Chaos:
                 self.ledger.sent[contact].append(text)
                 self.ledger.open_texts[contact].append(text)
                 # The fake takes it at once, whatever is down: Telegram holds it.
-                client.post("/_test/messages", json={"user": {"id": contact, "first_name": f"C{contact}"},
-                                                     "text": text}).raise_for_status()
+                client.post(
+                    "/_test/messages", json={"user": {"id": contact, "first_name": f"C{contact}"}, "text": text}
+                ).raise_for_status()
             n += 1
             next_at += interval
             time.sleep(max(0.0, next_at - time.monotonic()))
@@ -201,8 +215,7 @@ class Chaos:
 
     def operate(self) -> None:
         """An agent answering and finishing sessions over the API, one contact at a time."""
-        api = httpx.Client(base_url=f"{self.api_url}/v1", timeout=30,
-                           headers={"Authorization": f"Bearer {API_TOKEN}"})
+        api = httpx.Client(base_url=f"{self.api_url}/v1", timeout=30, headers={"Authorization": f"Bearer {API_TOKEN}"})
         with api:
             self._operate(api)
 
@@ -261,8 +274,13 @@ class Chaos:
     def reply_as_agent(self, api: httpx.Client, contact: int, session: dict) -> None:
         with self.ledger.lock:
             text = f"agente c{contact} r{len(self.ledger.agent_replies[contact])}"
-        response = self.call(api, "POST", f"sessions/{session['_id']}/messages", json={"text": text},
-                             headers={"Idempotency-Key": text.replace(" ", "-")})
+        response = self.call(
+            api,
+            "POST",
+            f"sessions/{session['_id']}/messages",
+            json={"text": text},
+            headers={"Idempotency-Key": text.replace(" ", "-")},
+        )
         if response is not None and response.status_code == 201:
             with self.ledger.lock:
                 self.ledger.agent_replies[contact].append(text)
@@ -292,12 +310,24 @@ class Chaos:
         from cli.generate import generate_sessions, write_sessions
 
         out = io.StringIO()
-        write_sessions(generate_sessions(self.args.import_sessions, messages_per_session=1,
-                                         seed=self.args.seed), out, "json")
+        write_sessions(
+            generate_sessions(self.args.import_sessions, messages_per_session=1, seed=self.args.seed), out, "json"
+        )
         path = self.work / "import.json"
         path.write_text(out.getvalue(), encoding="utf-8")
-        command = [sys.executable, "-m", "cli", "import", str(path), "--channel", CHANNEL,
-                   "--chunk-size", "50", "--state-dir", str(self.work / "import-state")]
+        command = [
+            sys.executable,
+            "-m",
+            "cli",
+            "import",
+            str(path),
+            "--channel",
+            CHANNEL,
+            "--chunk-size",
+            "50",
+            "--state-dir",
+            str(self.work / "import-state"),
+        ]
         env = {**os.environ, "BALCAO_API_URL": self.api_url, "BALCAO_API_TOKEN": API_TOKEN}
         time.sleep(5)
         state = self.work / "import-state"
@@ -306,8 +336,7 @@ class Chaos:
             self.ledger.import_attempts += 1
             # Resume once the CLI has saved its state; a run cut off before that starts over.
             resume = ["--resume"] if state.exists() and any(state.glob("*.json")) else []
-            done = subprocess.run([*command, *resume], env=env, cwd=ROOT, capture_output=True, text=True,
-                                  check=False)
+            done = subprocess.run([*command, *resume], env=env, cwd=ROOT, capture_output=True, text=True, check=False)
             if done.returncode == 0:
                 self.ledger.import_done = True
                 return
@@ -338,8 +367,12 @@ class Chaos:
 
     def owed_sends(self) -> int:
         ledger = self.ledger
-        return (sum(len(texts) for texts in ledger.sent.values()) + sum(ledger.finishes.values())
-                + sum(len(texts) for texts in ledger.agent_replies.values()) + int(ledger.import_done))
+        return (
+            sum(len(texts) for texts in ledger.sent.values())
+            + sum(ledger.finishes.values())
+            + sum(len(texts) for texts in ledger.agent_replies.values())
+            + int(ledger.import_done)
+        )
 
     def settle(self, timeout: float) -> float:
         """Wait until nothing moves: every owed send made and nothing left in flight."""
@@ -394,17 +427,29 @@ class Chaos:
         for session in sessions.values():
             if session.get("message_count") != counts[session["_id"]]:
                 stale += 1
-                stale_examples.append(f"contact {session['contact_identifier']}: message_count "
-                                      f"{session.get('message_count')}, {counts[session['_id']]} stored")
+                stale_examples.append(
+                    f"contact {session['contact_identifier']}: message_count "
+                    f"{session.get('message_count')}, {counts[session['_id']]} stored"
+                )
         total = sum(len(t) for t in ledger.sent.values())
         kept = sum(len(t) for t in ledger.open_texts.values())
-        results.append(("messages stored exactly once", not (lost or duplicated or misplaced or orphaned),
-                        f"{total} sent, {kept} owed to open sessions: {lost} lost, {duplicated} duplicated, "
-                        f"{misplaced} in a session they do not belong to (e.g. kept past a finish), "
-                        f"{orphaned} orphaned (their session deleted)"))
-        results.append(("session counters equal what is stored", stale == 0,
-                        f"{len(sessions)} sessions, {stale} with a stale message_count"
-                        + (f" ({'; '.join(stale_examples[:3])})" if stale_examples else "")))
+        results.append(
+            (
+                "messages stored exactly once",
+                not (lost or duplicated or misplaced or orphaned),
+                f"{total} sent, {kept} owed to open sessions: {lost} lost, {duplicated} duplicated, "
+                f"{misplaced} in a session they do not belong to (e.g. kept past a finish), "
+                f"{orphaned} orphaned (their session deleted)",
+            )
+        )
+        results.append(
+            (
+                "session counters equal what is stored",
+                stale == 0,
+                f"{len(sessions)} sessions, {stale} with a stale message_count"
+                + (f" ({'; '.join(stale_examples[:3])})" if stale_examples else ""),
+            )
+        )
 
         # Replies, goodbyes, agent replies: exactly what is owed, per contact. A send
         # beyond that is the documented residual window only if the bot was SIGKILLed
@@ -421,8 +466,11 @@ class Chaos:
             into["missing"] += max(0, owed - got)
             surplus = max(0, got - owed)
             if surplus:
-                near_kill = sum(1 for at in accepted[(str(contact), text)]
-                                if any(-RESIDUAL_AFTER <= kill - at <= RESIDUAL_BEFORE for kill in bot_kills))
+                near_kill = sum(
+                    1
+                    for at in accepted[(str(contact), text)]
+                    if any(-RESIDUAL_AFTER <= kill - at <= RESIDUAL_BEFORE for kill in bot_kills)
+                )
                 into["residual"] += min(surplus, near_kill)
                 into["extra"] += max(0, surplus - near_kill)
 
@@ -434,13 +482,20 @@ class Chaos:
                 tally(contact, text, 1, agent)
 
         def verdict(counts: collections.Counter) -> tuple[bool, str]:
-            return (counts["missing"] == 0 and counts["extra"] == 0,
-                    f"{counts['missing']} missing, {counts['extra']} extra, {counts['residual']} repeated by "
-                    f"a bot SIGKILLed between Telegram's acceptance and the marker (residual window)")
+            return (
+                counts["missing"] == 0 and counts["extra"] == 0,
+                f"{counts['missing']} missing, {counts['extra']} extra, {counts['residual']} repeated by "
+                f"a bot SIGKILLed between Telegram's acceptance and the marker (residual window)",
+            )
 
         ok, detail = verdict(replies)
-        results.append(("one automatic reply per message", ok,
-                        f"{sum(c[REPLY] for c in by_chat.values())} replies for {total} messages: {detail}"))
+        results.append(
+            (
+                "one automatic reply per message",
+                ok,
+                f"{sum(c[REPLY] for c in by_chat.values())} replies for {total} messages: {detail}",
+            )
+        )
         finishes = sum(ledger.finishes.values())
         ok, detail = verdict(goodbyes)
         results.append(("one goodbye per finished session", ok, f"{finishes} finished: {detail}"))
@@ -449,9 +504,13 @@ class Chaos:
         results.append(("each agent reply delivered once", ok, f"{agents} agent replies: {detail}"))
         stored_agent = collections.Counter(m["text"] for m in mongo.messages.find({"direction": "out"}, {"text": 1}))
         doubled = sum(count - 1 for count in stored_agent.values() if count > 1)
-        results.append(("each agent reply stored once", doubled == 0,
-                        f"{sum(stored_agent.values())} stored (finished sessions take theirs along), "
-                        f"{doubled} duplicated"))
+        results.append(
+            (
+                "each agent reply stored once",
+                doubled == 0,
+                f"{sum(stored_agent.values())} stored (finished sessions take theirs along), {doubled} duplicated",
+            )
+        )
 
         # The import.
         jobs = list(mongo.import_jobs.find())
@@ -463,11 +522,19 @@ class Chaos:
             imported = mongo.sessions.count_documents({"chat_id": {"$exists": False}})
             job_counts = job.get("counts", {})
             reported = sum(job_counts.get(k, 0) for k in ("created", "updated", "unchanged"))
-            counts_ok = (job.get("status") == "succeeded" and reported == imported == self.args.import_sessions
-                         and job_counts.get("received") == self.args.import_sessions)
+            counts_ok = (
+                job.get("status") == "succeeded"
+                and reported == imported == self.args.import_sessions
+                and job_counts.get("received") == self.args.import_sessions
+            )
             detail += f", status {job.get('status')}, report {job_counts}, {imported} imported sessions stored"
-        results.append(("import reported as stored, announced once",
-                        ledger.import_done and counts_ok and len(announcements) == 1, detail))
+        results.append(
+            (
+                "import reported as stored, announced once",
+                ledger.import_done and counts_ok and len(announcements) == 1,
+                detail,
+            )
+        )
 
         # Nothing in progress.
         leftovers = {
@@ -477,14 +544,21 @@ class Chaos:
             "inbound waiting": stream_messages(self.nats.url, "INBOUND"),
             "outbound waiting": stream_messages(self.nats.url, "OUTBOUND"),
         }
-        results.append(("nothing left in progress", not any(leftovers.values()),
-                        ", ".join(f"{k} {v}" for k, v in leftovers.items())))
+        results.append(
+            (
+                "nothing left in progress",
+                not any(leftovers.values()),
+                ", ".join(f"{k} {v}" for k, v in leftovers.items()),
+            )
+        )
         return results
 
     def figures(self) -> str:
         stats = self.telegram.get("/_test/stats").json()
-        return (f"telegram: {stats['sent']} messages sent, {stats['by_status'].get('429', 0)} sends met a 429 "
-                f"(a restarted bot starts its pacing afresh)")
+        return (
+            f"telegram: {stats['sent']} messages sent, {stats['by_status'].get('429', 0)} sends met a 429 "
+            f"(a restarted bot starts its pacing afresh)"
+        )
 
 
 class PortTaken(RuntimeError):
@@ -529,9 +603,10 @@ def run(args: argparse.Namespace) -> int:
         started = time.monotonic()
         chaos.start()
         try:
-            threads = [threading.Thread(target=target, name=target.__name__, daemon=True)
-                       for target in (chaos.send_messages, chaos.operate, chaos.import_file,
-                                      chaos.kill_at_random)]
+            threads = [
+                threading.Thread(target=target, name=target.__name__, daemon=True)
+                for target in (chaos.send_messages, chaos.operate, chaos.import_file, chaos.kill_at_random)
+            ]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -545,8 +620,10 @@ def run(args: argparse.Namespace) -> int:
             chaos.stop()
         kills = collections.Counter(chaos.ledger.kills)
         print(f"chaos soak: {args.messages} messages from {args.contacts} contacts at {args.rate}/s, seed {args.seed}")
-        print(f"load ran {loaded:.0f} s, settled in {settled:.0f} s; SIGKILLs: server {kills['server']}, "
-              f"bot {kills['bot']}, nats-server {kills['nats']}")
+        print(
+            f"load ran {loaded:.0f} s, settled in {settled:.0f} s; SIGKILLs: server {kills['server']}, "
+            f"bot {kills['bot']}, nats-server {kills['nats']}"
+        )
         print(figures)
         for problem in chaos.problems:
             print(f"  note: {problem}")
@@ -568,11 +645,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--contacts", type=int, default=500, help="contacts sending them")
     parser.add_argument("--rate", type=float, default=30.0, help="messages sent per second")
     parser.add_argument("--kill-every", type=float, default=6.0, help="mean seconds between SIGKILLs")
-    parser.add_argument("--operate-every", type=float, default=1.0,
-                        help="seconds between agent actions (reply or finish)")
+    parser.add_argument(
+        "--operate-every", type=float, default=1.0, help="seconds between agent actions (reply or finish)"
+    )
     parser.add_argument("--import-sessions", type=int, default=300, help="sessions in the imported file")
-    parser.add_argument("--settle-timeout", type=float, default=900.0,
-                        help="seconds to wait for owed sends after the load")
+    parser.add_argument(
+        "--settle-timeout", type=float, default=900.0, help="seconds to wait for owed sends after the load"
+    )
     parser.add_argument("--seed", type=int, default=1, help="random seed (contacts, kills)")
     parser.add_argument("--keep", metavar="DIR", help="keep data and logs in DIR")
     return parser.parse_args(argv)

@@ -57,11 +57,17 @@ def latency(event: dict) -> float:
     return time.time() - at
 
 
-async def websocket_client(port: int, expected: int, latencies: list[float], ready: asyncio.Event,
-                           connected: list[int]) -> None:
+async def websocket_client(
+    port: int, expected: int, latencies: list[float], ready: asyncio.Event, connected: list[int]
+) -> None:
     url = f"ws://127.0.0.1:{port}/v1/events?type=message.received"
-    async with connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"},
-                       subprotocols=["balcao.v1"], max_queue=None, open_timeout=60) as ws:
+    async with connect(
+        url,
+        additional_headers={"Authorization": f"Bearer {TOKEN}"},
+        subprotocols=["balcao.v1"],
+        max_queue=None,
+        open_timeout=60,
+    ) as ws:
         connected.append(1)
         seen = 0
         while seen < expected:
@@ -81,9 +87,13 @@ async def raw_subscriber(js, expected: int, latencies: list[float], done: asynci
         if seen >= expected:
             done.set()
 
-    sub = await js.subscribe(events.filter_subject(events.MESSAGE_RECEIVED), stream=events.EVENTS_STREAM,
-                             ordered_consumer=True, config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
-                             cb=on_event)
+    sub = await js.subscribe(
+        events.filter_subject(events.MESSAGE_RECEIVED),
+        stream=events.EVENTS_STREAM,
+        ordered_consumer=True,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
+        cb=on_event,
+    )
     await done.wait()
     await sub.unsubscribe()
 
@@ -91,12 +101,19 @@ async def raw_subscriber(js, expected: int, latencies: list[float], done: asynci
 async def run(clients: int, messages: int, rate: float) -> None:
     with tempfile.TemporaryDirectory(prefix="balcao-bench-") as tmp, backends(Path(tmp)) as servers:
         port = free_port()
-        env = {**os.environ, "NATS_URL": servers.nats_url, "MONGODB_URI": servers.mongodb_uri,
-               "API_TOKEN": TOKEN, "HTTP_PORT": str(port), "LOG_LEVEL": "warning",
-               "EVENTS_MAX_CLIENTS_PER_TOKEN": str(clients + 10)}
+        env = {
+            **os.environ,
+            "NATS_URL": servers.nats_url,
+            "MONGODB_URI": servers.mongodb_uri,
+            "API_TOKEN": TOKEN,
+            "HTTP_PORT": str(port),
+            "LOG_LEVEL": "warning",
+            "EVENTS_MAX_CLIENTS_PER_TOKEN": str(clients + 10),
+        }
         with open(Path(tmp) / "server.log", "wb") as log:
-            server = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env,
-                                      stdout=log, stderr=subprocess.STDOUT)
+            server = subprocess.Popen(
+                [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         try:
             wait_for_port(port, 60, server)
             await measure(servers.nats_url, port, server.pid, clients, messages, rate)
@@ -115,15 +132,16 @@ async def measure(nats_url: str, port: int, pid: int, clients: int, messages: in
     ready, done, connected = asyncio.Event(), asyncio.Event(), []
     warmup = 20
     total = warmup + messages
-    tasks = [asyncio.create_task(websocket_client(port, total, ws_latencies, ready, connected))
-             for _ in range(clients)]
+    tasks = [asyncio.create_task(websocket_client(port, total, ws_latencies, ready, connected)) for _ in range(clients)]
     raw = asyncio.create_task(raw_subscriber(js, total, raw_latencies, done))
     while len(connected) < clients:
         await asyncio.sleep(0.1)
     await asyncio.sleep(1.0)
     per_client = (rss_bytes(pid) - before) / clients
-    print(f"{clients} clients connected; server RSS {before / 2**20:.1f} MiB before, "
-          f"{per_client / 1024:.1f} KiB per connected client")
+    print(
+        f"{clients} clients connected; server RSS {before / 2**20:.1f} MiB before, "
+        f"{per_client / 1024:.1f} KiB per connected client"
+    )
 
     interval = 1.0 / rate
     started = time.monotonic()
@@ -135,9 +153,15 @@ async def measure(nats_url: str, port: int, pid: int, clients: int, messages: in
             raw_latencies.clear()
             ready.set()
             started = time.monotonic() - n * interval
-        inbound = InboundMessage(platform=PLATFORM_TELEGRAM, contact_identifier=str(900000 + n), chat_id=900000 + n,
-                                 message_id=1, name=f"Bench {n}", text=f"bench {n}",
-                                 sent_at=dt.datetime.now(dt.UTC).isoformat())
+        inbound = InboundMessage(
+            platform=PLATFORM_TELEGRAM,
+            contact_identifier=str(900000 + n),
+            chat_id=900000 + n,
+            message_id=1,
+            name=f"Bench {n}",
+            text=f"bench {n}",
+            sent_at=dt.datetime.now(dt.UTC).isoformat(),
+        )
         await js.publish(INBOUND_SUBJECT, inbound.to_bytes(), headers={"Nats-Msg-Id": inbound.dedup_id})
         pause = started + (n + 1) * interval - time.monotonic()
         if pause > 0:
@@ -145,8 +169,10 @@ async def measure(nats_url: str, port: int, pid: int, clients: int, messages: in
     await asyncio.wait_for(asyncio.gather(*tasks, raw), timeout=120)
     peak = rss_bytes(pid)
     elapsed = time.monotonic() - started
-    print(f"CPU over {elapsed:.0f} s: server {cpu_seconds(pid) - server_cpu:.1f} s, "
-          f"clients (this process) {time.process_time() - own_cpu:.1f} s")
+    print(
+        f"CPU over {elapsed:.0f} s: server {cpu_seconds(pid) - server_cpu:.1f} s, "
+        f"clients (this process) {time.process_time() - own_cpu:.1f} s"
+    )
     await nc.close()
     raw_latencies = raw_latencies[-messages:]
     figures = {}
@@ -155,8 +181,10 @@ async def measure(nats_url: str, port: int, pid: int, clients: int, messages: in
         figures[name] = p99
         print(f"{name:<10} {len(values):>7} deliveries  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms")
     target = 2 * figures["raw nats"] + 10
-    print(f"websocket p99 {figures['websocket']:.1f} ms vs target 2 x raw p99 + 10 ms = {target:.1f} ms: "
-          f"{'met' if figures['websocket'] <= target else 'MISSED'}")
+    print(
+        f"websocket p99 {figures['websocket']:.1f} ms vs target 2 x raw p99 + 10 ms = {target:.1f} ms: "
+        f"{'met' if figures['websocket'] <= target else 'MISSED'}"
+    )
     print(f"server RSS after the run: {peak / 2**20:.1f} MiB")
 
 

@@ -50,18 +50,37 @@ def generate(path: Path, sessions: int, messages: int, file_format: str) -> None
 
 def through_cli(nats_url: str, mongodb_uri: str, path: Path, work: Path) -> dict[str, float]:
     port = free_port()
-    env = {**os.environ, "NATS_URL": nats_url, "MONGODB_URI": mongodb_uri, "HTTP_PORT": str(port),
-           "API_TOKEN": TOKEN, "LOG_LEVEL": "warning", "BALCAO_API_URL": f"http://127.0.0.1:{port}",
-           "BALCAO_API_TOKEN": TOKEN}
+    env = {
+        **os.environ,
+        "NATS_URL": nats_url,
+        "MONGODB_URI": mongodb_uri,
+        "HTTP_PORT": str(port),
+        "API_TOKEN": TOKEN,
+        "LOG_LEVEL": "warning",
+        "BALCAO_API_URL": f"http://127.0.0.1:{port}",
+        "BALCAO_API_TOKEN": TOKEN,
+    }
     with open(work / "server.log", "ab") as log:
         server = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=ROOT, stdout=log, stderr=log)
         try:
             wait_for_port(port, 30, server)
             started = time.monotonic()
             cli = subprocess.Popen(
-                [sys.executable, "-m", "cli", "import", str(path), "--channel", "@bench_channel",
-                 "--state-dir", str(work / "state")],
-                env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=log,
+                [
+                    sys.executable,
+                    "-m",
+                    "cli",
+                    "import",
+                    str(path),
+                    "--channel",
+                    "@bench_channel",
+                    "--state-dir",
+                    str(work / "state"),
+                ],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=log,
             )
             cli_peak = 0.0
             while cli.poll() is None:  # sample while it runs: /proc is gone once it is reaped
@@ -120,8 +139,10 @@ def run(sizes: list[int], messages: int, file_format: str) -> None:
             print(f"  balcao CLI import   {rate:>9,.0f} sessions/s  ({ours['seconds']:.1f} s)")
             print(f"  raw insert_many     {raw_rate:>9,.0f} sessions/s  ({raw_seconds:.1f} s)")
             print(f"  ratio balcao/raw    {rate / raw_rate:>9.2f}  (target >= 0.50)")
-            print(f"  peak RSS            server {ours['server_mb']:.0f} MB, CLI {ours['cli_mb']:.0f} MB "
-                  "(target < 300 MB, flat)")
+            print(
+                f"  peak RSS            server {ours['server_mb']:.0f} MB, CLI {ours['cli_mb']:.0f} MB "
+                "(target < 300 MB, flat)"
+            )
 
 
 def main() -> None:

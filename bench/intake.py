@@ -59,22 +59,33 @@ def report(name: str, latencies: list[float], elapsed: float) -> dict[str, float
         "p99": percentile(latencies, 0.99) * 1000,
         "mean": statistics.fmean(latencies) * 1000,
     }
-    print(f"{name:<10} {len(latencies):>6} msgs  {figures['rate']:>8.0f} msg/s  "
-          f"p50 {figures['p50']:>8.1f} ms  p99 {figures['p99']:>8.1f} ms")
+    print(
+        f"{name:<10} {len(latencies):>6} msgs  {figures['rate']:>8.0f} msg/s  "
+        f"p50 {figures['p50']:>8.1f} ms  p99 {figures['p99']:>8.1f} ms"
+    )
     return figures
 
 
-async def balcao(nats_url: str, mongodb_uri: str, messages: int, contacts: int, work: Path,
-                 rate: float | None = None) -> dict:
+async def balcao(
+    nats_url: str, mongodb_uri: str, messages: int, contacts: int, work: Path, rate: float | None = None
+) -> dict:
     """Balcão end to end; `rate`: offer the messages at that many per second instead of at once."""
     fake = FakeTelegram(TOKEN)
     fake.flood_control.enabled = False  # measure Balcão, not Telegram's limits (bench.outbound does)
     await fake.start(port=0)
     port = free_port()
-    env = {**os.environ, "NATS_URL": nats_url, "MONGODB_URI": mongodb_uri, "HTTP_PORT": str(port),
-           "API_TOKEN": "bench-api-token-0123456789abcdef-0123456789", "TELEGRAM_BOT_TOKEN": TOKEN,
-           "TELEGRAM_API_BASE_URL": fake.base_url, "TELEGRAM_POLL_TIMEOUT": "10",
-           "TELEGRAM_MAX_MESSAGES_PER_SECOND": "100000", "LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "NATS_URL": nats_url,
+        "MONGODB_URI": mongodb_uri,
+        "HTTP_PORT": str(port),
+        "API_TOKEN": "bench-api-token-0123456789abcdef-0123456789",
+        "TELEGRAM_BOT_TOKEN": TOKEN,
+        "TELEGRAM_API_BASE_URL": fake.base_url,
+        "TELEGRAM_POLL_TIMEOUT": "10",
+        "TELEGRAM_MAX_MESSAGES_PER_SECOND": "100000",
+        "LOG_LEVEL": "warning",
+    }
     logs = open(work / "balcao.log", "ab")
     server = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=ROOT, stdout=logs, stderr=logs)
     bot = subprocess.Popen([sys.executable, "-m", "bot"], env=env, cwd=ROOT, stdout=logs, stderr=logs)
@@ -98,8 +109,10 @@ async def balcao(nats_url: str, mongodb_uri: str, messages: int, contacts: int, 
             nonlocal last_print
             if os.environ.get("BENCH_TRACE") and time.monotonic() - last_print > 1:
                 last_print = time.monotonic()
-                print(f"  t={last_print - started:5.1f}s stored={progress.count_documents({})} "
-                      f"pending_updates={len(fake.pending_updates())} replies={fake.sent_count}")
+                print(
+                    f"  t={last_print - started:5.1f}s stored={progress.count_documents({})} "
+                    f"pending_updates={len(fake.pending_updates())} replies={fake.sent_count}"
+                )
             return fake.sent_count >= messages
 
         await wait_until(finished, 300)
@@ -139,8 +152,11 @@ async def baseline_responder(nats_url: str, mongodb_uri: str, telegram_url: str 
     """
     import httpx
 
-    http = httpx.AsyncClient(base_url=f"{telegram_url}/bot{TOKEN}", timeout=60,
-                             limits=httpx.Limits(max_connections=100)) if telegram_url else None
+    http = (
+        httpx.AsyncClient(base_url=f"{telegram_url}/bot{TOKEN}", timeout=60, limits=httpx.Limits(max_connections=100))
+        if telegram_url
+        else None
+    )
     collection = pymongo.MongoClient(mongodb_uri).get_default_database()["bench_baseline"]
     collection.create_index([("contact", 1)], unique=True)
     executor = ThreadPoolExecutor(8)
@@ -148,8 +164,9 @@ async def baseline_responder(nats_url: str, mongodb_uri: str, telegram_url: str 
     nc = await nats.connect(nats_url)
 
     def upsert(contact: str, text: str) -> None:
-        collection.update_one({"contact": contact},
-                              {"$push": {"messages": text}, "$set": {"last": time.time()}}, upsert=True)
+        collection.update_one(
+            {"contact": contact}, {"$push": {"messages": text}, "$set": {"last": time.time()}}, upsert=True
+        )
 
     async def handle(msg) -> None:
         contact, _, text = msg.data.decode().partition("|")
@@ -164,8 +181,9 @@ async def baseline_responder(nats_url: str, mongodb_uri: str, telegram_url: str 
     await asyncio.Event().wait()
 
 
-async def baseline(nats_url: str, mongodb_uri: str, messages: int, contacts: int, *,
-                   send: bool = False, rate: float | None = None) -> dict:
+async def baseline(
+    nats_url: str, mongodb_uri: str, messages: int, contacts: int, *, send: bool = False, rate: float | None = None
+) -> dict:
     """The raw reference; `send`: each reply also goes to a fake Bot API over HTTP."""
     fake = None
     if send:
@@ -173,9 +191,12 @@ async def baseline(nats_url: str, mongodb_uri: str, messages: int, contacts: int
         await fake.start(port=0)
         for contact in range(contacts):
             fake.register_user(10_000 + contact, f"Contato {contact}")
-    responder = subprocess.Popen([sys.executable, "-m", "bench.intake", "--responder", nats_url, mongodb_uri,
-                                  fake.base_url if fake else ""],
-                                 cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    responder = subprocess.Popen(
+        [sys.executable, "-m", "bench.intake", "--responder", nats_url, mongodb_uri, fake.base_url if fake else ""],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert responder.stdout.readline().strip() == "ready"
         nc = await nats.connect(nats_url)
@@ -207,8 +228,7 @@ async def one_run(messages: int, contacts: int) -> dict[str, dict]:
         return {
             "balcao": await balcao(servers.nats_url, servers.mongodb_uri, messages, contacts, Path(tmp)),
             "baseline": await baseline(servers.nats_url, servers.mongodb_uri, messages, contacts),
-            "baseline+send": await baseline(servers.nats_url, servers.mongodb_uri, messages, contacts,
-                                            send=True),
+            "baseline+send": await baseline(servers.nats_url, servers.mongodb_uri, messages, contacts, send=True),
         }
 
 
@@ -222,29 +242,40 @@ async def closed_loop(capacity: float, messages: int, contacts: int, loads: list
         with tempfile.TemporaryDirectory(prefix="balcao-bench-") as tmp, backends(Path(tmp)) as servers:
             ours = await balcao(servers.nats_url, servers.mongodb_uri, count, contacts, Path(tmp), rate=rate)
             base = await baseline(servers.nats_url, servers.mongodb_uri, count, contacts, send=True, rate=rate)
-        print(f"  {load:.0%} load ({rate:.0f} msg/s): balcao p50 {ours['p50']:.0f} ms p99 {ours['p99']:.0f} ms, "
-              f"baseline+send p50 {base['p50']:.0f} ms p99 {base['p99']:.0f} ms")
+        print(
+            f"  {load:.0%} load ({rate:.0f} msg/s): balcao p50 {ours['p50']:.0f} ms p99 {ours['p99']:.0f} ms, "
+            f"baseline+send p50 {base['p50']:.0f} ms p99 {base['p99']:.0f} ms"
+        )
 
 
 async def run(messages: int, contacts: int, runs: int, loads: list[float]) -> None:
-    print(f"{messages} messages from {contacts} contacts, {runs} run(s); MongoDB: "
-          f"{'external' if os.environ.get('MONGODB_URI') else 'SecantusDB'}")
+    print(
+        f"{messages} messages from {contacts} contacts, {runs} run(s); MongoDB: "
+        f"{'external' if os.environ.get('MONGODB_URI') else 'SecantusDB'}"
+    )
     results = []
     for number in range(1, runs + 1):
         print(f"run {number}")
         results.append(await one_run(messages, contacts))
-    median = {name: {figure: statistics.median(r[name][figure] for r in results)
-                     for figure in ("rate", "p50", "p99")} for name in results[0]}
+    median = {
+        name: {figure: statistics.median(r[name][figure] for r in results) for figure in ("rate", "p50", "p99")}
+        for name in results[0]
+    }
     print(f"\nmedian of {runs} run(s):")
     for name, figures in median.items():
-        print(f"  {name:<14} {figures['rate']:>7.0f} msg/s  p50 {figures['p50']:>8.1f} ms  "
-              f"p99 {figures['p99']:>8.1f} ms")
+        print(
+            f"  {name:<14} {figures['rate']:>7.0f} msg/s  p50 {figures['p50']:>8.1f} ms  p99 {figures['p99']:>8.1f} ms"
+        )
     ratios = [r["balcao"]["rate"] / r["baseline"]["rate"] for r in results]
     like = [r["balcao"]["rate"] / r["baseline+send"]["rate"] for r in results]
-    print(f"throughput ratio balcao/baseline (no Telegram send): median {statistics.median(ratios):.2f} "
-          f"(runs: {', '.join(f'{x:.2f}' for x in ratios)})")
-    print(f"throughput ratio balcao/baseline+send (same HTTP send): median {statistics.median(like):.2f} "
-          f"(runs: {', '.join(f'{x:.2f}' for x in like)})")
+    print(
+        f"throughput ratio balcao/baseline (no Telegram send): median {statistics.median(ratios):.2f} "
+        f"(runs: {', '.join(f'{x:.2f}' for x in ratios)})"
+    )
+    print(
+        f"throughput ratio balcao/baseline+send (same HTTP send): median {statistics.median(like):.2f} "
+        f"(runs: {', '.join(f'{x:.2f}' for x in like)})"
+    )
     print(f"p99 ratio balcao/baseline+send: {median['balcao']['p99'] / median['baseline+send']['p99']:.2f}")
     if loads:
         await closed_loop(median["baseline+send"]["rate"], messages, contacts, loads)
@@ -255,10 +286,16 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--contacts", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3, help="bursts to take the median of")
-    parser.add_argument("--loads", type=float, nargs="*", default=[0.25, 0.5, 0.75],
-                        help="closed-loop offered rates, as fractions of the baseline's capacity (none: skip)")
-    parser.add_argument("--responder", nargs=3, metavar=("NATS_URL", "MONGODB_URI", "TELEGRAM_URL"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--loads",
+        type=float,
+        nargs="*",
+        default=[0.25, 0.5, 0.75],
+        help="closed-loop offered rates, as fractions of the baseline's capacity (none: skip)",
+    )
+    parser.add_argument(
+        "--responder", nargs=3, metavar=("NATS_URL", "MONGODB_URI", "TELEGRAM_URL"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.responder:
         asyncio.run(baseline_responder(*args.responder))

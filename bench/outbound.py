@@ -54,8 +54,8 @@ async def publish(nats_url: str, messages: int, chats: int, burst: int) -> int:
         message = OutboundMessage(key=f"bench:{n}", chat_id=str(chat), text=f"mensagem {n}")
         pending.append(js.publish(OUTBOUND_SUBJECT, message.to_bytes(), headers={"Nats-Msg-Id": message.key}))
     for start in range(0, len(pending), 500):
-        await asyncio.gather(*pending[start:start + 500])
-        published += len(pending[start:start + 500])
+        await asyncio.gather(*pending[start : start + 500])
+        published += len(pending[start : start + 500])
     await nc.close()
     return published
 
@@ -67,8 +67,12 @@ def run(messages: int, chats: int, burst: int) -> int:
         nats_server.start()
         port = free_port()
         logs = open(work / "processes.log", "ab")
-        fake = subprocess.Popen([sys.executable, "-m", "devstack.faketelegram", "--port", str(port),
-                                 "--token", TOKEN], cwd=ROOT, stdout=logs, stderr=logs)
+        fake = subprocess.Popen(
+            [sys.executable, "-m", "devstack.faketelegram", "--port", str(port), "--token", TOKEN],
+            cwd=ROOT,
+            stdout=logs,
+            stderr=logs,
+        )
         bot = None
         try:
             wait_for_port(port, 30, fake)
@@ -76,9 +80,14 @@ def run(messages: int, chats: int, burst: int) -> int:
             for user in [BURST_CHAT, *range(FIRST_CHAT, FIRST_CHAT + chats)]:
                 control.post("/_test/users", json={"id": user, "first_name": f"Contato {user}"}).raise_for_status()
             total = asyncio.run(publish(nats_server.url, messages, chats, burst))
-            env = {**os.environ, "NATS_URL": nats_server.url, "TELEGRAM_BOT_TOKEN": TOKEN,
-                   "TELEGRAM_API_BASE_URL": f"http://127.0.0.1:{port}", "TELEGRAM_POLL_TIMEOUT": "10",
-                   "LOG_LEVEL": "warning"}
+            env = {
+                **os.environ,
+                "NATS_URL": nats_server.url,
+                "TELEGRAM_BOT_TOKEN": TOKEN,
+                "TELEGRAM_API_BASE_URL": f"http://127.0.0.1:{port}",
+                "TELEGRAM_POLL_TIMEOUT": "10",
+                "LOG_LEVEL": "warning",
+            }
             env.pop("TELEGRAM_MAX_MESSAGES_PER_SECOND", None)  # Telegram's own 30/s
             bot = subprocess.Popen([sys.executable, "-m", "bot"], env=env, cwd=ROOT, stdout=logs, stderr=logs)
             deadline = time.monotonic() + total / TELEGRAM_LIMIT * 3 + 60
@@ -86,8 +95,7 @@ def run(messages: int, chats: int, burst: int) -> int:
                 if time.monotonic() > deadline or bot.poll() is not None:
                     raise SystemExit("outbound benchmark did not finish; see the bot's log")
                 time.sleep(0.5)
-            attempts = [a for a in control.get("/_test/attempts").json()["attempts"]
-                        if a["method"] == "sendMessage"]
+            attempts = [a for a in control.get("/_test/attempts").json()["attempts"] if a["method"] == "sendMessage"]
             return report(attempts, total, chats, burst)
         finally:
             if bot is not None:
@@ -114,12 +122,16 @@ def report(attempts: list[dict], total: int, chats: int, burst: int) -> int:
     others = sorted(at for chat, at in firsts.items() if chat != str(BURST_CHAT))
     ideal_last_first = chats / TELEGRAM_LIMIT  # every chat once, at the overall limit
     print(f"{len(sent)} messages delivered to {chats} chats (+1 chat owed a burst of {burst}) in {elapsed:.1f} s")
-    print(f"delivered rate:            {rate:6.1f} msg/s = {rate / TELEGRAM_LIMIT:6.1%} of Telegram's "
-          f"{TELEGRAM_LIMIT:.0f}/s (target >= 90 %)")
+    print(
+        f"delivered rate:            {rate:6.1f} msg/s = {rate / TELEGRAM_LIMIT:6.1%} of Telegram's "
+        f"{TELEGRAM_LIMIT:.0f}/s (target >= 90 %)"
+    )
     print(f"429 answers:               {len(limited):6d} in all, {len(steady)} in steady state (target 0)")
     print(f"burst chat drained after:  {burst_done:6.1f} s (1/s per chat)")
-    print(f"last other chat's first message after {others[-1]:.1f} s "
-          f"(every chat once at 30/s takes {ideal_last_first:.1f} s)")
+    print(
+        f"last other chat's first message after {others[-1]:.1f} s "
+        f"(every chat once at 30/s takes {ideal_last_first:.1f} s)"
+    )
     ok = len(sent) == total and rate >= 0.9 * TELEGRAM_LIMIT and not steady
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1

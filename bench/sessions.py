@@ -58,8 +58,6 @@ OPLOG_ENTRIES = 5_000_000
 CACHE = "6G"
 
 
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -81,13 +79,21 @@ def load(collection: pymongo.collection.Collection, count: int, seed: int) -> co
         last = last.replace(microsecond=last.microsecond // 1000 * 1000)
         name_keys = names.search_keys(name)
         keys.update(name_keys)
-        batch.append({
-            "_id": session_id, "platform": "telegram", "contact_identifier": str(10**10 + n),
-            "chat_id": str(10**10 + n), "contact_name": name, "name_keys": name_keys,
-            "created_at": last - dt.timedelta(minutes=rng.uniform(1, 600)), "last_message_at": last,
-            "activity_key": activity_key(last, session_id), "message_count": rng.randint(1, 40),
-            "last_message_preview": fake.sentence(nb_words=8),
-        })
+        batch.append(
+            {
+                "_id": session_id,
+                "platform": "telegram",
+                "contact_identifier": str(10**10 + n),
+                "chat_id": str(10**10 + n),
+                "contact_name": name,
+                "name_keys": name_keys,
+                "created_at": last - dt.timedelta(minutes=rng.uniform(1, 600)),
+                "last_message_at": last,
+                "activity_key": activity_key(last, session_id),
+                "message_count": rng.randint(1, 40),
+                "last_message_preview": fake.sentence(nb_words=8),
+            }
+        )
         if len(batch) == BATCH:
             collection.insert_many(batch, ordered=False)
             batch = []
@@ -107,8 +113,7 @@ def pick_prefixes(keys: collections.Counter) -> tuple[str, str]:
     return common, rare[0]
 
 
-def timed_pair(ours: Callable[[], object], raw: Callable[[], object],
-               repeat: int) -> tuple[list[float], list[float]]:
+def timed_pair(ours: Callable[[], object], raw: Callable[[], object], repeat: int) -> tuple[list[float], list[float]]:
     """Latencies of both, interleaved (alternating which goes first), so that
     whatever else the machine does falls on both alike."""
     for _ in range(max(3, repeat // 20)):  # warm connections and caches
@@ -116,7 +121,7 @@ def timed_pair(ours: Callable[[], object], raw: Callable[[], object],
         raw()
     latencies: tuple[list[float], list[float]] = ([], [])
     for n in range(repeat):
-        for which in ((0, 1) if n % 2 == 0 else (1, 0)):
+        for which in (0, 1) if n % 2 == 0 else (1, 0):
             action = ours if which == 0 else raw
             started = time.perf_counter()
             action()
@@ -127,6 +132,7 @@ def timed_pair(ours: Callable[[], object], raw: Callable[[], object],
 def replay(collection: pymongo.collection.Collection, queries: list[sessions.Query]) -> Callable[[], object]:
     def run() -> list:
         return [list(collection.find(q.filter, q.projection).sort(q.sort).limit(q.limit)) for q in queries]
+
     return run
 
 
@@ -135,8 +141,9 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--data-dir", type=Path,
-                        help="keep SecantusDB's data here, and reuse it when it holds as many sessions")
+    parser.add_argument(
+        "--data-dir", type=Path, help="keep SecantusDB's data here, and reuse it when it holds as many sessions"
+    )
     args = parser.parse_args()
     if args.sessions <= LIMIT * TARGET_PAGE:
         parser.error(f"page {TARGET_PAGE} needs more than {LIMIT * TARGET_PAGE} sessions")
@@ -146,8 +153,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="balcao-bench-") as tmp:
         work = Path(tmp)
         nats_server = NatsServer(data_dir=work / "nats")
-        mongo = SecantusServer(data_dir=args.data_dir or work / "mongo", log_file=work / "mongo.log",
-                               cache_size=CACHE, oplog_max_entries=OPLOG_ENTRIES)
+        mongo = SecantusServer(
+            data_dir=args.data_dir or work / "mongo",
+            log_file=work / "mongo.log",
+            cache_size=CACHE,
+            oplog_max_entries=OPLOG_ENTRIES,
+        )
         external = os.environ.get("MONGODB_URI")
         nats_server.start()
         if not external:
@@ -161,8 +172,11 @@ def main() -> None:
 
             models.ensure_indexes()
             raw = pymongo.MongoClient(uri, tz_aware=True).get_default_database()["sessions"]
-            print(f"{args.sessions} sessions, {args.repeat} requests per figure; MongoDB: "
-                  f"{'external' if external else 'SecantusDB'}", flush=True)
+            print(
+                f"{args.sessions} sessions, {args.repeat} requests per figure; MongoDB: "
+                f"{'external' if external else 'SecantusDB'}",
+                flush=True,
+            )
             if args.data_dir and raw.estimated_document_count() == args.sessions:
                 keys = collections.Counter(key for doc in raw.find({}, {"name_keys": 1}) for key in doc["name_keys"])
                 print(f"reusing the sessions in {args.data_dir}", flush=True)
@@ -172,20 +186,27 @@ def main() -> None:
             common, rare = pick_prefixes(keys)
 
             port = free_port()
-            env = {**os.environ, "NATS_URL": nats_server.url, "MONGODB_URI": uri, "HTTP_PORT": str(port),
-                   "API_TOKEN": TOKEN, "LOG_LEVEL": "warning"}
+            env = {
+                **os.environ,
+                "NATS_URL": nats_server.url,
+                "MONGODB_URI": uri,
+                "HTTP_PORT": str(port),
+                "API_TOKEN": TOKEN,
+                "LOG_LEVEL": "warning",
+            }
             with open(work / "server.log", "ab") as log:
-                server = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=ROOT, stdout=log,
-                                          stderr=log)
+                server = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=ROOT, stdout=log, stderr=log)
             wait_for_port(port, 60, server)
-            http = httpx.Client(base_url=f"http://127.0.0.1:{port}/v1/",
-                                headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+            http = httpx.Client(
+                base_url=f"http://127.0.0.1:{port}/v1/", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60
+            )
 
             def endpoint(params: dict) -> Callable[[], object]:
                 def get() -> dict:
                     response = http.get("sessions", params=params)
                     response.raise_for_status()
                     return response.json()
+
                 return get
 
             # Page 100: follow cursors there once, over HTTP and in this process alike.
@@ -196,15 +217,24 @@ def main() -> None:
 
             scenarios = [
                 ("first page", {"limit": LIMIT}, sessions.SessionFilter(), None),
-                (f"page {TARGET_PAGE} by cursor", {"limit": LIMIT, "cursor": cursor},
-                 sessions.SessionFilter(), resume),
-                (f"search common {common!r} ({keys[common]})", {"limit": LIMIT, "q": common},
-                 sessions.SessionFilter(words=(common,)), None),
-                (f"search rare {rare!r} ({keys[rare]})", {"limit": LIMIT, "q": rare},
-                 sessions.SessionFilter(words=(rare,)), None),
+                (f"page {TARGET_PAGE} by cursor", {"limit": LIMIT, "cursor": cursor}, sessions.SessionFilter(), resume),
+                (
+                    f"search common {common!r} ({keys[common]})",
+                    {"limit": LIMIT, "q": common},
+                    sessions.SessionFilter(words=(common,)),
+                    None,
+                ),
+                (
+                    f"search rare {rare!r} ({keys[rare]})",
+                    {"limit": LIMIT, "q": rare},
+                    sessions.SessionFilter(words=(rare,)),
+                    None,
+                ),
             ]
-            print(f"\n{'':<32} {'endpoint p50':>12} {'p99':>8}   {'raw p50':>8} {'p99':>8}   "
-                  f"{'p99 ratio':>9}  {'queries':>7}  target p99 <= 2 x raw + 5 ms")
+            print(
+                f"\n{'':<32} {'endpoint p50':>12} {'p99':>8}   {'raw p50':>8} {'p99':>8}   "
+                f"{'p99 ratio':>9}  {'queries':>7}  target p99 <= 2 x raw + 5 ms"
+            )
             figures = {}
             for name, params, criteria, start in scenarios:
                 page = sessions.list_sessions(criteria, LIMIT, start)
@@ -213,8 +243,11 @@ def main() -> None:
                 raw50, raw99 = percentile(base, 0.5) * 1000, percentile(base, 0.99) * 1000
                 met = "met" if p99 <= 2 * raw99 + 5 else "MISSED"
                 figures[name] = p99
-                print(f"{name:<32} {p50:>9.1f} ms {p99:>5.1f} ms   {raw50:>5.1f} ms {raw99:>5.1f} ms   "
-                      f"{p99 / raw99:>9.2f}  {len(page.queries):>7}  {met}", flush=True)
+                print(
+                    f"{name:<32} {p50:>9.1f} ms {p99:>5.1f} ms   {raw50:>5.1f} ms {raw99:>5.1f} ms   "
+                    f"{p99 / raw99:>9.2f}  {len(page.queries):>7}  {met}",
+                    flush=True,
+                )
             first, later = figures["first page"], figures[f"page {TARGET_PAGE} by cursor"]
             print(f"\npage {TARGET_PAGE} p99 / first page p99: {later / first:.2f} (target: about 1, not more)")
             http.close()

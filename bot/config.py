@@ -77,8 +77,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     env = Environment(environ)
     settings = Settings(
         token=env.secret("TELEGRAM_BOT_TOKEN", required=True) or "",
-        nats_url=env.url_list_with_password("NATS_URL", None, ("nats", "tls", "ws", "wss"),
-                                            password="NATS_PASSWORD", decoded=False) or "",
+        nats_url=env.url_list_with_password(
+            "NATS_URL", None, ("nats", "tls", "ws", "wss"), password="NATS_PASSWORD", decoded=False
+        )
+        or "",
         nats_replicas=env.integer("NATS_REPLICAS", 1, minimum=1, maximum=5),
         api_base_url=env.url("TELEGRAM_API_BASE_URL", DEFAULT_API_BASE, ("https", "http")) or DEFAULT_API_BASE,
         poll_timeout=env.integer("TELEGRAM_POLL_TIMEOUT", 30, minimum=0, maximum=50),
@@ -103,11 +105,14 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     if settings.webhook_secret and not WEBHOOK_SECRET.fullmatch(settings.webhook_secret):
         env.problems.append("TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
     elif settings.webhook_secret and len(settings.webhook_secret) < MIN_SECRET_LENGTH:
-        env.problems.append(f"TELEGRAM_WEBHOOK_SECRET must be at least {MIN_SECRET_LENGTH} characters, "
-                            f"got {len(settings.webhook_secret)}")
+        env.problems.append(
+            f"TELEGRAM_WEBHOOK_SECRET must be at least {MIN_SECRET_LENGTH} characters, "
+            f"got {len(settings.webhook_secret)}"
+        )
     if not plain_http_allowed(settings.api_base_url):
         # The bot token travels in every Bot API URL: never over the network in clear.
-        env.problems.append("TELEGRAM_API_BASE_URL may use http:// only for a loopback host "
-                            "(localhost, 127.0.0.0/8, ::1); use https://")
+        env.problems.append(
+            "TELEGRAM_API_BASE_URL may use http:// only for a loopback host (localhost, 127.0.0.0/8, ::1); use https://"
+        )
     env.check()
     return settings

@@ -85,8 +85,16 @@ class _Chat:
 
 
 class Delivery:
-    def __init__(self, bot: Bot, js: JetStreamContext, batch_size: int = FETCH_BATCH,
-                 max_per_second: float = 30.0, ack_wait: float = ACK_WAIT, *, replicas: int = 1) -> None:
+    def __init__(
+        self,
+        bot: Bot,
+        js: JetStreamContext,
+        batch_size: int = FETCH_BATCH,
+        max_per_second: float = 30.0,
+        ack_wait: float = ACK_WAIT,
+        *,
+        replicas: int = 1,
+    ) -> None:
         self._bot = bot
         self._ack_wait = ack_wait
         self._replicas = replicas
@@ -112,9 +120,16 @@ class Delivery:
         keeper = asyncio.create_task(self._keep_alive(), name="delivery-keep-alive")
         try:
             await jetstream.consume(
-                self._js, stream=OUTBOUND_STREAM, subject=OUTBOUND_SUBJECT, durable=OUTBOUND_CONSUMER,
-                batch_size=self._batch_size, ack_wait=self._ack_wait, handle=self.accept,
-                stopping=self._stopping, what="delivery")
+                self._js,
+                stream=OUTBOUND_STREAM,
+                subject=OUTBOUND_SUBJECT,
+                durable=OUTBOUND_CONSUMER,
+                batch_size=self._batch_size,
+                ack_wait=self._ack_wait,
+                handle=self.accept,
+                stopping=self._stopping,
+                what="delivery",
+            )
         finally:
             for task in (scheduler, keeper):
                 task.cancel()
@@ -227,8 +242,7 @@ class Delivery:
             log.warning("delivered-key store unreachable, chat %s waits: %s", outbound.chat_id, exc)
             return NETWORK_RETRY_DELAY
         if delivered:
-            log.info("outbound %s to chat %s already delivered; not sent again",
-                     outbound.kind, outbound.chat_id)
+            log.info("outbound %s to chat %s already delivered; not sent again", outbound.kind, outbound.chat_id)
             await msg.ack()
             return None
         try:
@@ -264,8 +278,11 @@ class Delivery:
             await asyncio.sleep(self._ack_wait / 3)
             now = time.monotonic()
             # A chat is forgotten only once its pacing no longer matters.
-            for chat_id in [chat_id for chat_id, chat in self._chats.items()
-                            if not chat.queue and not chat.busy and chat.next_at <= now]:
+            for chat_id in [
+                chat_id
+                for chat_id, chat in self._chats.items()
+                if not chat.queue and not chat.busy and chat.next_at <= now
+            ]:
                 del self._chats[chat_id]
             for chat in list(self._chats.values()):
                 for _, msg, _ in list(chat.queue):
@@ -305,10 +322,14 @@ class Delivery:
             delay = min(delay * 2, 5.0)
 
     async def _park(self, outbound: OutboundMessage, reason: str) -> None:
-        log.warning("outbound %s to chat %s parked, telegram refused it: %s",
-                    outbound.kind, outbound.chat_id, reason)
-        parked = OutboundMessage(key=outbound.key, chat_id=outbound.chat_id, text=outbound.text,
-                                 kind=outbound.kind, meta={**outbound.meta, "reason": reason})
+        log.warning("outbound %s to chat %s parked, telegram refused it: %s", outbound.kind, outbound.chat_id, reason)
+        parked = OutboundMessage(
+            key=outbound.key,
+            chat_id=outbound.chat_id,
+            text=outbound.text,
+            kind=outbound.kind,
+            meta={**outbound.meta, "reason": reason},
+        )
         await self._js.publish(PARKED_SUBJECT, parked.to_bytes(), headers={"Nats-Msg-Id": outbound.key})
         OUTBOUND_PARKED.labels(kind=outbound.kind).inc()
         await report_delivery(self._js, outbound, events.DELIVERY_PARKED)

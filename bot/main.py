@@ -44,16 +44,21 @@ async def main() -> None:
     settings, stopping = lifecycle.begin("bot", config.load)
 
     nc = await lifecycle.retry_until_ready(
-        "NATS", lambda: jetstream.connect(settings.nats_url, "balcao-bot"), stopping,
-        (OSError, NatsError, asyncio.TimeoutError))
+        "NATS",
+        lambda: jetstream.connect(settings.nats_url, "balcao-bot"),
+        stopping,
+        (OSError, NatsError, asyncio.TimeoutError),
+    )
     if nc is None:
         log.info("bot stopped before it was ready")
         return
     js = nc.jetstream()
     try:
-        await jetstream.ensure_streams(js, jetstream.StreamLimits(settings.stream_max_bytes,
-                                                                  settings.stream_max_age),
-                                       replicas=settings.nats_replicas)
+        await jetstream.ensure_streams(
+            js,
+            jetstream.StreamLimits(settings.stream_max_bytes, settings.stream_max_age),
+            replicas=settings.nats_replicas,
+        )
     except jetstream.ReplicationError as exc:
         await nc.close()
         sys.exit(f"bot: {exc}")
@@ -71,8 +76,13 @@ async def main() -> None:
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
 
-    delivery = Delivery(application.bot, js, max_per_second=settings.max_messages_per_second,
-                        ack_wait=settings.delivery_ack_wait, replicas=settings.nats_replicas)
+    delivery = Delivery(
+        application.bot,
+        js,
+        max_per_second=settings.max_messages_per_second,
+        ack_wait=settings.delivery_ack_wait,
+        replicas=settings.nats_replicas,
+    )
     workers = [asyncio.create_task(delivery.run(), name="delivery")]
     receiver = poller = None
     if settings.webhook_url:

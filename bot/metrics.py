@@ -27,8 +27,7 @@ OUTBOUND_SENT = Counter(
 )
 OUTBOUND_FAILURES = Counter(
     "balcao_bot_outbound_failures_total",
-    "Failed sendMessage calls, by reason; forbidden and bad_request are parked, "
-    "the others retried",
+    "Failed sendMessage calls, by reason; forbidden and bad_request are parked, the others retried",
     ["reason"],
 )
 OUTBOUND_PARKED = Counter(

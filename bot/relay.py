@@ -53,8 +53,9 @@ class Relay:
             sent_at=message.date.isoformat(),
         )
         try:
-            await self._js.publish(INBOUND_SUBJECT, inbound.to_bytes(), timeout=PUBLISH_TIMEOUT,
-                                   headers={"Nats-Msg-Id": inbound.dedup_id})
+            await self._js.publish(
+                INBOUND_SUBJECT, inbound.to_bytes(), timeout=PUBLISH_TIMEOUT, headers={"Nats-Msg-Id": inbound.dedup_id}
+            )
         except (NatsError, asyncio.TimeoutError) as exc:
             INBOUND_RELAY_FAILURES.inc()
             raise RelayFailed(f"update {update.update_id} not relayed: {exc!r}") from exc
@@ -130,8 +131,9 @@ class Poller:
         self._stopping.set()
 
     async def _fetch(self) -> tuple[Update, ...]:
-        fetch = asyncio.ensure_future(self._application.bot.get_updates(
-            offset=self._offset, timeout=self._timeout, allowed_updates=["message"]))
+        fetch = asyncio.ensure_future(
+            self._application.bot.get_updates(offset=self._offset, timeout=self._timeout, allowed_updates=["message"])
+        )
         stop = asyncio.ensure_future(self._stopping.wait())
         try:
             done, _ = await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -172,8 +174,7 @@ class Poller:
         try:
             await self._application.bot.get_updates(offset=self._offset, timeout=0)
         except TelegramError as exc:
-            log.warning("could not confirm handled updates (they will be relayed again, "
-                        "and de-duplicated): %s", exc)
+            log.warning("could not confirm handled updates (they will be relayed again, and de-duplicated): %s", exc)
 
 
 def retry_seconds(exc: RetryAfter) -> float:

@@ -33,12 +33,20 @@ async def report_delivery(js: JetStreamContext, outbound: OutboundMessage, deliv
         return
     platform = outbound.meta.get("platform") or PLATFORM_TELEGRAM
     body = events.message_sent(
-        platform=platform, session_id=session_id,
+        platform=platform,
+        session_id=session_id,
         contact_identifier=outbound.meta.get("contact_identifier") or outbound.chat_id,
-        key=outbound.key, text=outbound.text, kind=outbound.kind, delivery=delivery)
+        key=outbound.key,
+        text=outbound.text,
+        kind=outbound.kind,
+        delivery=delivery,
+    )
     try:
-        await js.publish(events.subject(events.MESSAGE_SENT, platform, session_id), events.to_bytes(body),
-                         timeout=REPORT_TIMEOUT,
-                         headers={"Nats-Msg-Id": events.dedup_id(events.MESSAGE_SENT, outbound.key)})
+        await js.publish(
+            events.subject(events.MESSAGE_SENT, platform, session_id),
+            events.to_bytes(body),
+            timeout=REPORT_TIMEOUT,
+            headers={"Nats-Msg-Id": events.dedup_id(events.MESSAGE_SENT, outbound.key)},
+        )
     except (NatsError, asyncio.TimeoutError) as exc:
         log.warning("delivery of %s not reported to the event stream: %r", outbound.kind, exc)

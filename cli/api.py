@@ -44,10 +44,20 @@ class ApiFailure(click.ClickException):
 def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options every API command takes; the command receives an `api` ApiClient."""
 
-    @click.option("--api-url", envvar="BALCAO_API_URL", default=DEFAULT_API_URL, show_default=True,
-                  help="Base URL of the Balcão API (env BALCAO_API_URL).")
-    @click.option("--api-token", envvar="BALCAO_API_TOKEN", required=True, show_envvar=False,
-                  help="Bearer token of the API (env BALCAO_API_TOKEN).")
+    @click.option(
+        "--api-url",
+        envvar="BALCAO_API_URL",
+        default=DEFAULT_API_URL,
+        show_default=True,
+        help="Base URL of the Balcão API (env BALCAO_API_URL).",
+    )
+    @click.option(
+        "--api-token",
+        envvar="BALCAO_API_TOKEN",
+        required=True,
+        show_envvar=False,
+        help="Bearer token of the API (env BALCAO_API_TOKEN).",
+    )
     @functools.wraps(command)
     def with_api(*args: Any, api_url: str, api_token: str, **kwargs: Any) -> Any:
         if not api_url.startswith(("http://", "https://")):
@@ -59,8 +69,16 @@ def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class ApiClient:
-    def __init__(self, url: str, token: str, *, retries: int = 8, timeout: float = 300.0,
-                 sleep: Callable[[float], None] = time.sleep, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        retries: int = 8,
+        timeout: float = 300.0,
+        sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.retries = retries
         self._sleep = sleep
@@ -78,8 +96,15 @@ class ApiClient:
     def __exit__(self, *exc: object) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,),
-                on_retry: Callable[[str], None] | None = None, **kwargs: Any) -> httpx.Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        ok: tuple[int, ...] = (200,),
+        on_retry: Callable[[str], None] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
         """Send, retrying what may pass; return a response whose status is in `ok`."""
         attempt = 0
         while True:
@@ -87,8 +112,10 @@ class ApiClient:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
                 if not self._answered and isinstance(exc, httpx.ConnectError):
-                    raise UserError(f"cannot reach the API at {self.url} ({exc}); check --api-url "
-                                    "or BALCAO_API_URL, and that the server runs") from None
+                    raise UserError(
+                        f"cannot reach the API at {self.url} ({exc}); check --api-url "
+                        "or BALCAO_API_URL, and that the server runs"
+                    ) from None
                 reason, wait = f"{type(exc).__name__}: {exc}", None
             else:
                 self._answered = True

@@ -24,30 +24,156 @@ SESSION_COLUMNS = ("_id", "name", "platform_type", "contact_identifier", "messag
 MESSAGE_COLUMNS = ("contact_identifier", "name", "platform_type", "message_id", "message_content", "message_date")
 
 FIRST_NAMES = (
-    "João", "José", "Antônio", "Francisco", "Carlos", "Paulo", "Pedro", "Lucas", "Luiz", "Marcos",
-    "Luís", "Gabriel", "Rafael", "Daniel", "Marcelo", "Bruno", "Eduardo", "Felipe", "Raimundo",
-    "Rodrigo", "Matheus", "André", "Fábio", "Sérgio", "Vinícius", "Caio", "Thiago", "Otávio", "Júlio",
-    "Márcio", "Cauã", "Heitor", "Benício", "Davi", "Théo", "Arthur", "Maria", "Ana", "Francisca",
-    "Antônia", "Adriana", "Juliana", "Márcia", "Fernanda", "Patrícia", "Aline", "Sandra", "Camila",
-    "Amanda", "Bruna", "Jéssica", "Letícia", "Júlia", "Luciana", "Vanessa", "Mariana", "Gabriela",
-    "Larissa", "Beatriz", "Lívia", "Cecília", "Helena", "Alícia", "Valentina", "Luíza", "Sônia",
-    "Inês", "Lúcia", "Débora", "Flávia", "Tânia", "Vitória", "Clarice", "Iara", "Raíssa", "Yasmin",
+    "João",
+    "José",
+    "Antônio",
+    "Francisco",
+    "Carlos",
+    "Paulo",
+    "Pedro",
+    "Lucas",
+    "Luiz",
+    "Marcos",
+    "Luís",
+    "Gabriel",
+    "Rafael",
+    "Daniel",
+    "Marcelo",
+    "Bruno",
+    "Eduardo",
+    "Felipe",
+    "Raimundo",
+    "Rodrigo",
+    "Matheus",
+    "André",
+    "Fábio",
+    "Sérgio",
+    "Vinícius",
+    "Caio",
+    "Thiago",
+    "Otávio",
+    "Júlio",
+    "Márcio",
+    "Cauã",
+    "Heitor",
+    "Benício",
+    "Davi",
+    "Théo",
+    "Arthur",
+    "Maria",
+    "Ana",
+    "Francisca",
+    "Antônia",
+    "Adriana",
+    "Juliana",
+    "Márcia",
+    "Fernanda",
+    "Patrícia",
+    "Aline",
+    "Sandra",
+    "Camila",
+    "Amanda",
+    "Bruna",
+    "Jéssica",
+    "Letícia",
+    "Júlia",
+    "Luciana",
+    "Vanessa",
+    "Mariana",
+    "Gabriela",
+    "Larissa",
+    "Beatriz",
+    "Lívia",
+    "Cecília",
+    "Helena",
+    "Alícia",
+    "Valentina",
+    "Luíza",
+    "Sônia",
+    "Inês",
+    "Lúcia",
+    "Débora",
+    "Flávia",
+    "Tânia",
+    "Vitória",
+    "Clarice",
+    "Iara",
+    "Raíssa",
+    "Yasmin",
 )
 SURNAMES = (
-    "Silva", "Santos", "Oliveira", "Souza", "Rodrigues", "Ferreira", "Alves", "Pereira", "Lima",
-    "Gomes", "Ribeiro", "Carvalho", "Almeida", "Lopes", "Soares", "Fernandes", "Vieira", "Barbosa",
-    "Rocha", "Dias", "Nascimento", "Andrade", "Moreira", "Nunes", "Marques", "Machado", "Mendes",
-    "Freitas", "Cardoso", "Ramos", "Gonçalves", "Santana", "Teixeira", "Araújo", "Conceição",
-    "Brandão", "Magalhães", "Falcão", "Simões", "Guimarães", "Assunção", "Peçanha", "Sá", "Leão",
-    "Aragão", "Gusmão", "Romão", "Antunes", "Patrício", "Galvão", "Bragança", "Damásio",
+    "Silva",
+    "Santos",
+    "Oliveira",
+    "Souza",
+    "Rodrigues",
+    "Ferreira",
+    "Alves",
+    "Pereira",
+    "Lima",
+    "Gomes",
+    "Ribeiro",
+    "Carvalho",
+    "Almeida",
+    "Lopes",
+    "Soares",
+    "Fernandes",
+    "Vieira",
+    "Barbosa",
+    "Rocha",
+    "Dias",
+    "Nascimento",
+    "Andrade",
+    "Moreira",
+    "Nunes",
+    "Marques",
+    "Machado",
+    "Mendes",
+    "Freitas",
+    "Cardoso",
+    "Ramos",
+    "Gonçalves",
+    "Santana",
+    "Teixeira",
+    "Araújo",
+    "Conceição",
+    "Brandão",
+    "Magalhães",
+    "Falcão",
+    "Simões",
+    "Guimarães",
+    "Assunção",
+    "Peçanha",
+    "Sá",
+    "Leão",
+    "Aragão",
+    "Gusmão",
+    "Romão",
+    "Antunes",
+    "Patrício",
+    "Galvão",
+    "Bragança",
+    "Damásio",
 )
 FOREIGN_NAMES = (
-    "Benjamin Lynch", "Sophie Müller", "Hiroshi Tanaka", "Chloé Dubois", "Liam O'Connor",
-    "Zoë Ashford", "Ørjan Nilsen", "François Lefèvre", "Siobhán Kelly", "Mateo Hernández",
+    "Benjamin Lynch",
+    "Sophie Müller",
+    "Hiroshi Tanaka",
+    "Chloé Dubois",
+    "Liam O'Connor",
+    "Zoë Ashford",
+    "Ørjan Nilsen",
+    "François Lefèvre",
+    "Siobhán Kelly",
+    "Mateo Hernández",
 )
 # The sample starts with names that the search examples and tests look for.
 SAMPLE_NAMES = (
-    "João Silva", "Ana Luíza Conceição", "Mariana Gonçalves", "Benjamin Lynch", "José Antônio Araújo",
+    "João Silva",
+    "Ana Luíza Conceição",
+    "Mariana Gonçalves",
+    "Benjamin Lynch",
+    "José Antônio Araújo",
 )
 MESSAGES = (
     "Olá, tudo bem?",
@@ -127,18 +253,45 @@ def write_sessions(sessions: Iterable[dict[str, Any]], out: TextIO, file_format:
 
 
 @click.command("generate")
-@click.option("--sessions", "count", type=click.IntRange(0, MAX_SESSIONS), default=1000, show_default=True,
-              help="How many sessions to write.")
-@click.option("--format", "file_format", type=click.Choice(FORMATS), default="json", show_default=True,
-              help="json: an array; ndjson: one session per line; csv: one session per row with the "
-                   "messages as JSON text; csv-messages: one message per row.")
-@click.option("--messages-per-session", type=click.IntRange(min=0), default=3, show_default=True,
-              help="Messages in each session (the mean, for the sample flavour).")
+@click.option(
+    "--sessions",
+    "count",
+    type=click.IntRange(0, MAX_SESSIONS),
+    default=1000,
+    show_default=True,
+    help="How many sessions to write.",
+)
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(FORMATS),
+    default="json",
+    show_default=True,
+    help="json: an array; ndjson: one session per line; csv: one session per row with the "
+    "messages as JSON text; csv-messages: one message per row.",
+)
+@click.option(
+    "--messages-per-session",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Messages in each session (the mean, for the sample flavour).",
+)
 @click.option("--seed", type=int, default=42, show_default=True, help="The same seed writes the same file.")
-@click.option("--flavour", type=click.Choice(FLAVOURS), default="plain", show_default=True,
-              help="plain: canonical values; sample: the value variants real files hold.")
-@click.option("--output", type=click.File("w", encoding="utf-8"), default="-", show_default=True,
-              help="File to write, or - for standard output.")
+@click.option(
+    "--flavour",
+    type=click.Choice(FLAVOURS),
+    default="plain",
+    show_default=True,
+    help="plain: canonical values; sample: the value variants real files hold.",
+)
+@click.option(
+    "--output",
+    type=click.File("w", encoding="utf-8"),
+    default="-",
+    show_default=True,
+    help="File to write, or - for standard output.",
+)
 def generate(count: int, file_format: str, messages_per_session: int, seed: int, flavour: str, output: TextIO) -> None:
     """Write a file of synthetic sessions in one of the import formats."""
     sessions = generate_sessions(count, messages_per_session=messages_per_session, seed=seed, flavour=flavour)
@@ -174,8 +327,13 @@ def _session(rng: random.Random, index: int, contact: int, messages_per_session:
     count = _sample_message_count(rng, messages_per_session) if sample else messages_per_session
     messages = list(_messages(rng, name, start, count, sample))
     if not sample:
-        return {"_id": object_id, "name": name, "platform_type": "Telegram", "contact_identifier": contact,
-                "messages": messages}
+        return {
+            "_id": object_id,
+            "name": name,
+            "platform_type": "Telegram",
+            "contact_identifier": contact,
+            "messages": messages,
+        }
     return {
         "_id": {"$oid": object_id} if rng.random() < 0.3 else object_id,
         "name": name,
@@ -280,13 +438,15 @@ def _write_csv(sessions: Iterable[dict[str, Any]], out: TextIO) -> int:
     written = 0
     for session in sessions:
         source_id = session["_id"]
-        writer.writerow([
-            source_id["$oid"] if isinstance(source_id, dict) else source_id,
-            session["name"],
-            session["platform_type"],
-            session["contact_identifier"],
-            _json(session["messages"]),
-        ])
+        writer.writerow(
+            [
+                source_id["$oid"] if isinstance(source_id, dict) else source_id,
+                session["name"],
+                session["platform_type"],
+                session["contact_identifier"],
+                _json(session["messages"]),
+            ]
+        )
         written += 1
     return written
 

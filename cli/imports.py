@@ -91,18 +91,38 @@ def check_channel(ctx: click.Context, param: click.Parameter, value: str | None)
 
 @click.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
-@click.option("--channel", callback=check_channel,
-              help="Telegram channel that gets the summary: @name or -100… id. Required unless --resume.")
-@click.option("--format", "file_format", type=click.Choice(["auto", *FORMATS]), default="auto", show_default=True,
-              help="json: an array; ndjson: one session per line; csv: either CSV layout; auto: from the content.")
-@click.option("--chunk-size", type=click.IntRange(1, 100_000), default=1000, show_default=True,
-              help="Rows (CSV, NDJSON) or items (JSON) per chunk sent to the server.")
+@click.option(
+    "--channel",
+    callback=check_channel,
+    help="Telegram channel that gets the summary: @name or -100… id. Required unless --resume.",
+)
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(["auto", *FORMATS]),
+    default="auto",
+    show_default=True,
+    help="json: an array; ndjson: one session per line; csv: either CSV layout; auto: from the content.",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    help="Rows (CSV, NDJSON) or items (JSON) per chunk sent to the server.",
+)
 @click.option("--resume", is_flag=True, help="Continue the interrupted import of this file.")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE_DIR,
-              show_default=True, help="Where progress is saved for --resume.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    help="Where progress is saved for --resume.",
+)
 @api_options
-def import_sessions(file: Path, channel: str | None, file_format: str, chunk_size: int, resume: bool,
-                    state_dir: Path, api: ApiClient) -> None:
+def import_sessions(
+    file: Path, channel: str | None, file_format: str, chunk_size: int, resume: bool, state_dir: Path, api: ApiClient
+) -> None:
     """Import the sessions in FILE (JSON array, NDJSON or CSV), announcing the result in a channel."""
     state_file = StateFile(state_dir, file)
     saved = state_file.load()
@@ -118,20 +138,25 @@ def import_sessions(file: Path, channel: str | None, file_format: str, chunk_siz
         if channel is None:
             raise click.UsageError("--channel is required (unless --resume)")
         if saved is not None:
-            click.echo(f"note: import {saved.job_id} of this file was interrupted; starting a new one "
-                       "(--resume continues it instead)", err=True)
+            click.echo(
+                f"note: import {saved.job_id} of this file was interrupted; starting a new one "
+                "(--resume continues it instead)",
+                err=True,
+            )
         detected = _format_of(file, file_format)
         job = api.request("POST", "/v1/imports", ok=(201,), json={"channel": channel, "source": file.name}).json()
-        state = ImportState(*state_file.identity, api_url=api.url, job_id=job["id"], file_format=detected,
-                            chunk_size=chunk_size)
+        state = ImportState(
+            *state_file.identity, api_url=api.url, job_id=job["id"], file_format=detected, chunk_size=chunk_size
+        )
         state_file.save(state)
         next_chunk = 0
         click.echo(f"import {state.job_id} started; announcing to {job['channel']}", err=True)
     try:
         report = _send(api, file, state, state_file, next_chunk)
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted after {state.chunks_sent} chunks; run the same command with --resume "
-                   "to continue", err=True)
+        click.echo(
+            f"\ninterrupted after {state.chunks_sent} chunks; run the same command with --resume to continue", err=True
+        )
         raise click.exceptions.Exit(130) from None
     state_file.forget()
     _print_report(report)
@@ -154,8 +179,10 @@ def _resumed(api: ApiClient, state: ImportState, state_file: StateFile) -> tuple
     response = api.request("GET", f"/v1/imports/{state.job_id}", ok=(200, 404))
     if response.status_code == 404:
         state_file.forget()
-        raise UserError(f"import {state.job_id} no longer exists on the server; run the import again "
-                        "without --resume (what it stored is not duplicated)")
+        raise UserError(
+            f"import {state.job_id} no longer exists on the server; run the import again "
+            "without --resume (what it stored is not duplicated)"
+        )
     job = response.json()
     if job["status"] != "running":
         state_file.forget()
@@ -171,10 +198,17 @@ def _send(api: ApiClient, file: Path, state: ImportState, state_file: StateFile,
     seq, records, failure = 0, 0, None
     started = time.monotonic()
     sent_now = 0  # records sent in this run, for the rate
-    with open(file, "rb") as handle, click.progressbar(
-        length=max(size, 1), label="importing", file=sys.stderr,
-        item_show_func=lambda text: text, show_eta=True, show_percent=True,
-    ) as bar:
+    with (
+        open(file, "rb") as handle,
+        click.progressbar(
+            length=max(size, 1),
+            label="importing",
+            file=sys.stderr,
+            item_show_func=lambda text: text,
+            show_eta=True,
+            show_percent=True,
+        ) as bar,
+    ):
         chunks = read_ahead(read_chunks(handle, state.file_format, state.chunk_size))
         try:
             for chunk in chunks:
@@ -206,19 +240,28 @@ def _put_chunk(api: ApiClient, job_id: str, seq: int, chunk: Chunk, bar: Any) ->
         click.echo(f"\nchunk {seq}: {reason}", err=True)
 
     try:
-        api.request("PUT", f"/v1/imports/{job_id}/chunks/{seq}", content=chunk.body(),
-                    headers={"Content-Type": CHUNK_MEDIA_TYPE}, on_retry=retrying)
+        api.request(
+            "PUT",
+            f"/v1/imports/{job_id}/chunks/{seq}",
+            content=chunk.body(),
+            headers={"Content-Type": CHUNK_MEDIA_TYPE},
+            on_retry=retrying,
+        )
     except ApiFailure as exc:
-        raise ApiFailure(f"chunk {seq} (records from {first}) was not stored: {exc.message}; "
-                         "progress is saved: run the same command with --resume") from None
+        raise ApiFailure(
+            f"chunk {seq} (records from {first}) was not stored: {exc.message}; "
+            "progress is saved: run the same command with --resume"
+        ) from None
 
 
 def _print_report(report: dict[str, Any]) -> None:
     counts = report["counts"]
-    click.echo(f"import {report['id']} {report['status']}: {counts['received']:,} records, "
-               f"{counts['created']:,} created, {counts['updated']:,} updated, "
-               f"{counts['unchanged']:,} unchanged, {counts['rejected']:,} rejected "
-               f"in {report['duration_seconds']:.1f} s")
+    click.echo(
+        f"import {report['id']} {report['status']}: {counts['received']:,} records, "
+        f"{counts['created']:,} created, {counts['updated']:,} updated, "
+        f"{counts['unchanged']:,} unchanged, {counts['rejected']:,} rejected "
+        f"in {report['duration_seconds']:.1f} s"
+    )
     for error in report["errors"][:SHOWN_ERRORS]:
         where = f"record {error['record']}" + (f" (line {error['line']})" if error.get("line") else "")
         field = f" {error['field']}:" if error.get("field") else ""

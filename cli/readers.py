@@ -69,8 +69,9 @@ class Chunk:
             envelope["problem"] = problem
         else:
             envelope["data"] = data
-        self.lines.append(json.dumps(envelope, ensure_ascii=False, separators=(",", ":"),
-                                     default=_json_default).encode() + b"\n")
+        self.lines.append(
+            json.dumps(envelope, ensure_ascii=False, separators=(",", ":"), default=_json_default).encode() + b"\n"
+        )
 
     def body(self) -> bytes:
         return b"".join(self.lines)
@@ -109,8 +110,9 @@ def detect_format(path: Path) -> str:
     header = text.split(b"\n", 1)[0]
     if b"," in header or b";" in header:
         return "csv"
-    raise FileUnreadable(f"{path.name} is neither JSON (starting with [ or {{) nor CSV (a header line "
-                         "separated by , or ;)")
+    raise FileUnreadable(
+        f"{path.name} is neither JSON (starting with [ or {{) nor CSV (a header line separated by , or ;)"
+    )
 
 
 def read_chunks(file: BinaryIO, file_format: str, chunk_size: int) -> Iterator[Chunk]:
@@ -224,8 +226,11 @@ def _csv_header(head: bytes) -> tuple[str, _SessionRows]:
     header_text = head.removeprefix(_BOM).split(b"\n", 1)[0].decode("utf-8", errors="replace")
     delimiter = _delimiter(header_text)
     columns = [name.strip().lower() for name in next(csv.reader([header_text], delimiter=delimiter), [])]
-    layout = _MessageRows() if "messages" not in columns and any(
-        name.startswith("message_") for name in columns) else _SessionRows()
+    layout = (
+        _MessageRows()
+        if "messages" not in columns and any(name.startswith("message_") for name in columns)
+        else _SessionRows()
+    )
     missing = [name for name in layout.columns if name not in OPTIONAL_COLUMNS and name not in columns]
     if missing:
         raise FileUnreadable(
@@ -238,9 +243,18 @@ def _csv_header(head: bytes) -> tuple[str, _SessionRows]:
 def _csv(file: io.BufferedReader, counted: CountingReader, chunk_size: int) -> Iterator[Chunk]:
     delimiter, layout = _csv_header(file.peek(64 * 1024)[: 64 * 1024])
     try:
-        reader = pd.read_csv(file, sep=delimiter, dtype=str, keep_default_na=False, na_filter=False,
-                             chunksize=chunk_size, encoding="utf-8-sig", on_bad_lines="warn", engine="c",
-                             skip_blank_lines=True)
+        reader = pd.read_csv(
+            file,
+            sep=delimiter,
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            chunksize=chunk_size,
+            encoding="utf-8-sig",
+            on_bad_lines="warn",
+            engine="c",
+            skip_blank_lines=True,
+        )
         while True:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -321,12 +335,14 @@ class _MessageRows(_SessionRows):
         ):
             self.finish(chunk)
         if self._session is None:
-            self._session = {name: values[name] for name in ("contact_identifier", "name", "platform_type")
-                             if values[name] is not None}
+            self._session = {
+                name: values[name]
+                for name in ("contact_identifier", "name", "platform_type")
+                if values[name] is not None
+            }
             self._session["messages"] = []
             self._contact = contact
-        message = {"id": values["message_id"], "content": values["message_content"],
-                   "date": values["message_date"]}
+        message = {"id": values["message_id"], "content": values["message_content"], "date": values["message_date"]}
         if any(value is not None for value in message.values()):
             self._session["messages"].append({key: value for key, value in message.items() if value is not None})
 

@@ -20,8 +20,9 @@ def sessions() -> None:
 
 
 def listing_options(command: Any) -> Any:
-    command = click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True,
-                           help="Sessions per page.")(command)
+    command = click.option(
+        "--limit", type=click.IntRange(1, 500), default=20, show_default=True, help="Sessions per page."
+    )(command)
     command = click.option("--cursor", help="Continue a listing where the previous page ended.")(command)
     command = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")(command)
     return command
@@ -70,9 +71,16 @@ def _show_page(api: ApiClient, params: dict[str, Any], as_json: bool) -> None:
     rows = [("ID", "NAME", "CONTACT", "LAST MESSAGE", "MSGS", "PREVIEW")]
     for item in items:
         contact = item["contact"]
-        rows.append((item["id"], contact["name"], f"{contact['platform']}:{contact['identifier']}",
-                     item["last_message_at"][:19].replace("T", " "), str(item["message_count"]),
-                     _shorten(item["last_message_preview"])))
+        rows.append(
+            (
+                item["id"],
+                contact["name"],
+                f"{contact['platform']}:{contact['identifier']}",
+                item["last_message_at"][:19].replace("T", " "),
+                str(item["message_count"]),
+                _shorten(item["last_message_preview"]),
+            )
+        )
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     if items:
         for row in rows:

@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 import click
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import connect
+from websockets.typing import Subprotocol
 
 from cli.api import DEFAULT_API_URL, ApiClient, UserError, api_options
 
@@ -32,7 +33,7 @@ _SESSION_ID = re.compile(r"[0-9a-fA-F]{24}")
 
 def events_url(api_url: str, query: dict[str, Any]) -> str:
     base = api_url.rstrip("/")
-    base = "wss://" + base[len("https://"):] if base.startswith("https://") else "ws://" + base[len("http://"):]
+    base = "wss://" + base[len("https://") :] if base.startswith("https://") else "ws://" + base[len("http://") :]
     wanted = {name: value for name, value in query.items() if value is not None}
     return f"{base}/v1/events" + (f"?{urlencode(wanted)}" if wanted else "")
 
@@ -78,12 +79,30 @@ def _local_time(at: str) -> str:
 @click.option("--since", type=click.IntRange(0), help="Start after this event id (default: only new events).")
 @click.option("--json", "as_json", is_flag=True, help="Print each event as one JSON line, for piping.")
 @click.option("--count", type=click.IntRange(1), help="Stop after this many events.")
-@click.option("--api-url", envvar="BALCAO_API_URL", default=DEFAULT_API_URL, show_default=True,
-              help="Base URL of the Balcão API (env BALCAO_API_URL).")
-@click.option("--api-token", envvar="BALCAO_API_TOKEN", required=True, show_envvar=False,
-              help="Bearer token of the API (env BALCAO_API_TOKEN).")
-def watch(session_id: str | None, kind: str | None, platform: str | None, since: int | None, as_json: bool,
-          count: int | None, api_url: str, api_token: str) -> None:
+@click.option(
+    "--api-url",
+    envvar="BALCAO_API_URL",
+    default=DEFAULT_API_URL,
+    show_default=True,
+    help="Base URL of the Balcão API (env BALCAO_API_URL).",
+)
+@click.option(
+    "--api-token",
+    envvar="BALCAO_API_TOKEN",
+    required=True,
+    show_envvar=False,
+    help="Bearer token of the API (env BALCAO_API_TOKEN).",
+)
+def watch(
+    session_id: str | None,
+    kind: str | None,
+    platform: str | None,
+    since: int | None,
+    as_json: bool,
+    count: int | None,
+    api_url: str,
+    api_token: str,
+) -> None:
     """Follow sessions live: one line per event, resuming by itself after a dropped connection."""
     if not api_url.startswith(("http://", "https://")):
         raise click.BadParameter("must start with http:// or https://", param_hint="--api-url")
@@ -92,11 +111,18 @@ def watch(session_id: str | None, kind: str | None, platform: str | None, since:
     tail, printed, attempt = Tail(), 0, 0
     headers = {"Authorization": f"Bearer {api_token.strip()}"}
     while True:
-        url = events_url(api_url, {"session": session_id and session_id.lower(), "type": kind,
-                                   "platform": platform, "since": since})
+        url = events_url(
+            api_url, {"session": session_id and session_id.lower(), "type": kind, "platform": platform, "since": since}
+        )
         try:
-            with connect(url, additional_headers=headers, subprotocols=[SUBPROTOCOL], open_timeout=10,
-                         ping_interval=20, ping_timeout=30) as socket:
+            with connect(
+                url,
+                additional_headers=headers,
+                subprotocols=[Subprotocol(SUBPROTOCOL)],
+                open_timeout=10,
+                ping_interval=20,
+                ping_timeout=30,
+            ) as socket:
                 attempt = 0
                 for raw in socket:
                     event = json.loads(raw)
@@ -115,16 +141,18 @@ def watch(session_id: str | None, kind: str | None, platform: str | None, since:
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd else None
             if code == CLOSE_GONE:
-                click.echo("events since the last one seen are no longer kept; reload the sessions "
-                           "(balcao sessions list). Following new events.", err=True)
+                click.echo(
+                    "events since the last one seen are no longer kept; reload the sessions "
+                    "(balcao sessions list). Following new events.",
+                    err=True,
+                )
                 since = None
             reason = f"connection closed ({code or 'no close frame'})"
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             reason = f"{type(exc).__name__}: {exc}"
         attempt += 1
         delay = min(MAX_BACKOFF, 0.5 * 2 ** min(attempt - 1, 6)) * random.uniform(1.0, 1.25)
-        click.echo(f"{reason}; reconnecting in {delay:.1f} s" + (f" from event {since}" if since else ""),
-                   err=True)
+        click.echo(f"{reason}; reconnecting in {delay:.1f} s" + (f" from event {since}" if since else ""), err=True)
         time.sleep(delay)
 
 

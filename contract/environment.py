@@ -60,8 +60,9 @@ class Environment:
             self.problems.append(f"{name} must start with {' or '.join(s + '://' for s in schemes)}")
         return value
 
-    def url_with_password(self, name: str, default: str | None, schemes: tuple[str, ...], *,
-                          password: str, decoded: bool = True) -> str | None:
+    def url_with_password(
+        self, name: str, default: str | None, schemes: tuple[str, ...], *, password: str, decoded: bool = True
+    ) -> str | None:
         """`name`'s URL with the password `password` (or `password_FILE`) put in it.
 
         The URL names the user (`scheme://USER@host/...`) and the secret stays in a
@@ -74,8 +75,9 @@ class Environment:
             return url
         return self._with_password(url, name, password, secret, decoded)
 
-    def url_list_with_password(self, name: str, default: str | None, schemes: tuple[str, ...], *,
-                               password: str, decoded: bool = True) -> str | None:
+    def url_list_with_password(
+        self, name: str, default: str | None, schemes: tuple[str, ...], *, password: str, decoded: bool = True
+    ) -> str | None:
         """`url_list`, with the password `password` (or `password_FILE`) put in each URL:
         every member of a cluster takes the same user."""
         value = self.url_list(name, default, schemes)
@@ -84,7 +86,7 @@ class Environment:
             return value
         problems = len(self.problems)
         urls = [self._with_password(url, name, password, secret, decoded) for url in value.split(",")]
-        del self.problems[problems + 1:]  # one problem said once, not once per member
+        del self.problems[problems + 1 :]  # one problem said once, not once per member
         return ",".join(urls)
 
     def _with_password(self, url: str, name: str, password: str, secret: str, decoded: bool) -> str:
@@ -100,7 +102,7 @@ class Environment:
             self.problems.append(f"{password} may hold only A-Z, a-z, 0-9 and . _ ~ -")
             return url
         scheme_end = url.index("://") + 3
-        return f"{url[:scheme_end]}{userinfo}:{encoded}@{url[scheme_end + len(userinfo) + 1:]}"
+        return f"{url[:scheme_end]}{userinfo}:{encoded}@{url[scheme_end + len(userinfo) + 1 :]}"
 
     def url_list(self, name: str, default: str | None, schemes: tuple[str, ...]) -> str | None:
         """A comma-separated list of URLs (the members of a cluster), each with a scheme.
@@ -115,8 +117,10 @@ class Environment:
         if any(not url.startswith(prefixes) for url in urls):
             # The value may carry credentials: name the variable and the position, never echo it.
             bad = ", ".join(str(i + 1) for i, url in enumerate(urls) if not url.startswith(prefixes))
-            self.problems.append(f"{name} must be a comma-separated list of URLs each starting with "
-                                 f"{' or '.join(prefixes)} (not so: entry {bad})")
+            self.problems.append(
+                f"{name} must be a comma-separated list of URLs each starting with "
+                f"{' or '.join(prefixes)} (not so: entry {bad})"
+            )
         return ",".join(urls)
 
     def secret(self, name: str, *, required: bool) -> str | None:

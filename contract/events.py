@@ -81,13 +81,18 @@ def event(kind: str, **fields: Any) -> dict[str, Any]:
     return {"type": kind, "at": now(), **fields}
 
 
-def message_sent(*, platform: str, session_id: str, contact_identifier: str, key: str, text: str,
-                 kind: str, delivery: str) -> dict[str, Any]:
+def message_sent(
+    *, platform: str, session_id: str, contact_identifier: str, key: str, text: str, kind: str, delivery: str
+) -> dict[str, Any]:
     """The event the bot publishes once a reply was delivered or parked."""
-    return event(MESSAGE_SENT, platform=platform, session_id=session_id,
-                 contact={"identifier": contact_identifier, "name": ""},
-                 message={"key": key, "text": text, "direction": "out", "kind": kind},
-                 delivery=delivery)
+    return event(
+        MESSAGE_SENT,
+        platform=platform,
+        session_id=session_id,
+        contact={"identifier": contact_identifier, "name": ""},
+        message={"key": key, "text": text, "direction": "out", "kind": kind},
+        delivery=delivery,
+    )
 
 
 def to_bytes(body: dict[str, Any]) -> bytes:

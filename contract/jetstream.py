@@ -173,13 +173,18 @@ async def ensure_streams(js: JetStreamContext, limits: StreamLimits | None = Non
             except NotFoundError:
                 # Typically "insufficient storage resources": nats-server reserves
                 # max_bytes up front. Say which stream and cap before giving up.
-                log.error("stream %s cannot be created with max_bytes=%s and %d replica(s): %s",
-                          wanted.name, wanted.max_bytes, replicas, exc.description)
+                log.error(
+                    "stream %s cannot be created with max_bytes=%s and %d replica(s): %s",
+                    wanted.name,
+                    wanted.max_bytes,
+                    replicas,
+                    exc.description,
+                )
                 if replicas == 1 and not isinstance(exc, BadRequestError):
                     raise
                 raise ReplicationError(
-                    f"cannot create stream {wanted.name} with {replicas} replica(s) "
-                    f"(NATS_REPLICAS): {exc.description}") from exc
+                    f"cannot create stream {wanted.name} with {replicas} replica(s) (NATS_REPLICAS): {exc.description}"
+                ) from exc
             if (info.config.num_replicas or 1) != replicas:
                 await ensure_replicas(js, wanted.name, replicas)
             await _update_limits(js, wanted)
@@ -193,8 +198,13 @@ async def _update_limits(js: JetStreamContext, wanted: StreamConfig) -> None:
     if wanted.max_bytes and wanted.max_bytes != current.max_bytes:
         if info.state.bytes > wanted.max_bytes:
             # A smaller cap would make JetStream delete the oldest messages now.
-            log.warning("stream %s holds %d bytes, more than the %d configured; cap left at %s",
-                        wanted.name, info.state.bytes, wanted.max_bytes, current.max_bytes)
+            log.warning(
+                "stream %s holds %d bytes, more than the %d configured; cap left at %s",
+                wanted.name,
+                info.state.bytes,
+                wanted.max_bytes,
+                current.max_bytes,
+            )
         else:
             changes["max_bytes"] = wanted.max_bytes
     if wanted.max_age and abs(wanted.max_age - (current.max_age or 0)) > 0.001:
@@ -203,8 +213,11 @@ async def _update_limits(js: JetStreamContext, wanted: StreamConfig) -> None:
         log.info("stream %s exists with different settings; left as is", wanted.name)
         return
     await js.update_stream(config=dataclasses.replace(current, **changes))
-    log.info("stream %s limits updated: %s", wanted.name,
-             ", ".join(f"{name}={value}" for name, value in sorted(changes.items())))
+    log.info(
+        "stream %s limits updated: %s",
+        wanted.name,
+        ", ".join(f"{name}={value}" for name, value in sorted(changes.items())),
+    )
 
 
 async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> None:
@@ -218,7 +231,8 @@ async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> N
     except APIError as exc:
         raise ReplicationError(
             f"stream {stream} has {current} replica(s) and cannot be changed to {replicas} "
-            f"(NATS_REPLICAS): {exc.description}") from exc
+            f"(NATS_REPLICAS): {exc.description}"
+        ) from exc
     log.info("stream %s replication changed from %d to %d", stream, current, replicas)
     # A durable consumer made on a one-replica stream stays on one server when
     # the stream grows; its state (what was acknowledged) must survive a node too.
@@ -274,21 +288,29 @@ async def dead_letter(js: JetStreamContext, msg: Msg, reason: str) -> None:
     stored, the message is left unacknowledged: redelivered, never lost.
     """
     metadata = msg.metadata
-    headers = {**(msg.headers or {}),
-               "Balcao-Dead-Subject": msg.subject,
-               "Balcao-Dead-Stream": metadata.stream,
-               "Balcao-Dead-Sequence": str(metadata.sequence.stream),
-               "Balcao-Dead-Deliveries": str(metadata.num_delivered),
-               "Balcao-Dead-Reason": reason[:500]}
+    headers = {
+        **(msg.headers or {}),
+        "Balcao-Dead-Subject": msg.subject,
+        "Balcao-Dead-Stream": metadata.stream,
+        "Balcao-Dead-Sequence": str(metadata.sequence.stream),
+        "Balcao-Dead-Deliveries": str(metadata.num_delivered),
+        "Balcao-Dead-Reason": reason[:500],
+    }
     await js.publish(f"{messaging.DEAD_SUBJECT_PREFIX}.{msg.subject}", msg.data, headers=headers)
     await msg.term()
     DEAD_LETTERED.labels(stream=metadata.stream).inc()
-    log.error("message dead-lettered from %s (stream seq %s, delivery %s): %s",
-              metadata.stream, metadata.sequence.stream, metadata.num_delivered, reason)
+    log.error(
+        "message dead-lettered from %s (stream seq %s, delivery %s): %s",
+        metadata.stream,
+        metadata.sequence.stream,
+        metadata.num_delivered,
+        reason,
+    )
 
 
-async def _dead_letters_removed(js: JetStreamContext, messages: list[Msg],
-                                decode: Callable[[bytes], object] | None, max_deliver: int) -> list[Msg]:
+async def _dead_letters_removed(
+    js: JetStreamContext, messages: list[Msg], decode: Callable[[bytes], object] | None, max_deliver: int
+) -> list[Msg]:
     """The messages a handler can take; the others are dead-lettered."""
     kept = []
     for msg in messages:
@@ -328,10 +350,20 @@ async def _keep_in_progress(messages: list[Msg], interval: float) -> None:
 FETCH_TIMEOUT = 1.0
 
 
-async def consume(js: JetStreamContext, *, stream: str, subject: str, durable: str, batch_size: int,
-                  ack_wait: float, handle: Callable[[list[Msg]], Awaitable[None]],
-                  stopping: asyncio.Event, what: str, max_deliver: int = MAX_DELIVER,
-                  decode: Callable[[bytes], object] | None = None) -> None:
+async def consume(
+    js: JetStreamContext,
+    *,
+    stream: str,
+    subject: str,
+    durable: str,
+    batch_size: int,
+    ack_wait: float,
+    handle: Callable[[list[Msg]], Awaitable[None]],
+    stopping: asyncio.Event,
+    what: str,
+    max_deliver: int = MAX_DELIVER,
+    decode: Callable[[bytes], object] | None = None,
+) -> None:
     """Feed batches from a durable pull consumer to `handle` until `stopping` is set.
 
     Every replica binds the same durable consumer, so JetStream splits the work
@@ -346,8 +378,9 @@ async def consume(js: JetStreamContext, *, stream: str, subject: str, durable: s
         subject,
         durable=durable,
         stream=stream,
-        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait,
-                              max_ack_pending=10 * batch_size, max_deliver=max_deliver),
+        config=ConsumerConfig(
+            ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait, max_ack_pending=10 * batch_size, max_deliver=max_deliver
+        ),
     )
     log.info("%s consuming %s", what, subject)
     loop = asyncio.get_running_loop()

@@ -88,8 +88,13 @@ def _name(task: asyncio.Future) -> str:
     return task.get_name() if isinstance(task, asyncio.Task) else repr(task)
 
 
-async def retry_until_ready(what: str, attempt: Callable[[], Awaitable[T]], stopping: asyncio.Event,
-                            errors: tuple[type[BaseException], ...], delay: float = 2.0) -> T | None:
+async def retry_until_ready(
+    what: str,
+    attempt: Callable[[], Awaitable[T]],
+    stopping: asyncio.Event,
+    errors: tuple[type[BaseException], ...],
+    delay: float = 2.0,
+) -> T | None:
     """Start-up against a dependency that may still be starting (containers start in any
     order): try until it answers, logging each failure; None if stopped meanwhile."""
     while True:

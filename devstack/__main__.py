@@ -72,8 +72,13 @@ def main() -> int:
             children.append(nats)
             env["NATS_URL"] = nats.url
         if not env.get("MONGODB_URI"):
-            mongo = SecantusServer(data_dir=VAR / "mongo", log_file=VAR / "mongo.log",
-                                   cache_size="4G", oplog_max_entries=5_000_000, own_session=True)
+            mongo = SecantusServer(
+                data_dir=VAR / "mongo",
+                log_file=VAR / "mongo.log",
+                cache_size="4G",
+                oplog_max_entries=5_000_000,
+                own_session=True,
+            )
             mongo.start()
             children.append(mongo)
             env["MONGODB_URI"] = mongo.uri
@@ -139,16 +144,21 @@ def ensure_free(port: int) -> None:
 
 def announce(port: int, token: str, has_bot: bool) -> None:
     shown = token or "(from API_TOKEN / API_TOKEN_FILE)"
-    print(f"""
+    print(
+        f"""
 Balcão is running.
   API base URL : http://127.0.0.1:{port}/v1
   API token    : {shown}
   try          : curl -H 'Authorization: Bearer {shown}' http://127.0.0.1:{port}/v1/sessions
   health       : http://127.0.0.1:{port}/health
-""", flush=True)
+""",
+        flush=True,
+    )
     if not has_bot:
-        print("  bot          : not started; set TELEGRAM_BOT_TOKEN (or TELEGRAM_BOT_TOKEN_FILE) to enable it\n",
-              flush=True)
+        print(
+            "  bot          : not started; set TELEGRAM_BOT_TOKEN (or TELEGRAM_BOT_TOKEN_FILE) to enable it\n",
+            flush=True,
+        )
     print("Press Ctrl-C to stop.", flush=True)
 
 

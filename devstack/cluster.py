@@ -49,39 +49,48 @@ class NatsNode:
         return f"nats://127.0.0.1:{self.cluster_port}"
 
     def config(self, cluster_port: int, routes: list[str]) -> str:
-        return json.dumps({
-            "server_name": self.name,
-            "host": "127.0.0.1",
-            "port": self.port,
-            "http_port": self.monitor_port,
-            "jetstream": {"store_dir": str(self.data_dir)},
-            "lame_duck_duration": LAME_DUCK_DURATION,
-            "lame_duck_grace_period": LAME_DUCK_GRACE,
-            "cluster": {
-                "name": CLUSTER_NAME,
-                "listen": f"127.0.0.1:{cluster_port}",
-                "routes": routes,
+        return json.dumps(
+            {
+                "server_name": self.name,
+                "host": "127.0.0.1",
+                "port": self.port,
+                "http_port": self.monitor_port,
+                "jetstream": {"store_dir": str(self.data_dir)},
+                "lame_duck_duration": LAME_DUCK_DURATION,
+                "lame_duck_grace_period": LAME_DUCK_GRACE,
+                "cluster": {
+                    "name": CLUSTER_NAME,
+                    "listen": f"127.0.0.1:{cluster_port}",
+                    "routes": routes,
+                },
             },
-        }, indent=2)
+            indent=2,
+        )
 
     def start(self, *, isolated: bool = False, timeout: float = 30.0) -> None:
         """Start on the same ports and data; `isolated`: on a cluster port no peer knows, with
         its one route to a port where nothing listens (a clustered JetStream needs a route)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cluster_port, routes = ((free_port(), [f"nats://127.0.0.1:{free_port()}"]) if isolated
-                                else (self.cluster_port, self.routes))
+        cluster_port, routes = (
+            (free_port(), [f"nats://127.0.0.1:{free_port()}"]) if isolated else (self.cluster_port, self.routes)
+        )
         config_file = self.data_dir.parent / f"{self.name}.conf"
         config_file.write_text(self.config(cluster_port, routes))
         output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         try:
-            self.process = subprocess.Popen([venv_binary("nats-server"), "-c", str(config_file)],
-                                            stdout=output, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [venv_binary("nats-server"), "-c", str(config_file)], stdout=output, stderr=subprocess.STDOUT
+            )
         finally:
-            if self.log_file:
+            if not isinstance(output, int):
                 output.close()
         wait_for_port(self.port, timeout, self.process)
-        log.info("nats node %s listening on 127.0.0.1:%d%s", self.name, self.port,
-                 " (cut off from its peers)" if isolated else "")
+        log.info(
+            "nats node %s listening on 127.0.0.1:%d%s",
+            self.name,
+            self.port,
+            " (cut off from its peers)" if isolated else "",
+        )
 
     @property
     def running(self) -> bool:
@@ -139,8 +148,11 @@ class NatsCluster:
 
     def __post_init__(self) -> None:
         self.nodes = [
-            NatsNode(name=f"n{i + 1}", data_dir=self.data_dir / f"n{i + 1}",
-                     log_file=self.log_dir / f"nats-n{i + 1}.log" if self.log_dir else None)
+            NatsNode(
+                name=f"n{i + 1}",
+                data_dir=self.data_dir / f"n{i + 1}",
+                log_file=self.log_dir / f"nats-n{i + 1}.log" if self.log_dir else None,
+            )
             for i in range(self.size)
         ]
         for node in self.nodes:

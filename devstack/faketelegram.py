@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any
 
 import tornado.httpclient
 import tornado.httpserver
@@ -41,10 +41,12 @@ BOT_COMMAND = re.compile(r"(?<![\w/])/[A-Za-z0-9_]{1,64}(?:@[A-Za-z0-9_]{3,32})?
 # Channel and supergroup ids are -100 followed by the chat's own number.
 FIRST_CHANNEL_ID = -1001000000001
 
-CONFLICT_OTHER_POLL = ("Conflict: terminated by other getUpdates request; "
-                       "make sure that only one bot instance is running")
-CONFLICT_WEBHOOK = ("Conflict: can't use getUpdates method while webhook is active; "
-                    "use deleteWebhook to delete the webhook first")
+CONFLICT_OTHER_POLL = (
+    "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
+)
+CONFLICT_WEBHOOK = (
+    "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first"
+)
 DEFAULT_DESCRIPTIONS = {
     400: "Bad Request: chat not found",
     401: "Unauthorized",
@@ -66,8 +68,7 @@ USER_OPTIONAL = ("last_name", "username", "language_code")
 class ApiError(Exception):
     """A Bot API failure; the HTTP status equals ``error_code``, as on Telegram."""
 
-    def __init__(self, error_code: int, description: str | None = None,
-                 retry_after: int | None = None) -> None:
+    def __init__(self, error_code: int, description: str | None = None, retry_after: int | None = None) -> None:
         if error_code == HTTPStatus.TOO_MANY_REQUESTS:
             retry_after = DEFAULT_RETRY_AFTER if retry_after is None else retry_after
             description = description or f"Too Many Requests: retry after {retry_after}"
@@ -102,9 +103,14 @@ class Fault:
         return ApiError(self.error_code, self.description, self.retry_after)
 
     def to_json(self) -> JsonDict:
-        return {"method": self.method, "error_code": self.error_code, "chat_id": self.chat_id,
-                "description": self.error().description, "retry_after": self.retry_after,
-                "times": self.times}
+        return {
+            "method": self.method,
+            "error_code": self.error_code,
+            "chat_id": self.chat_id,
+            "description": self.error().description,
+            "retry_after": self.retry_after,
+            "times": self.times,
+        }
 
 
 @dataclass
@@ -121,9 +127,15 @@ class Attempt:
     chat: JsonDict | None
 
     def to_json(self) -> JsonDict:
-        return {"method": self.method, "chat_id": self.chat_id, "text": self.text,
-                "status": self.status, "description": self.description, "at": self.at,
-                "params": self.params}
+        return {
+            "method": self.method,
+            "chat_id": self.chat_id,
+            "text": self.text,
+            "status": self.status,
+            "description": self.description,
+            "at": self.at,
+            "params": self.params,
+        }
 
 
 @dataclass
@@ -190,8 +202,11 @@ class FloodLimits:
 class FloodControl:
     """The per-bot and per-chat buckets; a send must fit both."""
 
-    def __init__(self, limits: FloodLimits = FloodLimits(), clock: Callable[[], float] = time.monotonic,
-                 ) -> None:
+    def __init__(
+        self,
+        limits: FloodLimits = FloodLimits(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limits = limits
         self.enabled = True
         self._clock = clock
@@ -213,15 +228,17 @@ class FloodControl:
             self._bot = _Bucket(limits.per_bot, limits.per_bot_burst, limits.per_bot_burst, now)
         bucket = self._chats.get(chat["id"])
         if bucket is None:
-            rate, burst = ((limits.per_private_chat, limits.per_private_chat_burst)
-                           if chat["type"] == "private" else (limits.per_group, limits.per_group_burst))
+            rate, burst = (
+                (limits.per_private_chat, limits.per_private_chat_burst)
+                if chat["type"] == "private"
+                else (limits.per_group, limits.per_group_burst)
+            )
             bucket = self._chats[chat["id"]] = _Bucket(rate, burst, burst, now)
         wait = max(bucket.wait(now), self._bot.wait(now))
         if wait > 0:
             # Telegram answers whole seconds, never 0.
             retry_after = max(1, math.ceil(wait))
-            raise ApiError(HTTPStatus.TOO_MANY_REQUESTS, f"Too Many Requests: retry after {retry_after}",
-                           retry_after)
+            raise ApiError(HTTPStatus.TOO_MANY_REQUESTS, f"Too Many Requests: retry after {retry_after}", retry_after)
         bucket.tokens -= 1
         self._bot.tokens -= 1
 
@@ -234,24 +251,40 @@ class FakeTelegram:
     message ids count per chat in every chat type.
     """
 
-    def __init__(self, token: str = "123:ABC", *, bot_username: str = "balcao_test_bot",
-                 bot_first_name: str = "Balcão Test Bot", webhook_retry_delay: float = 0.5) -> None:
+    def __init__(
+        self,
+        token: str = "123:ABC",
+        *,
+        bot_username: str = "balcao_test_bot",
+        bot_first_name: str = "Balcão Test Bot",
+        webhook_retry_delay: float = 0.5,
+    ) -> None:
         self.token = token
         self.bot_user: JsonDict = {
-            "id": _bot_id(token), "is_bot": True, "first_name": bot_first_name,
-            "username": bot_username, "can_join_groups": True,
-            "can_read_all_group_messages": False, "supports_inline_queries": False,
-            "can_connect_to_business": False, "has_main_web_app": False,
+            "id": _bot_id(token),
+            "is_bot": True,
+            "first_name": bot_first_name,
+            "username": bot_username,
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+            "can_connect_to_business": False,
+            "has_main_web_app": False,
         }
         self.webhook_retry_delay = webhook_retry_delay
         self.host = "127.0.0.1"
         self.port = 0
         self._methods: dict[str, tuple[str, ApiMethod]] = {
-            name.lower(): (name, method) for name, method in {
-                "getMe": self._get_me, "getUpdates": self._get_updates,
-                "sendMessage": self._send_message, "setWebhook": self._set_webhook,
-                "deleteWebhook": self._delete_webhook, "getWebhookInfo": self._get_webhook_info,
-                "close": self._accept, "logOut": self._accept,
+            name.lower(): (name, method)
+            for name, method in {
+                "getMe": self._get_me,
+                "getUpdates": self._get_updates,
+                "sendMessage": self._send_message,
+                "setWebhook": self._set_webhook,
+                "deleteWebhook": self._delete_webhook,
+                "getWebhookInfo": self._get_webhook_info,
+                "close": self._accept,
+                "logOut": self._accept,
             }.items()
         }
         # Ids are never reused, across resets too, as on Telegram.
@@ -320,12 +353,17 @@ class FakeTelegram:
 
     def _application(self) -> tornado.web.Application:
         control: list[tuple[str, type[tornado.web.RequestHandler]]] = [
-            (r"/_test/users", _UsersHandler), (r"/_test/channels", _ChannelsHandler),
-            (r"/_test/messages", _MessagesHandler), (r"/_test/updates", _UpdatesHandler),
-            (r"/_test/updates/pending", _PendingHandler), (r"/_test/sent", _SentHandler),
+            (r"/_test/users", _UsersHandler),
+            (r"/_test/channels", _ChannelsHandler),
+            (r"/_test/messages", _MessagesHandler),
+            (r"/_test/updates", _UpdatesHandler),
+            (r"/_test/updates/pending", _PendingHandler),
+            (r"/_test/sent", _SentHandler),
             (r"/_test/confirmed_offset", _ConfirmedOffsetHandler),
-            (r"/_test/faults", _FaultsHandler), (r"/_test/attempts", _AttemptsHandler),
-            (r"/_test/reset", _ResetHandler), (r"/_test/stats", _StatsHandler),
+            (r"/_test/faults", _FaultsHandler),
+            (r"/_test/attempts", _AttemptsHandler),
+            (r"/_test/reset", _ResetHandler),
+            (r"/_test/stats", _StatsHandler),
             (r"/_test/flood_control", _FloodControlHandler),
             (r"/_test/updates/(-?[0-9]+)/deliveries", _DeliveriesHandler),
         ]
@@ -372,19 +410,24 @@ class FakeTelegram:
         if fault.times == 0:
             self._faults.remove(fault)
 
-    def _record_attempt(self, method: str, params: JsonDict, status: int,
-                        description: str | None) -> None:
+    def _record_attempt(self, method: str, params: JsonDict, status: int, description: str | None) -> None:
         # Long polls would drown the calls tests care about.
         if method == "getUpdates":
             return
         requested = _chat_ref(params.get("chat_id"))
         text = params.get("text")
-        self._attempts.append(Attempt(
-            method=method, chat_id=requested, text=text if isinstance(text, str) else None,
-            status=int(status), description=description, at=time.monotonic(),
-            params=copy.deepcopy(params),
-            chat=self._find_chat(requested) if requested is not None else None,
-        ))
+        self._attempts.append(
+            Attempt(
+                method=method,
+                chat_id=requested,
+                text=text if isinstance(text, str) else None,
+                status=int(status),
+                description=description,
+                at=time.monotonic(),
+                params=copy.deepcopy(params),
+                chat=self._find_chat(requested) if requested is not None else None,
+            )
+        )
 
     # -- Bot API methods --------------------------------------------------------------------
 
@@ -425,8 +468,9 @@ class FakeTelegram:
     def _forget_expired(self) -> None:
         oldest = time.monotonic() - UPDATE_KEPT_SECONDS
         if any(self._queued_at.get(update["update_id"], oldest) < oldest for update in self._pending):
-            self._pending = [update for update in self._pending
-                             if self._queued_at.get(update["update_id"], oldest) >= oldest]
+            self._pending = [
+                update for update in self._pending if self._queued_at.get(update["update_id"], oldest) >= oldest
+            ]
 
     async def _long_poll(self, first_id: int | None, limit: int, timeout: int) -> list[JsonDict]:
         self._poll_generation += 1
@@ -440,15 +484,17 @@ class FakeTelegram:
         finally:
             self._active_polls -= 1
 
-    async def _wait_for_updates(self, generation: int, first_id: int | None, limit: int,
-                                deadline: float) -> list[JsonDict]:
+    async def _wait_for_updates(
+        self, generation: int, first_id: int | None, limit: int, deadline: float
+    ) -> list[JsonDict]:
         while True:
             if generation != self._poll_generation:
                 raise ApiError(HTTPStatus.CONFLICT, CONFLICT_OTHER_POLL)
             if self._webhook is not None:
                 raise ApiError(HTTPStatus.CONFLICT, CONFLICT_WEBHOOK)
-            batch = [copy.deepcopy(update) for update in self._pending
-                     if first_id is None or update["update_id"] >= first_id][:limit]
+            batch = [
+                copy.deepcopy(update) for update in self._pending if first_id is None or update["update_id"] >= first_id
+            ][:limit]
             remaining = deadline - asyncio.get_running_loop().time()
             if batch or remaining <= 0 or self._closing:
                 for update in batch:
@@ -503,8 +549,14 @@ class FakeTelegram:
         if requested.startswith("@"):
             # @username addresses channels and supergroups only, never private chats.
             wanted = requested[1:].lower()
-            return next((chat for chat in self._chats.values() if chat["type"] != "private"
-                         and chat.get("username", "").lower() == wanted), None)
+            return next(
+                (
+                    chat
+                    for chat in self._chats.values()
+                    if chat["type"] != "private" and chat.get("username", "").lower() == wanted
+                ),
+                None,
+            )
         try:
             return self._chats.get(int(requested))
         except ValueError:
@@ -515,16 +567,18 @@ class FakeTelegram:
         if not url:
             return await self._delete_webhook(params)
         if not url.startswith(("https://", "http://")):
-            raise ApiError(HTTPStatus.BAD_REQUEST,
-                           "Bad Request: bad webhook: An HTTPS URL must be provided for webhook")
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook"
+            )
         secret = params.get("secret_token") or None
         if secret is not None and not SECRET_TOKEN.fullmatch(str(secret)):
             raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: secret token contains unallowed characters")
         self._set_allowed_updates(_json_param(params, "allowed_updates"))
         if _bool_param(params, "drop_pending_updates"):
             self._pending.clear()
-        self._webhook = Webhook(url=url, secret_token=secret,
-                                max_connections=_int_param(params, "max_connections") or 40)
+        self._webhook = Webhook(
+            url=url, secret_token=secret, max_connections=_int_param(params, "max_connections") or 40
+        )
         self._signal.notify()
         self._start_webhook_delivery()
         return True
@@ -538,8 +592,11 @@ class FakeTelegram:
 
     async def _get_webhook_info(self, params: JsonDict) -> JsonDict:
         webhook = self._webhook
-        info: JsonDict = {"url": webhook.url if webhook else "", "has_custom_certificate": False,
-                          "pending_update_count": len(self._pending)}
+        info: JsonDict = {
+            "url": webhook.url if webhook else "",
+            "has_custom_certificate": False,
+            "pending_update_count": len(self._pending),
+        }
         if webhook is not None:
             info["max_connections"] = webhook.max_connections
             if webhook.last_error_date is not None:
@@ -572,8 +629,9 @@ class FakeTelegram:
         headers = {"Content-Type": "application/json"}
         if webhook.secret_token:
             headers["X-Telegram-Bot-Api-Secret-Token"] = webhook.secret_token
-        request = tornado.httpclient.HTTPRequest(webhook.url, method="POST", headers=headers,
-                                                 body=json.dumps(update), request_timeout=10)
+        request = tornado.httpclient.HTTPRequest(
+            webhook.url, method="POST", headers=headers, body=json.dumps(update), request_timeout=10
+        )
         try:
             response = await self._http_client.fetch(request, raise_error=False)
         except (OSError, tornado.httpclient.HTTPClientError) as error:
@@ -594,25 +652,40 @@ class FakeTelegram:
 
     # -- test controls ----------------------------------------------------------------------
 
-    def register_user(self, id: int, first_name: str, last_name: str | None = None,
-                      username: str | None = None, language_code: str | None = None, *,
-                      started: bool = True, blocked: bool = False) -> JsonDict:
+    def register_user(
+        self,
+        id: int,
+        first_name: str,
+        last_name: str | None = None,
+        username: str | None = None,
+        language_code: str | None = None,
+        *,
+        started: bool = True,
+        blocked: bool = False,
+    ) -> JsonDict:
         """Makes a user known; returns the User object. By default the user has started the
         bot, so it may message them; `started=False` is a user who never wrote to it,
         `blocked=True` one who blocked it."""
-        user: JsonDict = {"id": _control_int(id, "id"), "is_bot": False,
-                          "first_name": _control_text(first_name, "first_name")}
+        user: JsonDict = {
+            "id": _control_int(id, "id"),
+            "is_bot": False,
+            "first_name": _control_text(first_name, "first_name"),
+        }
         optional = {"last_name": last_name, "username": username, "language_code": language_code}
         user.update({key: value for key, value in optional.items() if value is not None})
         chat_fields = ("first_name", "last_name", "username")
-        self._chats[user["id"]] = {"id": user["id"], "type": "private",
-                                   **{key: user[key] for key in chat_fields if key in user}}
+        self._chats[user["id"]] = {
+            "id": user["id"],
+            "type": "private",
+            **{key: user[key] for key in chat_fields if key in user},
+        }
         (self._started.add if started else self._started.discard)(user["id"])
         (self._blocked.add if blocked else self._blocked.discard)(user["id"])
         return dict(user)
 
-    def register_channel(self, username: str | None = None, id: int | None = None,
-                         title: str | None = None, admin: bool = True) -> JsonDict:
+    def register_channel(
+        self, username: str | None = None, id: int | None = None, title: str | None = None, admin: bool = True
+    ) -> JsonDict:
         """Makes a channel known; the bot can post to it if it is an `admin` there.
         Returns the Chat object."""
         if username is None and id is None:
@@ -639,14 +712,20 @@ class FakeTelegram:
             raise ControlError("channel ids start with -100")
         return chat_id
 
-    def inject_message(self, user: Mapping[str, Any], text: str | None = None, *,
-                       kind: str = "text", chat_id: int | None = None) -> JsonDict:
+    def inject_message(
+        self, user: Mapping[str, Any], text: str | None = None, *, kind: str = "text", chat_id: int | None = None
+    ) -> JsonDict:
         """Queues an Update as if ``user`` had just written; returns its update_id and message_id."""
         # Writing to the bot starts it (a blocked bot must be unblocked first).
         sender = self.register_user(**_user_fields(user), started=True, blocked=False)
         chat = self._incoming_chat(sender, chat_id)
-        message: JsonDict = {"message_id": self._next_message_id(chat["id"]), "from": sender,
-                             "chat": chat, "date": int(time.time()), **_content(kind, text)}
+        message: JsonDict = {
+            "message_id": self._next_message_id(chat["id"]),
+            "from": sender,
+            "chat": chat,
+            "date": int(time.time()),
+            **_content(kind, text),
+        }
         update = self._enqueue({"message": message})
         return {"update_id": update["update_id"], "message_id": message["message_id"]}
 
@@ -695,8 +774,11 @@ class FakeTelegram:
     def sent(self, chat_id: int | str | None = None) -> list[JsonDict]:
         """The Messages the bot sent successfully, in order, optionally for one chat."""
         query = _chat_ref(chat_id)
-        return [copy.deepcopy(message) for message in self._sent
-                if query is None or _chat_matches(query, None, message["chat"])]
+        return [
+            copy.deepcopy(message)
+            for message in self._sent
+            if query is None or _chat_matches(query, None, message["chat"])
+        ]
 
     @property
     def sent_count(self) -> int:
@@ -706,8 +788,11 @@ class FakeTelegram:
     def attempts(self, chat_id: int | str | None = None) -> list[JsonDict]:
         """Every Bot API call except getUpdates, failed or not, with a monotonic ``at``."""
         query = _chat_ref(chat_id)
-        return [attempt.to_json() for attempt in self._attempts
-                if query is None or _chat_matches(query, attempt.chat_id, attempt.chat)]
+        return [
+            attempt.to_json()
+            for attempt in self._attempts
+            if query is None or _chat_matches(query, attempt.chat_id, attempt.chat)
+        ]
 
     def pending_updates(self) -> list[JsonDict]:
         return copy.deepcopy(self._pending)
@@ -721,8 +806,12 @@ class FakeTelegram:
         by_status: dict[str, int] = {}
         for attempt in self._attempts:
             by_status[str(attempt.status)] = by_status.get(str(attempt.status), 0) + 1
-        return {"sent": len(self._sent), "attempts": len(self._attempts), "by_status": by_status,
-                "flood_control": self.flood_control.enabled}
+        return {
+            "sent": len(self._sent),
+            "attempts": len(self._attempts),
+            "by_status": by_status,
+            "flood_control": self.flood_control.enabled,
+        }
 
     def set_flood_control(self, enabled: Any) -> JsonDict:
         """Test-only: flood control is on by default and after every reset."""
@@ -736,9 +825,16 @@ class FakeTelegram:
         """The highest offset the bot confirmed; every update below it is gone."""
         return self._confirmed_offset
 
-    def add_fault(self, method: str, error_code: int, *, chat_id: int | str | None = None,
-                  description: str | None = None, retry_after: int | None = None,
-                  times: int = 1) -> JsonDict:
+    def add_fault(
+        self,
+        method: str,
+        error_code: int,
+        *,
+        chat_id: int | str | None = None,
+        description: str | None = None,
+        retry_after: int | None = None,
+        times: int = 1,
+    ) -> JsonDict:
         """Makes the next ``times`` calls of ``method`` (for ``chat_id``, if given) fail."""
         code = _control_int(error_code, "error_code")
         if not 400 <= code <= 599:
@@ -746,10 +842,14 @@ class FakeTelegram:
         count = _control_int(times, "times")
         if count == 0 or count < -1:
             raise ControlError("times must be positive, or -1 for always")
-        fault = Fault(method=_control_text(method, "method"), error_code=code,
-                      chat_id=_chat_ref(chat_id), description=description,
-                      retry_after=None if retry_after is None else _control_int(retry_after, "retry_after"),
-                      times=count)
+        fault = Fault(
+            method=_control_text(method, "method"),
+            error_code=code,
+            chat_id=_chat_ref(chat_id),
+            description=description,
+            retry_after=None if retry_after is None else _control_int(retry_after, "retry_after"),
+            times=count,
+        )
         self._faults.append(fault)
         return fault.to_json()
 
@@ -878,24 +978,37 @@ def _content(kind: str, text: str | None) -> JsonDict:
         entities = _command_entities(body)
         return {"text": body, "entities": entities} if entities else {"text": body}
     if kind == "photo":
-        return {"photo": [_file(90, 90, 1_200), _file(800, 800, 48_000)],
-                **({"caption": text} if text else {})}
+        return {"photo": [_file(90, 90, 1_200), _file(800, 800, 48_000)], **({"caption": text} if text else {})}
     if kind == "sticker":
-        return {"sticker": {**_file(512, 512, 20_000), "type": "regular", "is_animated": False,
-                            "is_video": False, "emoji": "👍"}}
+        return {
+            "sticker": {
+                **_file(512, 512, 20_000),
+                "type": "regular",
+                "is_animated": False,
+                "is_video": False,
+                "emoji": "👍",
+            }
+        }
     raise ControlError('kind must be "text", "photo" or "sticker"')
 
 
 def _file(width: int, height: int, size: int) -> JsonDict:
     unique = uuid.uuid4().hex
-    return {"file_id": f"fake-{unique}", "file_unique_id": unique[:16], "width": width,
-            "height": height, "file_size": size}
+    return {
+        "file_id": f"fake-{unique}",
+        "file_unique_id": unique[:16],
+        "width": width,
+        "height": height,
+        "file_size": size,
+    }
 
 
 def _command_entities(text: str) -> list[JsonDict]:
     """bot_command entities, which PTB's CommandHandler relies on; offsets are UTF-16 units."""
-    return [{"type": "bot_command", "offset": _utf16_length(text[:match.start()]),
-             "length": _utf16_length(match.group())} for match in BOT_COMMAND.finditer(text)]
+    return [
+        {"type": "bot_command", "offset": _utf16_length(text[: match.start()]), "length": _utf16_length(match.group())}
+        for match in BOT_COMMAND.finditer(text)
+    ]
 
 
 def _utf16_length(text: str) -> int:
@@ -963,8 +1076,6 @@ class _NotFoundHandler(tornado.web.RequestHandler):
     def prepare(self) -> None:
         self.set_status(HTTPStatus.NOT_FOUND)
         self.finish(ApiError(HTTPStatus.NOT_FOUND).payload())
-
-
 
 
 def _control_endpoint(
@@ -1060,8 +1171,7 @@ class _FaultsHandler(_ControlHandler):
     @_control_endpoint
     def post(self) -> JsonDict:
         optional = ("chat_id", "description", "retry_after", "times")
-        return self.fake.add_fault(**_fields(self.json_body(), ("method", "error_code"), optional,
-                                             "fault"))
+        return self.fake.add_fault(**_fields(self.json_body(), ("method", "error_code"), optional, "fault"))
 
     @_control_endpoint
     def delete(self) -> JsonDict:
@@ -1108,8 +1218,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--token", required=True)
     parser.add_argument("--bot-username", default="balcao_test_bot")
-    parser.add_argument("--no-flood-control", action="store_true",
-                        help="accept sends beyond Telegram's flood limits (on by default)")
+    parser.add_argument(
+        "--no-flood-control", action="store_true", help="accept sends beyond Telegram's flood limits (on by default)"
+    )
     return parser.parse_args(argv)
 
 

@@ -71,9 +71,13 @@ class ChildServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         output = open(self.log_file, "ab") if self.log_file else None
         try:
-            self.process = subprocess.Popen(self.command(), stdout=output or subprocess.DEVNULL,
-                                            stderr=subprocess.STDOUT, env={**os.environ, **self.environment},
-                                            start_new_session=self.own_session)
+            self.process = subprocess.Popen(
+                self.command(),
+                stdout=output or subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.environment},
+                start_new_session=self.own_session,
+            )
         finally:
             if output is not None:
                 output.close()
@@ -107,8 +111,17 @@ class NatsServer(ChildServer):
 
     def command(self) -> list[str]:
         config = ["--config", str(self.config_file)] if self.config_file else []
-        return [venv_binary("nats-server"), *config, "-js", "-sd", str(self.data_dir),
-                "-a", "127.0.0.1", "-p", str(self.port)]
+        return [
+            venv_binary("nats-server"),
+            *config,
+            "-js",
+            "-sd",
+            str(self.data_dir),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+        ]
 
     @property
     def url(self) -> str:
@@ -126,9 +139,18 @@ class SecantusServer(ChildServer):
     oplog_max_entries: int | None = None
 
     def command(self) -> list[str]:
-        command = [sys.executable, venv_binary("secantusd-py"), "--host", "127.0.0.1",
-                   "--port", str(self.port), "--storage-path", str(self.data_dir),
-                   "--log-level", "WARNING"]
+        command = [
+            sys.executable,
+            venv_binary("secantusd-py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--storage-path",
+            str(self.data_dir),
+            "--log-level",
+            "WARNING",
+        ]
         if self.cache_size:
             command += ["--cache-size", self.cache_size]
         if self.oplog_max_entries:

@@ -33,8 +33,14 @@ class Services:
 
 
 def make_app(settings: Settings, services: Services) -> Application:
-    handlers = [*health.default_handlers, *metrics.default_handlers, *sessions.default_handlers,
-                *imports.default_handlers, *openapi.default_handlers, *events.default_handlers]
+    handlers = [
+        *health.default_handlers,
+        *metrics.default_handlers,
+        *sessions.default_handlers,
+        *imports.default_handlers,
+        *openapi.default_handlers,
+        *events.default_handlers,
+    ]
     running_imports = Imports(services.db, services.outbound)
     services.drains.append(running_imports.drain)
     event_clients = events.EventClients(settings.events_max_clients, settings.events_max_clients_per_token)

@@ -85,9 +85,14 @@ class Settings:
     @property
     def secrets(self) -> list[str]:
         """Values no log line may show."""
-        return [self.api_token, self.api_token_previous, self.cursor_key, self.cursor_key_previous,
-                *logs.url_credentials(self.mongodb_uri),
-                *logs.url_credentials(self.nats_url)]
+        return [
+            self.api_token,
+            self.api_token_previous,
+            self.cursor_key,
+            self.cursor_key_previous,
+            *logs.url_credentials(self.mongodb_uri),
+            *logs.url_credentials(self.nats_url),
+        ]
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
@@ -95,10 +100,12 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(
         http_port=env.integer("HTTP_PORT", 8080, minimum=1, maximum=65535),
         api_token=env.secret("API_TOKEN", required=True) or "",
-        mongodb_uri=env.url_with_password("MONGODB_URI", None, ("mongodb", "mongodb+srv"),
-                                          password="MONGODB_PASSWORD") or "",
-        nats_url=env.url_list_with_password("NATS_URL", None, ("nats", "tls", "ws", "wss"),
-                                            password="NATS_PASSWORD", decoded=False) or "",
+        mongodb_uri=env.url_with_password("MONGODB_URI", None, ("mongodb", "mongodb+srv"), password="MONGODB_PASSWORD")
+        or "",
+        nats_url=env.url_list_with_password(
+            "NATS_URL", None, ("nats", "tls", "ws", "wss"), password="NATS_PASSWORD", decoded=False
+        )
+        or "",
         nats_replicas=env.integer("NATS_REPLICAS", 1, minimum=1, maximum=5),
         goodbye_text=env.text("GOODBYE_TEXT", DEFAULT_GOODBYE) or DEFAULT_GOODBYE,
         import_max_bytes=env.integer("IMPORT_MAX_BYTES", 1024 * 1024 * 1024, minimum=1),
@@ -139,8 +146,12 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         env.problems.append("MONGODB_URI is required")
     if not settings.nats_url:
         env.problems.append("NATS_URL is required")
-    for name, value in (("API_TOKEN", settings.api_token), ("API_TOKEN_PREVIOUS", settings.api_token_previous),
-                        ("CURSOR_KEY", settings.cursor_key), ("CURSOR_KEY_PREVIOUS", settings.cursor_key_previous)):
+    for name, value in (
+        ("API_TOKEN", settings.api_token),
+        ("API_TOKEN_PREVIOUS", settings.api_token_previous),
+        ("CURSOR_KEY", settings.cursor_key),
+        ("CURSOR_KEY_PREVIOUS", settings.cursor_key_previous),
+    ):
         if value and len(value) < MIN_SECRET_LENGTH:
             # Name the variable and the rule, never the value.
             env.problems.append(f"{name} must be at least {MIN_SECRET_LENGTH} characters, got {len(value)}")

@@ -79,8 +79,9 @@ def naming(name: str) -> dict:
     return {"contact_name": name, "name_keys": names.search_keys(name)}
 
 
-def sessions_by_contact(contacts: Iterable[tuple[str, str]],
-                        fields: Iterable[str] = ("contact_name",)) -> dict[tuple[str, str], dict]:
+def sessions_by_contact(
+    contacts: Iterable[tuple[str, str]], fields: Iterable[str] = ("contact_name",)
+) -> dict[tuple[str, str], dict]:
     """The open sessions of these contacts (platform, identifier), with the given fields.
 
     One `$in` per platform on the unique contact index: index-served everywhere.
@@ -113,9 +114,18 @@ def duplicates_only(exc: BulkWriteError) -> set[int]:
 def _create_sessions(messages: Sequence[InboundMessage], now: dt.datetime) -> None:
     ids = [ObjectId() for _ in messages]  # chosen here: the activity key holds the id
     documents = [
-        {"_id": session_id, "platform": m.platform, "contact_identifier": m.contact_identifier,
-         **naming(m.name), "chat_id": str(m.chat_id), "created_at": now, "last_message_at": now,
-         "activity_key": activity_key(now, session_id), "message_count": 0, "last_message_preview": ""}
+        {
+            "_id": session_id,
+            "platform": m.platform,
+            "contact_identifier": m.contact_identifier,
+            **naming(m.name),
+            "chat_id": str(m.chat_id),
+            "created_at": now,
+            "last_message_at": now,
+            "activity_key": activity_key(now, session_id),
+            "message_count": 0,
+            "last_message_preview": "",
+        }
         for session_id, m in zip(ids, messages)
     ]
     try:
@@ -145,8 +155,7 @@ class SessionFinishedMeanwhile(RuntimeError):
     """The open session a message was about to be stored in kept being finished."""
 
 
-def store_inbound(batch: Sequence[InboundMessage], redelivered: Sequence[bool],
-                  races: int = 0) -> list[StoredInbound]:
+def store_inbound(batch: Sequence[InboundMessage], redelivered: Sequence[bool], races: int = 0) -> list[StoredInbound]:
     """Store each message once in its contact's open session; say which need a reply.
 
     A message stored now needs its reply. One stored before needs it again only
@@ -180,26 +189,29 @@ def store_inbound(batch: Sequence[InboundMessage], redelivered: Sequence[bool],
     ]
     inserted = insert_new_messages(documents)
     failpoint("server.intake.after_messages_inserted")
-    gone = _touch_sessions(
-        [(doc["session_id"], doc["text"]) for doc in documents if doc["key"] in inserted], now
-    )
+    gone = _touch_sessions([(doc["session_id"], doc["text"]) for doc in documents if doc["key"] in inserted], now)
     failpoint("server.intake.after_sessions_updated")
     if gone:
         return _store_again_after_finish(batch, redelivered, documents, inserted, gone, races)
     # A redelivered message found stored: the attempt that stored it may have died
     # before counting it in its session, and nothing else ever would.
-    _recount_sessions({doc["session_id"] for doc in documents
-                       if doc["key"] not in inserted and unique[doc["key"]][1]}, now)
+    _recount_sessions(
+        {doc["session_id"] for doc in documents if doc["key"] not in inserted and unique[str(doc["key"])][1]}, now
+    )
     return [
-        StoredInbound(m, key, sessions[(m.platform, m.contact_identifier)], key in inserted or again,
-                      key in inserted)
+        StoredInbound(m, key, sessions[(m.platform, m.contact_identifier)], key in inserted or again, key in inserted)
         for key, (m, again) in unique.items()
     ]
 
 
-def _store_again_after_finish(batch: Sequence[InboundMessage], redelivered: Sequence[bool],
-                              documents: list[dict], inserted: set[str], gone: set[ObjectId],
-                              races: int) -> list[StoredInbound]:
+def _store_again_after_finish(
+    batch: Sequence[InboundMessage],
+    redelivered: Sequence[bool],
+    documents: list[dict],
+    inserted: set[str],
+    gone: set[ObjectId],
+    races: int,
+) -> list[StoredInbound]:
     """Take back what was stored in sessions finished meanwhile, and store the batch again.
 
     Deleting by key and session id takes only this call's orphans; the second
@@ -216,10 +228,15 @@ def _store_again_after_finish(batch: Sequence[InboundMessage], redelivered: Sequ
 
 def stored_counts(session_ids: Iterable[ObjectId]) -> dict[ObjectId, int]:
     """How many messages each of these sessions holds (absent: none); one aggregation."""
-    return {doc["_id"]: doc["count"] for doc in Message._get_collection().aggregate([
-        {"$match": {"session_id": {"$in": list(session_ids)}}},
-        {"$group": {"_id": "$session_id", "count": {"$sum": 1}}},
-    ])}
+    return {
+        doc["_id"]: doc["count"]
+        for doc in Message._get_collection().aggregate(
+            [
+                {"$match": {"session_id": {"$in": list(session_ids)}}},
+                {"$group": {"_id": "$session_id", "count": {"$sum": 1}}},
+            ]
+        )
+    }
 
 
 def _recount_sessions(session_ids: set[ObjectId], now: dt.datetime) -> None:
@@ -233,21 +250,25 @@ def _recount_sessions(session_ids: set[ObjectId], now: dt.datetime) -> None:
         return
     messages = Message._get_collection()
     counted = stored_counts(session_ids)
-    recorded = {doc["_id"]: doc.get("message_count", 0)
-                for doc in Session._get_collection().find({"_id": {"$in": list(session_ids)}}, {"message_count": 1})}
+    recorded = {
+        doc["_id"]: doc.get("message_count", 0)
+        for doc in Session._get_collection().find({"_id": {"$in": list(session_ids)}}, {"message_count": 1})
+    }
     session_ids = {session_id for session_id, count in recorded.items() if count != counted.get(session_id, 0)}
     if not session_ids:
         return
     updates = []
     for session_id in session_ids:
-        latest = messages.find_one({"session_id": session_id}, {"text": 1},
-                                   sort=[("sent_at", -1), ("_id", -1)])
-        fields = {"message_count": counted.get(session_id, 0)}
+        latest = messages.find_one({"session_id": session_id}, {"text": 1}, sort=[("sent_at", -1), ("_id", -1)])
+        fields: dict[str, object] = {"message_count": counted.get(session_id, 0)}
         if latest is not None:
             fields["last_message_preview"] = preview(latest["text"])
-        updates.append(UpdateOne({"_id": session_id}, {
-            "$set": fields,
-            "$max": {"last_message_at": now, "activity_key": activity_key(now, session_id)}}))
+        updates.append(
+            UpdateOne(
+                {"_id": session_id},
+                {"$set": fields, "$max": {"last_message_at": now, "activity_key": activity_key(now, session_id)}},
+            )
+        )
     Session._get_collection().bulk_write(updates, ordered=False)
 
 
@@ -264,9 +285,11 @@ def _touch_sessions(new_messages: Iterable[tuple[ObjectId, str]], now: dt.dateti
         [
             UpdateOne(
                 {"_id": session_id},
-                {"$inc": {"message_count": count},
-                 "$max": {"last_message_at": now, "activity_key": activity_key(now, session_id)},
-                 "$set": {"last_message_preview": preview(last_text[session_id])}},
+                {
+                    "$inc": {"message_count": count},
+                    "$max": {"last_message_at": now, "activity_key": activity_key(now, session_id)},
+                    "$set": {"last_message_preview": preview(last_text[session_id])},
+                },
             )
             for session_id, count in counts.items()
         ],
@@ -284,4 +307,3 @@ def _parse_time(value: str, fallback: dt.datetime) -> dt.datetime:
     except ValueError:
         return fallback
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-

@@ -36,14 +36,14 @@ class CursorCodec:
         if not secrets or not all(secrets):
             raise ValueError("a cursor codec needs at least one non-empty secret")
         # A key of its own, so a cursor reveals nothing usable about the secret.
-        keys = [hmac.new(secret.encode(), b"balcao page cursor v1", hashlib.sha256).digest()
-                for secret in secrets]
+        keys = [hmac.new(secret.encode(), b"balcao page cursor v1", hashlib.sha256).digest() for secret in secrets]
         self._keys = {_key_id(key): key for key in keys}
         self._signing_id = _key_id(keys[0])
 
     def encode(self, listing: str, position: dict[str, Any]) -> str:
-        body = json.dumps({"k": self._signing_id, "l": _fingerprint(listing), "p": position},
-                          separators=(",", ":"), sort_keys=True).encode()
+        body = json.dumps(
+            {"k": self._signing_id, "l": _fingerprint(listing), "p": position}, separators=(",", ":"), sort_keys=True
+        ).encode()
         token = body + self._sign(self._keys[self._signing_id], body)
         return base64.urlsafe_b64encode(token).rstrip(b"=").decode("ascii")
 

@@ -71,7 +71,7 @@ class Database:
         pymongo sends the time left as `maxTimeMS` with each command, so the
         server abandons a query the client stopped waiting for.
         """
-        return await self.run(_bounded, seconds, fn, *args, **kwargs)
+        return await self.run(functools.partial(_bounded, seconds, fn, *args, **kwargs))
 
     async def ensure_indexes(self) -> None:
         await self.run(models.ensure_indexes)

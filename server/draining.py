@@ -53,8 +53,12 @@ REFUSAL_LOG_INTERVAL = 60.0
 
 
 class DrainingHTTPServer(HTTPServer):
-    def initialize(self, *args: Any, max_connections: int | None = None,  # Tornado's constructor hook
-                   **kwargs: Any) -> None:
+    def initialize(
+        self,
+        *args: Any,
+        max_connections: int | None = None,  # Tornado's constructor hook
+        **kwargs: Any,
+    ) -> None:
         self.body_limit = kwargs.get("max_body_size") or DEFAULT_BODY_LIMIT
         kwargs["max_body_size"] = UNLIMITED
         super().initialize(*args, **kwargs)
@@ -78,12 +82,18 @@ class DrainingHTTPServer(HTTPServer):
         now = time.monotonic()
         if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL:
             self._refusal_logged_at = now
-            log.warning("refusing connections: %d are open, the most HTTP_MAX_CONNECTIONS allows "
-                        "(%d refused so far)", len(self._connections), self.refused_connections)
-        body = problem_body(503, "Service Unavailable", "the server has too many open connections; "
-                                                        "try again shortly", "unavailable", "")
-        head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\n"
-                f"Retry-After: 1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n")
+            log.warning(
+                "refusing connections: %d are open, the most HTTP_MAX_CONNECTIONS allows (%d refused so far)",
+                len(self._connections),
+                self.refused_connections,
+            )
+        body = problem_body(
+            503, "Service Unavailable", "the server has too many open connections; try again shortly", "unavailable", ""
+        )
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\n"
+            f"Retry-After: 1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
         try:
             stream.write(head.encode("ascii") + body).add_done_callback(lambda _: stream.close())
         except iostream.StreamClosedError:
@@ -93,8 +103,7 @@ class DrainingHTTPServer(HTTPServer):
     def in_flight(self) -> int:
         return self._in_flight
 
-    def start_request(self, server_conn: object,
-                      request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+    def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         tracked = _TrackedConnection(self, request_conn)
         return _TrackedDelegate(super().start_request(server_conn, tracked), tracked)
 
@@ -148,8 +157,7 @@ class _TrackedConnection:
             self._state = "done"
             self._server._end()
 
-    def write_headers(self, start_line: Any, headers: httputil.HTTPHeaders,
-                      chunk: bytes | None = None) -> Any:
+    def write_headers(self, start_line: Any, headers: httputil.HTTPHeaders, chunk: bytes | None = None) -> Any:
         self.responded = True
         if self._server.draining and isinstance(start_line, httputil.ResponseStartLine):
             headers["Connection"] = "close"  # so keep-alive clients go elsewhere next time
@@ -233,10 +241,16 @@ class _TrackedDelegate(httputil.HTTPMessageDelegate):
         limit = self._connection.body_limit
         size = f"{self._declared} bytes" if self._declared is not None else f"over {limit} bytes"
         path = self._start_line.path.split("?")[0] if self._start_line is not None else ""
-        body = problem_body(413, "Content Too Large", f"the body is {size}; this request takes at most "
-                            f"{limit} bytes", "payload-too-large", path)
-        headers = httputil.HTTPHeaders({"Content-Type": "application/problem+json",
-                                        "Content-Length": str(len(body)), "Cache-Control": "no-store"})
+        body = problem_body(
+            413,
+            "Content Too Large",
+            f"the body is {size}; this request takes at most {limit} bytes",
+            "payload-too-large",
+            path,
+        )
+        headers = httputil.HTTPHeaders(
+            {"Content-Type": "application/problem+json", "Content-Length": str(len(body)), "Cache-Control": "no-store"}
+        )
         if closing:
             # Tornado closes a connection whose request body is still unread once
             # the answer is out; say so, as RFC 9112 asks.
@@ -245,8 +259,9 @@ class _TrackedDelegate(httputil.HTTPMessageDelegate):
         access_log.warning("413 %s %s: a body of %s refused", method, path, size)
         HTTP_REFUSED.labels(reason="body-too-large").inc()
         try:
-            self._connection.write_headers(httputil.ResponseStartLine("HTTP/1.1", 413, "Content Too Large"),
-                                           headers, body)
+            self._connection.write_headers(
+                httputil.ResponseStartLine("HTTP/1.1", 413, "Content Too Large"), headers, body
+            )
         finally:
             self._connection.finish()
 
@@ -263,5 +278,6 @@ def declared_length(headers: httputil.HTTPHeaders) -> int | None:
 
 def problem_body(status: int, title: str, detail: str, kind: str, instance: str) -> bytes:
     """An RFC 9457 problem document, for answers given before any handler runs."""
-    return json.dumps({"type": PROBLEM_TYPE_ROOT + kind, "title": title, "status": status,
-                       "detail": detail, "instance": instance}).encode()
+    return json.dumps(
+        {"type": PROBLEM_TYPE_ROOT + kind, "title": title, "status": status, "detail": detail, "instance": instance}
+    ).encode()

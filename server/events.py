@@ -37,9 +37,15 @@ BACKGROUND_RETRY_SECONDS = 120.0
 async def ensure_stream(js: JetStreamContext, max_age: float, max_bytes: int, *, replicas: int = 1) -> None:
     """Declare BALCAO_EVENTS: kept by age and size; the oldest events go first."""
     config = StreamConfig(
-        name=events.EVENTS_STREAM, subjects=[events.EVENTS_SUBJECTS], retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE, max_age=max_age, max_bytes=max_bytes, discard=DiscardPolicy.OLD,
-        duplicate_window=DUPLICATE_WINDOW_SECONDS, num_replicas=replicas,
+        name=events.EVENTS_STREAM,
+        subjects=[events.EVENTS_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=max_age,
+        max_bytes=max_bytes,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        num_replicas=replicas,
     )
     try:
         await js.add_stream(config=config)
@@ -52,8 +58,11 @@ async def publish(js: JetStreamContext, body: dict[str, Any], key: str) -> None:
     """Publish one event and wait for JetStream to store it (raises on failure)."""
     kind = body["type"]
     ack = await js.publish(
-        events.subject(kind, body.get("platform"), body.get("session_id")), events.to_bytes(body),
-        timeout=PUBLISH_TIMEOUT, headers={"Nats-Msg-Id": events.dedup_id(kind, key)})
+        events.subject(kind, body.get("platform"), body.get("session_id")),
+        events.to_bytes(body),
+        timeout=PUBLISH_TIMEOUT,
+        headers={"Nats-Msg-Id": events.dedup_id(kind, key)},
+    )
     if not ack.duplicate:
         EVENTS_PUBLISHED.labels(type=kind).inc()
 
@@ -101,14 +110,30 @@ async def publish_received(js: JetStreamContext, db, stored: Sequence) -> None:
     bodies: list[tuple[dict[str, Any], str]] = []
     for item in fresh:
         m = item.message
-        common = {"platform": m.platform, "session_id": str(item.session_id),
-                  "contact": {"identifier": m.contact_identifier, "name": m.name}}
+        common = {
+            "platform": m.platform,
+            "session_id": str(item.session_id),
+            "contact": {"identifier": m.contact_identifier, "name": m.name},
+        }
         if item.session_id in opened:
             opened.discard(item.session_id)  # before the session's first message
             bodies.append((events.event(events.SESSION_OPENED, **common), str(item.session_id)))
-        bodies.append((events.event(events.MESSAGE_RECEIVED, **common, message={
-            "key": item.key, "text": m.text, "direction": "in", "kind": "contact", "sent_at": m.sent_at,
-        }), item.key))
+        bodies.append(
+            (
+                events.event(
+                    events.MESSAGE_RECEIVED,
+                    **common,
+                    message={
+                        "key": item.key,
+                        "text": m.text,
+                        "direction": "in",
+                        "kind": "contact",
+                        "sent_at": m.sent_at,
+                    },
+                ),
+                item.key,
+            )
+        )
     # One connection writes publishes in call order, so the stream keeps this order.
     await asyncio.gather(*(publish(js, body, key) for body, key in bodies))
     failpoint("server.events.after_published")  # published, the inbound batch not yet acknowledged
@@ -120,12 +145,16 @@ def _message_counts(session_ids: list[ObjectId]) -> dict[ObjectId, int]:
 
 
 def session_finished(session: dict[str, Any]) -> dict[str, Any]:
-    return events.event(events.SESSION_FINISHED, platform=session.get("platform"),
-                        session_id=str(session["_id"]),
-                        contact={"identifier": session.get("contact_identifier", ""),
-                                 "name": session.get("contact_name", "")})
+    return events.event(
+        events.SESSION_FINISHED,
+        platform=session.get("platform"),
+        session_id=str(session["_id"]),
+        contact={"identifier": session.get("contact_identifier", ""), "name": session.get("contact_name", "")},
+    )
 
 
 def import_finished(job: dict[str, Any]) -> dict[str, Any]:
-    return events.event(events.IMPORT_FINISHED, **{"import": {
-        "id": str(job["_id"]), "status": job.get("status"), "counts": job.get("counts") or {}}})
+    return events.event(
+        events.IMPORT_FINISHED,
+        **{"import": {"id": str(job["_id"]), "status": job.get("status"), "counts": job.get("counts") or {}}},
+    )

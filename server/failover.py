@@ -18,21 +18,23 @@ from __future__ import annotations
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
 
 # Server error codes of a replica set in transition (MongoDB's error_codes.yml).
-TRANSIENT_CODES = frozenset({
-    6,      # HostUnreachable
-    7,      # HostNotFound
-    64,     # WriteConcernFailed (w:majority not reached in wtimeout)
-    89,     # NetworkTimeout
-    91,     # ShutdownInProgress
-    189,    # PrimarySteppedDown
-    262,    # ExceededTimeLimit
-    9001,   # SocketException
-    10107,  # NotWritablePrimary
-    11600,  # InterruptedAtShutdown
-    11602,  # InterruptedDueToReplStateChange
-    13435,  # NotPrimaryNoSecondaryOk
-    13436,  # NotPrimaryOrSecondary
-})
+TRANSIENT_CODES = frozenset(
+    {
+        6,  # HostUnreachable
+        7,  # HostNotFound
+        64,  # WriteConcernFailed (w:majority not reached in wtimeout)
+        89,  # NetworkTimeout
+        91,  # ShutdownInProgress
+        189,  # PrimarySteppedDown
+        262,  # ExceededTimeLimit
+        9001,  # SocketException
+        10107,  # NotWritablePrimary
+        11600,  # InterruptedAtShutdown
+        11602,  # InterruptedDueToReplStateChange
+        13435,  # NotPrimaryNoSecondaryOk
+        13436,  # NotPrimaryOrSecondary
+    }
+)
 TRANSIENT_LABELS = ("RetryableWriteError", "TransientTransactionError")
 
 

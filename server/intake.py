@@ -44,8 +44,9 @@ MAX_RETRY_DELAY = 15.0
 
 
 class Intake:
-    def __init__(self, js: JetStreamContext, db: Database, outbound: Outbound,
-                 reply_text: str, batch_size: int = 1000) -> None:
+    def __init__(
+        self, js: JetStreamContext, db: Database, outbound: Outbound, reply_text: str, batch_size: int = 1000
+    ) -> None:
         self._js = js
         self._db = db
         self._outbound = outbound
@@ -56,9 +57,16 @@ class Intake:
     async def run(self) -> None:
         """Consume until `stop()`; the batch in hand is finished before returning."""
         await jetstream.consume(
-            self._js, stream=INBOUND_STREAM, subject=INBOUND_SUBJECT, durable=INBOUND_CONSUMER,
-            batch_size=self._batch_size, ack_wait=ACK_WAIT, handle=self.handle,
-            stopping=self._stopping, what="intake")
+            self._js,
+            stream=INBOUND_STREAM,
+            subject=INBOUND_SUBJECT,
+            durable=INBOUND_CONSUMER,
+            batch_size=self._batch_size,
+            ack_wait=ACK_WAIT,
+            handle=self.handle,
+            stopping=self._stopping,
+            what="intake",
+        )
 
     def stop(self) -> None:
         self._stopping.set()
@@ -111,18 +119,27 @@ class Intake:
 
     async def _reply(self, stored: list[conversations.StoredInbound]) -> None:
         pending = [item for item in stored if item.needs_reply]
-        await asyncio.gather(*(
-            self._outbound.publish(OutboundMessage(
-                key=f"reply:{item.key}", chat_id=str(item.message.chat_id),
-                text=self._reply_text, kind="reply",
-                meta={"session_id": str(item.session_id), "platform": item.message.platform,
-                      "contact_identifier": item.message.contact_identifier},
-            ))
-            for item in pending
-        ))
+        await asyncio.gather(
+            *(
+                self._outbound.publish(
+                    OutboundMessage(
+                        key=f"reply:{item.key}",
+                        chat_id=str(item.message.chat_id),
+                        text=self._reply_text,
+                        kind="reply",
+                        meta={
+                            "session_id": str(item.session_id),
+                            "platform": item.message.platform,
+                            "contact_identifier": item.message.contact_identifier,
+                        },
+                    )
+                )
+                for item in pending
+            )
+        )
 
 
 def retry_delay(deliveries: int) -> float:
     """Seconds before another try of a message already delivered `deliveries` times."""
     doublings = min(max(deliveries - 1, 0), 16)  # bounded: 2**n of a huge n overflows a float
-    return min(RETRY_DELAY * 2 ** doublings, MAX_RETRY_DELAY)
+    return min(RETRY_DELAY * 2**doublings, MAX_RETRY_DELAY)

@@ -39,19 +39,25 @@ async def main() -> None:
     db.connect()
     indexed = await lifecycle.retry_until_ready("MongoDB", db.ensure_indexes_reporting, stopping, (PyMongoError,))
     nc = indexed and await lifecycle.retry_until_ready(
-        "NATS", lambda: jetstream.connect(settings.nats_url, "balcao-server"), stopping,
-        (OSError, NatsError, asyncio.TimeoutError))
+        "NATS",
+        lambda: jetstream.connect(settings.nats_url, "balcao-server"),
+        stopping,
+        (OSError, NatsError, asyncio.TimeoutError),
+    )
     if not nc:
         db.close()
         log.info("server stopped before it was ready")
         return
     js = nc.jetstream()
     try:
-        await jetstream.ensure_streams(js, jetstream.StreamLimits(settings.stream_max_bytes,
-                                                                  settings.stream_max_age),
-                                       replicas=settings.nats_replicas)
-        await events.ensure_stream(js, settings.events_max_age, settings.events_max_bytes,
-                                   replicas=settings.nats_replicas)
+        await jetstream.ensure_streams(
+            js,
+            jetstream.StreamLimits(settings.stream_max_bytes, settings.stream_max_age),
+            replicas=settings.nats_replicas,
+        )
+        await events.ensure_stream(
+            js, settings.events_max_age, settings.events_max_bytes, replicas=settings.nats_replicas
+        )
     except jetstream.ReplicationError as exc:
         await nc.close()
         db.close()
@@ -78,7 +84,8 @@ async def main() -> None:
     intake_task = asyncio.create_task(intake.run(), name="intake")
     relay_task = asyncio.create_task(outbound.relay_forever(), name="outbox-relay")
     reaper_task = asyncio.create_task(
-        app.settings["imports"].reap_forever(settings.import_idle_timeout, services.stopping), name="import-reaper")
+        app.settings["imports"].reap_forever(settings.import_idle_timeout, services.stopping), name="import-reaper"
+    )
     # Not a worker: stale gauges are no reason to stop serving.
     streams_task = asyncio.create_task(streams.watch(js, stopping), name="stream-metrics")
     crashed = await lifecycle.until_stopped(stopping, [intake_task, relay_task])
@@ -88,12 +95,14 @@ async def main() -> None:
     server.stop_accepting()
     services.stopping.set()
     intake.stop()
-    await deadline.settle([
-        server.drain(deadline.remaining()),
-        *(drain() for drain in services.drains),
-        *([] if intake_task.done() else [intake_task]),
-        *([] if reaper_task.done() else [reaper_task]),
-    ])
+    await deadline.settle(
+        [
+            server.drain(deadline.remaining()),
+            *(drain() for drain in services.drains),
+            *([] if intake_task.done() else [intake_task]),
+            *([] if reaper_task.done() else [reaper_task]),
+        ]
+    )
     if server.in_flight:
         log.warning("closing %d HTTP requests still in flight", server.in_flight)
     await server.close_all_connections()

@@ -44,8 +44,7 @@ IMPORT_RECORDS = Counter(
 )
 HTTP_REQUEST_DURATION = Histogram(
     "balcao_http_request_duration_seconds",
-    "HTTP request latency by method, route (its name or pattern, never the raw path) "
-    "and status",
+    "HTTP request latency by method, route (its name or pattern, never the raw path) and status",
     ["method", "route", "status"],
     buckets=HTTP_BUCKETS,
 )

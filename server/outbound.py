@@ -108,8 +108,15 @@ class Outbound:
 def _keep(message: OutboundMessage) -> None:
     OutboxEntry._get_collection().update_one(
         {"key": message.key},
-        {"$setOnInsert": {"chat_id": message.chat_id, "text": message.text, "kind": message.kind,
-                          "details": message.meta, "created_at": utcnow()}},
+        {
+            "$setOnInsert": {
+                "chat_id": message.chat_id,
+                "text": message.text,
+                "kind": message.kind,
+                "details": message.meta,
+                "created_at": utcnow(),
+            }
+        },
         upsert=True,
     )
 
@@ -117,8 +124,9 @@ def _keep(message: OutboundMessage) -> None:
 def _pending(limit: int) -> list[OutboundMessage]:
     found = OutboxEntry._get_collection().find().sort("created_at", 1).limit(limit)
     return [
-        OutboundMessage(key=doc["key"], chat_id=doc["chat_id"], text=doc["text"],
-                        kind=doc["kind"], meta=doc.get("details") or {})
+        OutboundMessage(
+            key=doc["key"], chat_id=doc["chat_id"], text=doc["text"], kind=doc["kind"], meta=doc.get("details") or {}
+        )
         for doc in found
     ]
 

@@ -107,8 +107,13 @@ class SessionsPage:
     queries: list[Query] = field(default_factory=list)
 
 
-def list_sessions(criteria: SessionFilter, limit: int, resume: SessionsResume | None = None,
-                  now: dt.datetime | None = None, max_examined: int | None = None) -> SessionsPage:
+def list_sessions(
+    criteria: SessionFilter,
+    limit: int,
+    resume: SessionsResume | None = None,
+    now: dt.datetime | None = None,
+    max_examined: int | None = None,
+) -> SessionsPage:
     """The open sessions matching `criteria`, most recent activity first.
 
     Keyset pages over `activity_key`: a page holds only sessions whose key is below
@@ -136,8 +141,13 @@ def list_sessions(criteria: SessionFilter, limit: int, resume: SessionsResume | 
         bounds = {**({"$gte": lower} if lower else {}), **({"$lt": upper} if upper else {})}
         # Re-checked candidates may be dropped, so those queries take a full page.
         batch = limit + 1 if wanted is not None else limit + 1 - len(found)
-        query = Query(collection.name, {**equality, **({"activity_key": bounds} if bounds else {})},
-                      SESSION_ORDER, batch, SESSION_FIELDS)
+        query = Query(
+            collection.name,
+            {**equality, **({"activity_key": bounds} if bounds else {})},
+            SESSION_ORDER,
+            batch,
+            SESSION_FIELDS,
+        )
         queries.append(query)
         docs = list(collection.find(query.filter, query.projection).sort(query.sort).limit(query.limit))
         kept = [doc for doc in docs if wanted is None or wanted(doc)]
@@ -231,8 +241,12 @@ def list_messages(session_id: ObjectId, limit: int, resume: MessagesResume | Non
     queries: list[Query] = []
     later: dict[str, Any] = {"session_id": session_id}
     if resume is not None:
-        same_instant = Query(collection.name, {"session_id": session_id, "sent_at": resume.sent_at,
-                                               "_id": {"$gt": resume.message_id}}, MESSAGE_ORDER, limit + 1)
+        same_instant = Query(
+            collection.name,
+            {"session_id": session_id, "sent_at": resume.sent_at, "_id": {"$gt": resume.message_id}},
+            MESSAGE_ORDER,
+            limit + 1,
+        )
         queries.append(same_instant)
         found += collection.find(same_instant.filter).sort(MESSAGE_ORDER).limit(same_instant.limit)
         later["sent_at"] = {"$gt": resume.sent_at}
@@ -274,8 +288,7 @@ def idempotent_message_key(session: dict[str, Any], idempotency_key: str) -> str
     return f"{session['platform']}:{session['contact_identifier']}:agent-key:{digest}"
 
 
-def add_agent_reply(session: dict[str, Any], text: str,
-                    idempotency_key: str | None = None) -> dict[str, Any] | None:
+def add_agent_reply(session: dict[str, Any], text: str, idempotency_key: str | None = None) -> dict[str, Any] | None:
     """Store an agent's message in the session; None if the session was finished meanwhile.
 
     With an idempotency key, a retry (the client saw a 503 or lost the answer)
@@ -285,8 +298,11 @@ def add_agent_reply(session: dict[str, Any], text: str,
     """
     now = _whole_milliseconds(utcnow())  # what MongoDB keeps, so the reply reads back the same
     message_id = ObjectId()
-    key = (idempotent_message_key(session, idempotency_key) if idempotency_key
-           else f"{session['platform']}:{session['contact_identifier']}:agent:{message_id}")
+    key = (
+        idempotent_message_key(session, idempotency_key)
+        if idempotency_key
+        else f"{session['platform']}:{session['contact_identifier']}:agent:{message_id}"
+    )
     message = {
         "_id": message_id,
         "session_id": session["_id"],
@@ -306,15 +322,22 @@ def add_agent_reply(session: dict[str, Any], text: str,
         counted = stored_counts([session["_id"]]).get(session["_id"], 0)
         touched = Session._get_collection().update_one(
             {"_id": session["_id"]},
-            {"$set": {"message_count": counted},
-             "$max": {"last_message_at": earlier["sent_at"],
-                      "activity_key": activity_key(earlier["sent_at"], session["_id"])}})
+            {
+                "$set": {"message_count": counted},
+                "$max": {
+                    "last_message_at": earlier["sent_at"],
+                    "activity_key": activity_key(earlier["sent_at"], session["_id"]),
+                },
+            },
+        )
         return earlier if touched.matched_count else None
     touched = Session._get_collection().update_one(
         {"_id": session["_id"]},
-        {"$inc": {"message_count": 1},
-         "$max": {"last_message_at": now, "activity_key": activity_key(now, session["_id"])},
-         "$set": {"last_message_preview": preview(text)}},
+        {
+            "$inc": {"message_count": 1},
+            "$max": {"last_message_at": now, "activity_key": activity_key(now, session["_id"])},
+            "$set": {"last_message_preview": preview(text)},
+        },
     )
     if touched.matched_count == 0:
         Message._get_collection().delete_one({"_id": message_id})

@@ -24,6 +24,7 @@ WATCH_INTERVAL = 15.0
 async def observe(js: JetStreamContext) -> None:
     """Read every stream's state once into the gauges."""
     for config in jetstream.STREAMS:
+        assert config.name
         info = await js.stream_info(config.name)
         STREAM_BYTES.labels(stream=config.name).set(info.state.bytes)
         STREAM_MESSAGES.labels(stream=config.name).set(info.state.messages)

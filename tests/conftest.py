@@ -44,8 +44,9 @@ def mongodb_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         worker = os.environ.get("PYTEST_XDIST_WORKER")
         yield with_database(external, f"balcao_{worker}") if worker else external
         return
-    server = SecantusServer(data_dir=tmp_path_factory.mktemp("mongo"),
-                            log_file=tmp_path_factory.getbasetemp() / "secantus.log")
+    server = SecantusServer(
+        data_dir=tmp_path_factory.mktemp("mongo"), log_file=tmp_path_factory.getbasetemp() / "secantus.log"
+    )
     server.start()
     yield server.uri
     server.stop()
@@ -80,7 +81,10 @@ def fake_telegram_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
     with open(log, "ab") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "devstack.faketelegram", "--port", str(port), "--token", BOT_TOKEN],
-            cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     wait_for_port(port, 30, process)
     yield f"http://127.0.0.1:{port}"
     process.terminate()
@@ -133,8 +137,9 @@ class Stack:
 
 
 @pytest.fixture
-def stack(clean_nats: NatsServer, mongo, telegram: FakeTelegramClient, mongodb_uri: str,
-          tmp_path: Path) -> Iterator[Stack]:
+def stack(
+    clean_nats: NatsServer, mongo, telegram: FakeTelegramClient, mongodb_uri: str, tmp_path: Path
+) -> Iterator[Stack]:
     running = Stack(stack_env(clean_nats.url, mongodb_uri, telegram.base_url), tmp_path)
     yield running
     running.stop()

@@ -22,8 +22,9 @@ BOT_TOKEN = "123456:TEST-token-for-the-fake-bot-api"
 API_TOKEN = "test-api-token-0123456789abcdef-0123456789"
 
 
-def eventually(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05,
-               message: str = "condition") -> Any:
+def eventually(
+    check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, message: str = "condition"
+) -> Any:
     """Poll until `check()` returns something truthy; its last value on success."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -48,8 +49,9 @@ class Process:
     def start(self) -> Process:
         environ = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen([sys.executable, "-m", self.module], env=environ,
-                                          cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", self.module], env=environ, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
         if self.port:
             wait_for_port(self.port, 30, self.popen)
         return self
@@ -85,8 +87,14 @@ class FakeTelegramClient:
         self.base_url = base_url
         self.http = httpx.Client(base_url=base_url, timeout=10)
 
-    def send_as_user(self, user_id: int, text: str | None = None, first_name: str = "Contato",
-                     last_name: str | None = None, kind: str = "text") -> dict:
+    def send_as_user(
+        self,
+        user_id: int,
+        text: str | None = None,
+        first_name: str = "Contato",
+        last_name: str | None = None,
+        kind: str = "text",
+    ) -> dict:
         user = {"id": user_id, "first_name": first_name}
         if last_name:
             user["last_name"] = last_name
@@ -311,8 +319,7 @@ async def _jetstream_backlog(url: str) -> tuple[int, int, int]:
         await nc.close()
 
 
-def settle(nats_url: str, observe: Callable[[], Any], quiet: float = 3.0,
-           timeout: float = 100.0) -> Any:
+def settle(nats_url: str, observe: Callable[[], Any], quiet: float = 3.0, timeout: float = 100.0) -> Any:
     """Wait until JetStream holds nothing in flight and `observe()` stays the same for `quiet` s.
 
     Nothing in the inbound stream or its consumer (pending or unacknowledged),

@@ -31,9 +31,13 @@ def resolved() -> dict:
     """The file as `podman-compose config` merges and interpolates it."""
     env = {key: value for key, value in os.environ.items() if key not in documented()}
     run = subprocess.run(
-        [str(SCRIPTS / "podman-compose"), "--dry-run", "--env-file", os.devnull,
-         "-f", str(CLUSTER_FILE), "config"],
-        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT, env=env,
+        [str(SCRIPTS / "podman-compose"), "--dry-run", "--env-file", os.devnull, "-f", str(CLUSTER_FILE), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+        env=env,
     )
     assert run.returncode == 0, run.stderr
     return yaml.safe_load(run.stdout)
@@ -60,7 +64,8 @@ def test_mongodb_members_form_one_replica_set_initiated_once(resolved: dict) -> 
     init = services["mongo-init"]
     assert init["restart"] == "no"
     assert {m: init["depends_on"][m]["condition"] for m in MONGO_MEMBERS} == dict.fromkeys(
-        MONGO_MEMBERS, "service_healthy")
+        MONGO_MEMBERS, "service_healthy"
+    )
     script = command(init)[-1]
     assert "rs.initiate" in script and "try { rs.status() }" in script  # idempotent
     assert all(f'host: "{member}:27017"' in script for member in MONGO_MEMBERS)
@@ -84,8 +89,7 @@ def test_nats_nodes_route_to_each_other_with_jetstream(resolved: dict) -> None:
 @pytest.mark.parametrize("service", ["server", "bot"])
 def test_apps_get_every_nats_node_and_three_replicas(resolved: dict, service: str) -> None:
     env = environment(resolved["services"][service])
-    assert [urlsplit(url).netloc for url in split_urls(env["NATS_URL"])] == [
-        f"{node}:4222" for node in NATS_NODES]
+    assert [urlsplit(url).netloc for url in split_urls(env["NATS_URL"])] == [f"{node}:4222" for node in NATS_NODES]
     assert env["NATS_REPLICAS"] == "3"
     depends = resolved["services"][service]["depends_on"]
     assert all(depends[node]["condition"] == "service_healthy" for node in NATS_NODES)
@@ -96,8 +100,7 @@ def test_server_writes_to_the_replica_set_by_majority(resolved: dict) -> None:
     uri = urlsplit(environment(server)["MONGODB_URI"])
     assert uri.netloc.split(",") == [f"{member}:27017" for member in MONGO_MEMBERS]
     options = {key: values[0] for key, values in parse_qs(uri.query).items()}
-    assert options == {"replicaSet": "rs0", "w": "majority", "retryWrites": "true",
-                       "readPreference": "primary"}
+    assert options == {"replicaSet": "rs0", "w": "majority", "retryWrites": "true", "readPreference": "primary"}
     assert server["depends_on"]["mongo-init"]["condition"] == "service_completed_successfully"
 
 

@@ -45,8 +45,12 @@ def test_make_test_installs_the_bruno_cli(tmp_path: Path) -> None:
 def test_the_newest_python_from_3_11_on_is_taken(tmp_path: Path) -> None:
     fake_python(tmp_path, "python3.13", (3, 10))  # a python3.13 name that answers like 3.10 is skipped
     fake_python(tmp_path, "python3.12", (3, 12))
-    run = dry_run("install", f"VENV={tmp_path}/venv", "PYTHON_CANDIDATES=python3.13 python3.12",
-                  path=f"{tmp_path}:{os.environ['PATH']}")
+    run = dry_run(
+        "install",
+        f"VENV={tmp_path}/venv",
+        "PYTHON_CANDIDATES=python3.13 python3.12",
+        path=f"{tmp_path}:{os.environ['PATH']}",
+    )
     assert "python3.12 -m venv" in run.stdout
     assert "python3.13 -m venv" not in run.stdout
 
@@ -55,8 +59,14 @@ def test_without_a_suitable_python_make_says_which_versions_work(tmp_path: Path)
     fake_python(tmp_path, "python3.10", (3, 10))
     env = {key: value for key, value in os.environ.items() if key != "PYTHON"}
     env["PATH"] = f"{tmp_path}:{os.environ['PATH']}"
-    result = subprocess.run(["make", "install", f"VENV={tmp_path}/venv", "PYTHON_CANDIDATES=python3.10"],
-                            cwd=ROOT, env=env, text=True, capture_output=True, timeout=60)
+    result = subprocess.run(
+        ["make", "install", f"VENV={tmp_path}/venv", "PYTHON_CANDIDATES=python3.10"],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "needs Python 3.11 or newer (3.11, 3.12 and 3.13 are tested)" in result.stderr
     assert not (tmp_path / "venv").exists()

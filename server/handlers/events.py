@@ -65,13 +65,20 @@ class EventClients:
 
     def refusal(self, token_key: str) -> ApiError | None:
         if self.total >= self.max_total:
-            return ApiError(503, f"this replica serves its maximum of {self.max_total} event clients; "
-                                 "try again shortly or another replica", kind="too-many-event-clients",
-                            headers={"Retry-After": "5"})
+            return ApiError(
+                503,
+                f"this replica serves its maximum of {self.max_total} event clients; "
+                "try again shortly or another replica",
+                kind="too-many-event-clients",
+                headers={"Retry-After": "5"},
+            )
         if self.by_token.get(token_key, 0) >= self.max_per_token:
-            return ApiError(429, f"this token already has {self.max_per_token} event connections on this "
-                                 "replica; close one first", kind="too-many-event-clients",
-                            headers={"Retry-After": "5"})
+            return ApiError(
+                429,
+                f"this token already has {self.max_per_token} event connections on this replica; close one first",
+                kind="too-many-event-clients",
+                headers={"Retry-After": "5"},
+            )
         return None
 
     def add(self, handler: EventsHandler) -> None:
@@ -112,13 +119,17 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
 
     # -- before the upgrade ---------------------------------------------------
 
-    async def prepare(self) -> None:
+    async def prepare(self) -> None:  # type: ignore[override]  # Tornado awaits a coroutine prepare
         named = [name for name in self.request.query_arguments if name.lower() in QUERY_TOKEN_NAMES]
         if named:
-            raise ApiError(401, f"a token in the query string ({named[0]}) is refused: query strings land "
-                                "in logs; send `Authorization: Bearer <token>` or the subprotocol "
-                                "`bearer.<token>`", kind="unauthorized",
-                           headers={"WWW-Authenticate": 'Bearer realm="balcao"'})
+            raise ApiError(
+                401,
+                f"a token in the query string ({named[0]}) is refused: query strings land "
+                "in logs; send `Authorization: Bearer <token>` or the subprotocol "
+                "`bearer.<token>`",
+                kind="unauthorized",
+                headers={"WWW-Authenticate": 'Bearer realm="balcao"'},
+            )
         offered = self._subprotocol_token()
         if offered is not None and "Authorization" not in self.request.headers:
             self.request.headers["Authorization"] = f"Bearer {offered}"
@@ -128,8 +139,11 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
         if self.request.headers.get("Upgrade", "").lower() != "websocket":
             accept = self.request.headers.get("Accept", "")
             if "text/event-stream" not in accept:
-                raise ApiError(406, "open /v1/events as a WebSocket, or send `Accept: text/event-stream` "
-                                    "for Server-Sent Events", kind="not-acceptable")
+                raise ApiError(
+                    406,
+                    "open /v1/events as a WebSocket, or send `Accept: text/event-stream` for Server-Sent Events",
+                    kind="not-acceptable",
+                )
             self.transport = "sse"
         self._read_parameters()
         refusal = self.settings["event_clients"].refusal(self.token_key)
@@ -141,7 +155,7 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
         header = self.request.headers.get("Sec-WebSocket-Protocol", "")
         for offered in (part.strip() for part in header.split(",")):
             if offered.startswith(BEARER_SUBPROTOCOL):
-                return offered[len(BEARER_SUBPROTOCOL):]
+                return offered[len(BEARER_SUBPROTOCOL) :]
         return None
 
     def _read_parameters(self) -> None:
@@ -161,7 +175,9 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
         if platform is not None:
             platform = platform.lower()
             if not _PLATFORM.fullmatch(platform):
-                errors.append({"field": "platform", "in": "query", "message": "must be a platform name such as telegram"})
+                errors.append(
+                    {"field": "platform", "in": "query", "message": "must be a platform name such as telegram"}
+                )
         kind = self.get_query_argument("type", None)
         if kind is not None and kind not in events.KINDS:
             errors.append({"field": "type", "in": "query", "message": f"must be one of {', '.join(events.KINDS)}"})
@@ -178,12 +194,18 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
         except NotFoundError:
             return
         except (NatsError, asyncio.TimeoutError) as exc:
-            raise ApiError(503, "the event stream is not reachable; try again shortly", kind="unavailable",
-                           headers={"Retry-After": "5"}) from exc
+            raise ApiError(
+                503,
+                "the event stream is not reachable; try again shortly",
+                kind="unavailable",
+                headers={"Retry-After": "5"},
+            ) from exc
         first = info.state.first_seq
         if self.since + 1 < first:
-            self.gone = (f"event {self.since} is no longer kept (oldest kept: {first}); "
-                         "reload the sessions and reconnect without since")
+            self.gone = (
+                f"event {self.since} is no longer kept (oldest kept: {first}); "
+                "reload the sessions and reconnect without since"
+            )
             if self.transport == "sse":
                 raise ApiError(410, self.gone, kind="events-gone")
 
@@ -265,8 +287,8 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
         self.settings["event_clients"].add(self)
         try:
             self._subscription = await self.settings["services"].js.subscribe(
-                self.filter, stream=events.EVENTS_STREAM, ordered_consumer=True, config=config,
-                cb=self._on_event)
+                self.filter, stream=events.EVENTS_STREAM, ordered_consumer=True, config=config, cb=self._on_event
+            )
         except (NatsError, asyncio.TimeoutError) as exc:
             log.warning("event stream subscription failed: %r", exc)
             self.end(1011 if self.transport == "websocket" else 0, "event stream unavailable; reconnect")

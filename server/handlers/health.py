@@ -32,8 +32,7 @@ class ReadyHandler(JsonHandler):
         if services.stopping.is_set():
             checks["server"] = "stopping"  # draining for shutdown: send traffic elsewhere
         ready = all(state == "ok" for state in checks.values())
-        self.write_json({"status": "ready" if ready else "unavailable", "checks": checks},
-                        status=200 if ready else 503)
+        self.write_json({"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
 
     def mongodb_probe(self, services: Any) -> MongoProbe:
         return self.application.settings.setdefault("mongodb_probe", MongoProbe(services.db))

@@ -36,8 +36,8 @@ from contract.failpoints import failpoint
 from server.conversations import utcnow
 from server.handlers.base import ApiError, ApiHandler, database_errors
 from server.importing import jobs
-from server.importing.chunks import MEDIA_TYPE as CHUNK_MEDIA_TYPE
 from server.importing.chunks import MAX_WHOLE, ChunkParser, whole_number
+from server.importing.chunks import MEDIA_TYPE as CHUNK_MEDIA_TYPE
 from server.importing.feed import RecordFeed, Tally
 from server.importing.jobs import Imports
 from server.importing.parsers import FileFormatError, RecordLimits, UnsupportedFileType, detect_kind, open_parser
@@ -76,13 +76,21 @@ def channel_ref(raw: object) -> str:
     the chat id as written, one bucket per channel.
     """
     if not isinstance(raw, str) or not raw.strip():
-        raise ApiError(400, "channel is required: a Telegram channel as @name or -100… id",
-                       kind="invalid-channel", errors=[field_error("channel", "required")])
+        raise ApiError(
+            400,
+            "channel is required: a Telegram channel as @name or -100… id",
+            kind="invalid-channel",
+            errors=[field_error("channel", "required")],
+        )
     channel = raw.strip()
     if not CHANNEL.fullmatch(channel):
         message = "expected @name (5-32 letters, digits or _) or a -100… channel id"
-        raise ApiError(400, f"channel {channel[:40]!r}: {message}", kind="invalid-channel",
-                       errors=[field_error("channel", message)])
+        raise ApiError(
+            400,
+            f"channel {channel[:40]!r}: {message}",
+            kind="invalid-channel",
+            errors=[field_error("channel", message)],
+        )
     return channel.lower()
 
 
@@ -108,8 +116,12 @@ class ImportsApiHandler(ApiHandler):
     @property
     def record_limits(self) -> RecordLimits:
         config = self.settings["config"]
-        return RecordLimits(config.import_max_record_bytes, config.import_max_record_depth,
-                            config.import_max_record_values, config.import_max_record_messages)
+        return RecordLimits(
+            config.import_max_record_bytes,
+            config.import_max_record_depth,
+            config.import_max_record_values,
+            config.import_max_record_messages,
+        )
 
     async def database(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         with database_errors():
@@ -124,11 +136,11 @@ class ImportsApiHandler(ApiHandler):
     async def running_chunked_job(self, raw_id: str) -> dict[str, Any]:
         job = await self.find_job(raw_id)
         if job["mode"] != "chunks":
-            raise ApiError(409, "this import is an upload; only imports started with a JSON body take chunks",
-                           kind="not-chunked")
+            raise ApiError(
+                409, "this import is an upload; only imports started with a JSON body take chunks", kind="not-chunked"
+            )
         if job["status"] != jobs.RUNNING:
-            raise ApiError(409, f"this import has ended ({job['status']}); start a new one",
-                           kind="import-ended")
+            raise ApiError(409, f"this import has ended ({job['status']}); start a new one", kind="import-ended")
         return job
 
     def answer_report(self, job: dict[str, Any], status: int, tally: Tally | None = None) -> None:
@@ -170,8 +182,9 @@ class StreamedBodyHandler(ImportsApiHandler):
             if self.request.connection is not None:
                 # So Tornado reads no further than this body, and does not answer 400 itself.
                 self.request.connection.set_max_body_size(self._length)
-            raise ApiError(413, f"the body is {self._length} bytes; at most {limit} are accepted",
-                           kind="payload-too-large")
+            raise ApiError(
+                413, f"the body is {self._length} bytes; at most {limit} are accepted", kind="payload-too-large"
+            )
         if self.request.connection is not None:
             self.request.connection.set_max_body_size(limit + BODY_SLACK)
             # Authenticated by now: an upload over a slow link may take this long.
@@ -261,9 +274,12 @@ class ImportsHandler(StreamedBodyHandler):
             self.limit_body(limit)
             self._start_upload()
         else:
-            raise ApiError(415, "send a file as multipart/form-data with the fields channel and file, "
-                                "or a JSON object {channel, source} to start a chunked import",
-                           kind="unsupported-media-type")
+            raise ApiError(
+                415,
+                "send a file as multipart/form-data with the fields channel and file, "
+                "or a JSON object {channel, source} to start a chunked import",
+                kind="unsupported-media-type",
+            )
 
     async def data_received(self, chunk: bytes) -> None:
         if self.discarding(chunk):
@@ -304,14 +320,17 @@ class ImportsHandler(StreamedBodyHandler):
         body = self.json_body()
         unknown = sorted(set(body) - {"channel", "source"})
         if unknown:
-            raise ApiError(400, f"unknown fields: {', '.join(unknown)}", kind="invalid-body",
-                           errors=[field_error(name, "not a field of an import") for name in unknown])
+            raise ApiError(
+                400,
+                f"unknown fields: {', '.join(unknown)}",
+                kind="invalid-body",
+                errors=[field_error(name, "not a field of an import") for name in unknown],
+            )
         channel = channel_ref(body.get("channel"))
         source = body.get("source", "")
         if not isinstance(source, str) or len(source) > jobs.MAX_SOURCE_LENGTH:
             message = f"must be a string of at most {jobs.MAX_SOURCE_LENGTH} characters (the file's name)"
-            raise ApiError(400, f"source {message}", kind="invalid-body",
-                           errors=[field_error("source", message)])
+            raise ApiError(400, f"source {message}", kind="invalid-body", errors=[field_error("source", message)])
         job = await self.database(jobs.create_job, channel, source, "chunks")
         log.info("import %s started for chunks from %r", job["_id"], job["source"])
         self.answer_report(job, 201)
@@ -345,29 +364,46 @@ class ImportsHandler(StreamedBodyHandler):
         try:
             with database_errors():
                 if self.received > limit:
-                    await self._end_early(ApiError(413, f"the upload passed the limit of {limit} bytes",
-                                                   kind="payload-too-large"), "too-large")
+                    await self._end_early(
+                        ApiError(413, f"the upload passed the limit of {limit} bytes", kind="payload-too-large"),
+                        "too-large",
+                    )
                     return
-                if (chunk := self._past_preamble(chunk)) is None:
+                if (part := self._past_preamble(chunk)) is None:
                     return
                 try:
-                    self._form.data_received(chunk)
+                    self._form.data_received(part)
                 except ParseFailedException as exc:
-                    await self._end_early(ApiError(400, f"cannot read the multipart body: {exc}",
-                                                   kind="invalid-multipart"), "interrupted", linger=True)
+                    await self._end_early(
+                        ApiError(400, f"cannot read the multipart body: {exc}", kind="invalid-multipart"),
+                        "interrupted",
+                        linger=True,
+                    )
                     return
                 except UnicodeDecodeError as exc:
                     # The form parser decodes part headers as UTF-8, as RFC 7578 has them.
                     message = f"a part's headers are not UTF-8 text (byte 0x{exc.object[exc.start]:02x})"
-                    await self._end_early(ApiError(400, f"cannot read the multipart body: {message}",
-                                                   kind="invalid-multipart",
-                                                   errors=[field_error("part headers", message)]),
-                                          "interrupted", linger=True)
+                    await self._end_early(
+                        ApiError(
+                            400,
+                            f"cannot read the multipart body: {message}",
+                            kind="invalid-multipart",
+                            errors=[field_error("part headers", message)],
+                        ),
+                        "interrupted",
+                        linger=True,
+                    )
                     return
                 if not self._file_part.started and self.received > MAX_PREAMBLE:
                     message = f"the file part must begin within the first {MAX_PREAMBLE} bytes of the body"
-                    self._refuse(ApiError(400, message + " (send only channel before it)", kind="invalid-multipart",
-                                          errors=[field_error("file", message)]))
+                    self._refuse(
+                        ApiError(
+                            400,
+                            message + " (send only channel before it)",
+                            kind="invalid-multipart",
+                            errors=[field_error("file", message)],
+                        )
+                    )
                     return
                 await self._pump()
         except ApiError as error:  # the database failed: the import cannot go on
@@ -392,8 +428,9 @@ class ImportsHandler(StreamedBodyHandler):
             if len(self._head) < HEAD_BYTES and not self._file_part.ended:
                 return
             try:
-                kind = detect_kind(self._file_part.multipart_filename, self._file_part.multipart_content_type,
-                                   bytes(self._head))
+                kind = detect_kind(
+                    self._file_part.multipart_filename, self._file_part.multipart_content_type, bytes(self._head)
+                )
             except UnsupportedFileType as exc:
                 self._refuse(ApiError(415, str(exc), kind="unsupported-file-type"))
                 return
@@ -420,19 +457,29 @@ class ImportsHandler(StreamedBodyHandler):
         if start < 0:
             if len(data) > MAX_PREAMBLE:
                 message = f"no part begins within the first {MAX_PREAMBLE} bytes of the body"
-                self._refuse(ApiError(400, f"cannot read the multipart body: {message}", kind="invalid-multipart",
-                                      errors=[field_error("file", message)]))
+                self._refuse(
+                    ApiError(
+                        400,
+                        f"cannot read the multipart body: {message}",
+                        kind="invalid-multipart",
+                        errors=[field_error("file", message)],
+                    )
+                )
                 return None
             # Keep only what may still hold the start of the boundary line.
             return None
         self._preamble = None
-        return data[start + 2:] if start else data
+        return data[start + 2 :] if start else data
 
     async def _save_batch(self, batch: Tally) -> None:
         if self._job is None:
             self._job = await self.database(
-                jobs.create_job, self._channel or "", self._file_part.multipart_filename or "", "upload",
-                self._kind, self._started_at,
+                jobs.create_job,
+                self._channel or "",
+                self._file_part.multipart_filename or "",
+                "upload",
+                self._kind,
+                self._started_at,
             )
             log.info("import %s started for upload %r", self._job["_id"], self._job["source"])
         await self.database(jobs.save_batch, self._job["_id"], self._batches, batch)
@@ -446,8 +493,12 @@ class ImportsHandler(StreamedBodyHandler):
         if not self._file_part.started:
             missing = ["channel"] if not self._channel_part.received else []
             missing.append("file")
-            raise ApiError(400, f"the form lacks the field(s) {', '.join(missing)}", kind="missing-field",
-                           errors=[field_error(name, "required") for name in missing])
+            raise ApiError(
+                400,
+                f"the form lacks the field(s) {', '.join(missing)}",
+                kind="missing-field",
+                errors=[field_error(name, "required") for name in missing],
+            )
         assert self._feed is not None
         await self._feed.close()
         if self._job is None and (self._feed.failure is not None or not self._file_part.size):
@@ -462,11 +513,14 @@ class ImportsHandler(StreamedBodyHandler):
     def _refuse_unreadable_file(self) -> None:
         failure = self._feed.failure if self._feed else None
         if not self._file_part.size or failure is None:
-            raise ApiError(422, "the file is empty", kind="empty-file",
-                           errors=[field_error("file", "empty")])
+            raise ApiError(422, "the file is empty", kind="empty-file", errors=[field_error("file", "empty")])
         where = {"offset": failure.offset, "line": failure.line}
-        raise ApiError(422, f"the file cannot be imported: {failure.message}; nothing was imported",
-                       kind="invalid-file", errors=[{**field_error("file", failure.message), **where}])
+        raise ApiError(
+            422,
+            f"the file cannot be imported: {failure.message}; nothing was imported",
+            kind="invalid-file",
+            errors=[{**field_error("file", failure.message), **where}],
+        )
 
     async def _end_import(self, failure: dict[str, Any] | None) -> dict[str, Any] | None:
         """Write what was read, end the import with its report and announcement; None if none began.
@@ -505,17 +559,27 @@ class ImportsHandler(StreamedBodyHandler):
             if self._done or self._finished:
                 return
             with contextlib.suppress(ApiError):
-                await self._end_early(ApiError(503, "the server is shutting down; send the file again "
-                                                    "(what is imported already stays unchanged)",
-                                               kind="unavailable", headers={"Retry-After": "5"}), "shutdown")
+                await self._end_early(
+                    ApiError(
+                        503,
+                        "the server is shutting down; send the file again (what is imported already stays unchanged)",
+                        kind="unavailable",
+                        headers={"Retry-After": "5"},
+                    ),
+                    "shutdown",
+                )
 
     async def _abandon(self) -> None:
         """The client went away mid-upload: end its import as failed."""
         async with self._lock:
             if not self._done:
-                await self._end_import(self._stopped_at(
-                    "interrupted", "the client closed the connection before the upload ended, after "
-                                   f"{self._file_part.size} bytes of the file"))
+                await self._end_import(
+                    self._stopped_at(
+                        "interrupted",
+                        "the client closed the connection before the upload ended, after "
+                        f"{self._file_part.size} bytes of the file",
+                    )
+                )
 
 
 def _boundary(content_type: str) -> bytes:
@@ -561,12 +625,19 @@ class ImportChunkHandler(StreamedBodyHandler):
         if self._stored is None and seq > job.get("next_chunk", 0):
             job["next_chunk"] = await self.database(jobs.repair_next_chunk, job["_id"])
         if self._stored is None and seq > job.get("next_chunk", 0):
-            raise ApiError(409, f"chunk {job.get('next_chunk', 0)} comes next: chunks are applied in order",
-                           kind="chunk-out-of-order")
+            raise ApiError(
+                409,
+                f"chunk {job.get('next_chunk', 0)} comes next: chunks are applied in order",
+                kind="chunk-out-of-order",
+            )
         if self._stored is None:
             if seq >= config.import_max_chunks:
-                raise ApiError(413, f"an import takes at most {config.import_max_chunks} chunks; "
-                                    "complete this one and start another for the rest", kind="too-many-chunks")
+                raise ApiError(
+                    413,
+                    f"an import takes at most {config.import_max_chunks} chunks; "
+                    "complete this one and start another for the rest",
+                    kind="too-many-chunks",
+                )
             self._bytes_left = config.import_max_chunked_bytes - job.get("bytes_received", 0)
             if self._length is not None and self._length > self._bytes_left:
                 raise self._too_many_bytes()
@@ -575,8 +646,12 @@ class ImportChunkHandler(StreamedBodyHandler):
 
     def _too_many_bytes(self) -> ApiError:
         limit = self.settings["config"].import_max_chunked_bytes
-        return ApiError(413, f"the chunks of one import may hold at most {limit} bytes in all; complete this "
-                             "import and start another for the rest", kind="payload-too-large")
+        return ApiError(
+            413,
+            f"the chunks of one import may hold at most {limit} bytes in all; complete this "
+            "import and start another for the rest",
+            kind="payload-too-large",
+        )
 
     async def data_received(self, chunk: bytes) -> None:
         if self.discarding(chunk) or self._feed is None:  # a chunk stored before is not read again
@@ -597,15 +672,15 @@ class ImportChunkHandler(StreamedBodyHandler):
             # The first try may have died between its batch record and advancing the
             # job: advance now, or the next chunk would be refused for good.
             await self.database(jobs.advance_chunks, self._job["_id"], self._seq + 1)
-            self.write_json(_chunk_report(self._seq, Tally.of(self._stored["counts"], self._stored["errors"]),
-                                          repeated=True))
+            self.write_json(
+                _chunk_report(self._seq, Tally.of(self._stored["counts"], self._stored["errors"]), repeated=True)
+            )
             return
         assert self._feed is not None
         with database_errors():
             await self._feed.close()
         if self._feed.failure is not None:
-            raise ApiError(400, f"chunk {self._seq} cannot be read: {self._feed.failure.message}",
-                           kind="invalid-chunk")
+            raise ApiError(400, f"chunk {self._seq} cannot be read: {self._feed.failure.message}", kind="invalid-chunk")
         tally = self._feed.total
         first = await self.database(jobs.save_batch, self._job["_id"], self._seq, tally)
         failpoint("import.chunk.after_batch_record")
@@ -625,12 +700,20 @@ class ImportCompletionHandler(ImportsApiHandler):
         body = self.json_body()
         unknown = sorted(set(body) - {"chunks", "failure"})
         if unknown:
-            raise ApiError(400, f"unknown fields: {', '.join(unknown)}", kind="invalid-body",
-                           errors=[field_error(name, "not a field of a completion") for name in unknown])
+            raise ApiError(
+                400,
+                f"unknown fields: {', '.join(unknown)}",
+                kind="invalid-body",
+                errors=[field_error(name, "not a field of a completion") for name in unknown],
+            )
         chunks = whole_number(body.get("chunks"), minimum=0)
         if chunks is None or chunks > MAX_CHUNK_SEQ + 1:
-            raise ApiError(400, "chunks must be the number of chunks sent", kind="invalid-body",
-                           errors=[field_error("chunks", f"a whole number from 0 to {MAX_CHUNK_SEQ + 1} is required")])
+            raise ApiError(
+                400,
+                "chunks must be the number of chunks sent",
+                kind="invalid-body",
+                errors=[field_error("chunks", f"a whole number from 0 to {MAX_CHUNK_SEQ + 1} is required")],
+            )
         failure = _client_failure(body.get("failure"))
         job = await self.find_job(import_id)
         if job["mode"] != "chunks":
@@ -640,8 +723,12 @@ class ImportCompletionHandler(ImportsApiHandler):
             return
         tally, stored = await self.database(jobs.batch_totals, job["_id"])
         if stored != chunks:
-            raise ApiError(409, f"the import holds {stored} chunks but {chunks} were sent; send chunks "
-                                f"{stored} to {chunks - 1} before completing", kind="chunks-missing")
+            raise ApiError(
+                409,
+                f"the import holds {stored} chunks but {chunks} were sent; send chunks "
+                f"{stored} to {chunks - 1} before completing",
+                kind="chunks-missing",
+            )
         with database_errors():
             job = await self.imports.finish(job["_id"], tally, failure)
         self.answer_report(job, 200)
@@ -651,14 +738,27 @@ def _client_failure(raw: object) -> dict[str, Any] | None:
     """Where the CLI found the file broken (it parses the file in chunked imports)."""
     if raw is None:
         return None
-    where = {name: None if not isinstance(raw, dict) or raw.get(name) is None else whole_number(raw[name], 0)
-             for name in ("offset", "line")}
-    if not isinstance(raw, dict) or not isinstance(raw.get("message"), str) or not set(raw) <= {
-        "message", "offset", "line"
-    } or any(where[name] is None and raw.get(name) is not None for name in where):
-        raise ApiError(400, "failure must be {message, offset, line}", kind="invalid-body",
-                       errors=[field_error("failure", "expected {message: string, offset, line}, whole numbers "
-                                                      f"from 0 to {MAX_WHOLE} or null")])
+    where = {
+        name: None if not isinstance(raw, dict) or raw.get(name) is None else whole_number(raw[name], 0)
+        for name in ("offset", "line")
+    }
+    if (
+        not isinstance(raw, dict)
+        or not isinstance(raw.get("message"), str)
+        or not set(raw) <= {"message", "offset", "line"}
+        or any(where[name] is None and raw.get(name) is not None for name in where)
+    ):
+        raise ApiError(
+            400,
+            "failure must be {message, offset, line}",
+            kind="invalid-body",
+            errors=[
+                field_error(
+                    "failure",
+                    f"expected {{message: string, offset, line}}, whole numbers from 0 to {MAX_WHOLE} or null",
+                )
+            ],
+        )
     return {"reason": "invalid-file", "message": raw["message"][:500], **where}
 
 

@@ -50,11 +50,19 @@ def log_request(handler: RequestHandler) -> None:
     seconds = request.request_time()
     # Unknown verbs are answered 405 by Tornado; they must not mint new label values.
     method = request.method if request.method in RequestHandler.SUPPORTED_METHODS else "OTHER"
-    HTTP_REQUEST_DURATION.labels(method=method, route=route_name(handler.application, handler),
-                                 status=str(status)).observe(seconds)
+    HTTP_REQUEST_DURATION.labels(
+        method=method, route=route_name(handler.application, handler), status=str(status)
+    ).observe(seconds)
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
-    access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, logged_uri(request.uri or ""),
-                   request.remote_ip, 1000.0 * seconds)
+    access_log.log(
+        level,
+        "%d %s %s (%s) %.2fms",
+        status,
+        request.method,
+        logged_uri(request.uri or ""),
+        request.remote_ip,
+        1000.0 * seconds,
+    )
 
 
 # Query parameters whose values are personal data: `q` holds contact names.

@@ -109,10 +109,12 @@ class ParameterProblems:
             self.add("q", f"must be at most {MAX_QUERY_LENGTH} characters, got {len(raw)}")
             return ()
         for position, char in enumerate(raw):
-            if not (char.isalnum() or char in _QUERY_PUNCTUATION
-                    or unicodedata.category(char).startswith("M")):
-                self.add("q", "may hold only letters, digits, spaces, apostrophes and hyphens; "
-                              f"found {char!r} at position {position}")
+            if not (char.isalnum() or char in _QUERY_PUNCTUATION or unicodedata.category(char).startswith("M")):
+                self.add(
+                    "q",
+                    "may hold only letters, digits, spaces, apostrophes and hyphens; "
+                    f"found {char!r} at position {position}",
+                )
                 return ()
         words = names.query_keys(raw)
         if not words:
@@ -142,8 +144,10 @@ class ParameterProblems:
             since.astimezone(dt.UTC)
             return since
         except (ValueError, OverflowError):
-            self.add("active_since", "must be an RFC 3339 date-time with a zone, such as "
-                                     f"2024-05-01T12:00:00Z, got {raw[:40]!r}")
+            self.add(
+                "active_since",
+                f"must be an RFC 3339 date-time with a zone, such as 2024-05-01T12:00:00Z, got {raw[:40]!r}",
+            )
             return None
 
     def resume(self, listing: str, read: Callable[[dict[str, Any]], T]) -> T | None:
@@ -177,8 +181,7 @@ class SessionsApiHandler(ApiHandler):
     async def database(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         config = self.settings["config"]
         with database_errors():
-            return await self.settings["services"].db.run_bounded(config.query_max_time_ms / 1000, fn,
-                                                                  *args, **kwargs)
+            return await self.settings["services"].db.run_bounded(config.query_max_time_ms / 1000, fn, *args, **kwargs)
 
     async def promise(self, message: OutboundMessage) -> None:
         with database_errors():
@@ -203,14 +206,15 @@ class SessionsHandler(SessionsApiHandler):
         """Open sessions, most recent activity first, optionally searched and filtered."""
         params = ParameterProblems(self)
         limit = params.limit()
-        criteria = sessions.SessionFilter(words=params.search_words(), platform=params.platform(),
-                                          active_since=params.active_since())
+        criteria = sessions.SessionFilter(
+            words=params.search_words(), platform=params.platform(), active_since=params.active_since()
+        )
         resume = params.resume(criteria.listing(), sessions.SessionsResume.from_position)
         params.check()
-        page = await self.database(sessions.list_sessions, criteria, limit, resume,
-                                   max_examined=self.settings["config"].search_max_examined)
-        cursor = (self.cursors.encode(criteria.listing(), page.resume.to_position())
-                  if page.resume else None)
+        page = await self.database(
+            sessions.list_sessions, criteria, limit, resume, max_examined=self.settings["config"].search_max_examined
+        )
+        cursor = self.cursors.encode(criteria.listing(), page.resume.to_position()) if page.resume else None
         self.write_json({"items": [session_resource(doc) for doc in page.sessions], "next_cursor": cursor})
 
 
@@ -231,10 +235,15 @@ class SessionHandler(SessionsApiHandler):
         session = await self.open_session(session_id)
         chat = session.get("chat_id")
         if chat:
-            await self.promise(OutboundMessage(
-                key=f"goodbye:{session['_id']}", chat_id=chat, text=self.settings["config"].goodbye_text,
-                kind="goodbye", meta={"session_id": str(session["_id"])},
-            ))
+            await self.promise(
+                OutboundMessage(
+                    key=f"goodbye:{session['_id']}",
+                    chat_id=chat,
+                    text=self.settings["config"].goodbye_text,
+                    kind="goodbye",
+                    meta={"session_id": str(session["_id"])},
+                )
+            )
         else:
             log.info("session %s finished without a goodbye: no chat is known for it", session["_id"])
         await self.database(sessions.finish, session["_id"])
@@ -255,8 +264,7 @@ class SessionMessagesHandler(SessionsApiHandler):
             return
         length = self.request.headers.get("Content-Length")
         if length is not None and (not length.isdigit() or int(length) > MAX_REPLY_BODY):
-            raise ApiError(413, f"an agent reply body is at most {MAX_REPLY_BODY} bytes",
-                           kind="payload-too-large")
+            raise ApiError(413, f"an agent reply body is at most {MAX_REPLY_BODY} bytes", kind="payload-too-large")
         if self.request.connection is not None:  # chunked bodies are cut off at the limit too
             self.request.connection.set_max_body_size(MAX_REPLY_BODY)
 
@@ -269,10 +277,18 @@ class SessionMessagesHandler(SessionsApiHandler):
         if raw is None:
             return None
         if not 1 <= len(raw) <= MAX_IDEMPOTENCY_KEY or not raw.isascii() or not raw.isprintable():
-            raise ApiError(400, f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII "
-                                "characters", kind="invalid-header",
-                           errors=[{"field": IDEMPOTENCY_HEADER, "in": "header",
-                                    "message": f"1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"}])
+            raise ApiError(
+                400,
+                f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
+                kind="invalid-header",
+                errors=[
+                    {
+                        "field": IDEMPOTENCY_HEADER,
+                        "in": "header",
+                        "message": f"1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
+                    }
+                ],
+            )
         return raw
 
     async def get(self, session_id: str) -> None:
@@ -294,24 +310,35 @@ class SessionMessagesHandler(SessionsApiHandler):
         session = await self.open_session(session_id)
         chat = session.get("chat_id")
         if not chat:
-            raise ApiError(409, "this session has no chat to deliver to (it was imported, not started "
-                                "by the contact)", kind="no-chat")
+            raise ApiError(
+                409,
+                "this session has no chat to deliver to (it was imported, not started by the contact)",
+                kind="no-chat",
+            )
         idempotency_key = self.idempotency_key()
         try:
             message = await self.database(sessions.add_agent_reply, session, text, idempotency_key)
         except sessions.IdempotencyKeyReused:
-            raise ApiError(422, "this Idempotency-Key was used before with another reply; use a new key "
-                                "for a new reply", kind="idempotency-key-reused",
-                           errors=[{"field": IDEMPOTENCY_HEADER, "in": "header",
-                                    "message": "was sent before with a different body"}]) from None
+            raise ApiError(
+                422,
+                "this Idempotency-Key was used before with another reply; use a new key for a new reply",
+                kind="idempotency-key-reused",
+                errors=[
+                    {"field": IDEMPOTENCY_HEADER, "in": "header", "message": "was sent before with a different body"}
+                ],
+            ) from None
         if message is None:
             raise ApiError(404, f"session {session_id} was finished meanwhile", kind="session-not-found")
-        await self.promise(OutboundMessage(
-            key=f"agent:{message['_id']}", chat_id=chat, text=text, kind="agent",
-            meta={"session_id": str(session["_id"]), "message_id": str(message["_id"])},
-        ))
-        self.set_header("Location", self.reverse_url("session_message", str(session["_id"]),
-                                                     str(message["_id"])))
+        await self.promise(
+            OutboundMessage(
+                key=f"agent:{message['_id']}",
+                chat_id=chat,
+                text=text,
+                kind="agent",
+                meta={"session_id": str(session["_id"]), "message_id": str(message["_id"])},
+            )
+        )
+        self.set_header("Location", self.reverse_url("session_message", str(session["_id"]), str(message["_id"])))
         self.write_json(message_resource(message), status=201)
 
 
@@ -320,8 +347,9 @@ MAX_IDEMPOTENCY_KEY = 200
 
 
 def agent_text(body: dict[str, Any]) -> str:
-    errors = [{"field": name, "in": "body", "message": "is not a field of an agent reply"}
-              for name in body if name != "text"]
+    errors = [
+        {"field": name, "in": "body", "message": "is not a field of an agent reply"} for name in body if name != "text"
+    ]
     text = body.get("text")
     if text is None:
         errors.append({"field": "text", "in": "body", "message": "is required"})
@@ -330,8 +358,13 @@ def agent_text(body: dict[str, Any]) -> str:
     elif not text.strip():
         errors.append({"field": "text", "in": "body", "message": "must not be empty or only spaces"})
     elif len(text) > MAX_TEXT_LENGTH:
-        errors.append({"field": "text", "in": "body", "message":
-                       f"must be at most {MAX_TEXT_LENGTH} characters (Telegram's limit), got {len(text)}"})
+        errors.append(
+            {
+                "field": "text",
+                "in": "body",
+                "message": f"must be at most {MAX_TEXT_LENGTH} characters (Telegram's limit), got {len(text)}",
+            }
+        )
     if errors:
         detail = "; ".join(f"{error['field']} {error['message']}" for error in errors)
         raise ApiError(400, detail, kind="invalid-body", errors=errors)
@@ -347,8 +380,9 @@ class SessionMessageHandler(SessionsApiHandler):
         wanted = _object_id(message_id)
         message = None if wanted is None else await self.database(sessions.find_message, session["_id"], wanted)
         if message is None:
-            raise ApiError(404, f"session {session_id} has no message with id {message_id[:40]!r}",
-                           kind="message-not-found")
+            raise ApiError(
+                404, f"session {session_id} has no message with id {message_id[:40]!r}", kind="message-not-found"
+            )
         self.write_json(message_resource(message))
 
 

@@ -61,13 +61,20 @@ class ChunkParser:
         number, line = whole_number(body.get("record")), body.get("line")
         line = None if line is None else whole_number(line) or False
         data, problem = body.get("data"), body.get("problem")
-        if envelope.problem is not None or not number or line is False or not set(body) <= _ENVELOPE_KEYS or not (
-            isinstance(data, dict) != isinstance(problem, str)
+        if (
+            envelope.problem is not None
+            or not number
+            or line is False
+            or not set(body) <= _ENVELOPE_KEYS
+            or not (isinstance(data, dict) != isinstance(problem, str))
         ):
             # Only a client that does not speak the protocol sends this: refuse the chunk.
-            raise FileFormatError(f"line {envelope.line} of the chunk is not a record envelope "
-                                  "({record, line, data} or {record, line, problem}, nothing else)",
-                                  envelope.offset, envelope.line)
+            raise FileFormatError(
+                f"line {envelope.line} of the chunk is not a record envelope "
+                "({record, line, data} or {record, line, problem}, nothing else)",
+                envelope.offset,
+                envelope.line,
+            )
         if problem is not None:
             return ParsedRecord(number, line, None, {}, RecordError(number, line, None, "", problem))
         assert isinstance(data, dict)  # the envelope check above: no problem means data is an object

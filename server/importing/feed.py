@@ -63,8 +63,13 @@ class Tally:
 
 def error_entry(problem: RecordError) -> dict[str, Any]:
     """One error as the report shows it: where (record, line, byte offset), which field, what."""
-    return {"record": problem.record, "line": problem.line, "offset": problem.offset,
-            "field": problem.field or None, "message": problem.message}
+    return {
+        "record": problem.record,
+        "line": problem.line,
+        "offset": problem.offset,
+        "field": problem.field or None,
+        "message": problem.message,
+    }
 
 
 class RecordFeed:
@@ -82,8 +87,13 @@ class RecordFeed:
     only then.
     """
 
-    def __init__(self, db: Database, parser: SessionParser,
-                 on_batch: Callable[[Tally], Awaitable[None]] | None = None, origin: str | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        parser: SessionParser,
+        on_batch: Callable[[Tally], Awaitable[None]] | None = None,
+        origin: str | None = None,
+    ) -> None:
         self._db = db
         self._origin = origin
         self._parser = parser

@@ -51,13 +51,24 @@ FAILURE_REASONS = {
 }
 
 
-def create_job(channel: str, source: str, mode: str, file_format: str | None = None,
-               started_at: dt.datetime | None = None) -> dict[str, Any]:
+def create_job(
+    channel: str, source: str, mode: str, file_format: str | None = None, started_at: dt.datetime | None = None
+) -> dict[str, Any]:
     now = _stored_time(utcnow())
-    job = {"_id": ObjectId(), "channel": channel, "source": clean_source(source), "mode": mode,
-           "file_format": file_format, "status": RUNNING, "created_at": _stored_time(started_at or now),
-           "last_activity_at": now, "bytes_received": 0, "next_chunk": 0, "counts": Tally().counts(),
-           "errors": []}
+    job = {
+        "_id": ObjectId(),
+        "channel": channel,
+        "source": clean_source(source),
+        "mode": mode,
+        "file_format": file_format,
+        "status": RUNNING,
+        "created_at": _stored_time(started_at or now),
+        "last_activity_at": now,
+        "bytes_received": 0,
+        "next_chunk": 0,
+        "counts": Tally().counts(),
+        "errors": [],
+    }
     ImportJob._get_collection().insert_one(job)
     return job
 
@@ -68,8 +79,10 @@ def clean_source(source: str) -> str:
     It is shown in the report and in the channel's announcement, where a
     crafted name could otherwise forge lines or reorder the text.
     """
-    kept = "".join(" " if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") else char
-                   for char in source[: MAX_SOURCE_LENGTH * 4])
+    kept = "".join(
+        " " if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") else char
+        for char in source[: MAX_SOURCE_LENGTH * 4]
+    )
     return " ".join(kept.split())[:MAX_SOURCE_LENGTH]
 
 
@@ -92,13 +105,24 @@ def reap_job(job: dict[str, Any], idle_seconds: float) -> dict[str, Any] | None:
     tally, _ = batch_totals(job["_id"])
     idle_since = job.get("last_activity_at") or job["created_at"]
     minutes = max(1, round(idle_seconds / 60))
-    failure = {"reason": "abandoned", "offset": job.get("bytes_received") or None, "line": None,
-               "message": f"no data arrived for {minutes} minute(s): the import was abandoned "
-                          "(the client went away or the server that took it stopped)"}
-    fields = {"status": FAILED, "finished_at": _stored_time(utcnow()), "counts": tally.counts(),
-              "errors": tally.errors[:MAX_REPORTED_ERRORS], "failure": failure, "announce_pending": True}
+    failure = {
+        "reason": "abandoned",
+        "offset": job.get("bytes_received") or None,
+        "line": None,
+        "message": f"no data arrived for {minutes} minute(s): the import was abandoned "
+        "(the client went away or the server that took it stopped)",
+    }
+    fields = {
+        "status": FAILED,
+        "finished_at": _stored_time(utcnow()),
+        "counts": tally.counts(),
+        "errors": tally.errors[:MAX_REPORTED_ERRORS],
+        "failure": failure,
+        "announce_pending": True,
+    }
     claimed = ImportJob._get_collection().update_one(
-        {"_id": job["_id"], "status": RUNNING, "last_activity_at": idle_since}, {"$set": fields})
+        {"_id": job["_id"], "status": RUNNING, "last_activity_at": idle_since}, {"$set": fields}
+    )
     return {**job, **fields} if claimed.modified_count == 1 else None
 
 
@@ -107,10 +131,17 @@ def idle_jobs(idle_seconds: float) -> list[dict[str, Any]]:
     cutoff = _stored_time(utcnow() - dt.timedelta(seconds=idle_seconds))
     collection = ImportJob._get_collection()
     # Jobs from before last_activity_at existed are judged by their start.
-    idle = list(collection.find({"status": RUNNING, "$or": [
-        {"last_activity_at": {"$lt": cutoff}},
-        {"last_activity_at": None, "created_at": {"$lt": cutoff}},
-    ]}).limit(REAP_BATCH))
+    idle = list(
+        collection.find(
+            {
+                "status": RUNNING,
+                "$or": [
+                    {"last_activity_at": {"$lt": cutoff}},
+                    {"last_activity_at": None, "created_at": {"$lt": cutoff}},
+                ],
+            }
+        ).limit(REAP_BATCH)
+    )
     return idle + list(collection.find({"announce_pending": True, "status": FAILED}).limit(REAP_BATCH))
 
 
@@ -125,10 +156,15 @@ def find_job(job_id: ObjectId) -> dict[str, Any] | None:
 def save_batch(job_id: ObjectId, seq: int, tally: Tally) -> bool:
     """Record a written batch; False when this sequence number was recorded before."""
     try:
-        ImportBatch._get_collection().insert_one({
-            "job_id": job_id, "seq": seq, "counts": tally.counts(), "errors": tally.errors,
-            "created_at": utcnow(),
-        })
+        ImportBatch._get_collection().insert_one(
+            {
+                "job_id": job_id,
+                "seq": seq,
+                "counts": tally.counts(),
+                "errors": tally.errors,
+                "created_at": utcnow(),
+            }
+        )
     except DuplicateKeyError:
         return False
     touch_job(job_id)
@@ -140,8 +176,7 @@ def find_batch(job_id: ObjectId, seq: int) -> dict[str, Any] | None:
 
 
 def advance_chunks(job_id: ObjectId, next_chunk: int, received: int = 0) -> None:
-    update: dict[str, Any] = {"$max": {"next_chunk": next_chunk},
-                              "$set": {"last_activity_at": _stored_time(utcnow())}}
+    update: dict[str, Any] = {"$max": {"next_chunk": next_chunk}, "$set": {"last_activity_at": _stored_time(utcnow())}}
     if received:
         update["$inc"] = {"bytes_received": received}
     ImportJob._get_collection().update_one({"_id": job_id}, update)
@@ -155,7 +190,8 @@ def repair_next_chunk(job_id: ObjectId) -> int:
     truth, so the job is brought up to them.
     """
     last = ImportBatch._get_collection().find_one(
-        {"job_id": job_id}, {"seq": 1, "_id": 0}, sort=[("seq", -1)], hint="job_batch")
+        {"job_id": job_id}, {"seq": 1, "_id": 0}, sort=[("seq", -1)], hint="job_batch"
+    )
     if last is not None:
         advance_chunks(job_id, last["seq"] + 1)
     job = ImportJob._get_collection().find_one({"_id": job_id}, {"next_chunk": 1})
@@ -165,20 +201,28 @@ def repair_next_chunk(job_id: ObjectId) -> int:
 def batch_totals(job_id: ObjectId) -> tuple[Tally, int]:
     """The sum of the job's batches, and how many there are."""
     total, batches = Tally(), 0
-    cursor = ImportBatch._get_collection().find(
-        {"job_id": job_id}, {"counts": 1, "errors": 1, "_id": 0}
-    ).sort("seq", ASCENDING).hint("job_batch")
+    cursor = (
+        ImportBatch._get_collection()
+        .find({"job_id": job_id}, {"counts": 1, "errors": 1, "_id": 0})
+        .sort("seq", ASCENDING)
+        .hint("job_batch")
+    )
     for batch in cursor:
         total.add(Tally.of(batch["counts"], batch.get("errors") or []))
         batches += 1
     return total, batches
 
 
-def finish_job(job_id: ObjectId, tally: Tally, failure: dict[str, Any] | None,
-               bytes_received: int | None = None) -> tuple[dict[str, Any], bool]:
+def finish_job(
+    job_id: ObjectId, tally: Tally, failure: dict[str, Any] | None, bytes_received: int | None = None
+) -> tuple[dict[str, Any], bool]:
     """End the job with these totals; the job, and True if this call ended it."""
-    fields: dict[str, Any] = {"status": FAILED if failure else SUCCEEDED, "finished_at": _stored_time(utcnow()),
-                              "counts": tally.counts(), "errors": tally.errors[:MAX_REPORTED_ERRORS]}
+    fields: dict[str, Any] = {
+        "status": FAILED if failure else SUCCEEDED,
+        "finished_at": _stored_time(utcnow()),
+        "counts": tally.counts(),
+        "errors": tally.errors[:MAX_REPORTED_ERRORS],
+    }
     if failure:
         fields["failure"] = failure
     if bytes_received is not None:
@@ -293,18 +337,24 @@ class Imports:
         self._stops: dict[object, Callable[[], Awaitable[None]]] = {}
         self._endings: set[asyncio.Task] = set()
 
-    async def finish(self, job_id: ObjectId, tally: Tally, failure: dict[str, Any] | None = None,
-                     bytes_received: int | None = None) -> dict[str, Any]:
+    async def finish(
+        self, job_id: ObjectId, tally: Tally, failure: dict[str, Any] | None = None, bytes_received: int | None = None
+    ) -> dict[str, Any]:
         """End the job, store its totals and announce it (once, however often called)."""
         job, ended_now = await self.db.run(finish_job, job_id, tally, failure, bytes_received)
         if ended_now:
             log.info("import %s %s: %s", job_id, job["status"], tally.counts())
         # Promised even when the job had ended before: a crash may have come
         # between the two; the key makes a repeat a no-op.
-        await self._outbound.promise(OutboundMessage(
-            key=f"import:{job_id}", chat_id=job["channel"], text=announcement(job), kind="announcement",
-            meta={"import_id": str(job_id)},
-        ))
+        await self._outbound.promise(
+            OutboundMessage(
+                key=f"import:{job_id}",
+                chat_id=job["channel"],
+                text=announcement(job),
+                kind="announcement",
+                meta={"import_id": str(job_id)},
+            )
+        )
         events.publish_soon(self._outbound.js, events.import_finished(job), str(job_id))
         return job
 
@@ -313,15 +363,21 @@ class Imports:
         ended = 0
         for job in await self.db.run(idle_jobs, idle_seconds):
             if job["status"] == RUNNING:
-                job = await self.db.run(reap_job, job, idle_seconds)
-                if job is None:
+                reaped = await self.db.run(reap_job, job, idle_seconds)
+                if reaped is None:
                     continue  # another replica took it, or it moved meanwhile
+                job = reaped
                 ended += 1
                 log.warning("import %s failed: no progress for %.0f s", job["_id"], idle_seconds)
-            await self._outbound.promise(OutboundMessage(
-                key=f"import:{job['_id']}", chat_id=job["channel"], text=announcement(job), kind="announcement",
-                meta={"import_id": str(job["_id"])},
-            ))
+            await self._outbound.promise(
+                OutboundMessage(
+                    key=f"import:{job['_id']}",
+                    chat_id=job["channel"],
+                    text=announcement(job),
+                    kind="announcement",
+                    meta={"import_id": str(job["_id"])},
+                )
+            )
             await self.db.run(announced, job["_id"])
         return ended
 

@@ -361,8 +361,10 @@ class _JsonArrayParser(_StreamParser):
                 self._depth += 1
                 if self._depth - 1 > limits.depth:
                     number = self._numbers.count + 1
-                    raise FileFormatError(f"record {number} nests deeper than {limits.depth} levels "
-                                          f"near byte {window_offset}", window_offset)
+                    raise FileFormatError(
+                        f"record {number} nests deeper than {limits.depth} levels near byte {window_offset}",
+                        window_offset,
+                    )
             elif closing:
                 self._depth -= 1
             if self._depth == 0:
@@ -382,8 +384,9 @@ class _JsonArrayParser(_StreamParser):
     def _oversized(self, what: str) -> ParsedRecord:
         """Reject the current item now and drop the rest of it as it streams by."""
         self._skipping, self._builder = True, None
-        return self._numbers.unreadable(None, self._item_start,
-                                        f"the record starting near byte {self._item_start} {what}; it was skipped")
+        return self._numbers.unreadable(
+            None, self._item_start, f"the record starting near byte {self._item_start} {what}; it was skipped"
+        )
 
     def _check_token(self, window_offset: int) -> None:
         """A single value (a string, a number) that yajl holds whole may not pass the record limit."""
@@ -391,7 +394,9 @@ class _JsonArrayParser(_StreamParser):
             number = self._numbers.count + (0 if self._skipping else 1)
             raise FileFormatError(
                 f"a single JSON value longer than {self._limits.bytes} bytes starts after byte {self._last_event} "
-                f"(record {number}); the file cannot be read past it", self._last_event)
+                f"(record {number}); the file cannot be read past it",
+                self._last_event,
+            )
 
 
 def _windows(data: bytes, offset: int) -> Iterator[tuple[int, bytes]]:
@@ -697,7 +702,8 @@ class _MessageRows(_CsvLayout):
         # A record is cut at the limits of a JSON item (messages, bytes), so a
         # contact with a huge history takes no more memory than any record.
         if self._session is not None and (
-            contact != self._contact or len(self._session["messages"]) >= self._limits.messages
+            contact != self._contact
+            or len(self._session["messages"]) >= self._limits.messages
             or self._bytes + size > self._limits.bytes
         ):
             records = self.finish()

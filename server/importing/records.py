@@ -365,5 +365,13 @@ def _utc(moment: datetime) -> datetime:
     except OverflowError:
         raise _Invalid(f"out of range once converted to UTC: {moment.isoformat()}") from None
     # A plain datetime even for a pandas Timestamp, whose nanoseconds BSON cannot hold.
-    return datetime(moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second,
-                    moment.microsecond // 1000 * 1000, tzinfo=UTC)
+    return datetime(
+        moment.year,
+        moment.month,
+        moment.day,
+        moment.hour,
+        moment.minute,
+        moment.second,
+        moment.microsecond // 1000 * 1000,
+        tzinfo=UTC,
+    )

@@ -154,8 +154,9 @@ def _new_documents(groups: list[_ContactRecords], now: dt.datetime) -> tuple[lis
     return sessions, messages
 
 
-def _create_sessions(groups: list[_ContactRecords], now: dt.datetime, outcomes: list[str],
-                     origin: str | None = None) -> list[_ContactRecords]:
+def _create_sessions(
+    groups: list[_ContactRecords], now: dt.datetime, outcomes: list[str], origin: str | None = None
+) -> list[_ContactRecords]:
     """Open a session per contact with its messages; return the groups that lost a race."""
     if not groups:
         return []
@@ -191,14 +192,17 @@ def _uncount_duplicates(messages: list[dict], created: set[ObjectId], inserted: 
             skipped[doc["session_id"]] = skipped.get(doc["session_id"], 0) + 1
     if skipped:
         Session._get_collection().bulk_write(
-            [UpdateOne({"_id": session_id}, {"$inc": {"message_count": -count}})
-             for session_id, count in skipped.items()],
+            [
+                UpdateOne({"_id": session_id}, {"$inc": {"message_count": -count}})
+                for session_id, count in skipped.items()
+            ],
             ordered=False,
         )
 
 
-def _merge_into_existing(groups: list[_ContactRecords], existing: dict[Contact, dict], outcomes: list[str],
-                         origin: str | None = None) -> None:
+def _merge_into_existing(
+    groups: list[_ContactRecords], existing: dict[Contact, dict], outcomes: list[str], origin: str | None = None
+) -> None:
     if not groups:
         return
     stored = _stored_keys(key for group in groups for key in group.messages)
@@ -217,8 +221,13 @@ def _merge_into_existing(groups: list[_ContactRecords], existing: dict[Contact, 
         if origin is not None and session.get("import_origin") == origin:
             _judge_records(group, outcomes, opened=True)  # this batch's first try opened it
         else:
-            _judge_records(group, outcomes, stored=stored, name=session.get("contact_name") if imported else None,
-                           adds_source="source_id" in change.fields)
+            _judge_records(
+                group,
+                outcomes,
+                stored=stored,
+                name=session.get("contact_name") if imported else None,
+                adds_source="source_id" in change.fields,
+            )
         documents += _message_documents(change.session_id, ((key, group.messages[key]) for key in change.new_keys))
         changes.append(change)
     inserted = insert_new_messages(documents)
@@ -231,8 +240,10 @@ def _merge_into_existing(groups: list[_ContactRecords], existing: dict[Contact, 
         if added:
             newest = max(added, key=lambda doc: doc["sent_at"])
             recount.append(change.session_id)
-            update["$max"] = {"last_message_at": newest["sent_at"],
-                              "activity_key": activity_key(newest["sent_at"], change.session_id)}
+            update["$max"] = {
+                "last_message_at": newest["sent_at"],
+                "activity_key": activity_key(newest["sent_at"], change.session_id),
+            }
             if newest["sent_at"] >= change.last_message_at:
                 update.setdefault("$set", {})["last_message_preview"] = preview(newest["text"])
         if update:
@@ -244,14 +255,23 @@ def _merge_into_existing(groups: list[_ContactRecords], existing: dict[Contact, 
         # a crash finds sessions that already count messages it had not stored yet.
         counted = stored_counts(recount)
         Session._get_collection().bulk_write(
-            [UpdateOne({"_id": session_id}, {"$set": {"message_count": counted.get(session_id, 0)}})
-             for session_id in recount],
+            [
+                UpdateOne({"_id": session_id}, {"$set": {"message_count": counted.get(session_id, 0)}})
+                for session_id in recount
+            ],
             ordered=False,
         )
 
 
-def _judge_records(group: _ContactRecords, outcomes: list[str], *, opened: bool = False,
-                   stored: Set[str] = frozenset(), name: str | None = None, adds_source: bool = False) -> None:
+def _judge_records(
+    group: _ContactRecords,
+    outcomes: list[str],
+    *,
+    opened: bool = False,
+    stored: Set[str] = frozenset(),
+    name: str | None = None,
+    adds_source: bool = False,
+) -> None:
     """Set each record's outcome against what the session held before that record.
 
     `opened`: this batch created the session with the group's first record.
@@ -283,8 +303,13 @@ def _stored_keys(keys: Iterable[str]) -> set[str]:
 def _message_documents(session_id: ObjectId, messages: Iterable[tuple[str, ImportedMessage]]) -> list[dict]:
     documents = []
     for key, message in messages:
-        document = {"session_id": session_id, "key": key, "direction": "in", "text": message.content,
-                    "sent_at": message.date}
+        document = {
+            "session_id": session_id,
+            "key": key,
+            "direction": "in",
+            "text": message.content,
+            "sent_at": message.date,
+        }
         if message.id is not None:
             document["external_id"] = message.id
         documents.append(document)

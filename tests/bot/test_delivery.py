@@ -75,7 +75,8 @@ async def test_channel_names_and_ids_are_both_delivered(fake, js, delivery):
     await publish(js, "a1", "@suporte", "por nome")
     await publish(js, "a2", str(channel["id"]), "por id")
     texts = await until(
-        lambda: sorted(m["text"] for m in fake.sent("@suporte")) if len(fake.sent("@suporte")) == 2 else None)
+        lambda: sorted(m["text"] for m in fake.sent("@suporte")) if len(fake.sent("@suporte")) == 2 else None
+    )
     assert texts == ["por id", "por nome"]
 
 

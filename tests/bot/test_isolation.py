@@ -42,8 +42,9 @@ def test_no_bot_or_contract_module_imports_server_dependencies():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             allowed = {"tornado"} if path == WEBHOOK_MODULE else set()
-            offenders += [f"{path.name}: {n}" for n in names
-                          if n.split(".")[0] in SERVER_ONLY and n.split(".")[0] not in allowed]
+            offenders += [
+                f"{path.name}: {n}" for n in names if n.split(".")[0] in SERVER_ONLY and n.split(".")[0] not in allowed
+            ]
     assert offenders == []
 
 

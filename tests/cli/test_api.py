@@ -20,19 +20,24 @@ def client(*answers: httpx.Response | Exception, retries: int = 3) -> tuple[ApiC
             raise answer
         return answer
 
-    api = ApiClient("http://api.test/", " token ", retries=retries, sleep=waits.append,
-                    transport=httpx.MockTransport(handle))
+    api = ApiClient(
+        "http://api.test/", " token ", retries=retries, sleep=waits.append, transport=httpx.MockTransport(handle)
+    )
     return api, waits, sent
 
 
 def problem(status: int, detail: str, **headers: str) -> httpx.Response:
-    return httpx.Response(status, json={"type": "x", "title": "t", "status": status, "detail": detail},
-                          headers=headers)
+    return httpx.Response(status, json={"type": "x", "title": "t", "status": status, "detail": detail}, headers=headers)
 
 
 def test_transient_failures_are_retried_with_growing_waits():
-    api, waits, sent = client(httpx.Response(200), problem(503, "busy"), httpx.ReadTimeout("slow"),
-                              problem(502, "gateway"), httpx.Response(200, json={"ok": True}))
+    api, waits, sent = client(
+        httpx.Response(200),
+        problem(503, "busy"),
+        httpx.ReadTimeout("slow"),
+        problem(502, "gateway"),
+        httpx.Response(200, json={"ok": True}),
+    )
     api.request("GET", "/v1/imports/x")  # the server has answered once: it exists
 
     assert api.request("PUT", "/v1/imports/x/chunks/0").json() == {"ok": True}

@@ -57,8 +57,9 @@ def test_plain_sessions_have_the_requested_messages() -> None:
 
 
 def test_every_format_holds_the_same_sessions() -> None:
-    by_format = {f: sessions(PARSER_KIND[f], run("--sessions", "30", "--format", f, "--flavour", "sample"))
-                 for f in FORMATS}
+    by_format = {
+        f: sessions(PARSER_KIND[f], run("--sessions", "30", "--format", f, "--flavour", "sample")) for f in FORMATS
+    }
     assert by_format["ndjson"] == by_format["json"]
     assert by_format["csv"] == by_format["json"]
     assert [s.messages for s in by_format["csv-messages"]] == [s.messages for s in by_format["json"]]
@@ -79,8 +80,12 @@ def test_names_are_realistic_and_accented() -> None:
 
 def test_sample_flavour_holds_the_variants_of_real_files() -> None:
     raws = list(generate_sessions(300, flavour="sample"))
-    assert [raw["name"] for raw in raws[:4]] == ["João Silva", "Ana Luíza Conceição", "Mariana Gonçalves",
-                                                 "Benjamin Lynch"]
+    assert [raw["name"] for raw in raws[:4]] == [
+        "João Silva",
+        "Ana Luíza Conceição",
+        "Mariana Gonçalves",
+        "Benjamin Lynch",
+    ]
     assert {type(raw["_id"]) for raw in raws} == {str, dict}
     assert {type(raw["contact_identifier"]) for raw in raws} == {int, str}
     assert {raw["platform_type"] for raw in raws} == {"Telegram", "telegram", "TELEGRAM"}
@@ -110,8 +115,9 @@ def test_zero_sessions_is_an_empty_array() -> None:
     assert parse("json", run("--sessions", "0")) == []
 
 
-@pytest.mark.parametrize("args", [["--sessions", "-1"], ["--format", "xml"], ["--messages-per-session", "-2"],
-                                  ["--flavour", "odd"]])
+@pytest.mark.parametrize(
+    "args", [["--sessions", "-1"], ["--format", "xml"], ["--messages-per-session", "-2"], ["--flavour", "odd"]]
+)
 def test_bad_options_are_usage_errors(args: list[str]) -> None:
     result = CliRunner().invoke(generate, args)
     assert result.exit_code == 2

@@ -102,10 +102,14 @@ def test_mistakes_a_user_can_fix_exit_2_with_a_message(run, mongo, tmp_path):
         (run("import", sample, "--channel", "suporte"), "expected @name"),
         (run("import", sample), "--channel is required"),
         (run("import", sample, "--resume"), "nothing to resume"),
-        (run("import", sample, "--channel", "@suporte", BALCAO_API_TOKEN="wrong-token-0123456789"),
-         "refused the token"),
-        (run("import", sample, "--channel", "@suporte", BALCAO_API_URL=f"http://127.0.0.1:{free_port()}"),
-         "cannot reach the API"),
+        (
+            run("import", sample, "--channel", "@suporte", BALCAO_API_TOKEN="wrong-token-0123456789"),
+            "refused the token",
+        ),
+        (
+            run("import", sample, "--channel", "@suporte", BALCAO_API_URL=f"http://127.0.0.1:{free_port()}"),
+            "cannot reach the API",
+        ),
         (run("import", str(missing_column), "--channel", "@suporte"), "lacks the column(s) platform_type"),
         (run("import", str(empty), "--channel", "@suporte"), "empty"),
         (run("import", str(tmp_path / "nope.json"), "--channel", "@suporte"), "does not exist"),

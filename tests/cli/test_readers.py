@@ -55,8 +55,9 @@ def test_the_cli_reads_the_records_the_server_reads(file_format, chunk_size):
     found = envelopes(chunks(content, PARSER_KIND[file_format], chunk_size))
 
     assert [envelope["record"] for envelope in found] == list(range(1, 41))
-    assert [validated(envelope["data"], envelope["record"]) for envelope in found] == \
-        server_sessions(content, file_format)
+    assert [validated(envelope["data"], envelope["record"]) for envelope in found] == server_sessions(
+        content, file_format
+    )
 
 
 def test_the_sample_files_read_whole_and_the_same():
@@ -101,13 +102,18 @@ def test_csv_rows_with_the_wrong_number_of_fields_travel_as_problems_with_their_
 
 
 def test_semicolons_a_bom_and_blank_cells_are_read_like_the_server_does():
-    content = ("\ufeff_id;name;platform_type;contact_identifier;messages\n"
-               ';Ana;telegram;"+55 11 99999 0001";\n').encode()
+    content = (
+        '\ufeff_id;name;platform_type;contact_identifier;messages\n;Ana;telegram;"+55 11 99999 0001";\n'
+    ).encode()
 
     (envelope,) = envelopes(chunks(content, "csv", 10))
 
-    assert envelope["data"] == {"name": "Ana", "platform_type": "telegram",
-                                "contact_identifier": "+55 11 99999 0001", "messages": []}
+    assert envelope["data"] == {
+        "name": "Ana",
+        "platform_type": "telegram",
+        "contact_identifier": "+55 11 99999 0001",
+        "messages": [],
+    }
 
 
 def test_a_contact_spanning_chunks_of_message_rows_stays_one_record():

@@ -42,9 +42,18 @@ def clean_import(path: Path) -> list[tuple]:
     for number, raw in enumerate(generate_sessions(SESSIONS, messages_per_session=1, seed=77), start=1):
         session = normalise_session(raw, record=number)
         (message,) = session.messages
-        expected.append((session.contact_identifier, session.name, session.source_id, 1, preview(message.content),
-                         message.date, message.date,
-                         (message_key(session.platform, session.contact_identifier, message),)))
+        expected.append(
+            (
+                session.contact_identifier,
+                session.name,
+                session.source_id,
+                1,
+                preview(message.content),
+                message.date,
+                message.date,
+                (message_key(session.platform, session.contact_identifier, message),),
+            )
+        )
     return sorted(expected)
 
 
@@ -53,8 +62,16 @@ def stored(mongo) -> list[tuple]:
     for message in mongo.messages.find({}, {"session_id": 1, "key": 1}):
         keys.setdefault(message["session_id"], []).append(message["key"])
     return sorted(
-        (s["contact_identifier"], s["contact_name"], s.get("source_id"), s["message_count"],
-         s["last_message_preview"], s["created_at"], s["last_message_at"], tuple(sorted(keys.get(s["_id"], []))))
+        (
+            s["contact_identifier"],
+            s["contact_name"],
+            s.get("source_id"),
+            s["message_count"],
+            s["last_message_preview"],
+            s["created_at"],
+            s["last_message_at"],
+            tuple(sorted(keys.get(s["_id"], []))),
+        )
         for s in mongo.sessions.find()
     )
 
@@ -68,8 +85,19 @@ def test_an_import_survives_a_server_crash_and_resumes_after_the_cli_dies(stack,
     write_sessions(generate_sessions(SESSIONS, messages_per_session=1, seed=77), out, "csv")
     path.write_text(out.getvalue(), encoding="utf-8")
     state = tmp_path / "state"
-    command = [sys.executable, "-m", "cli", "import", str(path), "--channel", CHANNEL, "--chunk-size", str(CHUNK),
-               "--state-dir", str(state)]
+    command = [
+        sys.executable,
+        "-m",
+        "cli",
+        "import",
+        str(path),
+        "--channel",
+        CHANNEL,
+        "--chunk-size",
+        str(CHUNK),
+        "--state-dir",
+        str(state),
+    ]
     env = {**os.environ, "BALCAO_API_URL": stack.api_url, "BALCAO_API_TOKEN": API_TOKEN}
     started = time.monotonic()
     first = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -84,8 +112,9 @@ def test_an_import_survives_a_server_crash_and_resumes_after_the_cli_dies(stack,
     _, retries = first.communicate()
     assert "retrying" in retries
 
-    resumed = subprocess.run([*command, "--resume"], env=env, cwd=ROOT, capture_output=True, text=True,
-                             timeout=40, check=False)
+    resumed = subprocess.run(
+        [*command, "--resume"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=40, check=False
+    )
 
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming import" in resumed.stderr
@@ -99,7 +128,10 @@ def test_an_import_survives_a_server_crash_and_resumes_after_the_cli_dies(stack,
     assert counts["created"] + counts["unchanged"] == SESSIONS and counts["created"] >= SESSIONS - 2 * CHUNK
     assert not list(state.glob("*.json"))
     # Settled: the announcement sent and nothing left in the outbound stream.
-    eventually(lambda: telegram.sent(CHANNEL) and not outbound_messages(stack.env["NATS_URL"]),
-               timeout=15, message="announcement")
+    eventually(
+        lambda: telegram.sent(CHANNEL) and not outbound_messages(stack.env["NATS_URL"]),
+        timeout=15,
+        message="announcement",
+    )
     assert len(telegram.sent(CHANNEL)) == 1
     print(f"interrupted import of {SESSIONS} sessions done in {time.monotonic() - started:.1f} s")

@@ -16,8 +16,14 @@ from tests.harness import API_TOKEN, ROOT, eventually
 
 def balcao(*args: str, port: int) -> subprocess.Popen:
     env = {**os.environ, "BALCAO_API_URL": f"http://127.0.0.1:{port}", "BALCAO_API_TOKEN": API_TOKEN}
-    return subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli", *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_watch_prints_a_contact_message_and_an_agent_reply_sent_from_the_terminal(stack, telegram):
@@ -50,8 +56,10 @@ def finished(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
 
 def stack_session(port: int) -> str | None:
     import httpx
-    items = httpx.get(f"http://127.0.0.1:{port}/v1/sessions", headers={"Authorization": f"Bearer {API_TOKEN}"},
-                      timeout=10).json()["items"]
+
+    items = httpx.get(
+        f"http://127.0.0.1:{port}/v1/sessions", headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=10
+    ).json()["items"]
     return items[0]["id"] if items else None
 
 
@@ -76,11 +84,27 @@ def test_watch_resumes_on_another_replica_after_its_server_dies(stack, telegram)
 
 def test_a_readable_line_names_the_contact_and_the_text():
     tail = Tail()
-    line = tail.line({"id": 1, "type": "message.received", "at": "2026-01-02T03:04:05.000Z",
-                      "session_id": "65f0c0ffee0000000000abcd", "contact": {"identifier": "1", "name": "João"},
-                      "message": {"text": "olá"}})
+    line = tail.line(
+        {
+            "id": 1,
+            "type": "message.received",
+            "at": "2026-01-02T03:04:05.000Z",
+            "session_id": "65f0c0ffee0000000000abcd",
+            "contact": {"identifier": "1", "name": "João"},
+            "message": {"text": "olá"},
+        }
+    )
     assert "João" in line and "0000abcd" in line and line.endswith("<- olá")
-    sent = tail.line({"id": 2, "type": "message.sent", "at": "x", "session_id": "65f0c0ffee0000000000abcd",
-                      "contact": {"identifier": "1", "name": ""}, "message": {"text": "ok"}, "delivery": "parked"})
+    sent = tail.line(
+        {
+            "id": 2,
+            "type": "message.sent",
+            "at": "x",
+            "session_id": "65f0c0ffee0000000000abcd",
+            "contact": {"identifier": "1", "name": ""},
+            "message": {"text": "ok"},
+            "delivery": "parked",
+        }
+    )
     assert "João" in sent and sent.endswith("-> ok [parked]")  # the name remembered from before
     assert events_url("https://h:1/", {"since": 5, "type": None}) == "wss://h:1/v1/events?since=5"

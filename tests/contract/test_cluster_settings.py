@@ -47,7 +47,8 @@ def test_credentials_of_every_member_are_masked() -> None:
     assert set(logs.url_credentials(urls)) == {"first-secret", "second-secret", "token-abcdef"}
     settings = server_config.load({**SERVER_ENV, "NATS_URL": urls})
     line = logs.formatter("text", settings.secrets).format(
-        logging.LogRecord("t", logging.INFO, __file__, 1, "connecting to %s", (urls,), None))
+        logging.LogRecord("t", logging.INFO, __file__, 1, "connecting to %s", (urls,), None)
+    )
     assert not any(secret in line for secret in ("first-secret", "second-secret", "token-abcdef"))
 
 
@@ -59,9 +60,10 @@ async def _inbound_with(url: str, replicas: int, messages: int) -> None:
     nc = await nats.connect(servers=jetstream.split_urls(url))
     js = nc.jetstream()
     await jetstream.ensure_streams(js, replicas=replicas)
-    await js.add_consumer(INBOUND_STREAM, ConsumerConfig(durable_name=INBOUND_CONSUMER,
-                                                         ack_policy=AckPolicy.EXPLICIT,
-                                                         filter_subject=INBOUND_SUBJECT))
+    await js.add_consumer(
+        INBOUND_STREAM,
+        ConsumerConfig(durable_name=INBOUND_CONSUMER, ack_policy=AckPolicy.EXPLICIT, filter_subject=INBOUND_SUBJECT),
+    )
     for n in range(messages):
         await js.publish(INBOUND_SUBJECT, f"m{n}".encode())
     await nc.close()
@@ -109,8 +111,13 @@ def test_streams_and_consumers_grow_to_three_replicas_with_their_data(tmp_path: 
                 outbound = await js.stream_info(OUTBOUND_STREAM)
                 consumer = await js.consumer_info(INBOUND_STREAM, INBOUND_CONSUMER)
                 await jetstream.ensure_streams(js, replicas=3)  # and again: nothing to change
-                return (inbound.config.num_replicas, inbound.state.messages, outbound.config.num_replicas,
-                        consumer.config.num_replicas, consumer.num_pending)
+                return (
+                    inbound.config.num_replicas,
+                    inbound.state.messages,
+                    outbound.config.num_replicas,
+                    consumer.config.num_replicas,
+                    consumer.num_pending,
+                )
             finally:
                 await nc.close()
 

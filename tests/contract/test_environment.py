@@ -77,8 +77,12 @@ def test_optional_secret_may_be_absent():
 def test_url_with_password_puts_the_file_password_in_the_url(tmp_path):
     secret = tmp_path / "mongodb_password"
     secret.write_text("p@ss/word:1\n")
-    env = Environment({"MONGODB_URI": "mongodb://balcao@mongo:27017,mongo2:27017/balcao?authSource=balcao",
-                       "MONGODB_PASSWORD_FILE": str(secret)})
+    env = Environment(
+        {
+            "MONGODB_URI": "mongodb://balcao@mongo:27017,mongo2:27017/balcao?authSource=balcao",
+            "MONGODB_PASSWORD_FILE": str(secret),
+        }
+    )
     uri = env.url_with_password("MONGODB_URI", None, ("mongodb",), password="MONGODB_PASSWORD")
     assert uri == "mongodb://balcao:p%40ss%2Fword%3A1@mongo:27017,mongo2:27017/balcao?authSource=balcao"
     assert env.problems == []
@@ -86,18 +90,27 @@ def test_url_with_password_puts_the_file_password_in_the_url(tmp_path):
 
 def test_url_with_password_leaves_a_url_alone_without_one():
     env = Environment({"NATS_URL": "nats://server:inline@nats:4222"})
-    assert env.url_with_password("NATS_URL", None, ("nats",), password="NATS_PASSWORD") == \
-        "nats://server:inline@nats:4222"
+    assert (
+        env.url_with_password("NATS_URL", None, ("nats",), password="NATS_PASSWORD") == "nats://server:inline@nats:4222"
+    )
     assert env.problems == []
 
 
 def test_url_with_password_reports_what_does_not_fit():
-    env = Environment({"A_URL": "nats://nats:4222", "A_PASSWORD": "secret-one",
-                       "B_URL": "nats://user:inline@nats:4222", "B_PASSWORD": "secret-two",
-                       "C_URL": "nats://user@nats:4222", "C_PASSWORD": "needs%encoding"})
+    env = Environment(
+        {
+            "A_URL": "nats://nats:4222",
+            "A_PASSWORD": "secret-one",
+            "B_URL": "nats://user:inline@nats:4222",
+            "B_PASSWORD": "secret-two",
+            "C_URL": "nats://user@nats:4222",
+            "C_PASSWORD": "needs%encoding",
+        }
+    )
     for name in ("A", "B", "C"):
-        assert env.url_with_password(f"{name}_URL", None, ("nats",), password=f"{name}_PASSWORD",
-                                     decoded=False) == env.text(f"{name}_URL")
+        assert env.url_with_password(
+            f"{name}_URL", None, ("nats",), password=f"{name}_PASSWORD", decoded=False
+        ) == env.text(f"{name}_URL")
     assert env.problems == [
         "A_PASSWORD needs a user name in A_URL (scheme://USER@host)",
         "set the password in B_URL or in B_PASSWORD, not both",

@@ -25,8 +25,11 @@ async def test_messages_delivered_after_the_last_fetch_are_handed_back(clean_nat
     leaving = await js.pull_subscribe(SUBJECT, durable=CONSUMER, config=config)
     # What a pull request that outlived its fetch does: deliver into the subscription
     # while nobody is fetching any more (nats-py keeps the inbox private).
-    await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{CONSUMER}",
-                     json.dumps({"batch": 3, "no_wait": True}).encode(), reply=leaving._deliver)
+    await nc.publish(
+        f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{CONSUMER}",
+        json.dumps({"batch": 3, "no_wait": True}).encode(),
+        reply=leaving._deliver,
+    )
     for _ in range(100):
         if leaving.pending_msgs >= 3:
             break
@@ -43,12 +46,26 @@ async def test_messages_delivered_after_the_last_fetch_are_handed_back(clean_nat
     await nc.close()
 
 
-async def _consume_until(js, stream: str, subject: str, handle, done: asyncio.Event, replicas: int = 1,
-                         **options) -> None:
+async def _consume_until(
+    js, stream: str, subject: str, handle, done: asyncio.Event, replicas: int = 1, **options
+) -> None:
     stopping = asyncio.Event()
-    tasks = [asyncio.create_task(jetstream.consume(
-        js, stream=stream, subject=subject, durable="worker", batch_size=10, handle=handle,
-        stopping=stopping, what="test", **options)) for _ in range(replicas)]
+    tasks = [
+        asyncio.create_task(
+            jetstream.consume(
+                js,
+                stream=stream,
+                subject=subject,
+                durable="worker",
+                batch_size=10,
+                handle=handle,
+                stopping=stopping,
+                what="test",
+                **options,
+            )
+        )
+        for _ in range(replicas)
+    ]
     try:
         await asyncio.wait_for(done.wait(), 20)
     finally:

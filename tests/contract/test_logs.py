@@ -18,8 +18,7 @@ def record(message: str, *args: object, exc_info=None) -> logging.LogRecord:
 
 
 def test_text_lines_mask_secrets_in_messages_and_arguments() -> None:
-    line = formatter("text", [TOKEN]).format(
-        record("Set Bot API URL: http://127.0.0.1/bot%s", TOKEN))
+    line = formatter("text", [TOKEN]).format(record("Set Bot API URL: http://127.0.0.1/bot%s", TOKEN))
     assert TOKEN not in line
     assert line.endswith(f"DEBUG telegram.ext.ExtBot: Set Bot API URL: http://127.0.0.1/bot{MASK}")
 
@@ -65,8 +64,9 @@ def test_configured_process_writes_json_warnings_and_masks_its_secrets() -> None
         "logging.getLogger('httpx').info('HTTP Request: POST https://api/bot.../getMe')\n"
         "warnings.warn('careful')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                            timeout=60, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60, check=True
+    )
     lines = [json.loads(line) for line in result.stderr.splitlines()]
     assert [(entry["logger"], entry["level"]) for entry in lines] == [("x", "info"), ("py.warnings", "warning")]
     assert lines[0]["message"] == f"token {MASK}"

@@ -8,8 +8,15 @@ from contract.messaging import InboundMessage, OutboundMessage, PayloadError
 
 
 def inbound(**changes) -> InboundMessage:
-    fields = dict(platform="telegram", contact_identifier="42", chat_id=42, message_id=7,
-                  name="João Silva", text="Olá", sent_at="2026-01-02T03:04:05+00:00")
+    fields = dict(
+        platform="telegram",
+        contact_identifier="42",
+        chat_id=42,
+        message_id=7,
+        name="João Silva",
+        text="Olá",
+        sent_at="2026-01-02T03:04:05+00:00",
+    )
     return InboundMessage(**{**fields, **changes})
 
 
@@ -39,8 +46,12 @@ def test_outbound_round_trip_and_defaults():
         (b"\xff", "not JSON"),
         (b"[1]", "not a JSON object"),
         (json.dumps({"platform": "telegram"}).encode(), "lacks contact_identifier, chat_id, message_id, text"),
-        (json.dumps({"platform": "t", "contact_identifier": "1", "chat_id": "x", "message_id": 1,
-                     "text": "a"}).encode(), "bad field"),
+        (
+            json.dumps(
+                {"platform": "t", "contact_identifier": "1", "chat_id": "x", "message_id": 1, "text": "a"}
+            ).encode(),
+            "bad field",
+        ),
     ],
 )
 def test_malformed_inbound_payloads_are_rejected(data, problem):

@@ -82,9 +82,14 @@ async def test_a_full_work_queue_refuses_new_messages(clean_nats) -> None:
 async def test_operator_settings_other_than_the_limits_are_kept(clean_nats) -> None:
     nc = await nats.connect(clean_nats.url)
     js = nc.jetstream()
-    tuned = StreamConfig(name=messaging.OUTBOUND_STREAM, subjects=[messaging.OUTBOUND_SUBJECT],
-                         retention="workqueue", storage="file", duplicate_window=60,
-                         description="tuned by hand")
+    tuned = StreamConfig(
+        name=messaging.OUTBOUND_STREAM,
+        subjects=[messaging.OUTBOUND_SUBJECT],
+        retention="workqueue",
+        storage="file",
+        duplicate_window=60,
+        description="tuned by hand",
+    )
     await js.add_stream(config=tuned)
     await jetstream.ensure_streams(js, LIMITS)
     config = (await js.stream_info(messaging.OUTBOUND_STREAM)).config

@@ -21,7 +21,7 @@ import tornado.netutil
 import tornado.web
 from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, NetworkError, RetryAfter
 
-from devstack.faketelegram import FakeTelegram
+from devstack.faketelegram import FakeTelegram, FloodControl, FloodLimits
 
 TOKEN = "123456:fake-token"
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,8 +63,7 @@ async def inject(http: httpx.AsyncClient, text: str, user: dict[str, Any] = ANA)
 
 
 @pytest.mark.asyncio
-async def test_get_me_describes_the_bot(fake: FakeTelegram, bot: telegram.Bot,
-                                        http: httpx.AsyncClient) -> None:
+async def test_get_me_describes_the_bot(fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient) -> None:
     assert fake.base_url == f"http://127.0.0.1:{fake.port}" and fake.port > 0
     assert (bot.id, bot.username, bot.bot.is_bot) == (123456, "balcao_test_bot", True)
     raw = (await http.get(f"/bot{TOKEN}/getMe")).json()
@@ -92,8 +91,7 @@ async def test_unknown_method_is_not_found(http: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize("encoding", ["query", "form", "json", "multipart"])
 @pytest.mark.asyncio
-async def test_parameters_arrive_in_every_encoding(fake: FakeTelegram, http: httpx.AsyncClient,
-                                                   encoding: str) -> None:
+async def test_parameters_arrive_in_every_encoding(fake: FakeTelegram, http: httpx.AsyncClient, encoding: str) -> None:
     fake.register_user(id=77, first_name="Bia")
     params = {"chat_id": "77", "text": f"olá via {encoding}"}
     url = f"/bot{TOKEN}/sendMessage"
@@ -132,16 +130,14 @@ async def test_offset_confirms_earlier_updates(bot: telegram.Bot, http: httpx.As
 
 
 @pytest.mark.asyncio
-async def test_negative_offset_keeps_only_the_last_updates(fake: FakeTelegram,
-                                                           bot: telegram.Bot) -> None:
+async def test_negative_offset_keeps_only_the_last_updates(fake: FakeTelegram, bot: telegram.Bot) -> None:
     ids = [fake.inject_message(ANA, text)["update_id"] for text in ("a", "b", "c")]
     assert [update.update_id for update in await bot.get_updates(offset=-1)] == [ids[2]]
     assert [update["update_id"] for update in fake.pending_updates()] == [ids[2]]
 
 
 @pytest.mark.asyncio
-async def test_long_poll_returns_as_soon_as_a_message_arrives(bot: telegram.Bot,
-                                                              http: httpx.AsyncClient) -> None:
+async def test_long_poll_returns_as_soon_as_a_message_arrives(bot: telegram.Bot, http: httpx.AsyncClient) -> None:
     started = time.monotonic()
     poll = asyncio.create_task(bot.get_updates(timeout=5))
     await asyncio.sleep(0.2)
@@ -161,8 +157,7 @@ async def test_long_poll_answers_empty_after_its_timeout(bot: telegram.Bot) -> N
 
 
 @pytest.mark.asyncio
-async def test_a_newer_get_updates_terminates_the_older_one(bot: telegram.Bot,
-                                                            http: httpx.AsyncClient) -> None:
+async def test_a_newer_get_updates_terminates_the_older_one(bot: telegram.Bot, http: httpx.AsyncClient) -> None:
     older = asyncio.create_task(bot.get_updates(timeout=5))
     await asyncio.sleep(0.2)
     newer = await api(http, "getUpdates", timeout=0)
@@ -176,10 +171,12 @@ async def test_a_newer_get_updates_terminates_the_older_one(bot: telegram.Bot,
 
 @pytest.mark.asyncio
 async def test_send_message_to_a_user_returns_a_private_chat_message(
-        bot: telegram.Bot, http: httpx.AsyncClient) -> None:
+    bot: telegram.Bot, http: httpx.AsyncClient
+) -> None:
     injected = await inject(http, "/start")
-    reply = await bot.send_message(chat_id=ANA["id"], text="Olá, Ana!", parse_mode="HTML",
-                                   reply_to_message_id=injected["message_id"])
+    reply = await bot.send_message(
+        chat_id=ANA["id"], text="Olá, Ana!", parse_mode="HTML", reply_to_message_id=injected["message_id"]
+    )
     assert reply.message_id == injected["message_id"] + 1
     assert reply.chat.type == "private"
     assert (reply.chat.id, reply.chat.first_name, reply.chat.username) == (5001, "Ana", "anasouza")
@@ -193,12 +190,11 @@ async def test_send_message_to_a_user_returns_a_private_chat_message(
 
 
 @pytest.mark.asyncio
-async def test_send_message_to_a_channel_by_username_and_by_id(
-        bot: telegram.Bot, http: httpx.AsyncClient) -> None:
-    registered = await http.post("/_test/channels", json={"username": "@balcao_news",
-                                                          "id": CHANNEL_ID, "title": "Balcão"})
-    assert registered.json() == {"id": CHANNEL_ID, "type": "channel", "title": "Balcão",
-                                 "username": "balcao_news"}
+async def test_send_message_to_a_channel_by_username_and_by_id(bot: telegram.Bot, http: httpx.AsyncClient) -> None:
+    registered = await http.post(
+        "/_test/channels", json={"username": "@balcao_news", "id": CHANNEL_ID, "title": "Balcão"}
+    )
+    assert registered.json() == {"id": CHANNEL_ID, "type": "channel", "title": "Balcão", "username": "balcao_news"}
 
     by_name = await bot.send_message(chat_id="@balcao_news", text="Importação concluída")
     by_id = await bot.send_message(chat_id=CHANNEL_ID, text="Outra")
@@ -219,19 +215,22 @@ async def test_unknown_chats_are_not_found(bot: telegram.Bot, http: httpx.AsyncC
             await bot.send_message(chat_id=chat_id, text="oi")
     response = await api(http, "sendMessage", chat_id=999, text="oi")
     assert response.status_code == 400
-    assert response.json() == {"ok": False, "error_code": 400,
-                               "description": "Bad Request: chat not found"}
+    assert response.json() == {"ok": False, "error_code": 400, "description": "Bad Request: chat not found"}
     assert (await http.get("/_test/sent")).json()["messages"] == []
 
 
-@pytest.mark.parametrize(("text", "description"), [
-    ("", "Bad Request: message text is empty"),
-    ("   ", "Bad Request: message text is empty"),
-    ("x" * 4097, "Bad Request: message is too long"),
-])
+@pytest.mark.parametrize(
+    ("text", "description"),
+    [
+        ("", "Bad Request: message text is empty"),
+        ("   ", "Bad Request: message text is empty"),
+        ("x" * 4097, "Bad Request: message is too long"),
+    ],
+)
 @pytest.mark.asyncio
-async def test_message_text_is_validated(fake: FakeTelegram, http: httpx.AsyncClient,
-                                         text: str, description: str) -> None:
+async def test_message_text_is_validated(
+    fake: FakeTelegram, http: httpx.AsyncClient, text: str, description: str
+) -> None:
     fake.register_user(**ANA)
     response = await api(http, "sendMessage", chat_id=ANA["id"], text=text)
     assert (response.status_code, response.json()["description"]) == (400, description)
@@ -242,12 +241,12 @@ async def test_message_text_is_validated(fake: FakeTelegram, http: httpx.AsyncCl
 
 
 @pytest.mark.asyncio
-async def test_forbidden_fault_fails_once_for_that_chat(fake: FakeTelegram, bot: telegram.Bot,
-                                                        http: httpx.AsyncClient) -> None:
+async def test_forbidden_fault_fails_once_for_that_chat(
+    fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient
+) -> None:
     fake.register_user(**ANA)
     fake.register_user(id=6002, first_name="Caio")
-    armed = await http.post("/_test/faults", json={"method": "sendMessage", "chat_id": ANA["id"],
-                                                   "error_code": 403})
+    armed = await http.post("/_test/faults", json={"method": "sendMessage", "chat_id": ANA["id"], "error_code": 403})
     assert armed.status_code == 200, armed.text
 
     await bot.send_message(chat_id=6002, text="outro chat não é afetado")
@@ -257,23 +256,28 @@ async def test_forbidden_fault_fails_once_for_that_chat(fake: FakeTelegram, bot:
 
     attempts = (await http.get("/_test/attempts", params={"chat_id": ANA["id"]})).json()["attempts"]
     assert [(a["method"], a["text"], a["status"]) for a in attempts] == [
-        ("sendMessage", "primeira", 403), ("sendMessage", "segunda", 200)]
+        ("sendMessage", "primeira", 403),
+        ("sendMessage", "segunda", 200),
+    ]
     assert [message["text"] for message in fake.sent(ANA["id"])] == ["segunda"]
 
 
 @pytest.mark.asyncio
-async def test_flood_fault_carries_retry_after(fake: FakeTelegram, bot: telegram.Bot,
-                                               http: httpx.AsyncClient,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_flood_fault_carries_retry_after(
+    fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PTB_TIMEDELTA", "true")
     fake.register_channel(username="@avisos", title="Avisos")
     fake.add_fault("sendMessage", 429, chat_id="@avisos", retry_after=1)
 
     raw = await api(http, "sendMessage", chat_id="@avisos", text="cedo demais")
     assert raw.status_code == 429
-    assert raw.json() == {"ok": False, "error_code": 429,
-                          "description": "Too Many Requests: retry after 1",
-                          "parameters": {"retry_after": 1}}
+    assert raw.json() == {
+        "ok": False,
+        "error_code": 429,
+        "description": "Too Many Requests: retry after 1",
+        "parameters": {"retry_after": 1},
+    }
 
     fake.add_fault("sendMessage", 429, chat_id="@avisos", retry_after=1)
     with pytest.raises(RetryAfter) as caught:
@@ -288,8 +292,7 @@ async def test_flood_fault_carries_retry_after(fake: FakeTelegram, bot: telegram
 
 
 @pytest.mark.asyncio
-async def test_lasting_faults_until_cleared(fake: FakeTelegram, bot: telegram.Bot,
-                                            http: httpx.AsyncClient) -> None:
+async def test_lasting_faults_until_cleared(fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient) -> None:
     fake.register_user(**ANA)
     fake.add_fault("sendMessage", 400, times=-1)
     fake.add_fault("getMe", 500, description="Internal Server Error: restarting")
@@ -314,8 +317,9 @@ class _Receiver(tornado.web.RequestHandler):
         self.received = received
 
     def post(self) -> None:
-        self.received.append((self.request.headers.get("X-Telegram-Bot-Api-Secret-Token"),
-                              json.loads(self.request.body)))
+        self.received.append(
+            (self.request.headers.get("X-Telegram-Bot-Api-Secret-Token"), json.loads(self.request.body))
+        )
         self.set_status(500 if len(self.received) == 1 else 200)
 
 
@@ -323,8 +327,7 @@ class _Receiver(tornado.web.RequestHandler):
 async def receiver() -> AsyncIterator[tuple[str, list[tuple[str | None, dict[str, Any]]]]]:
     received: list[tuple[str | None, dict[str, Any]]] = []
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
-    server = tornado.httpserver.HTTPServer(
-        tornado.web.Application([(r"/hook", _Receiver, {"received": received})]))
+    server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/hook", _Receiver, {"received": received})]))
     server.add_sockets(sockets)
     yield f"http://127.0.0.1:{sockets[0].getsockname()[1]}/hook", received
     server.stop()
@@ -340,8 +343,8 @@ async def wait_until(check: Any, timeout: float = 3) -> None:
 
 @pytest.mark.asyncio
 async def test_webhook_receives_updates_in_order_with_the_secret(
-        fake: FakeTelegram, bot: telegram.Bot,
-        receiver: tuple[str, list[tuple[str | None, dict[str, Any]]]]) -> None:
+    fake: FakeTelegram, bot: telegram.Bot, receiver: tuple[str, list[tuple[str | None, dict[str, Any]]]]
+) -> None:
     url, received = receiver
     assert await bot.set_webhook(url, secret_token="s3cr3t-token")
     with pytest.raises(Conflict, match="webhook is active"):
@@ -368,7 +371,8 @@ async def test_webhook_receives_updates_in_order_with_the_secret(
 
 @pytest.mark.asyncio
 async def test_reset_forgets_everything_but_update_ids_keep_growing(
-        fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient) -> None:
+    fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient
+) -> None:
     before = (await inject(http, "antes"))["update_id"]
     fake.add_fault("sendMessage", 403, times=-1)
     assert (await http.post("/_test/reset")).json() == {"ok": True}
@@ -391,14 +395,12 @@ async def test_raw_updates_are_queued_verbatim(bot: telegram.Bot, http: httpx.As
     assert numbered.json()["update_id"] == injected["update_id"] + 1
 
     updates = await bot.get_updates()
-    assert [update.update_id for update in updates] == [injected["update_id"]] * 2 + [
-        injected["update_id"] + 1]
+    assert [update.update_id for update in updates] == [injected["update_id"]] * 2 + [injected["update_id"] + 1]
     assert {update.message.message_id for update in updates} == {injected["message_id"]}
 
 
 @pytest.mark.asyncio
-async def test_injected_media_and_commands_parse_as_telegram_objects(
-        fake: FakeTelegram, bot: telegram.Bot) -> None:
+async def test_injected_media_and_commands_parse_as_telegram_objects(fake: FakeTelegram, bot: telegram.Bot) -> None:
     fake.inject_message(ANA, "/start@balcao_test_bot olá")
     fake.inject_message(ANA, "legenda", kind="photo")
     fake.inject_message(ANA, kind="sticker")
@@ -419,16 +421,16 @@ async def test_allowed_updates_decide_what_is_queued(fake: FakeTelegram, bot: te
     # By default Telegram leaves reactions out unless the bot asks for them.
     assert [list(update)[1] for update in fake.pending_updates()] == ["edited_message"]
 
-    await bot.get_updates(offset=fake.pending_updates()[0]["update_id"] + 1,
-                          allowed_updates=["message_reaction"])
+    await bot.get_updates(offset=fake.pending_updates()[0]["update_id"] + 1, allowed_updates=["message_reaction"])
     fake.inject_update(reaction)
     fake.inject_update(edit)
     assert [list(update)[1] for update in fake.pending_updates()] == ["message_reaction"]
 
 
 @pytest.mark.asyncio
-async def test_registered_users_and_groups_can_be_messaged(fake: FakeTelegram, bot: telegram.Bot,
-                                                           http: httpx.AsyncClient) -> None:
+async def test_registered_users_and_groups_can_be_messaged(
+    fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient
+) -> None:
     created = await http.post("/_test/users", json={"id": 7007, "first_name": "Rui"})
     assert created.json() == {"id": 7007, "is_bot": False, "first_name": "Rui"}
     assert (await bot.send_message(chat_id="7007", text="oi")).chat.first_name == "Rui"
@@ -445,16 +447,20 @@ async def test_unrelated_paths_are_not_found(http: httpx.AsyncClient) -> None:
     assert (response.status_code, response.json()["description"]) == (404, "Not Found")
 
 
-@pytest.mark.parametrize(("path", "body", "error"), [
-    ("/_test/messages", {"text": "sem usuário"}, "message lacks user"),
-    ("/_test/messages", {"user": {"id": 1}, "text": "oi"}, "user lacks first_name"),
-    ("/_test/messages", {"user": ANA, "kind": "video"}, 'kind must be "text", "photo" or "sticker"'),
-    ("/_test/faults", {"method": "sendMessage", "error_code": 200}, "error_code must be between"),
-    ("/_test/channels", {"title": "sem nome"}, "a channel needs a username or an id"),
-])
+@pytest.mark.parametrize(
+    ("path", "body", "error"),
+    [
+        ("/_test/messages", {"text": "sem usuário"}, "message lacks user"),
+        ("/_test/messages", {"user": {"id": 1}, "text": "oi"}, "user lacks first_name"),
+        ("/_test/messages", {"user": ANA, "kind": "video"}, 'kind must be "text", "photo" or "sticker"'),
+        ("/_test/faults", {"method": "sendMessage", "error_code": 200}, "error_code must be between"),
+        ("/_test/channels", {"title": "sem nome"}, "a channel needs a username or an id"),
+    ],
+)
 @pytest.mark.asyncio
-async def test_control_endpoints_reject_bad_input(http: httpx.AsyncClient, path: str,
-                                                  body: dict[str, Any], error: str) -> None:
+async def test_control_endpoints_reject_bad_input(
+    http: httpx.AsyncClient, path: str, body: dict[str, Any], error: str
+) -> None:
     response = await http.post(path, json=body)
     assert response.status_code == 400
     assert response.json()["error"].startswith(error)
@@ -463,7 +469,10 @@ async def test_control_endpoints_reject_bad_input(http: httpx.AsyncClient, path:
 def test_runs_standalone_and_logs_its_address() -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "devstack.faketelegram", "--port", "0", "--token", TOKEN],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert process.stderr is not None
         line = process.stderr.readline()
@@ -483,7 +492,8 @@ def test_runs_standalone_and_logs_its_address() -> None:
 
 @pytest.mark.asyncio
 async def test_unconfirmed_update_comes_again_with_the_same_update_id(
-        fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient) -> None:
+    fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient
+) -> None:
     injected = await inject(http, "ainda aqui?")
     first = await bot.get_updates()
     # A poller that died before confirming: the next poll (a restarted bot) sees it again.
@@ -496,8 +506,9 @@ async def test_unconfirmed_update_comes_again_with_the_same_update_id(
 
 
 @pytest.mark.asyncio
-async def test_confirmed_update_never_comes_again(fake: FakeTelegram, bot: telegram.Bot,
-                                                  http: httpx.AsyncClient) -> None:
+async def test_confirmed_update_never_comes_again(
+    fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient
+) -> None:
     injected = await inject(http, "uma vez")
     await bot.get_updates()
     assert await bot.get_updates(offset=injected["update_id"] + 1) == ()
@@ -518,8 +529,7 @@ def test_unconfirmed_updates_expire_after_a_day(fake: FakeTelegram, monkeypatch)
     assert old < new
 
 
-def flood(limits: "FloodLimits | None" = None):
-    from devstack.faketelegram import FloodControl, FloodLimits
+def flood(limits: FloodLimits | None = None):
 
     now = [1000.0]
     control = FloodControl(limits or FloodLimits(), clock=lambda: now[0])
@@ -575,9 +585,9 @@ def test_bot_sends_about_thirty_a_second_across_chats() -> None:
 
 
 @pytest.mark.asyncio
-async def test_flood_control_answers_429_with_retry_after(fake: FakeTelegram, bot: telegram.Bot,
-                                                          http: httpx.AsyncClient,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_flood_control_answers_429_with_retry_after(
+    fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PTB_TIMEDELTA", "true")
     fake.register_user(**ANA)
     for n in range(3):
@@ -598,7 +608,8 @@ async def test_flood_control_answers_429_with_retry_after(fake: FakeTelegram, bo
 
 @pytest.mark.asyncio
 async def test_flood_control_can_be_turned_off_and_reset_turns_it_on(
-        fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient) -> None:
+    fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient
+) -> None:
     assert (await http.get("/_test/flood_control")).json() == {"enabled": True}
     assert (await http.post("/_test/flood_control", json={"enabled": False})).status_code == 200
     fake.register_user(**ANA)
@@ -611,15 +622,19 @@ async def test_flood_control_can_be_turned_off_and_reset_turns_it_on(
 
 
 @pytest.mark.asyncio
-async def test_user_who_never_wrote_cannot_be_messaged(fake: FakeTelegram, bot: telegram.Bot,
-                                                       http: httpx.AsyncClient) -> None:
+async def test_user_who_never_wrote_cannot_be_messaged(
+    fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient
+) -> None:
     response = await http.post("/_test/users", json={**ANA, "started": False})
     assert response.status_code == 200
     with pytest.raises(Forbidden, match="(?i)bot can.t initiate conversation with a user"):
         await bot.send_message(ANA["id"], "olá?")
     body = (await api(http, "sendMessage", chat_id=ANA["id"], text="olá?")).json()
-    assert body == {"ok": False, "error_code": 403,
-                    "description": "Forbidden: bot can't initiate conversation with a user"}
+    assert body == {
+        "ok": False,
+        "error_code": 403,
+        "description": "Forbidden: bot can't initiate conversation with a user",
+    }
     # Once the user writes, the bot may answer.
     await inject(http, "oi")
     await bot.send_message(ANA["id"], "olá!")
@@ -627,8 +642,9 @@ async def test_user_who_never_wrote_cannot_be_messaged(fake: FakeTelegram, bot: 
 
 
 @pytest.mark.asyncio
-async def test_user_who_blocked_the_bot_gets_nothing(fake: FakeTelegram, bot: telegram.Bot,
-                                                     http: httpx.AsyncClient) -> None:
+async def test_user_who_blocked_the_bot_gets_nothing(
+    fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient
+) -> None:
     await inject(http, "oi")
     await http.post("/_test/users", json={**ANA, "blocked": True})
     with pytest.raises(Forbidden, match="(?i)bot was blocked by the user"):
@@ -639,15 +655,19 @@ async def test_user_who_blocked_the_bot_gets_nothing(fake: FakeTelegram, bot: te
 
 
 @pytest.mark.asyncio
-async def test_channel_without_admin_rights_refuses_posts(fake: FakeTelegram, bot: telegram.Bot,
-                                                          http: httpx.AsyncClient) -> None:
+async def test_channel_without_admin_rights_refuses_posts(
+    fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient
+) -> None:
     response = await http.post("/_test/channels", json={"username": "semadmin", "admin": False})
     assert response.status_code == 200
     with pytest.raises(BadRequest, match="(?i)need administrator rights in the channel chat"):
         await bot.send_message("@semadmin", "anúncio")
     body = (await api(http, "sendMessage", chat_id="@semadmin", text="anúncio")).json()
-    assert body == {"ok": False, "error_code": 400,
-                    "description": "Bad Request: need administrator rights in the channel chat"}
+    assert body == {
+        "ok": False,
+        "error_code": 400,
+        "description": "Bad Request: need administrator rights in the channel chat",
+    }
     await http.post("/_test/channels", json={"username": "semadmin", "admin": True})
     await bot.send_message("@semadmin", "anúncio")
     assert len(fake.sent("@semadmin")) == 1

@@ -16,14 +16,23 @@ from tests.harness import ROOT, eventually
 
 def start_stack(tmp_path, *, own_group: bool = False, **extra: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("API_TOKEN", "MONGODB_URI", "NATS_URL", "TELEGRAM_BOT_TOKEN")}
-    env.update({"HTTP_PORT": str(port), "BALCAO_DATA_DIR": str(tmp_path / "var"), "PYTHONUNBUFFERED": "1",
-                **extra})
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("API_TOKEN", "MONGODB_URI", "NATS_URL", "TELEGRAM_BOT_TOKEN")
+    }
+    env.update({"HTTP_PORT": str(port), "BALCAO_DATA_DIR": str(tmp_path / "var"), "PYTHONUNBUFFERED": "1", **extra})
     # own_group: the stack leads a process group, as in a terminal, where Ctrl-C
     # sends SIGINT to the whole group at once.
-    process = subprocess.Popen([sys.executable, "-m", "devstack"], cwd=ROOT, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=own_group)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devstack"],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=own_group,
+    )
     return process, port
 
 

@@ -17,9 +17,26 @@ from bench import chaos
 
 @pytest.mark.timeout(300)
 def test_short_chaos_soak_loses_and_doubles_nothing(capsys) -> None:
-    code = chaos.run(chaos.parse_args([
-        "--messages", "1000", "--contacts", "100", "--rate", "30", "--kill-every", "4",
-        "--import-sessions", "100", "--settle-timeout", "150", "--seed", "7"]))
+    code = chaos.run(
+        chaos.parse_args(
+            [
+                "--messages",
+                "1000",
+                "--contacts",
+                "100",
+                "--rate",
+                "30",
+                "--kill-every",
+                "4",
+                "--import-sessions",
+                "100",
+                "--settle-timeout",
+                "150",
+                "--seed",
+                "7",
+            ]
+        )
+    )
     report = capsys.readouterr().out
     kills = re.search(r"SIGKILLs: server (\d+), bot (\d+), nats-server (\d+)", report)
     assert kills is not None, report

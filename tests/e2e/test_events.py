@@ -34,8 +34,7 @@ def ws_url(port: int, query: str = "") -> str:
 
 
 def open_events(port: int, query: str = "") -> ClientConnection:
-    return connect(ws_url(port, query), additional_headers=AUTH, subprotocols=["balcao.v1"],
-                   open_timeout=15)
+    return connect(ws_url(port, query), additional_headers=AUTH, subprotocols=["balcao.v1"], open_timeout=15)
 
 
 def read_until(ws: ClientConnection, done, timeout: float = 60.0) -> list[dict[str, Any]]:
@@ -72,20 +71,24 @@ def settled_stream(port: int, expected: int) -> list[dict[str, Any]]:
 def publish_raw(nats_url: str, bodies: list[bytes]) -> None:
     async def run() -> None:
         import nats
+
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
         for body in bodies:
             await js.publish(events.subject(events.IMPORT_FINISHED), body, stream=events.EVENTS_STREAM)
         await nc.close()
+
     asyncio.run(run())
 
 
 def purge(nats_url: str) -> None:
     async def run() -> None:
         import nats
+
         nc = await nats.connect(nats_url)
         await nc.jetstream().purge_stream(events.EVENTS_STREAM)
         await nc.close()
+
     asyncio.run(run())
 
 
@@ -118,8 +121,9 @@ def test_a_client_on_one_replica_sees_what_the_other_stored(stack, telegram):
         # A finish that only replica B handles reaches the client on A.
         session_id = got[0]["session_id"]
         with open_events(a.port, f"session={session_id}&type=session.finished") as finished:
-            httpx.delete(f"http://127.0.0.1:{b.port}/v1/sessions/{session_id}", headers=AUTH,
-                         timeout=15).raise_for_status()
+            httpx.delete(
+                f"http://127.0.0.1:{b.port}/v1/sessions/{session_id}", headers=AUTH, timeout=15
+            ).raise_for_status()
             (event,) = read_until(finished, lambda got: len(got) >= 1)
     assert event["type"] == events.SESSION_FINISHED and event["session_id"] == session_id
 
@@ -184,9 +188,13 @@ def test_a_client_that_never_reads_is_cut_off_without_the_server_growing(stack, 
     # then the server's, up to its limit.
     raw = socket.create_connection(("127.0.0.1", server.port))
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    raw.sendall((f"GET /v1/events HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                 f"Authorization: Bearer {API_TOKEN}\r\n\r\n").encode())
+    raw.sendall(
+        (
+            f"GET /v1/events HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {API_TOKEN}\r\n\r\n"
+        ).encode()
+    )
     assert raw.recv(12) == b"HTTP/1.1 101"
     before = rss_bytes(server.popen.pid)
     chunk = json.dumps(events.event(events.IMPORT_FINISHED, padding="x" * 60_000)).encode()
@@ -206,21 +214,33 @@ def test_a_client_that_never_reads_is_cut_off_without_the_server_growing(stack, 
 
 
 def upgrade_headers(**extra: str) -> dict[str, str]:
-    return {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", **extra}
+    return {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        **extra,
+    }
 
 
-@pytest.mark.parametrize("query, headers", [
-    ("", {}),
-    ("", {"Authorization": "Bearer wrong-token-0123456789"}),
-    (f"token={API_TOKEN}", {}),
-    (f"access_token={API_TOKEN}", {"Authorization": f"Bearer {API_TOKEN}"}),
-    ("", {"Sec-WebSocket-Protocol": "balcao.v1, bearer.wrong-token-0123456789"}),
-], ids=["no-token", "wrong-token", "query-token", "query-token-beside-header", "wrong-subprotocol-token"])
+@pytest.mark.parametrize(
+    "query, headers",
+    [
+        ("", {}),
+        ("", {"Authorization": "Bearer wrong-token-0123456789"}),
+        (f"token={API_TOKEN}", {}),
+        (f"access_token={API_TOKEN}", {"Authorization": f"Bearer {API_TOKEN}"}),
+        ("", {"Sec-WebSocket-Protocol": "balcao.v1, bearer.wrong-token-0123456789"}),
+    ],
+    ids=["no-token", "wrong-token", "query-token", "query-token-beside-header", "wrong-subprotocol-token"],
+)
 def test_a_bad_or_misplaced_token_is_refused_before_the_upgrade(stack, query, headers):
     server = stack.server()
-    response = httpx.get(f"http://127.0.0.1:{server.port}/v1/events" + (f"?{query}" if query else ""),
-                         headers=upgrade_headers(**headers), timeout=15)
+    response = httpx.get(
+        f"http://127.0.0.1:{server.port}/v1/events" + (f"?{query}" if query else ""),
+        headers=upgrade_headers(**headers),
+        timeout=15,
+    )
     assert response.status_code == 401
     assert response.headers["Content-Type"] == "application/problem+json"
     assert response.json()["status"] == 401
@@ -230,8 +250,7 @@ def test_a_bad_or_misplaced_token_is_refused_before_the_upgrade(stack, query, he
 
 def test_a_browser_authenticates_with_a_subprotocol_that_is_never_echoed(stack):
     server = stack.server()
-    with connect(ws_url(server.port), subprotocols=["balcao.v1", f"bearer.{API_TOKEN}"],
-                 open_timeout=15) as ws:
+    with connect(ws_url(server.port), subprotocols=["balcao.v1", f"bearer.{API_TOKEN}"], open_timeout=15) as ws:
         assert ws.subprotocol == "balcao.v1"
         assert API_TOKEN not in str(ws.response.headers)
 
@@ -240,15 +259,13 @@ def test_an_id_older_than_the_stream_keeps_gets_a_gone_close_code(stack, clean_n
     server = stack.server()
     publish_raw(clean_nats.url, [events.to_bytes(events.event(events.IMPORT_FINISHED))] * 3)
     purge(clean_nats.url)
-    with open_events(server.port, "since=1") as ws:
-        with pytest.raises(ConnectionClosed) as closed:
-            ws.recv(timeout=15)
+    with open_events(server.port, "since=1") as ws, pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=15)
     assert closed.value.rcvd.code == 4410
     assert "reload" in closed.value.rcvd.reason
     # An id the stream still keeps (or a future one) is fine.
-    with open_events(server.port, "since=3") as ws:
-        with pytest.raises(TimeoutError):
-            ws.recv(timeout=1.0)
+    with open_events(server.port, "since=3") as ws, pytest.raises(TimeoutError):
+        ws.recv(timeout=1.0)
 
 
 def test_server_sent_events_resume_from_last_event_id(stack, clean_nats):
@@ -265,25 +282,37 @@ def test_server_sent_events_resume_from_last_event_id(stack, clean_nats):
                 break
     assert [line for line in frames if line.startswith("id:")] == ["id: 3", "id: 4"]
     assert "event: import.finished" in frames
-    gone = httpx.get(f"http://127.0.0.1:{server.port}/v1/events", params={"since": "x"},
-                     headers={**AUTH, "Accept": "text/event-stream"}, timeout=15)
+    gone = httpx.get(
+        f"http://127.0.0.1:{server.port}/v1/events",
+        params={"since": "x"},
+        headers={**AUTH, "Accept": "text/event-stream"},
+        timeout=15,
+    )
     assert gone.status_code == 400 and gone.json()["errors"][0]["field"] == "since"
 
 
 def test_a_batch_redelivered_after_its_events_were_published_adds_no_second_event(stack, telegram, tmp_path):
     fired = tmp_path / "failpoints.log"
     port = free_port()
-    crashing = stack.server(HTTP_PORT=str(port), BALCAO_FAILPOINTS="server.events.after_published=kill",
-                            BALCAO_FAILPOINTS_LOG=str(fired))
+    crashing = stack.server(
+        HTTP_PORT=str(port), BALCAO_FAILPOINTS="server.events.after_published=kill", BALCAO_FAILPOINTS_LOG=str(fired)
+    )
     stack.bot()
     telegram.send_as_user(7701, "só uma vez")
-    eventually(lambda: fired.exists() and "server.events.after_published" in fired.read_text(),
-               timeout=60, message="the fail point fired")
+    eventually(
+        lambda: fired.exists() and "server.events.after_published" in fired.read_text(),
+        timeout=60,
+        message="the fail point fired",
+    )
     eventually(lambda: not crashing.running, message="the server died at the fail point")
     assert inbound_waiting(stack.env["NATS_URL"]) == 1  # stored and published, never acknowledged
     survivor = stack.server(HTTP_PORT=str(free_port()))  # gets the batch again (after the ack wait)
-    eventually(lambda: inbound_waiting(stack.env["NATS_URL"]) == 0, timeout=90, interval=0.5,
-               message="the redelivered batch acknowledged")
+    eventually(
+        lambda: inbound_waiting(stack.env["NATS_URL"]) == 0,
+        timeout=90,
+        interval=0.5,
+        message="the redelivered batch acknowledged",
+    )
     got = settled_stream(survivor.port, 3)
     assert [e["type"] for e in got] == [events.SESSION_OPENED, events.MESSAGE_RECEIVED, events.MESSAGE_SENT], got
 
@@ -296,7 +325,14 @@ def test_connections_over_the_per_token_cap_are_refused_before_the_upgrade(stack
         metrics = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=10).text
         assert 'balcao_event_clients{transport="websocket"} 1.0' in metrics
     # The slot is given back when the client leaves.
-    eventually(lambda: httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=10).text.count(
-        'balcao_event_clients{transport="websocket"} 0.0') == 1, message="the client counted out")
+    eventually(
+        lambda: (
+            httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=10).text.count(
+                'balcao_event_clients{transport="websocket"} 0.0'
+            )
+            == 1
+        ),
+        message="the client counted out",
+    )
     with open_events(server.port):
         pass

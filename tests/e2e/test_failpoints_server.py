@@ -59,12 +59,15 @@ def counters_match_what_is_stored(mongo) -> None:
 CONTACTS = [6101, 6102, 6103, 6104]
 
 
-@pytest.mark.parametrize("point", [
-    "server.intake.after_messages_inserted",
-    "server.intake.after_sessions_updated",
-    "server.intake.after_reply_published",
-    "server.intake.before_ack",
-])
+@pytest.mark.parametrize(
+    "point",
+    [
+        "server.intake.after_messages_inserted",
+        "server.intake.after_sessions_updated",
+        "server.intake.after_reply_published",
+        "server.intake.before_ack",
+    ],
+)
 def test_intake_crash_stores_and_answers_every_message_once(stack, telegram, mongo, tmp_path, clean_nats, point):
     server, log = crash_at(stack, tmp_path, point)
     stack.bot()
@@ -77,8 +80,11 @@ def test_intake_crash_stores_and_answers_every_message_once(stack, telegram, mon
     stack.server()  # a fresh replica; the crashed batch comes back to it after the ack wait
 
     def observed() -> tuple:
-        return (mongo.messages.count_documents({}), len(telegram.sent()),
-                tuple(sorted((s["contact_identifier"], s["message_count"]) for s in mongo.sessions.find())))
+        return (
+            mongo.messages.count_documents({}),
+            len(telegram.sent()),
+            tuple(sorted((s["contact_identifier"], s["message_count"]) for s in mongo.sessions.find())),
+        )
 
     settle(clean_nats.url, observed)
 
@@ -121,28 +127,39 @@ def test_outbox_crash_after_publishing_sends_the_goodbye_once(stack, api, telegr
 def chunk_of(first: int, count: int, messages: int = 2) -> bytes:
     lines = []
     for number in range(first, first + count):
-        record = {"name": f"Importada {number}", "platform_type": "Telegram", "contact_identifier": 5500 + number,
-                  "messages": [{"id": f"m{number}-{n}", "content": f"mensagem {n} de {number}",
-                                "date": f"2024-05-01T12:{n:02d}:00Z"} for n in range(messages)]}
+        record = {
+            "name": f"Importada {number}",
+            "platform_type": "Telegram",
+            "contact_identifier": 5500 + number,
+            "messages": [
+                {"id": f"m{number}-{n}", "content": f"mensagem {n} de {number}", "date": f"2024-05-01T12:{n:02d}:00Z"}
+                for n in range(messages)
+            ],
+        }
         lines.append(json.dumps({"record": number, "line": number, "data": record}))
     return ("\n".join(lines) + "\n").encode()
 
 
 def put_chunk(http: httpx.Client, import_id: str, seq: int, body: bytes) -> httpx.Response | None:
     try:
-        return http.put(f"imports/{import_id}/chunks/{seq}", content=body,
-                        headers={"Content-Type": "application/x-ndjson"})
+        return http.put(
+            f"imports/{import_id}/chunks/{seq}", content=body, headers={"Content-Type": "application/x-ndjson"}
+        )
     except httpx.HTTPError:
         return None  # the server died answering
 
 
-@pytest.mark.parametrize("point", [
-    "import.after_sessions_inserted",
-    "import.after_messages_inserted",
-    "import.chunk.after_batch_record",
-])
-def test_chunked_import_crash_then_resume_reports_what_is_stored(stack, api, telegram, mongo, tmp_path, clean_nats,
-                                                                   point):
+@pytest.mark.parametrize(
+    "point",
+    [
+        "import.after_sessions_inserted",
+        "import.after_messages_inserted",
+        "import.chunk.after_batch_record",
+    ],
+)
+def test_chunked_import_crash_then_resume_reports_what_is_stored(
+    stack, api, telegram, mongo, tmp_path, clean_nats, point
+):
     telegram.add_channel("suporte")
     server, log = crash_at(stack, tmp_path, point)
     stack.bot()

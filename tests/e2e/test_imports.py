@@ -21,8 +21,7 @@ BOUNDARY = "balcao-test-boundary"
 
 @pytest.fixture
 def http(stack) -> Iterator[httpx.Client]:
-    client = httpx.Client(base_url=f"{stack.api_url}/v1/", headers={"Authorization": f"Bearer {API_TOKEN}"},
-                          timeout=60)
+    client = httpx.Client(base_url=f"{stack.api_url}/v1/", headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=60)
     yield client
     client.close()
 
@@ -44,16 +43,23 @@ def announcements(telegram) -> list[str]:
 
 def snapshot(mongo) -> list[tuple]:
     return sorted(
-        (s["contact_identifier"], s["contact_name"], s["message_count"], s["last_message_preview"],
-         sorted(m["key"] for m in mongo.messages.find({"session_id": s["_id"]})))
+        (
+            s["contact_identifier"],
+            s["contact_name"],
+            s["message_count"],
+            s["last_message_preview"],
+            sorted(m["key"] for m in mongo.messages.find({"session_id": s["_id"]})),
+        )
         for s in mongo.sessions.find()
     )
 
 
 def form_head(filename: str = "sessions.json") -> bytes:
-    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"channel\"\r\n\r\n{CHANNEL}\r\n"
-            f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
-            "Content-Type: application/json\r\n\r\n").encode()
+    return (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="channel"\r\n\r\n{CHANNEL}\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        "Content-Type: application/json\r\n\r\n"
+    ).encode()
 
 
 def raw_upload(port: int, body: bytes, length: int) -> socket.socket:
@@ -115,12 +121,13 @@ def test_uploads_over_the_limit_are_refused_and_the_server_keeps_serving(stack, 
     def streamed() -> Iterator[bytes]:  # no Content-Length: the server counts as it reads
         yield form_head("big.json")
         for start in range(0, len(content), 8192):
-            yield content[start:start + 8192]
+            yield content[start : start + 8192]
         yield f"\r\n--{BOUNDARY}--\r\n".encode()
 
     try:
-        cut_off = http.post("imports", content=streamed(),
-                            headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+        cut_off = http.post(
+            "imports", content=streamed(), headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+        )
         assert cut_off.status_code == 413
     except httpx.TransportError:
         pass  # the answer went out while the client was still sending: the connection was closed on it

@@ -52,8 +52,15 @@ def test_start_and_non_text_are_answered_but_not_stored(stack, telegram, mongo):
 
 def private_text_update(user_id: int, message_id: int, text: str) -> dict:
     user = {"id": user_id, "is_bot": False, "first_name": "Rita"}
-    return {"message": {"message_id": message_id, "date": int(time.time()), "text": text, "from": user,
-                        "chat": {"id": user_id, "type": "private", "first_name": "Rita"}}}
+    return {
+        "message": {
+            "message_id": message_id,
+            "date": int(time.time()),
+            "text": text,
+            "from": user,
+            "chat": {"id": user_id, "type": "private", "first_name": "Rita"},
+        }
+    }
 
 
 def test_update_delivered_twice_is_stored_and_answered_once(stack, telegram, mongo):
@@ -89,8 +96,7 @@ def test_server_down_while_messages_arrive_loses_and_doubles_nothing(stack, tele
     eventually(lambda: not telegram.pending_updates(), message="bot relayed all to JetStream")
     stack.server()
 
-    eventually(lambda: sum(len(replies(telegram, 5001 + c)) for c in range(5)) >= 50, timeout=30,
-               message="50 replies")
+    eventually(lambda: sum(len(replies(telegram, 5001 + c)) for c in range(5)) >= 50, timeout=30, message="50 replies")
     assert mongo.messages.count_documents({"text": {"$regex": "^mensagem"}}) == 50
     assert len({m["text"] for m in mongo.messages.find({"text": {"$regex": "^mensagem"}})}) == 50
     for contact in range(5):

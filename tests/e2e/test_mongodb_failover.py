@@ -63,8 +63,9 @@ def test_mongodb_killed_mid_batch_loses_and_doubles_nothing(own_mongodb, stack, 
     writer = threading.Thread(target=send_steadily, args=(telegram, stop, sent), daemon=True)
     writer.start()
     try:
-        eventually(lambda: len([m for m in telegram.sent() if m["text"] == REPLY]) >= 5, timeout=30,
-                   message="replies flowing")
+        eventually(
+            lambda: len([m for m in telegram.sent() if m["text"] == REPLY]) >= 5, timeout=30, message="replies flowing"
+        )
         own_mongodb.stop()  # mid-stream: a batch is being written
         # An agent's request while no MongoDB answers: 503 with Retry-After, not 500.
         during = api.get("/v1/sessions")

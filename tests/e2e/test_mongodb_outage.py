@@ -36,8 +36,6 @@ def replies(telegram, chat_id: int) -> int:
     return sum(1 for m in telegram.sent(chat_id) if m["text"] == REPLY)
 
 
-
-
 # own_mongodb comes first, so it is still up while the stack's processes stop.
 def test_intake_waits_out_a_mongodb_outage_and_stores_everything(own_mongodb, stack, telegram, clean_nats):
     server = stack.server(MONGODB_URI=own_mongodb.uri)
@@ -58,15 +56,20 @@ def test_intake_waits_out_a_mongodb_outage_and_stores_everything(own_mongodb, st
     assert inbound_waiting(clean_nats.url) == DURING
     assert [replies(telegram, c) for c in CONTACTS] == [1, 0]
     # Longer than pymongo's 5 s server selection: the intake gives the batch back.
-    eventually(lambda: "left for redelivery, MongoDB" in server.log_text(), timeout=15,
-               message="the batch handed back to JetStream")
+    eventually(
+        lambda: "left for redelivery, MongoDB" in server.log_text(),
+        timeout=15,
+        message="the batch handed back to JetStream",
+    )
     assert inbound_waiting(clean_nats.url) == DURING
 
     own_mongodb.start()
     outage = time.monotonic() - outage_started
-    eventually(lambda: replies(telegram, CONTACTS[0]) == 1 + DURING // 2
-               and replies(telegram, CONTACTS[1]) == DURING // 2, timeout=30,
-               message="replies to what was sent during the outage")
+    eventually(
+        lambda: replies(telegram, CONTACTS[0]) == 1 + DURING // 2 and replies(telegram, CONTACTS[1]) == DURING // 2,
+        timeout=30,
+        message="replies to what was sent during the outage",
+    )
     assert httpx.get(f"{stack.api_url}/ready", timeout=10).status_code == 200
     eventually(lambda: inbound_waiting(clean_nats.url) == 0, message="all acknowledged")
 

@@ -13,7 +13,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import nats
 import nats.errors
@@ -40,8 +39,7 @@ MAX_GAP = 45.0  # seconds without a reply that count as a stuck desk
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    running = NatsCluster(data_dir=tmp_path_factory.mktemp("nats-cluster"),
-                          log_dir=tmp_path_factory.getbasetemp())
+    running = NatsCluster(data_dir=tmp_path_factory.mktemp("nats-cluster"), log_dir=tmp_path_factory.getbasetemp())
     running.start()
     yield running
     running.stop()
@@ -88,8 +86,9 @@ def empty_streams(cluster: NatsCluster) -> None:
 
 
 @pytest.fixture(scope="module")
-def desk(cluster: NatsCluster, mongodb_uri: str, fake_telegram_server: str,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def desk(
+    cluster: NatsCluster, mongodb_uri: str, fake_telegram_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     """A server and a bot on the cluster, streams at three replicas, for the whole module.
 
     Starting them once keeps the module short; each test writes from its own
@@ -98,8 +97,7 @@ def desk(cluster: NatsCluster, mongodb_uri: str, fake_telegram_server: str,
     """
     cluster.wait_ready()
     empty_streams(cluster)
-    env = {**stack_env(cluster.urls, mongodb_uri, fake_telegram_server), "NATS_REPLICAS": "3",
-           "INTAKE_BATCH": "50"}
+    env = {**stack_env(cluster.urls, mongodb_uri, fake_telegram_server), "NATS_REPLICAS": "3", "INTAKE_BATCH": "50"}
     running = Stack(env, tmp_path_factory.mktemp("desk"))
     running.server()
     running.bot()
@@ -109,8 +107,7 @@ def desk(cluster: NatsCluster, mongodb_uri: str, fake_telegram_server: str,
         outbound = await js.consumer_info(OUTBOUND_STREAM, OUTBOUND_CONSUMER)
         return inbound.config.num_replicas in (0, 3) and outbound.config.num_replicas in (0, 3)
 
-    eventually(lambda: probe(cluster, consumers), timeout=30, interval=0.2,
-               message="server and bot consuming")
+    eventually(lambda: probe(cluster, consumers), timeout=30, interval=0.2, message="server and bot consuming")
     yield running
     running.stop()
     for process in running.processes:
@@ -146,8 +143,9 @@ class Traffic:
 
 
 def replies(telegram: FakeTelegramClient) -> list[dict]:
-    return [a for a in telegram.attempts() if a["method"] == "sendMessage" and a["status"] == 200
-            and a["text"] == REPLY]
+    return [
+        a for a in telegram.attempts() if a["method"] == "sendMessage" and a["status"] == 200 and a["text"] == REPLY
+    ]
 
 
 async def backlog(js) -> dict[str, tuple[int, int, int]]:
@@ -155,23 +153,30 @@ async def backlog(js) -> dict[str, tuple[int, int, int]]:
     held = {}
     for stream, consumer in ((INBOUND_STREAM, INBOUND_CONSUMER), (OUTBOUND_STREAM, OUTBOUND_CONSUMER)):
         info = await js.consumer_info(stream, consumer)
-        held[stream] = ((await js.stream_info(stream)).state.messages, info.num_pending,
-                        info.num_ack_pending)
+        held[stream] = ((await js.stream_info(stream)).state.messages, info.num_pending, info.num_ack_pending)
     return held
 
 
 def settled(cluster: NatsCluster) -> dict[str, tuple[int, int, int]] | None:
     """The backlog once nothing waits undelivered and every message left is one out for work."""
     held = probe(cluster, backlog)
-    return held if held and all(pending == 0 and messages == unacknowledged
-                       for messages, pending, unacknowledged in held.values()) else None
+    return (
+        held
+        if held
+        and all(pending == 0 and messages == unacknowledged for messages, pending, unacknowledged in held.values())
+        else None
+    )
 
 
-def check_exactly_once(cluster: NatsCluster, telegram: FakeTelegramClient, mongo, contacts: list[int],
-                       failure: str, broke_at: float) -> None:
-    eventually(lambda: len({a["chat_id"] for a in replies(telegram)} & {str(c) for c in contacts})
-               >= len(contacts), timeout=60, interval=0.3,
-               message=f"{len(contacts)} replies")
+def check_exactly_once(
+    cluster: NatsCluster, telegram: FakeTelegramClient, mongo, contacts: list[int], failure: str, broke_at: float
+) -> None:
+    eventually(
+        lambda: len({a["chat_id"] for a in replies(telegram)} & {str(c) for c in contacts}) >= len(contacts),
+        timeout=60,
+        interval=0.3,
+        message=f"{len(contacts)} replies",
+    )
     held = eventually(lambda: settled(cluster), timeout=30, interval=0.3, message="consumers settled")
     eventually(lambda: not telegram.pending_updates(), timeout=15, message="updates confirmed")
     # Every message is answered by now, so what a consumer still holds is work done
@@ -188,16 +193,17 @@ def check_exactly_once(cluster: NatsCluster, telegram: FakeTelegramClient, mongo
     for attempt in answered:
         per_chat[attempt["chat_id"]] = per_chat.get(attempt["chat_id"], 0) + 1
     assert per_chat == dict.fromkeys(ours, 1)  # answered once each
-    stored = [m["text"] for m in mongo.messages.find({}, {"text": 1})
-              if m["text"].removeprefix("mensagem de ") in ours]
+    stored = [m["text"] for m in mongo.messages.find({}, {"text": 1}) if m["text"].removeprefix("mensagem de ") in ours]
     assert sorted(stored) == sorted(f"mensagem de {contact}" for contact in contacts)  # stored once
     assert mongo.sessions.count_documents({"contact_identifier": {"$in": sorted(ours)}}) == len(contacts)
 
     times = sorted(attempt["at"] for attempt in answered)
     gaps = [(later - earlier, earlier) for earlier, later in zip(times, times[1:]) if later > broke_at - 1]
     gap, since = max(gaps)
-    print(f"\n[reply gap] {failure}: {gap:.2f} s without replies (from {since - broke_at:+.2f} s "
-          f"after the failure), {len(contacts)} messages at {RATE:.0f}/s, acks lost: {lost_acks or 'none'}")
+    print(
+        f"\n[reply gap] {failure}: {gap:.2f} s without replies (from {since - broke_at:+.2f} s "
+        f"after the failure), {len(contacts)} messages at {RATE:.0f}/s, acks lost: {lost_acks or 'none'}"
+    )
     # Steady traffic answers every 1/RATE s; a failure may pause it, but replies must
     # come back on their own. The bound is generous for a busy 2-core machine, where a
     # rolling restart has paused replies for up to 25 s (leader elections, consumer moves).
@@ -213,8 +219,7 @@ def test_killing_the_inbound_stream_leader_loses_and_doubles_nothing(cluster, mo
         time.sleep(AFTER)
         leader.start()
         cluster.wait_ready()
-    check_exactly_once(cluster, telegram, mongo, traffic.sent, f"SIGKILL of inbound leader {leader.name}",
-                       broke_at)
+    check_exactly_once(cluster, telegram, mongo, traffic.sent, f"SIGKILL of inbound leader {leader.name}", broke_at)
 
 
 def test_killing_the_outbound_stream_leader_loses_and_doubles_nothing(cluster, mongo, telegram, desk):
@@ -226,8 +231,7 @@ def test_killing_the_outbound_stream_leader_loses_and_doubles_nothing(cluster, m
         time.sleep(AFTER)
         leader.start()
         cluster.wait_ready()
-    check_exactly_once(cluster, telegram, mongo, traffic.sent, f"SIGKILL of outbound leader {leader.name}",
-                       broke_at)
+    check_exactly_once(cluster, telegram, mongo, traffic.sent, f"SIGKILL of outbound leader {leader.name}", broke_at)
 
 
 def test_a_rolling_restart_in_lame_duck_mode_loses_and_doubles_nothing(cluster, mongo, telegram, desk):
@@ -239,8 +243,7 @@ def test_a_rolling_restart_in_lame_duck_mode_loses_and_doubles_nothing(cluster, 
             node.start()
             cluster.wait_ready()
         time.sleep(AFTER / 2)
-    check_exactly_once(cluster, telegram, mongo, traffic.sent, "rolling restart in lame-duck mode",
-                       broke_at)
+    check_exactly_once(cluster, telegram, mongo, traffic.sent, "rolling restart in lame-duck mode", broke_at)
 
 
 def test_a_node_cut_off_from_its_peers_loses_and_doubles_nothing(cluster, mongo, telegram, desk):
@@ -254,8 +257,7 @@ def test_a_node_cut_off_from_its_peers_loses_and_doubles_nothing(cluster, mongo,
         # has to elect another; a process stuck on a node without a quorum is a
         # different failure (its JetStream calls time out until the node rejoins).
         leader = stream_leader(cluster, INBOUND_STREAM)
-        candidates = sorted((n for n in cluster.nodes if not serves_the_desk(n)),
-                            key=lambda n: n is not leader)
+        candidates = sorted((n for n in cluster.nodes if not serves_the_desk(n)), key=lambda n: n is not leader)
         node = candidates[0]
         broke_at = time.monotonic()
         node.kill()
@@ -266,5 +268,4 @@ def test_a_node_cut_off_from_its_peers_loses_and_doubles_nothing(cluster, mongo,
         node.kill()
         node.start()  # mended: back on its cluster port, it catches up from the others
         cluster.wait_ready()
-    check_exactly_once(cluster, telegram, mongo, traffic.sent, f"node {node.name} cut off from its peers",
-                       broke_at)
+    check_exactly_once(cluster, telegram, mongo, traffic.sent, f"node {node.name} cut off from its peers", broke_at)

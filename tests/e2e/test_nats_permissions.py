@@ -30,9 +30,12 @@ VIOLATION = "permissions violation"  # how nats-py and nats-server both spell it
 
 @pytest.fixture
 def secured_nats(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(data_dir=tmp_path / "nats", config_file=CONFIG, log_file=tmp_path / "nats.log",
-                        environment={"BALCAO_NATS_SERVER_PASSWORD": PASSWORDS["server"],
-                                     "BALCAO_NATS_BOT_PASSWORD": PASSWORDS["bot"]})
+    server = NatsServer(
+        data_dir=tmp_path / "nats",
+        config_file=CONFIG,
+        log_file=tmp_path / "nats.log",
+        environment={"BALCAO_NATS_SERVER_PASSWORD": PASSWORDS["server"], "BALCAO_NATS_BOT_PASSWORD": PASSWORDS["bot"]},
+    )
     server.start()
     yield server
     server.stop()
@@ -42,13 +45,11 @@ def user_env(nats_server: NatsServer, user: str, secrets: Path) -> dict[str, str
     """NATS_URL names the user, the password comes from a file: as in podman-compose.yml."""
     password_file = secrets / f"nats_{user}_password"
     password_file.write_text(PASSWORDS[user] + "\n")
-    return {"NATS_URL": f"nats://{user}@127.0.0.1:{nats_server.port}",
-            "NATS_PASSWORD_FILE": str(password_file)}
+    return {"NATS_URL": f"nats://{user}@127.0.0.1:{nats_server.port}", "NATS_PASSWORD_FILE": str(password_file)}
 
 
 @pytest.fixture
-def secured_stack(secured_nats: NatsServer, mongo, telegram, mongodb_uri: str,
-                  tmp_path: Path) -> Iterator[Stack]:
+def secured_stack(secured_nats: NatsServer, mongo, telegram, mongodb_uri: str, tmp_path: Path) -> Iterator[Stack]:
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     running = Stack(stack_env(secured_nats.url, mongodb_uri, telegram.base_url), tmp_path)
@@ -64,8 +65,9 @@ async def connect_as(nats_server: NatsServer, user: str, errors: list[str]) -> n
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc))
 
-    return await nats.connect(nats_server.url, user=user, password=PASSWORDS[user], error_cb=on_error,
-                              allow_reconnect=False)
+    return await nats.connect(
+        nats_server.url, user=user, password=PASSWORDS[user], error_cb=on_error, allow_reconnect=False
+    )
 
 
 def test_server_and_bot_work_as_their_own_users(secured_stack, secured_nats, telegram, mongo):
@@ -76,16 +78,22 @@ def test_server_and_bot_work_as_their_own_users(secured_stack, secured_nats, tel
 
     telegram.send_as_user(8001, "Olá", first_name="Rita")
     telegram.send_as_user(8002, "Oi", first_name="Caio")
-    eventually(lambda: [m for m in telegram.sent(8001) if m["text"] == REPLY], timeout=30,
-               message="reply through the permissioned NATS")
+    eventually(
+        lambda: [m for m in telegram.sent(8001) if m["text"] == REPLY],
+        timeout=30,
+        message="reply through the permissioned NATS",
+    )
     eventually(lambda: "parked" in bot.log_text(), timeout=30, message="the refused reply parked")
 
     # A restarted bot binds the existing consumer and bucket (the look-up paths).
     bot.stop()
     secured_stack.bot(**secured_stack.bot_env)
     telegram.send_as_user(8001, "De novo", first_name="Rita")
-    eventually(lambda: len([m for m in telegram.sent(8001) if m["text"] == REPLY]) == 2, timeout=30,
-               message="reply after the bot restarted")
+    eventually(
+        lambda: len([m for m in telegram.sent(8001) if m["text"] == REPLY]) == 2,
+        timeout=30,
+        message="reply after the bot restarted",
+    )
 
     assert {s["contact_identifier"] for s in mongo.sessions.find()} == {"8001", "8002"}
     assert mongo.messages.count_documents({}) == 3

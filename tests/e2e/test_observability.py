@@ -18,7 +18,8 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
     text = httpx.get(url, timeout=10).text
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text) for sample in family.samples
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
     }
 
 

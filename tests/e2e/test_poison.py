@@ -56,16 +56,32 @@ def stream_size(url: str, stream: str) -> int:
 
 def test_poison_payloads_are_dead_lettered_and_a_good_message_is_answered(stack, mongo, clean_nats):
     server = stack.server()
-    good = InboundMessage(platform="telegram", contact_identifier="7007", chat_id=7007, message_id=1,
-                          name="Rita", text="depois do veneno", sent_at="2026-01-01T00:00:00+00:00")
+    good = InboundMessage(
+        platform="telegram",
+        contact_identifier="7007",
+        chat_id=7007,
+        message_id=1,
+        name="Rita",
+        text="depois do veneno",
+        sent_at="2026-01-01T00:00:00+00:00",
+    )
     asyncio.run(_publish_raw(clean_nats.url, [*POISON, good.to_bytes()]))
 
-    eventually(lambda: mongo.messages.count_documents({"text": "depois do veneno"}) == 1, timeout=30,
-               message="the good message stored")
-    dead = eventually(lambda: (lambda found: found if len(found) == len(POISON) else None)(
-        stream_contents(clean_nats.url, DEAD_STREAM)), timeout=30, message="every poison dead-lettered")
-    eventually(lambda: stream_size(clean_nats.url, INBOUND_STREAM) == 0, timeout=30,
-               message="the inbound stream emptied")
+    eventually(
+        lambda: mongo.messages.count_documents({"text": "depois do veneno"}) == 1,
+        timeout=30,
+        message="the good message stored",
+    )
+    dead = eventually(
+        lambda: (lambda found: found if len(found) == len(POISON) else None)(
+            stream_contents(clean_nats.url, DEAD_STREAM)
+        ),
+        timeout=30,
+        message="every poison dead-lettered",
+    )
+    eventually(
+        lambda: stream_size(clean_nats.url, INBOUND_STREAM) == 0, timeout=30, message="the inbound stream emptied"
+    )
 
     assert server.running, server.log_text()
     assert sorted(entry["data"] for entry in dead) == sorted(POISON)
@@ -73,8 +89,7 @@ def test_poison_payloads_are_dead_lettered_and_a_good_message_is_answered(stack,
         assert entry["headers"]["Balcao-Dead-Subject"] == INBOUND_SUBJECT
         assert entry["headers"]["Balcao-Dead-Reason"]
         assert entry["headers"]["Nats-Msg-Id"].startswith("poison-")
-    assert [m.text for m in outbound_messages(clean_nats.url) if m.chat_id == "7007"] == [
-        "Reply: mensagem recebida"]
+    assert [m.text for m in outbound_messages(clean_nats.url) if m.chat_id == "7007"] == ["Reply: mensagem recebida"]
     assert mongo.messages.count_documents({}) == 1
     assert server.log_text().count("dead-lettered") == len(POISON)
     metrics = __import__("httpx").get(f"{stack.api_url}/metrics").text

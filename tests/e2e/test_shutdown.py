@@ -51,8 +51,10 @@ def test_sigterm_mid_stream_loses_and_doubles_nothing(stack, telegram, mongo):
     server = stack.server(INTAKE_BATCH="5")
     sender.join()
     total = len(CONTACTS) * PER_CONTACT
-    eventually(lambda: mongo.messages.count_documents({"text": {"$regex": "^fluxo"}}) >= total / 2,
-               message="half the stream stored")
+    eventually(
+        lambda: mongo.messages.count_documents({"text": {"$regex": "^fluxo"}}) >= total / 2,
+        message="half the stream stored",
+    )
     sent_before = sum(replies(telegram, c) for c in CONTACTS)
     bot_exit = terminate(bot)
     assert 0 < sent_before < total / 2, "the bot must be stopped with replies still to send"
@@ -60,8 +62,7 @@ def test_sigterm_mid_stream_loses_and_doubles_nothing(stack, telegram, mongo):
 
     assert server_exit[0] == 0 and server_exit[1] < SERVER_GRACE, server_exit
     assert bot_exit[0] == 0 and bot_exit[1] < BOT_GRACE, bot_exit
-    eventually(lambda: sum(replies(telegram, c) for c in CONTACTS) >= total, timeout=25,
-               message=f"{total} replies")
+    eventually(lambda: sum(replies(telegram, c) for c in CONTACTS) >= total, timeout=25, message=f"{total} replies")
     eventually(lambda: not telegram.pending_updates(), message="updates confirmed")
     settle(stack.env["NATS_URL"], lambda: (len(telegram.sent()), mongo.messages.count_documents({})))
 

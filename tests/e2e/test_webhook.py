@@ -24,8 +24,11 @@ HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 def webhook_env() -> dict[str, str]:
     port = free_port()
-    return {"TELEGRAM_WEBHOOK_URL": f"http://127.0.0.1:{port}/telegram/updates",
-            "WEBHOOK_PORT": str(port), "TELEGRAM_WEBHOOK_SECRET": SECRET}
+    return {
+        "TELEGRAM_WEBHOOK_URL": f"http://127.0.0.1:{port}/telegram/updates",
+        "WEBHOOK_PORT": str(port),
+        "TELEGRAM_WEBHOOK_SECRET": SECRET,
+    }
 
 
 def start_webhook_bot(stack, **extra: str):
@@ -47,11 +50,16 @@ def replies(telegram, chat_id: int) -> int:
 
 def update(update_id: int, user_id: int, text: str) -> dict:
     user = {"id": user_id, "is_bot": False, "first_name": "Intrusa"}
-    return {"update_id": update_id,
-            "message": {"message_id": 1, "date": int(time.time()), "text": text, "from": user,
-                        "chat": {"id": user_id, "type": "private", "first_name": "Intrusa"}}}
-
-
+    return {
+        "update_id": update_id,
+        "message": {
+            "message_id": 1,
+            "date": int(time.time()),
+            "text": text,
+            "from": user,
+            "chat": {"id": user_id, "type": "private", "first_name": "Intrusa"},
+        },
+    }
 
 
 def test_webhook_mode_relays_replies_and_refuses_strangers(stack, telegram, mongo):
@@ -70,8 +78,10 @@ def test_webhook_mode_relays_replies_and_refuses_strangers(stack, telegram, mong
         response = httpx.post(url, json=forged, headers=headers, timeout=10)
         assert response.status_code == 403, headers
     assert httpx.post(url, content=b"{not json", headers={HEADER: SECRET}, timeout=10).status_code == 400
-    assert httpx.post(url.replace("/updates", "/other"), json=forged, headers={HEADER: SECRET},
-                      timeout=10).status_code == 404
+    assert (
+        httpx.post(url.replace("/updates", "/other"), json=forged, headers={HEADER: SECRET}, timeout=10).status_code
+        == 404
+    )
     time.sleep(1)
     assert mongo.messages.count_documents({"text": "forjada"}) == 0
     assert replies(telegram, 9503) == 0
@@ -91,8 +101,10 @@ def test_relay_failure_answers_500_and_telegram_delivers_again(stack, telegram, 
 
     asyncio.run(delete_inbound_stream())  # JetStream now refuses every inbound publish
     telegram.send_as_user(9601, "insistente")
-    info = eventually(lambda: (lambda i: i if "500" in i.get("last_error_message", "") else None)(
-        webhook_info(telegram)), message="the webhook answered 500")
+    info = eventually(
+        lambda: (lambda i: i if "500" in i.get("last_error_message", "") else None)(webhook_info(telegram)),
+        message="the webhook answered 500",
+    )
     assert info["pending_update_count"] == 1  # not confirmed: Telegram keeps it
     time.sleep(1)
     assert len(telegram.pending_updates()) == 1
@@ -121,14 +133,23 @@ def _first_inbound(nats_url: str) -> bytes:
     return asyncio.run(read())
 
 
-@pytest.mark.parametrize(("extra", "problem"), [
-    ({}, "TELEGRAM_WEBHOOK_URL needs TELEGRAM_WEBHOOK_SECRET (or _FILE)"),
-    ({"TELEGRAM_WEBHOOK_SECRET": "has spaces"},
-     "TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -"),
-])
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ({}, "TELEGRAM_WEBHOOK_URL needs TELEGRAM_WEBHOOK_SECRET (or _FILE)"),
+        (
+            {"TELEGRAM_WEBHOOK_SECRET": "has spaces"},
+            "TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -",
+        ),
+    ],
+)
 def test_webhook_mode_needs_a_valid_secret(extra, problem):
-    environ = {"TELEGRAM_BOT_TOKEN": "1:abc", "NATS_URL": "nats://n:4222",
-               "TELEGRAM_WEBHOOK_URL": "https://bot.example.com/tg", **extra}
+    environ = {
+        "TELEGRAM_BOT_TOKEN": "1:abc",
+        "NATS_URL": "nats://n:4222",
+        "TELEGRAM_WEBHOOK_URL": "https://bot.example.com/tg",
+        **extra,
+    }
     with pytest.raises(ConfigError) as error:
         config.load(environ)
     assert error.value.problems == [problem]
@@ -136,9 +157,15 @@ def test_webhook_mode_needs_a_valid_secret(extra, problem):
 
 
 def test_webhook_settings_serve_the_url_path():
-    settings = config.load({"TELEGRAM_BOT_TOKEN": "1:abc", "NATS_URL": "nats://n:4222",
-                            "TELEGRAM_WEBHOOK_URL": "https://bot.example.com/tg/in",
-                            "TELEGRAM_WEBHOOK_SECRET": SECRET, "BOT_METRICS_PORT": "9464"})
+    settings = config.load(
+        {
+            "TELEGRAM_BOT_TOKEN": "1:abc",
+            "NATS_URL": "nats://n:4222",
+            "TELEGRAM_WEBHOOK_URL": "https://bot.example.com/tg/in",
+            "TELEGRAM_WEBHOOK_SECRET": SECRET,
+            "BOT_METRICS_PORT": "9464",
+        }
+    )
     assert settings.webhook_path == "/tg/in"
     assert settings.metrics_port == 9464
     assert SECRET in settings.secrets and "1:abc" in settings.secrets

@@ -46,11 +46,16 @@ def target(nats_server: NatsServer, mongodb_uri: str, tmp_path_factory: pytest.T
     """The attack suite's server, with short timeouts and a small connection cap."""
     reset_jetstream(nats_server.url)
     port = free_port()
-    env = {**stack_env(nats_server.url, mongodb_uri, NO_TELEGRAM), "HTTP_PORT": str(port),
-           "HTTP_IDLE_TIMEOUT": str(IDLE_TIMEOUT), "HTTP_BODY_TIMEOUT": str(BODY_TIMEOUT),
-           "HTTP_MAX_CONNECTIONS": str(MAX_CONNECTIONS), "SEARCH_MAX_EXAMINED": str(SEARCH_MAX_EXAMINED),
-           # The search test counts documents, not time; SecantusDB on a busy machine is slow.
-           "QUERY_MAX_TIME_MS": "60000"}
+    env = {
+        **stack_env(nats_server.url, mongodb_uri, NO_TELEGRAM),
+        "HTTP_PORT": str(port),
+        "HTTP_IDLE_TIMEOUT": str(IDLE_TIMEOUT),
+        "HTTP_BODY_TIMEOUT": str(BODY_TIMEOUT),
+        "HTTP_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+        "SEARCH_MAX_EXAMINED": str(SEARCH_MAX_EXAMINED),
+        # The search test counts documents, not time; SecantusDB on a busy machine is slow.
+        "QUERY_MAX_TIME_MS": "60000",
+    }
     log = Path(tmp_path_factory.mktemp("security")) / "server.log"
     server = Process("server", env, log, port=port).start()
     yield Target(server)
@@ -100,8 +105,10 @@ class Watch:
 
     def check(self, bound: int = RSS_GROWTH_BOUND, ready_throughout: bool = True) -> None:
         # Shown with `pytest -rP`: the figures behind the bound.
-        print(f"server RSS: {self.baseline / MIB:.1f} MiB before, {self.peak / MIB:.1f} MiB peak; "
-              f"/ready answers: {sorted(set(self.ready_answers))}")
+        print(
+            f"server RSS: {self.baseline / MIB:.1f} MiB before, {self.peak / MIB:.1f} MiB peak; "
+            f"/ready answers: {sorted(set(self.ready_answers))}"
+        )
         assert self.growth < bound, f"RSS grew by {self.growth / MIB:.1f} MiB (bound {bound / MIB:.0f} MiB)"
         if ready_throughout:
             assert self.ready_answers and set(self.ready_answers) == {200}, self.ready_answers
@@ -227,9 +234,11 @@ def test_a_chunked_agent_reply_over_its_limit_is_a_413(target, session):
     """The reply route streams and sets its own 64 KiB limit; a chunked body has
     no length to check beforehand, so the limit is counted as it arrives."""
     sock = connect(target)
-    sock.sendall(f"POST /v1/sessions/{session['_id']}/messages HTTP/1.1\r\nHost: x\r\n"
-                 f"Authorization: Bearer {API_TOKEN}\r\nContent-Type: application/json\r\n"
-                 "Transfer-Encoding: chunked\r\n\r\n".encode())
+    sock.sendall(
+        f"POST /v1/sessions/{session['_id']}/messages HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {API_TOKEN}\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n".encode()
+    )
     piece = b"x" * 16384
     with Watch(target) as watch:
         try:
@@ -328,10 +337,15 @@ def test_a_ready_flood_pings_mongodb_about_once_a_second(target):
 
 
 def test_a_spoofed_client_address_is_not_logged(target):
-    httpx.get(f"{target.url}/health?spoofed", headers={"X-Real-Ip": "203.0.113.66",
-                                                       "X-Forwarded-For": "203.0.113.67"}, timeout=5)
-    line = eventually(lambda: [line for line in target.process.log_text().splitlines()
-                               if "GET /health?spoofed" in line], message="the access log line")
+    httpx.get(
+        f"{target.url}/health?spoofed",
+        headers={"X-Real-Ip": "203.0.113.66", "X-Forwarded-For": "203.0.113.67"},
+        timeout=5,
+    )
+    line = eventually(
+        lambda: [line for line in target.process.log_text().splitlines() if "GET /health?spoofed" in line],
+        message="the access log line",
+    )
 
     assert "GET /health?spoofed (127.0.0.1) " in line[-1]
     assert "203.0.113" not in target.process.log_text()
@@ -340,8 +354,10 @@ def test_a_spoofed_client_address_is_not_logged(target):
 def test_search_words_stay_out_of_the_access_log(target):
     with target.client() as client:
         assert client.get("/v1/sessions", params={"q": "Joaquina Esmeralda"}).status_code == 200
-    line = eventually(lambda: [line for line in target.process.log_text().splitlines()
-                               if "GET /v1/sessions?" in line], message="the access log line")
+    line = eventually(
+        lambda: [line for line in target.process.log_text().splitlines() if "GET /v1/sessions?" in line],
+        message="the access log line",
+    )
 
     assert "GET /v1/sessions?q=*** (127.0.0.1)" in line[-1]
     assert "joaquina" not in target.process.log_text().lower()
@@ -366,11 +382,14 @@ def test_the_api_listens_on_loopback_by_default(target):
 # --- with a token -------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("params", "field"), [
-    ({"limit": "9" * 5000}, "limit"),
-    ({"active_since": "0001-01-01T00:00:00+23:59"}, "active_since"),
-    ({"active_since": "9999-12-31T23:59:59-23:59"}, "active_since"),
-])
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"limit": "9" * 5000}, "limit"),
+        ({"active_since": "0001-01-01T00:00:00+23:59"}, "active_since"),
+        ({"active_since": "9999-12-31T23:59:59-23:59"}, "active_since"),
+    ],
+)
 def test_absurd_query_parameters_are_400s_naming_them(target, params, field):
     with Watch(target) as watch, target.client() as client:
         response = client.get("/v1/sessions", params=params)
@@ -388,23 +407,32 @@ def nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ('{"text": ' + nested(30_000) + "}", "body"),
-    ('{"text": ' + "7" * 5000 + "}", "text"),
-    ('{"text": -' + "7" * 5000 + "}", "text"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"text": ' + nested(30_000) + "}", "body"),
+        ('{"text": ' + "7" * 5000 + "}", "text"),
+        ('{"text": -' + "7" * 5000 + "}", "text"),
+    ],
+)
 def test_hostile_json_in_an_agent_reply_is_a_400_naming_the_field(target, session, body, field):
     with Watch(target) as watch, target.client() as client:
-        response = client.post(f"/v1/sessions/{session['_id']}/messages", content=body.encode(),
-                               headers={"Content-Type": "application/json"})
+        response = client.post(
+            f"/v1/sessions/{session['_id']}/messages",
+            content=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )
     assert_problem(response, 400, "invalid-json" if field == "body" else "invalid-body", field)
     watch.check()
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ('{"channel": "@canal_teste", "source": ' + nested(7_000) + "}", "body"),
-    ('{"channel": "@canal_teste", "source": ' + "7" * 5000 + "}", "source"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"channel": "@canal_teste", "source": ' + nested(7_000) + "}", "body"),
+        ('{"channel": "@canal_teste", "source": ' + "7" * 5000 + "}", "source"),
+    ],
+)
 def test_hostile_json_starting_a_chunked_import_is_a_400_naming_the_field(target, mongo, body, field):
     with Watch(target) as watch, target.client() as client:
         response = client.post("/v1/imports", content=body.encode(), headers={"Content-Type": "application/json"})
@@ -417,8 +445,9 @@ def test_hostile_json_starting_a_chunked_import_is_a_400_naming_the_field(target
 def test_json_nested_100000_deep_is_refused_by_size(target, session, path, limit):
     body = ('{"text": ' + nested(100_000) + "}").encode()
     with target.client() as client:
-        response = client.post(path.format(id=session["_id"]), content=body,
-                               headers={"Content-Type": "application/json"})
+        response = client.post(
+            path.format(id=session["_id"]), content=body, headers={"Content-Type": "application/json"}
+        )
     assert_problem(response, 413, "payload-too-large")
 
 
@@ -429,8 +458,10 @@ def test_a_search_of_common_words_examines_a_bounded_number_of_sessions(target, 
     factories.bind(mongo)
     now = factories.now()
     docs = factories.SessionFactory.build_batch(
-        1200, contact_name=factory.Sequence(lambda n: f"Ana Souza {n}"),
-        last_message_at=factory.Sequence(lambda n: now - dt.timedelta(seconds=n)))
+        1200,
+        contact_name=factory.Sequence(lambda n: f"Ana Souza {n}"),
+        last_message_at=factory.Sequence(lambda n: now - dt.timedelta(seconds=n)),
+    )
     mongo["sessions"].insert_many(docs)
 
     with Watch(target) as watch, target.client() as client:

@@ -35,8 +35,12 @@ IDLE_TIMEOUT = 3
 MAX_CHUNKS = 3
 # What the server may reach while it is attacked; it idles near 100 MB.
 RSS_BOUND = 250 * 1024 * 1024
-SESSION = {"name": "Ana", "platform_type": "telegram", "contact_identifier": 5585999990001,
-           "messages": [{"content": "Olá", "date": "2021-03-03T19:43:38Z"}]}
+SESSION = {
+    "name": "Ana",
+    "platform_type": "telegram",
+    "contact_identifier": 5585999990001,
+    "messages": [{"content": "Olá", "date": "2021-03-03T19:43:38Z"}],
+}
 LIMITS_ENV = {
     "IMPORT_MAX_RECORD_BYTES": str(RECORD_LIMIT),
     "IMPORT_MAX_RECORD_DEPTH": "32",
@@ -123,24 +127,39 @@ def channel_part() -> tuple[bytes, bytes]:
     return b'Content-Disposition: form-data; name="channel"', b"@suporte"
 
 
-def file_part(content: bytes, filename: bytes = b"sessions.json", content_type: bytes = b"application/json"
-              ) -> tuple[bytes, bytes]:
-    return (b'Content-Disposition: form-data; name="file"; filename="' + filename + b'"\r\nContent-Type: '
-            + content_type, content)
+def file_part(
+    content: bytes, filename: bytes = b"sessions.json", content_type: bytes = b"application/json"
+) -> tuple[bytes, bytes]:
+    return (
+        b'Content-Disposition: form-data; name="file"; filename="' + filename + b'"\r\nContent-Type: ' + content_type,
+        content,
+    )
 
 
 def form_head(filename: bytes, content_type: bytes) -> bytes:
     """The body up to the first byte of the file's content."""
     headers, _ = file_part(b"", filename, content_type)
     channel_headers, channel = channel_part()
-    return (b"--attackboundary\r\n" + channel_headers + b"\r\n\r\n" + channel + b"\r\n--attackboundary\r\n"
-            + headers + b"\r\n\r\n")
+    return (
+        b"--attackboundary\r\n"
+        + channel_headers
+        + b"\r\n\r\n"
+        + channel
+        + b"\r\n--attackboundary\r\n"
+        + headers
+        + b"\r\n\r\n"
+    )
 
 
 def post_multipart(target: Target, body: bytes, boundary: bytes = b"attackboundary") -> httpx.Response:
     with target.client(timeout=120) as client:
-        return answer_of(lambda: client.post("/v1/imports", content=body, headers={
-            "Content-Type": "multipart/form-data; boundary=" + boundary.decode()}))
+        return answer_of(
+            lambda: client.post(
+                "/v1/imports",
+                content=body,
+                headers={"Content-Type": "multipart/form-data; boundary=" + boundary.decode()},
+            )
+        )
 
 
 def streamed(head: bytes, unit: bytes, total: int, tail: bytes) -> Iterator[bytes]:
@@ -154,8 +173,13 @@ def streamed(head: bytes, unit: bytes, total: int, tail: bytes) -> Iterator[byte
 
 def post_streamed(target: Target, pieces: Iterator[bytes], size: int) -> httpx.Response:
     with target.client(timeout=120) as client:
-        return answer_of(lambda: client.post("/v1/imports", content=pieces, headers={
-            "Content-Type": "multipart/form-data; boundary=attackboundary", "Content-Length": str(size)}))
+        return answer_of(
+            lambda: client.post(
+                "/v1/imports",
+                content=pieces,
+                headers={"Content-Type": "multipart/form-data; boundary=attackboundary", "Content-Length": str(size)},
+            )
+        )
 
 
 def problem(response: httpx.Response, status: int) -> dict:
@@ -202,8 +226,10 @@ def test_a_preamble_past_64_kib_is_a_400_naming_the_file_part_not_a_reset(target
 
 
 def test_a_short_preamble_is_allowed_as_rfc_2046_has_it(target: Target, db) -> None:
-    body = multipart([channel_part(), file_part(json.dumps([SESSION]).encode())],
-                     preamble=b"This is a multi-part message in MIME format.\r\n")
+    body = multipart(
+        [channel_part(), file_part(json.dumps([SESSION]).encode())],
+        preamble=b"This is a multi-part message in MIME format.\r\n",
+    )
     response = post_multipart(target, body)
 
     assert response.status_code == 202, response.text
@@ -251,7 +277,8 @@ def test_a_ten_million_deep_array_ends_the_import_failed_at_the_depth_limit(targ
 
 
 def test_an_item_of_many_small_values_is_rejected_by_its_record_number_and_the_rest_imported(
-        target: Target, db) -> None:
+    target: Target, db
+) -> None:
     with under_attack(target) as watch:
         response = json_array_attack(target, b'{"name": "Bia", "messages": [', b"{},", 8 * 2**20, b"{}]}")
 
@@ -281,8 +308,11 @@ def test_a_number_past_64_bits_fails_the_import_and_does_not_kill_the_server(tar
 
 
 def test_a_csv_contact_identifier_past_the_int_limit_is_that_records_error(target: Target, db) -> None:
-    content = (b"_id,name,platform_type,contact_identifier,messages\n,Ana,telegram," + b"7" * 5000
-               + b",\n,Bia,telegram,5585999990002,\n")
+    content = (
+        b"_id,name,platform_type,contact_identifier,messages\n,Ana,telegram,"
+        + b"7" * 5000
+        + b",\n,Bia,telegram,5585999990002,\n"
+    )
     body = multipart([channel_part(), file_part(content, b"sessions.csv", b"text/csv")])
     with under_attack(target) as watch:
         response = post_multipart(target, body)
@@ -297,13 +327,32 @@ def test_a_csv_contact_identifier_past_the_int_limit_is_that_records_error(targe
 
 def test_the_cli_does_not_retry_a_chunk_with_a_huge_contact_identifier(target: Target, db, tmp_path: Path) -> None:
     file = tmp_path / "sessions.csv"
-    file.write_bytes(b"_id,name,platform_type,contact_identifier,messages\n,Ana,telegram," + b"7" * 5000
-                     + b",\n,Bia,telegram,5585999990002,\n")
+    file.write_bytes(
+        b"_id,name,platform_type,contact_identifier,messages\n,Ana,telegram,"
+        + b"7" * 5000
+        + b",\n,Bia,telegram,5585999990002,\n"
+    )
     env = {**os.environ, "BALCAO_API_URL": target.url, "BALCAO_API_TOKEN": API_TOKEN}
     started = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "cli", "import", str(file), "--channel", "@suporte",
-                          "--state-dir", str(tmp_path / "state")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=100, check=False)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "import",
+            str(file),
+            "--channel",
+            "@suporte",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
 
     assert "retrying" not in run.stderr, run.stderr[-2000:]
     assert "contact_identifier: longer than 20 digits" in run.stdout, run.stdout + run.stderr
@@ -345,16 +394,22 @@ def announcements(nats_server: NatsServer, job_id: object) -> list:
     return [m for m in outbound_messages(nats_server.url) if m.key == f"import:{job_id}"]
 
 
-def test_a_chunked_import_never_completed_is_failed_and_announced_once(target: Target, db,
-                                                                       nats_server: NatsServer) -> None:
+def test_a_chunked_import_never_completed_is_failed_and_announced_once(
+    target: Target, db, nats_server: NatsServer
+) -> None:
     with target.client() as client:
         job_id = start_chunked(client, "never\ncompleted.csv")
-        put = client.put(f"/v1/imports/{job_id}/chunks/0", content=chunk_line(1, 5585999990001),
-                         headers={"Content-Type": "application/x-ndjson"})
+        put = client.put(
+            f"/v1/imports/{job_id}/chunks/0",
+            content=chunk_line(1, 5585999990001),
+            headers={"Content-Type": "application/x-ndjson"},
+        )
         assert put.status_code == 200, put.text
 
-        report = eventually(lambda: (r := client.get(f"/v1/imports/{job_id}").json())["status"] == "failed" and r,
-                            timeout=IDLE_TIMEOUT + 30)
+        report = eventually(
+            lambda: (r := client.get(f"/v1/imports/{job_id}").json())["status"] == "failed" and r,
+            timeout=IDLE_TIMEOUT + 30,
+        )
 
     assert report["failure"]["reason"] == "abandoned"
     assert report["counts"]["created"] == 1
@@ -366,12 +421,14 @@ def test_a_chunked_import_never_completed_is_failed_and_announced_once(target: T
 
 
 def test_an_upload_whose_server_was_killed_is_failed_by_another_replica(
-        target: Target, db, nats_server: NatsServer, mongodb_uri: str, tmp_path: Path) -> None:
+    target: Target, db, nats_server: NatsServer, mongodb_uri: str, tmp_path: Path
+) -> None:
     port = free_port()
     env = {**stack_env(nats_server.url, mongodb_uri, NO_TELEGRAM), "HTTP_PORT": str(port), **LIMITS_ENV}
     doomed = Process("server", env, tmp_path / "doomed.log", port=port).start()
-    rows = b"".join(json.dumps({**SESSION, "contact_identifier": 5585999990000 + n}).encode() + b"\n"
-                    for n in range(600))  # more than one batch, so the import exists
+    rows = b"".join(
+        json.dumps({**SESSION, "contact_identifier": 5585999990000 + n}).encode() + b"\n" for n in range(600)
+    )  # more than one batch, so the import exists
     head = form_head(b"s.ndjson", b"application/x-ndjson") + rows
 
     def endless() -> Iterator[bytes]:
@@ -380,10 +437,20 @@ def test_an_upload_whose_server_was_killed_is_failed_by_another_replica(
             time.sleep(0.2)
             yield b"\n"
 
-    sender = threading.Thread(target=lambda: _quietly(lambda: httpx.post(
-        f"http://127.0.0.1:{port}/v1/imports", content=endless(), timeout=60,
-        headers={"Authorization": f"Bearer {API_TOKEN}",
-                 "Content-Type": "multipart/form-data; boundary=attackboundary"})), daemon=True)
+    sender = threading.Thread(
+        target=lambda: _quietly(
+            lambda: httpx.post(
+                f"http://127.0.0.1:{port}/v1/imports",
+                content=endless(),
+                timeout=60,
+                headers={
+                    "Authorization": f"Bearer {API_TOKEN}",
+                    "Content-Type": "multipart/form-data; boundary=attackboundary",
+                },
+            )
+        ),
+        daemon=True,
+    )
     sender.start()
     job = eventually(lambda: db.import_jobs.find_one({"status": "running", "mode": "upload"}), timeout=60)
     doomed.popen.send_signal(signal.SIGKILL)  # mid-upload: the import is running, its body unfinished
@@ -391,8 +458,10 @@ def test_an_upload_whose_server_was_killed_is_failed_by_another_replica(
     sender.join(30)
 
     with target.client() as client:
-        report = eventually(lambda: (r := client.get(f"/v1/imports/{job['_id']}").json())["status"] == "failed"
-                            and r, timeout=IDLE_TIMEOUT + 30)
+        report = eventually(
+            lambda: (r := client.get(f"/v1/imports/{job['_id']}").json())["status"] == "failed" and r,
+            timeout=IDLE_TIMEOUT + 30,
+        )
     assert report["failure"]["reason"] == "abandoned"
     assert report["counts"]["created"] >= 500
     eventually(lambda: announcements(nats_server, job["_id"]), timeout=15)
@@ -410,8 +479,14 @@ def _quietly(send: Callable[[], object]) -> None:
 def test_a_chunked_import_takes_at_most_the_configured_chunks(target: Target, db) -> None:
     with target.client() as client:
         job_id = start_chunked(client)
-        answers = [client.put(f"/v1/imports/{job_id}/chunks/{seq}", content=chunk_line(seq + 1, 5585999990001 + seq),
-                              headers={"Content-Type": "application/x-ndjson"}) for seq in range(MAX_CHUNKS + 1)]
+        answers = [
+            client.put(
+                f"/v1/imports/{job_id}/chunks/{seq}",
+                content=chunk_line(seq + 1, 5585999990001 + seq),
+                headers={"Content-Type": "application/x-ndjson"},
+            )
+            for seq in range(MAX_CHUNKS + 1)
+        ]
 
     assert [answer.status_code for answer in answers] == [200] * MAX_CHUNKS + [413]
     assert f"at most {MAX_CHUNKS} chunks" in problem(answers[-1], 413)["detail"]

@@ -22,8 +22,9 @@ NO_TELEGRAM = "http://127.0.0.1:9"
 
 
 @pytest.fixture(scope="module")
-def api_server(nats_server: NatsServer, mongodb_uri: str,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+def api_server(
+    nats_server: NatsServer, mongodb_uri: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Process]:
     reset_jetstream(nats_server.url)
     port = free_port()
     env = {**stack_env(nats_server.url, mongodb_uri, NO_TELEGRAM), "HTTP_PORT": str(port)}

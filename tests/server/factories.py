@@ -94,14 +94,23 @@ class MessageFactory(factory.Factory):
         return document
 
 
-def conversation(texts: list[str], start: dt.datetime | None = None, step: dt.timedelta = dt.timedelta(seconds=1),
-                 **session_fields: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def conversation(
+    texts: list[str],
+    start: dt.datetime | None = None,
+    step: dt.timedelta = dt.timedelta(seconds=1),
+    **session_fields: Any,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A session holding `texts` as consecutive messages, its counters consistent with them."""
     start = start or now() - step * len(texts)
     last = start + step * (len(texts) - 1)
-    session = SessionFactory.create(last_message_at=last, message_count=len(texts),
-                                    last_message_preview=preview(texts[-1]) if texts else "",
-                                    created_at=start, **session_fields)
-    messages = [MessageFactory.create(session=session, text=text, sent_at=start + step * n)
-                for n, text in enumerate(texts)]
+    session = SessionFactory.create(
+        last_message_at=last,
+        message_count=len(texts),
+        last_message_preview=preview(texts[-1]) if texts else "",
+        created_at=start,
+        **session_fields,
+    )
+    messages = [
+        MessageFactory.create(session=session, text=text, sent_at=start + step * n) for n, text in enumerate(texts)
+    ]
     return session, messages

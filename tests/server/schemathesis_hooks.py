@@ -43,13 +43,23 @@ def _session_file(layout: str, count: int, seed: int) -> str:
     return out.getvalue()
 
 
-schemathesis.openapi.format("balcao-session-file", st.builds(
-    _session_file, st.sampled_from(["json", "ndjson", "csv", "csv-messages"]), st.integers(0, 3),
-    st.integers(0, 2**16)))
+schemathesis.openapi.format(
+    "balcao-session-file",
+    st.builds(
+        _session_file,
+        st.sampled_from(["json", "ndjson", "csv", "csv-messages"]),
+        st.integers(0, 3),
+        st.integers(0, 2**16),
+    ),
+)
 # As the server reads `q`: letters, digits, combining marks, spaces, apostrophes, hyphens; one letter or digit at least.
-schemathesis.openapi.format("balcao-name-search", st.text(
-    st.characters(categories=["L", "N", "M"]) | st.sampled_from(" '’-"), max_size=40,
-).filter(lambda text: not text.strip() or any(char.isalnum() for char in text)))
+schemathesis.openapi.format(
+    "balcao-name-search",
+    st.text(
+        st.characters(categories=["L", "N", "M"]) | st.sampled_from(" '’-"),
+        max_size=40,
+    ).filter(lambda text: not text.strip() or any(char.isalnum() for char in text)),
+)
 schemathesis.openapi.format("balcao-cursor", st.from_regex(r"\A[A-Za-z0-9_-]{40,80}\Z"))
 
 
@@ -69,8 +79,9 @@ def map_case(context: Any, case: Any) -> Any:
 def _issued_cursor(path: str, query: dict[str, Any]) -> str | None:
     base = os.environ["BALCAO_CONTRACT_URL"]
     token = os.environ["BALCAO_CONTRACT_TOKEN"]
-    response = httpx.get(f"{base}{path}", params={**query, "limit": 1}, timeout=20,
-                         headers={"Authorization": f"Bearer {token}"})
+    response = httpx.get(
+        f"{base}{path}", params={**query, "limit": 1}, timeout=20, headers={"Authorization": f"Bearer {token}"}
+    )
     if response.status_code != 200:
         return None
     return response.json().get("next_cursor")

@@ -25,9 +25,23 @@ def test_the_bruno_collection_passes_against_a_live_server(api, api_server: Proc
     report = tmp_path / "bruno.junit.xml"
 
     run = subprocess.run(
-        [str(BRU), "run", "--env", "local", "--env-var", f"baseUrl=http://127.0.0.1:{api_server.port}",
-         "--env-var", f"token={API_TOKEN}", "--reporter-junit", str(report)],
-        cwd=COLLECTION, capture_output=True, text=True, timeout=120, check=False,
+        [
+            str(BRU),
+            "run",
+            "--env",
+            "local",
+            "--env-var",
+            f"baseUrl=http://127.0.0.1:{api_server.port}",
+            "--env-var",
+            f"token={API_TOKEN}",
+            "--reporter-junit",
+            str(report),
+        ],
+        cwd=COLLECTION,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]

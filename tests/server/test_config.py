@@ -32,8 +32,13 @@ def test_server_exits_with_the_message_when_misconfigured():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "server"], capture_output=True, text=True,
-                            env={"PATH": "/usr/bin:/bin", "NATS_URL": "nats://x:1"}, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "server"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "NATS_URL": "nats://x:1"},
+        timeout=60,
+    )
     assert result.returncode == 1
     assert "server: configuration error:" in result.stderr
     assert "API_TOKEN (or API_TOKEN_FILE) is required" in result.stderr
@@ -56,8 +61,9 @@ def test_rotation_settings_accept_the_previous_token_and_cursor_key():
     assert settings.cursor_keys == ("t" * 32, "p" * 32)
     settings = config.load({**VALID, "CURSOR_KEY": "c" * 32, "CURSOR_KEY_PREVIOUS": "t" * 32})
     assert settings.cursor_keys == ("c" * 32, "t" * 32)
-    assert {"p" * 32, "c" * 32} <= set(config.load({**VALID, "API_TOKEN_PREVIOUS": "p" * 32,
-                                                    "CURSOR_KEY": "c" * 32}).secrets)
+    assert {"p" * 32, "c" * 32} <= set(
+        config.load({**VALID, "API_TOKEN_PREVIOUS": "p" * 32, "CURSOR_KEY": "c" * 32}).secrets
+    )
 
 
 def test_short_rotation_secrets_and_an_orphan_previous_cursor_key_are_refused():
@@ -73,9 +79,15 @@ def test_short_rotation_secrets_and_an_orphan_previous_cursor_key_are_refused():
 def test_backend_passwords_come_from_files_and_are_masked(tmp_path):
     (tmp_path / "mongodb").write_text("mongo-app-secret\n")
     (tmp_path / "nats").write_text("nats-server-secret\n")
-    settings = config.load({**VALID, "MONGODB_URI": "mongodb://balcao@db/balcao",
-                            "MONGODB_PASSWORD_FILE": str(tmp_path / "mongodb"),
-                            "NATS_URL": "nats://server@n:4222", "NATS_PASSWORD_FILE": str(tmp_path / "nats")})
+    settings = config.load(
+        {
+            **VALID,
+            "MONGODB_URI": "mongodb://balcao@db/balcao",
+            "MONGODB_PASSWORD_FILE": str(tmp_path / "mongodb"),
+            "NATS_URL": "nats://server@n:4222",
+            "NATS_PASSWORD_FILE": str(tmp_path / "nats"),
+        }
+    )
     assert settings.mongodb_uri == "mongodb://balcao:mongo-app-secret@db/balcao"
     assert settings.nats_url == "nats://server:nats-server-secret@n:4222"
     assert {"mongo-app-secret", "nats-server-secret"} <= set(settings.secrets)
@@ -84,7 +96,7 @@ def test_backend_passwords_come_from_files_and_are_masked(tmp_path):
 
 def test_stream_limits_default_and_read():
     defaults = config.load(VALID)
-    assert (defaults.stream_max_bytes, defaults.stream_max_age) == (256 * 1024 ** 2, 7 * 24 * 3600)
+    assert (defaults.stream_max_bytes, defaults.stream_max_age) == (256 * 1024**2, 7 * 24 * 3600)
     settings = config.load({**VALID, "STREAM_MAX_BYTES": "0", "STREAM_MAX_AGE_SECONDS": "3600"})
     assert (settings.stream_max_bytes, settings.stream_max_age) == (0, 3600)
     with pytest.raises(ConfigError, match="STREAM_MAX_BYTES must be a whole number"):

@@ -87,8 +87,9 @@ def test_cursors_issued_before_key_ids_are_still_accepted():
 
     secret = "test-api-token-0123456789abcdef-0123456789"
     key = hmac.new(secret.encode(), b"balcao page cursor v1", hashlib.sha256).digest()
-    body = json.dumps({"l": hashlib.sha256(b"sessions").hexdigest()[:16], "p": POSITION},
-                      separators=(",", ":"), sort_keys=True).encode()
+    body = json.dumps(
+        {"l": hashlib.sha256(b"sessions").hexdigest()[:16], "p": POSITION}, separators=(",", ":"), sort_keys=True
+    ).encode()
     legacy = base64.urlsafe_b64encode(body + hmac.new(key, body, hashlib.sha256).digest()[:16]).decode()
 
     assert CursorCodec(secret).decode("sessions", legacy.rstrip("=")) == POSITION

@@ -31,8 +31,7 @@ class QuickHandler(RequestHandler):
 @pytest_asyncio.fixture
 async def served():
     started, release = asyncio.Event(), asyncio.Event()
-    app = Application([(r"/slow", SlowHandler, {"started": started, "release": release}),
-                       (r"/quick", QuickHandler)])
+    app = Application([(r"/slow", SlowHandler, {"started": started, "release": release}), (r"/quick", QuickHandler)])
     server = DrainingHTTPServer(app)
     port = free_port()
     server.listen(port, "127.0.0.1")

@@ -44,18 +44,29 @@ FAILOVER_ERRORS = {
     "NetworkTimeout": NetworkTimeout("timed out"),
     "no primary to select": ServerSelectionTimeoutError("no primary available for writes"),
     "bulk write, majority not reached": BulkWriteError(
-        {"writeErrors": [], "writeConcernErrors": [{"code": 64, "errmsg": "waiting for replication timed out"}],
-         "nInserted": 3}),
+        {
+            "writeErrors": [],
+            "writeConcernErrors": [{"code": 64, "errmsg": "waiting for replication timed out"}],
+            "nInserted": 3,
+        }
+    ),
     "bulk write, primary stepped down mid-batch": BulkWriteError(
-        {"writeErrors": [{"index": 0, "code": 11000, "errmsg": "dup"},
-                         {"index": 1, "code": 189, "errmsg": "stepped down"}], "writeConcernErrors": []}),
+        {
+            "writeErrors": [
+                {"index": 0, "code": 11000, "errmsg": "dup"},
+                {"index": 1, "code": 189, "errmsg": "stepped down"},
+            ],
+            "writeConcernErrors": [],
+        }
+    ),
 }
 
 REAL_ERRORS = {
     "duplicate key": DuplicateKeyError("E11000 duplicate key", code=11000),
     "bad value": OperationFailure("bad value", code=2),
     "bulk write of duplicates only": BulkWriteError(
-        {"writeErrors": [{"index": 0, "code": 11000, "errmsg": "dup"}], "writeConcernErrors": []}),
+        {"writeErrors": [{"index": 0, "code": 11000, "errmsg": "dup"}], "writeConcernErrors": []}
+    ),
 }
 
 
@@ -115,9 +126,15 @@ class FailingDatabase:
 
 
 def inbound(n: int) -> bytes:
-    return InboundMessage(platform="telegram", contact_identifier=str(500 + n), chat_id=500 + n,
-                          message_id=n, name="Contato", text=f"oi {n}",
-                          sent_at="2026-01-01T00:00:00+00:00").to_bytes()
+    return InboundMessage(
+        platform="telegram",
+        contact_identifier=str(500 + n),
+        chat_id=500 + n,
+        message_id=n,
+        name="Contato",
+        text=f"oi {n}",
+        sent_at="2026-01-01T00:00:00+00:00",
+    ).to_bytes()
 
 
 @pytest.mark.parametrize("error", FAILOVER_ERRORS.values(), ids=FAILOVER_ERRORS.keys())
@@ -134,9 +151,11 @@ def test_intake_leaves_a_batch_hit_by_a_failover_to_redelivery(error: Exception)
 
 def test_replica_set_safety_defaults_to_majority_writes_and_primary_reads() -> None:
     assert replica_set_safety("mongodb://m1,m2,m3/balcao?replicaSet=rs0") == {
-        "w": "majority", "retryWrites": True, "readPreference": "primary"}
+        "w": "majority",
+        "retryWrites": True,
+        "readPreference": "primary",
+    }
 
 
 def test_replica_set_safety_leaves_what_the_uri_chose() -> None:
-    assert replica_set_safety("mongodb://m1/balcao?w=1&readPreference=primaryPreferred") == {
-        "retryWrites": True}
+    assert replica_set_safety("mongodb://m1/balcao?w=1&readPreference=primaryPreferred") == {"retryWrites": True}

@@ -37,20 +37,28 @@ def post_form(api, fields: dict[str, str], files: dict[str, tuple]):
     return response
 
 
-def upload(api, content: bytes, filename: str = "sessions.json", content_type: str = "application/json",
-           channel: str | None = "@suporte"):
+def upload(
+    api,
+    content: bytes,
+    filename: str = "sessions.json",
+    content_type: str = "application/json",
+    channel: str | None = "@suporte",
+):
     fields = {} if channel is None else {"channel": channel}
     return post_form(api, fields, {"file": (filename, content, content_type)})
 
 
 def stored(mongo, ignore: tuple[str, ...] = ()) -> tuple[list[dict], list[dict]]:
     """Sessions and messages as a client sees them, independent of ids and import order."""
+
     def comparable(doc: dict) -> dict:
         return {k: v for k, v in doc.items() if k not in ("_id", "activity_key", *ignore)}
 
     sessions = sorted(map(comparable, mongo.sessions.find()), key=lambda doc: doc["contact_identifier"])
-    messages = sorted(({k: v for k, v in doc.items() if k not in ("_id", "session_id")}
-                       for doc in mongo.messages.find()), key=lambda doc: doc["key"])
+    messages = sorted(
+        ({k: v for k, v in doc.items() if k not in ("_id", "session_id")} for doc in mongo.messages.find()),
+        key=lambda doc: doc["key"],
+    )
     return sessions, messages
 
 
@@ -117,8 +125,14 @@ def test_bad_records_are_reported_by_record_line_and_field_and_the_rest_imported
     good = sessions(4)
     missing_name = {**good[1], "name": None}
     bad_date = {**good[2], "messages": [{"id": "x", "content": "oi", "date": "ontem"}]}
-    lines = [json.dumps(good[0]), json.dumps(missing_name), "[1, 2]", "{broken", json.dumps(bad_date),
-             json.dumps(good[3])]
+    lines = [
+        json.dumps(good[0]),
+        json.dumps(missing_name),
+        "[1, 2]",
+        "{broken",
+        json.dumps(bad_date),
+        json.dumps(good[3]),
+    ]
     content = ("\n".join(lines) + "\n").encode()
 
     report = upload(api, content, "bad.ndjson", "application/x-ndjson").json()
@@ -181,13 +195,18 @@ def test_a_client_leaving_after_the_file_broke_gets_its_import_ended_with_the_ca
     at = content.index(b"\n", len(content) // 2) + 1  # past the first batch: the import exists
     broken = content[:at] + b"{oops}"
     boundary = "b0undary"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"channel\"\r\n\r\n@suporte\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"s.json\"\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="channel"\r\n\r\n@suporte\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="s.json"\r\n\r\n'
+    ).encode()
     with socket.create_connection(("127.0.0.1", api_server.port)) as connection:
         connection.sendall(
             f"POST /v1/imports HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}\r\n"
             f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-            f"Content-Length: {len(head) + len(content)}\r\n\r\n".encode() + head + broken)
+            f"Content-Length: {len(head) + len(content)}\r\n\r\n".encode()
+            + head
+            + broken
+        )
         eventually(lambda: mongo.import_jobs.find_one(), message="import started")
 
     job = eventually(lambda: mongo.import_jobs.find_one({"status": "failed"}), message="failed import")
@@ -203,8 +222,9 @@ def test_an_empty_file_is_refused(api, mongo):
     assert_serving(api)
 
 
-@pytest.mark.parametrize("content, filename", [(PNG, "sessions.json"), (b"abc\x00\x01" * 100, "sessions.csv"),
-                                               (b"[]", "sessions.xlsx")])
+@pytest.mark.parametrize(
+    "content, filename", [(PNG, "sessions.json"), (b"abc\x00\x01" * 100, "sessions.csv"), (b"[]", "sessions.xlsx")]
+)
 def test_binary_and_unsupported_files_are_refused(api, mongo, content, filename):
     body = problem(upload(api, content, filename), 415, "unsupported-file-type")
 
@@ -225,8 +245,9 @@ def test_a_csv_header_lacking_a_column_is_refused_with_its_line(api, mongo):
 
 
 def test_a_body_that_is_not_a_form_is_refused(api):
-    response = api.post("imports", content=(DATA / "sessions.json").read_bytes(),
-                        headers={"Content-Type": "text/plain"})
+    response = api.post(
+        "imports", content=(DATA / "sessions.json").read_bytes(), headers={"Content-Type": "text/plain"}
+    )
 
     problem(response, 415, "unsupported-media-type")
     assert_serving(api)
@@ -236,8 +257,7 @@ def test_a_form_without_channel_or_file_is_refused(api, mongo):
     body = problem(upload(api, b"[]", channel=None), 400, "invalid-channel")
     assert "before the file" in body["detail"]
 
-    body = problem(post_form(api, {"channel": "@suporte"}, {"other": ("x", b"1")}), 400,
-                   "missing-field")
+    body = problem(post_form(api, {"channel": "@suporte"}, {"other": ("x", b"1")}), 400, "missing-field")
     assert body["errors"] == [{"field": "file", "in": "body", "message": "required"}]
 
     problem(upload(api, b"[]", channel="suporte"), 400, "invalid-channel")
@@ -270,21 +290,25 @@ def test_each_ended_import_is_announced_once(api, nats_server):
     found = eventually(announcements, message="announcement")
     assert len(found) == 1
     assert found[0].chat_id == "@suporte" and found[0].kind == "announcement"
-    assert found[0].text == ("Importação concluída (sessions.json): 3 sessões importadas (3 novas, "
-                             "0 atualizadas, 0 sem alteração), 0 rejeitadas.")
+    assert found[0].text == (
+        "Importação concluída (sessions.json): 3 sessões importadas (3 novas, "
+        "0 atualizadas, 0 sem alteração), 0 rejeitadas."
+    )
 
 
 # --- chunked imports (the CLI's protocol) --------------------------------------------
 
 
 def envelopes(records: list[dict[str, Any]], first: int = 1) -> bytes:
-    return "".join(json.dumps({"record": first + n, "line": None, "data": raw}) + "\n"
-                   for n, raw in enumerate(records)).encode()
+    return "".join(
+        json.dumps({"record": first + n, "line": None, "data": raw}) + "\n" for n, raw in enumerate(records)
+    ).encode()
 
 
 def put_chunk(api, import_id: str, seq: int, body: bytes):
-    return api.request("PUT", f"imports/{import_id}/chunks/{seq}", content=body,
-                       headers={"Content-Type": "application/x-ndjson"})
+    return api.request(
+        "PUT", f"imports/{import_id}/chunks/{seq}", content=body, headers={"Content-Type": "application/x-ndjson"}
+    )
 
 
 def test_a_chunked_import_applies_each_chunk_once_and_ends_on_completion(api, mongo, nats_server):
@@ -296,8 +320,12 @@ def test_a_chunked_import_applies_each_chunk_once_and_ends_on_completion(api, mo
     assert started.headers["Location"] == f"/v1/imports/{job['id']}"
 
     first = put_chunk(api, job["id"], 0, envelopes(generated[:10]))
-    assert first.json() == {"chunk": 0, "repeated": False, "errors": [],
-                            "counts": {"received": 10, "created": 10, "updated": 0, "unchanged": 0, "rejected": 0}}
+    assert first.json() == {
+        "chunk": 0,
+        "repeated": False,
+        "errors": [],
+        "counts": {"received": 10, "created": 10, "updated": 0, "unchanged": 0, "rejected": 0},
+    }
     repeated = put_chunk(api, job["id"], 0, envelopes(generated[:10]))
     assert repeated.json() == {**first.json(), "repeated": True}
     problem(put_chunk(api, job["id"], 2, envelopes(generated[20:])), 409, "chunk-out-of-order")
@@ -306,8 +334,9 @@ def test_a_chunked_import_applies_each_chunk_once_and_ends_on_completion(api, mo
     bad = {"record": 20, "line": 21, "problem": "expected 5 fields, saw 6"}
     second = put_chunk(api, job["id"], 1, envelopes(generated[10:19], first=11) + json.dumps(bad).encode())
     assert second.json()["counts"]["rejected"] == 1
-    assert second.json()["errors"] == [{"record": 20, "line": 21, "offset": None, "field": None,
-                                        "message": "expected 5 fields, saw 6"}]
+    assert second.json()["errors"] == [
+        {"record": 20, "line": 21, "offset": None, "field": None, "message": "expected 5 fields, saw 6"}
+    ]
     running = api.get(f"imports/{job['id']}").json()
     assert running["status"] == "running" and running["next_chunk"] == 2
     assert running["counts"]["received"] == 20
@@ -319,8 +348,7 @@ def test_a_chunked_import_applies_each_chunk_once_and_ends_on_completion(api, mo
     assert api.post(f"imports/{job['id']}/complete", json={"chunks": 2}).json() == done.json()
     problem(put_chunk(api, job["id"], 2, envelopes(generated[20:])), 409, "import-ended")
     assert mongo.sessions.count_documents({}) == 19
-    announced = eventually(lambda: [m for m in outbound_messages(nats_server.url)
-                                    if m.key == f"import:{job['id']}"])
+    announced = eventually(lambda: [m for m in outbound_messages(nats_server.url) if m.key == f"import:{job['id']}"])
     assert len(announced) == 1 and "19 sessões importadas" in announced[0].text
 
 
@@ -343,8 +371,11 @@ def test_chunked_import_requests_are_checked(api):
     problem(put_chunk(api, upload_id, 0, b"{}\n"), 409, "not-chunked")
     problem(api.post(f"imports/{upload_id}/complete", json={"chunks": 0}), 409, "not-chunked")
     job = api.post("imports", json={"channel": "@suporte"}).json()
-    problem(api.request("PUT", f"imports/{job['id']}/chunks/0", content=b"{}", headers={"Content-Type": "text/csv"}),
-            415, "unsupported-media-type")
+    problem(
+        api.request("PUT", f"imports/{job['id']}/chunks/0", content=b"{}", headers={"Content-Type": "text/csv"}),
+        415,
+        "unsupported-media-type",
+    )
     problem(put_chunk(api, job["id"], 0, b""), 400, "invalid-chunk")
     problem(api.post(f"imports/{job['id']}/complete", json={"chunks": -1}), 400, "invalid-body")
     problem(api.post(f"imports/{job['id']}/complete", json={"chunks": 0, "failure": "x"}), 400, "invalid-body")

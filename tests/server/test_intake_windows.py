@@ -20,9 +20,15 @@ def store(database, mongo):
 
 
 def inbound(contact: str, message_id: int, text: str) -> InboundMessage:
-    return InboundMessage(platform="telegram", contact_identifier=contact, chat_id=int(contact),
-                          message_id=message_id, name="Rita", text=text,
-                          sent_at=f"2026-01-01T00:00:{message_id:02d}+00:00")
+    return InboundMessage(
+        platform="telegram",
+        contact_identifier=contact,
+        chat_id=int(contact),
+        message_id=message_id,
+        name="Rita",
+        text=text,
+        sent_at=f"2026-01-01T00:00:{message_id:02d}+00:00",
+    )
 
 
 def assert_counters_match_what_is_stored(mongo) -> None:
@@ -33,8 +39,7 @@ def assert_counters_match_what_is_stored(mongo) -> None:
         assert session["last_message_preview"] in latest
 
 
-@pytest.mark.parametrize("window", ["server.intake.after_messages_inserted",
-                                    "server.intake.after_sessions_updated"])
+@pytest.mark.parametrize("window", ["server.intake.after_messages_inserted", "server.intake.after_sessions_updated"])
 def test_a_crash_before_the_ack_leaves_counters_equal_to_what_is_stored(store, mongo, window):
     batch = [inbound("81", 1, "primeira"), inbound("81", 2, "segunda"), inbound("82", 3, "outra")]
     failpoints.configure({"BALCAO_FAILPOINTS": f"{window}=raise"})
@@ -53,8 +58,9 @@ def test_a_session_finished_between_lookup_and_insert_loses_no_message(store, mo
     store([inbound("91", 1, "antes")], [False])
     session_id = mongo.sessions.find_one({"contact_identifier": "91"})["_id"]
     log = tmp_path / "failpoints"
-    failpoints.configure({"BALCAO_FAILPOINTS": "server.intake.after_sessions_resolved=pause",
-                          "BALCAO_FAILPOINTS_LOG": str(log)})
+    failpoints.configure(
+        {"BALCAO_FAILPOINTS": "server.intake.after_sessions_resolved=pause", "BALCAO_FAILPOINTS_LOG": str(log)}
+    )
     result: list = []
     intake = threading.Thread(target=lambda: result.extend(store([inbound("91", 2, "durante")], [False])))
     intake.start()

@@ -32,8 +32,11 @@ class PlainHandler(JsonHandler):
 @pytest_asyncio.fixture
 async def api():
     app = Application(
-        [url(r"/v1/things/([0-9a-f]{24})", ThingHandler, name="thing"),
-         (r"/plain", PlainHandler), *metrics.default_handlers],
+        [
+            url(r"/v1/things/([0-9a-f]{24})", ThingHandler, name="thing"),
+            (r"/plain", PlainHandler),
+            *metrics.default_handlers,
+        ],
         default_handler_class=base.NotFoundHandler,
         log_function=metrics.log_request,
     )
@@ -43,8 +46,9 @@ async def api():
     client = AsyncHTTPClient(force_instance=True)
 
     async def fetch(path: str, method: str = "GET"):
-        return await client.fetch(f"http://127.0.0.1:{port}{path}", method=method, raise_error=False,
-                                  allow_nonstandard_methods=True)
+        return await client.fetch(
+            f"http://127.0.0.1:{port}{path}", method=method, raise_error=False, allow_nonstandard_methods=True
+        )
 
     yield fetch
     client.close()
@@ -89,8 +93,13 @@ async def test_metrics_endpoint_serves_prometheus_text_without_auth(api) -> None
     assert response.code == 200
     assert response.headers["Content-Type"].startswith("text/plain; version=")
     families = {family.name: family for family in text_string_to_metric_families(response.body.decode())}
-    for name in ("balcao_http_request_duration_seconds", "balcao_intake_latency_seconds",
-                 "balcao_messages_stored", "balcao_outbound_published", "balcao_import_records"):
+    for name in (
+        "balcao_http_request_duration_seconds",
+        "balcao_intake_latency_seconds",
+        "balcao_messages_stored",
+        "balcao_outbound_published",
+        "balcao_import_records",
+    ):
         assert name in families, name
     routes = {sample.labels.get("route") for sample in families[HISTOGRAM].samples}
     assert not any("000000" in (route or "") for route in routes), routes

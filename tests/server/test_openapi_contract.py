@@ -38,8 +38,7 @@ SEED = 7
 
 def served_routes() -> set[tuple[str, str]]:
     """(path template, method) of every /v1 route of the application."""
-    settings = config.load({"API_TOKEN": API_TOKEN, "MONGODB_URI": "mongodb://unused",
-                            "NATS_URL": "nats://unused"})
+    settings = config.load({"API_TOKEN": API_TOKEN, "MONGODB_URI": "mongodb://unused", "NATS_URL": "nats://unused"})
     application = make_app(settings, Services(db=None, nats=None, js=None, outbound=None))
     routes = set()
     for rule in application.wildcard_router.rules:
@@ -54,8 +53,7 @@ def documented_routes() -> set[tuple[str, str]]:
     document = json.loads(DOCUMENT.read_text())
     assert document["openapi"] == "3.1.0"
     assert document["security"] == [{"bearer": []}]
-    return {(path, method) for path, item in document["paths"].items() for method in item
-            if method != "parameters"}
+    return {(path, method) for path, item in document["paths"].items() for method in item if method != "parameters"}
 
 
 def test_everything_documented_is_served():
@@ -82,15 +80,46 @@ def test_schemathesis_finds_no_server_error_and_no_contract_violation(api, api_s
     schemathesis = Path(sysconfig.get_path("scripts")) / "schemathesis"
 
     run = subprocess.run(
-        [str(schemathesis), "run", str(DOCUMENT), "--url", f"http://127.0.0.1:{api_server.port}",
-         "--header", f"Authorization: Bearer {API_TOKEN}",
-         "--checks", "all", "--mode", "all",
-         "--phases", "examples,coverage,fuzzing,stateful", "--max-examples", str(EXAMPLES), "--seed", str(SEED),
-         "--workers", "1", "--request-timeout", "20", "--no-color",
-         "--report", "junit", "--report-junit-path", str(tmp_path / "schemathesis.junit.xml")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
-        env={**os.environ, "SCHEMATHESIS_HOOKS": HOOKS, "PYTHONPATH": str(ROOT),
-             "BALCAO_CONTRACT_URL": f"http://127.0.0.1:{api_server.port}", "BALCAO_CONTRACT_TOKEN": API_TOKEN},
+        [
+            str(schemathesis),
+            "run",
+            str(DOCUMENT),
+            "--url",
+            f"http://127.0.0.1:{api_server.port}",
+            "--header",
+            f"Authorization: Bearer {API_TOKEN}",
+            "--checks",
+            "all",
+            "--mode",
+            "all",
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
+            "--max-examples",
+            str(EXAMPLES),
+            "--seed",
+            str(SEED),
+            "--workers",
+            "1",
+            "--request-timeout",
+            "20",
+            "--no-color",
+            "--report",
+            "junit",
+            "--report-junit-path",
+            str(tmp_path / "schemathesis.junit.xml"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={
+            **os.environ,
+            "SCHEMATHESIS_HOOKS": HOOKS,
+            "PYTHONPATH": str(ROOT),
+            "BALCAO_CONTRACT_URL": f"http://127.0.0.1:{api_server.port}",
+            "BALCAO_CONTRACT_TOKEN": API_TOKEN,
+        },
     )
 
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]

@@ -29,9 +29,13 @@ def minutes_ago(minutes: float) -> dt.datetime:
 
 def test_sessions_are_listed_most_recent_activity_first(api):
     older = SessionFactory.create(last_message_at=minutes_ago(30))
-    newest = SessionFactory.create(last_message_at=minutes_ago(1), contact_name="João Silva",
-                                   contact_identifier="1001", message_count=4,
-                                   last_message_preview="Meu pedido atrasou")
+    newest = SessionFactory.create(
+        last_message_at=minutes_ago(1),
+        contact_name="João Silva",
+        contact_identifier="1001",
+        message_count=4,
+        last_message_preview="Meu pedido atrasou",
+    )
     middle = SessionFactory.create(last_message_at=minutes_ago(10))
 
     response = api.get("sessions")
@@ -105,9 +109,12 @@ def test_platform_and_active_since_filter_the_listing(api):
 
     assert ids(api.get("sessions", params={"platform": "WhatsApp"}).json()["items"]) == [str(whatsapp["_id"])]
     assert ids(api.get("sessions", params={"active_since": since}).json()["items"]) == [
-        str(whatsapp["_id"]), str(telegram_recent["_id"])]
+        str(whatsapp["_id"]),
+        str(telegram_recent["_id"]),
+    ]
     assert ids(api.get("sessions", params={"active_since": since, "platform": "telegram"}).json()["items"]) == [
-        str(telegram_recent["_id"])]
+        str(telegram_recent["_id"])
+    ]
     future = (now() + dt.timedelta(days=1)).isoformat()
     assert api.get("sessions", params={"active_since": future}).json() == {"items": [], "next_cursor": None}
 
@@ -117,10 +124,20 @@ def test_platform_and_active_since_filter_the_listing(api):
 
 @pytest.fixture
 def contacts(api) -> dict[str, dict]:
-    names = ["João Silva", "Benjamin Lynch", "Mariana Costa", "Ana Paula Souza", "Joana Silveira",
-             "Lynn Carvalho", "Zoë D'Ávila", "Anaïs Lima"]
-    return {name: SessionFactory.create(contact_name=name, last_message_at=minutes_ago(n + 1))
-            for n, name in enumerate(names)}
+    names = [
+        "João Silva",
+        "Benjamin Lynch",
+        "Mariana Costa",
+        "Ana Paula Souza",
+        "Joana Silveira",
+        "Lynn Carvalho",
+        "Zoë D'Ávila",
+        "Anaïs Lima",
+    ]
+    return {
+        name: SessionFactory.create(contact_name=name, last_message_at=minutes_ago(n + 1))
+        for n, name in enumerate(names)
+    }
 
 
 def found(api, q: str, **params) -> list[str]:
@@ -129,27 +146,29 @@ def found(api, q: str, **params) -> list[str]:
     return [item["contact"]["name"] for item in response.json()["items"]]
 
 
-@pytest.mark.parametrize(("q", "names"), [
-    ("joao", ["João Silva"]),
-    ("JOÃO", ["João Silva"]),
-    ("ben lyn", ["Benjamin Lynch"]),
-    ("lyn ben", ["Benjamin Lynch"]),
-    ("ana", ["Ana Paula Souza", "Anaïs Lima"]),  # never Mariana: prefixes of words only
-    ("sil", ["João Silva", "Joana Silveira"]),
-    ("silv jo", ["João Silva", "Joana Silveira"]),
-    ("zoe davila", []),  # the apostrophe splits the word, as it does in the stored name
-    ("zoe d'avila", ["Zoë D'Ávila"]),
-    ("lynch benjamin x", []),
-    ("  paula  ", ["Ana Paula Souza"]),
-    ("jean-luc", []),
-])
+@pytest.mark.parametrize(
+    ("q", "names"),
+    [
+        ("joao", ["João Silva"]),
+        ("JOÃO", ["João Silva"]),
+        ("ben lyn", ["Benjamin Lynch"]),
+        ("lyn ben", ["Benjamin Lynch"]),
+        ("ana", ["Ana Paula Souza", "Anaïs Lima"]),  # never Mariana: prefixes of words only
+        ("sil", ["João Silva", "Joana Silveira"]),
+        ("silv jo", ["João Silva", "Joana Silveira"]),
+        ("zoe davila", []),  # the apostrophe splits the word, as it does in the stored name
+        ("zoe d'avila", ["Zoë D'Ávila"]),
+        ("lynch benjamin x", []),
+        ("  paula  ", ["Ana Paula Souza"]),
+        ("jean-luc", []),
+    ],
+)
 def test_search_matches_word_prefixes_ignoring_case_and_accents(api, contacts, q, names):
     assert found(api, q) == names
 
 
 def test_search_pages_and_filters_like_the_listing(api):
-    silvas = [SessionFactory.create(contact_name=f"Maria Silva {n}", last_message_at=minutes_ago(n))
-              for n in range(7)]
+    silvas = [SessionFactory.create(contact_name=f"Maria Silva {n}", last_message_at=minutes_ago(n)) for n in range(7)]
     SessionFactory.create(contact_name="Mario Souza")
     SessionFactory.create(contact_name="Maria Silva", platform="whatsapp")
 
@@ -173,8 +192,11 @@ def test_a_session_is_read_by_id(api):
 
 @pytest.mark.parametrize("session_id", ["000000000000000000000000", "not-an-id", "6" * 25, "zz" * 12])
 def test_unknown_or_malformed_session_ids_are_404_problems(api, session_id):
-    for path in (f"sessions/{session_id}", f"sessions/{session_id}/messages",
-                 f"sessions/{session_id}/messages/000000000000000000000000"):
+    for path in (
+        f"sessions/{session_id}",
+        f"sessions/{session_id}/messages",
+        f"sessions/{session_id}/messages/000000000000000000000000",
+    ):
         response = api.get(path)
         assert response.status_code == 404
         assert response.headers["Content-Type"] == "application/problem+json"
@@ -187,8 +209,10 @@ def test_messages_are_listed_oldest_first_in_pages(api):
     session, _ = conversation(texts)
     # Three more at one instant: the cursor must order them by id, not lose them.
     instant = now() + dt.timedelta(seconds=1)
-    tied = sorted((MessageFactory.create(session=session, sent_at=instant, text=f"junto {n}")
-                   for n in range(3)), key=lambda m: m["_id"])
+    tied = sorted(
+        (MessageFactory.create(session=session, sent_at=instant, text=f"junto {n}") for n in range(3)),
+        key=lambda m: m["_id"],
+    )
 
     pages = api.walk(f"sessions/{session['_id']}/messages", limit=2)
 
@@ -211,8 +235,9 @@ def test_a_message_is_read_by_id_only_within_its_session(api):
 
 
 def test_an_agent_reply_is_stored_and_sent_to_the_contact(api, api_server, mongo, nats_server):
-    session, _ = conversation(["Olá", "Meu pedido atrasou"], contact_identifier="4242", chat_id="4242",
-                              start=minutes_ago(60))
+    session, _ = conversation(
+        ["Olá", "Meu pedido atrasou"], contact_identifier="4242", chat_id="4242", start=minutes_ago(60)
+    )
     SessionFactory.create(last_message_at=minutes_ago(5))
 
     response = api.post(f"sessions/{session['_id']}/messages", json={"text": "Já verifiquei, chega amanhã."})
@@ -230,8 +255,10 @@ def test_an_agent_reply_is_stored_and_sent_to_the_contact(api, api_server, mongo
     assert listed[0]["id"] == str(session["_id"]), "a reply is activity"
     assert listed[0]["message_count"] == 3
     assert listed[0]["last_message_preview"] == reply["text"]
-    delivery = eventually(lambda: [m for m in outbound_messages(nats_server.url) if m.key == f"agent:{reply['id']}"],
-                          message="agent reply on the outbound stream")
+    delivery = eventually(
+        lambda: [m for m in outbound_messages(nats_server.url) if m.key == f"agent:{reply['id']}"],
+        message="agent reply on the outbound stream",
+    )
     assert (delivery[0].chat_id, delivery[0].text, delivery[0].kind) == ("4242", reply["text"], "agent")
     eventually(lambda: mongo.outbox.count_documents({}) == 0, message="outbox relayed")
 
@@ -259,22 +286,29 @@ def test_an_agent_reply_retried_with_its_idempotency_key_is_stored_and_sent_once
 @pytest.mark.parametrize("header", ["", "x" * 201, "chave com acentuação"])
 def test_a_malformed_idempotency_key_is_a_400_problem(api, header):
     session, _ = conversation(["Olá"], contact_identifier="4444", chat_id="4444")
-    response = api.post(f"sessions/{session['_id']}/messages", json={"text": "oi"},
-                        headers={"Idempotency-Key": header.encode()})
+    response = api.post(
+        f"sessions/{session['_id']}/messages", json={"text": "oi"}, headers={"Idempotency-Key": header.encode()}
+    )
     assert response.status_code == 400
-    assert response.json()["errors"][0] == {"field": "Idempotency-Key", "in": "header",
-                                            "message": "1 to 200 printable ASCII characters"}
+    assert response.json()["errors"][0] == {
+        "field": "Idempotency-Key",
+        "in": "header",
+        "message": "1 to 200 printable ASCII characters",
+    }
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({}, "text"),
-    ({"text": ""}, "text"),
-    ({"text": "   \n "}, "text"),
-    ({"text": 42}, "text"),
-    ({"text": None}, "text"),
-    ({"text": "x" * 4097}, "text"),
-    ({"text": "oi", "chat_id": "1"}, "chat_id"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "text"),
+        ({"text": ""}, "text"),
+        ({"text": "   \n "}, "text"),
+        ({"text": 42}, "text"),
+        ({"text": None}, "text"),
+        ({"text": "x" * 4097}, "text"),
+        ({"text": "oi", "chat_id": "1"}, "chat_id"),
+    ],
+)
 def test_invalid_agent_replies_are_400_problems_naming_the_field(api, body, field):
     session = SessionFactory.create()
 
@@ -291,8 +325,10 @@ def test_agent_reply_bodies_must_be_json_objects_of_sane_size(api):
     path = f"sessions/{SessionFactory.create()['_id']}/messages"
 
     assert api.post(path, content=b'{"text": "oi"}').status_code == 415
-    assert api.post(path, content=b"text=oi", headers={"Content-Type": "application/x-www-form-urlencoded"}
-                    ).status_code == 415
+    assert (
+        api.post(path, content=b"text=oi", headers={"Content-Type": "application/x-www-form-urlencoded"}).status_code
+        == 415
+    )
     assert api.post(path, content=b'{"text": ', headers={"Content-Type": "application/json"}).status_code == 400
     assert api.post(path, json=["oi"]).status_code == 400
     assert api.post(path, json={"text": "x" * 4096}).status_code == 201
@@ -325,8 +361,10 @@ def test_finishing_deletes_the_session_and_its_messages_and_promises_a_goodbye(a
     assert mongo.messages.count_documents({"session_id": session["_id"]}) == 0
     assert mongo.messages.count_documents({"session_id": other["_id"]}) == 1
     assert ids(api.get("sessions").json()["items"]) == [str(other["_id"])]
-    goodbye = eventually(lambda: [m for m in outbound_messages(nats_server.url)
-                                  if m.key == f"goodbye:{session['_id']}"], message="goodbye published")
+    goodbye = eventually(
+        lambda: [m for m in outbound_messages(nats_server.url) if m.key == f"goodbye:{session['_id']}"],
+        message="goodbye published",
+    )
     assert (goodbye[0].chat_id, goodbye[0].text, goodbye[0].kind) == ("5151", DEFAULT_GOODBYE, "goodbye")
     assert api.delete(f"sessions/{session['_id']}").status_code == 404
 
@@ -340,6 +378,7 @@ def test_finishing_an_imported_session_needs_no_chat(api, mongo):
 
 
 # --- authentication and methods --------------------------------------------------
+
 
 def documented_routes() -> list[tuple[str, str]]:
     """Every operation of the OpenAPI document, its path parameters filled in: the routes that need the token."""
@@ -360,8 +399,10 @@ def test_the_routes_checked_for_the_token_cover_the_document():
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
-@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token-0123456789abcdef", "Basic dGVzdDp0ZXN0",
-                                           "Bearer", "test-api-token-0123456789abcdef"])
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer wrong-token-0123456789abcdef", "Basic dGVzdDp0ZXN0", "Bearer", "test-api-token-0123456789abcdef"],
+)
 def test_every_route_needs_the_bearer_token(api, method, path, authorization):
     headers = {"Authorization": authorization} if authorization else {}
     api.http.headers.pop("Authorization")
@@ -395,4 +436,3 @@ def test_the_openapi_document_is_served_as_kept_in_the_repository(api):
     assert response.status_code == 200
     assert response.content == (ROOT / "server" / "openapi.json").read_bytes()
     assert response.json()["openapi"].startswith("3.1")
-

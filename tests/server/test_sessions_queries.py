@@ -50,10 +50,14 @@ def explain(store, query: sessions.Query) -> list[tuple[str, str | None]]:
 def names_and_times(count: int) -> list[dict]:
     first = ["Maria", "João", "Ana", "Benjamin", "Mariana", "José", "Paula", "Lucas"]
     last = ["Silva", "Lynch", "Souza", "Costa", "Lima"]
-    return [SessionFactory.create(contact_name=f"{first[n % 8]} {last[n % 5]}",
-                                  platform="telegram" if n % 3 else "whatsapp",
-                                  last_message_at=now() - dt.timedelta(hours=n * 7))
-            for n in range(count)]
+    return [
+        SessionFactory.create(
+            contact_name=f"{first[n % 8]} {last[n % 5]}",
+            platform="telegram" if n % 3 else "whatsapp",
+            last_message_at=now() - dt.timedelta(hours=n * 7),
+        )
+        for n in range(count)
+    ]
 
 
 LISTINGS = [
@@ -109,8 +113,13 @@ def test_search_probes_the_index_with_one_word_and_checks_the_others(store):
 
 def test_slices_cross_years_of_quiet_and_sessions_dated_in_the_future(store):
     at = now()
-    spread = [at + dt.timedelta(days=2), at - dt.timedelta(seconds=5), at - dt.timedelta(days=400),
-              at - dt.timedelta(days=3650), dt.datetime(1971, 1, 1, tzinfo=dt.UTC)]
+    spread = [
+        at + dt.timedelta(days=2),
+        at - dt.timedelta(seconds=5),
+        at - dt.timedelta(days=400),
+        at - dt.timedelta(days=3650),
+        dt.datetime(1971, 1, 1, tzinfo=dt.UTC),
+    ]
     created = [SessionFactory.create(last_message_at=moment) for moment in spread]
 
     page = sessions.list_sessions(SessionFilter(), 10, now=at)
@@ -164,8 +173,15 @@ def test_listing_identity_ignores_word_order(store):
 
 
 def inbound(message_id: int, name: str = "Rita Lee") -> InboundMessage:
-    return InboundMessage(platform="telegram", contact_identifier="9001", chat_id=9001, message_id=message_id,
-                          name=name, text=f"mensagem {message_id}", sent_at=now().isoformat())
+    return InboundMessage(
+        platform="telegram",
+        contact_identifier="9001",
+        chat_id=9001,
+        message_id=message_id,
+        name=name,
+        text=f"mensagem {message_id}",
+        sent_at=now().isoformat(),
+    )
 
 
 def test_the_intake_keeps_the_activity_key_current(store):

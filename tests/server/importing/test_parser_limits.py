@@ -20,8 +20,9 @@ SESSION = b'{"name": "Ana", "platform_type": "telegram", "contact_identifier": 1
 CHUNK = 8192
 
 
-def feed_until_failure(kind: str, pieces: Iterator[bytes], limits: RecordLimits = LIMITS
-                       ) -> tuple[list[ParsedRecord], FileFormatError, int]:
+def feed_until_failure(
+    kind: str, pieces: Iterator[bytes], limits: RecordLimits = LIMITS
+) -> tuple[list[ParsedRecord], FileFormatError, int]:
     """Feed pieces until the parser gives up; the records returned, the error and the bytes fed."""
     parser, records, fed = open_parser(kind, limits), [], 0
     for piece in pieces:
@@ -68,13 +69,13 @@ def test_a_ten_million_deep_array_ends_the_file_at_the_depth_limit() -> None:
 
 
 def test_an_item_of_many_small_values_is_rejected_and_skipped_and_the_next_one_read() -> None:
-    many = b'{"name": "Bia", "messages": [' + b"{}," * 50_000 + b'{}]}'
+    many = b'{"name": "Bia", "messages": [' + b"{}," * 50_000 + b"{}]}"
     parser = open_parser("json", LIMITS)
     records: list[ParsedRecord] = []
     tracemalloc.start()
     for data in (b"[" + SESSION + b",", many, b"," + SESSION + b"]"):
         for start in range(0, len(data), 4096):
-            records += parser.feed(data[start:start + 4096])
+            records += parser.feed(data[start : start + 4096])
     records += parser.close()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -98,8 +99,9 @@ def test_an_item_longer_than_the_limit_is_rejected_by_its_bytes() -> None:
 def test_numbers_too_large_for_64_bits_end_the_file_instead_of_crashing() -> None:
     # The C backend turns such a number into a Python int, whose 4,300-digit
     # limit it mishandles: the process died (SIGSEGV) before this was caught.
-    records, error, _ = feed_until_failure("json", iter([b"[" + SESSION + b", {\"contact_identifier\": "
-                                                         + b"1" * 5000 + b"}]"]))
+    records, error, _ = feed_until_failure(
+        "json", iter([b"[" + SESSION + b', {"contact_identifier": ' + b"1" * 5000 + b"}]"])
+    )
     assert len(records) == 1
     assert "integer overflow" in error.message and "strings of digits" in error.message
 
@@ -128,16 +130,21 @@ def test_message_rows_are_cut_at_the_message_limit_given() -> None:
 @pytest.mark.parametrize("identifier", ["1" * 4301, "9" * 100_000, "+" + "0" * 5000 + "1" * 4400])
 def test_a_contact_identifier_past_the_int_digit_limit_is_that_fields_error(identifier: str) -> None:
     with pytest.raises(RecordInvalid) as invalid:
-        normalise_session({"name": "Ana", "platform_type": "telegram", "contact_identifier": identifier,
-                           "messages": []}, record=3, line=4)
+        normalise_session(
+            {"name": "Ana", "platform_type": "telegram", "contact_identifier": identifier, "messages": []},
+            record=3,
+            line=4,
+        )
     (error,) = invalid.value.errors
     assert (error.record, error.line, error.field) == (3, 4, "contact_identifier")
     assert "longer than 20 digits" in error.message
 
 
 def test_leading_zeros_do_not_count_against_the_digit_limit() -> None:
-    session = normalise_session({"name": "Ana", "platform_type": "telegram",
-                                 "contact_identifier": "0" * 5000 + "85996199709", "messages": []}, record=1)
+    session = normalise_session(
+        {"name": "Ana", "platform_type": "telegram", "contact_identifier": "0" * 5000 + "85996199709", "messages": []},
+        record=1,
+    )
     assert session.contact_identifier == "85996199709"
 
 
@@ -145,12 +152,16 @@ def test_a_decimal_with_a_huge_exponent_is_refused_without_building_it() -> None
     from decimal import Decimal
 
     with pytest.raises(RecordInvalid, match="longer than 20 digits"):
-        normalise_session({"name": "Ana", "platform_type": "telegram", "contact_identifier": Decimal("1E+999999999"),
-                           "messages": []}, record=1)
+        normalise_session(
+            {"name": "Ana", "platform_type": "telegram", "contact_identifier": Decimal("1E+999999999"), "messages": []},
+            record=1,
+        )
 
 
 def test_a_csv_contact_identifier_past_the_int_digit_limit_is_that_records_error() -> None:
-    content = b"_id,name,platform_type,contact_identifier,messages\n,Ana,telegram," + b"7" * 5000 + b",\n,Bia,telegram,2,\n"
+    content = (
+        b"_id,name,platform_type,contact_identifier,messages\n,Ana,telegram," + b"7" * 5000 + b",\n,Bia,telegram,2,\n"
+    )
     parser = open_parser("csv", LIMITS)
     records = parser.feed(content) + parser.close()
 

@@ -40,7 +40,7 @@ AWKWARD_SESSION = {
     "platform_type": "Telegram",
     "contact_identifier": "5585996199709",
     "messages": [
-        {"id": "m-1", "content": "Bom dia!\nO preço é 10 € 😊; tudo \"certo\"?", "date": "2021-03-03T19:43:38Z"},
+        {"id": "m-1", "content": 'Bom dia!\nO preço é 10 € 😊; tudo "certo"?', "date": "2021-03-03T19:43:38Z"},
         {"content": "Obrigada", "date": {"$date": 1614800618000}},
     ],
 }
@@ -155,9 +155,23 @@ def test_sample_files_give_the_same_sessions_in_every_layout() -> None:
 
 def test_sample_file_holds_the_real_variants() -> None:
     text = (DATA / "sessions.json").read_text(encoding="utf-8")
-    for variant in ['"$oid"', '"$date"', '"$numberLong"', '"contact_identifier":"', '"contact_identifier":8',
-                    '"TELEGRAM"', '"telegram"', '"Telegram"', 'Z"', '-03:00"', '"messages":[]', "João Silva",
-                    "Ana Luíza Conceição", "Mariana Gonçalves", "Benjamin Lynch"]:
+    for variant in [
+        '"$oid"',
+        '"$date"',
+        '"$numberLong"',
+        '"contact_identifier":"',
+        '"contact_identifier":8',
+        '"TELEGRAM"',
+        '"telegram"',
+        '"Telegram"',
+        'Z"',
+        '-03:00"',
+        '"messages":[]',
+        "João Silva",
+        "Ana Luíza Conceição",
+        "Mariana Gonçalves",
+        "Benjamin Lynch",
+    ]:
         assert variant in text, variant
     assert (DATA / "sessions.json").stat().st_size < 500_000
     records = parse_whole("json", (DATA / "sessions.json").read_bytes())
@@ -174,9 +188,7 @@ def test_truncated_json_reports_the_offset_and_keeps_earlier_records() -> None:
     records, error = parse_failing("json", split(content[:cut], range(0, cut, 100)))
     assert error.message == f"JSON ended before the array was closed at byte {cut}"
     assert error.offset == cut
-    assert [record.raw for record in records] == [
-        parse_whole("json", content)[index].raw for index in range(3)
-    ]
+    assert [record.raw for record in records] == [parse_whole("json", content)[index].raw for index in range(3)]
 
 
 def test_broken_json_mid_file_names_a_nearby_offset() -> None:
@@ -202,7 +214,10 @@ def test_json_item_that_is_not_an_object_is_that_records_problem() -> None:
     records = parse_whole("json", b'[{"name": "a"}, 17, ["x"], {"name": "b"}]')
     assert [record.record for record in records] == [1, 2, 3, 4]
     assert [record.problem.message if record.problem else None for record in records] == [
-        None, "expected a JSON object, got number", "expected a JSON object, got array", None,
+        None,
+        "expected a JSON object, got number",
+        "expected a JSON object, got array",
+        None,
     ]
     with pytest.raises(RecordInvalid) as caught:
         records[1].session()
@@ -298,7 +313,7 @@ def test_csv_message_layout_missing_columns_are_named() -> None:
 
 
 def test_csv_header_case_spaces_order_and_extra_columns_do_not_matter() -> None:
-    content = b' Messages ,Platform_Type,notes,NAME,Contact_Identifier\n[],telegram,x,Ana,12\n'
+    content = b" Messages ,Platform_Type,notes,NAME,Contact_Identifier\n[],telegram,x,Ana,12\n"
     (record,) = parse_whole("csv", content)
     assert record.session() == ImportedSession(None, "Ana", "telegram", "12", ())
 
@@ -345,7 +360,10 @@ def test_csv_message_rows_group_consecutive_rows_of_a_contact() -> None:
     assert [(r.record, r.line) for r in records] == [(1, 2), (2, 4), (3, 5), (4, 6)]
     sessions = sessions_of(records)
     assert [(s.contact_identifier, [m.content for m in s.messages]) for s in sessions] == [
-        ("1", ["Oi", "Tudo bem?"]), ("2", ["Olá"]), ("3", []), ("1", ["Voltei"]),
+        ("1", ["Oi", "Tudo bem?"]),
+        ("2", ["Olá"]),
+        ("3", []),
+        ("1", ["Voltei"]),
     ]
     assert sessions[0].messages[1].id is None
 
@@ -376,7 +394,7 @@ def test_open_parser_rejects_an_unknown_kind() -> None:
     ("filename", "content_type", "head", "kind"),
     [
         ("sessions.json", "application/json", b'[{"name": "a"}]', "json"),
-        ("sessions.json", None, BOM + b'\n  [\n', "json"),
+        ("sessions.json", None, BOM + b"\n  [\n", "json"),
         ("export.json", None, b'{"name": "a"}\n{"name": "b"}\n', "ndjson"),  # mongoexport's default
         ("sessions.jsonl", None, b'{"name": "a"}', "ndjson"),
         ("sessions.csv", "text/csv", HEADER.encode(), "csv"),

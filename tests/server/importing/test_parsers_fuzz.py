@@ -26,8 +26,30 @@ EXAMPLES = 40
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SESSIONS = list(generate_sessions(6, seed=5, flavour="sample", messages_per_session=2))
 # Bytes that matter to some parser: structure, quotes, escapes, delimiters, line ends, broken UTF-8, digits.
-SHARP = st.sampled_from([b"[", b"]", b"{", b"}", b'"', b"\\", b",", b";", b":", b"\n", b"\r", b"\xff", b"\xc3",
-                         b"\x00", b"9" * 40, b"-", b"1e999", b"null", b"\xef\xbb\xbf", b" "])
+SHARP = st.sampled_from(
+    [
+        b"[",
+        b"]",
+        b"{",
+        b"}",
+        b'"',
+        b"\\",
+        b",",
+        b";",
+        b":",
+        b"\n",
+        b"\r",
+        b"\xff",
+        b"\xc3",
+        b"\x00",
+        b"9" * 40,
+        b"-",
+        b"1e999",
+        b"null",
+        b"\xef\xbb\xbf",
+        b" ",
+    ]
+)
 GARBAGE = st.lists(st.one_of(SHARP, st.binary(max_size=8)), max_size=12).map(b"".join)
 
 
@@ -79,8 +101,12 @@ def sessions_or_problems(records: list[ParsedRecord]) -> list[ImportedSession | 
 
 
 def same_session(got: ImportedSession | None, expected: ImportedSession) -> bool:
-    return got is not None and got.name == expected.name and got.messages == expected.messages \
+    return (
+        got is not None
+        and got.name == expected.name
+        and got.messages == expected.messages
         and got.contact_identifier == expected.contact_identifier
+    )
 
 
 @FUZZ
@@ -106,9 +132,11 @@ def test_a_broken_file_keeps_the_records_before_the_break(layout: str, data: st.
 
 
 @FUZZ
-@given(kind=st.sampled_from(sorted(set(LAYOUTS.values()))), content=st.lists(st.one_of(SHARP, st.binary(max_size=16)),
-                                                                         max_size=40).map(b"".join),
-       cuts=st.lists(st.integers(0, 2000), max_size=5))
+@given(
+    kind=st.sampled_from(sorted(set(LAYOUTS.values()))),
+    content=st.lists(st.one_of(SHARP, st.binary(max_size=16)), max_size=40).map(b"".join),
+    cuts=st.lists(st.integers(0, 2000), max_size=5),
+)
 def test_arbitrary_bytes_raise_only_the_documented_errors(kind: str, content: bytes, cuts: list[int]) -> None:
     records, _ = parse_chunked(kind, content, cuts)
     sessions_or_problems(records)
@@ -122,24 +150,56 @@ def document_text(values: st.SearchStrategy) -> st.SearchStrategy:
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-10**30, max_value=10**30) | st.floats(allow_nan=False)
-    | st.text(max_size=30) | st.sampled_from(["9" * 5000, "0" * 30 + "1", "+55 85 99619 9709"]),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(
-        st.sampled_from(["name", "platform_type", "contact_identifier", "messages", "content", "date", "id",
-                         "_id", "$date", "$oid", "$numberLong", "x"]), children, max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30)
+    | st.sampled_from(["9" * 5000, "0" * 30 + "1", "+55 85 99619 9709"]),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "name",
+                    "platform_type",
+                    "contact_identifier",
+                    "messages",
+                    "content",
+                    "date",
+                    "id",
+                    "_id",
+                    "$date",
+                    "$oid",
+                    "$numberLong",
+                    "x",
+                ]
+            ),
+            children,
+            max_size=5,
+        )
+    ),
     max_leaves=25,
 )
 
 
 # Written out, as no JSON serialiser writes them: numbers past 64 bits and the
 # int-str limit (the C backend crashed on these), huge exponents, deep nesting.
-RAW_ITEMS = ["9" * 5000, '{"contact_identifier": ' + "9" * 4400 + "}", '{"contact_identifier": 1e999999999}',
-             '{"contact_identifier": 1E+25}', "[" * 50 + "]" * 50, '{"messages": ' + "[" * 20 + "]" * 20 + "}"]
+RAW_ITEMS = [
+    "9" * 5000,
+    '{"contact_identifier": ' + "9" * 4400 + "}",
+    '{"contact_identifier": 1e999999999}',
+    '{"contact_identifier": 1E+25}',
+    "[" * 50 + "]" * 50,
+    '{"messages": ' + "[" * 20 + "]" * 20 + "}",
+]
 
 
 @FUZZ
-@given(items=st.lists(document_text(JSON_VALUES) | st.sampled_from(RAW_ITEMS), min_size=1, max_size=5),
-       cuts=st.lists(st.integers(0, 4000), max_size=4))
+@given(
+    items=st.lists(document_text(JSON_VALUES) | st.sampled_from(RAW_ITEMS), min_size=1, max_size=5),
+    cuts=st.lists(st.integers(0, 4000), max_size=4),
+)
 def test_any_json_items_give_records_or_their_problems(items: list[str], cuts: list[int]) -> None:
     array = ("[" + ",".join(items) + "]").encode()
     records, error = parse_chunked("json", array, cuts)
@@ -152,11 +212,19 @@ def test_any_json_items_give_records_or_their_problems(items: list[str], cuts: l
 
 
 @FUZZ
-@given(cells=st.lists(st.lists(st.text(max_size=20) | st.sampled_from(["9" * 5000, '"', '""', "\n", ";"]),
-                               min_size=6, max_size=6), max_size=6),
-       layout=st.sampled_from(["_id,name,platform_type,contact_identifier,messages,extra",
-                               "contact_identifier,name,platform_type,message_id,message_content,message_date"]),
-       cuts=st.lists(st.integers(0, 2000), max_size=4))
+@given(
+    cells=st.lists(
+        st.lists(st.text(max_size=20) | st.sampled_from(["9" * 5000, '"', '""', "\n", ";"]), min_size=6, max_size=6),
+        max_size=6,
+    ),
+    layout=st.sampled_from(
+        [
+            "_id,name,platform_type,contact_identifier,messages,extra",
+            "contact_identifier,name,platform_type,message_id,message_content,message_date",
+        ]
+    ),
+    cuts=st.lists(st.integers(0, 2000), max_size=4),
+)
 def test_any_csv_cells_give_records_or_their_problems(cells: list[list[str]], layout: str, cuts: list[int]) -> None:
     import csv
 

@@ -108,13 +108,16 @@ async def test_reap_forever_stops_when_asked(imports, mongo) -> None:
     assert mongo.import_jobs.find_one({"_id": job["_id"]})["status"] == "failed"
 
 
-@pytest.mark.parametrize(("raw", "shown"), [
-    ("sessões.csv", "sessões.csv"),
-    ("a\nImportação concluída: 0 sessões.csv", "a Importação concluída: 0 sessões.csv"),
-    ("evil\u202egnp.csv", "evil gnp.csv"),
-    ("x\x00\x1b[31m.csv", "x [31m.csv"),
-    ("n" * 5000, "n" * jobs.MAX_SOURCE_LENGTH),
-])
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("sessões.csv", "sessões.csv"),
+        ("a\nImportação concluída: 0 sessões.csv", "a Importação concluída: 0 sessões.csv"),
+        ("evil\u202egnp.csv", "evil gnp.csv"),
+        ("x\x00\x1b[31m.csv", "x [31m.csv"),
+        ("n" * 5000, "n" * jobs.MAX_SOURCE_LENGTH),
+    ],
+)
 def test_the_file_name_is_stored_without_control_characters(raw: str, shown: str, mongo, database) -> None:
     job = jobs.create_job("@suporte", raw, "upload")
     assert job["source"] == shown

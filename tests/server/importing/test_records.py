@@ -24,16 +24,24 @@ MISSING = object()
 
 def message_record(**fields: Any) -> dict[str, Any]:
     """A valid message as found in the original file; MISSING drops a field."""
-    record = {"id": "0b9c5d4e-8a1f-4c53-9d2e-7f6a5b4c3d2e", "content": "Olá, tudo bem?",
-              "date": "2021-03-03T19:43:38.000Z"}
+    record = {
+        "id": "0b9c5d4e-8a1f-4c53-9d2e-7f6a5b4c3d2e",
+        "content": "Olá, tudo bem?",
+        "date": "2021-03-03T19:43:38.000Z",
+    }
     record.update(fields)
     return {key: value for key, value in record.items() if value is not MISSING}
 
 
 def session_record(**fields: Any) -> dict[str, Any]:
     """A valid session as found in the original file; MISSING drops a field."""
-    record = {"_id": "603fd3c61ce2ab564307a73a", "name": "Benjamin Lynch", "platform_type": "Telegram",
-              "contact_identifier": 85996199709, "messages": [message_record()]}
+    record = {
+        "_id": "603fd3c61ce2ab564307a73a",
+        "name": "Benjamin Lynch",
+        "platform_type": "Telegram",
+        "contact_identifier": 85996199709,
+        "messages": [message_record()],
+    }
     record.update(fields)
     return {key: value for key, value in record.items() if value is not MISSING}
 
@@ -91,8 +99,10 @@ def test_contact_identifier_variants(value: object, expected: str) -> None:
     assert normalise(session_record(contact_identifier=value)).contact_identifier == expected
 
 
-@pytest.mark.parametrize(("value", "expected"), [("Telegram", "telegram"), ("TELEGRAM", "telegram"),
-                                                 (" telegram ", "telegram"), ("whats-app_2", "whats-app_2")])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("Telegram", "telegram"), ("TELEGRAM", "telegram"), (" telegram ", "telegram"), ("whats-app_2", "whats-app_2")],
+)
 def test_platform_type_any_case(value: str, expected: str) -> None:
     assert normalise(session_record(platform_type=value)).platform == expected
 
@@ -130,12 +140,15 @@ def test_date_keeps_milliseconds() -> None:
     assert message.date == MOMENT.replace(microsecond=123000)
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    (MISSING, None),
-    (None, None),
-    ("  abc  ", "abc"),
-    (uuid.UUID("0b9c5d4e-8a1f-4c53-9d2e-7f6a5b4c3d2e"), "0b9c5d4e-8a1f-4c53-9d2e-7f6a5b4c3d2e"),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (MISSING, None),
+        (None, None),
+        ("  abc  ", "abc"),
+        (uuid.UUID("0b9c5d4e-8a1f-4c53-9d2e-7f6a5b4c3d2e"), "0b9c5d4e-8a1f-4c53-9d2e-7f6a5b4c3d2e"),
+    ],
+)
 def test_message_id_variants(value: object, expected: str | None) -> None:
     (message,) = normalise(session_record(messages=[message_record(id=value)])).messages
     assert message.id == expected
@@ -231,14 +244,23 @@ def test_bad_message_field_is_reported_with_its_path(fields: dict[str, Any], fie
 
 def test_every_problem_of_a_record_is_reported() -> None:
     raw = session_record(
-        _id="nope", name="", platform_type=MISSING, contact_identifier="abc",
+        _id="nope",
+        name="",
+        platform_type=MISSING,
+        contact_identifier="abc",
         messages=[message_record(), "oops", message_record(content="", date="later")],
     )
     with pytest.raises(RecordInvalid) as caught:
         normalise_session(raw, record=7, line=12, offset=345)
     errors = caught.value.errors
     assert [error.field for error in errors] == [
-        "_id", "name", "platform_type", "contact_identifier", "messages[1]", "messages[2].content", "messages[2].date",
+        "_id",
+        "name",
+        "platform_type",
+        "contact_identifier",
+        "messages[1]",
+        "messages[2].content",
+        "messages[2].date",
     ]
     assert all((error.record, error.line, error.offset) == (7, 12, 345) for error in errors)
     assert "record 7 (line 12): name: must not be empty" in str(caught.value)

@@ -17,13 +17,23 @@ from tests.server.factories import SessionFactory
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 
 
-def record(identifier: str = "5585999990001", name: str = "João Silva", *messages: tuple[str, int],
-           source_id: str | None = None, with_ids: bool = True) -> ImportedSession:
+def record(
+    identifier: str = "5585999990001",
+    name: str = "João Silva",
+    *messages: tuple[str, int],
+    source_id: str | None = None,
+    with_ids: bool = True,
+) -> ImportedSession:
     """A validated record; each message is (text, minutes after T0)."""
     return ImportedSession(
-        source_id, name, "telegram", identifier,
-        tuple(ImportedMessage(f"m-{text}" if with_ids else None, text, T0 + dt.timedelta(minutes=minutes))
-              for text, minutes in messages),
+        source_id,
+        name,
+        "telegram",
+        identifier,
+        tuple(
+            ImportedMessage(f"m-{text}" if with_ids else None, text, T0 + dt.timedelta(minutes=minutes))
+            for text, minutes in messages
+        ),
     )
 
 
@@ -105,9 +115,14 @@ def test_an_older_message_counts_but_leaves_the_preview_and_activity(store, mong
 
 
 def test_records_merge_into_the_session_the_bot_opened_without_renaming_it(store, mongo):
-    opened = SessionFactory.create(contact_identifier="5", contact_name="Fábio (Telegram)", chat_id="5",
-                                   last_message_at=T0 + dt.timedelta(minutes=50), message_count=1,
-                                   last_message_preview="pelo bot")
+    opened = SessionFactory.create(
+        contact_identifier="5",
+        contact_name="Fábio (Telegram)",
+        chat_id="5",
+        last_message_at=T0 + dt.timedelta(minutes=50),
+        message_count=1,
+        last_message_preview="pelo bot",
+    )
     factories.MessageFactory.create(session=opened, text="pelo bot", sent_at=T0 + dt.timedelta(minutes=50))
 
     assert store([record("5", "Fabio do arquivo", ("do arquivo", 2))]) == [UPDATED]
@@ -137,12 +152,14 @@ def test_a_source_id_is_added_once(store, mongo):
 
 
 def test_records_of_one_contact_in_a_batch_are_judged_in_file_order(store, mongo):
-    outcomes = store([
-        record("8", "Iara", ("a", 1)),
-        record("8", "Iara", ("a", 1)),  # nothing new after the first
-        record("8", "Iara", ("b", 2)),
-        record("9", "Júlio", ("c", 3)),
-    ])
+    outcomes = store(
+        [
+            record("8", "Iara", ("a", 1)),
+            record("8", "Iara", ("a", 1)),  # nothing new after the first
+            record("8", "Iara", ("b", 2)),
+            record("9", "Júlio", ("c", 3)),
+        ]
+    )
 
     assert outcomes == [CREATED, UNCHANGED, UPDATED, CREATED]
     assert mongo.sessions.count_documents({}) == 2
