@@ -41,23 +41,28 @@ class ApiFailure(click.ClickException):
         self.problem = _problem(response) if response is not None else {}
 
 
-def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The options every API command takes; the command receives an `api` ApiClient."""
-
-    @click.option(
-        "--api-url",
-        envvar="BALCAO_API_URL",
-        default=DEFAULT_API_URL,
-        show_default=True,
-        help="Base URL of the Balcão API (env BALCAO_API_URL).",
-    )
-    @click.option(
+def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--api-url` and `--api-token`, taken by every command that reaches the API."""
+    command = click.option(
         "--api-token",
         envvar="BALCAO_API_TOKEN",
         required=True,
         show_envvar=False,
         help="Bearer token of the API (env BALCAO_API_TOKEN).",
-    )
+    )(command)
+    return click.option(
+        "--api-url",
+        envvar="BALCAO_API_URL",
+        default=DEFAULT_API_URL,
+        show_default=True,
+        help="Base URL of the Balcão API (env BALCAO_API_URL).",
+    )(command)
+
+
+def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every API command takes; the command receives an `api` ApiClient."""
+
+    @connection_options
     @functools.wraps(command)
     def with_api(*args: Any, api_url: str, api_token: str, **kwargs: Any) -> Any:
         if not api_url.startswith(("http://", "https://")):

@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-from cli.api import DEFAULT_API_URL, ApiClient, UserError, api_options
+from cli.api import ApiClient, UserError, api_options, connection_options
 
 SUBPROTOCOL = "balcao.v1"
 CLOSE_GONE = 4410
@@ -79,20 +79,7 @@ def _local_time(at: str) -> str:
 @click.option("--since", type=click.IntRange(0), help="Start after this event id (default: only new events).")
 @click.option("--json", "as_json", is_flag=True, help="Print each event as one JSON line, for piping.")
 @click.option("--count", type=click.IntRange(1), help="Stop after this many events.")
-@click.option(
-    "--api-url",
-    envvar="BALCAO_API_URL",
-    default=DEFAULT_API_URL,
-    show_default=True,
-    help="Base URL of the Balcão API (env BALCAO_API_URL).",
-)
-@click.option(
-    "--api-token",
-    envvar="BALCAO_API_TOKEN",
-    required=True,
-    show_envvar=False,
-    help="Bearer token of the API (env BALCAO_API_TOKEN).",
-)
+@connection_options
 def watch(
     session_id: str | None,
     kind: str | None,
