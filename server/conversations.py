@@ -16,7 +16,7 @@ from pymongo.errors import BulkWriteError
 from contract.failpoints import failpoint
 from contract.messaging import InboundMessage
 from server import names
-from server.models import PREVIEW_LENGTH, Message, Session, activity_key
+from server.models import PREVIEW_LENGTH, FinishedMessage, Message, Session, activity_key
 
 DUPLICATE_KEY = 11000
 
@@ -146,6 +146,25 @@ def insert_new_messages(documents: list[dict]) -> set[str]:
         return {doc["key"] for index, doc in enumerate(documents) if index not in failed}
 
 
+def remember_finished(keys: list[str], session_id: ObjectId) -> None:
+    """Record the keys of messages a finish is about to delete (see FinishedMessage)."""
+    now = utcnow()
+    try:
+        FinishedMessage._get_collection().insert_many(
+            [{"_id": key, "session_id": session_id, "finished_at": now} for key in keys], ordered=False
+        )
+    except BulkWriteError as exc:
+        duplicates_only(exc)  # a finish retried after a failure half-way
+
+
+def finished_messages(keys: Iterable[str]) -> dict[str, ObjectId]:
+    """Of these message keys, those finished with their session: key -> that session."""
+    return {
+        doc["_id"]: doc["session_id"]
+        for doc in FinishedMessage._get_collection().find({"_id": {"$in": list(keys)}}, {"session_id": 1})
+    }
+
+
 # A finish that keeps deleting the session a message was resolved to is retried
 # this often in one call; then the batch goes back to JetStream for another try.
 MAX_FINISH_RACES = 3
@@ -169,13 +188,19 @@ def store_inbound(batch: Sequence[InboundMessage], redelivered: Sequence[bool], 
     are taken back and stored in the contact's next session instead.
     """
     now = utcnow()
-    sessions = _open_sessions(batch, now)
-    failpoint("server.intake.after_sessions_resolved")
     unique: dict[str, tuple[InboundMessage, bool]] = {}
     for message, again in zip(batch, redelivered):
         key = inbound_key(message)
         first, seen_again = unique.get(key, (message, False))
         unique[key] = (first, seen_again or again)
+    # Stored, then finished with their session before this delivery: the agent
+    # saw them; storing them again would open a session nobody asked for.
+    finished = finished_messages(unique)
+    live = {key: value for key, value in unique.items() if key not in finished}
+    sessions = _open_sessions([m for m, _ in live.values()], now)
+    failpoint("server.intake.after_sessions_resolved")
+    done = [StoredInbound(m, key, finished[key], again) for key, (m, again) in unique.items() if key in finished]
+    unique = live
     documents = [
         {
             "session_id": sessions[(m.platform, m.contact_identifier)],
@@ -198,7 +223,7 @@ def store_inbound(batch: Sequence[InboundMessage], redelivered: Sequence[bool], 
     _recount_sessions(
         {doc["session_id"] for doc in documents if doc["key"] not in inserted and unique[str(doc["key"])][1]}, now
     )
-    return [
+    return done + [
         StoredInbound(m, key, sessions[(m.platform, m.contact_identifier)], key in inserted or again, key in inserted)
         for key, (m, again) in unique.items()
     ]

@@ -58,6 +58,10 @@ def activity_key_time(key: str) -> dt.datetime:
     return _EPOCH + int(key[:_TIME_DIGITS]) * _MILLISECOND
 
 
+# How long the keys of finished messages are kept: two days.
+FINISHED_MESSAGE_SECONDS = 2 * 24 * 3600
+
+
 class SessionQuerySet(QuerySet):
     def for_contact(self, platform: str, contact_identifier: str) -> SessionQuerySet:
         return self.filter(platform=platform, contact_identifier=contact_identifier)
@@ -115,6 +119,30 @@ class Message(Document):
         "indexes": [
             {"fields": ["key"], "unique": True, "name": "message_key"},
             {"fields": ["session_id", "sent_at", "id"], "name": "session_timeline"},
+        ],
+        "auto_create_index": False,
+    }
+
+
+class FinishedMessage(Document):
+    """The key of a message deleted by a finish, kept while JetStream or Telegram may hand it again.
+
+    A message stored, then finished with its session before the intake acknowledged
+    it, comes back on redelivery (or as an update Telegram re-sends within 24 h);
+    its unique key is gone with it, so without this record it would be stored
+    again in a new session the agent never opened.
+    """
+
+    key = StringField(primary_key=True)
+    session_id = ObjectIdField(required=True)
+    finished_at = DateTimeField(required=True)
+
+    meta = {
+        "collection": "finished_messages",
+        "indexes": [
+            # Longer than any redelivery (max_deliver at intake's retry cap is hours)
+            # and than Telegram keeps an unconfirmed update (24 h).
+            {"fields": ["finished_at"], "expireAfterSeconds": FINISHED_MESSAGE_SECONDS, "name": "finished_ttl"},
         ],
         "auto_create_index": False,
     }
@@ -200,7 +228,7 @@ class ImportBatch(Document):
     }
 
 
-DOCUMENTS = (Session, Message, OutboxEntry, ImportJob, ImportBatch)
+DOCUMENTS = (Session, Message, FinishedMessage, OutboxEntry, ImportJob, ImportBatch)
 
 
 def ensure_indexes() -> None:

@@ -37,7 +37,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError
 
 from server import names
-from server.conversations import preview, stored_counts, utcnow
+from server.conversations import preview, remember_finished, stored_counts, utcnow
 from server.models import (
     Message,
     Session,
@@ -269,10 +269,15 @@ def finish(session_id: ObjectId) -> bool:
 
     Messages go first, so a failure half-way leaves a session a retry can finish
     rather than messages nothing points to; the second pass takes what the intake
-    stored in the session meanwhile.
+    stored in the session meanwhile (the intake stores those again in the
+    contact's next session). The keys of the messages finished are kept
+    (`FinishedMessage`), so a redelivery of one of them is not stored again.
     """
     messages = Message._get_collection()
-    messages.delete_many({"session_id": session_id})
+    keys = [doc["key"] for doc in messages.find({"session_id": session_id}, {"key": 1, "_id": 0})]
+    if keys:
+        remember_finished(keys, session_id)
+        messages.delete_many({"session_id": session_id, "key": {"$in": keys}})
     deleted = Session._get_collection().delete_one({"_id": session_id}).deleted_count
     messages.delete_many({"session_id": session_id})
     return deleted == 1

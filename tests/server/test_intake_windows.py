@@ -80,3 +80,23 @@ def test_a_session_finished_between_lookup_and_insert_loses_no_message(store, mo
     assert mongo.messages.count_documents({}) == 1  # "antes" went with the finished session
     assert [item.needs_reply for item in result] == [True]
     assert_counters_match_what_is_stored(mongo)
+
+
+def test_a_message_finished_with_its_session_is_not_stored_again_when_redelivered(store, mongo):
+    # Stored, then the server died before acknowledging; an agent finished the
+    # session; JetStream now redelivers the batch.
+    stored = store([inbound("95", 1, "vista"), inbound("96", 2, "outra")], [False, False])
+    finished_id = next(item.session_id for item in stored if item.message.contact_identifier == "95")
+    assert sessions.finish(finished_id)
+
+    again = store([inbound("95", 1, "vista"), inbound("96", 2, "outra")], [True, True])
+
+    assert mongo.sessions.count_documents({"contact_identifier": "95"}) == 0  # no session nobody opened
+    assert mongo.messages.count_documents({"key": again[0].key}) == 0
+    finished = next(item for item in again if item.message.contact_identifier == "95")
+    assert (finished.session_id, finished.needs_reply, finished.inserted) == (finished_id, True, False)
+    assert mongo.messages.count_documents({}) == 1  # the other contact's message, once
+    assert_counters_match_what_is_stored(mongo)
+    # A new message from the same contact opens a new session as usual.
+    store([inbound("95", 3, "nova")], [False])
+    assert mongo.sessions.find_one({"contact_identifier": "95"})["message_count"] == 1
