@@ -6,9 +6,9 @@ import contextlib
 import hmac
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from pymongo.errors import ConnectionFailure, PyMongoError, ServerSelectionTimeoutError
 from tornado.web import HTTPError, RequestHandler
@@ -18,6 +18,9 @@ from server import failover
 log = logging.getLogger(__name__)
 
 PROBLEM_TYPE_ROOT = "https://balcao.dev/problems/"
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class ApiError(HTTPError):
@@ -127,6 +130,16 @@ class ApiHandler(JsonHandler):
                 kind="unauthorized",
                 headers={"WWW-Authenticate": 'Bearer realm="balcao"'},
             )
+
+    async def database(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`fn` on the database threads, each query bounded by QUERY_MAX_TIME_MS (`maxTimeMS`).
+
+        The bulk writes of an import run beside this, unbounded: a batch's time is
+        set by its size, not by a client's patience.
+        """
+        with database_errors():
+            seconds = self.settings["config"].query_max_time_ms / 1000
+            return await self.settings["services"].db.run_bounded(seconds, fn, *args, **kwargs)
 
 
 # No field of this API holds a number near this long; Python refuses to convert

@@ -22,9 +22,8 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Callable
 from email.message import Message
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from bson import ObjectId
 from streaming_form_data import StreamingFormDataParser
@@ -44,8 +43,6 @@ from server.importing.parsers import FileFormatError, RecordLimits, UnsupportedF
 
 log = logging.getLogger(__name__)
 
-P = ParamSpec("P")
-T = TypeVar("T")
 
 IMPORT_ID = r"(?P<import_id>[^/]+)"
 # The route takes at most nine digits of sequence number.
@@ -122,10 +119,6 @@ class ImportsApiHandler(ApiHandler):
             config.import_max_record_values,
             config.import_max_record_messages,
         )
-
-    async def database(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        with database_errors():
-            return await self.imports.db.run(fn, *args, **kwargs)
 
     async def find_job(self, raw_id: str) -> dict[str, Any]:
         job = await self.database(jobs.find_job, ObjectId(raw_id)) if _OBJECT_ID.fullmatch(raw_id) else None

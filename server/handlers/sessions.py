@@ -9,7 +9,7 @@ import logging
 import re
 import unicodedata
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 from bson import ObjectId
 from tornado.web import stream_request_body, url
@@ -21,7 +21,6 @@ from server.handlers.base import ApiError, ApiHandler, database_errors
 
 log = logging.getLogger(__name__)
 
-P = ParamSpec("P")
 T = TypeVar("T")
 
 SESSION_ID = r"(?P<session_id>[^/]+)"
@@ -177,11 +176,6 @@ class SessionsApiHandler(ApiHandler):
     @property
     def cursors(self) -> CursorCodec:
         return self.settings["cursors"]
-
-    async def database(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        config = self.settings["config"]
-        with database_errors():
-            return await self.settings["services"].db.run_bounded(config.query_max_time_ms / 1000, fn, *args, **kwargs)
 
     async def promise(self, message: OutboundMessage) -> None:
         with database_errors():
