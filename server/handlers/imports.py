@@ -204,6 +204,17 @@ class StreamedBodyHandler(ImportsApiHandler):
             raise self.refusal
 
 
+async def yield_to_other_requests() -> None:
+    """Let the loop serve others between two chunks of a body.
+
+    Tornado reads a body already in its buffer chunk after chunk without giving
+    the loop back (awaiting a finished future does not yield), so a fast client's
+    upload of millions of tiny JSON values would hold every other request,
+    `/ready` included, until it was parsed whole.
+    """
+    await asyncio.sleep(0)
+
+
 class _FieldPart(BaseTarget):
     """A short text field of the form, such as `channel`."""
 
@@ -285,6 +296,7 @@ class ImportsHandler(StreamedBodyHandler):
             return
         async with self._lock:
             await self._receive(chunk)
+        await yield_to_other_requests()
 
     async def post(self) -> None:
         """Start an import: of the uploaded file, or (JSON body) one the CLI feeds in chunks."""
@@ -657,6 +669,7 @@ class ImportChunkHandler(StreamedBodyHandler):
                 await self._feed.feed(chunk)
         except ApiError as error:
             self.refuse(error)
+        await yield_to_other_requests()
 
     async def put(self, import_id: str, seq: str) -> None:
         """Apply one chunk of records, once: the same chunk again changes nothing."""
