@@ -38,7 +38,6 @@ class StoredInbound:
     message: InboundMessage
     key: str
     session_id: ObjectId
-    needs_reply: bool
     inserted: bool = False  # stored by this call, not found stored already
 
 
@@ -174,32 +173,30 @@ class SessionFinishedMeanwhile(RuntimeError):
     """The open session a message was about to be stored in kept being finished."""
 
 
-def store_inbound(batch: Sequence[InboundMessage], redelivered: Sequence[bool], races: int = 0) -> list[StoredInbound]:
-    """Store each message once in its contact's open session; say which need a reply.
+def store_inbound(batch: Sequence[InboundMessage], races: int = 0) -> list[StoredInbound]:
+    """Store each message once in its contact's open session.
 
-    A message stored now needs its reply. One stored before needs it again only
-    when JetStream is redelivering it (the earlier attempt may have died between
-    storing and replying): that reply's Nats-Msg-Id is the same, so JetStream drops
-    it if it was published after all. A message stored before and delivered for
-    the first time is Telegram handing the bot an update twice: already answered.
+    Every message is answered, whether stored now or before: one stored before
+    may be a redelivery whose first attempt died between storing and replying,
+    and JetStream's delivery count cannot tell (it starts again at one when
+    nats-server restarts before persisting it). The reply's Nats-Msg-Id and the
+    bot's delivered-key store keep the contact from getting it twice.
 
     A session finished between being found here and its messages being stored
     would leave them orphans whose unique key blocks storing them again: they
     are taken back and stored in the contact's next session instead.
     """
     now = utcnow()
-    unique: dict[str, tuple[InboundMessage, bool]] = {}
-    for message, again in zip(batch, redelivered):
-        key = inbound_key(message)
-        first, seen_again = unique.get(key, (message, False))
-        unique[key] = (first, seen_again or again)
+    unique: dict[str, InboundMessage] = {}
+    for message in batch:
+        unique.setdefault(inbound_key(message), message)
     # Stored, then finished with their session before this delivery: the agent
     # saw them; storing them again would open a session nobody asked for.
     finished = finished_messages(unique)
     live = {key: value for key, value in unique.items() if key not in finished}
-    sessions = _open_sessions([m for m, _ in live.values()], now)
+    sessions = _open_sessions(list(live.values()), now)
     failpoint("server.intake.after_sessions_resolved")
-    done = [StoredInbound(m, key, finished[key], again) for key, (m, again) in unique.items() if key in finished]
+    done = [StoredInbound(m, key, finished[key]) for key, m in unique.items() if key in finished]
     unique = live
     documents = [
         {
@@ -210,28 +207,25 @@ def store_inbound(batch: Sequence[InboundMessage], redelivered: Sequence[bool], 
             "sent_at": _parse_time(m.sent_at, now),
             "external_id": str(m.message_id),
         }
-        for key, (m, _) in unique.items()
+        for key, m in unique.items()
     ]
     inserted = insert_new_messages(documents)
     failpoint("server.intake.after_messages_inserted")
     gone = _touch_sessions([(doc["session_id"], doc["text"]) for doc in documents if doc["key"] in inserted], now)
     failpoint("server.intake.after_sessions_updated")
     if gone:
-        return _store_again_after_finish(batch, redelivered, documents, inserted, gone, races)
-    # A redelivered message found stored: the attempt that stored it may have died
-    # before counting it in its session, and nothing else ever would.
-    _recount_sessions(
-        {doc["session_id"] for doc in documents if doc["key"] not in inserted and unique[str(doc["key"])][1]}, now
-    )
+        return _store_again_after_finish(batch, documents, inserted, gone, races)
+    # A message found stored: the attempt that stored it may have died before
+    # counting it in its session, and nothing else ever would.
+    _recount_sessions({doc["session_id"] for doc in documents if doc["key"] not in inserted}, now)
     return done + [
-        StoredInbound(m, key, sessions[(m.platform, m.contact_identifier)], key in inserted or again, key in inserted)
-        for key, (m, again) in unique.items()
+        StoredInbound(m, key, sessions[(m.platform, m.contact_identifier)], key in inserted)
+        for key, m in unique.items()
     ]
 
 
 def _store_again_after_finish(
     batch: Sequence[InboundMessage],
-    redelivered: Sequence[bool],
     documents: list[dict],
     inserted: set[str],
     gone: set[ObjectId],
@@ -248,7 +242,7 @@ def _store_again_after_finish(
         Message._get_collection().delete_many({"key": {"$in": orphans}, "session_id": {"$in": list(gone)}})
     if races >= MAX_FINISH_RACES:
         raise SessionFinishedMeanwhile(f"{len(gone)} sessions finished while their messages were stored")
-    return store_inbound(batch, redelivered, races + 1)
+    return store_inbound(batch, races + 1)
 
 
 def stored_counts(session_ids: Iterable[ObjectId]) -> dict[ObjectId, int]:

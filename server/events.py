@@ -94,12 +94,13 @@ _background: set[asyncio.Future] = set()
 async def publish_received(js: JetStreamContext, db, stored: Sequence) -> None:
     """`session.opened` and `message.received` for an inbound batch just stored.
 
-    `stored` holds `conversations.StoredInbound`; only those stored now or being
-    redelivered (`needs_reply`) can lack their events. A session counts as opened
+    `stored` holds `conversations.StoredInbound`; a message stored before may
+    lack its events as it may lack its reply (JetStream's de-duplication drops
+    a repeat within its window). A session counts as opened
     by this batch when it holds exactly the messages the batch brought it: the
     intake creates sessions empty, and only the batch's own messages are in it.
     """
-    fresh = [item for item in stored if item.needs_reply]
+    fresh = list(stored)
     if not fresh:
         return
     counts: dict[ObjectId, int] = {}

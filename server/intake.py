@@ -86,7 +86,6 @@ class Intake:
             stored = await self._db.run(
                 conversations.store_inbound,
                 [inbound for _, inbound in batch],
-                [msg.metadata.num_delivered > 1 for msg, _ in batch],
             )
             MESSAGES_STORED.inc(sum(item.inserted for item in stored))
             await self._reply(stored)
@@ -118,7 +117,7 @@ class Intake:
             await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
 
     async def _reply(self, stored: list[conversations.StoredInbound]) -> None:
-        pending = [item for item in stored if item.needs_reply]
+        pending = stored
         await asyncio.gather(
             *(
                 self._outbound.publish(

@@ -44,25 +44,27 @@ def test_a_crash_before_the_ack_leaves_counters_equal_to_what_is_stored(store, m
     batch = [inbound("81", 1, "primeira"), inbound("81", 2, "segunda"), inbound("82", 3, "outra")]
     failpoints.configure({"BALCAO_FAILPOINTS": f"{window}=raise"})
     with pytest.raises(FailPointError):
-        store(batch, [False] * 3)
+        store(batch)
     failpoints.configure({})
 
-    stored = store(batch, [True] * 3)  # JetStream redelivers the unacknowledged batch
+    stored = store(batch)  # JetStream redelivers the unacknowledged batch
 
     assert mongo.messages.count_documents({}) == 3
     assert_counters_match_what_is_stored(mongo)
-    assert all(item.needs_reply for item in stored)  # the reply may not have gone out
+    assert {item.inserted for item in stored} == {
+        False
+    }  # stored before; answered again (the reply may not have gone out)
 
 
 def test_a_session_finished_between_lookup_and_insert_loses_no_message(store, mongo, tmp_path):
-    store([inbound("91", 1, "antes")], [False])
+    store([inbound("91", 1, "antes")])
     session_id = mongo.sessions.find_one({"contact_identifier": "91"})["_id"]
     log = tmp_path / "failpoints"
     failpoints.configure(
         {"BALCAO_FAILPOINTS": "server.intake.after_sessions_resolved=pause", "BALCAO_FAILPOINTS_LOG": str(log)}
     )
     result: list = []
-    intake = threading.Thread(target=lambda: result.extend(store([inbound("91", 2, "durante")], [False])))
+    intake = threading.Thread(target=lambda: result.extend(store([inbound("91", 2, "durante")])))
     intake.start()
     for _ in range(500):
         if log.exists() and "after_sessions_resolved pause" in log.read_text():
@@ -78,25 +80,25 @@ def test_a_session_finished_between_lookup_and_insert_loses_no_message(store, mo
     follow_up = mongo.sessions.find_one({"contact_identifier": "91"})
     assert follow_up["_id"] != session_id and message["session_id"] == follow_up["_id"]
     assert mongo.messages.count_documents({}) == 1  # "antes" went with the finished session
-    assert [item.needs_reply for item in result] == [True]
+    assert [item.inserted for item in result] == [True]
     assert_counters_match_what_is_stored(mongo)
 
 
 def test_a_message_finished_with_its_session_is_not_stored_again_when_redelivered(store, mongo):
     # Stored, then the server died before acknowledging; an agent finished the
     # session; JetStream now redelivers the batch.
-    stored = store([inbound("95", 1, "vista"), inbound("96", 2, "outra")], [False, False])
+    stored = store([inbound("95", 1, "vista"), inbound("96", 2, "outra")])
     finished_id = next(item.session_id for item in stored if item.message.contact_identifier == "95")
     assert sessions.finish(finished_id)
 
-    again = store([inbound("95", 1, "vista"), inbound("96", 2, "outra")], [True, True])
+    again = store([inbound("95", 1, "vista"), inbound("96", 2, "outra")])
 
     assert mongo.sessions.count_documents({"contact_identifier": "95"}) == 0  # no session nobody opened
     assert mongo.messages.count_documents({"key": again[0].key}) == 0
     finished = next(item for item in again if item.message.contact_identifier == "95")
-    assert (finished.session_id, finished.needs_reply, finished.inserted) == (finished_id, True, False)
+    assert (finished.session_id, finished.inserted) == (finished_id, False)
     assert mongo.messages.count_documents({}) == 1  # the other contact's message, once
     assert_counters_match_what_is_stored(mongo)
     # A new message from the same contact opens a new session as usual.
-    store([inbound("95", 3, "nova")], [False])
+    store([inbound("95", 3, "nova")])
     assert mongo.sessions.find_one({"contact_identifier": "95"})["message_count"] == 1

@@ -185,11 +185,11 @@ def inbound(message_id: int, name: str = "Rita Lee") -> InboundMessage:
 
 
 def test_the_intake_keeps_the_activity_key_current(store):
-    conversations.store_inbound([inbound(1)], [False])
+    conversations.store_inbound([inbound(1)])
     opened = store.sessions.find_one({"contact_identifier": "9001"})
     assert opened["activity_key"] == activity_key(opened["last_message_at"], opened["_id"])
 
-    conversations.store_inbound([inbound(2, name="Rita Lee Jones")], [False])
+    conversations.store_inbound([inbound(2, name="Rita Lee Jones")])
     touched = store.sessions.find_one({"_id": opened["_id"]})
     assert touched["activity_key"] == activity_key(touched["last_message_at"], opened["_id"])
     assert touched["activity_key"] >= opened["activity_key"]

@@ -216,7 +216,7 @@ def test_an_imported_contact_writing_to_the_bot_gets_their_chat_and_name(store, 
     store([record("13", "Paula (arquivo)", ("antiga", 1))])
     message = InboundMessage("telegram", "13", 13, 501, "Paula Souza", "voltei", "2024-05-02T10:00:00+00:00")
 
-    store_inbound([message], [False])
+    store_inbound([message])
 
     session = mongo.sessions.find_one()
     assert session["chat_id"] == "13"  # goodbyes and agent replies can reach the contact now
