@@ -107,6 +107,6 @@ def test_server_writes_to_the_replica_set_by_majority(resolved: dict) -> None:
 def test_the_processes_accept_the_cluster_settings(resolved: dict) -> None:
     """What the file hands the server is a valid configuration for it."""
     env = environment(resolved["services"]["server"])
-    settings = server_config.load({**env, "API_TOKEN": "x" * 16, "API_TOKEN_FILE": ""})
+    settings = server_config.load({**env, "API_TOKEN": "x" * 32, "API_TOKEN_FILE": ""})
     assert settings.nats_replicas == 3
     assert len(split_urls(settings.nats_url)) == 3

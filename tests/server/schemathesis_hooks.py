@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import uuid
 from typing import Any
 
 import httpx
@@ -65,6 +66,10 @@ schemathesis.openapi.format("balcao-cursor", st.from_regex(r"\A[A-Za-z0-9_-]{40,
 
 @schemathesis.hook
 def map_case(context: Any, case: Any) -> Any:
+    if case.headers and "Idempotency-Key" in case.headers and case.meta and case.meta.generation.mode.is_positive:
+        # A client picks a key per reply; a generated key used again with another
+        # text is a misuse (422), not a valid request.
+        case.headers["Idempotency-Key"] = uuid.uuid4().hex
     query = case.query or {}
     if "cursor" not in query or case.meta is None or not case.meta.generation.mode.is_positive:
         return case
