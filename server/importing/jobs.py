@@ -346,17 +346,21 @@ class Imports:
             log.info("import %s %s: %s", job_id, job["status"], tally.counts())
         # Promised even when the job had ended before: a crash may have come
         # between the two; the key makes a repeat a no-op.
+        await self._announce(job)
+        events.publish_soon(self._outbound.js, events.import_finished(job), str(job_id))
+        return job
+
+    async def _announce(self, job: dict[str, Any]) -> None:
+        """Promise the import's summary to its channel, once per import (key `import:<id>`)."""
         await self._outbound.promise(
             OutboundMessage(
-                key=f"import:{job_id}",
+                key=f"import:{job['_id']}",
                 chat_id=job["channel"],
                 text=announcement(job),
                 kind="announcement",
-                meta={"import_id": str(job_id)},
+                meta={"import_id": str(job["_id"])},
             )
         )
-        events.publish_soon(self._outbound.js, events.import_finished(job), str(job_id))
-        return job
 
     async def reap(self, idle_seconds: float) -> int:
         """Fail the imports idle for longer than `idle_seconds`, announcing each; how many this call ended."""
@@ -369,15 +373,7 @@ class Imports:
                 job = reaped
                 ended += 1
                 log.warning("import %s failed: no progress for %.0f s", job["_id"], idle_seconds)
-            await self._outbound.promise(
-                OutboundMessage(
-                    key=f"import:{job['_id']}",
-                    chat_id=job["channel"],
-                    text=announcement(job),
-                    kind="announcement",
-                    meta={"import_id": str(job["_id"])},
-                )
-            )
+            await self._announce(job)
             await self.db.run(announced, job["_id"])
         return ended
 
