@@ -19,6 +19,11 @@ CHANNEL = "@suporte"
 BOUNDARY = "balcao-test-boundary"
 
 
+# An import exists once its first batch (500 records) is stored: seconds on SecantusDB,
+# far more with both cores busy; the upload waits on it meanwhile, so waiting longer costs nothing.
+IMPORT_START_TIMEOUT = 60.0
+
+
 @pytest.fixture
 def http(stack) -> Iterator[httpx.Client]:
     client = httpx.Client(base_url=f"{stack.api_url}/v1/", headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=60)
@@ -145,7 +150,7 @@ def test_a_client_gone_mid_upload_ends_its_import_as_failed(stack, telegram, mon
     stack.server()
     content = generated_json(1100)
     connection = raw_upload(stack.http_port, form_head() + content[: len(content) * 2 // 3], len(content) + 500)
-    eventually(lambda: mongo.import_jobs.find_one(), message="import started")
+    eventually(lambda: mongo.import_jobs.find_one(), timeout=IMPORT_START_TIMEOUT, message="import started")
 
     connection.close()
 
@@ -161,7 +166,7 @@ def test_shutdown_mid_upload_finishes_the_batch_in_hand_and_reports(stack, teleg
     server = stack.server()
     content = generated_json(1100)
     connection = raw_upload(stack.http_port, form_head() + content[: len(content) // 2], len(content) + 500)
-    eventually(lambda: mongo.import_jobs.find_one(), message="import started")
+    eventually(lambda: mongo.import_jobs.find_one(), timeout=IMPORT_START_TIMEOUT, message="import started")
 
     assert server.stop(signal.SIGTERM) == 0
     answer = connection.recv(65536).decode()

@@ -19,6 +19,11 @@ DATA = ROOT / "data"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 
 
+# An import exists once its first batch (500 records) is stored: seconds on SecantusDB,
+# far more with both cores busy; the upload waits on it meanwhile, so waiting longer costs nothing.
+IMPORT_START_TIMEOUT = 60.0
+
+
 def session_file(file_format: str, sessions: list[dict[str, Any]]) -> bytes:
     out = io.StringIO()
     write_sessions(sessions, out, file_format)
@@ -207,7 +212,7 @@ def test_a_client_leaving_after_the_file_broke_gets_its_import_ended_with_the_ca
             + head
             + broken
         )
-        eventually(lambda: mongo.import_jobs.find_one(), message="import started")
+        eventually(lambda: mongo.import_jobs.find_one(), timeout=IMPORT_START_TIMEOUT, message="import started")
 
     job = eventually(lambda: mongo.import_jobs.find_one({"status": "failed"}), message="failed import")
     assert job["failure"]["reason"] == "invalid-file"  # the cause, not the client leaving
