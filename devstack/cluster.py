@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack.processes import free_port, venv_binary, wait_for_port
+from devstack.processes import end_process, free_port, venv_binary, wait_for_port
 
 log = logging.getLogger(__name__)
 
@@ -108,24 +108,13 @@ class NatsNode:
         clients, hand stream leadership to peers, close clients over LAME_DUCK_DURATION, exit."""
         if self.process is None:
             return
-        self.process.send_signal(signal.SIGUSR2)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        end_process(self.process, signal.SIGUSR2, timeout)
         self.process = None
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        end_process(self.process, signal.SIGTERM, timeout)
         self.process = None
 
     def monitor(self, path: str) -> dict:

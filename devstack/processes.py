@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -45,6 +46,17 @@ def venv_binary(name: str) -> str:
     if found is None:
         raise FileNotFoundError(f"{name} is not installed; run `make install`")
     return found
+
+
+def end_process(process: subprocess.Popen, sig: int, timeout: float) -> None:
+    """Send `sig` to a child that still runs and wait for it; SIGKILL it after `timeout`."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @dataclass(kw_only=True)
@@ -87,13 +99,7 @@ class ChildServer:
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        end_process(self.process, signal.SIGTERM, timeout)
         self.process = None
         log.info("%s stopped", self.name)
 
