@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -50,13 +51,37 @@ log = logging.getLogger(__name__)
 class LiveEvent:
     """One stored event as every connection is sent it: encoded once, shared by all."""
 
-    __slots__ = ("id", "tokens", "data", "_sse")
+    __slots__ = ("id", "tokens", "data", "_sse", "_frame", "_matched")
 
     def __init__(self, event_id: int, subject: str, body: bytes) -> None:
         self.id = event_id
         self.tokens = subject.split(".")
         self.data = events.with_id(body, event_id)  # the WebSocket frame's payload
         self._sse: bytes | None = None
+        self._frame: bytes | None = None
+        self._matched: dict[str, bool] = {}
+
+    def matches(self, filter_subject: str, pattern: list[str]) -> bool:
+        """Whether a connection's filter takes this event; once per distinct filter."""
+        matched = self._matched.get(filter_subject)
+        if matched is None:
+            matched = self._matched[filter_subject] = _matches(pattern, self.tokens)
+        return matched
+
+    @property
+    def websocket_frame(self) -> bytes:
+        """The whole WebSocket text frame, built once: server frames are unmasked and,
+        without compression (never negotiated here), the same bytes for every client."""
+        if self._frame is None:
+            size = len(self.data)
+            if size < 126:
+                header = struct.pack("!BB", 0x81, size)
+            elif size <= 0xFFFF:
+                header = struct.pack("!BBH", 0x81, 126, size)
+            else:
+                header = struct.pack("!BBQ", 0x81, 127, size)
+            self._frame = header + self.data
+        return self._frame
 
     @classmethod
     def from_msg(cls, msg: Any) -> LiveEvent:
@@ -201,7 +226,7 @@ class Follower:
 
     def offer(self, event: LiveEvent) -> int:
         """An event from the feed: sent, buffered during the catch-up, or not for this filter."""
-        if self._closed or not _matches(self._filter, event.tokens):
+        if self._closed or not event.matches(self.filter_subject, self._filter):
             return 0
         if self.live:
             return self._deliver(event)

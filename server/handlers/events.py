@@ -311,10 +311,17 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
             self._stop_following()
 
     def _send_event(self, event: LiveEvent) -> bool:
-        return self._send(event.sse if self.transport == "sse" else event.data)
+        if self.transport == "sse":
+            return self._send(event.sse)
+        return self._send(event.websocket_frame, framed=True)
 
-    def _send(self, frame: bytes) -> bool:
-        """Write without waiting; False if the frame was not written (client gone or cut off)."""
+    def _send(self, frame: bytes, framed: bool = False) -> bool:
+        """Write without waiting; False if the frame was not written (client gone or cut off).
+
+        A `framed` WebSocket frame, built once for every client, goes straight to
+        the connection's stream: `write_message` would frame it again per client
+        and wrap each write in a task, a third of the fan-out's time in profiles.
+        """
         if self._ended:
             return False
         size = len(frame)
@@ -326,7 +333,9 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
             return False
         self._buffered += size
         try:
-            if self.transport == "websocket":
+            if framed:
+                written = self._write_frame(frame)
+            elif self.transport == "websocket":
                 written = self.write_message(frame)
             else:
                 self.write(frame)
@@ -342,6 +351,12 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
 
         written.add_done_callback(done)
         return True
+
+    def _write_frame(self, frame: bytes) -> asyncio.Future:
+        connection = self.ws_connection
+        if connection is None or connection.is_closing() or connection.stream is None:
+            raise WebSocketClosedError()
+        return connection.stream.write(frame)
 
     def end(self, code: int, reason: str) -> None:
         """Close the connection (a WebSocket with `code`) and stop reading the stream."""
