@@ -514,3 +514,25 @@ def test_a_server_killed_between_finishing_and_forgetting_the_event_publishes_it
     finished = [e for e in got if e["type"] == events.SESSION_FINISHED]
     assert len(finished) == 1 and finished[0]["session_id"] == str(session["_id"]), got
     assert events_in_stream(stack.env["NATS_URL"], events.SESSION_FINISHED) == 1
+
+
+def test_an_import_that_ends_is_announced_as_one_import_finished_event(stack, mongo):
+    server = stack.server()
+    body = json.dumps(
+        [{"name": "Importada", "platform_type": "Telegram", "contact_identifier": 7951, "messages": []}]
+    ).encode()
+    with open_events(server.port, "type=import.finished") as ws:
+        response = httpx.post(
+            f"http://127.0.0.1:{server.port}/v1/imports",
+            headers=AUTH,
+            data={"channel": "@suporte"},
+            files={"file": ("sessions.json", body, "application/json")},
+            timeout=60,
+        )
+        assert response.status_code < 300, response.text
+        import_id = response.json()["id"]
+        (event,) = read_until(ws, lambda got: len(got) >= 1)
+    assert event["type"] == events.IMPORT_FINISHED and event["import"]["id"] == import_id
+    assert event["import"]["status"] == "succeeded" and event["import"]["counts"]
+    eventually(lambda: mongo.event_outbox.count_documents({}) == 0, message="the promise forgotten once published")
+    assert [e["id"] for e in settled_stream(server.port, 1)] == [event["id"]]
