@@ -228,7 +228,31 @@ class ImportBatch(Document):
     }
 
 
-DOCUMENTS = (Session, Message, FinishedMessage, OutboxEntry, ImportJob, ImportBatch)
+class EventPromise(Document):
+    """An event promised to BALCAO_EVENTS (session finished, import finished), kept until JetStream has it.
+
+    Written before the change it reports, or in the same step, so a crash before
+    the publish loses nothing; `after_session_gone` holds it back until that
+    session is deleted, so a finish that failed half-way reports nothing.
+    """
+
+    key = StringField(required=True)  # the event's Nats-Msg-Id
+    subject = StringField(required=True)
+    body = DictField(required=True)
+    after_session_gone = ObjectIdField()
+    created_at = DateTimeField(required=True)
+
+    meta = {
+        "collection": "event_outbox",
+        "indexes": [
+            {"fields": ["key"], "unique": True, "name": "event_outbox_key"},
+            {"fields": ["created_at"], "name": "event_outbox_age"},
+        ],
+        "auto_create_index": False,
+    }
+
+
+DOCUMENTS = (Session, Message, FinishedMessage, OutboxEntry, ImportJob, ImportBatch, EventPromise)
 
 
 def ensure_indexes() -> None:

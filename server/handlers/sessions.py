@@ -240,8 +240,14 @@ class SessionHandler(SessionsApiHandler):
             )
         else:
             log.info("session %s finished without a goodbye: no chat is known for it", session["_id"])
+        # Promised before the delete and held until the session is gone: a crash
+        # after the delete loses no event, a failed delete announces none.
+        with database_errors():
+            await self.settings["services"].outbound.promise_event(
+                events.session_finished(session), str(session["_id"]), after_session_gone=session["_id"]
+            )
         await self.database(sessions.finish, session["_id"])
-        events.publish_soon(self.settings["services"].js, events.session_finished(session), str(session["_id"]))
+        self.settings["services"].outbound.wake()
         log.info("session %s finished", session["_id"])
         self.set_status(204)
         self.finish()

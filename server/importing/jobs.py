@@ -347,11 +347,11 @@ class Imports:
         # Promised even when the job had ended before: a crash may have come
         # between the two; the key makes a repeat a no-op.
         await self._announce(job)
-        events.publish_soon(self._outbound.js, events.import_finished(job), str(job_id))
         return job
 
     async def _announce(self, job: dict[str, Any]) -> None:
-        """Promise the import's summary to its channel, once per import (key `import:<id>`)."""
+        """Promise the import's summary to its channel and its `import.finished` event, once per import."""
+        await self._outbound.promise_event(events.import_finished(job), str(job["_id"]))
         await self._outbound.promise(
             OutboundMessage(
                 key=f"import:{job['_id']}",
