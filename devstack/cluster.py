@@ -122,6 +122,16 @@ class NatsNode:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/{path}", timeout=5) as response:
             return json.loads(response.read())
 
+    def current(self) -> bool:
+        """Whether the node is healthy by its own account: `/healthz` answers 200 once
+        its JetStream has a meta leader and every stream and consumer it holds a copy
+        of has caught up. Until then it cannot stand in for a peer that leaves."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/healthz", timeout=5) as response:
+                return response.status == 200
+        except OSError:  # HTTPError (503 while catching up) is one
+            return False
+
     def client_names(self) -> list[str]:
         return [conn.get("name", "") for conn in self.monitor("connz?limit=1024")["connections"]]
 
@@ -176,6 +186,18 @@ class NatsCluster:
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nats cluster not ready after {timeout} s")
+            time.sleep(0.1)
+
+    def wait_current(self, node: NatsNode, timeout: float = 30.0) -> None:
+        """Until `node` has caught up with its peers (see NatsNode.current).
+
+        A rolling restart waits for this between nodes: taking the next node down
+        while the last one is still catching up leaves some streams without a
+        current majority, and they stop until it has caught up."""
+        deadline = time.monotonic() + timeout
+        while not node.current():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nats node {node.name} not current after {timeout} s")
             time.sleep(0.1)
 
     def _ready(self, node: NatsNode) -> bool:

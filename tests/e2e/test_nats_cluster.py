@@ -99,8 +99,8 @@ def desk(
     empty_streams(cluster)
     env = {**stack_env(cluster.urls, mongodb_uri, fake_telegram_server), "NATS_REPLICAS": "3", "INTAKE_BATCH": "50"}
     running = Stack(env, tmp_path_factory.mktemp("desk"))
+    running.bot()  # starts while the server's start is awaited
     running.server()
-    running.bot()
 
     async def consumers(js) -> bool:
         inbound = await js.consumer_info(INBOUND_STREAM, INBOUND_CONSUMER)
@@ -242,6 +242,9 @@ def test_a_rolling_restart_in_lame_duck_mode_loses_and_doubles_nothing(cluster, 
             node.lame_duck()  # hands its leaderships and clients to the others, then exits
             node.start()
             cluster.wait_ready()
+            # As an operator would: the next node goes only once this one has caught
+            # up, or streams lose their current majority until it has.
+            cluster.wait_current(node)
         time.sleep(AFTER / 2)
     check_exactly_once(cluster, telegram, mongo, traffic.sent, "rolling restart in lame-duck mode", broke_at)
 
