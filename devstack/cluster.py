@@ -26,7 +26,9 @@ CLUSTER_NAME = "balcao"
 # nats-server's defaults (2 min lame duck, 10 s grace) suit production; a local
 # rolling restart wants seconds.
 LAME_DUCK_DURATION = "30s"  # the least nats-server accepts
-LAME_DUCK_GRACE = "1s"
+# The wait between leaving JetStream and closing the clients; nats.py does not act
+# on the lame-duck notice, so a longer grace only makes a rolling restart longer.
+LAME_DUCK_GRACE = "250ms"
 
 
 @dataclass(kw_only=True)
@@ -122,16 +124,6 @@ class NatsNode:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/{path}", timeout=5) as response:
             return json.loads(response.read())
 
-    def current(self) -> bool:
-        """Whether the node is healthy by its own account: `/healthz` answers 200 once
-        its JetStream has a meta leader and every stream and consumer it holds a copy
-        of has caught up. Until then it cannot stand in for a peer that leaves."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/healthz", timeout=5) as response:
-                return response.status == 200
-        except OSError:  # HTTPError (503 while catching up) is one
-            return False
-
     def client_names(self) -> list[str]:
         return [conn.get("name", "") for conn in self.monitor("connz?limit=1024")["connections"]]
 
@@ -188,24 +180,18 @@ class NatsCluster:
                 raise TimeoutError(f"nats cluster not ready after {timeout} s")
             time.sleep(0.1)
 
-    def wait_current(self, node: NatsNode, timeout: float = 30.0) -> None:
-        """Until `node` has caught up with its peers (see NatsNode.current).
-
-        A rolling restart waits for this between nodes: taking the next node down
-        while the last one is still catching up leaves some streams without a
-        current majority, and they stop until it has caught up."""
-        deadline = time.monotonic() + timeout
-        while not node.current():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nats node {node.name} not current after {timeout} s")
-            time.sleep(0.1)
-
     def _ready(self, node: NatsNode) -> bool:
         peers = sum(1 for peer in self.nodes if peer.running and peer is not node)
         routed = {route.get("remote_name") for route in node.monitor("routez").get("routes", [])}
         meta = node.monitor("jsz").get("meta_cluster") or {}
         return len(routed - {None}) >= peers and bool(meta.get("leader"))
 
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every node at once, then wait for each: a node shutting down
+        waits on its peers' Raft groups, so one after another takes seconds more."""
+        stopping = [node for node in self.nodes if node.process is not None]
+        for node in stopping:
+            if node.process is not None and node.process.poll() is None:
+                node.process.send_signal(signal.SIGTERM)
+        for node in stopping:
+            node.stop(timeout)
