@@ -151,7 +151,8 @@ async def publish_through_election(
     headers: dict[str, str] | None = None,
     patience: float = ELECTION_PATIENCE,
 ) -> PubAck:
-    """`js.publish`, tried again while the stream has no leader, for up to `patience` s.
+    """`js.publish`, tried again while the stream has no leader (or the answer was lost
+    with a node), for up to `patience` s.
 
     Giving up on the first "no responders" costs far more than waiting: an inbound
     batch whose reply cannot be published is handed back with a nak, and a nak
@@ -164,7 +165,9 @@ async def publish_through_election(
     while True:
         try:
             return await js.publish(subject, payload, timeout=timeout, headers=headers)
-        except (NoStreamResponseError, ServiceUnavailableError) as exc:
+        except (NoStreamResponseError, ServiceUnavailableError, nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
+            # A timeout is a publish whose answer died with the connection (its
+            # node was killed); the same Nats-Msg-Id makes trying again harmless.
             if loop.time() + ELECTION_RETRY_INTERVAL > deadline:
                 raise
             log.info("stream for %s has no leader yet, publishing again: %r", subject, exc)
