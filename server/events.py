@@ -64,7 +64,8 @@ async def ensure_stream(js: JetStreamContext, max_age: float, max_bytes: int, *,
 async def publish(js: JetStreamContext, body: dict[str, Any], key: str) -> None:
     """Publish one event and wait for JetStream to store it (raises on failure)."""
     kind = body["type"]
-    ack = await js.publish(
+    ack = await jetstream.publish_through_election(
+        js,
         events.subject(kind, body.get("platform"), body.get("session_id")),
         events.to_bytes(body),
         timeout=PUBLISH_TIMEOUT,

@@ -19,6 +19,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from pymongo.errors import PyMongoError
 
+from contract import jetstream
 from contract.failpoints import failpoint
 from contract.messaging import OUTBOUND_SUBJECT, OutboundMessage
 from server import events
@@ -49,7 +50,8 @@ class Outbound:
 
     async def publish(self, message: OutboundMessage) -> None:
         """Publish and wait for JetStream's acknowledgement (raises on failure)."""
-        ack = await self._js.publish(
+        ack = await jetstream.publish_through_election(
+            self._js,
             OUTBOUND_SUBJECT,
             message.to_bytes(),
             timeout=PUBLISH_TIMEOUT,
