@@ -16,7 +16,7 @@ from contract import clock
 from contract.failpoints import failpoint
 from contract.messaging import InboundMessage
 from server.models import DUPLICATE_KEY as DUPLICATE_KEY
-from server.models import FinishedMessage, Message, Session
+from server.models import FinishedMessage, Message, Session, Stored
 from server.models import duplicates_only as duplicates_only
 from server.models import preview as preview
 
@@ -95,7 +95,7 @@ def _create_sessions(messages: Sequence[InboundMessage], now: dt.datetime) -> No
     )
 
 
-def insert_new_messages(messages: Sequence[Message]) -> set[str]:
+def insert_new_messages(messages: Sequence[Stored]) -> set[str]:
     """Insert the messages not stored yet; return the keys actually inserted."""
     return Message.insert_new(messages)
 
@@ -156,13 +156,13 @@ def store_inbound(batch: Sequence[InboundMessage], races: int = 0) -> list[Store
     ]
     inserted = insert_new_messages(documents)
     failpoint("server.intake.after_messages_inserted")
-    gone = _touch_sessions([(doc.session_id, doc.text) for doc in documents if doc.key in inserted], now)
+    gone = _touch_sessions([(doc["session_id"], doc["text"]) for doc in documents if doc["key"] in inserted], now)
     failpoint("server.intake.after_sessions_updated")
     if gone:
         return _store_again_after_finish(batch, documents, inserted, gone, races)
     # A message found stored: the attempt that stored it may have died before
     # counting it in its session, and nothing else ever would.
-    _recount_sessions({doc.session_id for doc in documents if doc.key not in inserted}, now)
+    _recount_sessions({doc["session_id"] for doc in documents if doc["key"] not in inserted}, now)
     return done + [
         StoredInbound(m, key, sessions[(m.platform, m.contact_identifier)], key in inserted)
         for key, m in unique.items()
@@ -171,7 +171,7 @@ def store_inbound(batch: Sequence[InboundMessage], races: int = 0) -> list[Store
 
 def _store_again_after_finish(
     batch: Sequence[InboundMessage],
-    documents: list[Message],
+    documents: list[Stored],
     inserted: set[str],
     gone: set[ObjectId],
     races: int,
@@ -182,7 +182,7 @@ def _store_again_after_finish(
     pass finds the contacts' new sessions (or opens them) and stores the rest
     as already stored, so nothing is counted or answered twice.
     """
-    orphans = [doc.key for doc in documents if doc.session_id in gone and doc.key in inserted]
+    orphans = [doc["key"] for doc in documents if doc["session_id"] in gone and doc["key"] in inserted]
     if orphans:
         Message.objects(key__in=orphans, session_id__in=list(gone)).delete()
     if races >= MAX_FINISH_RACES:

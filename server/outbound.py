@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from mongoengine import NotUniqueError
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from pymongo.errors import PyMongoError
@@ -107,10 +106,7 @@ class Outbound:
 
 
 def _keep(message: OutboundMessage) -> None:
-    try:
-        OutboxEntry.for_message(message, clock.now()).save(force_insert=True)
-    except NotUniqueError:
-        pass  # promised before (a retried finish or import ending): the first promise stands
+    OutboxEntry.keep(message, clock.now())
 
 
 def _pending(limit: int) -> list[OutboundMessage]:

@@ -308,7 +308,7 @@ def add_agent_reply(session: dict[str, Any], text: str, idempotency_key: str | N
     )
     message = Message.outbound(session["_id"], key, text, now, message_id=message_id)
     try:
-        message.save(force_insert=True)
+        Message.save_new(message)
     except NotUniqueError:
         if idempotency_key is None:
             raise
@@ -329,6 +329,6 @@ def add_agent_reply(session: dict[str, Any], text: str, idempotency_key: str | N
         max__activity_key=activity_key(now, session["_id"]),
     )
     if not touched:
-        message.delete()
+        Message.objects(id=message_id).delete()
         return None
-    return message.to_mongo().to_dict()
+    return message

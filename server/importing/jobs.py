@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bson import ObjectId
-from mongoengine import NotUniqueError
 
 from contract import clock
 from contract.messaging import OutboundMessage
@@ -54,8 +53,8 @@ def create_job(
     channel: str, source: str, mode: str, file_format: str | None = None, started_at: dt.datetime | None = None
 ) -> dict[str, Any]:
     job = ImportJob.start(channel, clean_source(source), mode, file_format, Tally().counts(), clock.now(), started_at)
-    job.save(force_insert=True)
-    return _stored(job)
+    ImportJob.save_new(job)
+    return {"file_format": None, **job}
 
 
 def clean_source(source: str) -> str:
@@ -122,9 +121,7 @@ def find_job(job_id: ObjectId) -> dict[str, Any] | None:
 
 def save_batch(job_id: ObjectId, seq: int, tally: Tally) -> bool:
     """Record a written batch; False when this sequence number was recorded before."""
-    try:
-        ImportBatch.record(job_id, seq, tally.counts(), tally.errors, clock.now()).save(force_insert=True)
-    except NotUniqueError:
+    if not ImportBatch.save_new(ImportBatch.record(job_id, seq, tally.counts(), tally.errors, clock.now())):
         return False
     touch_job(job_id)
     return True
@@ -189,13 +186,6 @@ def finish_job(
 def _setting(fields: dict[str, Any]) -> dict[str, Any]:
     """MongoEngine's update keywords that `$set` these fields."""
     return {f"set__{name}": value for name, value in fields.items()}
-
-
-def _stored(job: ImportJob) -> dict[str, Any]:
-    """The job as the other functions here hand it out: the stored document."""
-    stored: dict[str, Any] = job.to_mongo().to_dict()
-    stored.setdefault("file_format", None)
-    return stored
 
 
 def report(job: dict[str, Any], tally: Tally | None = None) -> dict[str, Any]:

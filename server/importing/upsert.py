@@ -34,7 +34,7 @@ from server.conversations import (
     stored_counts,
 )
 from server.importing.records import ImportedMessage, ImportedSession, message_key
-from server.models import Message, Session
+from server.models import Message, Session, Stored
 
 CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
 _SESSION_FIELDS = ("contact_name", "chat_id", "source_id", "last_message_at", "import_origin")
@@ -108,8 +108,7 @@ def new_documents(batch: Sequence[ImportedSession], now: dt.datetime | None = No
 
     The benchmark inserts these with the bare driver, to compare like with like.
     """
-    sessions, messages = _new_documents(list(_grouped(batch).values()), now or clock.now())
-    return [doc.to_mongo().to_dict() for doc in sessions], [doc.to_mongo().to_dict() for doc in messages]
+    return _new_documents(list(_grouped(batch).values()), now or clock.now())
 
 
 def _grouped(batch: Sequence[ImportedSession]) -> dict[Contact, _ContactRecords]:
@@ -122,14 +121,14 @@ def _grouped(batch: Sequence[ImportedSession]) -> dict[Contact, _ContactRecords]
 
 def _new_documents(
     groups: list[_ContactRecords], now: dt.datetime, origin: str | None = None
-) -> tuple[list[Session], list[Message]]:
+) -> tuple[list[Stored], list[Stored]]:
     """A session per contact, written with its final counter, preview and activity.
 
     Worked out from the batch, so a new session costs one write, not an insert
     and an update.
     """
-    sessions: list[Session] = []
-    messages: list[Message] = []
+    sessions: list[Stored] = []
+    messages: list[Stored] = []
     for group in groups:
         dates = [message.date for message in group.messages.values()]
         # Without messages, the session's own time: its file `_id` is an ObjectId,
@@ -148,7 +147,7 @@ def _new_documents(
             import_origin=origin,
         )
         sessions.append(session)
-        messages += _message_documents(session.id, group.messages.items())
+        messages += _message_documents(session["_id"], group.messages.items())
     return sessions, messages
 
 
@@ -161,8 +160,8 @@ def _create_sessions(
     sessions, messages = _new_documents(groups, now, origin)
     lost = Session.insert_new(sessions)
     failpoint("import.after_sessions_inserted")
-    created = {doc.id for index, doc in enumerate(sessions) if index not in lost}
-    inserted = insert_new_messages([doc for doc in messages if doc.session_id in created])
+    created = {doc["_id"] for index, doc in enumerate(sessions) if index not in lost}
+    inserted = insert_new_messages([doc for doc in messages if doc["session_id"] in created])
     failpoint("import.after_messages_inserted")
     _uncount_duplicates(messages, created, inserted)
     for index, group in enumerate(groups):
@@ -171,7 +170,7 @@ def _create_sessions(
     return [group for index, group in enumerate(groups) if index in lost]
 
 
-def _uncount_duplicates(messages: list[Message], created: set[ObjectId], inserted: set[str]) -> None:
+def _uncount_duplicates(messages: list[Stored], created: set[ObjectId], inserted: set[str]) -> None:
     """Take back from a new session's counter the messages another writer stored first.
 
     Only a concurrent import of the same contact can do that, and it counts
@@ -179,8 +178,8 @@ def _uncount_duplicates(messages: list[Message], created: set[ObjectId], inserte
     """
     skipped: dict[ObjectId, int] = {}
     for doc in messages:
-        if doc.session_id in created and doc.key not in inserted:
-            skipped[doc.session_id] = skipped.get(doc.session_id, 0) + 1
+        if doc["session_id"] in created and doc["key"] not in inserted:
+            skipped[doc["session_id"]] = skipped.get(doc["session_id"], 0) + 1
     Session.update_each([(session_id, {"$inc": {"message_count": -count}}) for session_id, count in skipped.items()])
 
 
@@ -191,7 +190,7 @@ def _merge_into_existing(
         return
     stored = _stored_keys(key for group in groups for key in group.messages)
     changes: list[_Change] = []
-    documents: list[Message] = []
+    documents: list[Stored] = []
     for group in groups:
         session = existing[group.contact]
         change = _Change(session["_id"], session["last_message_at"])
@@ -215,18 +214,18 @@ def _merge_into_existing(
         documents += _message_documents(change.session_id, ((key, group.messages[key]) for key in change.new_keys))
         changes.append(change)
     inserted = insert_new_messages(documents)
-    by_key = {doc.key: doc for doc in documents}
+    by_key = {doc["key"]: doc for doc in documents}
     updates = []
     recount: list[ObjectId] = []
     for change in changes:
         added = [by_key[key] for key in change.new_keys if key in inserted]
         update: dict[str, Any] = {"$set": change.fields} if change.fields else {}
         if added:
-            newest = max(added, key=lambda doc: doc.sent_at)
+            newest = max(added, key=lambda doc: doc["sent_at"])
             recount.append(change.session_id)
-            update["$max"] = Session.active_at(change.session_id, newest.sent_at)
-            if newest.sent_at >= change.last_message_at:
-                update.setdefault("$set", {})["last_message_preview"] = preview(newest.text)
+            update["$max"] = Session.active_at(change.session_id, newest["sent_at"])
+            if newest["sent_at"] >= change.last_message_at:
+                update.setdefault("$set", {})["last_message_preview"] = preview(newest["text"])
         if update:
             updates.append((change.session_id, update))
     Session.update_each(updates)
@@ -272,7 +271,7 @@ def _stored_keys(keys: Iterable[str]) -> set[str]:
     return Message.objects.stored_keys(keys)
 
 
-def _message_documents(session_id: ObjectId, messages: Iterable[tuple[str, ImportedMessage]]) -> list[Message]:
+def _message_documents(session_id: ObjectId, messages: Iterable[tuple[str, ImportedMessage]]) -> list[Stored]:
     return [
         Message.inbound(session_id, key, message.content, message.date, external_id=message.id)
         for key, message in messages

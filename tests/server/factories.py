@@ -44,15 +44,12 @@ def _session(
     last_message_at: dt.datetime,
     **fields: Any,
 ) -> dict[str, Any]:
-    built = Session.open_for(platform, contact_identifier, contact_name, last_message_at, session_id=id, **fields)
-    return built.to_mongo().to_dict()
+    return Session.open_for(platform, contact_identifier, contact_name, last_message_at, session_id=id, **fields)
 
 
 def _message(*, id: ObjectId, session_id: ObjectId, key: str, direction: str, text: str, sent_at: dt.datetime) -> dict:
     builder = Message.inbound if direction == "in" else Message.outbound
-    built = builder(session_id, key, text, sent_at)
-    built.id = id  # the factory's id, known before the message is built (its key holds it)
-    return built.to_mongo().to_dict()
+    return builder(session_id, key, text, sent_at, message_id=id)
 
 
 class SessionFactory(factory.Factory):
