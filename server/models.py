@@ -25,7 +25,6 @@ duplicates.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -149,19 +148,23 @@ def stored_form(document: type[Document], **values: Any) -> Stored:
 _PLAIN = (StringField, IntField, BooleanField, DateTimeField)
 
 
-@functools.cache
-def _plan(document: type[Document]) -> tuple[tuple[str, str, Any, bool], ...]:
+_Plan = tuple[tuple[str, str, Any, bool], ...]
+_plans: dict[str, _Plan] = {}
+
+
+def _plan(document: type[Document]) -> _Plan:
     """Each field of `document`, in order: name, stored name, field, and whether its value needs to_mongo()."""
+    plan = _plans.get(document.__name__)
+    if plan is None:
 
-    def converts(field: Any) -> bool:
-        if isinstance(field, ListField):
-            return not isinstance(field.field, _PLAIN)
-        return not isinstance(field, _PLAIN)
+        def converts(field: Any) -> bool:
+            if isinstance(field, ListField):
+                return not isinstance(field.field, _PLAIN)
+            return not isinstance(field, _PLAIN)
 
-    return tuple(
-        (name, document._fields[name].db_field, document._fields[name], converts(document._fields[name]))
-        for name in document._fields_ordered
-    )
+        fields = [(name, document._fields[name]) for name in document._fields_ordered]
+        plan = _plans[document.__name__] = tuple((name, f.db_field, f, converts(f)) for name, f in fields)
+    return plan
 
 
 def _save_new(document: type[Document], stored: Stored) -> None:
