@@ -19,6 +19,7 @@ from telegram.error import Conflict, Forbidden, NetworkError, RetryAfter, Telegr
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bot.metrics import INBOUND_RELAY_FAILURES, INBOUND_RELAYED
+from contract import clock
 from contract.failpoints import failpoint
 from contract.messaging import INBOUND_SUBJECT, PLATFORM_TELEGRAM, InboundMessage
 
@@ -55,7 +56,7 @@ class Relay:
             message_id=message.message_id,
             name=user.full_name,
             text=message.text,
-            sent_at=message.date.isoformat(),
+            sent_at=clock.rfc3339(message.date),
         )
         try:
             await self._js.publish(

@@ -125,8 +125,7 @@ async def publish_received(js: JetStreamContext, db, stored: Sequence) -> None:
 
 
 def _message_counts(session_ids: list[ObjectId]) -> dict[ObjectId, int]:
-    found = Session._get_collection().find({"_id": {"$in": session_ids}}, {"message_count": 1})
-    return {doc["_id"]: doc.get("message_count", 0) for doc in found}
+    return Session.objects.message_counts(session_ids)
 
 
 def session_finished(session: dict[str, Any]) -> dict[str, Any]:

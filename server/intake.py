@@ -10,7 +10,6 @@ is idempotent, so redelivery never means a duplicate.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 
 from nats.aio.msg import Msg
@@ -18,7 +17,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from pymongo.errors import PyMongoError
 
-from contract import jetstream
+from contract import clock, jetstream
 from contract.failpoints import failpoint
 from contract.messaging import (
     INBOUND_CONSUMER,
@@ -97,7 +96,7 @@ class Intake:
         failpoint("server.intake.before_ack")
         for msg, _ in batch:
             await msg.ack()
-        now = dt.datetime.now(dt.UTC)
+        now = clock.now()
         for msg, _ in batch:
             # The stream's own timestamp: when the bot's publish was stored.
             INTAKE_LATENCY.observe(max((now - msg.metadata.timestamp).total_seconds(), 0.0))

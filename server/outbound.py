@@ -19,11 +19,10 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from pymongo.errors import PyMongoError
 
-from contract import jetstream
+from contract import clock, jetstream
 from contract.failpoints import failpoint
 from contract.messaging import OUTBOUND_SUBJECT, OutboundMessage
 from server import events
-from server.conversations import utcnow
 from server.database import Database
 from server.metrics import OUTBOUND_PUBLISHED
 from server.models import OutboxEntry
@@ -124,30 +123,12 @@ class Outbound:
 
 
 def _keep(message: OutboundMessage) -> None:
-    OutboxEntry._get_collection().update_one(
-        {"key": message.key},
-        {
-            "$setOnInsert": {
-                "chat_id": message.chat_id,
-                "text": message.text,
-                "kind": message.kind,
-                "details": message.meta,
-                "created_at": utcnow(),
-            }
-        },
-        upsert=True,
-    )
+    OutboxEntry.keep(message, clock.now())
 
 
 def _pending(limit: int) -> list[OutboundMessage]:
-    found = OutboxEntry._get_collection().find().sort("created_at", 1).limit(limit)
-    return [
-        OutboundMessage(
-            key=doc["key"], chat_id=doc["chat_id"], text=doc["text"], kind=doc["kind"], meta=doc.get("details") or {}
-        )
-        for doc in found
-    ]
+    return OutboxEntry.objects.pending(limit)
 
 
 def _forget(keys: list[str]) -> None:
-    OutboxEntry._get_collection().delete_many({"key": {"$in": keys}})
+    OutboxEntry.objects.forget(keys)

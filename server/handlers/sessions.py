@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from bson import ObjectId
 from tornado.web import stream_request_body, url
 
+from contract import clock
 from contract.messaging import OutboundMessage
 from server import events, names, sessions
 from server.cursors import CursorCodec, CursorInvalid
@@ -42,10 +43,7 @@ _OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
 _DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
 
 
-def timestamp(at: dt.datetime) -> str:
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=dt.UTC)
-    return at.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+timestamp = clock.rfc3339
 
 
 def session_resource(doc: dict[str, Any]) -> dict[str, Any]:
