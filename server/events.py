@@ -26,7 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
-from contract import events, jetstream
+from contract import clock, events, jetstream
 from contract.failpoints import failpoint
 from contract.messaging import DUPLICATE_WINDOW_SECONDS
 from server.metrics import EVENTS_PUBLISHED
@@ -152,16 +152,8 @@ def promise(body: dict[str, Any], key: str, after_session_gone: ObjectId | None 
     finish) keeps the first promise.
     """
     kind = body["type"]
-    fields: dict[str, Any] = {
-        "subject": events.subject(kind, body.get("platform"), body.get("session_id")),
-        "body": body,
-        "created_at": dt.datetime.now(dt.UTC),
-    }
-    if after_session_gone is not None:
-        fields["after_session_gone"] = after_session_gone
-    EventPromise._get_collection().update_one(
-        {"key": events.dedup_id(kind, key)}, {"$setOnInsert": fields}, upsert=True
-    )
+    subject = events.subject(kind, body.get("platform"), body.get("session_id"))
+    EventPromise.keep(events.dedup_id(kind, key), subject, body, clock.now(), after_session_gone)
 
 
 async def relay_promised(js: JetStreamContext, db, limit: int = 500) -> int:
@@ -196,26 +188,20 @@ async def relay_promised(js: JetStreamContext, db, limit: int = 500) -> int:
 
 def _promised(limit: int) -> tuple[list[dict[str, Any]], list[ObjectId]]:
     """(promises ready to publish, promises to drop): those whose session still exists wait."""
-    found = list(EventPromise._get_collection().find().sort("created_at", 1).limit(limit))
+    found = EventPromise.objects.oldest(limit)
     held = [doc["after_session_gone"] for doc in found if doc.get("after_session_gone")]
-    alive = (
-        {doc["_id"] for doc in Session._get_collection().find({"_id": {"$in": held}}, {"_id": 1})} if held else set()
-    )
-    too_old = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=HELD_PROMISE_SECONDS)
+    alive = Session.objects.present(held) if held else set()
+    too_old = clock.now() - dt.timedelta(seconds=HELD_PROMISE_SECONDS)
     ready: list[dict[str, Any]] = []
     dropped: list[ObjectId] = []
     for doc in found:
         if doc.get("after_session_gone") not in alive:
             ready.append(doc)
-        elif _aware(doc["created_at"]) < too_old:
+        elif clock.aware(doc["created_at"]) < too_old:
             log.info("event %s dropped: its session was never deleted", doc["key"])
             dropped.append(doc["_id"])
     return ready, dropped
 
 
 def _forget_promised(ids: list[ObjectId]) -> None:
-    EventPromise._get_collection().delete_many({"_id": {"$in": ids}})
-
-
-def _aware(at: dt.datetime) -> dt.datetime:
-    return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+    EventPromise.objects.forget(ids)

@@ -695,6 +695,15 @@ class ImportBatch(Document):
         return True
 
 
+class EventPromiseQuerySet(QuerySet):
+    def oldest(self, limit: int) -> list[dict[str, Any]]:
+        """The oldest promises, as stored: the relay publishes their body as it is."""
+        return list(self.order_by("created_at").limit(limit).as_pymongo())
+
+    def forget(self, ids: list[ObjectId]) -> None:
+        self.filter(id__in=ids).delete()
+
+
 class EventPromise(Document):
     """An event promised to BALCAO_EVENTS (session finished, import finished), kept until JetStream has it.
 
@@ -709,8 +718,21 @@ class EventPromise(Document):
     after_session_gone = ObjectIdField()
     created_at = DateTimeField(required=True)
 
+    @classmethod
+    def keep(
+        cls, key: str, subject: str, body: dict[str, Any], at: dt.datetime, after_session_gone: ObjectId | None = None
+    ) -> None:
+        """Promise this event; promising the same key again (a retried finish) keeps the first promise."""
+        document = stored_form(
+            cls, key=key, subject=subject, body=body, created_at=at, after_session_gone=after_session_gone
+        )
+        document.pop("key")
+        # An upsert with $setOnInsert: MongoEngine's `set_on_insert__` would not run the fields' rules.
+        cls._get_collection().update_one({"key": key}, {"$setOnInsert": document}, upsert=True)
+
     meta = {
         "collection": "event_outbox",
+        "queryset_class": EventPromiseQuerySet,
         "indexes": [
             {"fields": ["key"], "unique": True, "name": "event_outbox_key"},
             {"fields": ["created_at"], "name": "event_outbox_age"},
