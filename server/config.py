@@ -31,6 +31,8 @@ class Settings:
     import_max_chunks: int = 100_000
     import_max_chunked_bytes: int = 64 * 1024 * 1024 * 1024
     intake_batch: int = 1000
+    # Seconds before a crashed replica's unacknowledged inbound batch goes to another.
+    intake_ack_wait: int = 30
     db_threads: int = 8
     stream_max_bytes: int = messaging.STREAM_MAX_BYTES
     stream_max_age: int = messaging.STREAM_MAX_AGE_SECONDS
@@ -117,6 +119,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         import_max_chunks=env.integer("IMPORT_MAX_CHUNKS", 100_000, minimum=1, maximum=999_999_999),
         import_max_chunked_bytes=env.integer("IMPORT_MAX_CHUNKED_BYTES", 64 * 1024 * 1024 * 1024, minimum=1),
         intake_batch=env.integer("INTAKE_BATCH", 1000, minimum=1, maximum=1000),
+        intake_ack_wait=env.integer("INTAKE_ACK_WAIT", 30, minimum=3, maximum=3600),
         db_threads=env.integer("DB_THREADS", 8, minimum=1, maximum=64),
         stream_max_bytes=env.integer("STREAM_MAX_BYTES", messaging.STREAM_MAX_BYTES),
         stream_max_age=env.integer("STREAM_MAX_AGE_SECONDS", messaging.STREAM_MAX_AGE_SECONDS),

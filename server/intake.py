@@ -2,9 +2,10 @@
 
 A durable pull consumer shared by every server replica: JetStream hands each
 message to one of them, and an unacknowledged message goes to another after
-`ACK_WAIT`. A message is acknowledged only after it is stored and its reply
-published, so a crash anywhere in between means redelivery, never loss; storage
-is idempotent, so redelivery never means a duplicate.
+the ack wait (`INTAKE_ACK_WAIT`, by default `ACK_WAIT`). A message is
+acknowledged only after it is stored and its reply published, so a crash
+anywhere in between means redelivery, never loss; storage is idempotent, so
+redelivery never means a duplicate.
 """
 
 from __future__ import annotations
@@ -44,13 +45,20 @@ MAX_RETRY_DELAY = 15.0
 
 class Intake:
     def __init__(
-        self, js: JetStreamContext, db: Database, outbound: Outbound, reply_text: str, batch_size: int = 1000
+        self,
+        js: JetStreamContext,
+        db: Database,
+        outbound: Outbound,
+        reply_text: str,
+        batch_size: int = 1000,
+        ack_wait: float = ACK_WAIT,
     ) -> None:
         self._js = js
         self._db = db
         self._outbound = outbound
         self._reply_text = reply_text
         self._batch_size = batch_size
+        self._ack_wait = ack_wait
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -61,7 +69,7 @@ class Intake:
             subject=INBOUND_SUBJECT,
             durable=INBOUND_CONSUMER,
             batch_size=self._batch_size,
-            ack_wait=ACK_WAIT,
+            ack_wait=self._ack_wait,
             handle=self.handle,
             stopping=self._stopping,
             what="intake",
