@@ -34,6 +34,7 @@ from tornado.web import url
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from contract import events
+from contract.importformat import object_id_text
 from server.handlers.base import ApiError, ApiHandler
 from server.metrics import EVENT_CLIENTS, EVENT_CLIENTS_DROPPED, EVENTS_SENT
 
@@ -46,7 +47,6 @@ CLOSE_SLOW = 4008
 CLOSE_SHUTDOWN = 1001
 # Names a token would have in a query string; any of them is refused outright.
 QUERY_TOKEN_NAMES = ("token", "access_token", "api_token", "bearer", "authorization", "auth")
-_SESSION_ID = re.compile(r"[0-9a-f]{24}")
 _PLATFORM = re.compile(r"[a-z0-9_-]{1,32}")
 
 
@@ -168,8 +168,9 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
                 self.since = int(raw_since)
             else:
                 errors.append({"field": "since", "in": "query", "message": "must be an event id (an integer >= 0)"})
-        session = self.get_query_argument("session", None)
-        if session is not None and not _SESSION_ID.fullmatch(session):
+        raw_session = self.get_query_argument("session", None)
+        session = None if raw_session is None else object_id_text(raw_session)
+        if raw_session is not None and session is None:
             errors.append({"field": "session", "in": "query", "message": "must be a session id (24 hex digits)"})
         platform = self.get_query_argument("platform", None)
         if platform is not None:

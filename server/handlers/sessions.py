@@ -17,7 +17,7 @@ from tornado.web import stream_request_body, url
 from contract.messaging import OutboundMessage
 from server import events, names, sessions
 from server.cursors import CursorCodec, CursorInvalid
-from server.handlers.base import ApiError, ApiHandler, database_errors
+from server.handlers.base import ApiError, ApiHandler, database_errors, object_id
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ MAX_TEXT_LENGTH = 4096
 MAX_REPLY_BODY = 64 * 1024
 _PLATFORM = re.compile(r"[a-z0-9_-]{1,32}")
 _QUERY_PUNCTUATION = frozenset(" '’-")
-_OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
 # RFC 3339 date-time, as the OpenAPI `format: date-time` promises; the zone is
 # required so no one's local time is taken for UTC.
 _DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
@@ -182,15 +181,11 @@ class SessionsApiHandler(ApiHandler):
             await self.settings["services"].outbound.promise(message)
 
     async def open_session(self, raw_id: str) -> dict[str, Any]:
-        session_id = _object_id(raw_id)
+        session_id = object_id(raw_id)
         session = None if session_id is None else await self.database(sessions.find_session, session_id)
         if session is None:
             raise ApiError(404, f"there is no open session with id {raw_id[:40]!r}", kind="session-not-found")
         return session
-
-
-def _object_id(raw: str) -> ObjectId | None:
-    return ObjectId(raw) if _OBJECT_ID.fullmatch(raw) else None
 
 
 class SessionsHandler(SessionsApiHandler):
@@ -371,7 +366,7 @@ class SessionMessageHandler(SessionsApiHandler):
     async def get(self, session_id: str, message_id: str) -> None:
         """One message of an open session."""
         session = await self.open_session(session_id)
-        wanted = _object_id(message_id)
+        wanted = object_id(message_id)
         message = None if wanted is None else await self.database(sessions.find_message, session["_id"], wanted)
         if message is None:
             raise ApiError(

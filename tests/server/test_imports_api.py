@@ -286,6 +286,18 @@ def test_unknown_imports_are_not_found(api):
     problem(api.get("imports/nope"), 404, "import-not-found")
 
 
+def test_an_import_id_is_found_in_either_case_as_a_session_id_is(api):
+    job = api.post("imports", json={"channel": "@suporte"}).json()
+
+    assert api.get(f"imports/{job['id'].upper()}").json()["id"] == job["id"]
+    assert put_chunk(api, job["id"].upper(), 0, envelopes(sessions(1))).status_code == 200
+    done = api.post(f"imports/{job['id'].upper()}/complete", json={"chunks": 1})
+    assert done.json()["status"] == "succeeded"
+    assert done.headers["Location"] == f"/v1/imports/{job['id']}"
+    session_id = api.get("sessions").json()["items"][0]["id"]
+    assert api.get(f"sessions/{session_id.upper()}").json()["id"] == session_id
+
+
 def test_each_ended_import_is_announced_once(api, nats_server):
     report = upload(api, session_file("json", sessions(3))).json()
 
