@@ -58,6 +58,8 @@ ENVELOPE_KEYS = frozenset({"record", "line", "data", "problem"})
 MAX_WHOLE = 2**53 - 1
 
 _JSON_WHITESPACE = b" \t\r\n"
+# The inside of a quoted CSV field up to its closing quote: anything but a quote, or a doubled one.
+_QUOTED_TEXT = re.compile(r'[^"]*(?:""[^"]*)*')
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _EXTENSION_KINDS = {".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson", ".csv": "csv", ".txt": None}
 _CONTENT_TYPE_KINDS = {
@@ -472,12 +474,12 @@ def continues_quoted_field(line: str, delimiter: str, inside: bool) -> bool:
         inside, position = True, 1
     while True:
         if inside:
-            closing = line.find('"', position)
-            if closing < 0:
+            # One regex step over the quoted text and its doubled quotes (a
+            # messages cell holds dozens), then the closing quote, if any.
+            match = _QUOTED_TEXT.match(line, position)
+            closing = match.end() if match else position
+            if closing >= len(line):
                 return True
-            if line.startswith('"', closing + 1):
-                position = closing + 2
-                continue
             inside, position = False, closing + 1
         else:
             opening = line.find(delimiter + '"', position)

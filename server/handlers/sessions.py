@@ -17,7 +17,7 @@ from tornado.web import stream_request_body, url
 from contract.messaging import OutboundMessage
 from server import events, names, sessions
 from server.cursors import CursorCodec, CursorInvalid
-from server.handlers.base import ApiError, ApiHandler, database_errors, object_id
+from server.handlers.base import ApiError, ApiHandler, database_errors, field_error, object_id
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class ParameterProblems:
         self.errors: list[dict[str, str]] = []
 
     def add(self, name: str, message: str) -> None:
-        self.errors.append({"field": name, "in": "query", "message": message})
+        self.errors.append(field_error(name, message, "query"))
 
     def raw(self, name: str) -> str | None:
         return self._handler.get_query_argument(name, None, strip=False)
@@ -271,11 +271,7 @@ class SessionMessagesHandler(SessionsApiHandler):
                 f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
                 kind="invalid-header",
                 errors=[
-                    {
-                        "field": IDEMPOTENCY_HEADER,
-                        "in": "header",
-                        "message": f"1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
-                    }
+                    field_error(IDEMPOTENCY_HEADER, f"1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters", "header")
                 ],
             )
         return raw
@@ -312,9 +308,7 @@ class SessionMessagesHandler(SessionsApiHandler):
                 422,
                 "this Idempotency-Key was used before with another reply; use a new key for a new reply",
                 kind="idempotency-key-reused",
-                errors=[
-                    {"field": IDEMPOTENCY_HEADER, "in": "header", "message": "was sent before with a different body"}
-                ],
+                errors=[field_error(IDEMPOTENCY_HEADER, "was sent before with a different body", "header")],
             ) from None
         if message is None:
             raise ApiError(404, f"session {session_id} was finished meanwhile", kind="session-not-found")
@@ -336,23 +330,17 @@ MAX_IDEMPOTENCY_KEY = 200
 
 
 def agent_text(body: dict[str, Any]) -> str:
-    errors = [
-        {"field": name, "in": "body", "message": "is not a field of an agent reply"} for name in body if name != "text"
-    ]
+    errors = [field_error(name, "is not a field of an agent reply") for name in body if name != "text"]
     text = body.get("text")
     if text is None:
-        errors.append({"field": "text", "in": "body", "message": "is required"})
+        errors.append(field_error("text", "is required"))
     elif not isinstance(text, str):
-        errors.append({"field": "text", "in": "body", "message": "must be a string"})
+        errors.append(field_error("text", "must be a string"))
     elif not text.strip():
-        errors.append({"field": "text", "in": "body", "message": "must not be empty or only spaces"})
+        errors.append(field_error("text", "must not be empty or only spaces"))
     elif len(text) > MAX_TEXT_LENGTH:
         errors.append(
-            {
-                "field": "text",
-                "in": "body",
-                "message": f"must be at most {MAX_TEXT_LENGTH} characters (Telegram's limit), got {len(text)}",
-            }
+            field_error("text", f"must be at most {MAX_TEXT_LENGTH} characters (Telegram's limit), got {len(text)}")
         )
     if errors:
         detail = "; ".join(f"{error['field']} {error['message']}" for error in errors)
