@@ -258,6 +258,21 @@ def test_a_body_that_is_not_a_form_is_refused(api):
     assert_serving(api)
 
 
+def test_each_operation_of_the_route_is_chosen_by_the_media_type_alone(api):
+    chunked = api.post(
+        "imports", content=b'{"channel": "@suporte"}', headers={"Content-Type": "Application/JSON ; charset=utf-8"}
+    )
+    uploaded = upload(api, b"[]")
+
+    assert (chunked.status_code, chunked.json()["mode"]) == (201, "chunks")
+    assert (uploaded.status_code, uploaded.json()["mode"]) == (202, "upload")
+    assert chunked.headers["Location"] == f"/v1/imports/{chunked.json()['id']}"
+    for content_type in ("application/jsonl", "multipart/mixed; boundary=x", ""):
+        problem(
+            api.post("imports", content=b"{}", headers={"Content-Type": content_type}), 415, "unsupported-media-type"
+        )
+
+
 def test_a_form_without_channel_or_file_is_refused(api, mongo):
     body = problem(upload(api, b"[]", channel=None), 400, "invalid-channel")
     assert "before the file" in body["detail"]
