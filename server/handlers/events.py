@@ -34,8 +34,9 @@ from tornado.web import url
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from contract import events
+from contract.importformat import object_id_text
 from server.event_feed import Follower, LiveEvent
-from server.handlers.base import ApiError, ApiHandler
+from server.handlers.base import ApiError, ApiHandler, field_error
 from server.metrics import EVENT_CLIENTS, EVENT_CLIENTS_DROPPED
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ CLOSE_SLOW = 4008
 CLOSE_SHUTDOWN = 1001
 # Names a token would have in a query string; any of them is refused outright.
 QUERY_TOKEN_NAMES = ("token", "access_token", "api_token", "bearer", "authorization", "auth")
-_SESSION_ID = re.compile(r"[0-9a-f]{24}")
 _PLATFORM = re.compile(r"[a-z0-9_-]{1,32}")
 
 
@@ -180,20 +180,19 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
             if raw_since.isdigit() and len(raw_since) < 19:
                 self.since = int(raw_since)
             else:
-                errors.append({"field": "since", "in": "query", "message": "must be an event id (an integer >= 0)"})
-        session = self.get_query_argument("session", None)
-        if session is not None and not _SESSION_ID.fullmatch(session):
-            errors.append({"field": "session", "in": "query", "message": "must be a session id (24 hex digits)"})
+                errors.append(field_error("since", "must be an event id (an integer >= 0)", "query"))
+        raw_session = self.get_query_argument("session", None)
+        session = None if raw_session is None else object_id_text(raw_session)
+        if raw_session is not None and session is None:
+            errors.append(field_error("session", "must be a session id (24 hex digits)", "query"))
         platform = self.get_query_argument("platform", None)
         if platform is not None:
             platform = platform.lower()
             if not _PLATFORM.fullmatch(platform):
-                errors.append(
-                    {"field": "platform", "in": "query", "message": "must be a platform name such as telegram"}
-                )
+                errors.append(field_error("platform", "must be a platform name such as telegram", "query"))
         kind = self.get_query_argument("type", None)
         if kind is not None and kind not in events.KINDS:
-            errors.append({"field": "type", "in": "query", "message": f"must be one of {', '.join(events.KINDS)}"})
+            errors.append(field_error("type", f"must be one of {', '.join(events.KINDS)}", "query"))
         if errors:
             detail = "; ".join(f"{error['field']} {error['message']}" for error in errors)
             raise ApiError(400, detail, kind="invalid-parameters", errors=errors)
