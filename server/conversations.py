@@ -20,9 +20,6 @@ from server.models import FinishedMessage, Message, Session, Stored
 from server.models import duplicates_only as duplicates_only
 from server.models import preview as preview
 
-# Kept for the callers of this module's old name; the time comes from contract.clock.
-utcnow = clock.now
-
 
 def inbound_key(message: InboundMessage) -> str:
     return f"{message.platform}:{message.contact_identifier}:tg{message.message_id}"

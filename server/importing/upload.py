@@ -27,9 +27,9 @@ from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.parser import ParseFailedException
 from streaming_form_data.targets import BaseTarget
 
+from contract import clock
 from contract.failpoints import failpoint
 from contract.importformat import CHANNEL_RULE, HEAD_BYTES, UnsupportedFileType, channel_ref, detect_kind
-from server.conversations import utcnow
 from server.importing import jobs
 from server.importing.feed import RecordFeed, Tally
 from server.importing.jobs import Imports
@@ -172,7 +172,7 @@ class Upload:
         self._refusal: ApiError | None = None
         self._reading = True  # the file's bytes are parsed; after a refusal or a failure, dropped
         self._done = False  # the import has ended, or was refused before it began
-        self._started_at = utcnow()
+        self._started_at = clock.now()
 
     @property
     def running(self) -> bool:
