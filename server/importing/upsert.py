@@ -17,6 +17,7 @@ These functions block on MongoDB; callers run them through `Database.run`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
@@ -27,7 +28,10 @@ from pymongo.errors import BulkWriteError
 
 from contract.failpoints import failpoint
 from server.conversations import (
+    MAX_FINISH_RACES,
+    SessionFinishedMeanwhile,
     duplicates_only,
+    finished_messages,
     insert_new_messages,
     naming,
     preview,
@@ -81,7 +85,7 @@ class _Change:
     fields: dict = field(default_factory=dict)
 
 
-def upsert_sessions(batch: Sequence[ImportedSession], origin: str | None = None) -> list[str]:
+def upsert_sessions(batch: Sequence[ImportedSession], origin: str | None = None, races: int = 0) -> list[str]:
     """Store a batch of validated records; return each one's outcome, in order.
 
     A record is `created` when it opened its contact's session, `updated` when
@@ -92,6 +96,10 @@ def upsert_sessions(batch: Sequence[ImportedSession], origin: str | None = None)
     `origin` names the batch (an import's chunk) in the sessions it opens, so
     the same batch sent again after a crash still reports the sessions its
     first try opened as `created`, not as `updated` or `unchanged`.
+
+    A session finished while the batch stores into it would leave its messages
+    orphans: they are taken back and stored in the contact's next session (see
+    `_store_again_after_finish`); `races` counts how often that happened.
     """
     now = utcnow()
     groups = _grouped(batch)
@@ -102,6 +110,7 @@ def upsert_sessions(batch: Sequence[ImportedSession], origin: str | None = None)
     if taken:  # another writer opened these contacts' sessions meanwhile
         existing.update(sessions_by_contact([group.contact for group in taken], _SESSION_FIELDS))
     _merge_into_existing([groups[contact] for contact in existing], existing, outcomes, origin)
+    _store_again_after_finish(batch, groups, outcomes, origin, races)
     return outcomes
 
 
@@ -261,6 +270,72 @@ def _merge_into_existing(
             ],
             ordered=False,
         )
+
+
+def _store_again_after_finish(
+    batch: Sequence[ImportedSession],
+    groups: dict[Contact, _ContactRecords],
+    outcomes: list[str],
+    origin: str | None,
+    races: int,
+) -> None:
+    """Store again, in the contact's next session, what a finish racing the batch left astray.
+
+    The batch resolves each contact's session, then inserts its messages under
+    it; a `DELETE /v1/sessions/{id}` in between deletes the session and leaves
+    the messages inserted after it orphans, whose unique keys would block ever
+    storing them again, or sweeps them with the session without recording
+    them. Checked once the batch is written, from what is stored: each key must
+    be held by a live session or have been finished (recorded in
+    `finished_messages`: the finish saw it, as it arrived before the finish).
+    The rest are taken back (deleting by key and gone session takes only the
+    orphans) and their contacts' records go through the engine again, which
+    finds or opens the contact's next session; their outcomes replace the first
+    ones, so the report says where the records are now. Either way the outcome
+    is one a finish before or after the batch would have given: what the
+    finish saw went with it, the rest is stored as if it came after.
+
+    Reading the batch's keys back costs one indexed `$in` on messages and one
+    on sessions per batch, the price of not trusting the ids resolved earlier.
+    """
+    owner = {key: contact for contact, group in groups.items() for key in group.messages}
+    if not owner:
+        return
+    holders = {
+        doc["key"]: doc["session_id"]
+        for doc in Message._get_collection().find({"key": {"$in": list(owner)}}, {"key": 1, "session_id": 1, "_id": 0})
+    }
+    live = {
+        doc["_id"] for doc in Session._get_collection().find({"_id": {"$in": list(set(holders.values()))}}, {"_id": 1})
+    }
+    orphans = {key: session_id for key, session_id in holders.items() if session_id not in live}
+    missing = [key for key in owner if key not in holders]
+    finished = finished_messages(missing) if missing else {}
+    astray = set(orphans) | {key for key in missing if key not in finished}
+    if not astray:
+        return
+    if orphans:
+        Message._get_collection().delete_many(
+            {"key": {"$in": list(orphans)}, "session_id": {"$in": list(set(orphans.values()))}}
+        )
+    if races >= MAX_FINISH_RACES:
+        raise SessionFinishedMeanwhile(f"{len(astray)} imported messages kept losing their session to a finish")
+    indexes = sorted(index for contact in {owner[key] for key in astray} for index in groups[contact].indexes)
+    again = [_without(batch[index], finished) for index in indexes]
+    for index, outcome in zip(indexes, upsert_sessions(again, origin, races + 1)):
+        outcomes[index] = outcome
+
+
+def _without(session: ImportedSession, finished: Set[str]) -> ImportedSession:
+    """The record less the messages a finish took: they are not stored again."""
+    if not finished:
+        return session
+    kept = tuple(
+        message
+        for message in session.messages
+        if message_key(session.platform, session.contact_identifier, message) not in finished
+    )
+    return dataclasses.replace(session, messages=kept)
 
 
 def _judge_records(
