@@ -321,7 +321,7 @@ def _store_again_after_finish(
     if races >= MAX_FINISH_RACES:
         raise SessionFinishedMeanwhile(f"{len(astray)} imported messages kept losing their session to a finish")
     indexes = sorted(index for contact in {owner[key] for key in astray} for index in groups[contact].indexes)
-    again = [_without(batch[index], finished) for index in indexes]
+    again = [_without(batch[index], finished.keys()) for index in indexes]
     for index, outcome in zip(indexes, upsert_sessions(again, origin, races + 1)):
         outcomes[index] = outcome
 
