@@ -58,6 +58,7 @@ class _ContactRecords:
     messages: dict[str, ImportedMessage] = field(default_factory=dict)  # by key, first wins
     names: list[str] = field(default_factory=list)
     source_ids: list[str | None] = field(default_factory=list)
+    session_id: ObjectId | None = None  # the session its messages were stored under
 
     def add(self, index: int, session: ImportedSession) -> None:
         keys = []
@@ -185,6 +186,7 @@ def _create_sessions(
     _uncount_duplicates(messages, created, inserted)
     for index, group in enumerate(groups):
         if index not in lost:
+            group.session_id = sessions[index]["_id"]
             _judge_records(group, outcomes, opened=True)
     return [group for index, group in enumerate(groups) if index in lost]
 
@@ -219,6 +221,7 @@ def _merge_into_existing(
     documents: list[dict] = []
     for group in groups:
         session = existing[group.contact]
+        group.session_id = session["_id"]
         change = _Change(session["_id"], session["last_message_at"])
         change.new_keys = [key for key in group.messages if key not in stored]
         # A name the bot saw comes from the contact's live profile, newer than any file.
@@ -295,12 +298,12 @@ def _store_again_after_finish(
     is one a finish before or after the batch would have given: what the
     finish saw went with it, the rest is stored as if it came after.
 
-    Reading the batch's keys back costs one indexed `$in` on messages and one
-    on sessions per batch, the price of not trusting the ids resolved earlier.
+    Checking costs one `_id` read of the sessions written under per batch; the
+    batch's keys are read back only when one of them is gone.
     """
-    owner = {key: contact for contact, group in groups.items() for key in group.messages}
-    if not owner:
+    if _all_sessions_live(groups.values()):
         return
+    owner = {key: contact for contact, group in groups.items() for key in group.messages}
     holders = {
         doc["key"]: doc["session_id"]
         for doc in Message._get_collection().find({"key": {"$in": list(owner)}}, {"key": 1, "session_id": 1, "_id": 0})
@@ -324,6 +327,23 @@ def _store_again_after_finish(
     again = [_without(batch[index], finished.keys()) for index in indexes]
     for index, outcome in zip(indexes, upsert_sessions(again, origin, races + 1)):
         outcomes[index] = outcome
+
+
+def _all_sessions_live(groups: Iterable[_ContactRecords]) -> bool:
+    """Whether every session the batch stored messages under is still there: one `_id` read.
+
+    The common case; only when one is gone are the batch's keys read back.
+    """
+    written = set()
+    for group in groups:
+        if group.messages:
+            if group.session_id is None:
+                return False  # lost its contact to another writer whose session then went
+            written.add(group.session_id)
+    if not written:
+        return True
+    found = Session._get_collection().count_documents({"_id": {"$in": list(written)}})
+    return found == len(written)
 
 
 def _without(session: ImportedSession, finished: Set[str]) -> ImportedSession:
