@@ -50,7 +50,7 @@ run: install
 # (fail_under in pyproject.toml); devstack/, the test infrastructure, is shown apart.
 PYTEST_WORKERS ?= 2
 test: install-test lint
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --cov --cov-report= --cov-fail-under=0 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal --cov --cov-report= --cov-fail-under=0 $(PYTEST_ARGS)
 	@echo "--- coverage of the product (server, bot, cli, contract) ---"
 	$(PY) -m coverage report --omit='devstack/*'
 	@echo "--- coverage of the test infrastructure (devstack, not counted) ---"

@@ -8,9 +8,14 @@ Latency is from the event's `at` (stamped right after the message was stored,
 before the publish) to the frame being read by a client. Also the server's RSS
 per connected client (RSS after connecting them, minus before, over CLIENTS).
 
-    .venv/bin/python -m bench.events [--clients 100] [--messages 600] [--rate 30]
+    .venv/bin/python -m bench.events [--clients 100] [--messages 600] [--rate 30] [--profile FILE]
 
 Target: p99 over WebSocket <= 2 x the raw subscriber's p99 + 10 ms.
+
+The server reads the stream once and fans each event out to its clients
+(server/event_feed.py); the run prints that fan-out's mean time per event from
+the server's own histogram. `--profile FILE` runs the server under cProfile and
+prints where its time went (the profile is kept in FILE for pstats or snakeviz).
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import asyncio
 import datetime as dt
 import json
 import os
+import pstats
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from websockets.asyncio.client import connect
@@ -98,7 +105,7 @@ async def raw_subscriber(js, expected: int, latencies: list[float], done: asynci
     await sub.unsubscribe()
 
 
-async def run(clients: int, messages: int, rate: float) -> None:
+async def run(clients: int, messages: int, rate: float, profile: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="balcao-bench-") as tmp, backends(Path(tmp)) as servers:
         port = free_port()
         env = {
@@ -111,15 +118,17 @@ async def run(clients: int, messages: int, rate: float) -> None:
             "EVENTS_MAX_CLIENTS_PER_TOKEN": str(clients + 10),
         }
         with open(Path(tmp) / "server.log", "wb") as log:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
+            command = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else []), "-m", "server"]
+            server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for_port(port, 60, server)
             await measure(servers.nats_url, port, server.pid, clients, messages, rate)
         finally:
             server.terminate()
             server.wait(30)
+    if profile:
+        print(f"server profile in {profile}; by own time:")
+        pstats.Stats(str(profile)).sort_stats("tottime").print_stats(15)
 
 
 async def measure(nats_url: str, port: int, pid: int, clients: int, messages: int, rate: float) -> None:
@@ -174,6 +183,7 @@ async def measure(nats_url: str, port: int, pid: int, clients: int, messages: in
         f"clients (this process) {time.process_time() - own_cpu:.1f} s"
     )
     await nc.close()
+    fanout = fanout_figures(port)
     raw_latencies = raw_latencies[-messages:]
     figures = {}
     for name, values in (("websocket", ws_latencies), ("raw nats", raw_latencies)):
@@ -186,6 +196,22 @@ async def measure(nats_url: str, port: int, pid: int, clients: int, messages: in
         f"{'met' if figures['websocket'] <= target else 'MISSED'}"
     )
     print(f"server RSS after the run: {peak / 2**20:.1f} MiB")
+    print(fanout)
+
+
+def fanout_figures(port: int) -> str:
+    """The server's own account of handing each event to every client (its histogram's mean)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    values = {}
+    for line in text.splitlines():
+        for name in ("balcao_event_fanout_seconds_sum", "balcao_event_fanout_seconds_count"):
+            if line.startswith(name + " "):
+                values[name] = float(line.split()[-1])
+    count = values.get("balcao_event_fanout_seconds_count", 0.0)
+    if not count:
+        return "server fan-out: no events"
+    mean = values["balcao_event_fanout_seconds_sum"] / count * 1000
+    return f"server fan-out: {count:.0f} events, mean {mean:.2f} ms to hand one event to every client"
 
 
 def main() -> None:
@@ -193,8 +219,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--messages", type=int, default=600)
     parser.add_argument("--rate", type=float, default=30.0, help="inbound messages per second")
+    parser.add_argument("--profile", type=Path, help="run the server under cProfile, writing its profile here")
     args = parser.parse_args()
-    asyncio.run(run(args.clients, args.messages, args.rate))
+    asyncio.run(run(args.clients, args.messages, args.rate, args.profile.resolve() if args.profile else None))
 
 
 if __name__ == "__main__":

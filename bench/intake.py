@@ -35,9 +35,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nats
+import nats.errors
+import nats.js.errors
 import pymongo
 
 from bench.backends import backends
+from contract.messaging import (
+    INBOUND_CONSUMER,
+    INBOUND_STREAM,
+    INBOUND_SUBJECT,
+    OUTBOUND_STREAM,
+    OUTBOUND_SUBJECT,
+    PLATFORM_TELEGRAM,
+    InboundMessage,
+    OutboundMessage,
+)
 from devstack.faketelegram import FakeTelegram
 from devstack.processes import free_port, wait_for_port
 
@@ -188,6 +200,9 @@ async def baseline(
     fake = None
     if send:
         fake = FakeTelegram(TOKEN)
+        # As for Balcão: with flood control on, this reference measured Telegram's
+        # 30 messages/s (and 429 answers), not the send.
+        fake.flood_control.enabled = False
         await fake.start(port=0)
         for contact in range(contacts):
             fake.register_user(10_000 + contact, f"Contato {contact}")
@@ -223,13 +238,155 @@ async def baseline(
             await fake.stop()
 
 
-async def one_run(messages: int, contacts: int) -> dict[str, dict]:
+def inbound_message(n: int, contacts: int, first_id: int = 0) -> InboundMessage:
+    """The n-th message of a burst; `first_id` keeps two bursts' Nats-Msg-Ids apart,
+    or JetStream's de-duplication window would drop the second."""
+    contact = 10_000 + n % contacts
+    return InboundMessage(
+        platform=PLATFORM_TELEGRAM,
+        contact_identifier=str(contact),
+        chat_id=contact,
+        message_id=first_id + n,
+        name=f"Contato {contact}",
+        text=f"mensagem {n}",
+        sent_at="2026-11-30T12:00:00+00:00",
+    )
+
+
+async def publish_inbound(js, messages: int, contacts: int, first_id: int = 0) -> float:
+    """Publish the burst as the bot does (Nats-Msg-Id, JetStream ack); when it started."""
+    started = time.monotonic()
+    for first in range(0, messages, 200):
+        await asyncio.gather(
+            *(
+                js.publish(INBOUND_SUBJECT, m.to_bytes(), headers={"Nats-Msg-Id": m.dedup_id})
+                for m in (inbound_message(n, contacts, first_id) for n in range(first, min(first + 200, messages)))
+            )
+        )
+    return started
+
+
+async def empty_work_queues(js) -> None:
+    """Purge both streams and drop their consumers: a work queue takes one consumer."""
+    for stream in (INBOUND_STREAM, OUTBOUND_STREAM):
+        for consumer in await js.consumers_info(stream):
+            await js.delete_consumer(stream, consumer.name)
+        await js.purge_stream(stream)
+
+
+async def server_intake(nats_url: str, mongodb_uri: str, messages: int, contacts: int, work: Path) -> dict:
+    """The server alone: a burst already relayed into the inbound stream, timed until the
+    server has stored every message and published every reply (no bot, no Telegram)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "NATS_URL": nats_url,
+        "MONGODB_URI": mongodb_uri,
+        "HTTP_PORT": str(port),
+        "API_TOKEN": "bench-api-token-0123456789abcdef-0123456789",
+        "LOG_LEVEL": "warning",
+    }
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    logs = open(work / "server-intake.log", "ab")
+    server = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=ROOT, stdout=logs, stderr=logs)
+    try:
+        wait_for_port(port, 60, server)
+        await wait_for_consumer(js, INBOUND_STREAM, INBOUND_CONSUMER)
+        await empty_work_queues(js)
+        server.terminate()
+        server.wait(30)
+        # Started again on empty queues, so the fetches see the burst, not a trickle.
+        server = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=ROOT, stdout=logs, stderr=logs)
+        wait_for_port(port, 60, server)
+        await wait_for_consumer(js, INBOUND_STREAM, INBOUND_CONSUMER)
+        started = await publish_inbound(js, messages, contacts)
+        while (await js.stream_info(OUTBOUND_STREAM)).state.messages < messages:
+            if time.monotonic() - started > 600:
+                raise TimeoutError("server intake did not finish in time")
+            await asyncio.sleep(0.02)
+        elapsed = time.monotonic() - started
+    finally:
+        server.terminate()
+        server.wait(30)
+        logs.close()
+    await empty_work_queues(js)
+    await nc.close()
+    return rate_only("server", messages, elapsed)
+
+
+async def raw_intake(nats_url: str, mongodb_uri: str, messages: int, contacts: int) -> dict:
+    """The server's reference: a raw pull consumer on the same stream doing, per message,
+    one raw pymongo upsert and one JetStream publish of the reply, then the ack."""
+    collection = pymongo.MongoClient(mongodb_uri).get_default_database()["bench_raw_intake"]
+    collection.create_index([("contact", 1)], unique=True)
+    loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(1)
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+
+    def upsert(message: InboundMessage) -> None:
+        collection.update_one(
+            {"contact": message.contact_identifier},
+            {"$push": {"messages": message.text}, "$set": {"last": time.time()}},
+            upsert=True,
+        )
+
+    subscription = await js.pull_subscribe(INBOUND_SUBJECT, durable="bench-raw-intake", stream=INBOUND_STREAM)
+    started = await publish_inbound(js, messages, contacts, first_id=10_000_000)
+    done = 0
+    while done < messages:
+        try:
+            batch = await subscription.fetch(100, timeout=5)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            continue
+        for msg in batch:
+            message = InboundMessage.from_bytes(msg.data)
+            await loop.run_in_executor(executor, upsert, message)
+            reply = OutboundMessage(key=f"reply:{message.dedup_id}", chat_id=str(message.chat_id), text=REPLY)
+            await js.publish(OUTBOUND_SUBJECT, reply.to_bytes(), headers={"Nats-Msg-Id": reply.key})
+            await msg.ack()
+            done += 1
+    elapsed = time.monotonic() - started
+    await subscription.unsubscribe()
+    await empty_work_queues(js)
+    await nc.close()
+    executor.shutdown()
+    return rate_only("raw intake", messages, elapsed)
+
+
+async def wait_for_consumer(js, stream: str, consumer: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            await js.consumer_info(stream, consumer)
+            return
+        except nats.js.errors.NotFoundError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+def rate_only(name: str, messages: int, elapsed: float) -> dict[str, float]:
+    print(f"{name:<10} {messages:>6} msgs  {messages / elapsed:>8.0f} msg/s  (stored and reply published)")
+    return {"rate": messages / elapsed}
+
+
+async def one_run(messages: int, contacts: int, parts: list[str]) -> dict[str, dict]:
     with tempfile.TemporaryDirectory(prefix="balcao-bench-") as tmp, backends(Path(tmp)) as servers:
-        return {
-            "balcao": await balcao(servers.nats_url, servers.mongodb_uri, messages, contacts, Path(tmp)),
-            "baseline": await baseline(servers.nats_url, servers.mongodb_uri, messages, contacts),
-            "baseline+send": await baseline(servers.nats_url, servers.mongodb_uri, messages, contacts, send=True),
-        }
+        results = {}
+        if "intake" in parts:
+            results["server"] = await server_intake(
+                servers.nats_url, servers.mongodb_uri, messages, contacts, Path(tmp)
+            )
+            results["raw intake"] = await raw_intake(servers.nats_url, servers.mongodb_uri, messages, contacts)
+        if "e2e" in parts:
+            results["balcao"] = await balcao(servers.nats_url, servers.mongodb_uri, messages, contacts, Path(tmp))
+            results["baseline"] = await baseline(servers.nats_url, servers.mongodb_uri, messages, contacts)
+            results["baseline+send"] = await baseline(
+                servers.nats_url, servers.mongodb_uri, messages, contacts, send=True
+            )
+        return results
 
 
 async def closed_loop(capacity: float, messages: int, contacts: int, loads: list[float]) -> None:
@@ -248,7 +405,7 @@ async def closed_loop(capacity: float, messages: int, contacts: int, loads: list
         )
 
 
-async def run(messages: int, contacts: int, runs: int, loads: list[float]) -> None:
+async def run(messages: int, contacts: int, runs: int, loads: list[float], parts: list[str]) -> None:
     print(
         f"{messages} messages from {contacts} contacts, {runs} run(s); MongoDB: "
         f"{'external' if os.environ.get('MONGODB_URI') else 'SecantusDB'}"
@@ -256,16 +413,23 @@ async def run(messages: int, contacts: int, runs: int, loads: list[float]) -> No
     results = []
     for number in range(1, runs + 1):
         print(f"run {number}")
-        results.append(await one_run(messages, contacts))
+        results.append(await one_run(messages, contacts, parts))
     median = {
-        name: {figure: statistics.median(r[name][figure] for r in results) for figure in ("rate", "p50", "p99")}
+        name: {figure: statistics.median(r[name][figure] for r in results) for figure in results[0][name]}
         for name in results[0]
     }
     print(f"\nmedian of {runs} run(s):")
     for name, figures in median.items():
+        latency = f"  p50 {figures['p50']:>8.1f} ms  p99 {figures['p99']:>8.1f} ms" if "p50" in figures else ""
+        print(f"  {name:<14} {figures['rate']:>7.0f} msg/s{latency}")
+    if "intake" in parts:
+        intake = [r["server"]["rate"] / r["raw intake"]["rate"] for r in results]
         print(
-            f"  {name:<14} {figures['rate']:>7.0f} msg/s  p50 {figures['p50']:>8.1f} ms  p99 {figures['p99']:>8.1f} ms"
+            f"server intake ratio server/raw intake (stored and reply published, no bot): median "
+            f"{statistics.median(intake):.2f} (runs: {', '.join(f'{x:.2f}' for x in intake)})"
         )
+    if "e2e" not in parts:
+        return
     ratios = [r["balcao"]["rate"] / r["baseline"]["rate"] for r in results]
     like = [r["balcao"]["rate"] / r["baseline+send"]["rate"] for r in results]
     print(
@@ -294,13 +458,20 @@ def main() -> None:
         help="closed-loop offered rates, as fractions of the baseline's capacity (none: skip)",
     )
     parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["intake", "e2e"],
+        default=["intake", "e2e"],
+        help="intake: the server alone against a raw pull consumer; e2e: bot to reply, against request/reply",
+    )
+    parser.add_argument(
         "--responder", nargs=3, metavar=("NATS_URL", "MONGODB_URI", "TELEGRAM_URL"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.responder:
         asyncio.run(baseline_responder(*args.responder))
     else:
-        asyncio.run(run(args.messages, args.contacts, args.runs, args.loads))
+        asyncio.run(run(args.messages, args.contacts, args.runs, args.loads, args.parts))
 
 
 if __name__ == "__main__":

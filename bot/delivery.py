@@ -72,6 +72,11 @@ GROUP_CHAT_INTERVAL = 3.0
 # enough that one chat's burst does not fill it and starve the other chats.
 MAX_HELD = 2000
 FETCH_BATCH = MAX_HELD // 10  # the shared consumer allows 10 batches pending
+# Sends out at once. At Telegram's 30 messages/s and a round trip of a few
+# hundred ms a handful is in flight; the bound matters when the rate is raised
+# (a local Bot API server, a benchmark): the HTTP client keeps exactly this many
+# connections (bot.main), so a send never queues on its pool.
+SENDS_IN_FLIGHT = 32
 
 
 @dataclass
@@ -113,6 +118,7 @@ class Delivery:
         self._arrivals = 0
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._sends = asyncio.Semaphore(SENDS_IN_FLIGHT)
 
     async def run(self) -> None:
         self._delivered = await delivered_bucket(self._js, self._replicas)
@@ -202,9 +208,14 @@ class Delivery:
             if not chat.queue:
                 continue
             chat.busy = True
+            await self._sends.acquire()  # the chat stays busy meanwhile: nothing else picks it
             task = asyncio.create_task(self._send_head(chat))
             self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._sends.release()
 
     async def _send_head(self, chat: _Chat) -> None:
         _, msg, outbound = chat.queue[0]

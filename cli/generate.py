@@ -7,21 +7,21 @@ the memory of one session. The same seed gives the same file byte for byte;
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TextIO
 
 import click
 
-FORMATS = ("json", "ndjson", "csv", "csv-messages")
-FLAVOURS = ("plain", "sample")
+from contract.importformat import WRITER_FORMATS, utc_text, write_sessions
 
-SESSION_COLUMNS = ("_id", "name", "platform_type", "contact_identifier", "messages")
-MESSAGE_COLUMNS = ("contact_identifier", "name", "platform_type", "message_id", "message_content", "message_date")
+__all__ = ["FORMATS", "MAX_SESSIONS", "generate", "generate_sessions", "write_sessions"]
+
+# The writers are the import format's own (contract/importformat.py).
+FORMATS = WRITER_FORMATS
+FLAVOURS = ("plain", "sample")
 
 FIRST_NAMES = (
     "João",
@@ -244,14 +244,6 @@ def generate_sessions(
         yield _session(rng, index, contacts.number(index), messages_per_session, flavour)
 
 
-def write_sessions(sessions: Iterable[dict[str, Any]], out: TextIO, file_format: str) -> int:
-    """Write sessions to `out` as they come, in one of FORMATS; return how many were written."""
-    writers = {"json": _write_json, "ndjson": _write_ndjson, "csv": _write_csv, "csv-messages": _write_csv_messages}
-    if file_format not in writers:
-        raise ValueError(f"unknown format {file_format!r}; expected one of {', '.join(FORMATS)}")
-    return writers[file_format](sessions, out)
-
-
 @click.command("generate")
 @click.option(
     "--sessions",
@@ -389,88 +381,15 @@ def _messages(rng: random.Random, name: str, start: datetime, count: int, sample
 def _date(moment: datetime, style: str) -> str | dict[str, Any]:
     match style:
         case "z":
-            return _utc_text(moment)
+            return utc_text(moment)
         case "offset":
             return moment.astimezone(_BRASILIA).isoformat(timespec="milliseconds")
         case "naive":
             return moment.replace(tzinfo=None).isoformat(timespec="milliseconds")
         case "date-string":
-            return {"$date": _utc_text(moment)}
+            return {"$date": utc_text(moment)}
         case "date-millis":
             return {"$date": (moment - _EPOCH) // timedelta(milliseconds=1)}
         case "date-number-long":
             return {"$date": {"$numberLong": str((moment - _EPOCH) // timedelta(milliseconds=1))}}
     raise ValueError(f"unknown date style {style!r}")
-
-
-def _utc_text(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _json(value: object) -> str:
-    # The stdlib, not orjson: the CLI installs without the server's dependencies.
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _write_json(sessions: Iterable[dict[str, Any]], out: TextIO) -> int:
-    # One session per line inside the array: still a JSON array, but readable and diffable.
-    written = 0
-    out.write("[")
-    for session in sessions:
-        out.write(",\n" if written else "\n")
-        out.write(_json(session))
-        written += 1
-    out.write("\n]\n")
-    return written
-
-
-def _write_ndjson(sessions: Iterable[dict[str, Any]], out: TextIO) -> int:
-    written = 0
-    for session in sessions:
-        out.write(_json(session) + "\n")
-        written += 1
-    return written
-
-
-def _write_csv(sessions: Iterable[dict[str, Any]], out: TextIO) -> int:
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(SESSION_COLUMNS)
-    written = 0
-    for session in sessions:
-        source_id = session["_id"]
-        writer.writerow(
-            [
-                source_id["$oid"] if isinstance(source_id, dict) else source_id,
-                session["name"],
-                session["platform_type"],
-                session["contact_identifier"],
-                _json(session["messages"]),
-            ]
-        )
-        written += 1
-    return written
-
-
-def _write_csv_messages(sessions: Iterable[dict[str, Any]], out: TextIO) -> int:
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(MESSAGE_COLUMNS)
-    written = 0
-    for session in sessions:
-        contact = [session["contact_identifier"], session["name"], session["platform_type"]]
-        # A session without messages still needs its row, with the message cells empty.
-        for message in session["messages"] or [{}]:
-            date = message.get("date", "")
-            writer.writerow([*contact, message.get("id", ""), message.get("content", ""), _date_text(date)])
-        written += 1
-    return written
-
-
-def _date_text(date: str | dict[str, Any]) -> str:
-    """A spreadsheet cell holds text, so MongoDB's {"$date": ...} becomes ISO-8601."""
-    if not isinstance(date, dict):
-        return date
-    value = date["$date"]
-    if isinstance(value, str):
-        return value
-    millis = int(value["$numberLong"]) if isinstance(value, dict) else value
-    return _utc_text(_EPOCH + timedelta(milliseconds=millis))

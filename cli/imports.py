@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -35,10 +34,9 @@ from cli.readers import (
     read_ahead,
     read_chunks,
 )
+from contract.importformat import CHANNEL_RULE, CHUNK_MEDIA_TYPE, channel_ref
 
-CHANNEL = re.compile(r"@[A-Za-z][A-Za-z0-9_]{4,31}|-100\d{1,16}")
 DEFAULT_STATE_DIR = Path("~/.cache/balcao/imports")
-CHUNK_MEDIA_TYPE = "application/x-ndjson"
 SHOWN_ERRORS = 10
 
 
@@ -84,9 +82,13 @@ class StateFile:
 
 
 def check_channel(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not CHANNEL.fullmatch(value.strip()):
-        raise click.BadParameter("expected @name (5-32 letters, digits or _) or a -100… channel id")
-    return value.strip() if value else value
+    """The channel in the spelling the server stores (the import format's rule)."""
+    if value is None:
+        return None
+    channel = channel_ref(value)
+    if channel is None:
+        raise click.BadParameter(CHANNEL_RULE)
+    return channel
 
 
 @click.command("import")

@@ -1,27 +1,29 @@
 """Reading session files of any size in chunks, as record envelopes for the import API.
 
-CSV and NDJSON go through pandas in chunks of `chunk_size` rows or lines. A
-JSON array cannot: pandas reads JSON in chunks only as NDJSON
+NDJSON goes through pandas in blocks of `chunk_size` lines. A JSON array
+cannot: pandas reads JSON in chunks only as NDJSON
 (`read_json(lines=True, chunksize=...)`), and would load an array whole, so
-arrays are streamed item by item with ijson instead.
+arrays are streamed item by item with ijson instead. CSV is read by the import
+format's own reader (contract/importformat.py), the one the server reads
+uploads with: a file is cut into the same records, at the same lines, with the
+same problems, whether it is uploaded or sent by the CLI. (pandas' C reader
+reports a bad row only in a warning's text, and a short row not at all.)
 
 Each record leaves as one line of the chunk format the server reads
-(server/importing/chunks.py): `{"record", "line", "data"}`, or `{"record",
-"line", "problem"}` when the record could not be read here, so the server
-reports it in place. Values are sent as read; the server validates them, so a
-record is judged the same whether it was uploaded or sent by the CLI.
+(contract/importformat.py, server/importing/chunks.py): `{"record", "line",
+"data"}`, or `{"record", "line", "problem"}` when the record could not be read
+here, so the server reports it in place. Values are sent as read; the server
+validates them, so a record is judged the same whether it was uploaded or sent
+by the CLI.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
 import queue
-import re
 import threading
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,15 +33,23 @@ import ijson
 import numpy as np
 import pandas as pd
 
-FORMATS = ("json", "ndjson", "csv")
-SESSION_COLUMNS = ("_id", "name", "platform_type", "contact_identifier", "messages")
-MESSAGE_COLUMNS = ("contact_identifier", "name", "platform_type", "message_id", "message_content", "message_date")
-OPTIONAL_COLUMNS = {"_id", "message_id"}
-# As the server's parser: consecutive rows of one contact become one record of
-# at most this many messages.
-MAX_MESSAGES_PER_RECORD = 1000
-_SKIPPED_LINE = re.compile(r"Skipping line (\d+): (.+)")
-_BOM = b"\xef\xbb\xbf"
+from contract.importformat import (
+    BOM,
+    HEAD_BYTES,
+    KINDS,
+    CsvRecords,
+    FileFormatError,
+    UnsupportedFileType,
+    detect_kind,
+    envelope,
+    json_type,
+    read_csv_header,
+)
+
+FORMATS = KINDS
+# How much of a CSV file is read to find its header before the import begins.
+CSV_HEAD_BYTES = 64 * 1024
+CSV_BLOCK_BYTES = 64 * 1024
 
 
 class FileUnreadable(ValueError):
@@ -64,13 +74,9 @@ class Chunk:
         return len(self.lines)
 
     def add(self, record: int, line: int | None, data: Any = None, problem: str | None = None) -> None:
-        envelope: dict[str, Any] = {"record": record, "line": line}
-        if problem is not None:
-            envelope["problem"] = problem
-        else:
-            envelope["data"] = data
+        body = envelope(record, line, data, problem)
         self.lines.append(
-            json.dumps(envelope, ensure_ascii=False, separators=(",", ":"), default=_json_default).encode() + b"\n"
+            json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=_json_default).encode() + b"\n"
         )
 
     def body(self) -> bytes:
@@ -95,24 +101,15 @@ class CountingReader(io.RawIOBase):
 
 
 def detect_format(path: Path) -> str:
-    """json (an array), ndjson or csv, from the first bytes; the name only breaks ties."""
+    """json (an array), ndjson or csv, from the first bytes, by the rules the server detects uploads by."""
     with open(path, "rb") as file:
-        head = file.read(4096)
-    if b"\x00" in head:
-        raise FileUnreadable(f"{path.name} is binary, not JSON or CSV text")
-    text = head.removeprefix(_BOM).lstrip()
-    if not text:
+        head = file.read(HEAD_BYTES)
+    if not head.removeprefix(BOM).strip():
         raise FileUnreadable(f"{path.name} is empty")
-    if text.startswith(b"["):
-        return "json"
-    if text.startswith(b"{"):
-        return "ndjson"
-    header = text.split(b"\n", 1)[0]
-    if b"," in header or b";" in header:
-        return "csv"
-    raise FileUnreadable(
-        f"{path.name} is neither JSON (starting with [ or {{) nor CSV (a header line separated by , or ;)"
-    )
+    try:
+        return detect_kind(path.name, None, head)
+    except UnsupportedFileType as exc:
+        raise FileUnreadable(f"{path.name}: {exc}") from None
 
 
 def read_chunks(file: BinaryIO, file_format: str, chunk_size: int) -> Iterator[Chunk]:
@@ -158,7 +155,7 @@ def _json_array(file: BinaryIO, counted: CountingReader, chunk_size: int) -> Ite
             if isinstance(item, dict):
                 chunk.add(record, None, item)
             else:
-                chunk.add(record, None, problem=f"expected a JSON object, got {_json_type(item)}")
+                chunk.add(record, None, problem=f"expected a JSON object, got {json_type(item)}")
             if chunk.records >= chunk_size:
                 yield chunk
                 chunk = Chunk()
@@ -177,7 +174,7 @@ def _ndjson(file: BinaryIO, counted: CountingReader, chunk_size: int) -> Iterato
     block: list[tuple[int, bytes]] = []
     record = 0
     for number, raw in enumerate(file, start=1):
-        line = raw.removeprefix(_BOM) if number == 1 else raw
+        line = raw.removeprefix(BOM) if number == 1 else raw
         if line.strip():
             block.append((number, line))
         if len(block) >= chunk_size:
@@ -210,158 +207,56 @@ def _ndjson_block(block: list[tuple[int, bytes]], record: int) -> tuple[Chunk, i
         if isinstance(value, dict):
             chunk.add(record, number, value)
         else:
-            chunk.add(record, number, problem=f"expected a JSON object, got {_json_type(value)}")
+            chunk.add(record, number, problem=f"expected a JSON object, got {json_type(value)}")
     return chunk, record
 
 
 def check_file(path: Path, file_format: str) -> None:
     """Raise FileUnreadable for what is wrong from the start (a CSV header), before any import begins."""
-    if file_format == "csv":
-        with open(path, "rb") as file:
-            _csv_header(file.read(64 * 1024))
-
-
-def _csv_header(head: bytes) -> tuple[str, _SessionRows]:
-    """The delimiter and the layout the header names; FileUnreadable when it lacks columns."""
-    header_text = head.removeprefix(_BOM).split(b"\n", 1)[0].decode("utf-8", errors="replace")
-    delimiter = _delimiter(header_text)
-    columns = [name.strip().lower() for name in next(csv.reader([header_text], delimiter=delimiter), [])]
-    layout = (
-        _MessageRows()
-        if "messages" not in columns and any(name.startswith("message_") for name in columns)
-        else _SessionRows()
-    )
-    missing = [name for name in layout.columns if name not in OPTIONAL_COLUMNS and name not in columns]
-    if missing:
-        raise FileUnreadable(
-            f"the CSV header lacks the column(s) {', '.join(missing)}; expected {','.join(SESSION_COLUMNS)} "
-            f"(one session per row) or {','.join(MESSAGE_COLUMNS)} (one message per row)"
-        )
-    return delimiter, layout
+    if file_format != "csv":
+        return
+    with open(path, "rb") as file:
+        text = file.read(CSV_HEAD_BYTES).removeprefix(BOM).decode("utf-8", errors="replace")
+    header = next((line for line in text.split("\n") if line.strip()), "")
+    try:
+        read_csv_header(header)
+    except FileFormatError as exc:
+        raise FileUnreadable(exc.message) from None
 
 
 def _csv(file: io.BufferedReader, counted: CountingReader, chunk_size: int) -> Iterator[Chunk]:
-    delimiter, layout = _csv_header(file.peek(64 * 1024)[: 64 * 1024])
+    reader = CsvRecords()
+    chunk, record = Chunk(), 0
     try:
-        reader = pd.read_csv(
-            file,
-            sep=delimiter,
-            dtype=str,
-            keep_default_na=False,
-            na_filter=False,
-            chunksize=chunk_size,
-            encoding="utf-8-sig",
-            on_bad_lines="warn",
-            engine="c",
-            skip_blank_lines=True,
-        )
         while True:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    frame = next(reader)
-                except StopIteration:
-                    break
-            frame.columns = [str(name).strip().lower() for name in frame.columns]
-            chunk = Chunk()
-            for row in frame.itertuples(index=False, name=None):
-                layout.row(chunk, dict(zip(frame.columns, row)))
-            for warning in caught:
-                for line, problem in _SKIPPED_LINE.findall(str(warning.message)):
-                    layout.broken_row(chunk, int(line), problem)
-            if chunk.records:
-                yield chunk
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        chunk = Chunk()
-        layout.finish(chunk)
+            block = file.read(CSV_BLOCK_BYTES)
+            for read in reader.feed(block) if block else reader.close():
+                record += 1
+                chunk.add(record, read.line, _present(read.raw), read.problem)
+                if chunk.records >= chunk_size:
+                    yield chunk
+                    chunk = Chunk()
+            if not block:
+                break
+    except FileFormatError as error:
         if chunk.records:
             yield chunk
-        raise FileBroken(f"the CSV cannot be read further: {str(error).strip()}", counted.position) from None
-    chunk = Chunk()
-    layout.finish(chunk)
+        raise FileBroken(error.message, error.offset, error.line) from None
     if chunk.records:
         yield chunk
 
 
-def _delimiter(header: str) -> str:
-    known = set(SESSION_COLUMNS) | set(MESSAGE_COLUMNS)
-
-    def score(delimiter: str) -> tuple[int, int]:
-        names = [name.strip().lower() for name in next(csv.reader([header], delimiter=delimiter))]
-        return len(known.intersection(names)), len(names)
-
-    return max((",", ";"), key=score)
-
-
-class _SessionRows:
-    columns: tuple[str, ...] = SESSION_COLUMNS
-
-    def __init__(self) -> None:
-        self.record = 0
-
-    def row(self, chunk: Chunk, cells: dict[str, Any]) -> None:
-        if not any(_cell(value) for value in cells.values()):
-            return  # spreadsheets' empty rows (";;;;")
-        self.record += 1
-        raw: dict[str, Any] = {name: value for name in self.columns if (value := _cell(cells.get(name))) is not None}
-        raw.setdefault("messages", [])  # an empty cell is a session without messages
-        chunk.add(self.record, None, raw)
-
-    def broken_row(self, chunk: Chunk, line: int, problem: str) -> None:
-        self.record += 1
-        chunk.add(self.record, line, problem=problem)
-
-    def finish(self, chunk: Chunk) -> None:
-        pass
-
-
-class _MessageRows(_SessionRows):
-    """One message per row; consecutive rows of one contact become one session record."""
-
-    columns = MESSAGE_COLUMNS
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._session: dict[str, Any] | None = None
-        self._contact: tuple[str, str] = ("", "")
-
-    def row(self, chunk: Chunk, cells: dict[str, Any]) -> None:
-        values = {name: _cell(cells.get(name)) for name in self.columns}
-        if not any(value is not None for value in values.values()):
-            return
-        contact = ((values["platform_type"] or "").strip().lower(), (values["contact_identifier"] or "").strip())
-        if self._session is not None and (
-            contact != self._contact or len(self._session["messages"]) >= MAX_MESSAGES_PER_RECORD
-        ):
-            self.finish(chunk)
-        if self._session is None:
-            self._session = {
-                name: values[name]
-                for name in ("contact_identifier", "name", "platform_type")
-                if values[name] is not None
-            }
-            self._session["messages"] = []
-            self._contact = contact
-        message = {"id": values["message_id"], "content": values["message_content"], "date": values["message_date"]}
-        if any(value is not None for value in message.values()):
-            self._session["messages"].append({key: value for key, value in message.items() if value is not None})
-
-    def broken_row(self, chunk: Chunk, line: int, problem: str) -> None:
-        self.finish(chunk)
-        super().broken_row(chunk, line, problem)
-
-    def finish(self, chunk: Chunk) -> None:
-        if self._session is not None:
-            self.record += 1
-            chunk.add(self.record, None, self._session)
-            self._session = None
-
-
-def _cell(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    text = str(value)
-    return text if text.strip() else None
+def _present(raw: dict[str, Any]) -> dict[str, Any]:
+    """The record without its empty cells, which the server takes as absent anyway: smaller chunks."""
+    present = {name: value for name, value in raw.items() if value is not None}
+    if isinstance(messages := present.get("messages"), list):
+        present["messages"] = [
+            {key: value for key, value in message.items() if value is not None}
+            if isinstance(message, dict)
+            else message
+            for message in messages
+        ]
+    return present
 
 
 def _plain_record(row: dict[str, Any]) -> dict[str, Any]:
@@ -386,15 +281,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"cannot send a {type(value).__name__} as JSON")
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else type(value).__name__

@@ -29,9 +29,10 @@ Event fields (the `id` is added when the event is served):
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Any
+
+from contract import clock
 
 EVENTS_STREAM = "BALCAO_EVENTS"
 EVENTS_SUBJECT_ROOT = "balcao.events"
@@ -73,12 +74,8 @@ def dedup_id(kind: str, key: str) -> str:
     return f"event:{kind}:{key}"
 
 
-def now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def event(kind: str, **fields: Any) -> dict[str, Any]:
-    return {"type": kind, "at": now(), **fields}
+    return {"type": kind, "at": clock.stamp(), **fields}
 
 
 def message_sent(

@@ -19,11 +19,12 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DiscardPolicy,
+    PubAck,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from prometheus_client import Counter
 
 from contract import messaging
@@ -131,6 +132,46 @@ async def connect(url: str, name: str) -> Client:
         pending_size=16 * 1024 * 1024,
     )
     return client
+
+
+# A replicated stream without a leader (one is being elected: 5-10 s after its
+# leader's node died, by nats-server's Raft election timeouts) answers a publish
+# with "no responders" at once. The publisher tries again this often, for up to
+# ELECTION_PATIENCE, rather than giving up on the first answer.
+ELECTION_RETRY_INTERVAL = 0.5
+ELECTION_PATIENCE = 12.0
+
+
+async def publish_through_election(
+    js: JetStreamContext,
+    subject: str,
+    payload: bytes,
+    *,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+    patience: float = ELECTION_PATIENCE,
+) -> PubAck:
+    """`js.publish`, tried again while the stream has no leader (or the answer was lost
+    with a node), for up to `patience` s.
+
+    Giving up on the first "no responders" costs far more than waiting: an inbound
+    batch whose reply cannot be published is handed back with a nak, and a nak
+    sent while the consumer's leader also changes is lost, so the batch waits out
+    the consumer's whole ack wait (30 s) instead of the election's few seconds.
+    A repeated publish is harmless: its Nats-Msg-Id de-duplicates it.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    while True:
+        try:
+            return await js.publish(subject, payload, timeout=timeout, headers=headers)
+        except (NoStreamResponseError, ServiceUnavailableError, nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
+            # A timeout is a publish whose answer died with the connection (its
+            # node was killed); the same Nats-Msg-Id makes trying again harmless.
+            if loop.time() + ELECTION_RETRY_INTERVAL > deadline:
+                raise
+            log.info("stream for %s has no leader yet, publishing again: %r", subject, exc)
+        await asyncio.sleep(ELECTION_RETRY_INTERVAL)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ from tornado.web import Application
 from server.config import Settings
 from server.cursors import CursorCodec
 from server.database import Database
+from server.event_feed import EventFeed
 from server.handlers import base, events, health, imports, metrics, openapi, sessions
 from server.importing.jobs import Imports
 from server.outbound import Outbound
@@ -45,6 +46,8 @@ def make_app(settings: Settings, services: Services) -> Application:
     services.drains.append(running_imports.drain)
     event_clients = events.EventClients(settings.events_max_clients, settings.events_max_clients_per_token)
     services.drains.append(event_clients.drain)
+    event_feed = EventFeed(services.js)  # started by the first event client
+    services.drains.append(event_feed.stop)
     return Application(
         handlers,
         default_handler_class=base.NotFoundHandler,
@@ -55,5 +58,6 @@ def make_app(settings: Settings, services: Services) -> Application:
         cursors=CursorCodec(*settings.cursor_keys),
         imports=running_imports,
         event_clients=event_clients,
+        event_feed=event_feed,
         log_function=metrics.log_request,
     )

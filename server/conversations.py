@@ -8,29 +8,24 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bson import ObjectId
-from pymongo import UpdateOne
-from pymongo.errors import BulkWriteError
 
+from contract import clock
 from contract.failpoints import failpoint
 from contract.messaging import InboundMessage
-from server import names
-from server.models import PREVIEW_LENGTH, FinishedMessage, Message, Session, activity_key
+from server.models import DUPLICATE_KEY as DUPLICATE_KEY
+from server.models import FinishedMessage, Message, Session, Stored
+from server.models import duplicates_only as duplicates_only
+from server.models import preview as preview
 
-DUPLICATE_KEY = 11000
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+# Kept for the callers of this module's old name; the time comes from contract.clock.
+utcnow = clock.now
 
 
 def inbound_key(message: InboundMessage) -> str:
     return f"{message.platform}:{message.contact_identifier}:tg{message.message_id}"
-
-
-def preview(text: str) -> str:
-    return text if len(text) <= PREVIEW_LENGTH else text[: PREVIEW_LENGTH - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -67,15 +62,12 @@ def _open_sessions(batch: Sequence[InboundMessage], now: dt.datetime) -> dict[tu
             # An imported session: now that the contact wrote, goodbyes and replies can reach them.
             changes["chat_id"] = str(message.chat_id)
         if changes:
-            updates.append(UpdateOne({"_id": session["_id"]}, {"$set": changes}))
-    if updates:
-        Session._get_collection().bulk_write(updates, ordered=False)
+            updates.append((session["_id"], {"$set": changes}))
+    Session.update_each(updates)
     return {contact: session["_id"] for contact, session in sessions.items()}
 
 
-def naming(name: str) -> dict:
-    """The fields that hold a contact's name: as shown, and as searched."""
-    return {"contact_name": name, "name_keys": names.search_keys(name)}
+naming = Session.naming
 
 
 def sessions_by_contact(
@@ -88,80 +80,34 @@ def sessions_by_contact(
     by_platform: dict[str, list[str]] = {}
     for platform, identifier in contacts:
         by_platform.setdefault(platform, []).append(identifier)
-    projection = {"contact_identifier": 1, **{name: 1 for name in fields}}
     found: dict[tuple[str, str], dict] = {}
     for platform, identifiers in by_platform.items():
-        cursor = Session._get_collection().find(
-            {"platform": platform, "contact_identifier": {"$in": identifiers}}, projection
-        )
-        for doc in cursor:
+        cursor = Session.objects.for_contact(platform, *identifiers).only("contact_identifier", *fields)
+        for doc in cursor.as_pymongo():
             found[(platform, doc["contact_identifier"])] = doc
     return found
 
 
-def duplicates_only(exc: BulkWriteError) -> set[int]:
-    """The indexes of the documents an unordered insert_many skipped as already stored.
-
-    Re-raises when anything else failed: only a duplicate key is expected.
-    """
-    errors = exc.details["writeErrors"]
-    if any(error["code"] != DUPLICATE_KEY for error in errors):
-        raise exc
-    return {error["index"] for error in errors}
-
-
 def _create_sessions(messages: Sequence[InboundMessage], now: dt.datetime) -> None:
-    ids = [ObjectId() for _ in messages]  # chosen here: the activity key holds the id
-    documents = [
-        {
-            "_id": session_id,
-            "platform": m.platform,
-            "contact_identifier": m.contact_identifier,
-            **naming(m.name),
-            "chat_id": str(m.chat_id),
-            "created_at": now,
-            "last_message_at": now,
-            "activity_key": activity_key(now, session_id),
-            "message_count": 0,
-            "last_message_preview": "",
-        }
-        for session_id, m in zip(ids, messages)
-    ]
-    try:
-        Session._get_collection().insert_many(documents, ordered=False)
-    except BulkWriteError as exc:
-        duplicates_only(exc)  # another replica opened the same contact's session first: use theirs
+    # Another replica may open the same contact's session first: theirs is used.
+    Session.insert_new(
+        [Session.open_for(m.platform, m.contact_identifier, m.name, now, chat_id=str(m.chat_id)) for m in messages]
+    )
 
 
-def insert_new_messages(documents: list[dict]) -> set[str]:
+def insert_new_messages(messages: Sequence[Stored]) -> set[str]:
     """Insert the messages not stored yet; return the keys actually inserted."""
-    if not documents:
-        return set()
-    try:
-        Message._get_collection().insert_many(documents, ordered=False)
-        return {doc["key"] for doc in documents}
-    except BulkWriteError as exc:
-        failed = duplicates_only(exc)
-        return {doc["key"] for index, doc in enumerate(documents) if index not in failed}
+    return Message.insert_new(messages)
 
 
 def remember_finished(keys: list[str], session_id: ObjectId) -> None:
     """Record the keys of messages a finish is about to delete (see FinishedMessage)."""
-    now = utcnow()
-    try:
-        FinishedMessage._get_collection().insert_many(
-            [{"_id": key, "session_id": session_id, "finished_at": now} for key in keys], ordered=False
-        )
-    except BulkWriteError as exc:
-        duplicates_only(exc)  # a finish retried after a failure half-way
+    FinishedMessage.remember(keys, session_id, clock.now())
 
 
 def finished_messages(keys: Iterable[str]) -> dict[str, ObjectId]:
     """Of these message keys, those finished with their session: key -> that session."""
-    return {
-        doc["_id"]: doc["session_id"]
-        for doc in FinishedMessage._get_collection().find({"_id": {"$in": list(keys)}}, {"session_id": 1})
-    }
+    return FinishedMessage.objects.sessions_of(keys)
 
 
 # A finish that keeps deleting the session a message was resolved to is retried
@@ -186,7 +132,7 @@ def store_inbound(batch: Sequence[InboundMessage], races: int = 0) -> list[Store
     would leave them orphans whose unique key blocks storing them again: they
     are taken back and stored in the contact's next session instead.
     """
-    now = utcnow()
+    now = clock.now()
     unique: dict[str, InboundMessage] = {}
     for message in batch:
         unique.setdefault(inbound_key(message), message)
@@ -199,14 +145,13 @@ def store_inbound(batch: Sequence[InboundMessage], races: int = 0) -> list[Store
     done = [StoredInbound(m, key, finished[key]) for key, m in unique.items() if key in finished]
     unique = live
     documents = [
-        {
-            "session_id": sessions[(m.platform, m.contact_identifier)],
-            "key": key,
-            "direction": "in",
-            "text": m.text,
-            "sent_at": _parse_time(m.sent_at, now),
-            "external_id": str(m.message_id),
-        }
+        Message.inbound(
+            sessions[(m.platform, m.contact_identifier)],
+            key,
+            m.text,
+            clock.parse(m.sent_at, now),
+            external_id=str(m.message_id),
+        )
         for key, m in unique.items()
     ]
     inserted = insert_new_messages(documents)
@@ -226,7 +171,7 @@ def store_inbound(batch: Sequence[InboundMessage], races: int = 0) -> list[Store
 
 def _store_again_after_finish(
     batch: Sequence[InboundMessage],
-    documents: list[dict],
+    documents: list[Stored],
     inserted: set[str],
     gone: set[ObjectId],
     races: int,
@@ -239,7 +184,7 @@ def _store_again_after_finish(
     """
     orphans = [doc["key"] for doc in documents if doc["session_id"] in gone and doc["key"] in inserted]
     if orphans:
-        Message._get_collection().delete_many({"key": {"$in": orphans}, "session_id": {"$in": list(gone)}})
+        Message.objects(key__in=orphans, session_id__in=list(gone)).delete()
     if races >= MAX_FINISH_RACES:
         raise SessionFinishedMeanwhile(f"{len(gone)} sessions finished while their messages were stored")
     return store_inbound(batch, races + 1)
@@ -247,15 +192,7 @@ def _store_again_after_finish(
 
 def stored_counts(session_ids: Iterable[ObjectId]) -> dict[ObjectId, int]:
     """How many messages each of these sessions holds (absent: none); one aggregation."""
-    return {
-        doc["_id"]: doc["count"]
-        for doc in Message._get_collection().aggregate(
-            [
-                {"$match": {"session_id": {"$in": list(session_ids)}}},
-                {"$group": {"_id": "$session_id", "count": {"$sum": 1}}},
-            ]
-        )
-    }
+    return Message.objects.counts_by_session(session_ids)
 
 
 def _recount_sessions(session_ids: set[ObjectId], now: dt.datetime) -> None:
@@ -267,28 +204,17 @@ def _recount_sessions(session_ids: set[ObjectId], now: dt.datetime) -> None:
     """
     if not session_ids:
         return
-    messages = Message._get_collection()
     counted = stored_counts(session_ids)
-    recorded = {
-        doc["_id"]: doc.get("message_count", 0)
-        for doc in Session._get_collection().find({"_id": {"$in": list(session_ids)}}, {"message_count": 1})
-    }
+    recorded = Session.objects.message_counts(session_ids)
     session_ids = {session_id for session_id, count in recorded.items() if count != counted.get(session_id, 0)}
-    if not session_ids:
-        return
     updates = []
     for session_id in session_ids:
-        latest = messages.find_one({"session_id": session_id}, {"text": 1}, sort=[("sent_at", -1), ("_id", -1)])
-        fields: dict[str, object] = {"message_count": counted.get(session_id, 0)}
+        latest = Message.objects.latest_text(session_id)
+        fields: dict[str, Any] = {"message_count": counted.get(session_id, 0)}
         if latest is not None:
-            fields["last_message_preview"] = preview(latest["text"])
-        updates.append(
-            UpdateOne(
-                {"_id": session_id},
-                {"$set": fields, "$max": {"last_message_at": now, "activity_key": activity_key(now, session_id)}},
-            )
-        )
-    Session._get_collection().bulk_write(updates, ordered=False)
+            fields["last_message_preview"] = preview(latest)
+        updates.append((session_id, {"$set": fields, "$max": Session.active_at(session_id, now)}))
+    Session.update_each(updates)
 
 
 def _touch_sessions(new_messages: Iterable[tuple[ObjectId, str]], now: dt.datetime) -> set[ObjectId]:
@@ -300,29 +226,19 @@ def _touch_sessions(new_messages: Iterable[tuple[ObjectId, str]], now: dt.dateti
         last_text[session_id] = text
     if not counts:
         return set()
-    result = Session._get_collection().bulk_write(
+    matched = Session.update_each(
         [
-            UpdateOne(
-                {"_id": session_id},
+            (
+                session_id,
                 {
                     "$inc": {"message_count": count},
-                    "$max": {"last_message_at": now, "activity_key": activity_key(now, session_id)},
+                    "$max": Session.active_at(session_id, now),
                     "$set": {"last_message_preview": preview(last_text[session_id])},
                 },
             )
             for session_id, count in counts.items()
-        ],
-        ordered=False,
+        ]
     )
-    if result.matched_count == len(counts):
+    if matched == len(counts):
         return set()
-    present = {doc["_id"] for doc in Session._get_collection().find({"_id": {"$in": list(counts)}}, {"_id": 1})}
-    return set(counts) - present
-
-
-def _parse_time(value: str, fallback: dt.datetime) -> dt.datetime:
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return fallback
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    return set(counts) - Session.objects.present(counts)

@@ -5,13 +5,17 @@ before the inbound batch is acknowledged, so a failure means redelivery and a
 second try (at least once); each event's Nats-Msg-Id is derived from what it is
 about, so the second try within JetStream's duplicate window stores nothing
 (exactly once in the stream). Events with nothing upstream to redeliver them
-(a session finished, an import finished) are retried in the background for a
-while, and logged if NATS stays away that long.
+(a session finished, an import finished) are promised: kept in MongoDB
+(`EventPromise`) before or with the change they report, and published by the
+outbox relay (`server/outbound.py`) under the same Nats-Msg-Id, so neither a
+crash nor NATS being away loses one, and a relay that publishes again after a
+crash stores nothing new.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -22,16 +26,19 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
-from contract import events, jetstream
+from contract import clock, events, jetstream
 from contract.failpoints import failpoint
 from contract.messaging import DUPLICATE_WINDOW_SECONDS
 from server.metrics import EVENTS_PUBLISHED
-from server.models import Session
+from server.models import EventPromise, Session
 
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT = 5.0
-BACKGROUND_RETRY_SECONDS = 120.0
+# A promise held for a session that was never deleted (its finish failed and
+# nobody tried again) must not be published; after this long it is dropped. A
+# finish tried again later promises the event anew.
+HELD_PROMISE_SECONDS = 3600.0
 
 
 async def ensure_stream(js: JetStreamContext, max_age: float, max_bytes: int, *, replicas: int = 1) -> None:
@@ -57,7 +64,8 @@ async def ensure_stream(js: JetStreamContext, max_age: float, max_bytes: int, *,
 async def publish(js: JetStreamContext, body: dict[str, Any], key: str) -> None:
     """Publish one event and wait for JetStream to store it (raises on failure)."""
     kind = body["type"]
-    ack = await js.publish(
+    ack = await jetstream.publish_through_election(
+        js,
         events.subject(kind, body.get("platform"), body.get("session_id")),
         events.to_bytes(body),
         timeout=PUBLISH_TIMEOUT,
@@ -65,30 +73,6 @@ async def publish(js: JetStreamContext, body: dict[str, Any], key: str) -> None:
     )
     if not ack.duplicate:
         EVENTS_PUBLISHED.labels(type=kind).inc()
-
-
-def publish_soon(js: JetStreamContext, body: dict[str, Any], key: str) -> None:
-    """Publish in the background, retrying while NATS is away, so a request need not wait."""
-
-    async def keep_trying() -> None:
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + BACKGROUND_RETRY_SECONDS
-        while True:
-            try:
-                await publish(js, body, key)
-                return
-            except (NatsError, asyncio.TimeoutError) as exc:
-                if loop.time() > give_up:
-                    log.warning("event %s %s not published, NATS unavailable: %r", body["type"], key, exc)
-                    return
-                await asyncio.sleep(1.0)
-
-    task = asyncio.ensure_future(keep_trying())
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-_background: set[asyncio.Future] = set()
 
 
 async def publish_received(js: JetStreamContext, db, stored: Sequence) -> None:
@@ -141,8 +125,7 @@ async def publish_received(js: JetStreamContext, db, stored: Sequence) -> None:
 
 
 def _message_counts(session_ids: list[ObjectId]) -> dict[ObjectId, int]:
-    found = Session._get_collection().find({"_id": {"$in": session_ids}}, {"message_count": 1})
-    return {doc["_id"]: doc.get("message_count", 0) for doc in found}
+    return Session.objects.message_counts(session_ids)
 
 
 def session_finished(session: dict[str, Any]) -> dict[str, Any]:
@@ -159,3 +142,66 @@ def import_finished(job: dict[str, Any]) -> dict[str, Any]:
         events.IMPORT_FINISHED,
         **{"import": {"id": str(job["_id"]), "status": job.get("status"), "counts": job.get("counts") or {}}},
     )
+
+
+def promise(body: dict[str, Any], key: str, after_session_gone: ObjectId | None = None) -> None:
+    """Keep an event to publish (blocking: run it through `Database.run`).
+
+    Written before the change it reports; with `after_session_gone` the relay
+    holds it back until that session is deleted. Promising again (a retried
+    finish) keeps the first promise.
+    """
+    kind = body["type"]
+    subject = events.subject(kind, body.get("platform"), body.get("session_id"))
+    EventPromise.keep(events.dedup_id(kind, key), subject, body, clock.now(), after_session_gone)
+
+
+async def relay_promised(js: JetStreamContext, db, limit: int = 500) -> int:
+    """Publish the promised events whose change is done, oldest first; how many were published.
+
+    Each is forgotten only once JetStream has it; its Nats-Msg-Id makes a
+    second publish after a crash (or by another replica's relay) a no-op.
+    """
+    ready, dropped = await db.run(_promised, limit)
+    published = []
+    for doc in ready:
+        failpoint("server.events.promise_before_publish")
+        try:
+            ack = await js.publish(
+                doc["subject"],
+                events.to_bytes(doc["body"]),
+                timeout=PUBLISH_TIMEOUT,
+                headers={"Nats-Msg-Id": doc["key"]},
+            )
+        except (NatsError, asyncio.TimeoutError) as exc:
+            log.warning("event relay paused, NATS unavailable: %s", exc)
+            break
+        if not ack.duplicate:
+            EVENTS_PUBLISHED.labels(type=doc["body"]["type"]).inc()
+        published.append(doc["_id"])
+    if published:
+        failpoint("server.events.promise_after_publish_before_forget")
+    if published or dropped:
+        await db.run(_forget_promised, published + dropped)
+    return len(published)
+
+
+def _promised(limit: int) -> tuple[list[dict[str, Any]], list[ObjectId]]:
+    """(promises ready to publish, promises to drop): those whose session still exists wait."""
+    found = EventPromise.objects.oldest(limit)
+    held = [doc["after_session_gone"] for doc in found if doc.get("after_session_gone")]
+    alive = Session.objects.present(held) if held else set()
+    too_old = clock.now() - dt.timedelta(seconds=HELD_PROMISE_SECONDS)
+    ready: list[dict[str, Any]] = []
+    dropped: list[ObjectId] = []
+    for doc in found:
+        if doc.get("after_session_gone") not in alive:
+            ready.append(doc)
+        elif clock.aware(doc["created_at"]) < too_old:
+            log.info("event %s dropped: its session was never deleted", doc["key"])
+            dropped.append(doc["_id"])
+    return ready, dropped
+
+
+def _forget_promised(ids: list[ObjectId]) -> None:
+    EventPromise.objects.forget(ids)

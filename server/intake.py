@@ -2,15 +2,15 @@
 
 A durable pull consumer shared by every server replica: JetStream hands each
 message to one of them, and an unacknowledged message goes to another after
-`ACK_WAIT`. A message is acknowledged only after it is stored and its reply
-published, so a crash anywhere in between means redelivery, never loss; storage
-is idempotent, so redelivery never means a duplicate.
+the ack wait (`INTAKE_ACK_WAIT`, by default `ACK_WAIT`). A message is
+acknowledged only after it is stored and its reply published, so a crash
+anywhere in between means redelivery, never loss; storage is idempotent, so
+redelivery never means a duplicate.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 
 from nats.aio.msg import Msg
@@ -18,7 +18,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from pymongo.errors import PyMongoError
 
-from contract import jetstream
+from contract import clock, jetstream
 from contract.failpoints import failpoint
 from contract.messaging import (
     INBOUND_CONSUMER,
@@ -45,13 +45,20 @@ MAX_RETRY_DELAY = 15.0
 
 class Intake:
     def __init__(
-        self, js: JetStreamContext, db: Database, outbound: Outbound, reply_text: str, batch_size: int = 1000
+        self,
+        js: JetStreamContext,
+        db: Database,
+        outbound: Outbound,
+        reply_text: str,
+        batch_size: int = 1000,
+        ack_wait: float = ACK_WAIT,
     ) -> None:
         self._js = js
         self._db = db
         self._outbound = outbound
         self._reply_text = reply_text
         self._batch_size = batch_size
+        self._ack_wait = ack_wait
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -62,7 +69,7 @@ class Intake:
             subject=INBOUND_SUBJECT,
             durable=INBOUND_CONSUMER,
             batch_size=self._batch_size,
-            ack_wait=ACK_WAIT,
+            ack_wait=self._ack_wait,
             handle=self.handle,
             stopping=self._stopping,
             what="intake",
@@ -97,7 +104,7 @@ class Intake:
         failpoint("server.intake.before_ack")
         for msg, _ in batch:
             await msg.ack()
-        now = dt.datetime.now(dt.UTC)
+        now = clock.now()
         for msg, _ in batch:
             # The stream's own timestamp: when the bot's publish was stored.
             INTAKE_LATENCY.observe(max((now - msg.metadata.timestamp).total_seconds(), 0.0))

@@ -65,7 +65,7 @@ async def main() -> None:
 
     outbound = Outbound(js, db)
     services = Services(db=db, nats=nc, js=js, outbound=outbound)
-    intake = Intake(js, db, outbound, settings.reply_text, settings.intake_batch)
+    intake = Intake(js, db, outbound, settings.reply_text, settings.intake_batch, settings.intake_ack_wait)
     app = make_app(settings, services)
     server = DrainingHTTPServer(
         app,

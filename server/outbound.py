@@ -3,21 +3,26 @@
 Replies to inbound messages are published directly: the inbound message stays
 unacknowledged until its reply is published, so JetStream itself redelivers on a
 failure. Messages with nothing upstream to redeliver them (goodbyes, agent
-replies, import announcements) pass through the MongoDB outbox first.
+replies, import announcements) pass through the MongoDB outbox first; so do
+the live events with nothing upstream (a session or an import finished), which
+the same relay rounds publish (`server/events.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
+from bson import ObjectId
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from pymongo.errors import PyMongoError
 
+from contract import clock, jetstream
 from contract.failpoints import failpoint
 from contract.messaging import OUTBOUND_SUBJECT, OutboundMessage
-from server.conversations import utcnow
+from server import events
 from server.database import Database
 from server.metrics import OUTBOUND_PUBLISHED
 from server.models import OutboxEntry
@@ -44,7 +49,8 @@ class Outbound:
 
     async def publish(self, message: OutboundMessage) -> None:
         """Publish and wait for JetStream's acknowledgement (raises on failure)."""
-        ack = await self._js.publish(
+        ack = await jetstream.publish_through_election(
+            self._js,
             OUTBOUND_SUBJECT,
             message.to_bytes(),
             timeout=PUBLISH_TIMEOUT,
@@ -56,6 +62,17 @@ class Outbound:
     async def promise(self, message: OutboundMessage) -> None:
         """Keep the message in the outbox, then try to hand it to JetStream now."""
         await self._db.run(_keep, message)
+        self._wake.set()
+
+    async def promise_event(
+        self, body: dict[str, Any], key: str, *, after_session_gone: ObjectId | None = None
+    ) -> None:
+        """Keep a live event (`server/events.py`), then wake the relay to publish it."""
+        await self._db.run(events.promise, body, key, after_session_gone)
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Relay now: a promise may have become ready (the session it waited for is gone)."""
         self._wake.set()
 
     async def relay_forever(self) -> None:
@@ -102,34 +119,16 @@ class Outbound:
         if published:
             failpoint("outbox.after_publish_before_forget")
             await self._db.run(_forget, published)
-        return len(published)
+        return len(published) + await events.relay_promised(self._js, self._db, limit)
 
 
 def _keep(message: OutboundMessage) -> None:
-    OutboxEntry._get_collection().update_one(
-        {"key": message.key},
-        {
-            "$setOnInsert": {
-                "chat_id": message.chat_id,
-                "text": message.text,
-                "kind": message.kind,
-                "details": message.meta,
-                "created_at": utcnow(),
-            }
-        },
-        upsert=True,
-    )
+    OutboxEntry.keep(message, clock.now())
 
 
 def _pending(limit: int) -> list[OutboundMessage]:
-    found = OutboxEntry._get_collection().find().sort("created_at", 1).limit(limit)
-    return [
-        OutboundMessage(
-            key=doc["key"], chat_id=doc["chat_id"], text=doc["text"], kind=doc["kind"], meta=doc.get("details") or {}
-        )
-        for doc in found
-    ]
+    return OutboxEntry.objects.pending(limit)
 
 
 def _forget(keys: list[str]) -> None:
-    OutboxEntry._get_collection().delete_many({"key": {"$in": keys}})
+    OutboxEntry.objects.forget(keys)

@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bson import ObjectId
+from mongoengine import NotUniqueError
 from pymongo import ASCENDING, DESCENDING
-from pymongo.errors import DuplicateKeyError
 
+from contract import clock
 from server import names
-from server.conversations import preview, remember_finished, stored_counts, utcnow
+from server.conversations import preview, remember_finished, stored_counts
 from server.models import (
     Message,
     Session,
@@ -68,7 +69,7 @@ class SessionFilter:
 
     def listing(self) -> str:
         """Identifies the listing, so a cursor is honoured only where it was issued."""
-        since = self.active_since.astimezone(dt.UTC).isoformat() if self.active_since else None
+        since = self.active_since.astimezone(clock.UTC).isoformat() if self.active_since else None
         return json.dumps(["sessions", sorted(self.words), self.platform, since])
 
 
@@ -126,11 +127,10 @@ def list_sessions(
     with a cursor past the last one read, so no single request walks every
     session the probe word matches.
     """
-    collection = Session._get_collection()
     equality, wanted = _access_path(criteria)
     floor = activity_floor(criteria.active_since) if criteria.active_since else ""
     upper = resume.before if resume else None
-    top = _milliseconds(activity_key_time(upper) if upper else (now or utcnow()))
+    top = _milliseconds(activity_key_time(upper) if upper else (now or clock.now()))
     width = resume.slice_ms if resume else FIRST_SLICE_MS
     found: list[dict[str, Any]] = []
     queries: list[Query] = []
@@ -142,14 +142,14 @@ def list_sessions(
         # Re-checked candidates may be dropped, so those queries take a full page.
         batch = limit + 1 if wanted is not None else limit + 1 - len(found)
         query = Query(
-            collection.name,
+            Session._meta["collection"],
             {**equality, **({"activity_key": bounds} if bounds else {})},
             SESSION_ORDER,
             batch,
             SESSION_FIELDS,
         )
         queries.append(query)
-        docs = list(collection.find(query.filter, query.projection).sort(query.sort).limit(query.limit))
+        docs = Session.objects.newest_first(query.filter, query.limit)
         kept = [doc for doc in docs if wanted is None or wanted(doc)]
         found += kept
         examined += len(docs)
@@ -199,12 +199,11 @@ def _milliseconds(at: dt.datetime) -> int:
     return int(activity_time_prefix(at))
 
 
-def _from_milliseconds(milliseconds: int) -> dt.datetime:
-    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=milliseconds)
+_from_milliseconds = clock.from_milliseconds
 
 
 def find_session(session_id: ObjectId) -> dict[str, Any] | None:
-    return Session._get_collection().find_one({"_id": session_id}, SESSION_FIELDS)
+    return Session.objects.find_one(session_id)
 
 
 @dataclass(frozen=True)
@@ -236,24 +235,24 @@ def list_messages(session_id: ObjectId, limit: int, resume: MessagesResume | Non
     Messages sharing the cursor's instant are read by their own query rather than
     by an `$or` keyset, which SecantusDB answers with a collection scan.
     """
-    collection = Message._get_collection()
+    collection = Message._meta["collection"]
     found: list[dict[str, Any]] = []
     queries: list[Query] = []
     later: dict[str, Any] = {"session_id": session_id}
     if resume is not None:
         same_instant = Query(
-            collection.name,
+            collection,
             {"session_id": session_id, "sent_at": resume.sent_at, "_id": {"$gt": resume.message_id}},
             MESSAGE_ORDER,
             limit + 1,
         )
         queries.append(same_instant)
-        found += collection.find(same_instant.filter).sort(MESSAGE_ORDER).limit(same_instant.limit)
+        found += Message.objects.timeline(same_instant.filter, same_instant.limit)
         later["sent_at"] = {"$gt": resume.sent_at}
     if len(found) <= limit:
-        rest = Query(collection.name, later, MESSAGE_ORDER, limit + 1 - len(found))
+        rest = Query(collection, later, MESSAGE_ORDER, limit + 1 - len(found))
         queries.append(rest)
-        found += collection.find(rest.filter).sort(MESSAGE_ORDER).limit(rest.limit)
+        found += Message.objects.timeline(rest.filter, rest.limit)
     if len(found) <= limit:
         return MessagesPage(found, None, queries)
     page = found[:limit]
@@ -261,7 +260,7 @@ def list_messages(session_id: ObjectId, limit: int, resume: MessagesResume | Non
 
 
 def find_message(session_id: ObjectId, message_id: ObjectId) -> dict[str, Any] | None:
-    return Message._get_collection().find_one({"_id": message_id, "session_id": session_id})
+    return Message.objects(id=message_id, session_id=session_id).as_pymongo().first()
 
 
 def finish(session_id: ObjectId) -> bool:
@@ -273,13 +272,12 @@ def finish(session_id: ObjectId) -> bool:
     contact's next session). The keys of the messages finished are kept
     (`FinishedMessage`), so a redelivery of one of them is not stored again.
     """
-    messages = Message._get_collection()
-    keys = [doc["key"] for doc in messages.find({"session_id": session_id}, {"key": 1, "_id": 0})]
+    keys = Message.objects.keys_of(session_id)
     if keys:
         remember_finished(keys, session_id)
-        messages.delete_many({"session_id": session_id, "key": {"$in": keys}})
-    deleted = Session._get_collection().delete_one({"_id": session_id}).deleted_count
-    messages.delete_many({"session_id": session_id})
+        Message.objects(session_id=session_id, key__in=keys).delete()
+    deleted = Session.objects(id=session_id).delete()
+    Message.objects(session_id=session_id).delete()
     return deleted == 1
 
 
@@ -301,54 +299,36 @@ def add_agent_reply(session: dict[str, Any], text: str, idempotency_key: str | N
     counts it in the session in case that try died before; the same key with
     another text raises IdempotencyKeyReused.
     """
-    now = _whole_milliseconds(utcnow())  # what MongoDB keeps, so the reply reads back the same
+    now = clock.stored_now()  # what MongoDB keeps, so the reply reads back the same
     message_id = ObjectId()
     key = (
         idempotent_message_key(session, idempotency_key)
         if idempotency_key
         else f"{session['platform']}:{session['contact_identifier']}:agent:{message_id}"
     )
-    message = {
-        "_id": message_id,
-        "session_id": session["_id"],
-        "key": key,
-        "direction": "out",
-        "text": text,
-        "sent_at": now,
-    }
+    message = Message.outbound(session["_id"], key, text, now, message_id=message_id)
     try:
-        Message._get_collection().insert_one(message)
-    except DuplicateKeyError:
+        Message.save_new(message)
+    except NotUniqueError:
         if idempotency_key is None:
             raise
-        earlier = Message._get_collection().find_one({"key": key})
+        earlier = Message.objects(key=key).as_pymongo().first()
         if earlier is None or earlier["session_id"] != session["_id"] or earlier["text"] != text:
             raise IdempotencyKeyReused(key) from None
         counted = stored_counts([session["_id"]]).get(session["_id"], 0)
-        touched = Session._get_collection().update_one(
-            {"_id": session["_id"]},
-            {
-                "$set": {"message_count": counted},
-                "$max": {
-                    "last_message_at": earlier["sent_at"],
-                    "activity_key": activity_key(earlier["sent_at"], session["_id"]),
-                },
-            },
+        touched = Session.objects(id=session["_id"]).update_one(
+            set__message_count=counted,
+            max__last_message_at=earlier["sent_at"],
+            max__activity_key=activity_key(earlier["sent_at"], session["_id"]),
         )
-        return earlier if touched.matched_count else None
-    touched = Session._get_collection().update_one(
-        {"_id": session["_id"]},
-        {
-            "$inc": {"message_count": 1},
-            "$max": {"last_message_at": now, "activity_key": activity_key(now, session["_id"])},
-            "$set": {"last_message_preview": preview(text)},
-        },
+        return earlier if touched else None
+    touched = Session.objects(id=session["_id"]).update_one(
+        inc__message_count=1,
+        set__last_message_preview=preview(text),
+        max__last_message_at=now,
+        max__activity_key=activity_key(now, session["_id"]),
     )
-    if touched.matched_count == 0:
-        Message._get_collection().delete_one({"_id": message_id})
+    if not touched:
+        Message.objects(id=message_id).delete()
         return None
     return message
-
-
-def _whole_milliseconds(at: dt.datetime) -> dt.datetime:
-    return at.replace(microsecond=at.microsecond // 1000 * 1000)

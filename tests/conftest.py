@@ -7,6 +7,7 @@ empty collections and a reset fake Telegram.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import urllib.parse
@@ -132,6 +133,11 @@ class Stack:
         return f"http://127.0.0.1:{self.http_port}"
 
     def stop(self) -> None:
+        # Signalled together, so their grace periods overlap instead of adding
+        # up; each still drains and exits as its own SIGTERM handling says.
+        for process in self.processes:
+            if process.running and process.popen is not None:
+                process.popen.send_signal(signal.SIGTERM)
         for process in reversed(self.processes):
             process.stop()
 
@@ -145,3 +151,31 @@ def stack(
     running.stop()
     for process in running.processes:
         assert "Traceback" not in process.log_text(), process.log_text()
+
+
+# Modules that take longest, run first: `make test` hands each xdist worker half
+# the list and lets an idle worker take over the tail of the other's (worksteal),
+# so the minutes-long modules start at once and the suite ends on quick tests
+# instead of one worker finishing a long test alone. Unlisted modules keep their
+# order after these; tests of one module stay together for its module fixtures.
+SLOW_FIRST = (
+    "tests/e2e/test_chaos.py",
+    "tests/server/test_openapi_contract.py",
+    "tests/e2e/",
+    "tests/security/",
+    "tests/server/test_imports_api.py",
+    "tests/cli/",
+    "tests/bot/test_delivery.py",
+)
+
+
+def slowness_rank(item: pytest.Item) -> int:
+    path = Path(str(item.path)).relative_to(ROOT).as_posix()
+    for rank, prefix in enumerate(SLOW_FIRST):
+        if path.startswith(prefix):
+            return rank
+    return len(SLOW_FIRST)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=slowness_rank)  # stable: collection order within a rank

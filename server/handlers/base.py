@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, ParamSpec, TypeVar
 
-from pymongo.errors import ConnectionFailure, PyMongoError, ServerSelectionTimeoutError
+from bson import ObjectId
 from tornado.web import HTTPError, RequestHandler
 
-from server import failover
+from contract.importformat import media_type, object_id_text
+from server.problems import ApiError, database_errors, field_error
+
+__all__ = [
+    "PROBLEM_TYPE_ROOT",
+    "ApiError",
+    "ApiHandler",
+    "JsonHandler",
+    "NotFoundHandler",
+    "database_errors",
+    "field_error",
+    "media_type",
+    "object_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -21,29 +33,6 @@ PROBLEM_TYPE_ROOT = "https://balcao.dev/problems/"
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-class ApiError(HTTPError):
-    """An HTTP error that becomes an RFC 9457 problem document.
-
-    `kind` names the problem type; `errors` lists field-level problems
-    (`{"field": ..., "message": ...}`) for validation failures.
-    """
-
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        *,
-        kind: str | None = None,
-        errors: list[dict[str, Any]] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(status, reason=None)
-        self.detail = detail
-        self.kind = kind
-        self.errors = errors or []
-        self.headers = headers or {}
 
 
 class JsonHandler(RequestHandler):
@@ -86,8 +75,7 @@ class JsonHandler(RequestHandler):
         super().log_exception(typ, value, tb)
 
     def json_body(self) -> dict[str, Any]:
-        content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":
+        if media_type(self.request.headers.get("Content-Type")) != "application/json":
             raise ApiError(415, "send the body as application/json", kind="unsupported-media-type")
         try:
             body = json.loads(self.request.body or b"", parse_int=_bounded_int)
@@ -96,7 +84,7 @@ class JsonHandler(RequestHandler):
                 400,
                 f"the body is not valid JSON: {exc}",
                 kind="invalid-json",
-                errors=[{"field": "body", "in": "body", "message": str(exc)}],
+                errors=[field_error("body", str(exc))],
             ) from exc
         except RecursionError as exc:
             # CPython's parser recurses per level; a body of brackets would otherwise be a 500.
@@ -105,7 +93,7 @@ class JsonHandler(RequestHandler):
                 400,
                 f"the body {message}",
                 kind="invalid-json",
-                errors=[{"field": "body", "in": "body", "message": message}],
+                errors=[field_error("body", message)],
             ) from exc
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object", kind="invalid-json")
@@ -155,37 +143,10 @@ def _bounded_int(digits: str) -> int | float:
     return float("-inf") if digits.startswith("-") else float("inf")
 
 
-@contextlib.contextmanager
-def database_errors() -> Iterator[None]:
-    """MongoDB out of reach is a 503 with Retry-After: the client may try again, it is no bug."""
-    try:
-        yield
-    except ServerSelectionTimeoutError as exc:  # no server to send to: before any timeout question
-        raise _unavailable(exc) from exc
-    except PyMongoError as exc:
-        if exc.timeout:
-            # QUERY_MAX_TIME_MS ran out (on the server, or while waiting for its
-            # answer). The request was valid; the server could not answer it in
-            # time, so it is the server's 503, not the client's 4xx.
-            log.warning("a request's database time ran out: %s", exc)
-            raise ApiError(
-                503,
-                "the database did not answer in time; try again shortly",
-                kind="query-timeout",
-                headers={"Retry-After": "5"},
-            ) from exc
-        # A replica set electing a primary fails writes with codes and labels, not
-        # only with lost connections; those are as temporary (server/failover.py).
-        if isinstance(exc, ConnectionFailure) or failover.is_transient(exc):
-            raise _unavailable(exc) from exc
-        raise
-
-
-def _unavailable(exc: Exception) -> ApiError:
-    log.warning("mongodb unavailable while serving a request: %s", exc)
-    return ApiError(
-        503, "the database is not answering; try again shortly", kind="unavailable", headers={"Retry-After": "5"}
-    )
+def object_id(raw: str) -> ObjectId | None:
+    """The ObjectId a path names, in either case; None when it names none (a 404, not a 400)."""
+    text = object_id_text(raw)
+    return None if text is None else ObjectId(text)
 
 
 def slug(title: str) -> str:

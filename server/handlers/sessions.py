@@ -14,10 +14,11 @@ from typing import Any, TypeVar
 from bson import ObjectId
 from tornado.web import stream_request_body, url
 
+from contract import clock
 from contract.messaging import OutboundMessage
 from server import events, names, sessions
 from server.cursors import CursorCodec, CursorInvalid
-from server.handlers.base import ApiError, ApiHandler, database_errors
+from server.handlers.base import ApiError, ApiHandler, database_errors, field_error, object_id
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +37,12 @@ MAX_TEXT_LENGTH = 4096
 MAX_REPLY_BODY = 64 * 1024
 _PLATFORM = re.compile(r"[a-z0-9_-]{1,32}")
 _QUERY_PUNCTUATION = frozenset(" '’-")
-_OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
 # RFC 3339 date-time, as the OpenAPI `format: date-time` promises; the zone is
 # required so no one's local time is taken for UTC.
 _DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
 
 
-def timestamp(at: dt.datetime) -> str:
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=dt.UTC)
-    return at.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+timestamp = clock.rfc3339
 
 
 def session_resource(doc: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +82,7 @@ class ParameterProblems:
         self.errors: list[dict[str, str]] = []
 
     def add(self, name: str, message: str) -> None:
-        self.errors.append({"field": name, "in": "query", "message": message})
+        self.errors.append(field_error(name, message, "query"))
 
     def raw(self, name: str) -> str | None:
         return self._handler.get_query_argument(name, None, strip=False)
@@ -182,15 +179,11 @@ class SessionsApiHandler(ApiHandler):
             await self.settings["services"].outbound.promise(message)
 
     async def open_session(self, raw_id: str) -> dict[str, Any]:
-        session_id = _object_id(raw_id)
+        session_id = object_id(raw_id)
         session = None if session_id is None else await self.database(sessions.find_session, session_id)
         if session is None:
             raise ApiError(404, f"there is no open session with id {raw_id[:40]!r}", kind="session-not-found")
         return session
-
-
-def _object_id(raw: str) -> ObjectId | None:
-    return ObjectId(raw) if _OBJECT_ID.fullmatch(raw) else None
 
 
 class SessionsHandler(SessionsApiHandler):
@@ -240,8 +233,14 @@ class SessionHandler(SessionsApiHandler):
             )
         else:
             log.info("session %s finished without a goodbye: no chat is known for it", session["_id"])
+        # Promised before the delete and held until the session is gone: a crash
+        # after the delete loses no event, a failed delete announces none.
+        with database_errors():
+            await self.settings["services"].outbound.promise_event(
+                events.session_finished(session), str(session["_id"]), after_session_gone=session["_id"]
+            )
         await self.database(sessions.finish, session["_id"])
-        events.publish_soon(self.settings["services"].js, events.session_finished(session), str(session["_id"]))
+        self.settings["services"].outbound.wake()
         log.info("session %s finished", session["_id"])
         self.set_status(204)
         self.finish()
@@ -276,11 +275,7 @@ class SessionMessagesHandler(SessionsApiHandler):
                 f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
                 kind="invalid-header",
                 errors=[
-                    {
-                        "field": IDEMPOTENCY_HEADER,
-                        "in": "header",
-                        "message": f"1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
-                    }
+                    field_error(IDEMPOTENCY_HEADER, f"1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters", "header")
                 ],
             )
         return raw
@@ -317,9 +312,7 @@ class SessionMessagesHandler(SessionsApiHandler):
                 422,
                 "this Idempotency-Key was used before with another reply; use a new key for a new reply",
                 kind="idempotency-key-reused",
-                errors=[
-                    {"field": IDEMPOTENCY_HEADER, "in": "header", "message": "was sent before with a different body"}
-                ],
+                errors=[field_error(IDEMPOTENCY_HEADER, "was sent before with a different body", "header")],
             ) from None
         if message is None:
             raise ApiError(404, f"session {session_id} was finished meanwhile", kind="session-not-found")
@@ -341,23 +334,17 @@ MAX_IDEMPOTENCY_KEY = 200
 
 
 def agent_text(body: dict[str, Any]) -> str:
-    errors = [
-        {"field": name, "in": "body", "message": "is not a field of an agent reply"} for name in body if name != "text"
-    ]
+    errors = [field_error(name, "is not a field of an agent reply") for name in body if name != "text"]
     text = body.get("text")
     if text is None:
-        errors.append({"field": "text", "in": "body", "message": "is required"})
+        errors.append(field_error("text", "is required"))
     elif not isinstance(text, str):
-        errors.append({"field": "text", "in": "body", "message": "must be a string"})
+        errors.append(field_error("text", "must be a string"))
     elif not text.strip():
-        errors.append({"field": "text", "in": "body", "message": "must not be empty or only spaces"})
+        errors.append(field_error("text", "must not be empty or only spaces"))
     elif len(text) > MAX_TEXT_LENGTH:
         errors.append(
-            {
-                "field": "text",
-                "in": "body",
-                "message": f"must be at most {MAX_TEXT_LENGTH} characters (Telegram's limit), got {len(text)}",
-            }
+            field_error("text", f"must be at most {MAX_TEXT_LENGTH} characters (Telegram's limit), got {len(text)}")
         )
     if errors:
         detail = "; ".join(f"{error['field']} {error['message']}" for error in errors)
@@ -371,7 +358,7 @@ class SessionMessageHandler(SessionsApiHandler):
     async def get(self, session_id: str, message_id: str) -> None:
         """One message of an open session."""
         session = await self.open_session(session_id)
-        wanted = _object_id(message_id)
+        wanted = object_id(message_id)
         message = None if wanted is None else await self.database(sessions.find_message, session["_id"], wanted)
         if message is None:
             raise ApiError(

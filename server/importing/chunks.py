@@ -1,6 +1,6 @@
 """The chunks the CLI sends into an import: NDJSON lines, each a record in an envelope.
 
-The CLI reads the file (pandas, ijson) and knows where each record stands in
+The CLI reads the file (contract/importformat.py, pandas, ijson) and knows where each record stands in
 it, which the chunk alone cannot tell, so every line carries that place:
 
     {"record": 1204, "line": 1205, "data": {"name": ..., "messages": [...]}}
@@ -17,13 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from contract.importformat import CHUNK_MEDIA_TYPE as MEDIA_TYPE
+from contract.importformat import MAX_WHOLE, read_envelope, whole_number
 from server.importing.parsers import FileFormatError, ParsedRecord, RecordLimits, open_parser
 from server.importing.records import RecordError
 
-MEDIA_TYPE = "application/x-ndjson"
-# 2**53 - 1: the largest whole number every JSON reader holds exactly.
-MAX_WHOLE = 2**53 - 1
-_ENVELOPE_KEYS = {"record", "line", "data", "problem"}
+__all__ = ["MAX_WHOLE", "MEDIA_TYPE", "ChunkParser", "whole_number"]
 
 
 class ChunkParser:
@@ -56,40 +55,20 @@ class ChunkParser:
             raise failure
         return records
 
-    def _record(self, envelope: ParsedRecord) -> ParsedRecord:
-        body = envelope.raw
-        number, line = whole_number(body.get("record")), body.get("line")
-        line = None if line is None else whole_number(line) or False
-        data, problem = body.get("data"), body.get("problem")
-        if (
-            envelope.problem is not None
-            or not number
-            or line is False
-            or not set(body) <= _ENVELOPE_KEYS
-            or not (isinstance(data, dict) != isinstance(problem, str))
-        ):
+    def _record(self, line: ParsedRecord) -> ParsedRecord:
+        envelope = read_envelope(line.raw) if line.problem is None else None
+        if envelope is None:
             # Only a client that does not speak the protocol sends this: refuse the chunk.
             raise FileFormatError(
-                f"line {envelope.line} of the chunk is not a record envelope "
+                f"line {line.line} of the chunk is not a record envelope "
                 "({record, line, data} or {record, line, problem}, nothing else)",
-                envelope.offset,
-                envelope.line,
+                line.offset,
+                line.line,
             )
-        if problem is not None:
-            return ParsedRecord(number, line, None, {}, RecordError(number, line, None, "", problem))
-        assert isinstance(data, dict)  # the envelope check above: no problem means data is an object
-        return ParsedRecord(number, line, None, data)
-
-
-def whole_number(value: object, minimum: int = 1) -> int | None:
-    """A whole number from JSON within [minimum, MAX_WHOLE], as an int; None otherwise.
-
-    JSON has one number type, so 7.0 is the whole number 7 (JSON Schema agrees);
-    true is no number, though Python's bool is an int. The bound keeps the value
-    exact in every JSON reader and storable in BSON.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if isinstance(value, float) and not value.is_integer():
-        return None
-    return int(value) if minimum <= value <= MAX_WHOLE else None
+        number = envelope.record
+        if envelope.problem is not None:
+            return ParsedRecord(
+                number, envelope.line, None, {}, RecordError(number, envelope.line, None, "", envelope.problem)
+            )
+        assert envelope.data is not None  # an envelope holds either data or a problem
+        return ParsedRecord(number, envelope.line, None, envelope.data)

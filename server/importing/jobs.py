@@ -21,12 +21,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING
-from pymongo.errors import DuplicateKeyError
 
+from contract import clock
 from contract.messaging import OutboundMessage
 from server import events
-from server.conversations import utcnow
 from server.database import Database
 from server.importing.feed import MAX_REPORTED_ERRORS, Tally
 from server.models import ImportBatch, ImportJob
@@ -54,23 +52,9 @@ FAILURE_REASONS = {
 def create_job(
     channel: str, source: str, mode: str, file_format: str | None = None, started_at: dt.datetime | None = None
 ) -> dict[str, Any]:
-    now = _stored_time(utcnow())
-    job = {
-        "_id": ObjectId(),
-        "channel": channel,
-        "source": clean_source(source),
-        "mode": mode,
-        "file_format": file_format,
-        "status": RUNNING,
-        "created_at": _stored_time(started_at or now),
-        "last_activity_at": now,
-        "bytes_received": 0,
-        "next_chunk": 0,
-        "counts": Tally().counts(),
-        "errors": [],
-    }
-    ImportJob._get_collection().insert_one(job)
-    return job
+    job = ImportJob.start(channel, clean_source(source), mode, file_format, Tally().counts(), clock.now(), started_at)
+    ImportJob.save_new(job)
+    return {"file_format": None, **job}
 
 
 def clean_source(source: str) -> str:
@@ -88,10 +72,7 @@ def clean_source(source: str) -> str:
 
 def touch_job(job_id: ObjectId, received: int = 0) -> None:
     """The job made progress (a batch, a chunk): the reaper leaves it alone for another idle period."""
-    update: dict[str, Any] = {"$set": {"last_activity_at": _stored_time(utcnow())}}
-    if received:
-        update["$inc"] = {"bytes_received": received}
-    ImportJob._get_collection().update_one({"_id": job_id, "status": RUNNING}, update)
+    ImportJob.objects.running(job_id).update_one(set__last_activity_at=clock.stored_now(), inc__bytes_received=received)
 
 
 def reap_job(job: dict[str, Any], idle_seconds: float) -> dict[str, Any] | None:
@@ -114,72 +95,46 @@ def reap_job(job: dict[str, Any], idle_seconds: float) -> dict[str, Any] | None:
     }
     fields = {
         "status": FAILED,
-        "finished_at": _stored_time(utcnow()),
+        "finished_at": clock.stored_now(),
         "counts": tally.counts(),
         "errors": tally.errors[:MAX_REPORTED_ERRORS],
         "failure": failure,
         "announce_pending": True,
     }
-    claimed = ImportJob._get_collection().update_one(
-        {"_id": job["_id"], "status": RUNNING, "last_activity_at": idle_since}, {"$set": fields}
-    )
-    return {**job, **fields} if claimed.modified_count == 1 else None
+    claimed = ImportJob.objects.running(job["_id"]).filter(last_activity_at=idle_since).update_one(**_setting(fields))
+    return {**job, **fields} if claimed == 1 else None
 
 
 def idle_jobs(idle_seconds: float) -> list[dict[str, Any]]:
     """Running jobs idle for longer than `idle_seconds`, and failed ones whose announcement is pending."""
-    cutoff = _stored_time(utcnow() - dt.timedelta(seconds=idle_seconds))
-    collection = ImportJob._get_collection()
-    # Jobs from before last_activity_at existed are judged by their start.
-    idle = list(
-        collection.find(
-            {
-                "status": RUNNING,
-                "$or": [
-                    {"last_activity_at": {"$lt": cutoff}},
-                    {"last_activity_at": None, "created_at": {"$lt": cutoff}},
-                ],
-            }
-        ).limit(REAP_BATCH)
-    )
-    return idle + list(collection.find({"announce_pending": True, "status": FAILED}).limit(REAP_BATCH))
+    cutoff = clock.stored(clock.now() - dt.timedelta(seconds=idle_seconds))
+    return ImportJob.objects.idle_since(cutoff, REAP_BATCH) + ImportJob.objects.announcement_pending(REAP_BATCH)
 
 
 def announced(job_id: ObjectId) -> None:
-    ImportJob._get_collection().update_one({"_id": job_id}, {"$unset": {"announce_pending": ""}})
+    ImportJob.objects(id=job_id).update_one(unset__announce_pending=True)
 
 
 def find_job(job_id: ObjectId) -> dict[str, Any] | None:
-    return ImportJob._get_collection().find_one({"_id": job_id})
+    return ImportJob.objects.find_one(job_id)
 
 
 def save_batch(job_id: ObjectId, seq: int, tally: Tally) -> bool:
     """Record a written batch; False when this sequence number was recorded before."""
-    try:
-        ImportBatch._get_collection().insert_one(
-            {
-                "job_id": job_id,
-                "seq": seq,
-                "counts": tally.counts(),
-                "errors": tally.errors,
-                "created_at": utcnow(),
-            }
-        )
-    except DuplicateKeyError:
+    if not ImportBatch.save_new(ImportBatch.record(job_id, seq, tally.counts(), tally.errors, clock.now())):
         return False
     touch_job(job_id)
     return True
 
 
 def find_batch(job_id: ObjectId, seq: int) -> dict[str, Any] | None:
-    return ImportBatch._get_collection().find_one({"job_id": job_id, "seq": seq})
+    return ImportBatch.objects.find_one(job_id, seq)
 
 
 def advance_chunks(job_id: ObjectId, next_chunk: int, received: int = 0) -> None:
-    update: dict[str, Any] = {"$max": {"next_chunk": next_chunk}, "$set": {"last_activity_at": _stored_time(utcnow())}}
-    if received:
-        update["$inc"] = {"bytes_received": received}
-    ImportJob._get_collection().update_one({"_id": job_id}, update)
+    ImportJob.objects(id=job_id).update_one(
+        max__next_chunk=next_chunk, set__last_activity_at=clock.stored_now(), inc__bytes_received=received
+    )
 
 
 def repair_next_chunk(job_id: ObjectId) -> int:
@@ -189,25 +144,17 @@ def repair_next_chunk(job_id: ObjectId) -> int:
     between them leaves the record without the advance. The records are the
     truth, so the job is brought up to them.
     """
-    last = ImportBatch._get_collection().find_one(
-        {"job_id": job_id}, {"seq": 1, "_id": 0}, sort=[("seq", -1)], hint="job_batch"
-    )
+    last = ImportBatch.objects.last_seq(job_id)
     if last is not None:
-        advance_chunks(job_id, last["seq"] + 1)
-    job = ImportJob._get_collection().find_one({"_id": job_id}, {"next_chunk": 1})
+        advance_chunks(job_id, last + 1)
+    job = ImportJob.objects(id=job_id).only("next_chunk").as_pymongo().first()
     return job.get("next_chunk", 0) if job else 0
 
 
 def batch_totals(job_id: ObjectId) -> tuple[Tally, int]:
     """The sum of the job's batches, and how many there are."""
     total, batches = Tally(), 0
-    cursor = (
-        ImportBatch._get_collection()
-        .find({"job_id": job_id}, {"counts": 1, "errors": 1, "_id": 0})
-        .sort("seq", ASCENDING)
-        .hint("job_batch")
-    )
-    for batch in cursor:
+    for batch in ImportBatch.objects.tallies(job_id):
         total.add(Tally.of(batch["counts"], batch.get("errors") or []))
         batches += 1
     return total, batches
@@ -219,7 +166,7 @@ def finish_job(
     """End the job with these totals; the job, and True if this call ended it."""
     fields: dict[str, Any] = {
         "status": FAILED if failure else SUCCEEDED,
-        "finished_at": _stored_time(utcnow()),
+        "finished_at": clock.stored_now(),
         "counts": tally.counts(),
         "errors": tally.errors[:MAX_REPORTED_ERRORS],
     }
@@ -232,8 +179,13 @@ def finish_job(
         raise LookupError(f"import {job_id} does not exist")
     if job["status"] != RUNNING:
         return job, False  # ended already (a repeated completion): leave it as it was
-    ImportJob._get_collection().update_one({"_id": job_id}, {"$set": fields})
+    ImportJob.objects(id=job_id).update_one(**_setting(fields))
     return {**job, **fields}, True
+
+
+def _setting(fields: dict[str, Any]) -> dict[str, Any]:
+    """MongoEngine's update keywords that `$set` these fields."""
+    return {f"set__{name}": value for name, value in fields.items()}
 
 
 def report(job: dict[str, Any], tally: Tally | None = None) -> dict[str, Any]:
@@ -255,7 +207,7 @@ def report(job: dict[str, Any], tally: Tally | None = None) -> dict[str, Any]:
         "failure": _failure_report(job.get("failure"), tally),
         "started_at": _timestamp(started),
         "finished_at": _timestamp(finished) if finished else None,
-        "duration_seconds": round(((finished or utcnow()) - _aware(started)).total_seconds(), 3),
+        "duration_seconds": round(((finished or clock.now()) - clock.aware(started)).total_seconds(), 3),
         "bytes_received": job.get("bytes_received", 0),
     }
     if job["mode"] == "chunks":
@@ -309,17 +261,7 @@ def plural(count: int, one: str, many: str) -> str:
     return f"{number(count)} {one if count == 1 else many}"
 
 
-def _timestamp(at: dt.datetime) -> str:
-    return _aware(at).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _stored_time(at: dt.datetime) -> dt.datetime:
-    """`at` as MongoDB keeps it (milliseconds), so a report reads the same before and after storing."""
-    return at.replace(microsecond=at.microsecond // 1000 * 1000)
-
-
-def _aware(at: dt.datetime) -> dt.datetime:
-    return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+_timestamp = clock.rfc3339
 
 
 class Imports:
@@ -347,11 +289,11 @@ class Imports:
         # Promised even when the job had ended before: a crash may have come
         # between the two; the key makes a repeat a no-op.
         await self._announce(job)
-        events.publish_soon(self._outbound.js, events.import_finished(job), str(job_id))
         return job
 
     async def _announce(self, job: dict[str, Any]) -> None:
-        """Promise the import's summary to its channel, once per import (key `import:<id>`)."""
+        """Promise the import's summary to its channel and its `import.finished` event, once per import."""
+        await self._outbound.promise_event(events.import_finished(job), str(job["_id"]))
         await self._outbound.promise(
             OutboundMessage(
                 key=f"import:{job['_id']}",

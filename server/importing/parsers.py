@@ -15,29 +15,52 @@ that split a multi-byte character or a byte order mark.
 
 from __future__ import annotations
 
-import csv
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
-from pathlib import PurePath
 from typing import Any, Protocol
 
 import ijson  # picks its C backend (yajl2_c) when it is built, the pure-Python one otherwise
 import orjson
 from ijson.common import ObjectBuilder
 
+from contract.importformat import (
+    BOM,
+    KINDS,
+    MAX_MESSAGES_PER_RECORD,
+    MAX_RECORD_BYTES,
+    MESSAGE_COLUMNS,
+    SESSION_COLUMNS,
+    CsvRecord,
+    CsvRecords,
+    FileFormatError,
+    LeadingBom,
+    Line,
+    Lines,
+    UnsupportedFileType,
+    detect_kind,
+)
 from server.importing.records import ImportedSession, RecordError, RecordInvalid, json_type, normalise_session
 
-KINDS = ("json", "ndjson", "csv")
-BOM = b"\xef\xbb\xbf"
-# Bounds the memory one record may take: a longer NDJSON line, or a CSV quoted
-# field left open, is a broken file rather than a session.
-MAX_RECORD_BYTES = 16 * 1024 * 1024
-# Consecutive rows of one contact in the one-row-per-message CSV layout become
-# one record of at most this many messages, so memory stays bounded when a
-# contact has a huge history; the upsert merges the records of one contact.
-MAX_MESSAGES_PER_RECORD = 1000
+# The file format (kinds, columns, detection, CSV layouts) is defined once in
+# contract/importformat.py, which the CLI reads files with too; these names are
+# part of this module's interface.
+__all__ = [
+    "BOM",
+    "KINDS",
+    "MAX_MESSAGES_PER_RECORD",
+    "MAX_RECORD_BYTES",
+    "MESSAGE_COLUMNS",
+    "SESSION_COLUMNS",
+    "FileFormatError",
+    "ParsedRecord",
+    "RecordLimits",
+    "SessionParser",
+    "UnsupportedFileType",
+    "detect_kind",
+    "open_parser",
+]
+
 # A JSON array item is read value by value; these bound how deep it may nest and
 # how many values it may hold, so that the Python objects built for one record
 # stay within a small multiple of MAX_RECORD_BYTES (a file of `[{},{},...]`
@@ -49,47 +72,7 @@ MAX_RECORD_VALUES = 1_000_000
 # the network's chunk sizes are.
 JSON_ERROR_WINDOW = 1024
 
-SESSION_COLUMNS = ("_id", "name", "platform_type", "contact_identifier", "messages")
-MESSAGE_COLUMNS = ("contact_identifier", "name", "platform_type", "message_id", "message_content", "message_date")
-_OPTIONAL_COLUMNS = {"_id", "message_id"}
-_DELIMITERS = (",", ";")
 _JSON_WHITESPACE = b" \t\r\n"
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_EXTENSION_KINDS = {".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson", ".csv": "csv", ".txt": None}
-_CONTENT_TYPE_KINDS = {
-    "application/json": "json",
-    "application/x-ndjson": "ndjson",
-    "application/ndjson": "ndjson",
-    "application/jsonl": "ndjson",
-    "text/csv": "csv",
-}
-_BINARY_SIGNATURES = {
-    b"\x89PNG": "a PNG image",
-    b"PK\x03\x04": "a ZIP archive (an .xlsx workbook is one)",
-    b"\x1f\x8b": "a gzip archive",
-    b"%PDF": "a PDF document",
-    b"\xff\xd8\xff": "a JPEG image",
-    b"GIF8": "a GIF image",
-    b"\xd0\xcf\x11\xe0": "an old Office document (.xls)",
-    b"\xff\xfe": "UTF-16 text (save it as UTF-8)",
-    b"\xfe\xff": "UTF-16 text (save it as UTF-8)",
-}
-
-
-class FileFormatError(ValueError):
-    """The file cannot be read past this point.
-
-    Records returned before it stand. `records` holds those that the failing
-    call to `feed` or `close` had completed before the problem: they are as
-    good as any other, only the call could not return them.
-    """
-
-    def __init__(self, message: str, offset: int | None = None, line: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.offset = offset
-        self.line = line
-        self.records: list[ParsedRecord] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +87,6 @@ class RecordLimits:
     @classmethod
     def default(cls) -> RecordLimits:
         return cls(MAX_RECORD_BYTES, MAX_RECORD_DEPTH, MAX_RECORD_VALUES, MAX_MESSAGES_PER_RECORD)
-
-
-class UnsupportedFileType(ValueError):
-    """The upload is not a JSON, NDJSON or CSV text file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,75 +118,6 @@ def open_parser(kind: str, limits: RecordLimits | None = None) -> SessionParser:
     return parsers[kind](limits or RecordLimits.default())
 
 
-def detect_kind(filename: str | None, content_type: str | None, head: bytes) -> str:
-    """The kind of an upload, from its first bytes (pass at least 4 KiB when the file has them).
-
-    The extension only turns away files no parser reads; the content decides
-    between JSON, NDJSON and CSV because exports are often misnamed (mongoexport
-    writes NDJSON to `.json` files). The name and the content type decide only
-    when the head holds nothing but whitespace.
-    """
-    suffix = PurePath(filename).suffix.lower() if filename else ""
-    if suffix and suffix not in _EXTENSION_KINDS:
-        raise UnsupportedFileType(f"unsupported file type {suffix!r}: send a .json, .ndjson, .jsonl or .csv file")
-    for signature, description in _BINARY_SIGNATURES.items():
-        if head.startswith(signature):
-            raise UnsupportedFileType(f"the file is {description}, not JSON or CSV text")
-    if b"\x00" in head:
-        raise UnsupportedFileType("the file is binary (it contains NUL bytes), not JSON or CSV text")
-    text = _decode_head(head).removeprefix("\ufeff")
-    body = text.lstrip()
-    if not body:
-        media_type = (content_type or "").split(";")[0].strip().lower()
-        return _EXTENSION_KINDS.get(suffix) or _CONTENT_TYPE_KINDS.get(media_type) or "json"
-    if body[0] == "[":
-        return "json"
-    if body[0] == "{":
-        return "ndjson"
-    if _CONTROL_CHARACTERS.search(text):
-        raise UnsupportedFileType("the file holds control characters, not JSON or CSV text")
-    header = body.split("\n", 1)[0]
-    if any(delimiter in header for delimiter in _DELIMITERS):
-        return "csv"
-    raise UnsupportedFileType(
-        "the file is neither JSON (starting with '[' or '{') nor CSV (a header line separated by ',' or ';')"
-    )
-
-
-def _decode_head(head: bytes) -> str:
-    try:
-        return head.decode("utf-8")
-    except UnicodeDecodeError as error:
-        # The head may end inside a character that the next chunk completes.
-        if error.reason == "unexpected end of data" and error.start >= len(head) - 3:
-            return head[: error.start].decode("utf-8")
-        raise UnsupportedFileType(f"the file is not UTF-8 text (invalid byte at offset {error.start})") from None
-
-
-class _LeadingBom:
-    """Drops a UTF-8 byte order mark from the start of the stream, even one split across chunks."""
-
-    def __init__(self) -> None:
-        self._held = b""
-        self._decided = False
-
-    def strip(self, chunk: bytes) -> bytes:
-        """The part of the stream not returned before, less a leading BOM."""
-        if self._decided:
-            return chunk
-        self._held += chunk
-        if len(self._held) < len(BOM) and BOM.startswith(self._held):
-            return b""
-        self._decided = True
-        data, self._held = self._held, b""
-        return data.removeprefix(BOM)
-
-    def flush(self) -> bytes:
-        self._decided = True
-        data, self._held = self._held, b""
-        return data
-
-
 class _RecordNumbers:
     """Numbers the records of one file in the order they are returned."""
 
@@ -230,7 +140,7 @@ class _StreamParser:
 
     def __init__(self, limits: RecordLimits) -> None:
         self._limits = limits
-        self._bom = _LeadingBom()
+        self._bom = LeadingBom()
         self._received = 0
         self._numbers = _RecordNumbers()
         self._failure: FileFormatError | None = None
@@ -407,70 +317,12 @@ def _windows(data: bytes, offset: int) -> Iterator[tuple[int, bytes]]:
         start = end
 
 
-@dataclass(frozen=True, slots=True)
-class _Line:
-    number: int  # 1-based
-    offset: int
-    data: bytes  # with its line terminator, if it had one
-
-    def decode(self) -> str:
-        try:
-            return self.data.decode("utf-8")
-        except UnicodeDecodeError as error:
-            offset = self.offset + error.start
-            raise FileFormatError(f"invalid UTF-8 at byte {offset} (line {self.number})", offset, self.number) from None
-
-
-class _Lines:
-    """Splits the byte stream into physical lines.
-
-    Splitting bytes rather than decoded text is safe because 0x0A never occurs
-    inside a multi-byte UTF-8 sequence, and it keeps each line's byte offset.
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self._max_bytes = max_bytes
-        self._tail = bytearray()
-        self._tail_offset = 0
-        self._count = 0
-
-    def split(self, data: bytes, offset: int) -> Iterator[_Line]:
-        start = 0
-        while (end := data.find(b"\n", start)) >= 0:
-            if self._tail:
-                self._tail += data[start : end + 1]
-                yield self._line(self._tail_offset, bytes(self._tail))
-                self._tail.clear()
-            else:
-                yield self._line(offset + start, data[start : end + 1])
-            start = end + 1
-        if start < len(data):
-            if not self._tail:
-                self._tail_offset = offset + start
-            self._tail += data[start:]
-            if len(self._tail) > self._max_bytes:
-                number = self._count + 1
-                raise FileFormatError(
-                    f"line {number} is longer than {self._max_bytes} bytes", self._tail_offset, number
-                )
-
-    def flush(self) -> Iterator[_Line]:
-        """The last line, when the file does not end with a line break."""
-        if self._tail:
-            yield self._line(self._tail_offset, bytes(self._tail))
-            self._tail.clear()
-
-    def _line(self, offset: int, data: bytes) -> _Line:
-        self._count += 1
-        return _Line(self._count, offset, data)
-
-
 class _NdjsonParser(_StreamParser):
     """One JSON object per line; blank lines are skipped, a broken line is that record's problem."""
 
     def __init__(self, limits: RecordLimits) -> None:
         super().__init__(limits)
-        self._lines = _Lines(limits.bytes)
+        self._lines = Lines(limits.bytes)
 
     def _parse(self, data: bytes, offset: int) -> Iterator[ParsedRecord]:
         return (record for line in self._lines.split(data, offset) if (record := self._read(line)))
@@ -480,7 +332,7 @@ class _NdjsonParser(_StreamParser):
         if self._numbers.count == 0:
             raise FileFormatError("the file is empty: expected one JSON session object per line", 0, 1)
 
-    def _read(self, line: _Line) -> ParsedRecord | None:
+    def _read(self, line: Line) -> ParsedRecord | None:
         text = line.data.strip()
         if not text:
             return None
@@ -492,231 +344,21 @@ class _NdjsonParser(_StreamParser):
 
 
 class _CsvParser(_StreamParser):
-    """CSV in either layout, chosen by the header; ',' or ';' sniffed from the header line.
-
-    Physical lines are gathered until the quotes balance, then the stdlib csv
-    module reads the complete record, so quoted fields may hold line breaks.
-    """
+    """CSV in either layout, read by the format's own reader (contract/importformat.py)."""
 
     def __init__(self, limits: RecordLimits) -> None:
         super().__init__(limits)
-        # The csv module refuses fields over 128 KiB by default, and the messages
-        # cell of a long session is larger. The limit is process-wide; raising it
-        # to the bound this parser enforces anyway harms no other reader.
-        if csv.field_size_limit() < limits.bytes:
-            csv.field_size_limit(limits.bytes)
-        self._lines = _Lines(limits.bytes)
-        self._layout: _CsvLayout | None = None
-        self._delimiter = ","
-        self._pending: list[str] = []  # physical lines of a record whose quoted field is still open
-        self._pending_bytes = 0
-        self._start: _Line | None = None  # first line of the record being gathered
-        self._inside_quotes = False
+        self._csv = CsvRecords(limits.bytes, limits.messages)
 
-    def _parse(self, data: bytes, offset: int) -> Iterator[ParsedRecord]:
-        for line in self._lines.split(data, offset):
-            yield from self._take(line)
+    def feed(self, chunk: bytes) -> list[ParsedRecord]:
+        self._check_not_failed()
+        return self._collect(self._number(record) for record in self._csv.feed(chunk))
 
-    def _finish(self) -> Iterator[ParsedRecord]:
-        for line in self._lines.flush():
-            yield from self._take(line)
-        if self._start is not None:
-            if self._layout is not None:
-                yield from self._layout.finish()  # the rows read before the broken record stand
-            raise FileFormatError(
-                f"the file ended inside a quoted field of the record starting at line {self._start.number}",
-                self._start.offset,
-                self._start.number,
-            )
-        if self._layout is None:
-            raise FileFormatError("the file is empty: expected a CSV header line", 0, 1)
-        yield from self._layout.finish()
+    def close(self) -> list[ParsedRecord]:
+        self._check_not_failed()
+        return self._collect(self._number(record) for record in self._csv.close())
 
-    def _take(self, line: _Line) -> list[ParsedRecord]:
-        text = line.decode()
-        if self._layout is None:
-            if text.strip():
-                self._read_header(text, line)
-            return []
-        if self._start is None:
-            self._start = line
-        self._pending.append(text)
-        self._pending_bytes += len(line.data)
-        self._inside_quotes = _continues_quoted_field(text, self._delimiter, self._inside_quotes)
-        if self._inside_quotes:
-            if self._pending_bytes > self._limits.bytes:
-                raise FileFormatError(
-                    f"the quoted field of the record starting at line {self._start.number} "
-                    f"is not closed within {self._limits.bytes} bytes",
-                    self._start.offset,
-                    self._start.number,
-                )
-            return []
-        start, lines, start_bytes = self._start, self._pending, self._pending_bytes
-        self._start, self._pending, self._pending_bytes = None, [], 0
-        try:
-            fields = next(csv.reader(lines, delimiter=self._delimiter), [])
-        except csv.Error as error:
-            return self._layout.broken_row(start.number, start.offset, f"unreadable CSV row: {error}")
-        return self._layout.row(fields, start.number, start.offset, start_bytes)
-
-    def _read_header(self, text: str, line: _Line) -> None:
-        self._delimiter = _header_delimiter(text)
-        columns = [column.strip().lower() for column in next(csv.reader([text], delimiter=self._delimiter))]
-        layout_type = _MessageRows if "messages" not in columns and _mentions_message_columns(columns) else _SessionRows
-        required = [column for column in layout_type.columns if column not in _OPTIONAL_COLUMNS]
-        missing = [column for column in required if column not in columns]
-        if missing:
-            raise FileFormatError(
-                f"the CSV header lacks the column(s) {', '.join(missing)}; expected "
-                f"{','.join(SESSION_COLUMNS)} (one session per row) or "
-                f"{','.join(MESSAGE_COLUMNS)} (one message per row)",
-                line.offset,
-                line.number,
-            )
-        self._layout = layout_type(columns, self._numbers, self._limits)
-
-
-def _header_delimiter(header: str) -> str:
-    """The delimiter that splits the header into the most known column names."""
-    known = set(SESSION_COLUMNS) | set(MESSAGE_COLUMNS)
-
-    def score(delimiter: str) -> tuple[int, int]:
-        columns = [column.strip().lower() for column in next(csv.reader([header], delimiter=delimiter))]
-        return len(known.intersection(columns)), len(columns)
-
-    return max(_DELIMITERS, key=score)
-
-
-def _mentions_message_columns(columns: list[str]) -> bool:
-    return any(column.startswith("message_") for column in columns)
-
-
-def _continues_quoted_field(line: str, delimiter: str, inside: bool) -> bool:
-    """Whether a quoted field is still open at the end of this physical line.
-
-    Follows the csv module: a quote opens a quoted field only at the start of a
-    field, a doubled quote inside one is a literal quote, and any other quote in
-    an unquoted field is a literal character. A line that starts outside quotes
-    starts a record, so a field starts there.
-    """
-    position = 0
-    if not inside and line.startswith('"'):
-        inside, position = True, 1
-    while True:
-        if inside:
-            closing = line.find('"', position)
-            if closing < 0:
-                return True
-            if line.startswith('"', closing + 1):
-                position = closing + 2
-                continue
-            inside, position = False, closing + 1
-        else:
-            opening = line.find(delimiter + '"', position)
-            if opening < 0:
-                return False
-            inside, position = True, opening + 2
-
-
-class _CsvLayout:
-    """Turns complete CSV rows into session records."""
-
-    columns: tuple[str, ...] = ()
-
-    def __init__(self, header: list[str], numbers: _RecordNumbers, limits: RecordLimits) -> None:
-        self._header = header
-        self._numbers = numbers
-        self._limits = limits
-        # Columns not named in the layout are ignored; for a repeated name the first wins.
-        self._positions = {name: header.index(name) for name in self.columns if name in header}
-
-    def row(self, fields: list[str], line: int, offset: int, size: int = 0) -> list[ParsedRecord]:
-        if not any(field.strip() for field in fields):
-            return []  # blank lines and spreadsheets' empty rows (";;;;")
-        if len(fields) != len(self._header):
-            message = f"expected {len(self._header)} fields as in the header, got {len(fields)}"
-            return self.broken_row(line, offset, message)
-        cells = {name: _cell(fields[position]) for name, position in self._positions.items()}
-        return self._cells(cells, line, offset, size)
-
-    def broken_row(self, line: int, offset: int, message: str) -> list[ParsedRecord]:
-        return [self._numbers.unreadable(line, offset, message)]
-
-    def finish(self) -> list[ParsedRecord]:
-        return []
-
-    def _cells(self, cells: dict[str, str | None], line: int, offset: int, size: int) -> list[ParsedRecord]:
-        raise NotImplementedError
-
-
-def _cell(text: str) -> str | None:
-    """A cell's text; an empty or blank cell is a missing value."""
-    return text if text.strip() else None
-
-
-class _SessionRows(_CsvLayout):
-    """`_id,name,platform_type,contact_identifier,messages`: one session per row, messages as JSON text."""
-
-    columns = SESSION_COLUMNS
-
-    def _cells(self, cells: dict[str, str | None], line: int, offset: int, size: int) -> list[ParsedRecord]:
-        raw: dict[str, Any] = dict(cells)
-        if raw.get("messages") is None:
-            raw["messages"] = []  # an empty cell is a session without messages
-        return [self._numbers.record(raw, line, offset)]
-
-
-class _MessageRows(_CsvLayout):
-    """`contact_identifier,name,platform_type,message_id,message_content,message_date`.
-
-    Consecutive rows of one contact (platform and identifier) form one session
-    record. Rows of a contact that are not consecutive make another record for
-    the same contact, which the upsert merges into the same session. A row whose
-    message cells are all empty stands for a session without messages.
-    """
-
-    columns = MESSAGE_COLUMNS
-
-    def __init__(self, header: list[str], numbers: _RecordNumbers, limits: RecordLimits) -> None:
-        super().__init__(header, numbers, limits)
-        self._session: dict[str, Any] | None = None
-        self._bytes = 0  # of the rows gathered into the session
-        self._contact: tuple[str, str] = ("", "")
-        self._line = 0
-        self._offset = 0
-
-    def broken_row(self, line: int, offset: int, message: str) -> list[ParsedRecord]:
-        # The session gathered so far goes first, so records stay in file order.
-        return self.finish() + super().broken_row(line, offset, message)
-
-    def finish(self) -> list[ParsedRecord]:
-        if self._session is None:
-            return []
-        session, self._session = self._session, None
-        return [self._numbers.record(session, self._line, self._offset)]
-
-    def _cells(self, cells: dict[str, str | None], line: int, offset: int, size: int) -> list[ParsedRecord]:
-        contact = ((cells["platform_type"] or "").strip().lower(), (cells["contact_identifier"] or "").strip())
-        records: list[ParsedRecord] = []
-        # A record is cut at the limits of a JSON item (messages, bytes), so a
-        # contact with a huge history takes no more memory than any record.
-        if self._session is not None and (
-            contact != self._contact
-            or len(self._session["messages"]) >= self._limits.messages
-            or self._bytes + size > self._limits.bytes
-        ):
-            records = self.finish()
-        if self._session is None:
-            self._session = {
-                "contact_identifier": cells["contact_identifier"],
-                "name": cells["name"],
-                "platform_type": cells["platform_type"],
-                "messages": [],
-            }
-            self._contact, self._line, self._offset, self._bytes = contact, line, offset, 0
-        self._bytes += size
-        message = {"id": cells.get("message_id"), "content": cells["message_content"], "date": cells["message_date"]}
-        if any(value is not None for value in message.values()):
-            self._session["messages"].append(message)
-        return records
+    def _number(self, record: CsvRecord) -> ParsedRecord:
+        if record.problem is not None:
+            return self._numbers.unreadable(record.line, record.offset, record.problem)
+        return self._numbers.record(record.raw, record.line, record.offset)

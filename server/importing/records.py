@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 
 import orjson
 
+from contract.importformat import json_type, object_id_text
+
 MAX_NAME_LENGTH = 200
 # Telegram's limit for the text of one message.
 MAX_CONTENT_LENGTH = 4096
@@ -37,7 +39,6 @@ MAX_CONTACT_DIGITS = 20
 _EXACT_FLOAT_LIMIT = 2**53
 
 _PLATFORM = re.compile(r"[a-z0-9_-]{1,32}")
-_OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 T = TypeVar("T")
@@ -122,23 +123,6 @@ def message_key(platform: str, contact_identifier: str, message: ImportedMessage
     return f"{contact}:sha256:{hashlib.sha256(fingerprint).hexdigest()}"
 
 
-def json_type(value: object) -> str:
-    """The JSON name of a value's type, for messages a file's author understands."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, numbers.Number):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Mapping):
-        return "object"
-    if isinstance(value, list | tuple):
-        return "array"
-    return type(value).__name__
-
-
 class _Report:
     """The problems found so far in one record, as (field, message) pairs."""
 
@@ -184,10 +168,10 @@ def _source_id(value: object) -> str:
         value = value["$oid"]
     if not isinstance(value, str):
         raise _Invalid(f'expected an ObjectId string or {{"$oid": ...}}, got {json_type(value)}')
-    text = value.strip()
-    if not _OBJECT_ID.fullmatch(text):
+    source_id = object_id_text(value.strip())
+    if source_id is None:
         raise _Invalid(f"expected an ObjectId (24 hexadecimal digits), got {_shown(value)}")
-    return text.lower()
+    return source_id
 
 
 def _name(value: object) -> str:

@@ -21,26 +21,24 @@ import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
+from typing import Any
 
 from bson import ObjectId
-from pymongo import UpdateOne
-from pymongo.errors import BulkWriteError
 
+from contract import clock
 from contract.failpoints import failpoint
 from server.conversations import (
     MAX_FINISH_RACES,
     SessionFinishedMeanwhile,
-    duplicates_only,
     finished_messages,
     insert_new_messages,
     naming,
     preview,
     sessions_by_contact,
     stored_counts,
-    utcnow,
 )
 from server.importing.records import ImportedMessage, ImportedSession, message_key
-from server.models import Message, Session, activity_key
+from server.models import Message, Session, Stored
 
 CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
 _SESSION_FIELDS = ("contact_name", "chat_id", "source_id", "last_message_at", "import_origin")
@@ -102,7 +100,7 @@ def upsert_sessions(batch: Sequence[ImportedSession], origin: str | None = None,
     orphans: they are taken back and stored in the contact's next session (see
     `_store_again_after_finish`); `races` counts how often that happened.
     """
-    now = utcnow()
+    now = clock.now()
     groups = _grouped(batch)
     outcomes = [UNCHANGED] * len(batch)
     existing = sessions_by_contact(groups, _SESSION_FIELDS)
@@ -120,7 +118,7 @@ def new_documents(batch: Sequence[ImportedSession], now: dt.datetime | None = No
 
     The benchmark inserts these with the bare driver, to compare like with like.
     """
-    return _new_documents(list(_grouped(batch).values()), now or utcnow())
+    return _new_documents(list(_grouped(batch).values()), now or clock.now())
 
 
 def _grouped(batch: Sequence[ImportedSession]) -> dict[Contact, _ContactRecords]:
@@ -131,36 +129,35 @@ def _grouped(batch: Sequence[ImportedSession]) -> dict[Contact, _ContactRecords]
     return groups
 
 
-def _new_documents(groups: list[_ContactRecords], now: dt.datetime) -> tuple[list[dict], list[dict]]:
+def _new_documents(
+    groups: list[_ContactRecords], now: dt.datetime, origin: str | None = None
+) -> tuple[list[Stored], list[Stored]]:
     """A session per contact, written with its final counter, preview and activity.
 
     Worked out from the batch, so a new session costs one write, not an insert
     and an update.
     """
-    sessions, messages = [], []
+    sessions: list[Stored] = []
+    messages: list[Stored] = []
     for group in groups:
-        session_id = ObjectId()
         dates = [message.date for message in group.messages.values()]
         # Without messages, the session's own time: its file `_id` is an ObjectId,
         # which holds when the session was created; failing that, the import's.
         undated = ObjectId(group.source_id).generation_time if group.source_id else now
-        last = max(dates, default=undated)
         # No chat_id: an imported contact has no chat until they write to the bot.
-        session = {
-            "_id": session_id,
-            "platform": group.contact[0],
-            "contact_identifier": group.contact[1],
-            **naming(group.names[-1]),  # the latest name in the file wins
-            "created_at": min(dates, default=undated),
-            "last_message_at": last,
-            "activity_key": activity_key(last, session_id),
-            "message_count": len(group.messages),
-            "last_message_preview": _latest_text(group.messages.values()),
-        }
-        if group.source_id:
-            session["source_id"] = group.source_id
+        session = Session.open_for(
+            group.contact[0],
+            group.contact[1],
+            group.names[-1],  # the latest name in the file wins
+            max(dates, default=undated),
+            created_at=min(dates, default=undated),
+            message_count=len(group.messages),
+            last_message_preview=_latest_text(group.messages.values()),
+            source_id=group.source_id,
+            import_origin=origin,
+        )
         sessions.append(session)
-        messages += _message_documents(session_id, group.messages.items())
+        messages += _message_documents(session["_id"], group.messages.items())
     return sessions, messages
 
 
@@ -170,15 +167,8 @@ def _create_sessions(
     """Open a session per contact with its messages; return the groups that lost a race."""
     if not groups:
         return []
-    sessions, messages = _new_documents(groups, now)
-    if origin is not None:
-        for session in sessions:
-            session["import_origin"] = origin
-    try:
-        Session._get_collection().insert_many(sessions, ordered=False)
-        lost: set[int] = set()
-    except BulkWriteError as exc:
-        lost = duplicates_only(exc)
+    sessions, messages = _new_documents(groups, now, origin)
+    lost = Session.insert_new(sessions)
     failpoint("import.after_sessions_inserted")
     created = {doc["_id"] for index, doc in enumerate(sessions) if index not in lost}
     inserted = insert_new_messages([doc for doc in messages if doc["session_id"] in created])
@@ -191,7 +181,7 @@ def _create_sessions(
     return [group for index, group in enumerate(groups) if index in lost]
 
 
-def _uncount_duplicates(messages: list[dict], created: set[ObjectId], inserted: set[str]) -> None:
+def _uncount_duplicates(messages: list[Stored], created: set[ObjectId], inserted: set[str]) -> None:
     """Take back from a new session's counter the messages another writer stored first.
 
     Only a concurrent import of the same contact can do that, and it counts
@@ -201,14 +191,7 @@ def _uncount_duplicates(messages: list[dict], created: set[ObjectId], inserted: 
     for doc in messages:
         if doc["session_id"] in created and doc["key"] not in inserted:
             skipped[doc["session_id"]] = skipped.get(doc["session_id"], 0) + 1
-    if skipped:
-        Session._get_collection().bulk_write(
-            [
-                UpdateOne({"_id": session_id}, {"$inc": {"message_count": -count}})
-                for session_id, count in skipped.items()
-            ],
-            ordered=False,
-        )
+    Session.update_each([(session_id, {"$inc": {"message_count": -count}}) for session_id, count in skipped.items()])
 
 
 def _merge_into_existing(
@@ -218,7 +201,7 @@ def _merge_into_existing(
         return
     stored = _stored_keys(key for group in groups for key in group.messages)
     changes: list[_Change] = []
-    documents: list[dict] = []
+    documents: list[Stored] = []
     for group in groups:
         session = existing[group.contact]
         group.session_id = session["_id"]
@@ -248,30 +231,22 @@ def _merge_into_existing(
     recount: list[ObjectId] = []
     for change in changes:
         added = [by_key[key] for key in change.new_keys if key in inserted]
-        update: dict = {"$set": change.fields} if change.fields else {}
+        update: dict[str, Any] = {"$set": change.fields} if change.fields else {}
         if added:
             newest = max(added, key=lambda doc: doc["sent_at"])
             recount.append(change.session_id)
-            update["$max"] = {
-                "last_message_at": newest["sent_at"],
-                "activity_key": activity_key(newest["sent_at"], change.session_id),
-            }
+            update["$max"] = Session.active_at(change.session_id, newest["sent_at"])
             if newest["sent_at"] >= change.last_message_at:
                 update.setdefault("$set", {})["last_message_preview"] = preview(newest["text"])
         if update:
-            updates.append(UpdateOne({"_id": change.session_id}, update))
-    if updates:
-        Session._get_collection().bulk_write(updates, ordered=False)
+            updates.append((change.session_id, update))
+    Session.update_each(updates)
     if recount:
         # Counted from what is stored rather than incremented: a batch retried after
         # a crash finds sessions that already count messages it had not stored yet.
         counted = stored_counts(recount)
-        Session._get_collection().bulk_write(
-            [
-                UpdateOne({"_id": session_id}, {"$set": {"message_count": counted.get(session_id, 0)}})
-                for session_id in recount
-            ],
-            ordered=False,
+        Session.update_each(
+            [(session_id, {"$set": {"message_count": counted.get(session_id, 0)}}) for session_id in recount]
         )
 
 
@@ -388,27 +363,14 @@ def _judge_records(
 
 
 def _stored_keys(keys: Iterable[str]) -> set[str]:
-    wanted = list(dict.fromkeys(keys))
-    if not wanted:
-        return set()
-    cursor = Message._get_collection().find({"key": {"$in": wanted}}, {"key": 1, "_id": 0})
-    return {doc["key"] for doc in cursor}
+    return Message.objects.stored_keys(keys)
 
 
-def _message_documents(session_id: ObjectId, messages: Iterable[tuple[str, ImportedMessage]]) -> list[dict]:
-    documents = []
-    for key, message in messages:
-        document = {
-            "session_id": session_id,
-            "key": key,
-            "direction": "in",
-            "text": message.content,
-            "sent_at": message.date,
-        }
-        if message.id is not None:
-            document["external_id"] = message.id
-        documents.append(document)
-    return documents
+def _message_documents(session_id: ObjectId, messages: Iterable[tuple[str, ImportedMessage]]) -> list[Stored]:
+    return [
+        Message.inbound(session_id, key, message.content, message.date, external_id=message.id)
+        for key, message in messages
+    ]
 
 
 def _latest_text(messages: Iterable[ImportedMessage]) -> str:

@@ -138,7 +138,8 @@ async def test_a_burst_to_one_chat_does_not_delay_other_chats(fake, js, delivery
     others = list(range(21, 26))
     for user in others:
         fake.register_user(user, f"Outro {user}")
-    for n in range(20):  # 20 replies owed to one chat take 20 s at Telegram's 1/s per chat
+    burst = 10  # replies owed to one chat: 10 s at Telegram's 1/s per chat
+    for n in range(burst):
         await publish(js, f"burst{n}", "20", f"rajada {n}")
     await until(lambda: fake.sent(20))
     for user in others:
@@ -146,7 +147,7 @@ async def test_a_burst_to_one_chat_does_not_delay_other_chats(fake, js, delivery
     await until(lambda: all(fake.sent(user) for user in others), timeout=10)
     # Measured by the burst's own progress, not the clock, so a slow machine cannot fake it.
     burst_sent = len(fake.sent(20))
-    assert burst_sent < 15, "the others must not have waited for the burst to drain"
-    await until(lambda: len(fake.sent(20)) == 20, timeout=40)
-    assert [m["text"] for m in fake.sent(20)] == [f"rajada {n}" for n in range(20)]
+    assert burst_sent < burst - 2, "the others must not have waited for the burst to drain"
+    await until(lambda: len(fake.sent(20)) == burst, timeout=30)
+    assert [m["text"] for m in fake.sent(20)] == [f"rajada {n}" for n in range(burst)]
     assert all(a["status"] == 200 for a in fake.attempts()), "paced sends must never meet a 429"

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 
@@ -138,3 +139,74 @@ def test_sessions_are_listed_searched_and_finished(run, mongo):
     finished = run("sessions", "finish", session_id)
     assert finished.exit_code == 0 and f"session {session_id} finished" in finished.stdout
     assert run("sessions", "search", "joao silva").stdout == ""
+
+
+def reports_of_both_ways(run, api_server, mongo, path: Path) -> tuple[dict, dict]:
+    """The report of `path` uploaded to the server, and of the same file sent by the CLI."""
+    uploaded = httpx.post(
+        f"http://127.0.0.1:{api_server.port}/v1/imports",
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+        data={"channel": "@suporte"},
+        files={"file": (path.name, path.read_bytes(), "text/csv")},
+        timeout=60,
+    )
+    assert uploaded.status_code == 202, uploaded.text
+    run("import", str(path), "--channel", "@suporte", "--chunk-size", "2")
+    job = mongo.import_jobs.find_one({"mode": "chunks"})
+    sent = httpx.get(
+        f"http://127.0.0.1:{api_server.port}/v1/imports/{job['_id']}",
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+        timeout=60,
+    )
+    return uploaded.json(), sent.json()
+
+
+def places(report: dict) -> list[tuple]:
+    return [(e["record"], e["line"], e["field"], e["message"]) for e in report["errors"]]
+
+
+def test_a_bad_csv_sent_by_the_cli_is_reported_at_the_lines_an_upload_of_it_is(run, api_server, mongo, tmp_path):
+    good = [",Ana,telegram,1,[]", ",Bia,telegram,2,[]", ",Caio,telegram,3,[]"]
+    message = '{""content"":""oi"",""date"":""2024-01-01T00:00:00Z""}'
+    path = tmp_path / "bad.csv"
+    path.write_text(
+        "\n".join(
+            [
+                "_id,name,platform_type,contact_identifier,messages",
+                good[0],
+                ",Dora,telegram,4,[],extra",  # line 3: a field too many
+                f',Eva,telegram,5,"[{message},',  # lines 4 and 5: one record, its quoted cell broken across lines
+                f'{message}]"',
+                ",Fabi,telegram",  # line 6: fields missing
+                ",,telegram,7,[]",  # line 7: no name
+                "",
+                good[1],  # line 9, after a blank line
+                ",Gil,telegram,,[]",  # line 10: no contact
+                good[2],
+            ]
+        )
+        + "\n"
+    )
+
+    uploaded, sent = reports_of_both_ways(run, api_server, mongo, path)
+
+    assert places(uploaded) == [
+        (2, 3, None, "expected 5 fields as in the header, got 6"),
+        (4, 6, None, "expected 5 fields as in the header, got 3"),
+        (5, 7, "name", "required"),
+        (7, 10, "contact_identifier", "required"),
+    ]
+    assert places(sent) == places(uploaded)
+    assert sent["counts"]["received"] == uploaded["counts"]["received"] == 8
+
+
+def test_a_csv_broken_midway_fails_at_the_same_line_both_ways(run, api_server, mongo, tmp_path):
+    path = tmp_path / "broken.csv"
+    path.write_text('_id,name,platform_type,contact_identifier,messages\n,Ana,telegram,1,[]\n\n,Bia,telegram,2,"[\n]\n')
+
+    uploaded, sent = reports_of_both_ways(run, api_server, mongo, path)
+
+    assert uploaded["status"] == sent["status"] == "failed"
+    assert uploaded["failure"]["line"] == sent["failure"]["line"] == 4
+    assert uploaded["failure"]["message"] == sent["failure"]["message"]
+    assert "inside a quoted field of the record starting at line 4" in sent["failure"]["message"]

@@ -96,9 +96,14 @@ def test_csv_rows_with_the_wrong_number_of_fields_travel_as_problems_with_their_
 
     found = envelopes(chunks(content, "csv", 100))
 
-    assert sorted(e.get("line") or 0 for e in found) == [0, 0, 3]
+    assert [e["line"] for e in found] == [2, 3, 4]  # physical lines, the header being line 1
     problem = next(e for e in found if "problem" in e)
-    assert "expected 5 fields, saw 6" in problem["problem"]
+    assert problem == {"record": 2, "line": 3, "problem": "expected 5 fields as in the header, got 6"}
+    parser = open_parser("csv")
+    server = parser.feed(content) + parser.close()
+    assert [(e["record"], e["line"], e.get("problem")) for e in found] == [
+        (r.record, r.line, r.problem.message if r.problem else None) for r in server
+    ]
 
 
 def test_semicolons_a_bom_and_blank_cells_are_read_like_the_server_does():
@@ -151,7 +156,7 @@ def test_the_format_is_read_from_the_content(tmp_path):
         (tmp_path / name).write_bytes(content)
     assert [detect_format(tmp_path / name) for name in cases] == ["json", "ndjson", "csv"]
 
-    for content, message in ((b"", "empty"), (b"\x89PNG\x00\x00", "binary"), (b"hello world\n", "neither")):
+    for content, message in ((b"", "empty"), (b"\x89PNG\x00\x00", "PNG image"), (b"hello world\n", "neither")):
         (tmp_path / "bad").write_bytes(content)
         with pytest.raises(FileUnreadable, match=message):
             detect_format(tmp_path / "bad")

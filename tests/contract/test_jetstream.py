@@ -8,6 +8,7 @@ import json
 import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import NoStreamResponseError
 
 from contract import jetstream
 
@@ -127,4 +128,34 @@ async def test_a_message_delivered_too_often_is_dead_lettered(clean_nats) -> Non
     assert dead.headers["Balcao-Dead-Deliveries"] == "3"
     consumer = await js.consumer_info("FLAKY", "worker")  # terminated: nothing left to deliver
     assert (consumer.num_ack_pending, consumer.num_pending) == (0, 0)
+    await nc.close()
+
+
+@pytest.mark.asyncio
+async def test_a_publish_waits_for_a_stream_that_has_no_leader_yet(clean_nats) -> None:
+    """A stream electing a leader answers "no responders"; the publish tries again
+    and lands once the stream answers (here: once it exists)."""
+    nc = await nats.connect(clean_nats.url)
+    js = nc.jetstream()
+
+    async def stream_comes_back() -> None:
+        await asyncio.sleep(1.2)
+        await js.add_stream(name="ELECTED", subjects=["elected.work"])
+
+    coming = asyncio.create_task(stream_comes_back())
+    ack = await jetstream.publish_through_election(js, "elected.work", b"hello", timeout=2, patience=10)
+    await coming
+    assert ack.stream == "ELECTED" and ack.seq == 1
+    await nc.close()
+
+
+@pytest.mark.asyncio
+async def test_a_publish_gives_up_once_its_patience_is_spent(clean_nats) -> None:
+    nc = await nats.connect(clean_nats.url)
+    js = nc.jetstream()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(NoStreamResponseError):
+        await jetstream.publish_through_election(js, "nobody.listens", b"hello", timeout=2, patience=1.5)
+    assert 1.0 <= loop.time() - started < 5  # tried again, then gave up
     await nc.close()

@@ -519,12 +519,10 @@ async def test_confirmed_update_never_comes_again(
 
 
 def test_unconfirmed_updates_expire_after_a_day(fake: FakeTelegram, monkeypatch) -> None:
-    import devstack.faketelegram as module
-
     old = fake.inject_message(ANA, "velha")["update_id"]
-    monkeypatch.setattr(module.time, "monotonic", lambda: time.monotonic_ns() / 1e9 + 25 * 3600)
+    monkeypatch.setattr(time, "monotonic", lambda: time.monotonic_ns() / 1e9 + 25 * 3600)
     new = fake.inject_message(ANA, "nova")["update_id"]
-    fake._forget_expired()
+    fake.state.forget_expired()
     assert [update["update_id"] for update in fake.pending_updates()] == [new]
     assert old < new
 

@@ -68,7 +68,7 @@ def settled_stream(port: int, expected: int) -> list[dict[str, Any]]:
     return got
 
 
-def publish_raw(nats_url: str, bodies: list[bytes]) -> None:
+def publish_raw(nats_url: str, bodies: list[bytes], pause: float = 0.0) -> None:
     async def run() -> None:
         import nats
 
@@ -76,6 +76,7 @@ def publish_raw(nats_url: str, bodies: list[bytes]) -> None:
         js = nc.jetstream()
         for body in bodies:
             await js.publish(events.subject(events.IMPORT_FINISHED), body, stream=events.EVENTS_STREAM)
+            await asyncio.sleep(pause)
         await nc.close()
 
     asyncio.run(run())
@@ -336,3 +337,202 @@ def test_connections_over_the_per_token_cap_are_refused_before_the_upgrade(stack
     )
     with open_events(server.port):
         pass
+
+
+# --- one live subscription per replica ------------------------------------------------
+
+
+class SteadyPublisher:
+    """Publishes small events into BALCAO_EVENTS from a thread until stopped, noting each (id, subject)."""
+
+    def __init__(self, nats_url: str, subjects: list[str], interval: float = 0.003) -> None:
+        self.nats_url = nats_url
+        self.subjects = subjects
+        self.interval = interval
+        self.published: list[tuple[int, str]] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> SteadyPublisher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(30)
+
+    async def _run(self) -> None:
+        import nats
+
+        nc = await nats.connect(self.nats_url)
+        js = nc.jetstream()
+        n = 0
+        while not self._stopping.is_set():
+            subject = self.subjects[n % len(self.subjects)]
+            kind = ".".join(subject.split(".")[2:4])
+            ack = await js.publish(subject, events.to_bytes(events.event(kind, n=n)), stream=events.EVENTS_STREAM)
+            self.published.append((ack.seq, subject))
+            n += 1
+            await asyncio.sleep(self.interval)
+        await nc.close()
+
+
+def metric(port: int, name: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@pytest.mark.parametrize("query", ["", "type=import.finished"], ids=["every-event", "filtered"])
+def test_a_client_resuming_while_events_arrive_gets_each_once_across_the_switch_to_live(stack, clean_nats, query):
+    server = stack.server()
+    finished = events.subject(events.IMPORT_FINISHED)
+    opened = events.subject(events.SESSION_OPENED, "telegram", "0123456789abcdef01234567")
+    live = 'balcao_event_catch_ups_total{outcome="live"}'
+    with SteadyPublisher(clean_nats.url, [finished, opened]) as publisher:
+        eventually(lambda: len(publisher.published) >= 400, timeout=60, message="a history to catch up on")
+        since = publisher.published[30][0]
+        got: list[dict[str, Any]] = []
+        with open_events(server.port, f"since={since}" + (f"&{query}" if query else "")) as ws:
+            # Catch up, hand over to the live subscription, and keep receiving
+            # while events arrive all along: 100 more after the switch was seen.
+            switched_at: int | None = None
+            checked = 0.0
+            deadline = time.monotonic() + 90
+            while switched_at is None or len(publisher.published) < switched_at + 100:
+                assert time.monotonic() < deadline, "the catch-up never handed over to the live subscription"
+                try:
+                    got.append(json.loads(ws.recv(timeout=0.2)))
+                except TimeoutError:
+                    pass
+                if switched_at is None and time.monotonic() - checked > 0.2:
+                    checked = time.monotonic()
+                    if metric(server.port, live) == 1.0:
+                        switched_at = len(publisher.published)
+            publisher.stop()
+            expected = [
+                seq for seq, subject in publisher.published if seq > since and (not query or subject == finished)
+            ]
+            got += read_until(ws, lambda more: len(got) + len(more) >= len(expected))
+            with pytest.raises(TimeoutError):
+                extra = ws.recv(timeout=1.0)
+                raise AssertionError(f"an event beyond those published: {extra}")
+    assert [e["id"] for e in got] == expected  # each once, in order, none missing
+    assert all(e["type"] == events.IMPORT_FINISHED for e in got) or not query
+    assert metric(server.port, 'balcao_event_catch_ups_total{outcome="own-consumer"}') == 0.0
+
+
+def test_a_slow_client_is_cut_off_while_another_keeps_receiving(stack, clean_nats):
+    server = stack.server(EVENTS_CLIENT_BUFFER_BYTES=str(1024 * 1024))
+    # A small receive window, set before connecting, and a client that buffers one
+    # message before it stops reading: the server's buffer for it fills.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    slow = connect(
+        ws_url(server.port),
+        sock=sock,
+        additional_headers=AUTH,
+        subprotocols=["balcao.v1"],
+        max_queue=1,
+        ping_interval=None,  # only the server decides this client is gone
+        open_timeout=15,
+    )
+    fast = connect(
+        ws_url(server.port), additional_headers=AUTH, subprotocols=["balcao.v1"], max_queue=None, open_timeout=15
+    )
+    with slow, fast:
+        publish_raw(clean_nats.url, [events.to_bytes(events.event(events.IMPORT_FINISHED, n=-1))])
+        assert json.loads(slow.recv(timeout=30))["id"] == json.loads(fast.recv(timeout=30))["id"] == 1  # both live
+        chunk = events.to_bytes(events.event(events.IMPORT_FINISHED, padding="x" * 60_000))
+        # 18 MB, far more than the slow client's buffers, at a pace a reading client keeps up with.
+        publish_raw(clean_nats.url, [chunk] * 300, pause=0.01)
+        eventually(
+            lambda: metric(server.port, 'balcao_event_clients_dropped_total{reason="slow"}') == 1.0,
+            timeout=60,
+            interval=0.5,
+            message="the slow client dropped",
+        )
+        # Reading at last, the slow client finds the close code after what it was sent.
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                slow.recv(timeout=30)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4008
+        got = read_until(fast, lambda got: len(got) >= 300)
+        publish_raw(clean_nats.url, [events.to_bytes(events.event(events.IMPORT_FINISHED, n=n)) for n in range(3)])
+        got += read_until(fast, lambda more: len(got) + len(more) >= 303)
+    assert [e["id"] for e in got] == list(range(2, 305))
+    assert metric(server.port, 'balcao_event_clients_dropped_total{reason="slow"}') == 1.0
+
+
+def events_in_stream(nats_url: str, kind: str) -> int:
+    async def run() -> int:
+        import nats
+
+        nc = await nats.connect(nats_url)
+        try:
+            info = await nc.jetstream().stream_info(events.EVENTS_STREAM, subjects_filter=events.filter_subject(kind))
+            return sum((info.state.subjects or {}).values())
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    "point", ["server.events.promise_before_publish", "server.events.promise_after_publish_before_forget"]
+)
+def test_a_server_killed_between_finishing_and_forgetting_the_event_publishes_it_once(
+    stack, telegram, mongo, tmp_path, point
+):
+    fired = tmp_path / "failpoints.log"
+    crashing = stack.server(BALCAO_FAILPOINTS=f"{point}=kill", BALCAO_FAILPOINTS_LOG=str(fired))
+    stack.bot()
+    telegram.send_as_user(7901, "até logo", first_name="Lia")
+    eventually(lambda: [m for m in telegram.sent(7901) if m["text"] == REPLY], message="the reply")
+    session = mongo.sessions.find_one({"contact_identifier": "7901"})
+    try:
+        httpx.delete(f"http://127.0.0.1:{crashing.port}/v1/sessions/{session['_id']}", headers=AUTH, timeout=15)
+    except httpx.HTTPError:
+        pass  # the relay's crash may come before the finish answered; the session is deleted either way
+    eventually(lambda: fired.exists() and point in fired.read_text(), timeout=60, message="the fail point fired")
+    eventually(lambda: not crashing.running, message="the server died at the fail point")
+    assert mongo.sessions.count_documents({}) == 0
+    assert mongo.event_outbox.count_documents({}) == 1  # still promised
+    assert events_in_stream(stack.env["NATS_URL"], events.SESSION_FINISHED) == (
+        0 if point.endswith("before_publish") else 1
+    )
+
+    survivor = stack.server(HTTP_PORT=str(free_port()))  # its relay publishes the promise (again)
+    eventually(lambda: mongo.event_outbox.count_documents({}) == 0, timeout=60, message="the promise relayed")
+    got = settled_stream(survivor.port, 4)  # opened, received, sent (the reply), finished
+    finished = [e for e in got if e["type"] == events.SESSION_FINISHED]
+    assert len(finished) == 1 and finished[0]["session_id"] == str(session["_id"]), got
+    assert events_in_stream(stack.env["NATS_URL"], events.SESSION_FINISHED) == 1
+
+
+def test_an_import_that_ends_is_announced_as_one_import_finished_event(stack, mongo):
+    server = stack.server()
+    body = json.dumps(
+        [{"name": "Importada", "platform_type": "Telegram", "contact_identifier": 7951, "messages": []}]
+    ).encode()
+    with open_events(server.port, "type=import.finished") as ws:
+        response = httpx.post(
+            f"http://127.0.0.1:{server.port}/v1/imports",
+            headers=AUTH,
+            data={"channel": "@suporte"},
+            files={"file": ("sessions.json", body, "application/json")},
+            timeout=60,
+        )
+        assert response.status_code < 300, response.text
+        import_id = response.json()["id"]
+        (event,) = read_until(ws, lambda got: len(got) >= 1)
+    assert event["type"] == events.IMPORT_FINISHED and event["import"]["id"] == import_id
+    assert event["import"]["status"] == "succeeded" and event["import"]["counts"]
+    eventually(lambda: mongo.event_outbox.count_documents({}) == 0, message="the promise forgotten once published")
+    assert [e["id"] for e in settled_stream(server.port, 1)] == [event["id"]]

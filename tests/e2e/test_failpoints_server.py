@@ -35,10 +35,17 @@ def fired(log: Path, point: str) -> bool:
     return log.exists() and any(line.startswith(f"{point} ") for line in log.read_text().splitlines())
 
 
+# The crashed server's batch comes back after the intake's ack wait: the
+# shortest allowed, so a test waits seconds for it, not the default half-minute.
+ACK_WAIT = "3"
+
+
 def crash_at(stack, tmp_path: Path, point: str, action: str = "kill"):
     """A server armed to crash at `point`, and the log that says whether it did."""
     log = tmp_path / "failpoints.log"
-    server = stack.server(BALCAO_FAILPOINTS=f"{point}={action}", BALCAO_FAILPOINTS_LOG=str(log))
+    server = stack.server(
+        BALCAO_FAILPOINTS=f"{point}={action}", BALCAO_FAILPOINTS_LOG=str(log), INTAKE_ACK_WAIT=ACK_WAIT
+    )
     return server, log
 
 
@@ -79,7 +86,7 @@ def test_intake_crash_stores_and_answers_every_message_once(stack, telegram, mon
     wait_for_crash(server, log, point)
     for contact in CONTACTS:
         telegram.send_as_user(contact, texts[contact][1], first_name=f"C{contact}")
-    stack.server()  # a fresh replica; the crashed batch comes back to it after the ack wait
+    stack.server(INTAKE_ACK_WAIT=ACK_WAIT)  # a fresh replica; the crashed batch comes back to it after the ack wait
 
     def observed() -> tuple:
         return (

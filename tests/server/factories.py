@@ -1,8 +1,9 @@
-"""Test data: sessions and messages stored the way the intake stores them.
+"""Test data: sessions and messages built by the models' own builders, as the intake builds them.
 
-Factories build plain documents and insert them with pymongo into the database
-bound by `bind` (the API fixtures bind the test database), so what the server
-reads is exactly what its writers produce, derived fields included.
+Factories build documents with `Session.open_for`, `Message.inbound` and
+`Message.outbound` (so the derived fields and the fields' rules are the ones the
+server's writers get) and insert them with pymongo into the database bound by
+`bind` (the API fixtures bind the test database).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import factory
 from bson import ObjectId
 from pymongo.database import Database
 
-from server import names
+from contract import clock
 from server.conversations import preview
-from server.models import activity_key
+from server.models import Message, Session
 
 _bound: dict[str, Database] = {}
 
@@ -31,37 +32,44 @@ def _insert(collection: str, document: dict[str, Any]) -> None:
 
 def now() -> dt.datetime:
     """The current time at MongoDB's precision, so documents read back unchanged."""
-    at = dt.datetime.now(dt.UTC)
-    return at.replace(microsecond=at.microsecond // 1000 * 1000)
+    return clock.stored_now()
+
+
+def _session(
+    *,
+    id: ObjectId,
+    platform: str,
+    contact_identifier: str,
+    contact_name: str,
+    last_message_at: dt.datetime,
+    **fields: Any,
+) -> dict[str, Any]:
+    return Session.open_for(platform, contact_identifier, contact_name, last_message_at, session_id=id, **fields)
+
+
+def _message(*, id: ObjectId, session_id: ObjectId, key: str, direction: str, text: str, sent_at: dt.datetime) -> dict:
+    builder = Message.inbound if direction == "in" else Message.outbound
+    return builder(session_id, key, text, sent_at, message_id=id)
 
 
 class SessionFactory(factory.Factory):
     """An open session; `last_message_at` decides its place in the listings."""
 
     class Meta:
-        model = dict
+        model = _session
 
     id = factory.LazyFunction(ObjectId)
     platform = "telegram"
     contact_identifier = factory.Sequence(lambda n: str(700_000 + n))
-    chat_id = factory.SelfAttribute("contact_identifier")
+    chat_id = factory.SelfAttribute("contact_identifier")  # None: imported, no chat
     contact_name = factory.Faker("name", locale="pt_BR")
-    name_keys = factory.LazyAttribute(lambda o: names.search_keys(o.contact_name))
     last_message_at = factory.LazyFunction(now)
     created_at = factory.LazyAttribute(lambda o: o.last_message_at - dt.timedelta(minutes=5))
-    activity_key = factory.LazyAttribute(lambda o: activity_key(o.last_message_at, o.id))
     message_count = 1
     last_message_preview = factory.Faker("sentence", locale="pt_BR")
 
     @classmethod
-    def _adjust_kwargs(cls, **kwargs: Any) -> dict[str, Any]:
-        kwargs["_id"] = kwargs.pop("id")
-        if kwargs["chat_id"] is None:
-            del kwargs["chat_id"]  # imported sessions have no chat
-        return kwargs
-
-    @classmethod
-    def _create(cls, model_class: type, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def _create(cls, model_class: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         document = model_class(*args, **kwargs)
         _insert("sessions", document)
         return document
@@ -71,7 +79,7 @@ class MessageFactory(factory.Factory):
     """A message of `session` (a SessionFactory document), from the contact by default."""
 
     class Meta:
-        model = dict
+        model = _message
         exclude = ("session",)
 
     session = factory.SubFactory(SessionFactory)
@@ -83,12 +91,7 @@ class MessageFactory(factory.Factory):
     sent_at = factory.LazyFunction(now)
 
     @classmethod
-    def _adjust_kwargs(cls, **kwargs: Any) -> dict[str, Any]:
-        kwargs["_id"] = kwargs.pop("id")
-        return kwargs
-
-    @classmethod
-    def _create(cls, model_class: type, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def _create(cls, model_class: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         document = model_class(*args, **kwargs)
         _insert("messages", document)
         return document

@@ -101,3 +101,12 @@ def test_stream_limits_default_and_read():
     assert (settings.stream_max_bytes, settings.stream_max_age) == (0, 3600)
     with pytest.raises(ConfigError, match="STREAM_MAX_BYTES must be a whole number"):
         config.load({**VALID, "STREAM_MAX_BYTES": "1GB"})
+
+
+def test_intake_ack_wait_defaults_to_30_and_is_bounded():
+    assert config.load(VALID).intake_ack_wait == 30
+    assert config.load({**VALID, "INTAKE_ACK_WAIT": "5"}).intake_ack_wait == 5
+    for wrong in ("2", "3601"):
+        with pytest.raises(ConfigError) as error:
+            config.load({**VALID, "INTAKE_ACK_WAIT": wrong})
+        assert any("INTAKE_ACK_WAIT" in problem for problem in error.value.problems)

@@ -258,6 +258,21 @@ def test_a_body_that_is_not_a_form_is_refused(api):
     assert_serving(api)
 
 
+def test_each_operation_of_the_route_is_chosen_by_the_media_type_alone(api):
+    chunked = api.post(
+        "imports", content=b'{"channel": "@suporte"}', headers={"Content-Type": "Application/JSON ; charset=utf-8"}
+    )
+    uploaded = upload(api, b"[]")
+
+    assert (chunked.status_code, chunked.json()["mode"]) == (201, "chunks")
+    assert (uploaded.status_code, uploaded.json()["mode"]) == (202, "upload")
+    assert chunked.headers["Location"] == f"/v1/imports/{chunked.json()['id']}"
+    for content_type in ("application/jsonl", "multipart/mixed; boundary=x", ""):
+        problem(
+            api.post("imports", content=b"{}", headers={"Content-Type": content_type}), 415, "unsupported-media-type"
+        )
+
+
 def test_a_form_without_channel_or_file_is_refused(api, mongo):
     body = problem(upload(api, b"[]", channel=None), 400, "invalid-channel")
     assert "before the file" in body["detail"]
@@ -284,6 +299,18 @@ def test_channel_names_are_kept_lower_case(api):
 def test_unknown_imports_are_not_found(api):
     problem(api.get("imports/65f1c0ffee00000000000099"), 404, "import-not-found")
     problem(api.get("imports/nope"), 404, "import-not-found")
+
+
+def test_an_import_id_is_found_in_either_case_as_a_session_id_is(api):
+    job = api.post("imports", json={"channel": "@suporte"}).json()
+
+    assert api.get(f"imports/{job['id'].upper()}").json()["id"] == job["id"]
+    assert put_chunk(api, job["id"].upper(), 0, envelopes(sessions(1))).status_code == 200
+    done = api.post(f"imports/{job['id'].upper()}/complete", json={"chunks": 1})
+    assert done.json()["status"] == "succeeded"
+    assert done.headers["Location"] == f"/v1/imports/{job['id']}"
+    session_id = api.get("sessions").json()["items"][0]["id"]
+    assert api.get(f"sessions/{session_id.upper()}").json()["id"] == session_id
 
 
 def test_each_ended_import_is_announced_once(api, nats_server):

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from contract import clock
 from server.importing import jobs
 from server.importing.feed import Tally
 from server.importing.jobs import Imports
@@ -24,7 +25,7 @@ def imports(database, mongo) -> Imports:
 
 def running_job(mongo, idle_for: float, mode: str = "chunks", source: str = "sessions.csv") -> dict:
     job = jobs.create_job("@suporte", source, mode)
-    past = jobs._stored_time(jobs.utcnow() - dt.timedelta(seconds=idle_for))
+    past = clock.stored(clock.now() - dt.timedelta(seconds=idle_for))
     mongo.import_jobs.update_one({"_id": job["_id"]}, {"$set": {"last_activity_at": past, "created_at": past}})
     return mongo.import_jobs.find_one({"_id": job["_id"]})
 

@@ -1,0 +1,19 @@
+"""A local Telegram Bot API server, shaped like the documented API, for tests and the dev stack.
+
+The bot only sees ``/bot<token>/<method>``; test-only control endpoints live under ``/_test/``.
+
+- ``state``: chats, the update queue and its confirmation rules, what the bot sent and tried,
+  armed faults, the webhook;
+- ``errors``: ApiError (a Telegram-shaped refusal) and ControlError (bad test input);
+- ``flood``: Telegram's flood limits (429 with ``retry_after``);
+- ``botapi``: the Bot API methods as served to the bot, and webhook delivery;
+- ``control``: the test controls, in-process and under ``/_test/``;
+- ``server``: FakeTelegram, which holds one state and serves both over HTTP;
+- ``__main__``: ``python -m devstack.faketelegram --port P --token T``.
+"""
+
+from devstack.faketelegram.errors import ApiError, ControlError
+from devstack.faketelegram.flood import FloodControl, FloodLimits
+from devstack.faketelegram.server import FakeTelegram
+
+__all__ = ["ApiError", "ControlError", "FakeTelegram", "FloodControl", "FloodLimits"]

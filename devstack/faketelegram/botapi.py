@@ -1,0 +1,411 @@
+"""The Bot API as the bot sees it: ``/bot<token>/<method>``, answered the way Telegram answers.
+
+getMe, getUpdates (offset confirmation and long polling), sendMessage, the webhook methods,
+close and logOut; webhook delivery POSTs the queued updates to the bot in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from http import HTTPStatus
+from typing import Any
+
+import tornado.httpclient
+import tornado.httputil
+import tornado.web
+
+from devstack.faketelegram.errors import ApiError
+from devstack.faketelegram.state import TelegramState, Webhook, chat_ref
+
+log = logging.getLogger("devstack.faketelegram")
+
+JsonDict = dict[str, Any]
+ApiMethod = Callable[[JsonDict], Awaitable[Any]]
+
+MAX_TEXT_LENGTH = 4096
+MAX_UPDATES_LIMIT = 100
+PARSE_MODES = frozenset({"html", "markdown", "markdownv2"})
+SECRET_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
+
+CONFLICT_OTHER_POLL = (
+    "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
+)
+CONFLICT_WEBHOOK = (
+    "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first"
+)
+BLOCKED = "Forbidden: bot was blocked by the user"
+NOT_STARTED = "Forbidden: bot can't initiate conversation with a user"
+NOT_CHANNEL_ADMIN = "Bad Request: need administrator rights in the channel chat"
+
+
+class BotApi:
+    """The Bot API methods over a TelegramState, and the webhook sender."""
+
+    def __init__(
+        self,
+        state: TelegramState,
+        token: str,
+        *,
+        bot_username: str,
+        bot_first_name: str,
+        webhook_retry_delay: float,
+    ) -> None:
+        self.state = state
+        self.token = token
+        self.bot_user: JsonDict = {
+            "id": _bot_id(token),
+            "is_bot": True,
+            "first_name": bot_first_name,
+            "username": bot_username,
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+            "can_connect_to_business": False,
+            "has_main_web_app": False,
+        }
+        self.webhook_retry_delay = webhook_retry_delay
+        self._methods: dict[str, tuple[str, ApiMethod]] = {
+            name.lower(): (name, method)
+            for name, method in {
+                "getMe": self._get_me,
+                "getUpdates": self._get_updates,
+                "sendMessage": self._send_message,
+                "setWebhook": self._set_webhook,
+                "deleteWebhook": self._delete_webhook,
+                "getWebhookInfo": self._get_webhook_info,
+                "close": self._accept,
+                "logOut": self._accept,
+            }.items()
+        }
+        self._poll_generation = 0
+        self._active_polls = 0
+        self._closing = False
+        self._http_client: tornado.httpclient.AsyncHTTPClient | None = None
+        self._webhook_task: asyncio.Task[None] | None = None
+
+    def open(self) -> None:
+        self._http_client = tornado.httpclient.AsyncHTTPClient(force_instance=True)
+        self._closing = False
+
+    async def close(self) -> None:
+        """Ends webhook delivery and wakes every long poll, which then answers []."""
+        self._closing = True
+        self.state.signal.notify()
+        if self._webhook_task is not None:
+            self._webhook_task.cancel()
+            await asyncio.gather(self._webhook_task, return_exceptions=True)
+            self._webhook_task = None
+
+    async def polls_answered(self) -> None:
+        """Waits until every woken long poll has written its answer."""
+        while self._active_polls:
+            await asyncio.sleep(0.001)
+
+    def close_client(self) -> None:
+        if self._http_client is not None:
+            self._http_client.close()
+            self._http_client = None
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    async def call(self, token: str, method: str, params: JsonDict) -> Any:
+        """Runs one Bot API call; raises ApiError with Telegram's code and description."""
+        if token != self.token:
+            raise ApiError(HTTPStatus.UNAUTHORIZED)
+        # Telegram matches method names case-insensitively.
+        entry = self._methods.get(method.lower())
+        if entry is None:
+            raise ApiError(HTTPStatus.NOT_FOUND)
+        name, handler = entry
+        try:
+            self.state.raise_armed_fault(name, params)
+            result = await handler(params)
+        except ApiError as error:
+            self.state.record_attempt(name, params, error.error_code, error.description)
+            raise
+        self.state.record_attempt(name, params, HTTPStatus.OK, None)
+        return result
+
+    # -- methods ----------------------------------------------------------------------------
+
+    async def _get_me(self, params: JsonDict) -> JsonDict:
+        return dict(self.bot_user)
+
+    async def _accept(self, params: JsonDict) -> bool:
+        return True
+
+    async def _get_updates(self, params: JsonDict) -> list[JsonDict]:
+        if self.state.webhook is not None:
+            raise ApiError(HTTPStatus.CONFLICT, CONFLICT_WEBHOOK)
+        offset = _int_param(params, "offset")
+        limit = min(max(_int_param(params, "limit") or MAX_UPDATES_LIMIT, 1), MAX_UPDATES_LIMIT)
+        timeout = max(_int_param(params, "timeout") or 0, 0)
+        self._set_allowed_updates(_json_param(params, "allowed_updates"))
+        self.state.forget_expired()
+        first_id = self.state.confirm(offset)
+        return await self._long_poll(first_id, limit, timeout)
+
+    async def _long_poll(self, first_id: int | None, limit: int, timeout: int) -> list[JsonDict]:
+        self._poll_generation += 1
+        generation = self._poll_generation
+        # A poll still waiting is older than this one: waking it makes it answer 409.
+        self.state.signal.notify()
+        deadline = asyncio.get_running_loop().time() + timeout
+        self._active_polls += 1
+        try:
+            return await self._wait_for_updates(generation, first_id, limit, deadline)
+        finally:
+            self._active_polls -= 1
+
+    async def _wait_for_updates(
+        self, generation: int, first_id: int | None, limit: int, deadline: float
+    ) -> list[JsonDict]:
+        while True:
+            if generation != self._poll_generation:
+                raise ApiError(HTTPStatus.CONFLICT, CONFLICT_OTHER_POLL)
+            if self.state.webhook is not None:
+                raise ApiError(HTTPStatus.CONFLICT, CONFLICT_WEBHOOK)
+            batch = self.state.batch(first_id, limit)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if batch or remaining <= 0 or self._closing:
+                self.state.count_deliveries(batch)
+                return batch
+            await self.state.signal.wait(remaining)
+
+    def _set_allowed_updates(self, allowed: Any) -> None:
+        if allowed is None:
+            return
+        if not isinstance(allowed, list) or not all(isinstance(kind, str) for kind in allowed):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: can't parse allowed_updates JSON array")
+        self.state.allowed_updates = frozenset(allowed) or None
+
+    async def _send_message(self, params: JsonDict) -> JsonDict:
+        chat = self._resolve_chat(params.get("chat_id"))
+        text = _message_text(params.get("text"))
+        _check_parse_mode(params.get("parse_mode"))
+        self._check_may_post(chat)
+        self.state.flood_control.admit(chat)
+        message: JsonDict = {"message_id": self.state.next_message_id(chat["id"])}
+        # Channel posts carry the channel as sender_chat and have no "from".
+        if chat["type"] == "channel":
+            message["sender_chat"] = chat
+        else:
+            message["from"] = dict(self.bot_user)
+        message.update({"chat": chat, "date": int(time.time()), "text": text})
+        self.state.sent.append(message)
+        return copy.deepcopy(message)
+
+    def _resolve_chat(self, chat_id: Any) -> JsonDict:
+        requested = chat_ref(chat_id)
+        if requested is None:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: chat_id is empty")
+        chat = self.state.find_chat(requested)
+        if chat is None:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: chat not found")
+        return chat
+
+    def _check_may_post(self, chat: JsonDict) -> None:
+        """Telegram's refusals: a bot speaks only to users who started it and did not block
+        it, and posts only in channels where it is an administrator."""
+        if chat["type"] == "private":
+            if chat["id"] in self.state.blocked:
+                raise ApiError(HTTPStatus.FORBIDDEN, BLOCKED)
+            if chat["id"] not in self.state.started:
+                raise ApiError(HTTPStatus.FORBIDDEN, NOT_STARTED)
+        elif chat["type"] == "channel" and chat["id"] in self.state.not_admin:
+            raise ApiError(HTTPStatus.BAD_REQUEST, NOT_CHANNEL_ADMIN)
+
+    async def _set_webhook(self, params: JsonDict) -> bool:
+        url = str(params.get("url") or "")
+        if not url:
+            return await self._delete_webhook(params)
+        if not url.startswith(("https://", "http://")):
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook"
+            )
+        secret = params.get("secret_token") or None
+        if secret is not None and not SECRET_TOKEN.fullmatch(str(secret)):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: secret token contains unallowed characters")
+        self._set_allowed_updates(_json_param(params, "allowed_updates"))
+        if _bool_param(params, "drop_pending_updates"):
+            self.state.pending.clear()
+        self.state.webhook = Webhook(
+            url=url, secret_token=secret, max_connections=_int_param(params, "max_connections") or 40
+        )
+        self.state.signal.notify()
+        self._start_webhook_delivery()
+        return True
+
+    async def _delete_webhook(self, params: JsonDict) -> bool:
+        if _bool_param(params, "drop_pending_updates"):
+            self.state.pending.clear()
+        self.state.webhook = None
+        self.state.signal.notify()
+        return True
+
+    async def _get_webhook_info(self, params: JsonDict) -> JsonDict:
+        webhook = self.state.webhook
+        info: JsonDict = {
+            "url": webhook.url if webhook else "",
+            "has_custom_certificate": False,
+            "pending_update_count": len(self.state.pending),
+        }
+        if webhook is not None:
+            info["max_connections"] = webhook.max_connections
+            if webhook.last_error_date is not None:
+                info["last_error_date"] = webhook.last_error_date
+                info["last_error_message"] = webhook.last_error_message
+        if self.state.allowed_updates is not None:
+            info["allowed_updates"] = sorted(self.state.allowed_updates)
+        return info
+
+    # -- webhook delivery -------------------------------------------------------------------
+
+    def _start_webhook_delivery(self) -> None:
+        if self._webhook_task is None or self._webhook_task.done():
+            self._webhook_task = asyncio.get_running_loop().create_task(self._deliver_webhook_updates())
+
+    async def _deliver_webhook_updates(self) -> None:
+        """POSTs pending updates one at a time, in order, retrying the head until it gets a 2xx."""
+        while (webhook := self.state.webhook) is not None and not self._closing:
+            if not self.state.pending:
+                await self.state.signal.wait(None)
+                continue
+            update = self.state.pending[0]
+            if await self._post_to_webhook(webhook, update):
+                self.state.forget_delivered(update)
+            else:
+                await asyncio.sleep(self.webhook_retry_delay)
+
+    async def _post_to_webhook(self, webhook: Webhook, update: JsonDict) -> bool:
+        assert self._http_client is not None
+        headers = {"Content-Type": "application/json"}
+        if webhook.secret_token:
+            headers["X-Telegram-Bot-Api-Secret-Token"] = webhook.secret_token
+        request = tornado.httpclient.HTTPRequest(
+            webhook.url, method="POST", headers=headers, body=json.dumps(update), request_timeout=10
+        )
+        try:
+            response = await self._http_client.fetch(request, raise_error=False)
+        except (OSError, tornado.httpclient.HTTPClientError) as error:
+            webhook.record_error(f"Connection failed: {error}")
+            log.debug("webhook %s unreachable: %s", webhook.url, error)
+            return False
+        if 200 <= response.code < 300:
+            return True
+        webhook.record_error(f"Wrong response from the webhook: {response.code} {response.reason}")
+        log.debug("webhook %s answered %d", webhook.url, response.code)
+        return False
+
+
+# -- HTTP -----------------------------------------------------------------------------------
+
+
+class BotApiHandler(tornado.web.RequestHandler):
+    def initialize(self, api: BotApi) -> None:
+        self.api = api
+
+    async def get(self, token: str, method: str) -> None:
+        try:
+            result = await self.api.call(token, method, _request_params(self.request))
+        except ApiError as error:
+            self.set_status(error.error_code)
+            self.finish(error.payload())
+            return
+        self.finish({"ok": True, "result": result})
+
+    async def post(self, token: str, method: str) -> None:
+        await self.get(token, method)
+
+
+class NotFoundHandler(tornado.web.RequestHandler):
+    def prepare(self) -> None:
+        self.set_status(HTTPStatus.NOT_FOUND)
+        self.finish(ApiError(HTTPStatus.NOT_FOUND).payload())
+
+
+# -- request parsing ------------------------------------------------------------------------
+
+
+def _request_params(request: tornado.httputil.HTTPServerRequest) -> JsonDict:
+    """Query string plus body: JSON keeps its types, form fields arrive as strings.
+
+    python-telegram-bot POSTs application/x-www-form-urlencoded (multipart/form-data when it
+    uploads a file), with nested objects and lists JSON-encoded inside the field values; Tornado
+    has already split both kinds of form into ``body_arguments``.
+    """
+    params = _decode_arguments(request.query_arguments)
+    if request.headers.get("Content-Type", "").startswith("application/json"):
+        params.update(_json_body(request.body))
+    else:
+        params.update(_decode_arguments(request.body_arguments))
+    return params
+
+
+def _decode_arguments(arguments: Mapping[str, list[bytes]]) -> JsonDict:
+    return {name: values[-1].decode("utf-8", "replace") for name, values in arguments.items() if values}
+
+
+def _json_body(body: bytes) -> JsonDict:
+    if not body.strip():
+        return {}
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: can't parse JSON object") from None
+    if not isinstance(parsed, dict):
+        raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: can't parse JSON object")
+    return parsed
+
+
+def _int_param(params: JsonDict, name: str) -> int | None:
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"Bad Request: invalid {name} specified")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"Bad Request: invalid {name} specified") from None
+
+
+def _json_param(params: JsonDict, name: str) -> Any:
+    value = params.get(name)
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"Bad Request: can't parse {name} JSON object") from None
+
+
+def _bool_param(params: JsonDict, name: str) -> bool:
+    return params.get(name) in (True, 1, "true", "True", "1")
+
+
+def _message_text(text: Any) -> str:
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        text = str(text)
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: message text is empty")
+    if len(text) > MAX_TEXT_LENGTH:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: message is too long")
+    return text
+
+
+def _check_parse_mode(parse_mode: Any) -> None:
+    # The fake does not render markup: the text is stored and returned as the bot sent it.
+    if parse_mode not in (None, "") and str(parse_mode).lower() not in PARSE_MODES:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: unsupported parse_mode")
+
+
+def _bot_id(token: str) -> int:
+    prefix = token.split(":", 1)[0]
+    return int(prefix) if prefix.isdigit() else 1

@@ -1,0 +1,431 @@
+"""An upload's import, from the multipart body's bytes as they arrive to the ended import.
+
+The body is streamed: each network chunk goes through the form parser and the
+file's incremental parser, and every full batch is upserted before the next
+chunk is taken, so memory stays flat and a slow database slows the sender
+rather than filling buffers. A problem found before any record was read (wrong
+or empty file, CSV header lacking columns, missing or bad channel) refuses the
+upload and leaves no import behind; from the first record on, the import
+exists and a later problem ends it as failed, the records before it kept.
+
+The request handler (server/handlers/imports.py) owns the HTTP exchange; it
+hands the body's chunks to an Upload and answers the problems the Upload gives
+it back through the UploadClient protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from email.message import Message
+from typing import Any, Protocol, TypeVar
+
+from bson import ObjectId
+from streaming_form_data import StreamingFormDataParser
+from streaming_form_data.parser import ParseFailedException
+from streaming_form_data.targets import BaseTarget
+
+from contract.failpoints import failpoint
+from contract.importformat import CHANNEL_RULE, HEAD_BYTES, UnsupportedFileType, channel_ref, detect_kind
+from server.conversations import utcnow
+from server.importing import jobs
+from server.importing.feed import RecordFeed, Tally
+from server.importing.jobs import Imports
+from server.importing.parsers import FileFormatError, RecordLimits, open_parser
+from server.problems import ApiError, database_errors, field_error
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_FIELD_BYTES = 1024
+# The `file` part must begin within this much of the body: the channel field and
+# a preamble (which RFC 2046 allows, and which the form parser does not take, so
+# it is dropped here) are small; anything else up front is not a session file.
+MAX_PREAMBLE = 64 * 1024
+
+
+class UploadClient(Protocol):
+    """What an upload needs of the request that carries it."""
+
+    @property
+    def answered(self) -> bool:
+        """An answer has gone out."""
+
+    def refuse(self, error: ApiError) -> None:
+        """Answer `error` when the body ends (or at once if too much of it is still to come)."""
+
+    def answer_problem(self, error: ApiError) -> None:
+        """Answer `error` now, while the body may still be arriving."""
+
+    def import_location(self, job_id: ObjectId) -> str:
+        """The URL of an import's report."""
+
+    async def database(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn` on the database threads, bounded as a request's queries are."""
+
+
+def checked_channel(raw: object) -> str:
+    """The announcement target, in its one spelling (contract/importformat.py), or a 400."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise ApiError(
+            400,
+            "channel is required: a Telegram channel as @name or -100… id",
+            kind="invalid-channel",
+            errors=[field_error("channel", "required")],
+        )
+    channel = channel_ref(raw)
+    if channel is None:
+        raise ApiError(
+            400,
+            f"channel {raw.strip()[:40]!r}: {CHANNEL_RULE}",
+            kind="invalid-channel",
+            errors=[field_error("channel", CHANNEL_RULE)],
+        )
+    return channel
+
+
+class _FieldPart(BaseTarget):
+    """A short text field of the form, such as `channel`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = bytearray()
+        self.received = False
+
+    def on_data_received(self, chunk: bytes) -> None:
+        if len(self.value) <= MAX_FIELD_BYTES:
+            self.value += chunk[: MAX_FIELD_BYTES + 1 - len(self.value)]
+
+    def on_finish(self) -> None:
+        self.received = True
+
+    def text(self) -> str | None:
+        if not self.received:
+            return None
+        return self.value.decode("utf-8", errors="replace")
+
+
+class _FilePart(BaseTarget):
+    """The `file` part: holds what one network chunk brought until the upload takes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pieces: list[bytes] = []
+        self.size = 0
+        self.ended = False
+
+    @property
+    def started(self) -> bool:
+        return bool(self._started)
+
+    def on_data_received(self, chunk: bytes) -> None:
+        self.pieces.append(chunk)
+        self.size += len(chunk)
+
+    def on_finish(self) -> None:
+        self.ended = True
+
+    def take(self) -> list[bytes]:
+        pieces, self.pieces = self.pieces, []
+        return pieces
+
+
+class Upload:
+    """One multipart upload being imported while it arrives.
+
+    Its steps (`receive`, `end`, `stop`, `abandon`) take turns under one lock:
+    a shutdown or a dropped connection waits for the chunk in hand.
+    """
+
+    def __init__(
+        self,
+        client: UploadClient,
+        headers: Mapping[str, str],
+        imports: Imports,
+        limits: RecordLimits,
+        max_bytes: int,
+    ) -> None:
+        try:
+            self._form = StreamingFormDataParser(headers)
+        except ParseFailedException as exc:
+            raise ApiError(400, f"cannot read the multipart body: {exc}", kind="invalid-multipart") from exc
+        self._client = client
+        self._imports = imports
+        self._limits = limits
+        self._max_bytes = max_bytes
+        self._lock = asyncio.Lock()
+        self._received = 0  # bytes of the body
+        self._preamble: bytearray | None = bytearray()  # until the first boundary is found
+        self._delimiter = b"--" + _boundary(headers.get("Content-Type", ""))
+        self._channel_part, self._file_part = _FieldPart(), _FilePart()
+        self._form.register("channel", self._channel_part)
+        self._form.register("file", self._file_part)
+        self._channel: str | None = None
+        self._head = bytearray()
+        self._kind: str | None = None
+        self._feed: RecordFeed | None = None
+        self._job: dict[str, Any] | None = None
+        self._batches = 0
+        self._refusal: ApiError | None = None
+        self._reading = True  # the file's bytes are parsed; after a refusal or a failure, dropped
+        self._done = False  # the import has ended, or was refused before it began
+        self._started_at = utcnow()
+
+    @property
+    def running(self) -> bool:
+        """Neither ended nor refused: a dropped connection must end it."""
+        return not self._done
+
+    async def receive(self, chunk: bytes, received: int) -> None:
+        """The body's next chunk; `received` counts the body's bytes so far, this chunk's included."""
+        async with self._lock:
+            self._received = received
+            if not self._reading or self._client.answered:
+                return
+            try:
+                with database_errors():
+                    await self._receive(chunk)
+            except ApiError as error:  # the database failed: the import cannot go on
+                self._reading = False
+                self._client.answer_problem(error)
+
+    async def end(self) -> dict[str, Any]:
+        """The body has ended: read the rest, end the import and return it; ApiError if refused."""
+        async with self._lock:
+            with database_errors():
+                if self._reading:
+                    await self._pump()
+                if self._refusal is not None:
+                    raise self._refusal
+                if not self._file_part.started:
+                    missing = ["channel"] if not self._channel_part.received else []
+                    missing.append("file")
+                    raise ApiError(
+                        400,
+                        f"the form lacks the field(s) {', '.join(missing)}",
+                        kind="missing-field",
+                        errors=[field_error(name, "required") for name in missing],
+                    )
+                assert self._feed is not None
+                await self._feed.close()
+                if self._job is None and (self._feed.failure is not None or not self._file_part.size):
+                    self._done = True
+                    self._refuse_unreadable_file()
+                if self._job is None:  # a readable file without records, such as `[]`
+                    await self._save_batch(Tally())
+                job = await self._end_import(None)
+                assert job is not None
+                return job
+
+    async def stop(self) -> None:
+        """Shutdown: finish the batch in hand, end the import as failed, answer 503."""
+        async with self._lock:
+            if self._done or self._client.answered:
+                return
+            with contextlib.suppress(ApiError):
+                await self._end_early(
+                    ApiError(
+                        503,
+                        "the server is shutting down; send the file again (what is imported already stays unchanged)",
+                        kind="unavailable",
+                        headers={"Retry-After": "5"},
+                    ),
+                    "shutdown",
+                )
+
+    async def abandon(self) -> None:
+        """The client went away mid-upload: end its import as failed."""
+        async with self._lock:
+            if not self._done:
+                await self._end_import(
+                    self._stopped_at(
+                        "interrupted",
+                        "the client closed the connection before the upload ended, after "
+                        f"{self._file_part.size} bytes of the file",
+                    )
+                )
+
+    async def _receive(self, chunk: bytes) -> None:
+        if self._received > self._max_bytes:
+            await self._end_early(
+                ApiError(413, f"the upload passed the limit of {self._max_bytes} bytes", kind="payload-too-large"),
+                "too-large",
+            )
+            return
+        if (part := self._past_preamble(chunk)) is None:
+            return
+        try:
+            self._form.data_received(part)
+        except ParseFailedException as exc:
+            await self._end_early(
+                ApiError(400, f"cannot read the multipart body: {exc}", kind="invalid-multipart"),
+                "interrupted",
+                linger=True,
+            )
+            return
+        except UnicodeDecodeError as exc:
+            # The form parser decodes part headers as UTF-8, as RFC 7578 has them.
+            message = f"a part's headers are not UTF-8 text (byte 0x{exc.object[exc.start]:02x})"
+            await self._end_early(
+                ApiError(
+                    400,
+                    f"cannot read the multipart body: {message}",
+                    kind="invalid-multipart",
+                    errors=[field_error("part headers", message)],
+                ),
+                "interrupted",
+                linger=True,
+            )
+            return
+        if not self._file_part.started and self._received > MAX_PREAMBLE:
+            message = f"the file part must begin within the first {MAX_PREAMBLE} bytes of the body"
+            self._refuse(
+                ApiError(
+                    400,
+                    message + " (send only channel before it)",
+                    kind="invalid-multipart",
+                    errors=[field_error("file", message)],
+                )
+            )
+            return
+        await self._pump()
+
+    async def _pump(self) -> None:
+        """Feed the file's new bytes on: detect the format first, then parse and upsert."""
+        if not self._file_part.started or self._refusal is not None:
+            return
+        if self._channel is None:
+            try:
+                self._channel = checked_channel(self._channel_part.text())
+            except ApiError as error:
+                if not self._channel_part.received:
+                    error.detail += " (send the channel field before the file)"
+                self._refuse(error)
+                return
+        pieces = self._file_part.take()
+        if self._feed is None:
+            self._head += b"".join(pieces)
+            if len(self._head) < HEAD_BYTES and not self._file_part.ended:
+                return
+            try:
+                self._kind = detect_kind(
+                    self._file_part.multipart_filename, self._file_part.multipart_content_type, bytes(self._head)
+                )
+            except UnsupportedFileType as exc:
+                self._refuse(ApiError(415, str(exc), kind="unsupported-file-type"))
+                return
+            parser = open_parser(self._kind, self._limits)
+            self._feed = RecordFeed(self._imports.db, parser, on_batch=self._save_batch)
+            pieces, self._head = [bytes(self._head)], bytearray()
+        for piece in pieces:
+            await self._feed.feed(piece)
+            if self._feed.failure is not None:
+                self._reading = False  # the rest of the file cannot be read; answer when the body ends
+                return
+
+    def _refuse(self, error: ApiError) -> None:
+        self._reading, self._done = False, True
+        self._linger(error)
+
+    def _linger(self, error: ApiError) -> None:
+        if self._refusal is None:
+            self._refusal = error
+        self._client.refuse(error)
+
+    def _past_preamble(self, chunk: bytes) -> bytes | None:
+        """The body from its first boundary on; None while that is still to come, or refused."""
+        if self._preamble is None:
+            return chunk
+        self._preamble += chunk
+        data = bytes(self._preamble)
+        start = 0 if data.startswith(self._delimiter) else data.find(b"\r\n" + self._delimiter)
+        if start < 0:
+            if len(data) > MAX_PREAMBLE:
+                message = f"no part begins within the first {MAX_PREAMBLE} bytes of the body"
+                self._refuse(
+                    ApiError(
+                        400,
+                        f"cannot read the multipart body: {message}",
+                        kind="invalid-multipart",
+                        errors=[field_error("file", message)],
+                    )
+                )
+            return None
+        self._preamble = None
+        return data[start + 2 :] if start else data
+
+    async def _save_batch(self, batch: Tally) -> None:
+        if self._job is None:
+            self._job = await self._client.database(
+                jobs.create_job,
+                self._channel or "",
+                self._file_part.multipart_filename or "",
+                "upload",
+                self._kind,
+                self._started_at,
+            )
+            log.info("import %s started for upload %r", self._job["_id"], self._job["source"])
+        await self._client.database(jobs.save_batch, self._job["_id"], self._batches, batch)
+        failpoint("import.after_batch_record")
+        self._batches += 1
+
+    def _refuse_unreadable_file(self) -> None:
+        failure = self._feed.failure if self._feed else None
+        if not self._file_part.size or failure is None:
+            raise ApiError(422, "the file is empty", kind="empty-file", errors=[field_error("file", "empty")])
+        where = {"offset": failure.offset, "line": failure.line}
+        raise ApiError(
+            422,
+            f"the file cannot be imported: {failure.message}; nothing was imported",
+            kind="invalid-file",
+            errors=[{**field_error("file", failure.message), **where}],
+        )
+
+    async def _end_import(self, failure: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Write what was read, end the import with its report and announcement; None if none began.
+
+        A file that broke before the import ended says why it failed, whatever ended it.
+        """
+        self._reading, self._done = False, True
+        if self._feed is not None:
+            await self._feed.finish_early()
+            failure = _failure(self._feed.failure) or failure
+        if self._job is None:
+            return None
+        total = self._feed.total if self._feed is not None else Tally()
+        return await self._imports.finish(self._job["_id"], total, failure, self._file_part.size)
+
+    def _stopped_at(self, reason: str, message: str) -> dict[str, Any]:
+        return {"reason": reason, "message": message, "offset": self._file_part.size, "line": None}
+
+    async def _end_early(self, error: ApiError, reason: str, linger: bool = False) -> None:
+        """End the import before the body did: keep what is read, report it, answer.
+
+        Answered now, or with `linger` when the body ends, so that a client still
+        sending reads the answer instead of a reset.
+        """
+        job = await self._end_import(self._stopped_at(reason, error.detail))
+        if job is not None:
+            error.detail += f"; import {job['_id']} ended as failed, keeping the records read before"
+            error.headers["Location"] = self._client.import_location(job["_id"])
+        if linger:
+            self._linger(error)
+        else:
+            self._client.answer_problem(error)
+
+
+def _boundary(content_type: str) -> bytes:
+    """The multipart boundary named by the Content-Type (the form parser has checked it is there)."""
+    header = Message()
+    header["Content-Type"] = content_type
+    boundary = header.get_param("boundary")
+    return boundary.encode("latin-1", errors="replace") if isinstance(boundary, str) else b""
+
+
+def _failure(failure: FileFormatError | None) -> dict[str, Any] | None:
+    if failure is None:
+        return None
+    return {"reason": "invalid-file", "message": failure.message, "offset": failure.offset, "line": failure.line}

@@ -1,0 +1,81 @@
+"""The problems an API request can run into, as RFC 9457 documents, wherever they are found.
+
+Handlers raise them, and so does the import machinery behind them (an upload
+refused midway is answered from there): the base handlers' `write_error` is
+the one place their bodies are built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from pymongo.errors import ConnectionFailure, PyMongoError, ServerSelectionTimeoutError
+from tornado.web import HTTPError
+
+from server import failover
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(HTTPError):
+    """An HTTP error that becomes an RFC 9457 problem document.
+
+    `kind` names the problem type; `errors` lists field-level problems
+    (`{"field": ..., "message": ...}`) for validation failures.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        kind: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(status, reason=None)
+        self.detail = detail
+        self.kind = kind
+        self.errors = errors or []
+        self.headers = headers or {}
+
+
+def field_error(name: str, message: str, where: str = "body") -> dict[str, str]:
+    """An entry of a problem's `errors[]`: which field, where in the request (body, query, header), what."""
+    return {"field": name, "in": where, "message": message}
+
+
+@contextlib.contextmanager
+def database_errors() -> Iterator[None]:
+    """MongoDB out of reach is a 503 with Retry-After: the client may try again, it is no bug."""
+    try:
+        yield
+    except ServerSelectionTimeoutError as exc:  # no server to send to: before any timeout question
+        raise _unavailable(exc) from exc
+    except PyMongoError as exc:
+        if exc.timeout:
+            # QUERY_MAX_TIME_MS ran out (on the server, or while waiting for its
+            # answer). The request was valid; the server could not answer it in
+            # time, so it is the server's 503, not the client's 4xx.
+            log.warning("a request's database time ran out: %s", exc)
+            raise ApiError(
+                503,
+                "the database did not answer in time; try again shortly",
+                kind="query-timeout",
+                headers={"Retry-After": "5"},
+            ) from exc
+        # A replica set electing a primary fails writes with codes and labels, not
+        # only with lost connections; those are as temporary (server/failover.py).
+        if isinstance(exc, ConnectionFailure) or failover.is_transient(exc):
+            raise _unavailable(exc) from exc
+        raise
+
+
+def _unavailable(exc: Exception) -> ApiError:
+    log.warning("mongodb unavailable while serving a request: %s", exc)
+    return ApiError(
+        503, "the database is not answering; try again shortly", kind="unavailable", headers={"Retry-After": "5"}
+    )
