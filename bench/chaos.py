@@ -60,6 +60,10 @@ FIRST_CONTACT = 900_000
 # death can still be accepted a moment after it, by a fake slowed by the load.
 RESIDUAL_BEFORE = 5.0
 RESIDUAL_AFTER = 2.0
+# Contacts the agent keeps aside (not writing) at once, and for how long at most,
+# waiting for the intake to store all they sent before replying or finishing.
+AGENT_ASIDE = 20
+AGENT_PATIENCE = 600.0
 
 
 @dataclass
@@ -220,42 +224,58 @@ class Chaos:
             self._operate(api)
 
     def _operate(self, api: httpx.Client) -> None:
-        turn = 0
-        while not self.sending_done.is_set() and not self.stopping.is_set():
-            time.sleep(self.args.operate_every)
-            with self.ledger.lock:
-                candidates = [c for c, texts in self.ledger.open_texts.items() if texts]
-            if not candidates:
-                continue
-            contact = self.random.choice(sorted(candidates))
-            with self.ledger.lock:
-                self.ledger.paused.add(contact)
-            try:
-                session = self.quiet_session(contact)
-                if session is None:
-                    continue
-                turn += 1
-                if turn % 2:
-                    self.reply_as_agent(api, contact, session)
-                else:
-                    self.finish(api, contact, session)
-            finally:
-                with self.ledger.lock:
-                    self.ledger.paused.discard(contact)
+        """Set contacts aside, then act on whichever has all its messages stored first.
 
-    def quiet_session(self, contact: int) -> dict | None:
-        """The contact's open session once it holds everything the contact sent."""
+        The intake can lag minutes behind the load while processes are killed:
+        waiting for one contact at a time would leave the agent idle the whole
+        run (a 10,000-message run once finished no session at all). A few
+        contacts are kept aside at once (they stop writing), and each turn acts
+        on the one set aside longest whose open session holds all it sent.
+        """
+        turn = 0
+        aside: dict[int, float] = {}  # contact -> when it was set aside
+        try:
+            while not self.sending_done.is_set() and not self.stopping.is_set():
+                time.sleep(self.args.operate_every)
+                now = time.monotonic()
+                with self.ledger.lock:
+                    candidates = [c for c, texts in self.ledger.open_texts.items() if texts and c not in aside]
+                    if candidates and len(aside) < AGENT_ASIDE:
+                        contact = self.random.choice(sorted(candidates))
+                        self.ledger.paused.add(contact)
+                        aside[contact] = now
+                for contact in sorted(aside, key=aside.__getitem__):
+                    session = self.quiet_session_now(contact)
+                    if session is None and now - aside[contact] < AGENT_PATIENCE:
+                        continue
+                    del aside[contact]
+                    try:
+                        if session is not None:
+                            turn += 1
+                            if turn % 2:
+                                self.reply_as_agent(api, contact, session)
+                            else:
+                                self.finish(api, contact, session)
+                    finally:
+                        with self.ledger.lock:
+                            self.ledger.paused.discard(contact)
+                    break
+        finally:
+            with self.ledger.lock:
+                self.ledger.paused.difference_update(aside)
+
+    def quiet_session_now(self, contact: int) -> dict | None:
+        """The contact's open session if it holds everything the contact sent, else None."""
         with self.ledger.lock:
             expected = len(self.ledger.open_texts[contact])
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not self.stopping.is_set():
+        try:
             session = self.mongo.sessions.find_one({"contact_identifier": str(contact)})
-            if session is not None:
-                stored = self.mongo.messages.count_documents({"session_id": session["_id"], "direction": "in"})
-                if stored >= expected:
-                    return session
-            time.sleep(0.5)
-        return None
+            if session is None:
+                return None
+            stored = self.mongo.messages.count_documents({"session_id": session["_id"], "direction": "in"})
+        except pymongo.errors.PyMongoError:
+            return None
+        return session if stored >= expected else None
 
     def call(self, api: httpx.Client, method: str, path: str, **kwargs) -> httpx.Response | None:
         """Retry through crashes; None if the server never answered."""

@@ -337,3 +337,22 @@ def settle(nats_url: str, observe: Callable[[], Any], quiet: float = 3.0, timeou
             return current[1]
         time.sleep(0.25)
     raise AssertionError(f"the system did not settle in {timeout} s (last: {last!r})")
+
+
+def sigkill(server: Any) -> None:
+    """End a devstack server (nats-server, SecantusDB) with SIGKILL: no shutdown, no flush.
+
+    As a power cut or the OOM killer would; `server.start()` brings it back on the
+    same port and data.
+    """
+    process = server.process
+    if process is None:
+        return
+    process.kill()
+    process.wait()
+    server.process = None
+
+
+def failpoint_fired(log: Path, point: str) -> bool:
+    """Whether the fail point `point` wrote its line to the log `log` (BALCAO_FAILPOINTS_LOG)."""
+    return log.exists() and any(line.startswith(f"{point} ") for line in log.read_text().splitlines())

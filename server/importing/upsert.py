@@ -17,6 +17,7 @@ These functions block on MongoDB; callers run them through `Database.run`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ from bson import ObjectId
 from contract import clock
 from contract.failpoints import failpoint
 from server.conversations import (
+    MAX_FINISH_RACES,
+    SessionFinishedMeanwhile,
+    finished_messages,
     insert_new_messages,
     naming,
     preview,
@@ -52,6 +56,7 @@ class _ContactRecords:
     messages: dict[str, ImportedMessage] = field(default_factory=dict)  # by key, first wins
     names: list[str] = field(default_factory=list)
     source_ids: list[str | None] = field(default_factory=list)
+    session_id: ObjectId | None = None  # the session its messages were stored under
 
     def add(self, index: int, session: ImportedSession) -> None:
         keys = []
@@ -79,7 +84,7 @@ class _Change:
     fields: dict = field(default_factory=dict)
 
 
-def upsert_sessions(batch: Sequence[ImportedSession], origin: str | None = None) -> list[str]:
+def upsert_sessions(batch: Sequence[ImportedSession], origin: str | None = None, races: int = 0) -> list[str]:
     """Store a batch of validated records; return each one's outcome, in order.
 
     A record is `created` when it opened its contact's session, `updated` when
@@ -90,6 +95,10 @@ def upsert_sessions(batch: Sequence[ImportedSession], origin: str | None = None)
     `origin` names the batch (an import's chunk) in the sessions it opens, so
     the same batch sent again after a crash still reports the sessions its
     first try opened as `created`, not as `updated` or `unchanged`.
+
+    A session finished while the batch stores into it would leave its messages
+    orphans: they are taken back and stored in the contact's next session (see
+    `_store_again_after_finish`); `races` counts how often that happened.
     """
     now = clock.now()
     groups = _grouped(batch)
@@ -100,6 +109,7 @@ def upsert_sessions(batch: Sequence[ImportedSession], origin: str | None = None)
     if taken:  # another writer opened these contacts' sessions meanwhile
         existing.update(sessions_by_contact([group.contact for group in taken], _SESSION_FIELDS))
     _merge_into_existing([groups[contact] for contact in existing], existing, outcomes, origin)
+    _store_again_after_finish(batch, groups, outcomes, origin, races)
     return outcomes
 
 
@@ -166,6 +176,7 @@ def _create_sessions(
     _uncount_duplicates(messages, created, inserted)
     for index, group in enumerate(groups):
         if index not in lost:
+            group.session_id = sessions[index]["_id"]
             _judge_records(group, outcomes, opened=True)
     return [group for index, group in enumerate(groups) if index in lost]
 
@@ -193,6 +204,7 @@ def _merge_into_existing(
     documents: list[Stored] = []
     for group in groups:
         session = existing[group.contact]
+        group.session_id = session["_id"]
         change = _Change(session["_id"], session["last_message_at"])
         change.new_keys = [key for key in group.messages if key not in stored]
         # A name the bot saw comes from the contact's live profile, newer than any file.
@@ -236,6 +248,89 @@ def _merge_into_existing(
         Session.update_each(
             [(session_id, {"$set": {"message_count": counted.get(session_id, 0)}}) for session_id in recount]
         )
+
+
+def _store_again_after_finish(
+    batch: Sequence[ImportedSession],
+    groups: dict[Contact, _ContactRecords],
+    outcomes: list[str],
+    origin: str | None,
+    races: int,
+) -> None:
+    """Store again, in the contact's next session, what a finish racing the batch left astray.
+
+    The batch resolves each contact's session, then inserts its messages under
+    it; a `DELETE /v1/sessions/{id}` in between deletes the session and leaves
+    the messages inserted after it orphans, whose unique keys would block ever
+    storing them again, or sweeps them with the session without recording
+    them. Checked once the batch is written, from what is stored: each key must
+    be held by a live session or have been finished (recorded in
+    `finished_messages`: the finish saw it, as it arrived before the finish).
+    The rest are taken back (deleting by key and gone session takes only the
+    orphans) and their contacts' records go through the engine again, which
+    finds or opens the contact's next session; their outcomes replace the first
+    ones, so the report says where the records are now. Either way the outcome
+    is one a finish before or after the batch would have given: what the
+    finish saw went with it, the rest is stored as if it came after.
+
+    Checking costs one `_id` read of the sessions written under per batch; the
+    batch's keys are read back only when one of them is gone.
+    """
+    if _all_sessions_live(groups.values()):
+        return
+    owner = {key: contact for contact, group in groups.items() for key in group.messages}
+    holders = {
+        doc["key"]: doc["session_id"]
+        for doc in Message._get_collection().find({"key": {"$in": list(owner)}}, {"key": 1, "session_id": 1, "_id": 0})
+    }
+    live = {
+        doc["_id"] for doc in Session._get_collection().find({"_id": {"$in": list(set(holders.values()))}}, {"_id": 1})
+    }
+    orphans = {key: session_id for key, session_id in holders.items() if session_id not in live}
+    missing = [key for key in owner if key not in holders]
+    finished = finished_messages(missing) if missing else {}
+    astray = set(orphans) | {key for key in missing if key not in finished}
+    if not astray:
+        return
+    if orphans:
+        Message._get_collection().delete_many(
+            {"key": {"$in": list(orphans)}, "session_id": {"$in": list(set(orphans.values()))}}
+        )
+    if races >= MAX_FINISH_RACES:
+        raise SessionFinishedMeanwhile(f"{len(astray)} imported messages kept losing their session to a finish")
+    indexes = sorted(index for contact in {owner[key] for key in astray} for index in groups[contact].indexes)
+    again = [_without(batch[index], finished.keys()) for index in indexes]
+    for index, outcome in zip(indexes, upsert_sessions(again, origin, races + 1)):
+        outcomes[index] = outcome
+
+
+def _all_sessions_live(groups: Iterable[_ContactRecords]) -> bool:
+    """Whether every session the batch stored messages under is still there: one `_id` read.
+
+    The common case; only when one is gone are the batch's keys read back.
+    """
+    written = set()
+    for group in groups:
+        if group.messages:
+            if group.session_id is None:
+                return False  # lost its contact to another writer whose session then went
+            written.add(group.session_id)
+    if not written:
+        return True
+    found = Session._get_collection().count_documents({"_id": {"$in": list(written)}})
+    return found == len(written)
+
+
+def _without(session: ImportedSession, finished: Set[str]) -> ImportedSession:
+    """The record less the messages a finish took: they are not stored again."""
+    if not finished:
+        return session
+    kept = tuple(
+        message
+        for message in session.messages
+        if message_key(session.platform, session.contact_identifier, message) not in finished
+    )
+    return dataclasses.replace(session, messages=kept)
 
 
 def _judge_records(

@@ -12,12 +12,14 @@ to what is stored.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from contract import failpoints
 from server.config import DEFAULT_GOODBYE, DEFAULT_REPLY
 from tests.harness import ApiClient, eventually, settle
 
@@ -197,4 +199,57 @@ def test_chunked_import_crash_then_resume_reports_what_is_stored(
     assert report["counts"]["created"] == mongo.sessions.count_documents({}) == 10
     assert mongo.messages.count_documents({}) == 20
     counters_match_what_is_stored(mongo)
+    assert len(telegram.sent("@suporte")) == 1
+
+
+def test_sessions_finished_while_an_import_stores_into_them_lose_no_message(
+    stack, api, telegram, mongo, tmp_path, clean_nats
+):
+    """An import resolves each contact's session, then inserts its messages under it; an
+    agent's finish in between must not leave them orphans: they land in the contact's next
+    session, counted, and the chunk's report says so."""
+    telegram.add_channel("suporte")
+    point = "import.after_sessions_inserted"
+    # Its first pass is chunk 0 (contact 1 new); the second, chunk 1, is held in the window.
+    server, log = crash_at(stack, tmp_path, point, action="pause@2")
+    stack.bot()
+    job = api.post("imports", json={"channel": "@suporte", "source": "corrida.csv"}).json()
+    first = put_chunk(api.http, job["id"], 0, chunk_of(1, 1))
+    assert first is not None and first.json()["counts"]["created"] == 1, first and first.text
+    earlier = mongo.sessions.find_one({"contact_identifier": "5501"})["_id"]
+
+    # Chunk 1: contact 2 is new (its session is inserted, its messages not yet); contact 1
+    # has new messages for the session looked up above.
+    second = chunk_of(1, 2, messages=4)
+    answers: list = []
+    writer = threading.Thread(target=lambda: answers.append(put_chunk(api.http, job["id"], 1, second)))
+    writer.start()
+    eventually(lambda: fired(log, point), timeout=60, message="import held in the window")
+    opened = mongo.sessions.find_one({"contact_identifier": "5502"})["_id"]
+    for session_id in (opened, earlier):  # the agent finishes both inside the window
+        assert api.delete(f"sessions/{session_id}").status_code == 204
+    failpoints.resume(str(log), point)
+    writer.join(60)
+    assert answers and answers[0] is not None and answers[0].status_code == 200, answers
+    report = answers[0].json()
+    done = api.post(f"imports/{job['id']}/complete", json={"chunks": 2})
+    assert done.status_code == 200, done.text
+
+    def observed() -> tuple:
+        return mongo.messages.count_documents({}), mongo.sessions.count_documents({}), len(telegram.sent())
+
+    settle(clean_nats.url, observed)
+
+    live = {session["_id"]: session for session in mongo.sessions.find()}
+    orphans = [m["text"] for m in mongo.messages.find() if m["session_id"] not in live]
+    assert orphans == [], "imported messages left in finished sessions"
+    stored = sorted((live[m["session_id"]]["contact_identifier"], m["text"]) for m in mongo.messages.find())
+    # The finish came before chunk 1 stored anything: as if it had come before the chunk,
+    # the chunk's records (contact 1's earlier messages too) are in each contact's next session.
+    assert stored == sorted((f"550{r}", f"mensagem {n} de {r}") for r in (1, 2) for n in range(4))
+    assert set(live).isdisjoint({opened, earlier})  # each contact's next session
+    counters_match_what_is_stored(mongo)
+    # The chunk's report is what is stored: both records opened the session they are in now.
+    assert report["counts"] == {"received": 2, "created": 2, "updated": 0, "unchanged": 0, "rejected": 0}
+    assert len(live) == 2
     assert len(telegram.sent("@suporte")) == 1

@@ -5,14 +5,13 @@ from __future__ import annotations
 import io
 import signal
 import socket
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from cli.generate import generate_sessions, write_sessions
-from tests.harness import API_TOKEN, ROOT, eventually, outbound_messages
+from tests.harness import API_TOKEN, ROOT, eventually, outbound_messages, settle
 
 DATA = ROOT / "data"
 CHANNEL = "@suporte"
@@ -78,7 +77,9 @@ def raw_upload(port: int, body: bytes, length: int) -> socket.socket:
     return connection
 
 
-def test_json_and_csv_give_the_same_searchable_sessions_each_import_announced_once(stack, telegram, mongo, http):
+def test_json_and_csv_give_the_same_searchable_sessions_each_import_announced_once(
+    stack, telegram, mongo, http, clean_nats
+):
     telegram.add_channel(CHANNEL)
     stack.server()
     stack.bot()
@@ -102,8 +103,7 @@ def test_json_and_csv_give_the_same_searchable_sessions_each_import_announced_on
     assert 0 < kept < 600 and mongo.sessions.count_documents({}) == 300 + kept
 
     byte = f"{cut:,}".replace(",", ".")  # as written in Brazil
-    eventually(lambda: len(announcements(telegram)) >= 3, message="three announcements")
-    time.sleep(1.5)  # a repeat would have arrived by now
+    settle(clean_nats.url, lambda: (len(announcements(telegram)), mongo.outbox.count_documents({})))
     assert announcements(telegram) == [
         "Importação concluída (sessions.json): 300 sessões importadas (300 novas, 0 atualizadas, "
         "0 sem alteração), 0 rejeitadas.",

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import signal
 import time
 
-from tests.harness import eventually
+from contract import failpoints
+from tests.harness import eventually, failpoint_fired, settle, sigkill
 
 REPLY = "Reply: mensagem recebida"
 
@@ -63,59 +63,102 @@ def private_text_update(user_id: int, message_id: int, text: str) -> dict:
     }
 
 
-def test_update_delivered_twice_is_stored_and_answered_once(stack, telegram, mongo):
-    stack.server()
-    bot = stack.bot()
-    update = private_text_update(4004, 77, "primeira")
-    telegram.add_user(4004, "Rita")
-    telegram.inject_update(update)
-    eventually(lambda: replies(telegram, 4004))
+# A crashed server's batch goes to the next one after the intake's ack wait: the
+# shortest allowed, where the setting exists (elsewhere the default half-minute).
+ACK_WAIT = {"INTAKE_ACK_WAIT": "3"}
 
-    # The bot dies before confirming the update; Telegram hands it out again.
-    bot.kill()
-    telegram.inject_update(update)
+
+def test_update_delivered_twice_is_stored_and_answered_once(stack, telegram, mongo, tmp_path, clean_nats):
+    # The bot dies right after JetStream acknowledged the first of three updates in
+    # hand, before confirming any to Telegram, which hands all three out again.
+    log = tmp_path / "failpoints.log"
+    stack.server()
+    contacts = (4004, 4005, 4006)
+    for contact in contacts:
+        telegram.add_user(contact, "Rita")
+    update_ids = [telegram.inject_update(private_text_update(c, 77, f"primeira {c}"))["update_id"] for c in contacts]
+    bot = stack.bot(BALCAO_FAILPOINTS="bot.relay.after_ack_before_confirm=kill", BALCAO_FAILPOINTS_LOG=str(log))
+    eventually(lambda: not bot.running, timeout=30, message="bot killed after a JetStream ack")
+    assert failpoint_fired(log, "bot.relay.after_ack_before_confirm")
+    assert sorted(u["update_id"] for u in telegram.pending_updates()) == sorted(update_ids)
     stack.bot()
     telegram.send_as_user(4004, "segunda")
-    eventually(lambda: len(replies(telegram, 4004)) >= 2, message="reply to second message")
-    eventually(lambda: not telegram.pending_updates(), message="updates confirmed")
 
-    assert len(replies(telegram, 4004)) == 2
-    assert mongo.messages.count_documents({"text": "primeira"}) == 1
-    assert mongo.sessions.find_one({"contact_identifier": "4004"})["message_count"] == 2
+    def observed() -> tuple:
+        return mongo.messages.count_documents({}), len(telegram.sent()), len(telegram.pending_updates())
+
+    settle(clean_nats.url, observed)
+
+    assert all(telegram.deliveries(update_id) == 2 for update_id in update_ids)
+    assert not telegram.pending_updates()
+    for contact in contacts:
+        assert mongo.messages.count_documents({"text": f"primeira {contact}"}) == 1
+        owed = 2 if contact == 4004 else 1
+        assert len(replies(telegram, contact)) == owed
+        assert mongo.sessions.find_one({"contact_identifier": str(contact)})["message_count"] == owed
 
 
-def test_server_down_while_messages_arrive_loses_and_doubles_nothing(stack, telegram, mongo):
-    server = stack.server()
+def test_server_down_while_messages_arrive_loses_and_doubles_nothing(stack, telegram, mongo, tmp_path, clean_nats):
+    # The server dies with a batch in hand, its messages stored but not yet counted,
+    # answered or acknowledged; the rest keep arriving while no server runs.
+    log = tmp_path / "failpoints.log"
+    point = "server.intake.after_messages_inserted"
+    server = stack.server(BALCAO_FAILPOINTS=f"{point}=kill@2", BALCAO_FAILPOINTS_LOG=str(log), **ACK_WAIT)
     stack.bot()
-    telegram.send_as_user(5000, "aquecimento")
+    telegram.send_as_user(5000, "aquecimento")  # the fail point's first pass
     eventually(lambda: replies(telegram, 5000))
 
-    server.stop(signal.SIGKILL)
-    for n in range(50):
+    for n in range(25):
+        telegram.send_as_user(5001 + n % 5, f"mensagem {n}")
+    eventually(lambda: not server.running, timeout=30, message="server killed mid-batch")
+    assert failpoint_fired(log, point)
+    for n in range(25, 50):
         telegram.send_as_user(5001 + n % 5, f"mensagem {n}")
     eventually(lambda: not telegram.pending_updates(), message="bot relayed all to JetStream")
-    stack.server()
+    stack.server(**ACK_WAIT)
 
-    eventually(lambda: sum(len(replies(telegram, 5001 + c)) for c in range(5)) >= 50, timeout=30, message="50 replies")
-    assert mongo.messages.count_documents({"text": {"$regex": "^mensagem"}}) == 50
-    assert len({m["text"] for m in mongo.messages.find({"text": {"$regex": "^mensagem"}})}) == 50
+    def observed() -> tuple:
+        return (
+            mongo.messages.count_documents({}),
+            len(telegram.sent()),
+            sorted(s["message_count"] for s in mongo.sessions.find()),
+        )
+
+    settle(clean_nats.url, observed)
+
+    stored = [m["text"] for m in mongo.messages.find({"text": {"$regex": "^mensagem"}})]
+    assert sorted(stored) == sorted(f"mensagem {n}" for n in range(50))
     for contact in range(5):
         assert len(replies(telegram, 5001 + contact)) == 10
         assert mongo.sessions.find_one({"contact_identifier": str(5001 + contact)})["message_count"] == 10
 
 
-def test_nats_restart_mid_stream_loses_and_doubles_nothing(stack, telegram, mongo, clean_nats):
-    stack.server()
-    stack.bot()
-    for n in range(20):
+def test_nats_killed_mid_stream_loses_and_doubles_nothing(stack, telegram, mongo, tmp_path, clean_nats):
+    # nats-server is SIGKILLed while the server holds a batch it stored but has not
+    # answered or acknowledged, and while the bot has updates to relay.
+    log = tmp_path / "failpoints.log"
+    point = "server.intake.after_messages_inserted"
+    stack.server(BALCAO_FAILPOINTS=f"{point}=pause", BALCAO_FAILPOINTS_LOG=str(log), **ACK_WAIT)
+    bot = stack.bot()
+    for n in range(10):
         telegram.send_as_user(6001, f"antes {n}")
-    clean_nats.restart()
-    for n in range(20):
+    eventually(lambda: failpoint_fired(log, point), timeout=30, message="a batch in hand")
+    sigkill(clean_nats)
+    for n in range(10):
         telegram.send_as_user(6001, f"depois {n}")
+    eventually(lambda: "not relayed" in bot.log_text(), timeout=30, message="the bot relaying into a dead NATS")
+    clean_nats.start()
+    failpoints.resume(str(log), point)
 
-    eventually(lambda: len(replies(telegram, 6001)) >= 40, timeout=60, message="40 replies")
-    assert mongo.messages.count_documents({"session_id": mongo.sessions.find_one()["_id"]}) == 40
-    assert len(replies(telegram, 6001)) == 40
+    def observed() -> tuple:
+        return mongo.messages.count_documents({}), len(telegram.sent()), len(telegram.pending_updates())
+
+    settle(clean_nats.url, observed)
+
+    stored = sorted(m["text"] for m in mongo.messages.find())
+    assert stored == sorted([f"antes {n}" for n in range(10)] + [f"depois {n}" for n in range(10)])
+    assert mongo.sessions.find_one({"contact_identifier": "6001"})["message_count"] == 20
+    assert len(replies(telegram, 6001)) == 20
 
 
 def test_retry_after_is_honoured_and_blocked_chat_is_parked(stack, telegram, mongo):

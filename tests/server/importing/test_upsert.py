@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import pytest
 
@@ -244,3 +245,80 @@ def test_a_batch_retried_after_a_crash_counts_each_message_once(store, mongo, wi
     assert mongo.messages.count_documents({}) == 3
     for session in mongo.sessions.find():
         assert session["message_count"] == mongo.messages.count_documents({"session_id": session["_id"]})
+
+
+def _upsert_paused_at(point: str, batch: list[ImportedSession], log) -> tuple[threading.Thread, list]:
+    """The engine storing `batch` in a thread, held at the fail point `point` until resumed."""
+    from contract import failpoints
+
+    failpoints.configure({"BALCAO_FAILPOINTS": f"{point}=pause", "BALCAO_FAILPOINTS_LOG": str(log)})
+    outcomes: list = []
+    writer = threading.Thread(target=lambda: outcomes.extend(upsert_sessions(batch, "job-2:0")))
+    writer.start()
+    for _ in range(1500):
+        if log.exists() and f"{point} pause" in log.read_text():
+            break
+        writer.join(0.02)
+    assert log.exists() and f"{point} pause" in log.read_text(), "the engine never reached the window"
+    return writer, outcomes
+
+
+def _every_message_in_a_live_session(mongo) -> None:
+    live = {session["_id"] for session in mongo.sessions.find({}, {"_id": 1})}
+    orphans = [m["key"] for m in mongo.messages.find() if m["session_id"] not in live]
+    assert orphans == [], "messages left in finished sessions"
+    for session in mongo.sessions.find():
+        assert session["message_count"] == mongo.messages.count_documents({"session_id": session["_id"]}), session
+
+
+def test_sessions_finished_between_lookup_and_insert_lose_no_imported_message(store, mongo, tmp_path):
+    from contract import failpoints
+    from server import sessions
+
+    assert store([record("21", "Bia", ("antes", 1))]) == [CREATED]
+    earlier = mongo.sessions.find_one({"contact_identifier": "21"})["_id"]
+    batch = [record("20", "Ana", ("oi", 2), ("tudo bem?", 3)), record("21", "Bia", ("depois", 4), ("mais", 5))]
+    log = tmp_path / "failpoints"
+    try:
+        # Held after Ana's new session is inserted and Bia's open one was looked up,
+        # before either gets its messages: the agent finishes both inside the window.
+        writer, outcomes = _upsert_paused_at("import.after_sessions_inserted", batch, log)
+        opened = mongo.sessions.find_one({"contact_identifier": "20"})["_id"]
+        assert sessions.finish(opened) and sessions.finish(earlier)
+        failpoints.resume(str(log), "import.after_sessions_inserted")
+        writer.join(30)
+    finally:
+        failpoints.configure({})
+
+    assert not writer.is_alive()
+    _every_message_in_a_live_session(mongo)
+    stored = {
+        (m["text"], mongo.sessions.find_one({"_id": m["session_id"]})["contact_identifier"])
+        for m in mongo.messages.find()
+    }
+    assert stored == {("oi", "20"), ("tudo bem?", "20"), ("depois", "21"), ("mais", "21")}  # "antes" was finished
+    assert mongo.messages.count_documents({}) == 4
+    assert {s["_id"] for s in mongo.sessions.find()}.isdisjoint({opened, earlier})  # each contact's next session
+    assert outcomes == [CREATED, CREATED]  # where the records are now: both opened the contact's next session
+
+
+def test_messages_a_racing_finish_took_are_finished_not_stored_again(store, mongo, tmp_path):
+    from contract import failpoints
+    from server import sessions
+
+    log = tmp_path / "failpoints"
+    try:
+        # Held once the messages are stored: the finish sees them, as the agent did.
+        writer, outcomes = _upsert_paused_at(
+            "import.after_messages_inserted", [record("22", "Caio", ("visto", 1), ("também", 2))], log
+        )
+        assert sessions.finish(mongo.sessions.find_one({"contact_identifier": "22"})["_id"])
+        failpoints.resume(str(log), "import.after_messages_inserted")
+        writer.join(30)
+    finally:
+        failpoints.configure({})
+
+    assert not writer.is_alive()
+    assert outcomes == [CREATED]
+    assert mongo.sessions.count_documents({}) == 0 and mongo.messages.count_documents({}) == 0
+    assert mongo.finished_messages.count_documents({}) == 2
