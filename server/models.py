@@ -344,6 +344,11 @@ class MessageQuerySet(QuerySet):
             return set()
         return {doc["key"] for doc in self.filter(key__in=wanted).only("key").as_pymongo()}
 
+    def holders(self, keys: Iterable[str]) -> dict[str, ObjectId]:
+        """The session each of these stored message keys is in."""
+        found = self.filter(key__in=list(keys)).only("key", "session_id").as_pymongo()
+        return {doc["key"]: doc["session_id"] for doc in found}
+
     def counts_by_session(self, session_ids: Iterable[ObjectId]) -> dict[ObjectId, int]:
         """How many messages each of these sessions holds (absent: none); one aggregation."""
         grouped = self.filter(session_id__in=list(session_ids)).aggregate(

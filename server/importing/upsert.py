@@ -279,13 +279,8 @@ def _store_again_after_finish(
     if _all_sessions_live(groups.values()):
         return
     owner = {key: contact for contact, group in groups.items() for key in group.messages}
-    holders = {
-        doc["key"]: doc["session_id"]
-        for doc in Message._get_collection().find({"key": {"$in": list(owner)}}, {"key": 1, "session_id": 1, "_id": 0})
-    }
-    live = {
-        doc["_id"] for doc in Session._get_collection().find({"_id": {"$in": list(set(holders.values()))}}, {"_id": 1})
-    }
+    holders = Message.objects.holders(owner)
+    live = Session.objects.present(set(holders.values()))
     orphans = {key: session_id for key, session_id in holders.items() if session_id not in live}
     missing = [key for key in owner if key not in holders]
     finished = finished_messages(missing) if missing else {}
@@ -293,9 +288,7 @@ def _store_again_after_finish(
     if not astray:
         return
     if orphans:
-        Message._get_collection().delete_many(
-            {"key": {"$in": list(orphans)}, "session_id": {"$in": list(set(orphans.values()))}}
-        )
+        Message.objects(key__in=list(orphans), session_id__in=list(set(orphans.values()))).delete()
     if races >= MAX_FINISH_RACES:
         raise SessionFinishedMeanwhile(f"{len(astray)} imported messages kept losing their session to a finish")
     indexes = sorted(index for contact in {owner[key] for key in astray} for index in groups[contact].indexes)
@@ -317,8 +310,7 @@ def _all_sessions_live(groups: Iterable[_ContactRecords]) -> bool:
             written.add(group.session_id)
     if not written:
         return True
-    found = Session._get_collection().count_documents({"_id": {"$in": list(written)}})
-    return found == len(written)
+    return len(Session.objects.present(written)) == len(written)
 
 
 def _without(session: ImportedSession, finished: Set[str]) -> ImportedSession:
