@@ -51,7 +51,7 @@ run: install
 PYTEST_WORKERS ?= 2
 test: install-test lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal --cov --cov-report= --cov-fail-under=0 $(PYTEST_ARGS)
-	@echo "--- coverage of the product (server, bot, cli, contract) ---"
+	@echo "--- coverage of the product (server, bot, cli, contract, runtime) ---"
 	$(PY) -m coverage report --omit='devstack/*'
 	@echo "--- coverage of the test infrastructure (devstack, not counted) ---"
 	$(PY) -m coverage report --include='devstack/*' --fail-under=0

@@ -28,9 +28,9 @@ from pathlib import Path
 import httpx
 import nats
 
-from contract import jetstream
 from contract.messaging import OUTBOUND_SUBJECT, OutboundMessage
 from devstack.processes import NatsServer, free_port, wait_for_port
+from runtime import jetstream
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "42:bench-outbound-token"

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from contract import logs, messaging
-from contract.environment import Environment
+from contract import messaging
+from runtime import logs
+from runtime.environment import Environment
 
 DEFAULT_API_BASE = "https://api.telegram.org"
 # What setWebhook accepts as secret_token (Bot API documentation).

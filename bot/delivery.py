@@ -44,8 +44,7 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Tele
 from bot.metrics import OUTBOUND_FAILURES, OUTBOUND_PARKED, OUTBOUND_SENT
 from bot.relay import retry_seconds
 from bot.reports import report_delivery
-from contract import events, jetstream
-from contract.failpoints import failpoint
+from contract import events
 from contract.messaging import (
     DELIVERED_BUCKET,
     OUTBOUND_CONSUMER,
@@ -55,6 +54,8 @@ from contract.messaging import (
     OutboundMessage,
     PayloadError,
 )
+from runtime import jetstream
+from runtime.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from telegram.request import HTTPXRequest
 from bot import config, metrics
 from bot.delivery import SENDS_IN_FLIGHT, Delivery
 from bot.relay import Poller, Relay, register
-from contract import jetstream, lifecycle
+from runtime import jetstream, lifecycle
 
 log = logging.getLogger("bot")
 

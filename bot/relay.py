@@ -20,8 +20,8 @@ from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandl
 
 from bot.metrics import INBOUND_RELAY_FAILURES, INBOUND_RELAYED
 from contract import clock
-from contract.failpoints import failpoint
 from contract.messaging import INBOUND_SUBJECT, PLATFORM_TELEGRAM, InboundMessage
+from runtime.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from contract import logs, messaging
-from contract.environment import Environment
+from contract import messaging
 from contract.importformat import MAX_MESSAGES_PER_RECORD, MAX_RECORD_BYTES
+from runtime import logs
+from runtime.environment import Environment
 
 DEFAULT_GOODBYE = "Seu atendimento foi finalizado. Obrigado pelo contato!"
 DEFAULT_REPLY = "Reply: mensagem recebida"

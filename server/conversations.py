@@ -13,8 +13,8 @@ from typing import Any
 from bson import ObjectId
 
 from contract import clock
-from contract.failpoints import failpoint
 from contract.messaging import InboundMessage
+from runtime.failpoints import failpoint
 from server.models import DUPLICATE_KEY as DUPLICATE_KEY
 from server.models import FinishedMessage, Message, Session, Stored
 from server.models import duplicates_only as duplicates_only

@@ -26,9 +26,10 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
-from contract import clock, events, jetstream
-from contract.failpoints import failpoint
+from contract import clock, events
 from contract.messaging import DUPLICATE_WINDOW_SECONDS
+from runtime import jetstream
+from runtime.failpoints import failpoint
 from server.metrics import EVENTS_PUBLISHED
 from server.models import EventPromise, Session
 

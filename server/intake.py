@@ -18,8 +18,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from pymongo.errors import PyMongoError
 
-from contract import clock, jetstream
-from contract.failpoints import failpoint
+from contract import clock
 from contract.messaging import (
     INBOUND_CONSUMER,
     INBOUND_STREAM,
@@ -28,6 +27,8 @@ from contract.messaging import (
     OutboundMessage,
     PayloadError,
 )
+from runtime import jetstream
+from runtime.failpoints import failpoint
 from server import conversations, events
 from server.database import Database
 from server.metrics import INTAKE_LATENCY, INTAKE_RETRIES, MESSAGES_STORED

@@ -17,7 +17,7 @@ import sys
 from nats.errors import Error as NatsError
 from pymongo.errors import PyMongoError
 
-from contract import jetstream, lifecycle
+from runtime import jetstream, lifecycle
 from server import config, events, streams
 from server.app import Services, make_app
 from server.database import Database

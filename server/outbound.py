@@ -19,9 +19,10 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from pymongo.errors import PyMongoError
 
-from contract import clock, jetstream
-from contract.failpoints import failpoint
+from contract import clock
 from contract.messaging import OUTBOUND_SUBJECT, OutboundMessage
+from runtime import jetstream
+from runtime.failpoints import failpoint
 from server import events
 from server.database import Database
 from server.metrics import OUTBOUND_PUBLISHED

@@ -12,7 +12,7 @@ import logging
 import nats.errors
 from nats.js import JetStreamContext
 
-from contract import jetstream
+from runtime import jetstream
 from server.metrics import STREAM_BYTES, STREAM_FILL_RATIO, STREAM_MESSAGES
 
 log = logging.getLogger(__name__)

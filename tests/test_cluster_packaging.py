@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
-from contract.jetstream import split_urls
+from runtime.jetstream import split_urls
 from server import config as server_config
 from tests.test_packaging import COMPOSE_FILE, SCRIPTS, command, documented, environment
 

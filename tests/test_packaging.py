@@ -7,6 +7,7 @@ configuration names the code actually reads.
 
 from __future__ import annotations
 
+import ast
 import copy
 import fnmatch
 import functools
@@ -29,7 +30,7 @@ CONTAINERFILE = ROOT / "Containerfile"
 CONTAINERIGNORE = ROOT / ".containerignore"
 COMPOSE_FILE = ROOT / "podman-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
-CODE_PACKAGES = ("server", "bot", "cli", "contract")
+CODE_PACKAGES = ("server", "bot", "cli", "contract", "runtime")
 RUNTIME_EXTRAS = {"server", "bot", "cli"}
 APP_SERVICES = ("server", "bot")
 
@@ -249,7 +250,15 @@ def test_build_context_leaves_out_local_and_secret_files() -> None:
         "server/__pycache__/app.cpython-311.pyc",
     ):
         assert ignored(path, patterns), f"{path} would be sent to the build"
-    for path in ("pyproject.toml", "README.md", "server/app.py", "bot/app.py", "cli/main.py", "contract/messaging.py"):
+    for path in (
+        "pyproject.toml",
+        "README.md",
+        "server/app.py",
+        "bot/app.py",
+        "cli/main.py",
+        "contract/messaging.py",
+        "runtime/environment.py",
+    ):
         assert not ignored(path, patterns), f"{path} is needed by the build"
 
 
@@ -290,7 +299,7 @@ def test_env_example_documents_only_names_the_code_reads() -> None:
     code = code_sources()
     for package in ("server", "bot"):
         assert list((ROOT / package).rglob("*.py")), f"{package}/ has no Python source yet"
-    # contract.environment reads `NAME_FILE` for every secret NAME from an f-string.
+    # runtime.environment reads `NAME_FILE` for every secret NAME from an f-string.
     reads_file_variants = re.search(r"\{[^{}]*\}_FILE", code) is not None
 
     def read(name: str) -> bool:
@@ -303,7 +312,7 @@ def test_env_example_documents_only_names_the_code_reads() -> None:
     assert not unread, f"documented in .env.example but read nowhere in {CODE_PACKAGES}: {unread}"
 
 
-# How the processes read settings: contract.environment's Environment methods,
+# How the processes read settings: runtime.environment's Environment methods,
 # plain os.environ / os.getenv, and Click's envvar= fallbacks.
 READ_CALL = re.compile(
     r"""(?:\.(text|integer|choice|url|url_list|secret)\(|environ\.get\(|environ\[|getenv\(|envvar=)"""
@@ -568,3 +577,21 @@ def test_compose_settings_match_the_fixed_connection_names(service: str) -> None
         assert env["MONGODB_URI"] == "mongodb://balcao@mongo:27017/balcao"
     else:
         assert env["TELEGRAM_API_BASE_URL"] == documented()["TELEGRAM_API_BASE_URL"]
+
+
+def test_each_image_copies_the_first_party_packages_its_code_imports() -> None:
+    first_party = {path.parent.name for path in ROOT.glob("*/__init__.py")} - {"tests", "bench"}
+    for image in ("server", "cli"):
+        builder = stages()[venv_source(image)]
+        copied = {args.split()[0] for keyword, args in builder if keyword == "COPY"} & first_party
+        for package in sorted(copied):
+            for path in (ROOT / package).rglob("*.py"):
+                for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                    if isinstance(node, ast.Import):
+                        imported = {alias.name.split(".")[0] for alias in node.names}
+                    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                        imported = {node.module.split(".")[0]}
+                    else:
+                        continue
+                    missing = (imported & first_party) - copied
+                    assert not missing, f"the {image} image runs {path.relative_to(ROOT)}, which imports {missing}"

@@ -23,8 +23,8 @@ from tornado.httputil import HTTPServerRequest
 from tornado.routing import PathMatches, Rule
 from tornado.web import stream_request_body, url
 
-from contract.failpoints import failpoint
 from contract.importformat import CHUNK_MEDIA_TYPE, MAX_WHOLE, whole_number
+from runtime.failpoints import failpoint
 from server.handlers.base import ApiError, ApiHandler, database_errors, field_error, media_type, object_id
 from server.importing import jobs
 from server.importing.chunks import ChunkParser

@@ -28,8 +28,8 @@ from streaming_form_data.parser import ParseFailedException
 from streaming_form_data.targets import BaseTarget
 
 from contract import clock
-from contract.failpoints import failpoint
 from contract.importformat import CHANNEL_RULE, HEAD_BYTES, UnsupportedFileType, channel_ref, detect_kind
+from runtime.failpoints import failpoint
 from server.importing import jobs
 from server.importing.feed import RecordFeed, Tally
 from server.importing.jobs import Imports

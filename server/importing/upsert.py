@@ -26,7 +26,7 @@ from typing import Any
 from bson import ObjectId
 
 from contract import clock
-from contract.failpoints import failpoint
+from runtime.failpoints import failpoint
 from server.conversations import (
     MAX_FINISH_RACES,
     SessionFinishedMeanwhile,

@@ -3,7 +3,7 @@
 import pytest
 
 from bot import config
-from contract.environment import ConfigError
+from runtime.environment import ConfigError
 
 
 def test_defaults_and_base_url_for_ptb():

@@ -11,9 +11,9 @@ import pytest_asyncio
 from telegram import Bot
 
 from bot.delivery import Delivery, delivered_bucket, delivered_key
-from contract import jetstream
 from contract.messaging import OUTBOUND_SUBJECT, PARKED_STREAM, PARKED_SUBJECT, OutboundMessage
 from devstack.faketelegram import FakeTelegram
+from runtime import jetstream
 
 TOKEN = "7:delivery-test"
 

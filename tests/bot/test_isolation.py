@@ -32,9 +32,13 @@ def test_bot_imports_and_builds_without_server_dependencies():
     assert result.stdout.strip() == "Application"
 
 
-def test_no_bot_or_contract_module_imports_server_dependencies():
+def test_no_bot_contract_or_runtime_module_imports_server_dependencies():
     offenders = []
-    for path in [*ROOT.joinpath("bot").rglob("*.py"), *ROOT.joinpath("contract").rglob("*.py")]:
+    for path in [
+        *ROOT.joinpath("bot").rglob("*.py"),
+        *ROOT.joinpath("contract").rglob("*.py"),
+        *ROOT.joinpath("runtime").rglob("*.py"),
+    ]:
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.Import):

@@ -1,6 +1,6 @@
 """The server crashes exactly in each window of its exactly-once promise, and keeps it.
 
-Every test arms a fail point (contract/failpoints.py) in a real server process,
+Every test arms a fail point (runtime/failpoints.py) in a real server process,
 lets it kill the process there (SIGKILL: no cleanup), starts a fresh server,
 lets the whole system settle (JetStream has nothing pending or unacknowledged,
 the outbound stream is drained, the counts stay put), and then asserts exact
@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from contract import failpoints
+from runtime import failpoints
 from server.config import DEFAULT_GOODBYE, DEFAULT_REPLY
 from tests.harness import ApiClient, eventually, settle
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from contract import failpoints
+from runtime import failpoints
 from tests.harness import eventually, failpoint_fired, settle, sigkill
 
 REPLY = "Reply: mensagem recebida"

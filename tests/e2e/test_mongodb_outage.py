@@ -16,8 +16,8 @@ import httpx
 import pymongo
 import pytest
 
-from contract import failpoints
 from devstack.processes import SecantusServer
+from runtime import failpoints
 from tests.harness import eventually, failpoint_fired, inbound_waiting, settle
 
 REPLY = "Reply: mensagem recebida"

@@ -20,7 +20,6 @@ import nats.errors
 import pytest
 from nats.js.errors import NotFoundError
 
-from contract.jetstream import split_urls
 from contract.messaging import (
     INBOUND_CONSUMER,
     INBOUND_STREAM,
@@ -28,6 +27,7 @@ from contract.messaging import (
     OUTBOUND_STREAM,
 )
 from devstack.cluster import NatsCluster, NatsNode
+from runtime.jetstream import split_urls
 from tests.conftest import Stack
 from tests.harness import FakeTelegramClient, eventually, stack_env
 

@@ -17,8 +17,9 @@ import httpx
 import nats
 import pytest
 
-from contract import jetstream, messaging
+from contract import messaging
 from devstack.processes import NatsServer
+from runtime import jetstream
 from tests.conftest import Stack
 from tests.harness import ROOT, eventually, stack_env
 

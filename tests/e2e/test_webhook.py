@@ -11,10 +11,10 @@ import nats
 import pytest
 
 from bot import config
-from contract import jetstream
-from contract.environment import ConfigError
 from contract.messaging import INBOUND_STREAM
 from devstack.processes import free_port, wait_for_port
+from runtime import jetstream
+from runtime.environment import ConfigError
 from tests.harness import BOT_TOKEN, eventually, inbound_waiting
 
 REPLY = "Reply: mensagem recebida"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from contract.environment import ConfigError
+from runtime.environment import ConfigError
 from server import config
 
 VALID = {"API_TOKEN": "t" * 32, "MONGODB_URI": "mongodb://db/balcao", "NATS_URL": "nats://n:4222"}

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from contract import failpoints
-from contract.failpoints import FailPointError
 from contract.messaging import InboundMessage
+from runtime import failpoints
+from runtime.failpoints import FailPointError
 from server import sessions
 from server.conversations import store_inbound
 

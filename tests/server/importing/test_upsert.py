@@ -228,8 +228,8 @@ def test_an_imported_contact_writing_to_the_bot_gets_their_chat_and_name(store, 
 
 @pytest.mark.parametrize("window", ["import.after_sessions_inserted", "import.after_messages_inserted"])
 def test_a_batch_retried_after_a_crash_counts_each_message_once(store, mongo, window):
-    from contract import failpoints
-    from contract.failpoints import FailPointError
+    from runtime import failpoints
+    from runtime.failpoints import FailPointError
 
     batch = [record("11", "Ana", ("oi", 1), ("tudo bem?", 2)), record("12", "Bia", ("olá", 3))]
     failpoints.configure({"BALCAO_FAILPOINTS": f"{window}=raise"})
@@ -249,7 +249,7 @@ def test_a_batch_retried_after_a_crash_counts_each_message_once(store, mongo, wi
 
 def _upsert_paused_at(point: str, batch: list[ImportedSession], log) -> tuple[threading.Thread, list]:
     """The engine storing `batch` in a thread, held at the fail point `point` until resumed."""
-    from contract import failpoints
+    from runtime import failpoints
 
     failpoints.configure({"BALCAO_FAILPOINTS": f"{point}=pause", "BALCAO_FAILPOINTS_LOG": str(log)})
     outcomes: list = []
@@ -272,7 +272,7 @@ def _every_message_in_a_live_session(mongo) -> None:
 
 
 def test_sessions_finished_between_lookup_and_insert_lose_no_imported_message(store, mongo, tmp_path):
-    from contract import failpoints
+    from runtime import failpoints
     from server import sessions
 
     assert store([record("21", "Bia", ("antes", 1))]) == [CREATED]
@@ -303,7 +303,7 @@ def test_sessions_finished_between_lookup_and_insert_lose_no_imported_message(st
 
 
 def test_messages_a_racing_finish_took_are_finished_not_stored_again(store, mongo, tmp_path):
-    from contract import failpoints
+    from runtime import failpoints
     from server import sessions
 
     log = tmp_path / "failpoints"

@@ -10,7 +10,7 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NoStreamResponseError
 
-from contract import jetstream
+from runtime import jetstream
 
 STREAM, SUBJECT, CONSUMER = "HANDBACK", "handback.work", "handback-worker"
 

@@ -8,8 +8,9 @@ from nats.js.api import StreamConfig
 from nats.js.errors import APIError
 from prometheus_client import REGISTRY
 
-from contract import jetstream, messaging
+from contract import messaging
 from devstack.processes import NatsServer
+from runtime import jetstream
 from server import streams
 
 LIMITS = jetstream.StreamLimits(max_bytes=64 * 1024, max_age=3600)

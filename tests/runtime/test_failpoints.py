@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from contract import failpoints
-from contract.failpoints import FailPointError, failpoint
+from runtime import failpoints
+from runtime.failpoints import FailPointError, failpoint
 from tests.harness import ROOT
 
 
@@ -41,7 +41,7 @@ def test_bad_spec_is_refused_with_the_entry(spec):
 
 def test_kill_ends_the_process_with_sigkill():
     env = {**os.environ, "BALCAO_FAILPOINTS": "here=kill"}
-    code = "from contract.failpoints import failpoint; failpoint('here'); print('survived')"
+    code = "from runtime.failpoints import failpoint; failpoint('here'); print('survived')"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, timeout=60)
     assert result.returncode == -9
     assert b"survived" not in result.stdout

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from contract.lifecycle import Deadline, stop_event, until_stopped
+from runtime.lifecycle import Deadline, stop_event, until_stopped
 
 
 async def crash() -> None:

@@ -14,8 +14,8 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, TypeVar
 
-from contract import logs
-from contract.environment import ConfigError
+from runtime import logs
+from runtime.environment import ConfigError
 
 T = TypeVar("T")
 

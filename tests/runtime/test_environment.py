@@ -2,7 +2,7 @@
 
 import pytest
 
-from contract.environment import ConfigError, Environment
+from runtime.environment import ConfigError, Environment
 
 
 def test_integer_reads_default_value_and_reports_bad_ones():

@@ -7,7 +7,7 @@ import logging
 import subprocess
 import sys
 
-from contract.logs import MASK, formatter, url_credentials
+from runtime.logs import MASK, formatter, url_credentials
 from tests.harness import ROOT
 
 TOKEN = "123456:AAE-secret-bot-token_xyz"
@@ -58,7 +58,7 @@ def test_url_credentials_finds_passwords_and_bare_tokens() -> None:
 def test_configured_process_writes_json_warnings_and_masks_its_secrets() -> None:
     code = (
         "import logging, warnings\n"
-        "from contract import logs\n"
+        "from runtime import logs\n"
         f"logs.configure('info', 'json', secrets=[{TOKEN!r}])\n"
         f"logging.getLogger('x').info('token %s', {TOKEN!r})\n"
         "logging.getLogger('httpx').info('HTTP Request: POST https://api/bot.../getMe')\n"

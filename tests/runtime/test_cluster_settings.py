@@ -12,10 +12,10 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from bot import config as bot_config
-from contract import jetstream, logs
-from contract.environment import ConfigError
 from contract.messaging import INBOUND_CONSUMER, INBOUND_STREAM, INBOUND_SUBJECT, OUTBOUND_STREAM
 from devstack.cluster import NatsCluster
+from runtime import jetstream, logs
+from runtime.environment import ConfigError
 from server import config as server_config
 
 SERVER_ENV = {"API_TOKEN": "x" * 32, "MONGODB_URI": "mongodb://db/balcao"}
