@@ -1,8 +1,10 @@
-"""What the Balcão processes say to each other on the wire: NATS subjects, stream names and payloads.
+"""What Balcão's processes and tools agree on: NATS subjects, stream names, payloads, the import file format.
 
 `messaging` holds the work streams (inbound messages, outbound replies, parked and
-dead letters) and their payloads; `events` the live event stream. Standard library
-only, on purpose: the bot, the server and the tools all import it, and none of them
-may drag another's dependencies in (a test checks it). How a process connects,
-declares these streams, logs and stops is in `runtime`.
+dead letters) and their payloads; `events` the live event stream; `importformat`
+the session files (JSON, NDJSON, CSV) and the CLI's chunk envelope, read alike by
+the server and the CLI; `clock` the one way times are taken and written. Standard
+library only, on purpose: the bot, the server and the tools all import it, and
+none of them may drag another's dependencies in (a test checks it). How a process
+connects, declares these streams, logs and stops is in `runtime`.
 """
