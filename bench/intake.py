@@ -78,6 +78,19 @@ def report(name: str, latencies: list[float], elapsed: float) -> dict[str, float
     return figures
 
 
+def _process_env(nats_url: str, mongodb_uri: str, port: int, **extra: str) -> dict[str, str]:
+    """The environment a benchmarked server (and bot) starts with."""
+    return {
+        **os.environ,
+        "NATS_URL": nats_url,
+        "MONGODB_URI": mongodb_uri,
+        "HTTP_PORT": str(port),
+        "API_TOKEN": "bench-api-token-0123456789abcdef-0123456789",
+        "LOG_LEVEL": "warning",
+        **extra,
+    }
+
+
 async def balcao(
     nats_url: str, mongodb_uri: str, messages: int, contacts: int, work: Path, rate: float | None = None
 ) -> dict:
@@ -86,18 +99,15 @@ async def balcao(
     fake.flood_control.enabled = False  # measure Balcão, not Telegram's limits (bench.outbound does)
     await fake.start(port=0)
     port = free_port()
-    env = {
-        **os.environ,
-        "NATS_URL": nats_url,
-        "MONGODB_URI": mongodb_uri,
-        "HTTP_PORT": str(port),
-        "API_TOKEN": "bench-api-token-0123456789abcdef-0123456789",
-        "TELEGRAM_BOT_TOKEN": TOKEN,
-        "TELEGRAM_API_BASE_URL": fake.base_url,
-        "TELEGRAM_POLL_TIMEOUT": "10",
-        "TELEGRAM_MAX_MESSAGES_PER_SECOND": "100000",
-        "LOG_LEVEL": "warning",
-    }
+    env = _process_env(
+        nats_url,
+        mongodb_uri,
+        port,
+        TELEGRAM_BOT_TOKEN=TOKEN,
+        TELEGRAM_API_BASE_URL=fake.base_url,
+        TELEGRAM_POLL_TIMEOUT="10",
+        TELEGRAM_MAX_MESSAGES_PER_SECOND="100000",
+    )
     logs = open(work / "balcao.log", "ab")
     server = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=ROOT, stdout=logs, stderr=logs)
     bot = subprocess.Popen([sys.executable, "-m", "bot"], env=env, cwd=ROOT, stdout=logs, stderr=logs)
@@ -278,14 +288,7 @@ async def server_intake(nats_url: str, mongodb_uri: str, messages: int, contacts
     """The server alone: a burst already relayed into the inbound stream, timed until the
     server has stored every message and published every reply (no bot, no Telegram)."""
     port = free_port()
-    env = {
-        **os.environ,
-        "NATS_URL": nats_url,
-        "MONGODB_URI": mongodb_uri,
-        "HTTP_PORT": str(port),
-        "API_TOKEN": "bench-api-token-0123456789abcdef-0123456789",
-        "LOG_LEVEL": "warning",
-    }
+    env = _process_env(nats_url, mongodb_uri, port)
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     logs = open(work / "server-intake.log", "ab")

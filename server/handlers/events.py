@@ -157,12 +157,7 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
         try:
             await self.settings["event_feed"].start()
         except (NatsError, asyncio.TimeoutError) as exc:
-            raise ApiError(
-                503,
-                "the event stream is not reachable; try again shortly",
-                kind="unavailable",
-                headers={"Retry-After": "5"},
-            ) from exc
+            raise _stream_unreachable() from exc
 
     def _subprotocol_token(self) -> str | None:
         header = self.request.headers.get("Sec-WebSocket-Protocol", "")
@@ -206,12 +201,7 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
         except NotFoundError:
             return
         except (NatsError, asyncio.TimeoutError) as exc:
-            raise ApiError(
-                503,
-                "the event stream is not reachable; try again shortly",
-                kind="unavailable",
-                headers={"Retry-After": "5"},
-            ) from exc
+            raise _stream_unreachable() from exc
         first = info.state.first_seq
         if self.since + 1 < first:
             self.gone = (
@@ -382,3 +372,9 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
 default_handlers = [
     url(r"/v1/events", EventsHandler, name="events"),
 ]
+
+
+def _stream_unreachable() -> ApiError:
+    return ApiError(
+        503, "the event stream is not reachable; try again shortly", kind="unavailable", headers={"Retry-After": "5"}
+    )
