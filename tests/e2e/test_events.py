@@ -295,8 +295,12 @@ def test_server_sent_events_resume_from_last_event_id(stack, clean_nats):
 def test_a_batch_redelivered_after_its_events_were_published_adds_no_second_event(stack, telegram, tmp_path):
     fired = tmp_path / "failpoints.log"
     port = free_port()
+    # The first server creates the intake consumer, with a short ack wait: the batch comes back in seconds.
     crashing = stack.server(
-        HTTP_PORT=str(port), BALCAO_FAILPOINTS="server.events.after_published=kill", BALCAO_FAILPOINTS_LOG=str(fired)
+        HTTP_PORT=str(port),
+        INTAKE_ACK_WAIT="3",
+        BALCAO_FAILPOINTS="server.events.after_published=kill",
+        BALCAO_FAILPOINTS_LOG=str(fired),
     )
     stack.bot()
     telegram.send_as_user(7701, "só uma vez")
@@ -307,7 +311,7 @@ def test_a_batch_redelivered_after_its_events_were_published_adds_no_second_even
     )
     eventually(lambda: not crashing.running, message="the server died at the fail point")
     assert inbound_waiting(stack.env["NATS_URL"]) == 1  # stored and published, never acknowledged
-    survivor = stack.server(HTTP_PORT=str(free_port()))  # gets the batch again (after the ack wait)
+    survivor = stack.server(HTTP_PORT=str(free_port()), INTAKE_ACK_WAIT="3")  # gets the batch again
     eventually(
         lambda: inbound_waiting(stack.env["NATS_URL"]) == 0,
         timeout=90,
