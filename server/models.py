@@ -2,7 +2,8 @@
 
 Each document kind is built by one classmethod of its own (`Session.open_for`,
 `Message.inbound`, `Message.outbound`, `FinishedMessage.tombstone`,
-`OutboxEntry.for_message`, `ImportJob.start`, `ImportBatch.record`), which
+`OutboxEntry.for_message`, `ImportJob.start`, `ImportBatch.record`,
+`EventPromise.keep`), which
 fills the derived fields (activity key, name keys) and checks the document
 against its fields' own rules (defaults, `required`, `choices`, types, bounds)
 before anyone writes it; the queries live in each model's QuerySet.
@@ -19,7 +20,8 @@ would only turn back into JSON.
 Raw pymongo (`_get_collection()`) is used here only for the bulk writes of the
 intake and import hot paths, each with its reason: MongoEngine writes one
 document per call, and its `insert` is ordered and hides which documents were
-duplicates.
+duplicates; and for the one `$setOnInsert` upsert of a promised event, whose
+fields MongoEngine's `set_on_insert__` would store without their rules.
 """
 
 from __future__ import annotations
