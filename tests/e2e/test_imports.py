@@ -159,7 +159,7 @@ def test_a_client_gone_mid_upload_ends_its_import_as_failed(stack, telegram, mon
     stored = mongo.sessions.count_documents({})
     assert stored == job["counts"]["created"] > 0
     assert mongo.messages.count_documents({}) == stored  # whole sessions only: one message each
-    assert len(eventually(lambda: announced(clean_nats.url, job), message="announcement")) == 1
+    assert len(eventually(lambda: announced(clean_nats.url, job), timeout=60, message="announcement")) == 1
 
 
 def test_shutdown_mid_upload_finishes_the_batch_in_hand_and_reports(stack, telegram, mongo, clean_nats):
