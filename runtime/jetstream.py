@@ -300,7 +300,7 @@ async def hand_back(subscription: JetStreamContext.PullSubscription, lingering: 
         if not subscription.pending_msgs:
             break
         try:
-            messages = await subscription.fetch(subscription.pending_msgs + 1, timeout=0.5)
+            messages = await subscription.fetch(subscription.pending_msgs + 1, timeout=FETCH_TIMEOUT)
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
             break
         for msg in messages:
@@ -387,8 +387,10 @@ async def _keep_in_progress(messages: list[Msg], interval: float) -> None:
             log.warning("could not mark a batch in progress: %s", exc)
 
 
-# A fetch waits this long for messages; stopping is noticed between fetches.
-FETCH_TIMEOUT = 1.0
+# A fetch waits this long for messages; stopping is noticed between fetches,
+# and a shutdown waits out one fetch (its pull request may still deliver). An
+# idle consumer costs NATS one pull request per FETCH_TIMEOUT.
+FETCH_TIMEOUT = 0.25
 
 
 async def consume(
