@@ -262,8 +262,10 @@ async def _outbound_messages(url: str) -> list:
             state = (await js.stream_info(OUTBOUND_STREAM)).state
         except NotFoundError:
             return []
-        found = []
-        for sequence in range(state.first_seq, state.last_seq + 1):
+        found: list = []
+        if not state.messages:
+            return found  # an empty new stream says first 0, last 0, and 0 is no sequence
+        for sequence in range(max(state.first_seq, 1), state.last_seq + 1):
             try:
                 found.append(OutboundMessage.from_bytes((await js.get_msg(OUTBOUND_STREAM, sequence)).data))
             except NotFoundError:
