@@ -495,17 +495,27 @@ class Chaos:
             if attempt["method"] == "sendMessage" and attempt["status"] == 200:
                 accepted[(str(attempt["chat_id"]), attempt["text"])].append(attempt["at"])
         bot_kills = [at for victim, at in ledger.kill_times if victim == "bot"]
+        nats_kills = [at for victim, at in ledger.kill_times if victim == "nats-server"]
+
+        def died_before_marker(at: float, resent_at: float) -> bool:
+            """The bot was SIGKILLed after a send accepted `at` and before it was sent again,
+            while the marker could still be unwritten: within RESIDUAL_BEFORE of the
+            acceptance, or later if nats-server was killed in between (the marker write
+            retries until NATS is back)."""
+            for kill in bot_kills:
+                if not at - RESIDUAL_AFTER <= kill <= resent_at:
+                    continue
+                if kill - at <= RESIDUAL_BEFORE or any(at - RESIDUAL_AFTER <= down <= kill for down in nats_kills):
+                    return True
+            return False
 
         def tally(contact: int, text: str, owed: int, into: collections.Counter) -> None:
             got = by_chat[contact][text]
             into["missing"] += max(0, owed - got)
             surplus = max(0, got - owed)
             if surplus:
-                near_kill = sum(
-                    1
-                    for at in accepted[(str(contact), text)]
-                    if any(-RESIDUAL_AFTER <= kill - at <= RESIDUAL_BEFORE for kill in bot_kills)
-                )
+                times = sorted(accepted[(str(contact), text)])
+                near_kill = sum(died_before_marker(at, resent) for at, resent in zip(times, times[1:]))
                 into["residual"] += min(surplus, near_kill)
                 into["extra"] += max(0, surplus - near_kill)
 
