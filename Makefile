@@ -44,11 +44,12 @@ run: install
 	$(PY) -m devstack
 
 # The linters first: they take seconds, the suite minutes. Workers: the tests
-# mostly wait on child processes, so workers overlap that waiting; each starts
-# servers of its own, so more than the cores starve them. PYTEST_WORKERS=0 runs
-# them in one process. Coverage counts the product alone
+# wait on child processes about half their time, so two workers per core keep
+# the cores busy (2 to 8 workers); each starts servers of its own.
+# PYTEST_WORKERS=0 runs them in one process. Coverage counts the product alone
 # (fail_under in pyproject.toml); devstack/, the test infrastructure, is shown apart.
-PYTEST_WORKERS ?= 2
+CORES := $(shell getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+PYTEST_WORKERS ?= $(shell w=$$(( $(CORES) * 2 )); [ $$w -gt 8 ] && w=8; [ $$w -lt 2 ] && w=2; echo $$w)
 test: install-test lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal --cov --cov-report= --cov-fail-under=0 $(PYTEST_ARGS)
 	@echo "--- coverage of the product (server, bot, cli, contract, runtime) ---"

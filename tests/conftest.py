@@ -153,8 +153,8 @@ def stack(
         assert "Traceback" not in process.log_text(), process.log_text()
 
 
-# Modules that take longest, run first: `make test` hands each xdist worker half
-# the list and lets an idle worker take over the tail of the other's (worksteal),
+# Modules that take longest, run first: `make test` hands each xdist worker a
+# share of the list and lets an idle worker take over the tail of another's (worksteal),
 # so the minutes-long modules start at once and the suite ends on quick tests
 # instead of one worker finishing a long test alone. Unlisted modules keep their
 # order after these; tests of one module stay together for its module fixtures.
