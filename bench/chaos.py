@@ -497,25 +497,12 @@ class Chaos:
         bot_kills = [at for victim, at in ledger.kill_times if victim == "bot"]
         nats_kills = [at for victim, at in ledger.kill_times if victim == "nats-server"]
 
-        def died_before_marker(at: float, resent_at: float) -> bool:
-            """The bot was SIGKILLed after a send accepted `at` and before it was sent again,
-            while the marker could still be unwritten: within RESIDUAL_BEFORE of the
-            acceptance, or later if nats-server was killed in between (the marker write
-            retries until NATS is back)."""
-            for kill in bot_kills:
-                if not at - RESIDUAL_AFTER <= kill <= resent_at:
-                    continue
-                if kill - at <= RESIDUAL_BEFORE or any(at - RESIDUAL_AFTER <= down <= kill for down in nats_kills):
-                    return True
-            return False
-
         def tally(contact: int, text: str, owed: int, into: collections.Counter) -> None:
             got = by_chat[contact][text]
             into["missing"] += max(0, owed - got)
             surplus = max(0, got - owed)
             if surplus:
-                times = sorted(accepted[(str(contact), text)])
-                near_kill = sum(died_before_marker(at, resent) for at, resent in zip(times, times[1:]))
+                near_kill = residual_repeats(accepted[(str(contact), text)], bot_kills, nats_kills)
                 into["residual"] += min(surplus, near_kill)
                 into["extra"] += max(0, surplus - near_kill)
 
@@ -620,6 +607,28 @@ def ensure_ours(process: subprocess.Popen, name: str) -> None:
 
 def by_chat_name(sent: list[dict], name: str) -> list[dict]:
     return [m for m in sent if m["chat"].get("username", "").lower() == name.lstrip("@").lower()]
+
+
+def residual_repeats(accepted: list[float], bot_kills: list[float], nats_kills: list[float]) -> int:
+    """How many repeats of one send (Telegram accepted it at each of `accepted`) the residual window explains.
+
+    A repeat is the window's only if the bot was SIGKILLed after Telegram accepted
+    the send before it (up to RESIDUAL_AFTER earlier, for a request already written)
+    and before the repeat, while the delivered marker could still be unwritten:
+    within RESIDUAL_BEFORE of the acceptance, or later if nats-server was killed in
+    between (the marker write retries until NATS is back).
+    """
+
+    def died_before_marker(at: float, resent_at: float) -> bool:
+        for kill in bot_kills:
+            if not at - RESIDUAL_AFTER <= kill <= resent_at:
+                continue
+            if kill - at <= RESIDUAL_BEFORE or any(at - RESIDUAL_AFTER <= down <= kill for down in nats_kills):
+                return True
+        return False
+
+    times = sorted(accepted)
+    return sum(died_before_marker(at, resent) for at, resent in zip(times, times[1:]))
 
 
 def stream_messages(nats_url: str, stream: str) -> int:

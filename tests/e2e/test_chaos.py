@@ -48,3 +48,30 @@ def test_short_chaos_soak_loses_and_doubles_nothing(capsys) -> None:
     assert answered is not None and int(answered.group(1)) >= 1, report
     assert re.search(r"^8 passed, 0 failed$", report, re.M), report
     assert code == 0, report
+
+
+# How the soak tells the documented residual window (a bot SIGKILLed between
+# Telegram's acceptance and its delivered marker) from a real duplicate. Times in s.
+@pytest.mark.parametrize(
+    ("bot_kills", "nats_kills", "explained"),
+    [
+        ([], [], 0),  # nobody died: a repeat is a bug
+        ([101.0], [], 1),  # the bot died a second after Telegram accepted
+        ([99.0], [], 1),  # ... or just before, with the request already written
+        ([97.0], [], 0),  # died before the request: the marker was never owed
+        ([130.0], [], 0),  # died 30 s later: the marker had long been written
+        ([130.0], [110.0], 1),  # ... unless NATS was killed meanwhile and the marker waited for it
+        ([130.0], [140.0], 0),  # NATS killed after the bot: no excuse
+        ([160.0], [110.0], 0),  # died after the repeat: it did not cause it
+    ],
+)
+def test_a_repeat_is_the_residual_window_only_if_the_bot_died_before_its_marker(
+    bot_kills, nats_kills, explained
+) -> None:
+    assert chaos.residual_repeats([150.0, 100.0], bot_kills, nats_kills) == explained
+
+
+def test_each_repeat_needs_its_own_kill() -> None:
+    # Three sends of the same text, one kill: one repeat explained, the other a bug.
+    assert chaos.residual_repeats([100.0, 150.0, 200.0], [101.0], []) == 1
+    assert chaos.residual_repeats([100.0, 150.0, 200.0], [101.0, 151.0], []) == 2
