@@ -428,7 +428,7 @@ def test_an_upload_whose_server_was_killed_is_failed_by_another_replica(
     doomed = Process("server", env, tmp_path / "doomed.log", port=port).start()
     rows = b"".join(
         json.dumps({**SESSION, "contact_identifier": 5585999990000 + n}).encode() + b"\n" for n in range(600)
-    )  # more than one batch, so the import exists
+    )  # more than one batch: the first is stored while the body is still coming
     head = form_head(b"s.ndjson", b"application/x-ndjson") + rows
 
     def endless() -> Iterator[bytes]:
@@ -453,7 +453,9 @@ def test_an_upload_whose_server_was_killed_is_failed_by_another_replica(
     )
     sender.start()
     job = eventually(lambda: db.import_jobs.find_one({"status": "running", "mode": "upload"}), timeout=60)
-    doomed.popen.send_signal(signal.SIGKILL)  # mid-upload: the import is running, its body unfinished
+    # The job exists from the upload's start; its first batch is stored a moment later.
+    eventually(lambda: db.import_batches.find_one({"job_id": job["_id"]}), timeout=60, message="first batch stored")
+    doomed.popen.send_signal(signal.SIGKILL)  # mid-upload: its first batch stored, its body unfinished
     doomed.stop()
     sender.join(30)
 
