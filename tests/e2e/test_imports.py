@@ -150,7 +150,9 @@ def test_a_client_gone_mid_upload_ends_its_import_as_failed(stack, telegram, mon
     stack.server()
     content = generated_json(1100)
     connection = raw_upload(stack.http_port, form_head() + content[: len(content) * 2 // 3], len(content) + 500)
-    eventually(lambda: mongo.import_jobs.find_one(), timeout=IMPORT_START_TIMEOUT, message="import started")
+    job = eventually(lambda: mongo.import_jobs.find_one(), timeout=IMPORT_START_TIMEOUT, message="import started")
+    # The job exists from the upload's first bytes; leave once its first batch is stored.
+    eventually(lambda: mongo.import_batches.find_one({"job_id": job["_id"]}), message="first batch stored")
 
     connection.close()
 
