@@ -426,8 +426,13 @@ class CsvRecords:
 
 def read_csv_header(text: str, line: Line | None = None) -> tuple[str, type[_CsvLayout]]:
     """The delimiter and the layout a header line names; FileFormatError when it lacks columns."""
-    delimiter = _header_delimiter(text)
-    columns = _columns(text, delimiter)
+    try:
+        delimiter = _header_delimiter(text)
+        columns = _columns(text, delimiter)
+    except csv.Error as error:  # a lone carriage return, for one
+        raise FileFormatError(
+            f"unreadable CSV header: {error}", line.offset if line else 0, line.number if line else 1
+        ) from None
     layout_type = _MessageRows if "messages" not in columns and _mentions_message_columns(columns) else _SessionRows
     required = [column for column in layout_type.columns if column not in OPTIONAL_COLUMNS]
     missing = [column for column in required if column not in columns]

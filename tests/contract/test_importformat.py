@@ -179,3 +179,14 @@ def test_envelopes_read_back_and_anything_else_is_refused():
         [1],
     ):
         assert read_envelope(bad) is None
+
+
+def test_a_header_with_a_lone_carriage_return_is_a_file_format_error_at_line_1() -> None:
+    # csv raises its own Error on a bare \r inside a field; found by the parser fuzzing.
+    with pytest.raises(importformat.FileFormatError, match="unreadable CSV header") as raised:
+        importformat.read_csv_header("\r[")
+    assert raised.value.line == 1
+    parser = open_parser("csv")
+    parser.feed(b"\r[")
+    with pytest.raises(importformat.FileFormatError, match="unreadable CSV header"):
+        parser.close()
