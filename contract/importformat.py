@@ -425,7 +425,7 @@ class CsvRecords:
 
 
 def read_csv_header(text: str, line: Line | None = None) -> tuple[str, type[_CsvLayout]]:
-    """The delimiter and the layout a header line names; FileFormatError when it lacks columns."""
+    """The delimiter and the layout a header line names; FileFormatError when it lacks columns or is unreadable."""
     try:
         delimiter = _header_delimiter(text)
         columns = _columns(text, delimiter)
