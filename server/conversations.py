@@ -33,8 +33,8 @@ class StoredInbound:
     inserted: bool = False  # stored by this call, not found stored already
 
 
-def _open_sessions(batch: Sequence[InboundMessage], now: dt.datetime) -> dict[tuple[str, str], ObjectId]:
-    """Find or create the open session of every contact in the batch.
+def _open_sessions(batch: Sequence[InboundMessage], now: dt.datetime) -> dict[tuple[str, str], dict]:
+    """Find or create the open session of every contact in the batch: its id and count_version.
 
     Reads first and writes only what is missing, renamed or unreachable:
     matching sessions by `$in` on the unique contact index is index-served
@@ -44,7 +44,7 @@ def _open_sessions(batch: Sequence[InboundMessage], now: dt.datetime) -> dict[tu
     latest: dict[tuple[str, str], InboundMessage] = {}
     for message in batch:
         latest[(message.platform, message.contact_identifier)] = message  # latest name wins
-    fields = ("contact_name", "chat_id")
+    fields = ("contact_name", "chat_id", "count_version")
     sessions = sessions_by_contact(latest, fields)
     missing = [contact for contact in latest if contact not in sessions]
     if missing:
@@ -61,7 +61,7 @@ def _open_sessions(batch: Sequence[InboundMessage], now: dt.datetime) -> dict[tu
         if changes:
             updates.append((session["_id"], {"$set": changes}))
     Session.update_each(updates)
-    return {contact: session["_id"] for contact, session in sessions.items()}
+    return sessions
 
 
 naming = Session.naming
@@ -137,7 +137,10 @@ def store_inbound(batch: Sequence[InboundMessage], races: int = 0) -> list[Store
     # saw them; storing them again would open a session nobody asked for.
     finished = finished_messages(unique)
     live = {key: value for key, value in unique.items() if key not in finished}
-    sessions = _open_sessions(list(live.values()), now)
+    resolved = _open_sessions(list(live.values()), now)
+    sessions = {contact: session["_id"] for contact, session in resolved.items()}
+    # Read before the messages are stored: see Session.add_counts.
+    versions = {session["_id"]: session.get("count_version") for session in resolved.values()}
     failpoint("server.intake.after_sessions_resolved")
     done = [StoredInbound(m, key, finished[key]) for key, m in unique.items() if key in finished]
     unique = live
@@ -153,7 +156,9 @@ def store_inbound(batch: Sequence[InboundMessage], races: int = 0) -> list[Store
     ]
     inserted = insert_new_messages(documents)
     failpoint("server.intake.after_messages_inserted")
-    gone = _touch_sessions([(doc["session_id"], doc["text"]) for doc in documents if doc["key"] in inserted], now)
+    gone = _touch_sessions(
+        [(doc["session_id"], doc["text"]) for doc in documents if doc["key"] in inserted], versions, now
+    )
     failpoint("server.intake.after_sessions_updated")
     if gone:
         return _store_again_after_finish(batch, documents, inserted, gone, races)
@@ -187,11 +192,6 @@ def _store_again_after_finish(
     return store_inbound(batch, races + 1)
 
 
-def stored_counts(session_ids: Iterable[ObjectId]) -> dict[ObjectId, int]:
-    """How many messages each of these sessions holds (absent: none); one aggregation."""
-    return Message.objects.counts_by_session(session_ids)
-
-
 def _recount_sessions(session_ids: set[ObjectId], now: dt.datetime) -> None:
     """Set the counter and preview of those sessions whose counter is not what they hold.
 
@@ -201,21 +201,24 @@ def _recount_sessions(session_ids: set[ObjectId], now: dt.datetime) -> None:
     """
     if not session_ids:
         return
-    counted = stored_counts(session_ids)
-    recorded = Session.objects.message_counts(session_ids)
-    session_ids = {session_id for session_id, count in recorded.items() if count != counted.get(session_id, 0)}
     updates = []
-    for session_id in session_ids:
+    for session_id in Session.recount(session_ids):
+        update: dict[str, Any] = {"$max": Session.active_at(session_id, now)}
         latest = Message.objects.latest_text(session_id)
-        fields: dict[str, Any] = {"message_count": counted.get(session_id, 0)}
         if latest is not None:
-            fields["last_message_preview"] = preview(latest)
-        updates.append((session_id, {"$set": fields, "$max": Session.active_at(session_id, now)}))
+            update["$set"] = {"last_message_preview": preview(latest)}
+        updates.append((session_id, update))
     Session.update_each(updates)
 
 
-def _touch_sessions(new_messages: Iterable[tuple[ObjectId, str]], now: dt.datetime) -> set[ObjectId]:
-    """Count new messages in their sessions; the sessions that are gone (finished meanwhile)."""
+def _touch_sessions(
+    new_messages: Iterable[tuple[ObjectId, str]], versions: dict[ObjectId, int | None], now: dt.datetime
+) -> set[ObjectId]:
+    """Count new messages in their sessions; the sessions that are gone (finished meanwhile).
+
+    `versions` holds each session's count_version as read before the messages
+    were stored (see Session.add_counts).
+    """
     counts: dict[ObjectId, int] = {}
     last_text: dict[ObjectId, str] = {}
     for session_id, text in new_messages:
@@ -223,10 +226,11 @@ def _touch_sessions(new_messages: Iterable[tuple[ObjectId, str]], now: dt.dateti
         last_text[session_id] = text
     if not counts:
         return set()
-    matched = Session.update_each(
+    return Session.add_counts(
         [
             (
                 session_id,
+                versions.get(session_id),
                 {
                     "$inc": {"message_count": count},
                     "$max": Session.active_at(session_id, now),
@@ -236,6 +240,3 @@ def _touch_sessions(new_messages: Iterable[tuple[ObjectId, str]], now: dt.dateti
             for session_id, count in counts.items()
         ]
     )
-    if matched == len(counts):
-        return set()
-    return set(counts) - Session.objects.present(counts)

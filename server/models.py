@@ -49,6 +49,7 @@ from pymongo.errors import BulkWriteError
 
 from contract import clock
 from contract.messaging import OutboundMessage
+from runtime.failpoints import failpoint
 from server import names
 
 PREVIEW_LENGTH = 120
@@ -190,8 +191,8 @@ def _insert_unordered(document: type[Document], built: Sequence[Stored]) -> set[
     return set()
 
 
-def _update_each(document: type[Document], updates: Sequence[tuple[ObjectId, dict[str, Any]]]) -> int:
-    """Apply one update per document id in one round trip; how many documents matched.
+def _update_each(document: type[Document], updates: Sequence[tuple[dict[str, Any] | ObjectId, dict[str, Any]]]) -> int:
+    """Apply one update per document (an id, or a filter holding one) in one round trip; how many matched.
 
     Raw bulk_write: a batch's sessions are updated in one round trip, where
     MongoEngine sends one update per document.
@@ -199,7 +200,8 @@ def _update_each(document: type[Document], updates: Sequence[tuple[ObjectId, dic
     if not updates:
         return 0
     result = document._get_collection().bulk_write(
-        [UpdateOne({"_id": doc_id}, update) for doc_id, update in updates], ordered=False
+        [UpdateOne(which if isinstance(which, dict) else {"_id": which}, update) for which, update in updates],
+        ordered=False,
     )
     return result.matched_count
 
@@ -222,6 +224,18 @@ class SessionQuerySet(QuerySet):
         """The recorded `message_count` of each of these sessions that exists."""
         found = self.by_ids(session_ids).only("message_count").as_pymongo()
         return {doc["_id"]: doc.get("message_count", 0) for doc in found}
+
+    def count_states(self, session_ids: Iterable[ObjectId]) -> dict[ObjectId, tuple[int, int | None]]:
+        """The recorded `message_count` and `count_version` of each of these sessions that exists."""
+        found = self.by_ids(session_ids).only("message_count", "count_version").as_pymongo()
+        return {doc["_id"]: (doc.get("message_count", 0), doc.get("count_version")) for doc in found}
+
+    def recounted(self, session_ids: Iterable[ObjectId]) -> set[ObjectId]:
+        """Which of these sessions were recounted at least once (see Session.recount)."""
+        ids = list(session_ids)
+        if not ids:
+            return set()
+        return {doc["_id"] for doc in self.by_ids(ids).filter(count_version__exists=True).only("id").as_pymongo()}
 
     def present(self, session_ids: Iterable[ObjectId]) -> set[ObjectId]:
         """Which of these sessions exist (the others were finished)."""
@@ -251,6 +265,9 @@ class Session(Document):
     created_at = DateTimeField(required=True)
     last_message_at = DateTimeField(required=True)
     message_count = IntField(default=0, min_value=0)
+    # Bumped by each recount (Session.recount); absent until the first. A writer
+    # adds to message_count only if no recount ran since it read the session.
+    count_version = IntField(min_value=1)
     last_message_preview = StringField(default="")
     source_id = StringField()  # the `_id` a session had in an imported file
     # "<import id>:<chunk>" of the chunk that opened it: that chunk sent again after
@@ -333,6 +350,86 @@ class Session(Document):
     def update_each(cls, updates: Sequence[tuple[ObjectId, dict[str, Any]]]) -> int:
         """One update document per session id, in one round trip; how many sessions matched."""
         return _update_each(cls, updates)
+
+    # message_count is kept two ways: a writer stores messages, then adds them
+    # (`$inc`, add_counts); a recount sets it to what is stored, for messages
+    # whose writer died in between (recount). Mixed naively, either undoes the
+    # other: a recount that read the count before a writer's `$inc` and sets it
+    # after drops that increment, and a recount that counted a writer's stored
+    # messages before its `$inc` lands counts them twice. So a recount replaces
+    # the count only if it is still the one it read, and bumps count_version;
+    # a writer adds only if count_version is still the one it read before
+    # storing, and otherwise recounts. Both are single-document atomic updates.
+
+    @classmethod
+    def add_counts(cls, updates: Sequence[tuple[ObjectId, int | None, dict[str, Any]]]) -> set[ObjectId]:
+        """Apply (session id, count_version read before storing, update with an `$inc`); the sessions gone.
+
+        A session recounted since its version was read gets the update without
+        its `$inc`, then a recount: that recount may have counted the messages.
+        """
+        if not updates:
+            return set()
+        matched = _update_each(
+            cls, [({"_id": sid, "count_version": version}, update) for sid, version, update in updates]
+        )
+        if matched == len(updates):
+            return set()
+        session_ids = [session_id for session_id, _, _ in updates]
+        present = cls.objects.present(session_ids)
+        # Which of the present ones matched is not told apart: the rest of each
+        # update is idempotent (`$max`, `$set`), and a recount of a session that
+        # counts right changes nothing.
+        _update_each(cls, [(sid, _without_inc(update)) for sid, _, update in updates if sid in present])
+        cls.recount(present)
+        return set(session_ids) - present
+
+    @classmethod
+    def recount(cls, session_ids: Iterable[ObjectId]) -> set[ObjectId]:
+        """Set each session's message_count to what it holds; the sessions whose count changed.
+
+        Reads the count and version, then counts, then replaces the count only if
+        both are unchanged: a writer that added meanwhile makes it read again.
+        """
+        pending = set(session_ids)
+        changed: set[ObjectId] = set()
+        for _ in range(RECOUNT_TRIES):
+            if not pending:
+                break
+            states = cls.objects.count_states(pending)
+            held = Message.objects.counts_by_session(states)
+            failpoint("session.recount.after_counting")
+            stale = {sid: state for sid, state in states.items() if state[0] != held.get(sid, 0)}
+            if not stale:
+                break
+            updates = [
+                (
+                    {"_id": sid, "message_count": count, "count_version": version},
+                    {"$set": {"message_count": held.get(sid, 0)}, "$inc": {"count_version": 1}},
+                )
+                for sid, (count, version) in stale.items()
+            ]
+            matched = _update_each(cls, updates)
+            changed |= stale.keys()
+            if matched == len(updates):
+                break
+            pending = set(stale)  # some were written meanwhile: read them again
+        else:
+            raise RecountContended(f"{len(pending)} sessions kept changing while they were recounted")
+        return changed
+
+
+# A recount whose sessions keep changing under it reads them again this often,
+# then gives up (the batch goes back to JetStream; the API answers 503).
+RECOUNT_TRIES = 10
+
+
+class RecountContended(RuntimeError):
+    """Sessions kept being written to while they were recounted."""
+
+
+def _without_inc(update: dict[str, Any]) -> dict[str, Any]:
+    return {operator: fields for operator, fields in update.items() if operator != "$inc"}
 
 
 class MessageQuerySet(QuerySet):

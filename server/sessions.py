@@ -38,7 +38,7 @@ from pymongo import ASCENDING, DESCENDING
 
 from contract import clock
 from server import names
-from server.conversations import preview, remember_finished, stored_counts
+from server.conversations import preview, remember_finished
 from server.models import (
     Message,
     Session,
@@ -315,20 +315,27 @@ def add_agent_reply(session: dict[str, Any], text: str, idempotency_key: str | N
         earlier = Message.objects(key=key).as_pymongo().first()
         if earlier is None or earlier["session_id"] != session["_id"] or earlier["text"] != text:
             raise IdempotencyKeyReused(key) from None
-        counted = stored_counts([session["_id"]]).get(session["_id"], 0)
         touched = Session.objects(id=session["_id"]).update_one(
-            set__message_count=counted,
             max__last_message_at=earlier["sent_at"],
             max__activity_key=activity_key(earlier["sent_at"], session["_id"]),
         )
+        Session.recount([session["_id"]])
         return earlier if touched else None
-    touched = Session.objects(id=session["_id"]).update_one(
-        inc__message_count=1,
-        set__last_message_preview=preview(text),
-        max__last_message_at=now,
-        max__activity_key=activity_key(now, session["_id"]),
+    # `session` was read before the message was stored, as add_counts needs.
+    gone = Session.add_counts(
+        [
+            (
+                session["_id"],
+                session.get("count_version"),
+                {
+                    "$inc": {"message_count": 1},
+                    "$set": {"last_message_preview": preview(text)},
+                    "$max": Session.active_at(session["_id"], now),
+                },
+            )
+        ]
     )
-    if not touched:
+    if gone:
         Message.objects(id=message_id).delete()
         return None
     return message

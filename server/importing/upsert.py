@@ -35,7 +35,6 @@ from server.conversations import (
     naming,
     preview,
     sessions_by_contact,
-    stored_counts,
 )
 from server.importing.records import ImportedMessage, ImportedSession, message_key
 from server.models import Message, Session, Stored
@@ -191,7 +190,14 @@ def _uncount_duplicates(messages: list[Stored], created: set[ObjectId], inserted
     for doc in messages:
         if doc["session_id"] in created and doc["key"] not in inserted:
             skipped[doc["session_id"]] = skipped.get(doc["session_id"], 0) + 1
-    Session.update_each([(session_id, {"$inc": {"message_count": -count}}) for session_id, count in skipped.items()])
+    # New sessions have no count_version until their first recount.
+    Session.add_counts(
+        [(session_id, None, {"$inc": {"message_count": -count}}) for session_id, count in skipped.items()]
+    )
+    # A new session is written with its final count before its messages are
+    # stored: a recount in between (a concurrent import merging into it) counted
+    # fewer. Those have a count_version now, and count again.
+    Session.recount(Session.objects.recounted(created - skipped.keys()))
 
 
 def _merge_into_existing(
@@ -244,10 +250,7 @@ def _merge_into_existing(
     if recount:
         # Counted from what is stored rather than incremented: a batch retried after
         # a crash finds sessions that already count messages it had not stored yet.
-        counted = stored_counts(recount)
-        Session.update_each(
-            [(session_id, {"$set": {"message_count": counted.get(session_id, 0)}}) for session_id in recount]
-        )
+        Session.recount(recount)
 
 
 def _store_again_after_finish(

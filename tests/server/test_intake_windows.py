@@ -102,3 +102,54 @@ def test_a_message_finished_with_its_session_is_not_stored_again_when_redelivere
     # A new message from the same contact opens a new session as usual.
     store([inbound("95", 3, "nova")])
     assert mongo.sessions.find_one({"contact_identifier": "95"})["message_count"] == 1
+
+
+def _paused(log, point: str, thread: threading.Thread) -> None:
+    for _ in range(1500):
+        if log.exists() and f"{point} pause" in log.read_text():
+            return
+        thread.join(0.02)
+    raise AssertionError(f"never reached {point}")
+
+
+def test_a_message_counted_while_a_recount_counts_is_not_dropped(store, mongo, tmp_path):
+    # The server died between storing the message and counting it.
+    failpoints.configure({"BALCAO_FAILPOINTS": "server.intake.after_messages_inserted=raise"})
+    with pytest.raises(FailPointError):
+        store([inbound("71", 1, "primeira")])
+    session = mongo.sessions.find_one({"contact_identifier": "71"})
+    assert session["message_count"] == 0
+    log = tmp_path / "failpoints"
+    point = "session.recount.after_counting"
+    failpoints.configure({"BALCAO_FAILPOINTS": f"{point}=pause", "BALCAO_FAILPOINTS_LOG": str(log)})
+    # The redelivery recounts the session: it counted 1 and is held before writing it.
+    redelivery = threading.Thread(target=store, args=([inbound("71", 1, "primeira")],))
+    redelivery.start()
+    _paused(log, point, redelivery)
+    # An agent's reply is stored and counted inside that window (count 0 -> 1).
+    assert sessions.add_agent_reply(session, "resposta") is not None
+    failpoints.resume(str(log), point)
+    redelivery.join(30)
+
+    assert not redelivery.is_alive()
+    assert mongo.messages.count_documents({}) == 2
+    assert_counters_match_what_is_stored(mongo)  # 2, not the 1 the recount had counted
+
+
+def test_a_recount_inside_a_writers_window_does_not_count_its_message_twice(store, mongo, tmp_path):
+    store([inbound("72", 1, "primeira")])
+    log = tmp_path / "failpoints"
+    point = "server.intake.after_messages_inserted"
+    failpoints.configure({"BALCAO_FAILPOINTS": f"{point}=pause", "BALCAO_FAILPOINTS_LOG": str(log)})
+    # A second message is stored, and its writer is held before counting it.
+    writer = threading.Thread(target=store, args=([inbound("72", 2, "segunda")],))
+    writer.start()
+    _paused(log, point, writer)
+    # Inside that window a redelivery of the first message recounts the session: 2 stored.
+    store([inbound("72", 1, "primeira")])
+    assert mongo.sessions.find_one({"contact_identifier": "72"})["message_count"] == 2
+    failpoints.resume(str(log), point)
+    writer.join(30)
+
+    assert not writer.is_alive()
+    assert_counters_match_what_is_stored(mongo)  # 2, not 3

@@ -322,3 +322,28 @@ def test_messages_a_racing_finish_took_are_finished_not_stored_again(store, mong
     assert outcomes == [CREATED]
     assert mongo.sessions.count_documents({}) == 0 and mongo.messages.count_documents({}) == 0
     assert mongo.finished_messages.count_documents({}) == 2
+
+
+def test_a_recount_between_a_new_session_and_its_messages_does_not_leave_it_short(store, mongo, tmp_path):
+    from runtime import failpoints
+    from server.models import Session
+
+    log = tmp_path / "failpoints"
+    try:
+        # Held once the session is written with its count of 2, before its messages:
+        # another import merging into it recounts it then, and finds none stored.
+        writer, outcomes = _upsert_paused_at(
+            "import.after_sessions_inserted", [record("23", "Duda", ("um", 1), ("dois", 2))], log
+        )
+        opened = mongo.sessions.find_one({"contact_identifier": "23"})["_id"]
+        Session.recount([opened])
+        assert mongo.sessions.find_one({"_id": opened})["message_count"] == 0
+        failpoints.resume(str(log), "import.after_sessions_inserted")
+        writer.join(30)
+    finally:
+        failpoints.configure({})
+
+    assert not writer.is_alive()
+    assert outcomes == [CREATED]
+    _every_message_in_a_live_session(mongo)
+    assert mongo.sessions.find_one({"_id": opened})["message_count"] == 2
