@@ -358,3 +358,14 @@ def sigkill(server: Any) -> None:
 def failpoint_fired(log: Path, point: str) -> bool:
     """Whether the fail point `point` wrote its line to the log `log` (BALCAO_FAILPOINTS_LOG)."""
     return log.exists() and any(line.startswith(f"{point} ") for line in log.read_text().splitlines())
+
+
+def upgrade_headers(**extra: str) -> dict[str, str]:
+    """A WebSocket upgrade request's headers, to send with a plain HTTP client and read the refusal."""
+    return {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        **extra,
+    }

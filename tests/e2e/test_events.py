@@ -22,7 +22,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from contract import events
 from devstack.processes import free_port
-from tests.harness import API_TOKEN, eventually, inbound_waiting
+from tests.harness import API_TOKEN, eventually, inbound_waiting, upgrade_headers
 from tests.security.conftest import rss_bytes
 
 REPLY = "Reply: mensagem recebida"
@@ -212,48 +212,6 @@ def test_a_client_that_never_reads_is_cut_off_without_the_server_growing(stack, 
     grown = rss_bytes(server.popen.pid) - before
     raw.close()
     assert grown < 12 * 1024 * 1024, f"server grew {grown} bytes for one unread client"
-
-
-def upgrade_headers(**extra: str) -> dict[str, str]:
-    return {
-        "Upgrade": "websocket",
-        "Connection": "Upgrade",
-        "Sec-WebSocket-Version": "13",
-        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-        **extra,
-    }
-
-
-@pytest.mark.parametrize(
-    "query, headers",
-    [
-        ("", {}),
-        ("", {"Authorization": "Bearer wrong-token-0123456789"}),
-        (f"token={API_TOKEN}", {}),
-        (f"access_token={API_TOKEN}", {"Authorization": f"Bearer {API_TOKEN}"}),
-        ("", {"Sec-WebSocket-Protocol": "balcao.v1, bearer.wrong-token-0123456789"}),
-    ],
-    ids=["no-token", "wrong-token", "query-token", "query-token-beside-header", "wrong-subprotocol-token"],
-)
-def test_a_bad_or_misplaced_token_is_refused_before_the_upgrade(stack, query, headers):
-    server = stack.server()
-    response = httpx.get(
-        f"http://127.0.0.1:{server.port}/v1/events" + (f"?{query}" if query else ""),
-        headers=upgrade_headers(**headers),
-        timeout=15,
-    )
-    assert response.status_code == 401
-    assert response.headers["Content-Type"] == "application/problem+json"
-    assert response.json()["status"] == 401
-    if "token=" in query:
-        assert "query string" in response.json()["detail"]
-
-
-def test_a_browser_authenticates_with_a_subprotocol_that_is_never_echoed(stack):
-    server = stack.server()
-    with connect(ws_url(server.port), subprotocols=["balcao.v1", f"bearer.{API_TOKEN}"], open_timeout=15) as ws:
-        assert ws.subprotocol == "balcao.v1"
-        assert API_TOKEN not in str(ws.response.headers)
 
 
 def test_an_id_older_than_the_stream_keeps_gets_a_gone_close_code(stack, clean_nats):
