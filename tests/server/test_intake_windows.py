@@ -39,6 +39,19 @@ def assert_counters_match_what_is_stored(mongo) -> None:
         assert session["last_message_preview"] in latest
 
 
+def store_held_at(point: str, batch: list[InboundMessage], log) -> tuple[threading.Thread, list]:
+    """Intake storing `batch` in a thread, held at the fail point `point` until resumed."""
+    failpoints.configure({"BALCAO_FAILPOINTS": f"{point}=pause", "BALCAO_FAILPOINTS_LOG": str(log)})
+    result: list = []
+    intake = threading.Thread(target=lambda: result.extend(store_inbound(batch)))
+    intake.start()
+    for _ in range(1500):
+        if log.exists() and f"{point} pause" in log.read_text():
+            return intake, result
+        intake.join(0.02)
+    raise AssertionError(f"intake never reached {point}")
+
+
 @pytest.mark.parametrize("window", ["server.intake.after_messages_inserted", "server.intake.after_sessions_updated"])
 def test_a_crash_before_the_ack_leaves_counters_equal_to_what_is_stored(store, mongo, window):
     batch = [inbound("81", 1, "primeira"), inbound("81", 2, "segunda"), inbound("82", 3, "outra")]
@@ -60,16 +73,7 @@ def test_a_session_finished_between_lookup_and_insert_loses_no_message(store, mo
     store([inbound("91", 1, "antes")])
     session_id = mongo.sessions.find_one({"contact_identifier": "91"})["_id"]
     log = tmp_path / "failpoints"
-    failpoints.configure(
-        {"BALCAO_FAILPOINTS": "server.intake.after_sessions_resolved=pause", "BALCAO_FAILPOINTS_LOG": str(log)}
-    )
-    result: list = []
-    intake = threading.Thread(target=lambda: result.extend(store([inbound("91", 2, "durante")])))
-    intake.start()
-    for _ in range(500):
-        if log.exists() and "after_sessions_resolved pause" in log.read_text():
-            break
-        intake.join(0.02)
+    intake, result = store_held_at("server.intake.after_sessions_resolved", [inbound("91", 2, "durante")], log)
     assert sessions.finish(session_id)  # the agent finishes the session inside the window
     failpoints.resume(str(log), "server.intake.after_sessions_resolved")
     intake.join(30)
@@ -104,14 +108,6 @@ def test_a_message_finished_with_its_session_is_not_stored_again_when_redelivere
     assert mongo.sessions.find_one({"contact_identifier": "95"})["message_count"] == 1
 
 
-def _paused(log, point: str, thread: threading.Thread) -> None:
-    for _ in range(1500):
-        if log.exists() and f"{point} pause" in log.read_text():
-            return
-        thread.join(0.02)
-    raise AssertionError(f"never reached {point}")
-
-
 def test_a_message_counted_while_a_recount_counts_is_not_dropped(store, mongo, tmp_path):
     # The server died between storing the message and counting it.
     failpoints.configure({"BALCAO_FAILPOINTS": "server.intake.after_messages_inserted=raise"})
@@ -121,11 +117,8 @@ def test_a_message_counted_while_a_recount_counts_is_not_dropped(store, mongo, t
     assert session["message_count"] == 0
     log = tmp_path / "failpoints"
     point = "session.recount.after_counting"
-    failpoints.configure({"BALCAO_FAILPOINTS": f"{point}=pause", "BALCAO_FAILPOINTS_LOG": str(log)})
     # The redelivery recounts the session: it counted 1 and is held before writing it.
-    redelivery = threading.Thread(target=store, args=([inbound("71", 1, "primeira")],))
-    redelivery.start()
-    _paused(log, point, redelivery)
+    redelivery, _ = store_held_at(point, [inbound("71", 1, "primeira")], log)
     # An agent's reply is stored and counted inside that window (count 0 -> 1).
     assert sessions.add_agent_reply(session, "resposta") is not None
     failpoints.resume(str(log), point)
@@ -140,11 +133,8 @@ def test_a_recount_inside_a_writers_window_does_not_count_its_message_twice(stor
     store([inbound("72", 1, "primeira")])
     log = tmp_path / "failpoints"
     point = "server.intake.after_messages_inserted"
-    failpoints.configure({"BALCAO_FAILPOINTS": f"{point}=pause", "BALCAO_FAILPOINTS_LOG": str(log)})
     # A second message is stored, and its writer is held before counting it.
-    writer = threading.Thread(target=store, args=([inbound("72", 2, "segunda")],))
-    writer.start()
-    _paused(log, point, writer)
+    writer, _ = store_held_at(point, [inbound("72", 2, "segunda")], log)
     # Inside that window a redelivery of the first message recounts the session: 2 stored.
     store([inbound("72", 1, "primeira")])
     assert mongo.sessions.find_one({"contact_identifier": "72"})["message_count"] == 2
