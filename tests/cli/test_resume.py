@@ -22,8 +22,8 @@ from server.conversations import preview
 from server.importing.records import message_key, normalise_session
 from tests.harness import API_TOKEN, ROOT, eventually, outbound_messages
 
-SESSIONS = 3_000
-CHUNK = 200
+SESSIONS = 1_500
+CHUNK = 100
 CHANNEL = "@suporte"
 
 
