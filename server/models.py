@@ -420,7 +420,8 @@ class Session(Document):
 
 
 # A recount whose sessions keep changing under it reads them again this often,
-# then gives up (the batch goes back to JetStream; the API answers 503).
+# then gives up: intake leaves its batch to JetStream's redelivery, and an API
+# request that was recounting fails as any unexpected error does.
 RECOUNT_TRIES = 10
 
 
