@@ -375,14 +375,13 @@ class Session(Document):
         )
         if matched == len(updates):
             return set()
-        session_ids = [session_id for session_id, _, _ in updates]
-        present = cls.objects.present(session_ids)
-        # Which of the present ones matched is not told apart: the rest of each
-        # update is idempotent (`$max`, `$set`), and a recount of a session that
-        # counts right changes nothing.
-        _update_each(cls, [(sid, _without_inc(update)) for sid, _, update in updates if sid in present])
-        cls.recount(present)
-        return set(session_ids) - present
+        states = cls.objects.count_states(sid for sid, _, _ in updates)
+        # Those whose version moved were recounted (before this update, or just
+        # after it, when redoing the rest of the update and recounting is harmless).
+        recounted = [(sid, update) for sid, version, update in updates if sid in states and states[sid][1] != version]
+        _update_each(cls, [(sid, _without_inc(update)) for sid, update in recounted])
+        cls.recount(sid for sid, _ in recounted)
+        return {sid for sid, _, _ in updates if sid not in states}
 
     @classmethod
     def recount(cls, session_ids: Iterable[ObjectId]) -> set[ObjectId]:
