@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from devstack.processes import free_port, wait_for_port
+from devstack.processes import free_port, unmeasured_environ, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BOT_TOKEN = "123456:TEST-token-for-the-fake-bot-api"
@@ -23,9 +23,14 @@ API_TOKEN = "test-api-token-0123456789abcdef-0123456789"
 
 
 def eventually(
-    check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, message: str = "condition"
+    check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.2, message: str = "condition"
 ) -> Any:
-    """Poll until `check()` returns something truthy; its last value on success."""
+    """Poll until `check()` returns something truthy; its last value on success.
+
+    Checks read the database, NATS or the fake Bot API, each a round trip that
+    costs those servers CPU: five a second keep a test responsive, and the
+    workers that share the cores busy with tests instead of polls.
+    """
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -44,10 +49,16 @@ class Process:
     env: dict[str, str]
     log_path: Path
     port: int | None = None
+    # False for a process the test will SIGKILL: coverage saves what it measured
+    # at exit, so tracing one that never exits cleanly only costs CPU. A fail
+    # point armed to kill says so on its own.
+    measured: bool = True
     popen: subprocess.Popen | None = field(default=None, init=False)
 
     def start(self) -> Process:
-        environ = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        measured = self.measured and "=kill" not in self.env.get("BALCAO_FAILPOINTS", "")
+        extra = {**self.env, "PYTHONUNBUFFERED": "1"}
+        environ = {**os.environ, **extra} if measured else unmeasured_environ(**extra)
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", self.module], env=environ, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
