@@ -45,7 +45,7 @@ from pathlib import Path
 import httpx
 import pymongo
 
-from devstack.processes import NatsServer, SecantusServer, free_port, wait_for_port
+from devstack.processes import NatsServer, SecantusServer, free_port, unmeasured_environ, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BOT_TOKEN = "77:chaos-bot-token"
@@ -84,7 +84,9 @@ class Service:
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
+                # Run under the suite, coverage would trace a process that ends by
+                # SIGKILL and so never saves what it measured.
+                env=unmeasured_environ(**self.env, PYTHONUNBUFFERED="1"),
             )
         if self.port:
             wait_for_port(self.port, 60, self.popen)
@@ -153,6 +155,7 @@ class Chaos:
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=unmeasured_environ(),
             )
         wait_for_port(telegram_port, 30, self.fake)
         self.telegram_url = f"http://127.0.0.1:{telegram_port}"
@@ -350,7 +353,7 @@ class Chaos:
             "--state-dir",
             str(self.work / "import-state"),
         ]
-        env = {**os.environ, "BALCAO_API_URL": self.api_url, "BALCAO_API_TOKEN": API_TOKEN}
+        env = unmeasured_environ(BALCAO_API_URL=self.api_url, BALCAO_API_TOKEN=API_TOKEN)
         time.sleep(5)
         state = self.work / "import-state"
         done = None

@@ -115,16 +115,21 @@ class Stack:
         self.processes: list[Process] = []
         self.http_port = free_port()
 
-    def server(self, *, wait: bool = True, **extra: str) -> Process:
-        """Start a server; unless `wait` is False, return once its HTTP port is open."""
+    def server(self, *, wait: bool = True, measured: bool = True, **extra: str) -> Process:
+        """Start a server; unless `wait` is False, return once its HTTP port is open.
+
+        `measured=False` for one the test SIGKILLs (see `Process.measured`).
+        """
         env = {**self.env, "HTTP_PORT": str(self.http_port), **extra}
         port = int(env["HTTP_PORT"])
-        process = Process("server", env, self.logs / f"server-{port}.log", port=port if wait else None)
+        process = Process(
+            "server", env, self.logs / f"server-{port}.log", port=port if wait else None, measured=measured
+        )
         self.processes.append(process)
         return process.start()
 
-    def bot(self, **extra: str) -> Process:
-        process = Process("bot", {**self.env, **extra}, self.logs / "bot.log")
+    def bot(self, *, measured: bool = True, **extra: str) -> Process:
+        process = Process("bot", {**self.env, **extra}, self.logs / "bot.log", measured=measured)
         self.processes.append(process)
         return process.start()
 

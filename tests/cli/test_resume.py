@@ -78,7 +78,7 @@ def stored(mongo) -> list[tuple]:
 
 def test_an_import_survives_a_server_crash_and_resumes_after_the_cli_dies(stack, telegram, mongo, tmp_path):
     telegram.add_channel(CHANNEL)
-    server = stack.server()
+    server = stack.server(measured=False)
     stack.bot()
     path = tmp_path / "sessions.csv"
     out = io.StringIO()

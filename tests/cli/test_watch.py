@@ -65,7 +65,7 @@ def stack_session(port: int) -> str | None:
 
 def test_watch_resumes_on_another_replica_after_its_server_dies(stack, telegram):
     port = free_port()
-    first = stack.server(HTTP_PORT=str(port))
+    first = stack.server(HTTP_PORT=str(port), measured=False)
     stack.bot()
     watching = balcao("watch", "--json", "--type", "message.received", "--count", "4", "--since", "0", port=port)
     for contact in (7601, 7602):

@@ -15,6 +15,10 @@ import pytest
 from bench import chaos
 
 
+# Coverage is paused here and off in the soak's processes (bench/chaos.py): it
+# SIGKILLs them, so they never save what was measured, and the load it drives
+# in this process is its own code, not the product's.
+@pytest.mark.no_cover
 @pytest.mark.timeout(300)
 def test_short_chaos_soak_loses_and_doubles_nothing(capsys) -> None:
     code = chaos.run(

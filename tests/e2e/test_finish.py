@@ -111,7 +111,7 @@ def test_a_goodbye_promised_while_nats_is_down_is_sent_once_when_it_returns(stac
 
 
 def test_a_goodbye_survives_the_server_crashing_while_nats_is_down(stack, api, telegram, clean_nats, mongo):
-    server = stack.server()
+    server = stack.server(measured=False)
     stack.bot()
     telegram.send_as_user(8004, "Oi", first_name="Elis")
     session = eventually(lambda: open_session(api, "8004"), message="session opened")

@@ -425,7 +425,7 @@ def test_an_upload_whose_server_was_killed_is_failed_by_another_replica(
 ) -> None:
     port = free_port()
     env = {**stack_env(nats_server.url, mongodb_uri, NO_TELEGRAM), "HTTP_PORT": str(port), **LIMITS_ENV}
-    doomed = Process("server", env, tmp_path / "doomed.log", port=port).start()
+    doomed = Process("server", env, tmp_path / "doomed.log", port=port, measured=False).start()
     rows = b"".join(
         json.dumps({**SESSION, "contact_identifier": 5585999990000 + n}).encode() + b"\n" for n in range(600)
     )  # more than one batch: the first is stored while the body is still coming

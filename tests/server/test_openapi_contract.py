@@ -9,7 +9,6 @@ breaks it.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sysconfig
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 from bson import ObjectId
 
-from devstack.processes import UNMEASURED
+from devstack.processes import unmeasured_environ
 from server import config
 from server.app import Services, make_app
 from tests.harness import API_TOKEN, ROOT, Process
@@ -122,15 +121,14 @@ def test_schemathesis_finds_no_server_error_and_no_contract_violation(api, api_s
         text=True,
         timeout=600,
         check=False,
-        env={
-            # The fuzzer is not the product: a measured run (coverage's subprocess
-            # patch) would only trace its generator and slow every request it makes.
-            **{name: value for name, value in os.environ.items() if name not in UNMEASURED},
-            "SCHEMATHESIS_HOOKS": HOOKS,
-            "PYTHONPATH": str(ROOT),
-            "BALCAO_CONTRACT_URL": f"http://127.0.0.1:{api_server.port}",
-            "BALCAO_CONTRACT_TOKEN": API_TOKEN,
-        },
+        # The fuzzer is not the product: a measured run (coverage's subprocess
+        # patch) would only trace its generator and slow every request it makes.
+        env=unmeasured_environ(
+            SCHEMATHESIS_HOOKS=HOOKS,
+            PYTHONPATH=str(ROOT),
+            BALCAO_CONTRACT_URL=f"http://127.0.0.1:{api_server.port}",
+            BALCAO_CONTRACT_TOKEN=API_TOKEN,
+        ),
     )
 
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
