@@ -53,8 +53,11 @@ run: install
 # (fail_under in pyproject.toml); devstack/, the test infrastructure, is shown apart.
 CORES := $(shell getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
 PYTEST_WORKERS ?= $(shell w=$$(( $(CORES) * 2 )); [ $$w -gt 8 ] && w=8; [ $$w -lt 2 ] && w=2; echo $$w)
+# Bytecode caches are written even where PYTHONDONTWRITEBYTECODE is set (as in
+# many containers): each server and bot the tests start would otherwise compile
+# the project again, and each worker rewrite every test module's asserts.
 test: install-test lint
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal --cov --cov-report= --cov-fail-under=0 $(PYTEST_ARGS)
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal --cov --cov-report= --cov-fail-under=0 $(PYTEST_ARGS)
 	@echo "--- coverage of the product (server, bot, cli, contract, runtime) ---"
 	$(PY) -m coverage report --omit='devstack/*'
 	@echo "--- coverage of the test infrastructure (devstack, not counted) ---"
