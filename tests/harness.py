@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -211,6 +212,9 @@ class ApiClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url
         self.http = httpx.Client(base_url=f"{base_url}/v1/", headers=headers, timeout=30)
+        # Loaded here, not on the first answer: that may come inside a test's
+        # timed wait, and loading takes seconds on a busy machine.
+        openapi_schema()
 
     def request(self, method: str, path: str, *, check: bool = True, **kwargs: Any) -> httpx.Response:
         response = self.http.request(method, path, **kwargs)
@@ -244,18 +248,18 @@ class ApiClient:
         self.http.close()
 
 
-_openapi_schema: Any = None
+@functools.cache
+def openapi_schema() -> Any:
+    """The OpenAPI document as schemathesis reads it, once per process."""
+    import schemathesis  # heavy; only API tests need it
+
+    return schemathesis.openapi.from_path(ROOT / "server" / "openapi.json")
 
 
 def conforms_to_openapi(response: httpx.Response) -> None:
     """Raise unless the response is what the OpenAPI document says its route answers."""
-    global _openapi_schema
-    import schemathesis  # heavy; only API tests need it
-
-    if _openapi_schema is None:
-        _openapi_schema = schemathesis.openapi.from_path(ROOT / "server" / "openapi.json")
     request = response.request
-    operation = _openapi_schema.find_operation_by_path(request.method, request.url.path)
+    operation = openapi_schema().find_operation_by_path(request.method, request.url.path)
     assert operation is not None, f"{request.method} {request.url.path} is not in the OpenAPI document"
     operation.validate_response(response)
 
