@@ -25,6 +25,11 @@ MAX_REPORTED_ERRORS = 100
 # writes (and the memory) when sessions carry long histories.
 BATCH_RECORDS = 500
 BATCH_MESSAGES = 5000
+# The parsers run on the event loop. A network chunk is 64 KiB, and one full of
+# tiny JSON values is some 40,000 parser events: read in slices of this size,
+# yielding between them, so one hostile upload holds the loop (and every other
+# request) for milliseconds at a time, not a tenth of a second.
+FEED_SLICE = 8192
 
 
 @dataclass
@@ -106,8 +111,12 @@ class RecordFeed:
         self.failure: FileFormatError | None = None
 
     async def feed(self, chunk: bytes) -> None:
-        if self.failure is None:
-            await self._take(self._read(self._parser.feed, chunk))
+        for start in range(0, len(chunk), FEED_SLICE):
+            if self.failure is not None:
+                return
+            if start:
+                await asyncio.sleep(0)
+            await self._take(self._read(self._parser.feed, chunk[start : start + FEED_SLICE]))
 
     async def close(self) -> None:
         """Read the end of the file and write what is left."""
