@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from devstack.processes import free_port, unmeasured_environ, wait_for_port
+from runtime import failpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 BOT_TOKEN = "123456:TEST-token-for-the-fake-bot-api"
@@ -57,7 +58,8 @@ class Process:
     popen: subprocess.Popen | None = field(default=None, init=False)
 
     def start(self) -> Process:
-        measured = self.measured and "=kill" not in self.env.get("BALCAO_FAILPOINTS", "")
+        armed = failpoints.parse(self.env.get(failpoints.ENV, "")).values()
+        measured = self.measured and all(point.action != "kill" for point in armed)
         extra = {**self.env, "PYTHONUNBUFFERED": "1"}
         environ = {**os.environ, **extra} if measured else unmeasured_environ(**extra)
         with open(self.log_path, "ab") as log:
