@@ -109,6 +109,10 @@ def duplicates_only(exc: BulkWriteError) -> set[int]:
 Stored = dict[str, Any]
 
 
+class IdempotencyKeyReused(ValueError):
+    """A client's Idempotency-Key came back with another request than the one it first stored."""
+
+
 def stored_form(document: type[Document], **values: Any) -> Stored:
     """`document` with these field values as MongoDB stores it, checked by its fields' own rules.
 
@@ -671,6 +675,9 @@ class ImportJobQuerySet(QuerySet):
     def find_one(self, job_id: ObjectId) -> dict[str, Any] | None:
         return self.filter(id=job_id).as_pymongo().first()
 
+    def started_with(self, idempotency_key: str) -> dict[str, Any] | None:
+        return self.filter(idempotency_key=idempotency_key).as_pymongo().first()
+
 
 class ImportJob(Document):
     """One import of session records, from an upload or from the CLI's chunks.
@@ -696,6 +703,8 @@ class ImportJob(Document):
     errors = ListField(DictField())
     # Why a failed import stopped: {"reason", "message", "offset", "line", "record"}.
     failure = DictField()
+    # The client's Idempotency-Key when it started the import: a retry finds this job.
+    idempotency_key = StringField()
 
     meta = {
         "collection": "import_jobs",
@@ -703,6 +712,7 @@ class ImportJob(Document):
         "indexes": [
             {"fields": ["status", "last_activity_at"], "name": "status_activity"},
             {"fields": ["announce_pending"], "sparse": True, "name": "announce_pending"},
+            {"fields": ["idempotency_key"], "unique": True, "sparse": True, "name": "idempotency_key"},
         ],
         "auto_create_index": False,
     }
@@ -717,6 +727,7 @@ class ImportJob(Document):
         counts: dict[str, int],
         at: dt.datetime,
         started_at: dt.datetime | None = None,
+        idempotency_key: str | None = None,
     ) -> Stored:
         """A running import, started at `started_at` (default `at`) and last active `at`, validated.
 
@@ -737,10 +748,12 @@ class ImportJob(Document):
             next_chunk=0,
             counts=counts,
             errors=[],
+            idempotency_key=idempotency_key,
         )
 
     @classmethod
     def save_new(cls, job: Stored) -> None:
+        """Insert the job (NotUniqueError when its idempotency key started another)."""
         _save_new(cls, job)
 
 

@@ -40,6 +40,7 @@ from contract import clock
 from server import names
 from server.conversations import preview, remember_finished
 from server.models import (
+    IdempotencyKeyReused,
     Message,
     Session,
     activity_floor,
@@ -279,10 +280,6 @@ def finish(session_id: ObjectId) -> bool:
     deleted = Session.objects(id=session_id).delete()
     Message.objects(session_id=session_id).delete()
     return deleted == 1
-
-
-class IdempotencyKeyReused(ValueError):
-    """An Idempotency-Key came back with another reply than the one it first stored."""
 
 
 def idempotent_message_key(session: dict[str, Any], idempotency_key: str) -> str:

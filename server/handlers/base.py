@@ -23,6 +23,7 @@ __all__ = [
     "NotFoundHandler",
     "database_errors",
     "field_error",
+    "key_reused",
     "media_type",
     "object_id",
 ]
@@ -119,6 +120,21 @@ class ApiHandler(JsonHandler):
                 headers={"WWW-Authenticate": 'Bearer realm="balcao"'},
             )
 
+    def idempotency_key(self) -> str | None:
+        """The client's Idempotency-Key (RFC draft `httpapi-idempotency-key-header`), if sent."""
+        raw = self.request.headers.get(IDEMPOTENCY_HEADER)
+        if raw is None:
+            return None
+        if not 1 <= len(raw) <= MAX_IDEMPOTENCY_KEY or not raw.isascii() or not raw.isprintable():
+            rule = f"1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+            raise ApiError(
+                400,
+                f"{IDEMPOTENCY_HEADER} must be {rule}",
+                kind="invalid-header",
+                errors=[field_error(IDEMPOTENCY_HEADER, rule, "header")],
+            )
+        return raw
+
     async def database(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn` on the database threads, each query bounded by QUERY_MAX_TIME_MS (`maxTimeMS`).
 
@@ -128,6 +144,20 @@ class ApiHandler(JsonHandler):
         with database_errors():
             seconds = self.settings["config"].query_max_time_ms / 1000
             return await self.settings["services"].db.run_bounded(seconds, fn, *args, **kwargs)
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def key_reused(detail: str) -> ApiError:
+    """The 422 for an Idempotency-Key sent again with another request than its first."""
+    return ApiError(
+        422,
+        detail,
+        kind="idempotency-key-reused",
+        errors=[field_error(IDEMPOTENCY_HEADER, "was sent before with a different body", "header")],
+    )
 
 
 # No field of this API holds a number near this long; Python refuses to convert

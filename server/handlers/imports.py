@@ -25,13 +25,22 @@ from tornado.web import stream_request_body, url
 
 from contract.importformat import CHUNK_MEDIA_TYPE, MAX_WHOLE, whole_number
 from runtime.failpoints import failpoint
-from server.handlers.base import ApiError, ApiHandler, database_errors, field_error, media_type, object_id
+from server.handlers.base import (
+    ApiError,
+    ApiHandler,
+    database_errors,
+    field_error,
+    key_reused,
+    media_type,
+    object_id,
+)
 from server.importing import jobs
 from server.importing.chunks import ChunkParser
 from server.importing.feed import RecordFeed, Tally
 from server.importing.jobs import Imports
 from server.importing.parsers import RecordLimits
 from server.importing.upload import Upload, checked_channel
+from server.models import IdempotencyKeyReused
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +107,13 @@ class ImportsApiHandler(ApiHandler):
     def answer_report(self, job: dict[str, Any], status: int, tally: Tally | None = None) -> None:
         self.set_header("Location", self.import_location(job["_id"]))
         self.write_json(jobs.report(job, tally), status=status)
+
+    async def current_tally(self, job: dict[str, Any]) -> Tally | None:
+        """A running job's counts, summed from its batches so far; None once it ended (they are on the job)."""
+        if job["status"] != jobs.RUNNING:
+            return None
+        tally, _ = await self.database(jobs.batch_totals, job["_id"])
+        return tally
 
     def answer_problem(self, error: ApiError) -> None:
         """Answer now, from outside the handler method (the body is still arriving)."""
@@ -185,6 +201,7 @@ class UploadHandler(StreamedBodyHandler):
 
     async def start(self) -> None:
         config = self.settings["config"]
+        self.idempotency_key()  # checked as the route's contract says; an upload is not started by key
         self.limit_body(config.import_max_bytes)
         self.upload = Upload(self, self.request.headers, self.imports, self.record_limits, config.import_max_bytes)
         self.imports.register(self, self.upload.stop)
@@ -254,9 +271,20 @@ class ChunkedImportStartHandler(StreamedBodyHandler):
         if not isinstance(source, str) or len(source) > jobs.MAX_SOURCE_LENGTH:
             message = f"must be a string of at most {jobs.MAX_SOURCE_LENGTH} characters (the file's name)"
             raise ApiError(400, f"source {message}", kind="invalid-body", errors=[field_error("source", message)])
-        job = await self.database(jobs.create_job, channel, source, "chunks")
-        log.info("import %s started for chunks from %r", job["_id"], job["source"])
-        self.answer_report(job, 201)
+        try:
+            job, created = await self.database(
+                jobs.create_job, channel, source, "chunks", idempotency_key=self.idempotency_key()
+            )
+        except IdempotencyKeyReused:
+            raise key_reused(
+                "this Idempotency-Key started an import with another channel or source; use a new key for a new import"
+            ) from None
+        failpoint("import.start.after_job_stored")  # stored, the client not yet told
+        if created:
+            log.info("import %s started for chunks from %r", job["_id"], job["source"])
+            self.answer_report(job, 201)
+        else:  # a retry: the import its key started, as it stands now
+            self.answer_report(job, 201, await self.current_tally(job))
 
 
 @stream_request_body
@@ -287,10 +315,7 @@ class ImportHandler(ImportsApiHandler):
     async def get(self, import_id: str) -> None:
         """An import's report: status, counts, first errors, timing."""
         job = await self.find_job(import_id)
-        tally = None
-        if job["status"] == jobs.RUNNING:
-            tally, _ = await self.database(jobs.batch_totals, job["_id"])
-        self.write_json(jobs.report(job, tally))
+        self.write_json(jobs.report(job, await self.current_tally(job)))
 
 
 @stream_request_body

@@ -18,7 +18,8 @@ from contract import clock
 from contract.messaging import OutboundMessage
 from server import events, names, sessions
 from server.cursors import CursorCodec, CursorInvalid
-from server.handlers.base import ApiError, ApiHandler, database_errors, field_error, object_id
+from server.handlers.base import ApiError, ApiHandler, database_errors, field_error, key_reused, object_id
+from server.models import IdempotencyKeyReused
 
 log = logging.getLogger(__name__)
 
@@ -264,22 +265,6 @@ class SessionMessagesHandler(SessionsApiHandler):
     def data_received(self, chunk: bytes) -> None:
         self._body.append(chunk)
 
-    def idempotency_key(self) -> str | None:
-        """The client's Idempotency-Key (RFC draft `httpapi-idempotency-key-header`), if sent."""
-        raw = self.request.headers.get(IDEMPOTENCY_HEADER)
-        if raw is None:
-            return None
-        if not 1 <= len(raw) <= MAX_IDEMPOTENCY_KEY or not raw.isascii() or not raw.isprintable():
-            raise ApiError(
-                400,
-                f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
-                kind="invalid-header",
-                errors=[
-                    field_error(IDEMPOTENCY_HEADER, f"1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters", "header")
-                ],
-            )
-        return raw
-
     async def get(self, session_id: str) -> None:
         """The session's messages, oldest first."""
         session = await self.open_session(session_id)
@@ -307,12 +292,9 @@ class SessionMessagesHandler(SessionsApiHandler):
         idempotency_key = self.idempotency_key()
         try:
             message = await self.database(sessions.add_agent_reply, session, text, idempotency_key)
-        except sessions.IdempotencyKeyReused:
-            raise ApiError(
-                422,
-                "this Idempotency-Key was used before with another reply; use a new key for a new reply",
-                kind="idempotency-key-reused",
-                errors=[field_error(IDEMPOTENCY_HEADER, "was sent before with a different body", "header")],
+        except IdempotencyKeyReused:
+            raise key_reused(
+                "this Idempotency-Key was used before with another reply; use a new key for a new reply"
             ) from None
         if message is None:
             raise ApiError(404, f"session {session_id} was finished meanwhile", kind="session-not-found")
@@ -327,10 +309,6 @@ class SessionMessagesHandler(SessionsApiHandler):
         )
         self.set_header("Location", self.reverse_url("session_message", str(session["_id"]), str(message["_id"])))
         self.write_json(message_resource(message), status=201)
-
-
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-MAX_IDEMPOTENCY_KEY = 200
 
 
 def agent_text(body: dict[str, Any]) -> str:

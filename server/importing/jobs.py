@@ -21,13 +21,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bson import ObjectId
+from mongoengine import NotUniqueError
 
 from contract import clock
 from contract.messaging import OutboundMessage
 from server import events
 from server.database import Database
 from server.importing.feed import MAX_REPORTED_ERRORS, Tally
-from server.models import ImportBatch, ImportJob
+from server.models import IdempotencyKeyReused, ImportBatch, ImportJob
 from server.outbound import Outbound
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,34 @@ FAILURE_REASONS = {
 
 
 def create_job(
-    channel: str, source: str, mode: str, file_format: str | None = None, started_at: dt.datetime | None = None
-) -> dict[str, Any]:
-    job = ImportJob.start(channel, clean_source(source), mode, file_format, Tally().counts(), clock.now(), started_at)
-    ImportJob.save_new(job)
-    return {"file_format": None, **job}
+    channel: str,
+    source: str,
+    mode: str,
+    file_format: str | None = None,
+    started_at: dt.datetime | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """The new running job, and True; or, for an idempotency key seen before, the job it started, and False.
+
+    A client that lost the answer (the server died after storing the job) asks
+    again with the same key and gets the same job, so no job is left running
+    that nobody feeds, to be failed and announced as abandoned later. The same
+    key with another channel or source raises IdempotencyKeyReused.
+    """
+    source = clean_source(source)
+    job = ImportJob.start(
+        channel, source, mode, file_format, Tally().counts(), clock.now(), started_at, idempotency_key
+    )
+    try:
+        ImportJob.save_new(job)
+    except NotUniqueError:
+        if idempotency_key is None:
+            raise
+        earlier = ImportJob.objects.started_with(idempotency_key)
+        if earlier is None or (earlier["channel"], earlier["source"], earlier["mode"]) != (channel, source, mode):
+            raise IdempotencyKeyReused(idempotency_key) from None
+        return {"file_format": None, **earlier}, False
+    return {"file_format": None, **job}, True
 
 
 def clean_source(source: str) -> str:

@@ -359,7 +359,7 @@ class Upload:
 
     async def _save_batch(self, batch: Tally) -> None:
         if self._job is None:
-            self._job = await self._client.database(
+            job, _ = await self._client.database(
                 jobs.create_job,
                 self._channel or "",
                 self._file_part.multipart_filename or "",
@@ -367,7 +367,8 @@ class Upload:
                 self._kind,
                 self._started_at,
             )
-            log.info("import %s started for upload %r", self._job["_id"], self._job["source"])
+            self._job = job
+            log.info("import %s started for upload %r", job["_id"], job["source"])
         await self._client.database(jobs.save_batch, self._job["_id"], self._batches, batch)
         failpoint("import.after_batch_record")
         self._batches += 1

@@ -415,3 +415,55 @@ def test_chunked_import_requests_are_checked(api):
     assert "line 2 of the chunk is not a record envelope" in body["detail"]
     problem(put_chunk(api, job["id"], 0, b'{"record": 0, "data": {}}\n'), 400, "invalid-chunk")
     problem(api.post("imports", json={"channel": "@suporte", "source": None}), 400, "invalid-body")
+
+
+def test_a_chunked_import_started_again_with_its_idempotency_key_is_the_same_import(api, mongo):
+    start, key = {"channel": "@suporte", "source": "big.csv"}, {"Idempotency-Key": "import-4c1e"}
+    first = api.post("imports", json=start, headers=key)
+    assert first.status_code == 201
+    job_id = first.json()["id"]
+    assert put_chunk(api, job_id, 0, envelopes(sessions(3))).status_code == 200
+
+    again = api.post("imports", json=start, headers=key)
+
+    # The same import, as it stands now: one chunk in, still running.
+    assert again.status_code == 201 and again.headers["Location"] == f"/v1/imports/{job_id}"
+    assert again.json()["id"] == job_id and again.json()["status"] == "running"
+    assert again.json()["next_chunk"] == 1 and again.json()["counts"]["created"] == 3
+    other = api.post("imports", json=start, headers={"Idempotency-Key": "import-9d2f"})
+    assert other.status_code == 201 and other.json()["id"] != job_id
+    assert mongo.import_jobs.count_documents({}) == 2
+    # Once ended, it is still the answer to its key.
+    api.post(f"imports/{job_id}/complete", json={"chunks": 1})
+    assert api.post("imports", json=start, headers=key).json()["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("changed", [{"channel": "@vendas"}, {"source": "other.csv"}])
+def test_an_import_key_sent_again_with_another_channel_or_source_is_a_422(api, mongo, changed):
+    start, key = {"channel": "@suporte", "source": "big.csv"}, {"Idempotency-Key": "import-77aa"}
+    assert api.post("imports", json=start, headers=key).status_code == 201
+
+    body = problem(api.post("imports", json={**start, **changed}, headers=key), 422, "idempotency-key-reused")
+
+    assert body["errors"][0]["field"] == "Idempotency-Key"
+    assert mongo.import_jobs.count_documents({}) == 1
+
+
+def test_a_malformed_import_key_is_a_400_and_starts_nothing(api, mongo):
+    body = problem(
+        api.post("imports", json={"channel": "@suporte"}, headers={"Idempotency-Key": "k" * 201}), 400, "invalid-header"
+    )
+
+    assert body["errors"][0]["field"] == "Idempotency-Key"
+    assert mongo.import_jobs.count_documents({}) == 0
+
+
+def test_an_upload_with_a_malformed_idempotency_key_is_a_400_and_imports_nothing(api, mongo):
+    bad = {"Idempotency-Key": "k" * 201}
+    request = api.http.build_request(
+        "POST", "imports", data={"channel": "@suporte"}, files={"file": ("s.json", b"[]", "application/json")}
+    )
+    request.headers.update(bad)
+    request.read()
+    problem(api.http.send(request), 400, "invalid-header")
+    assert mongo.import_jobs.count_documents({}) == 0

@@ -24,7 +24,7 @@ def imports(database, mongo) -> Imports:
 
 
 def running_job(mongo, idle_for: float, mode: str = "chunks", source: str = "sessions.csv") -> dict:
-    job = jobs.create_job("@suporte", source, mode)
+    job, _ = jobs.create_job("@suporte", source, mode)
     past = clock.stored(clock.now() - dt.timedelta(seconds=idle_for))
     mongo.import_jobs.update_one({"_id": job["_id"]}, {"$set": {"last_activity_at": past, "created_at": past}})
     return mongo.import_jobs.find_one({"_id": job["_id"]})
@@ -120,7 +120,7 @@ async def test_reap_forever_stops_when_asked(imports, mongo) -> None:
     ],
 )
 def test_the_file_name_is_stored_without_control_characters(raw: str, shown: str, mongo, database) -> None:
-    job = jobs.create_job("@suporte", raw, "upload")
+    job, _ = jobs.create_job("@suporte", raw, "upload")
     assert job["source"] == shown
 
 
