@@ -87,7 +87,9 @@ class ApiClient:
         self.url = url.rstrip("/")
         self.retries = retries
         self._sleep = sleep
-        self._answered = False  # the server answered once: a connection error is transient from then on
+        # The server was reached once (it answered, or a connection was made and then lost):
+        # a connection refused is transient from then on, a server restarting.
+        self._reached = False
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token.strip()}", "Accept": "application/json"},
@@ -116,14 +118,16 @@ class ApiClient:
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                if not self._answered and isinstance(exc, httpx.ConnectError):
+                if not isinstance(exc, httpx.ConnectError):
+                    self._reached = True
+                elif not self._reached:
                     raise UserError(
                         f"cannot reach the API at {self.url} ({exc}); check --api-url "
                         "or BALCAO_API_URL, and that the server runs"
                     ) from None
                 reason, wait = f"{type(exc).__name__}: {exc}", None
             else:
-                self._answered = True
+                self._reached = True
                 if response.status_code in ok:
                     return response
                 if response.status_code not in TRANSIENT_STATUSES:

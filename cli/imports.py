@@ -2,12 +2,16 @@
 
 The file is read in chunks (cli.readers) and each chunk is sent as
 `PUT /v1/imports/{id}/chunks/{seq}`. The server applies a chunk once: sending
-it again (a retry after a lost answer, a resume) changes nothing. After each
-acknowledged chunk the job id and the count of chunks are saved in a small
-state file, keyed by the file's path, size and modification time; `--resume`
-reads it, asks the server which chunk comes next, reads past the chunks the
-server holds, and goes on. `POST /v1/imports/{id}/complete` ends the import
-and has its summary announced in the channel.
+it again (a retry after a lost answer, a resume) changes nothing. The import
+is started with an Idempotency-Key saved beforehand, so a start whose answer was
+lost (the server died after storing the job) finds the same job when asked
+again, by this run's retries or by the next run, instead of leaving one running
+that nobody feeds. After each acknowledged chunk the job id and the count of
+chunks are saved in a small state file, keyed by the file's path, size and
+modification time; `--resume` reads it, asks the server which chunk comes next,
+reads past the chunks the server holds, and goes on. `POST
+/v1/imports/{id}/complete` ends the import and has its summary announced in the
+channel.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,17 +47,19 @@ SHOWN_ERRORS = 10
 
 @dataclass
 class ImportState:
-    """What a resume needs, saved after every acknowledged chunk."""
+    """What a resume needs: saved before the import is started, and after every acknowledged chunk."""
 
     file: str
     size: int
     mtime_ns: int
     api_url: str
-    job_id: str
+    job_id: str  # "" until the server's answer to the start arrived
     file_format: str
     chunk_size: int
     chunks_sent: int = 0
     records_sent: int = 0
+    channel: str = ""
+    idempotency_key: str = ""
 
 
 class StateFile:
@@ -128,31 +135,43 @@ def import_sessions(
     """Import the sessions in FILE (JSON array, NDJSON or CSV), announcing the result in a channel."""
     state_file = StateFile(state_dir, file)
     saved = state_file.load()
-    if resume:
-        if saved is None:
-            raise UserError(f"nothing to resume: no interrupted import of {file} is saved in {state_dir}")
-        state, next_chunk = _resumed(api, saved, state_file)
-        if state is None:
+    if resume and saved is None:
+        raise UserError(f"nothing to resume: no interrupted import of {file} is saved in {state_dir}")
+    if (
+        saved is not None
+        and not saved.job_id
+        and saved.api_url == api.url
+        and (resume or channel in (None, saved.channel))
+    ):
+        # The last run saved its key and asked this server to start the import, but never heard back.
+        click.echo("the last run's start of this import was not answered; asking again", err=True)
+        state, next_chunk = _start(api, file, saved, state_file, fresh=False), 0
+    elif saved is not None and resume:
+        resumed, next_chunk = _resumed(api, saved, state_file)
+        if resumed is None:
             return
+        state = resumed
         if chunk_size != state.chunk_size:
             click.echo(f"resuming with the chunk size of the first run, {state.chunk_size}", err=True)
     else:
         if channel is None:
             raise click.UsageError("--channel is required (unless --resume)")
-        if saved is not None:
+        if saved is not None and saved.job_id:
             click.echo(
                 f"note: import {saved.job_id} of this file was interrupted; starting a new one "
                 "(--resume continues it instead)",
                 err=True,
             )
-        detected = _format_of(file, file_format)
-        job = api.request("POST", "/v1/imports", ok=(201,), json={"channel": channel, "source": file.name}).json()
-        state = ImportState(
-            *state_file.identity, api_url=api.url, job_id=job["id"], file_format=detected, chunk_size=chunk_size
+        pending = ImportState(
+            *state_file.identity,
+            api_url=api.url,
+            job_id="",
+            file_format=_format_of(file, file_format),
+            chunk_size=chunk_size,
+            channel=channel,
+            idempotency_key=str(uuid.uuid4()),
         )
-        state_file.save(state)
-        next_chunk = 0
-        click.echo(f"import {state.job_id} started; announcing to {job['channel']}", err=True)
+        state, next_chunk = _start(api, file, pending, state_file, fresh=True), 0
     try:
         report = _send(api, file, state, state_file, next_chunk)
     except KeyboardInterrupt:
@@ -173,6 +192,38 @@ def _format_of(file: Path, requested: str) -> str:
     except FileUnreadable as exc:
         raise UserError(str(exc)) from None
     return detected
+
+
+def _start(api: ApiClient, file: Path, state: ImportState, state_file: StateFile, fresh: bool) -> ImportState:
+    """Start the import with the state's key, saved first: asked again, the server answers the same job.
+
+    A `fresh` key the server refused, or never got, started nothing and is
+    forgotten; one from an earlier run is kept, as that run's try may have
+    started the import.
+    """
+    while True:
+        state_file.save(state)
+        try:
+            job = api.request(
+                "POST",
+                "/v1/imports",
+                ok=(201,),
+                json={"channel": state.channel, "source": file.name},
+                headers={"Idempotency-Key": state.idempotency_key},
+                on_retry=lambda reason: click.echo(f"starting the import: {reason}", err=True),
+            ).json()
+        except UserError:
+            if fresh:
+                state_file.forget()
+            raise
+        if job["status"] == "running":
+            break
+        # The server gave the key's import up meanwhile (abandoned, nothing in it): start one with a new key.
+        state.idempotency_key = str(uuid.uuid4())
+    state.job_id = job["id"]
+    state_file.save(state)
+    click.echo(f"import {state.job_id} started; announcing to {job['channel']}", err=True)
+    return state
 
 
 def _resumed(api: ApiClient, state: ImportState, state_file: StateFile) -> tuple[ImportState | None, int]:

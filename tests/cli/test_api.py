@@ -61,6 +61,18 @@ def test_giving_up_after_the_retries_says_what_failed():
     assert len(waits) == 2
 
 
+def test_a_server_lost_mid_request_is_waited_for_when_it_refuses_connections_while_restarting():
+    """It stored the request and died answering: the retry must not take it for a wrong URL."""
+    api, waits, sent = client(
+        httpx.RemoteProtocolError("Server disconnected without sending a response."),
+        httpx.ConnectError("refused"),
+        httpx.Response(201, json={"id": "x"}),
+    )
+
+    assert api.request("POST", "/v1/imports", ok=(201,)).json() == {"id": "x"}
+    assert len(sent) == 3 and len(waits) == 2
+
+
 def test_an_unreachable_server_at_the_start_is_the_users_to_fix():
     api, waits, _ = client(httpx.ConnectError("refused"))
 

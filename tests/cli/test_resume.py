@@ -20,7 +20,7 @@ from pathlib import Path
 from cli.generate import generate_sessions, write_sessions
 from server.conversations import preview
 from server.importing.records import message_key, normalise_session
-from tests.harness import API_TOKEN, ROOT, eventually, outbound_messages
+from tests.harness import API_TOKEN, ROOT, eventually, failpoint_fired, outbound_messages
 
 SESSIONS = 1_500
 CHUNK = 100
@@ -135,3 +135,84 @@ def test_an_import_survives_a_server_crash_and_resumes_after_the_cli_dies(stack,
     )
     assert len(telegram.sent(CHANNEL)) == 1
     print(f"interrupted import of {SESSIONS} sessions done in {time.monotonic() - started:.1f} s")
+
+
+START_POINT = "import.start.after_job_stored"
+
+
+def small_file(tmp_path: Path) -> Path:
+    path = tmp_path / "sessions.json"
+    out = io.StringIO()
+    write_sessions(generate_sessions(30, messages_per_session=1, seed=5), out, "json")
+    path.write_text(out.getvalue(), encoding="utf-8")
+    return path
+
+
+def import_command(path: Path, state: Path) -> list[str]:
+    return [sys.executable, "-m", "cli", "import", str(path), "--channel", CHANNEL, "--chunk-size", "10"] + [
+        "--state-dir",
+        str(state),
+    ]
+
+
+def test_a_start_whose_answer_was_lost_is_retried_into_the_same_import(stack, telegram, mongo, tmp_path):
+    """The server stores the job and dies before answering: the CLI's retry, with the
+    same Idempotency-Key, gets that job instead of starting a second one that nobody
+    feeds (to be failed as abandoned and announced later)."""
+    telegram.add_channel(CHANNEL)
+    log = tmp_path / "failpoints.log"
+    server = stack.server(BALCAO_FAILPOINTS=f"{START_POINT}=kill", BALCAO_FAILPOINTS_LOG=str(log))
+    stack.bot()
+    env = {**os.environ, "BALCAO_API_URL": stack.api_url, "BALCAO_API_TOKEN": API_TOKEN}
+    cli = subprocess.Popen(
+        import_command(small_file(tmp_path), tmp_path / "state"),
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    eventually(lambda: failpoint_fired(log, START_POINT), timeout=30, message="server killed after storing the job")
+    eventually(lambda: not server.running, timeout=15, message="server gone")
+    assert mongo.import_jobs.count_documents({}) == 1
+    stack.server()
+
+    out, err = cli.communicate(timeout=90)
+
+    assert cli.returncode == 0, out + err
+    assert "starting the import: RemoteProtocolError" in err and "retrying" in err
+    (job,) = mongo.import_jobs.find()
+    assert job["status"] == "succeeded" and job["counts"]["received"] == 30
+    assert mongo.sessions.count_documents({}) == 30
+    eventually(lambda: telegram.sent(CHANNEL), timeout=15, message="announcement")
+    assert len(telegram.sent(CHANNEL)) == 1
+
+
+def test_a_start_never_answered_is_picked_up_by_the_next_run(stack, telegram, mongo, tmp_path):
+    """The server dies after storing the job, and the CLI is stopped while it retries: run
+    again, it asks with the key it saved before starting, and carries on with that job."""
+    telegram.add_channel(CHANNEL)
+    log = tmp_path / "failpoints.log"
+    server = stack.server(BALCAO_FAILPOINTS=f"{START_POINT}=kill", BALCAO_FAILPOINTS_LOG=str(log))
+    stack.bot()
+    env = {**os.environ, "BALCAO_API_URL": stack.api_url, "BALCAO_API_TOKEN": API_TOKEN}
+    command = import_command(small_file(tmp_path), tmp_path / "state")
+    first = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    eventually(lambda: failpoint_fired(log, START_POINT), timeout=30, message="server killed after storing the job")
+    eventually(lambda: not server.running, timeout=15, message="server gone")
+    first.kill()
+    first.communicate()
+    (saved,) = (tmp_path / "state").glob("*.json")
+    assert json.loads(saved.read_text())["job_id"] == ""  # the start was never answered
+    stack.server()
+
+    again = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "was not answered; asking again" in again.stderr
+    (job,) = mongo.import_jobs.find()
+    assert job["status"] == "succeeded" and job["counts"]["received"] == 30
+    assert mongo.sessions.count_documents({}) == 30
+    eventually(lambda: telegram.sent(CHANNEL), timeout=15, message="announcement")
+    assert len(telegram.sent(CHANNEL)) == 1
+    assert not list((tmp_path / "state").glob("*.json"))
