@@ -16,7 +16,7 @@ from contract import clock
 from contract.messaging import InboundMessage
 from runtime.failpoints import failpoint
 from server.models import DUPLICATE_KEY as DUPLICATE_KEY
-from server.models import FinishedMessage, Message, Session, Stored
+from server.models import Contended, FinishedMessage, Message, Session, Stored
 from server.models import duplicates_only as duplicates_only
 from server.models import preview as preview
 
@@ -112,7 +112,7 @@ def finished_messages(keys: Iterable[str]) -> dict[str, ObjectId]:
 MAX_FINISH_RACES = 3
 
 
-class SessionFinishedMeanwhile(RuntimeError):
+class SessionFinishedMeanwhile(Contended):
     """The open session a message was about to be stored in kept being finished."""
 
 

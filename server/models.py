@@ -424,11 +424,15 @@ class Session(Document):
 
 # A recount whose sessions keep changing under it reads them again this often,
 # then gives up: intake leaves its batch to JetStream's redelivery, and an API
-# request that was recounting fails as any unexpected error does.
+# request that was recounting is answered 503 (server/problems.py), to be retried.
 RECOUNT_TRIES = 10
 
 
-class RecountContended(RuntimeError):
+class Contended(RuntimeError):
+    """Other writers kept changing what this write depends on; the same request a moment later will likely pass."""
+
+
+class RecountContended(Contended):
     """Sessions kept being written to while they were recounted."""
 
 

@@ -16,6 +16,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError, ServerSelectionTimeo
 from tornado.web import HTTPError
 
 from server import failover
+from server.models import Contended
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,18 @@ def field_error(name: str, message: str, where: str = "body") -> dict[str, str]:
 
 @contextlib.contextmanager
 def database_errors() -> Iterator[None]:
-    """MongoDB out of reach is a 503 with Retry-After: the client may try again, it is no bug."""
+    """MongoDB out of reach, or writes racing this one too often, is a 503 with Retry-After:
+    the client may try again, it is no bug."""
     try:
         yield
+    except Contended as exc:
+        log.warning("a request kept meeting other writers: %s", exc)
+        raise ApiError(
+            503,
+            "other changes to the same sessions kept racing this request; try again",
+            kind="contended",
+            headers={"Retry-After": "1"},
+        ) from exc
     except ServerSelectionTimeoutError as exc:  # no server to send to: before any timeout question
         raise _unavailable(exc) from exc
     except PyMongoError as exc:

@@ -24,9 +24,11 @@ from pymongo.errors import (
 
 from contract.messaging import InboundMessage
 from server import failover
+from server.conversations import SessionFinishedMeanwhile
 from server.database import replica_set_safety
 from server.handlers.base import ApiError, database_errors
 from server.intake import Intake
+from server.models import RecountContended
 
 
 def labelled(code: int, label: str) -> OperationFailure:
@@ -86,6 +88,19 @@ def test_a_request_meeting_a_failover_is_answered_503_with_retry_after(error: Ex
         raise error
     assert raised.value.status_code == 503
     assert raised.value.headers["Retry-After"] == "5"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RecountContended("1 sessions kept changing"), SessionFinishedMeanwhile("2 sessions finished")],
+    ids=["recount", "finish"],
+)
+def test_a_request_that_kept_meeting_other_writers_is_answered_503_to_retry(error: Exception) -> None:
+    """Not a 500: the CLI retries a 503 (a chunk racing finishes), and stops at a 500."""
+    with pytest.raises(ApiError) as raised, database_errors():
+        raise error
+    assert raised.value.status_code == 503 and raised.value.kind == "contended"
+    assert raised.value.headers["Retry-After"] == "1"
 
 
 @pytest.mark.parametrize("error", REAL_ERRORS.values(), ids=REAL_ERRORS.keys())

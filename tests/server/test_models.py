@@ -10,8 +10,9 @@ from mongoengine import ValidationError
 
 from contract import clock
 from contract.messaging import OutboundMessage
-from server import names
+from server import models, names
 from server.models import (
+    Contended,
     FinishedMessage,
     ImportBatch,
     ImportJob,
@@ -192,3 +193,29 @@ def test_single_documents_are_saved_through_mongoengine(store):
     OutboxEntry.keep(first, T0)
     OutboxEntry.keep(OutboundMessage(key="finish:1", chat_id="42", text="outro", kind="goodbye"), T0)
     assert OutboxEntry.objects.pending(10) == [first]
+
+
+def test_a_recount_whose_session_keeps_changing_gives_up_as_contended(store, monkeypatch):
+    """Another writer lands in the recount's window on every try: after RECOUNT_TRIES reads
+    it gives up with RecountContended, the count left as it was, not half-written."""
+    session = Session.open_for("telegram", "7", "Ana", T0)
+    Session.insert_new([session])
+    Message.insert_new([Message.inbound(session["_id"], "telegram:7:tg1", "oi", T0)])
+    store.sessions.update_one({"_id": session["_id"]}, {"$set": {"message_count": 5}})  # stale
+    passes = []
+
+    def another_writer_in_the_window(name: str) -> None:
+        if name == "session.recount.after_counting":
+            passes.append(name)
+            store.sessions.update_one({"_id": session["_id"]}, {"$inc": {"count_version": 1}})
+
+    monkeypatch.setattr(models, "failpoint", another_writer_in_the_window)
+
+    with pytest.raises(Contended):
+        Session.recount([session["_id"]])
+    assert len(passes) == models.RECOUNT_TRIES
+    assert store.sessions.find_one({"_id": session["_id"]})["message_count"] == 5
+
+    monkeypatch.setattr(models, "failpoint", lambda name: None)  # the writers are done
+    assert Session.recount([session["_id"]]) == {session["_id"]}
+    assert store.sessions.find_one({"_id": session["_id"]})["message_count"] == 1
