@@ -674,7 +674,7 @@ class ImportJobQuerySet(QuerySet):
         return list(self.filter(__raw__=query).limit(limit).as_pymongo())
 
     def announcement_pending(self, limit: int) -> list[dict[str, Any]]:
-        return list(self.filter(announce_pending=True, status="failed").limit(limit).as_pymongo())
+        return list(self.filter(announce_pending=True).limit(limit).as_pymongo())
 
     def find_one(self, job_id: ObjectId) -> dict[str, Any] | None:
         return self.filter(id=job_id).as_pymongo().first()
@@ -700,7 +700,7 @@ class ImportJob(Document):
     finished_at = DateTimeField()
     # Set at each batch or chunk: the reaper fails a running job idle for too long.
     last_activity_at = DateTimeField()
-    announce_pending = BooleanField()  # failed by the reaper, announcement not yet promised
+    announce_pending = BooleanField()  # ended (by a client, a shutdown or the reaper), announcement not yet promised
     bytes_received = IntField(default=0)
     next_chunk = IntField(default=0)  # chunks mode: every chunk below it is stored
     counts = DictField()

@@ -25,6 +25,7 @@ from mongoengine import NotUniqueError
 
 from contract import clock
 from contract.messaging import OutboundMessage
+from runtime.failpoints import failpoint
 from server import events
 from server.database import Database
 from server.importing.feed import MAX_REPORTED_ERRORS, Tally
@@ -130,7 +131,7 @@ def reap_job(job: dict[str, Any], idle_seconds: float) -> dict[str, Any] | None:
 
 
 def idle_jobs(idle_seconds: float) -> list[dict[str, Any]]:
-    """Running jobs idle for longer than `idle_seconds`, and failed ones whose announcement is pending."""
+    """Running jobs idle for longer than `idle_seconds`, and ended ones whose announcement is pending."""
     cutoff = clock.stored(clock.now() - dt.timedelta(seconds=idle_seconds))
     return ImportJob.objects.idle_since(cutoff, REAP_BATCH) + ImportJob.objects.announcement_pending(REAP_BATCH)
 
@@ -187,12 +188,18 @@ def batch_totals(job_id: ObjectId) -> tuple[Tally, int]:
 def finish_job(
     job_id: ObjectId, tally: Tally, failure: dict[str, Any] | None, bytes_received: int | None = None
 ) -> tuple[dict[str, Any], bool]:
-    """End the job with these totals; the job, and True if this call ended it."""
+    """End the job with these totals; the job, and True if this call ended it.
+
+    `announce_pending` is set with the end, in the same update, and cleared once
+    the announcement is promised: a server that dies in between leaves it for
+    the reaper of any replica to make up.
+    """
     fields: dict[str, Any] = {
         "status": FAILED if failure else SUCCEEDED,
         "finished_at": clock.stored_now(),
         "counts": tally.counts(),
         "errors": tally.errors[:MAX_REPORTED_ERRORS],
+        "announce_pending": True,
     }
     if failure:
         fields["failure"] = failure
@@ -310,9 +317,11 @@ class Imports:
         job, ended_now = await self.db.run(finish_job, job_id, tally, failure, bytes_received)
         if ended_now:
             log.info("import %s %s: %s", job_id, job["status"], tally.counts())
+        failpoint("import.finish.after_job_ended")  # ended, its announcement not yet promised
         # Promised even when the job had ended before: a crash may have come
         # between the two; the key makes a repeat a no-op.
         await self._announce(job)
+        await self.db.run(announced, job_id)
         return job
 
     async def _announce(self, job: dict[str, Any]) -> None:

@@ -202,6 +202,32 @@ def test_chunked_import_crash_then_resume_reports_what_is_stored(
     assert len(telegram.sent("@suporte")) == 1
 
 
+def test_an_import_ended_by_a_server_that_died_before_announcing_it_is_announced_once(
+    stack, api, telegram, mongo, tmp_path, clean_nats
+):
+    """The job's end is stored, then the server dies before promising the announcement. The
+    client never asks again: the next server's reaper finds the announcement owed and sends it."""
+    telegram.add_channel("suporte")
+    point = "import.finish.after_job_ended"
+    server, log = crash_at(stack, tmp_path, point)
+    stack.bot()
+    job = api.post("imports", json={"channel": "@suporte", "source": "fim.csv"}).json()
+    assert put_chunk(api.http, job["id"], 0, chunk_of(1, 3)).status_code == 200
+    with pytest.raises(httpx.HTTPError):  # the server dies answering
+        api.http.post(f"imports/{job['id']}/complete", json={"chunks": 1})
+    wait_for_crash(server, log, point)
+    ended = mongo.import_jobs.find_one()
+    assert ended["status"] == "succeeded" and ended["announce_pending"] is True
+    assert not telegram.sent("@suporte")
+
+    stack.server()
+    settle(clean_nats.url, lambda: len(telegram.sent()))
+
+    (announcement,) = telegram.sent("@suporte")
+    assert announcement["text"].startswith("Importação concluída (fim.csv): 3 sessões importadas")
+    assert "announce_pending" not in mongo.import_jobs.find_one()
+
+
 def test_sessions_finished_while_an_import_stores_into_them_lose_no_message(
     stack, api, telegram, mongo, tmp_path, clean_nats
 ):
