@@ -10,6 +10,7 @@ then NATS and the database.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import secrets
@@ -42,7 +43,21 @@ def api_token() -> str:
     return path.read_text().strip()
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """No options: the settings come from the environment (README, `.env.example`); `--help` says so."""
+    parser = argparse.ArgumentParser(
+        prog="python -m devstack",
+        description="The whole system on embedded defaults (what `make run` runs): nats-server and SecantusDB "
+        "unless NATS_URL / MONGODB_URI point elsewhere, the server, and the bot when a Telegram token is "
+        "configured. Ctrl-C stops the bot and the server first, then NATS and the database.",
+        epilog="Settings come from the environment (see README and .env.example); data stays under "
+        "BALCAO_DATA_DIR (default var/).",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     VAR.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)

@@ -98,3 +98,18 @@ def test_ctrl_c_in_a_terminal_stops_the_server_before_nats_and_the_database_quie
     # A few lines, and none of the reconnect warnings of infrastructure that went first.
     assert not re.search(r"(?i)refused|reconnect|disconnected|traceback|error", "\n".join(after)), output
     assert len(after) <= 10, output
+
+
+def test_help_says_what_it_runs_and_starts_nothing(tmp_path):
+    env = {**os.environ, "BALCAO_DATA_DIR": str(tmp_path / "var")}
+    shown = subprocess.run(
+        [sys.executable, "-m", "devstack", "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+    wrong = subprocess.run(
+        [sys.executable, "-m", "devstack", "--port", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+
+    assert shown.returncode == 0 and "usage: python -m devstack" in shown.stdout
+    assert "NATS_URL" in shown.stdout and "BALCAO_DATA_DIR" in shown.stdout
+    assert wrong.returncode == 2 and "unrecognized arguments: --port 1" in wrong.stderr
+    assert not (tmp_path / "var").exists()  # nothing was started or written
