@@ -22,6 +22,7 @@ from typing import Any
 
 from bson import ObjectId
 from mongoengine import NotUniqueError
+from pymongo.errors import PyMongoError
 
 from contract import clock
 from contract.messaging import OutboundMessage
@@ -321,7 +322,10 @@ class Imports:
         # Promised even when the job had ended before: a crash may have come
         # between the two; the key makes a repeat a no-op.
         await self._announce(job)
-        await self.db.run(announced, job_id)
+        try:
+            await self.db.run(announced, job_id)
+        except PyMongoError as exc:  # promised already: the reaper promises it again, under the same keys
+            log.warning("import %s announced, its flag not cleared: %s", job_id, exc)
         return job
 
     async def _announce(self, job: dict[str, Any]) -> None:

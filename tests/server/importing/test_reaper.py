@@ -7,6 +7,7 @@ import datetime as dt
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from pymongo.errors import AutoReconnect
 
 from contract import clock
 from server.importing import jobs
@@ -128,3 +129,24 @@ def test_the_announcement_bounds_the_file_name() -> None:
     job = {"status": "succeeded", "source": "a" * 200, "counts": {}}
     text = jobs.announcement(job)
     assert "a" * jobs.MAX_ANNOUNCED_SOURCE not in text and "a" * (jobs.MAX_ANNOUNCED_SOURCE - 1) + "…" in text
+
+
+@pytest.mark.asyncio
+async def test_an_ended_import_whose_flag_was_not_cleared_is_announced_once(imports, mongo, monkeypatch) -> None:
+    """The flag set with the end outlives a failed clearing; the reaper's promise of it again is a no-op."""
+    job, _ = jobs.create_job("@suporte", "fim.csv", "chunks")
+
+    def database_gone(job_id) -> None:
+        raise AutoReconnect("connection closed")
+
+    monkeypatch.setattr(jobs, "announced", database_gone)
+    ended = await imports.finish(job["_id"], Tally(received=1, created=1), None)
+    assert ended["status"] == "succeeded"  # answered: the announcement was promised
+    assert mongo.import_jobs.find_one({"_id": job["_id"]})["announce_pending"] is True
+    monkeypatch.undo()
+
+    assert await imports.reap(IDLE) == 0  # nothing failed, one announcement made up for
+
+    assert "announce_pending" not in mongo.import_jobs.find_one({"_id": job["_id"]})
+    (entry,) = announcements(mongo, job)
+    assert entry["text"].startswith("Importação concluída (fim.csv): 1 sessão importada")
