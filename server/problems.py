@@ -57,12 +57,7 @@ def database_errors() -> Iterator[None]:
         yield
     except Contended as exc:
         log.warning("a request kept meeting other writers: %s", exc)
-        raise ApiError(
-            503,
-            "other changes to the same sessions kept racing this request; try again",
-            kind="contended",
-            headers={"Retry-After": "1"},
-        ) from exc
+        raise try_again("contended", "other changes to the same sessions kept racing this request", 1) from exc
     except ServerSelectionTimeoutError as exc:  # no server to send to: before any timeout question
         raise _unavailable(exc) from exc
     except PyMongoError as exc:
@@ -71,12 +66,7 @@ def database_errors() -> Iterator[None]:
             # answer). The request was valid; the server could not answer it in
             # time, so it is the server's 503, not the client's 4xx.
             log.warning("a request's database time ran out: %s", exc)
-            raise ApiError(
-                503,
-                "the database did not answer in time; try again shortly",
-                kind="query-timeout",
-                headers={"Retry-After": "5"},
-            ) from exc
+            raise try_again("query-timeout", "the database did not answer in time", 5) from exc
         # A replica set electing a primary fails writes with codes and labels, not
         # only with lost connections; those are as temporary (server/failover.py).
         if isinstance(exc, ConnectionFailure) or failover.is_transient(exc):
@@ -86,6 +76,9 @@ def database_errors() -> Iterator[None]:
 
 def _unavailable(exc: Exception) -> ApiError:
     log.warning("mongodb unavailable while serving a request: %s", exc)
-    return ApiError(
-        503, "the database is not answering; try again shortly", kind="unavailable", headers={"Retry-After": "5"}
-    )
+    return try_again("unavailable", "the database is not answering", 5)
+
+
+def try_again(kind: str, reason: str, seconds: int) -> ApiError:
+    """A 503 for a valid request the server could not serve now: `reason`, and when to ask again."""
+    return ApiError(503, f"{reason}; try again shortly", kind=kind, headers={"Retry-After": str(seconds)})
