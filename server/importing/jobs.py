@@ -211,7 +211,10 @@ def finish_job(
         raise LookupError(f"import {job_id} does not exist")
     if job["status"] != RUNNING:
         return job, False  # ended already (a repeated completion): leave it as it was
-    ImportJob.objects(id=job_id).update_one(**_setting(fields))
+    failpoint("import.finish.after_reading_job")
+    # Only while it still runs: the reaper of another replica may have failed it since it was read.
+    if ImportJob.objects.running(job_id).update_one(**_setting(fields)) == 0:
+        return find_job(job_id) or job, False
     return {**job, **fields}, True
 
 

@@ -10,6 +10,7 @@ import pytest
 from pymongo.errors import AutoReconnect
 
 from contract import clock
+from runtime import failpoints
 from server.importing import jobs
 from server.importing.feed import Tally
 from server.importing.jobs import Imports
@@ -150,3 +151,27 @@ async def test_an_ended_import_whose_flag_was_not_cleared_is_announced_once(impo
     assert "announce_pending" not in mongo.import_jobs.find_one({"_id": job["_id"]})
     (entry,) = announcements(mongo, job)
     assert entry["text"].startswith("Importação concluída (fim.csv): 1 sessão importada")
+
+
+@pytest.mark.asyncio
+async def test_a_completion_racing_the_reaper_leaves_the_end_it_announced(imports, mongo, tmp_path) -> None:
+    """The reaper fails the job between the completion's read and its write: the completion
+    must not overwrite the failure the channel is told about with a success."""
+    job = running_job(mongo, idle_for=IDLE * 2)
+    log, point = tmp_path / "failpoints", "import.finish.after_reading_job"
+    failpoints.configure({"BALCAO_FAILPOINTS": f"{point}=pause", "BALCAO_FAILPOINTS_LOG": str(log)})
+    try:
+        completing = asyncio.ensure_future(imports.finish(job["_id"], Tally(received=2, created=2), None))
+        while not (log.exists() and f"{point} pause" in log.read_text()):
+            await asyncio.sleep(0.02)
+        assert await imports.reap(IDLE) == 1  # another replica's reaper, inside the window
+        failpoints.resume(str(log), point)
+        ended = await asyncio.wait_for(completing, 30)
+    finally:
+        failpoints.configure({})
+
+    stored = mongo.import_jobs.find_one({"_id": job["_id"]})
+    assert stored["status"] == ended["status"] == "failed"
+    assert stored["failure"]["reason"] == "abandoned"
+    (entry,) = announcements(mongo, job)
+    assert entry["text"].startswith("Importação interrompida")
