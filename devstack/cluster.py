@@ -146,6 +146,9 @@ class NatsCluster:
             )
             for i in range(self.size)
         ]
+        self._route()
+
+    def _route(self) -> None:
         for node in self.nodes:
             node.routes = [peer.route_url for peer in self.nodes if peer is not node]
 
@@ -160,10 +163,31 @@ class NatsCluster:
     def node(self, name: str) -> NatsNode:
         return next(node for node in self.nodes if node.name == name)
 
-    def start(self, timeout: float = 30.0) -> None:
-        for node in self.nodes:
-            node.start()
-        self.wait_ready(timeout)
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> None:
+        """Start every node and wait for the cluster to form.
+
+        A node that exits before the cluster forms most likely found one of its
+        ports taken between choosing it and binding it (another program, a busy
+        machine): the nodes are stopped and all start again on new ports, as the
+        routes name every node's port. No node is left running when it gives up.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                for node in self.nodes:
+                    node.start()
+                self.wait_ready(timeout)
+                break
+            except RuntimeError as exc:  # a node exited
+                self.stop()
+                if attempt == attempts:
+                    raise
+                log.warning("nats cluster start failed (%s); again on new ports", exc)
+                for node in self.nodes:
+                    node.port, node.cluster_port, node.monitor_port = free_port(), free_port(), free_port()
+                self._route()
+            except BaseException:
+                self.stop()
+                raise
         log.info("nats cluster of %d nodes ready: %s", self.size, self.urls)
 
     def wait_ready(self, timeout: float = 30.0, nodes: list[NatsNode] | None = None) -> None:
@@ -171,6 +195,9 @@ class NatsCluster:
         deadline = time.monotonic() + timeout
         watched = [node for node in (nodes or self.nodes) if node.running]
         while True:
+            for node in watched:
+                if node.process is not None and node.process.poll() is not None:
+                    raise RuntimeError(f"nats node {node.name} exited with {node.process.returncode}")
             try:
                 if all(self._ready(node) for node in watched):
                     return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -21,10 +22,34 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+# Listening ports are taken below the kernel's ephemeral range, where no outgoing
+# connection's local port lands: a port handed out by bind(0) is in that range,
+# and a client connecting anywhere in the meantime may take it first.
+FREE_PORT_FLOOR = 20000
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port nothing listens on or connects from now, outside the ephemeral range."""
+    ceiling = _ephemeral_floor()
+    for _ in range(100):
+        port = random.randrange(FREE_PORT_FLOOR, ceiling)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # a crowded range: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _ephemeral_floor() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+    return low if low > FREE_PORT_FLOOR + 1000 else 32768
 
 
 def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
