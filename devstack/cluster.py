@@ -175,7 +175,7 @@ class NatsCluster:
             try:
                 for node in self.nodes:
                     node.start()
-                self.wait_ready(timeout)
+                self.wait_ready(timeout, nodes=self.nodes)
                 break
             except RuntimeError as exc:  # a node exited
                 self.stop()
@@ -191,18 +191,21 @@ class NatsCluster:
         log.info("nats cluster of %d nodes ready: %s", self.size, self.urls)
 
     def wait_ready(self, timeout: float = 30.0, nodes: list[NatsNode] | None = None) -> None:
-        """Until every running node sees its peers' routes and a JetStream meta leader."""
+        """Until every node of `nodes` (default: those running) sees its running peers' routes and a
+        JetStream meta leader; RuntimeError if one of them exits meanwhile."""
         deadline = time.monotonic() + timeout
-        watched = [node for node in (nodes or self.nodes) if node.running]
+        watched = list(nodes) if nodes is not None else [node for node in self.nodes if node.running]
         while True:
-            for node in watched:
-                if node.process is not None and node.process.poll() is not None:
-                    raise RuntimeError(f"nats node {node.name} exited with {node.process.returncode}")
             try:
-                if all(self._ready(node) for node in watched):
-                    return
+                ready = all(self._ready(node) for node in watched)
             except OSError:
-                pass
+                ready = False
+            for node in watched:  # after the check: a node gone during it must not pass for ready
+                if node.process is None or node.process.poll() is not None:
+                    code = None if node.process is None else node.process.returncode
+                    raise RuntimeError(f"nats node {node.name} exited with {code}")
+            if ready:
+                return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nats cluster not ready after {timeout} s")
             time.sleep(0.1)
