@@ -24,32 +24,53 @@ log = logging.getLogger(__name__)
 
 # Listening ports are taken below the kernel's ephemeral range, where no outgoing
 # connection's local port lands: a port handed out by bind(0) is in that range,
-# and a client connecting anywhere in the meantime may take it first.
+# and one of the suite's many client connections may take it before it is bound.
 FREE_PORT_FLOOR = 20000
+_next_port: int | None = None  # where this process goes on in its slice (a random start)
 
 
 def free_port() -> int:
-    """A loopback port nothing listens on or connects from now, outside the ephemeral range."""
-    ceiling = _ephemeral_floor()
-    for _ in range(100):
-        port = random.randrange(FREE_PORT_FLOOR, ceiling)
+    """A loopback port nothing listens on now, outside the ephemeral range, and not handed out lately.
+
+    Each pytest-xdist worker takes ports from its own slice of the range, in
+    turn, so no two workers hand out the same port, and a worker hands a port
+    out again only after the rest of its slice: a test's server restarted on
+    its port, after a kill, finds it free.
+    """
+    global _next_port
+    low, high = _port_slice()
+    size = high - low
+    if _next_port is None:
+        _next_port = random.randrange(size)
+    for _ in range(size):
+        port = low + _next_port % size
+        _next_port += 1
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    with socket.socket() as sock:  # a crowded range: let the kernel choose
+    with socket.socket() as sock:  # the whole slice is busy: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _ephemeral_floor() -> int:
+def _port_slice() -> tuple[int, int]:
+    """This process's share of the ports between FREE_PORT_FLOOR and the ephemeral range."""
     try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        ceiling = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
-    return low if low > FREE_PORT_FLOOR + 1000 else 32768
+        ceiling = 32768  # Linux's default
+    if ceiling < FREE_PORT_FLOOR + 1000:
+        ceiling = 32768
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if not worker.startswith("gw") or not worker[2:].isdigit() or count < 1:
+        return FREE_PORT_FLOOR, ceiling
+    width = (ceiling - FREE_PORT_FLOOR) // count
+    low = FREE_PORT_FLOOR + int(worker[2:]) % count * width
+    return low, low + width
 
 
 def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:

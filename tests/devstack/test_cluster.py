@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from devstack.cluster import NatsCluster
-from devstack.processes import free_port
+from devstack.processes import _port_slice, free_port
 
 
 def hold(port: int) -> socket.socket:
@@ -48,8 +48,20 @@ def test_a_start_that_gives_up_leaves_no_node_running(tmp_path):
     assert all(node.process is None for node in cluster.nodes)
 
 
-def test_free_ports_are_below_the_range_outgoing_connections_use():
-    ports = {free_port() for _ in range(20)}
+def test_free_ports_are_below_the_range_outgoing_connections_use_and_not_handed_out_twice():
+    ports = [free_port() for _ in range(200)]
     with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
         ephemeral_floor = int(ranges.read().split()[0])
     assert all(20000 <= port < ephemeral_floor for port in ports)
+    assert len(set(ports)) == len(ports)
+
+
+def test_each_xdist_worker_takes_ports_from_its_own_slice(monkeypatch):
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "4")
+    slices = []
+    for worker in range(4):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", f"gw{worker}")
+        slices.append(_port_slice())
+        low, high = slices[-1]
+        assert low <= free_port() < high
+    assert all(a[1] <= b[0] for a, b in zip(slices, slices[1:]))  # apart, in order
