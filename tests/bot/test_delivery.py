@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 from telegram import Bot
 
-from bot.delivery import Delivery, delivered_bucket, delivered_key
+from bot.delivery import Delivery, RollingSecond, delivered_bucket, delivered_key
 from contract.messaging import OUTBOUND_SUBJECT, PARKED_STREAM, PARKED_SUBJECT, OutboundMessage
 from devstack.faketelegram import FakeTelegram
 from runtime import jetstream
@@ -151,3 +151,19 @@ async def test_a_burst_to_one_chat_does_not_delay_other_chats(fake, js, delivery
     await until(lambda: len(fake.sent(20)) == burst, timeout=30)
     assert [m["text"] for m in fake.sent(20)] == [f"rajada {n}" for n in range(burst)]
     assert all(a["status"] == 200 for a in fake.attempts()), "paced sends must never meet a 429"
+
+
+def test_the_rolling_second_lets_a_burst_go_at_once_and_holds_each_send_a_second_after_its_answer():
+    now = [100.0]
+    window = RollingSecond(30, clock=lambda: now[0])
+    rooms = []
+    for _ in range(30):  # a batch of replies is not spaced out
+        assert window.wait() == 0.0
+        rooms.append(window.reserve())
+    assert window.wait() is None, "all 30 in flight: wait for an answer"
+    now[0] = 100.2
+    rooms[0].requested = True
+    window.release(rooms[0])
+    assert window.wait() == pytest.approx(1.0), "answered at 100.2: room again at 101.2"
+    window.release(rooms[1])  # never sent (already delivered, say): its room is free at once
+    assert window.wait() == 0.0
