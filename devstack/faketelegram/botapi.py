@@ -123,6 +123,9 @@ class BotApi:
         if entry is None:
             raise ApiError(HTTPStatus.NOT_FOUND)
         name, handler = entry
+        held_up = self.state.arrival_delay(name, params)
+        if held_up:
+            await asyncio.sleep(held_up)
         try:
             self.state.raise_armed_fault(name, params)
             result = await handler(params)

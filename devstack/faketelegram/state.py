@@ -53,6 +53,17 @@ class Fault:
 
 
 @dataclass
+class Delay:
+    """The next ``times`` calls of ``method`` (for ``chat_id``, if given) reach the API
+    ``seconds`` late, as a request held up on the network would."""
+
+    method: str
+    seconds: float
+    chat_id: str | None = None
+    times: int = 1
+
+
+@dataclass
 class Attempt:
     """One Bot API call as the bot made it, with the status it got."""
 
@@ -132,6 +143,7 @@ class TelegramState:
         self.sent: list[JsonDict] = []
         self.attempts: list[Attempt] = []
         self.faults: list[Fault] = []
+        self.delays: list[Delay] = []
         self.webhook: Webhook | None = None
 
     def reset(self) -> None:
@@ -231,6 +243,21 @@ class TelegramState:
             self.confirmed_offset = max(self.confirmed_offset, update["update_id"] + 1)
 
     # -- what the bot did -------------------------------------------------------------------
+
+    def arrival_delay(self, method: str, params: JsonDict) -> float:
+        """Seconds this call is held up before it arrives (0: none armed for it)."""
+        requested = chat_ref(params.get("chat_id"))
+        chat = self.find_chat(requested) if requested is not None else None
+        for delay in self.delays:
+            if delay.method.lower() != method.lower():
+                continue
+            if delay.chat_id is not None and not chat_matches(delay.chat_id, requested, chat):
+                continue
+            delay.times -= 1
+            if delay.times == 0:
+                self.delays.remove(delay)
+            return delay.seconds
+        return 0.0
 
     def raise_armed_fault(self, method: str, params: JsonDict) -> None:
         requested = chat_ref(params.get("chat_id"))
