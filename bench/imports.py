@@ -12,12 +12,14 @@ pairs' ratios of sessions per second.
 Also: the peak RSS (VmHWM) of the server, the CLI and the reference; the
 MongoDB commands each sent per 1,000 sessions; and CPU-seconds per 1,000
 sessions of every process. `--large` gives SecantusDB the cache and oplog a
-load past 100,000 sessions needs.
+load past 100,000 sessions needs; `--profile DIR` samples the server and the
+CLI with py-spy while they import (bench/profiling.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
 import statistics
 import sys
@@ -26,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import method, stack
+from bench import method, profiling, stack
 from cli.generate import generate_sessions, write_sessions
 from devstack.processes import free_port, wait_for_port
 
@@ -62,7 +64,9 @@ def timed(program: stack.Program, watched: list[stack.Program]) -> dict[str, Any
     return {"peak_rss_mb": peak, "cpu": {program.name: cpu}}
 
 
-def one_import(run: stack.Stack, side: str, path: Path, sessions: int, messages: int) -> dict[str, Any]:
+def one_import(
+    run: stack.Stack, side: str, path: Path, sessions: int, messages: int, profile: Path | None = None
+) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     if side == "reference":
         before = run.server_cpu()
@@ -92,7 +96,11 @@ def one_import(run: stack.Stack, side: str, path: Path, sessions: int, messages:
                     f"cli-{name}", "cli", "import", str(path), "--channel", "@bench_channel",
                     "--state-dir", str(run.work / f"state-{name}"), work=run.work, env=env,
                 )  # fmt: skip
-                watched = timed(cli, [server])
+                with contextlib.ExitStack() as sampling:
+                    for program in [server, cli] if profile else []:
+                        output = profile / f"{run.work.name}-{name}-{program.name}.txt"
+                        sampling.enter_context(profiling.sampled(program.pid, output))
+                    watched = timed(cli, [server])
                 elapsed = time.monotonic() - started
                 time.sleep(0.2)  # the probe writes the server's counts every 50 ms
                 cpu = {
@@ -150,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--messages", type=int, default=3, help="messages per session")
     parser.add_argument("--pairs", type=int, default=method.MIN_PAIRS)
     parser.add_argument("--large", action="store_true", help="SecantusDB sized for hundreds of thousands")
+    parser.add_argument("--profile", type=Path, help="sample the server and the CLI with py-spy into this folder")
     method.add_results_argument(parser)
     args = parser.parse_args(argv)
     with (
@@ -164,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         runs = []
         for pair, side in method.alternate(args.pairs):
             with stack.fresh_stack(work / f"{pair}-{side}", large=args.large) as run:
-                runs.append({"pair": pair, "side": side, **one_import(run, side, path, args.sessions, args.messages)})
+                figures = one_import(run, side, path, args.sessions, args.messages, args.profile)
+                runs.append({"pair": pair, "side": side, **figures})
         summary = summarise(runs)
         print(
             f"ratio Balcão/reference (median of {args.pairs}): {summary['ratio']:.2f} "
@@ -179,6 +189,9 @@ def main(argv: list[str] | None = None) -> None:
             "summary": summary,
             "runs": runs,
         }
+    if args.profile:
+        for collapsed in sorted(args.profile.glob("*.txt")):
+            print(profiling.summary(collapsed), "\n")
 
 
 def summarise(runs: list[dict]) -> dict[str, Any]:

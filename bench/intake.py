@@ -30,12 +30,17 @@ of every process (server, bot, references, nats-server, SecantusDB).
 `--durability nats-sync mongo-journal` runs `intake` and `e2e` again with
 JetStream fsyncing every write and with MongoDB journaling every write, each
 beside its own reference under the same settings (see bench/stack.py).
+
+`--profile DIR` samples every measured process with py-spy during the timed
+part (bench/profiling.py), keeps the collapsed stacks in DIR and prints where
+each process spent its time.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -47,7 +52,7 @@ from typing import Any
 import nats
 import nats.js.errors
 
-from bench import method, stack
+from bench import method, profiling, stack
 from bench.reference import documents as d
 from contract.events import EVENTS_STREAM
 from contract.messaging import INBOUND_CONSUMER, INBOUND_STREAM, INBOUND_SUBJECT, OUTBOUND_STREAM
@@ -151,7 +156,17 @@ def check_stored(run: stack.Stack, messages: int, sessions: int) -> None:
     database.client.close()
 
 
-async def server_intake(run: stack.Stack, side: str, messages: int, contacts: int, existing: bool) -> dict:
+def profiled(programs: list[stack.Program], folder: Path | None, label: str) -> contextlib.ExitStack:
+    """py-spy samples each program while the block runs (nothing when `folder` is None)."""
+    sampling = contextlib.ExitStack()
+    for program in programs if folder is not None else []:
+        sampling.enter_context(profiling.sampled(program.pid, folder / f"{label}-{program.name}.txt"))
+    return sampling
+
+
+async def server_intake(
+    run: stack.Stack, side: str, messages: int, contacts: int, existing: bool, profile: Path | None, label: str
+) -> dict:
     nc = await nats.connect(run.nats_url, name="bench")
     js = nc.jetstream()
     program, connection = start_server_side(run, side, run.work)
@@ -166,10 +181,11 @@ async def server_intake(run: stack.Stack, side: str, messages: int, contacts: in
             first_id += messages
         await asyncio.sleep(SETTLE)
         before = stack.snapshot(run, [program], {program.name: connection})
-        started = time.monotonic()
-        await publish_burst(js, messages, contacts, first_id)
-        await drained(js, program, deadline)
-        elapsed = time.monotonic() - started
+        with profiled([program], profile, label):
+            started = time.monotonic()
+            await publish_burst(js, messages, contacts, first_id)
+            await drained(js, program, deadline)
+            elapsed = time.monotonic() - started
         await asyncio.sleep(SETTLE)
         after = stack.snapshot(run, [program], {program.name: connection})
         total = messages * (2 if existing else 1)
@@ -192,7 +208,7 @@ def brief(figures: dict) -> str:
     return f"CPU-s/1000: {cpu}; MongoDB commands/msg: {commands}"
 
 
-async def end_to_end(run: stack.Stack, side: str, messages: int) -> dict:
+async def end_to_end(run: stack.Stack, side: str, messages: int, profile: Path | None, label: str) -> dict:
     fake = FakeTelegram(TOKEN)
     fake.flood_control.enabled = False  # Telegram's limits are bench.replies' subject
     await fake.start(port=0)
@@ -230,13 +246,14 @@ async def end_to_end(run: stack.Stack, side: str, messages: int) -> dict:
         await asyncio.sleep(SETTLE)
         before = stack.snapshot(run, programs, connections)
         injected: dict[int, float] = {}
-        for n in range(messages):
-            contact = FIRST_CONTACT + n
-            injected[contact] = time.monotonic()
-            fake.inject_message({"id": contact, "first_name": f"Contato {contact}"}, f"mensagem {n}")
-            if n % 50 == 0:
-                await asyncio.sleep(0)  # the fake answers the pollers on this loop too
-        await until(lambda: fake.sent_count >= messages + 1, programs, deadline)
+        with profiled(programs, profile, label):
+            for n in range(messages):
+                contact = FIRST_CONTACT + n
+                injected[contact] = time.monotonic()
+                fake.inject_message({"id": contact, "first_name": f"Contato {contact}"}, f"mensagem {n}")
+                if n % 50 == 0:
+                    await asyncio.sleep(0)  # the fake answers the pollers on this loop too
+            await until(lambda: fake.sent_count >= messages + 1, programs, deadline)
         await asyncio.sleep(SETTLE)
         after = stack.snapshot(run, programs, connections)
         answered: dict[int, list[float]] = {}
@@ -294,12 +311,14 @@ def run_case(part: str, durability: stack.Durability, args: argparse.Namespace, 
     )
     runs = []
     for pair, side in method.alternate(args.pairs):
-        folder = work / f"{part}-{durability.name}-{pair}-{side}"
-        with stack.fresh_stack(folder, durability) as run:
+        label = f"{part}-{durability.name}-{pair}-{side}"
+        with stack.fresh_stack(work / label, durability) as run:
             if part == "e2e":
-                figures = asyncio.run(end_to_end(run, side, args.messages))
+                figures = asyncio.run(end_to_end(run, side, args.messages, args.profile, label))
             else:
-                figures = asyncio.run(server_intake(run, side, args.messages, contacts, part == "existing"))
+                figures = asyncio.run(
+                    server_intake(run, side, args.messages, contacts, part == "existing", args.profile, label)
+                )
         runs.append({"pair": pair, "side": side, **figures})
     summary = summarise(runs)
     print(
@@ -369,6 +388,11 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="also run the `intake` and `e2e` parts with these server settings (see bench/stack.py)",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="sample every measured process with py-spy into this folder (collapsed stacks), and summarise",
+    )
     method.add_results_argument(parser)
     args = parser.parse_args(argv)
     with (
@@ -378,6 +402,9 @@ def main(argv: list[str] | None = None) -> None:
         plan = [(part, "default") for part in args.parts]
         plan += [(part, name) for name in args.durability for part in args.parts if part in DURABILITY_PARTS]
         record.figures = {"cases": [run_case(part, stack.DURABILITY[name], args, Path(tmp)) for part, name in plan]}
+    if args.profile:
+        for collapsed in sorted(args.profile.glob("*.txt")):
+            print(profiling.summary(collapsed), "\n")
 
 
 if __name__ == "__main__":

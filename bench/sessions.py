@@ -20,7 +20,8 @@ and p99 (from 1,000 requests or more, else the maximum) of both, their ratio,
 and the `find` commands the server sent per request (counted in the server by
 `bench.probe`).
 
-With --data-dir the loaded database is kept there and reused by the next run.
+With --data-dir the loaded database is kept there and reused by the next run;
+--profile DIR samples the server with py-spy while it answers (bench/profiling.py).
 Loading is the slow part on SecantusDB: about a thousand sessions a second.
 """
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime as dt
 import random
 import sys
@@ -42,7 +44,7 @@ import pymongo
 from bson import ObjectId
 from faker import Faker
 
-from bench import method, stack
+from bench import method, profiling, stack
 from bench.reference import documents as d
 from devstack.processes import free_port, wait_for_port
 
@@ -137,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--page", type=int, default=100, help="the page reached by following cursors")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data-dir", type=Path, help="keep the database here, reused when it holds as many sessions")
+    parser.add_argument("--profile", type=Path, help="sample the server with py-spy into this folder, and summarise")
     method.add_results_argument(parser)
     args = parser.parse_args(argv)
     if args.sessions <= LIMIT * args.page:
@@ -148,6 +151,9 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         with stack.fresh_stack(work, large=True, mongo_dir=args.data_dir) as run:
             record.figures = measure(run, args)
+    if args.profile:
+        for collapsed in sorted(args.profile.glob("*.txt")):
+            print(profiling.summary(collapsed), "\n")
 
 
 def measure(run: stack.Stack, args: argparse.Namespace) -> dict[str, Any]:
@@ -210,7 +216,11 @@ def measure(run: stack.Stack, args: argparse.Namespace) -> dict[str, Any]:
             if got != expected:
                 raise AssertionError(f"{name}: the reference read another page than the endpoint answered")
             finds_before = server.mongo_commands().get("find", 0)
-            ours, base = timed_pair(endpoint(params), reference(query), args.repeat)
+            with contextlib.ExitStack() as sampling:
+                if args.profile:
+                    label = "".join(ch if ch.isalnum() else "-" for ch in name)
+                    sampling.enter_context(profiling.sampled(server.pid, args.profile / f"{label}-server.txt"))
+                ours, base = timed_pair(endpoint(params), reference(query), args.repeat)
             time.sleep(0.2)  # the probe writes the server's counts every 50 ms
             finds = (server.mongo_commands().get("find", 0) - finds_before) / (args.repeat + max(3, args.repeat // 20))
             balcao, ref = method.latency_figures(ours), method.latency_figures(base)
