@@ -13,7 +13,10 @@ For each offered rate it prints the reply latency (p50, and p99 from 1,000
 replies or more, else the maximum), the 429 answers the bot met, the most
 sends the fake accepted in any rolling second, and the backlog left when the
 offering stopped (replies still owed: a queue forms when the offered rate is
-above what the bot may send).
+above what the bot may send). Each reply's time is split at the moment the
+server stamped the message's `message.received` event, once stored: getting it
+stored (the bot's relay, JetStream, the intake), then getting the reply out
+(the reply's publish, the bot's fetch and pacing, the send).
 
 Targets: at 28 msg/s p99 <= 100 ms; at 35 msg/s a queue forms and 0 x 429.
 """
@@ -22,15 +25,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
+import json
 import sys
 import tempfile
 import time
 from collections import deque
 from pathlib import Path
 
+import nats
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
 from bench import method, stack
 from bench.intake import TOKEN, WARM_CONTACT, until
 from bench.reference.documents import REPLY
+from contract.events import EVENTS_STREAM, EVENTS_SUBJECT_ROOT, MESSAGE_RECEIVED
 from devstack.faketelegram import FakeTelegram
 from devstack.processes import free_port, wait_for_port
 
@@ -70,20 +79,22 @@ async def offered(rate: float, seconds: float, contacts: int, work: Path) -> dic
             await until(lambda: fake.sent_count >= 1, programs, deadline)
             await asyncio.sleep(1.5)  # the warm-up's chat and the rolling second are clear
             before = stack.snapshot(run, programs, {"server": "balcao-server", "bot": "balcao-bot"})
-            injected: list[tuple[int, float]] = []
+            injected: list[tuple[int, float, str]] = []  # contact, when, the stored message's key
             started = time.monotonic()
             for n in range(count):
                 pause = started + n / rate - time.monotonic()
                 if pause > 0:
                     await asyncio.sleep(pause)
                 contact = FIRST_CONTACT + n % contacts
-                injected.append((contact, time.monotonic()))
-                fake.inject_message({"id": contact, "first_name": f"Contato {contact}"}, f"mensagem {n}")
+                at = time.monotonic()
+                sent = fake.inject_message({"id": contact, "first_name": f"Contato {contact}"}, f"mensagem {n}")
+                injected.append((contact, at, f"telegram:{contact}:tg{sent['message_id']}"))
             stopped = time.monotonic()
             owed = count + 1 - fake.sent_count
             await until(lambda: fake.sent_count >= count + 1, programs, deadline)
             await asyncio.sleep(0.5)
             after = stack.snapshot(run, programs, {"server": "balcao-server", "bot": "balcao-bot"})
+            stored_at = await stored_times(run.nats_url)
         finally:
             for program in reversed(programs):
                 program.stop()
@@ -93,13 +104,25 @@ async def offered(rate: float, seconds: float, contacts: int, work: Path) -> dic
     for attempt in attempts:
         if attempt["status"] == 200 and attempt["text"] == REPLY:
             replies.setdefault(int(attempt["chat_id"]), deque()).append(attempt["at"])
-    latencies = [replies[contact].popleft() - at for contact, at in injected]  # a chat's replies keep its order
+    answered = [replies[contact].popleft() for contact, _, _ in injected]  # a chat's replies keep its order
+    latencies = [reply - at for reply, (_, at, _) in zip(answered, injected)]
+    # The server stamps `message.received` once it stored the message: the reply's
+    # time splits there into getting it stored (bot relay, JetStream, intake) and
+    # getting the reply out (reply publish, the bot's fetch, pacing, the send).
+    wall = time.time() - time.monotonic()
+    stages = [
+        (stored_at[key] - wall - at, reply - (stored_at[key] - wall))
+        for reply, (_, at, key) in zip(answered, injected)
+        if key in stored_at
+    ]
     accepted = [a["at"] for a in attempts if a["status"] == 200]
     figures = {
         "offered_rate": rate,
         "messages": count,
         "contacts": contacts,
         "latency": method.latency_figures(latencies),
+        "stored": method.latency_figures([stored for stored, _ in stages]),
+        "replied_after_stored": method.latency_figures([replied for _, replied in stages]),
         "too_many_requests": sum(1 for a in attempts if a["status"] == 429),
         "most_accepted_in_a_second": most_in_a_second(accepted),
         "delivered_rate": (len(accepted) - 1) / (max(accepted) - min(accepted)),
@@ -112,10 +135,43 @@ async def offered(rate: float, seconds: float, contacts: int, work: Path) -> dic
         f"p50 {figures['latency']['p50_ms']:.0f} ms, {method.tail_text(figures['latency'])}; "
         f"{figures['too_many_requests']} x 429; at most {figures['most_accepted_in_a_second']} sends "
         f"in a rolling second; delivered {figures['delivered_rate']:.1f} msg/s; "
-        f"{owed} replies owed when the offering stopped",
+        f"{owed} replies owed when the offering stopped; of which stored p50 {figures['stored']['p50_ms']:.0f} ms "
+        f"{method.tail_text(figures['stored'])}, then replied p50 {figures['replied_after_stored']['p50_ms']:.0f} ms "
+        f"{method.tail_text(figures['replied_after_stored'])}",
         flush=True,
     )
     return figures
+
+
+async def stored_times(nats_url: str) -> dict[str, float]:
+    """Each stored message's key -> when the server stamped its `message.received` event (epoch s)."""
+    nc = await nats.connect(nats_url, name="bench")
+    js = nc.jetstream()
+    expected = (await js.stream_info(EVENTS_STREAM)).state.messages
+    found: dict[str, float] = {}
+    seen = 0
+    done = asyncio.Event()
+
+    async def on_event(msg) -> None:
+        nonlocal seen
+        seen += 1
+        body = json.loads(msg.data)
+        if body["type"] == MESSAGE_RECEIVED:
+            found[body["message"]["key"]] = dt.datetime.fromisoformat(body["at"].replace("Z", "+00:00")).timestamp()
+        if seen >= expected:
+            done.set()
+
+    subscription = await js.subscribe(
+        f"{EVENTS_SUBJECT_ROOT}.>",
+        stream=EVENTS_STREAM,
+        ordered_consumer=True,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        cb=on_event,
+    )
+    await asyncio.wait_for(done.wait(), 120)
+    await subscription.unsubscribe()
+    await nc.close()
+    return found
 
 
 def main(argv: list[str] | None = None) -> None:
