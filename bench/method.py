@@ -23,6 +23,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -134,6 +135,16 @@ def own_tree_cpu_seconds() -> float:
     return total
 
 
+def storage(path: str) -> str:
+    """The file system and device the servers' data lives on: fsync costs what they cost."""
+    best = ("", "unknown", "")
+    for line in Path("/proc/mounts").read_text().splitlines():
+        device, mount, kind = line.split()[:3]
+        if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best[0]):
+            best = (mount, kind, device)
+    return f"{best[1]} on {best[2]}" if best[2] else best[1]
+
+
 def commit() -> dict[str, Any]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
@@ -195,6 +206,7 @@ def recorded(benchmark: str, results: Path | None = RESULTS, argv: Iterable[str]
         "other_cpu_seconds": round(other, 1),
         "other_work": other > OTHER_WORK_SHARE * elapsed,
         "versions": versions(),
+        "storage": storage(tempfile.gettempdir()),
         "mongodb": os.environ.get("MONGODB_URI") and "external (MONGODB_URI)" or "SecantusDB",
     }
     print(

@@ -82,7 +82,8 @@ def run_line(result: dict[str, Any]) -> list[str]:
     load_after = ", ".join(str(x) for x in result["load_after"])
     return [
         f"`{result['command']}` at commit `{result['commit']}`{dirty}, {when(result['started'])}, "
-        f"{result['seconds']:,.0f} s on {result['cores']} cores with {result['mongodb']}. Load average "
+        f"{result['seconds']:,.0f} s on {result['cores']} cores with {result['mongodb']}"
+        f"{', data on ' + result['storage'] if result.get('storage') else ''}. Load average "
         f"(1, 5, 15 min) {load_before} before and {load_after} after; other work on the machine: {other} "
         f"({result['other_cpu_seconds']:,.0f} CPU-s beside this run's own {result['own_cpu_seconds']:,.0f}).",
         "",
@@ -157,14 +158,25 @@ def intake(result: dict[str, Any]) -> list[str]:
     )
     descriptions = sorted({(c["durability"], c["durability_description"]) for c in result["figures"]["cases"]})
     lines += ["", *(f"- `{name}`: {text}." for name, text in descriptions)]
+    end_to_end = [c for c in result["figures"]["cases"] if c["part"] == "e2e" and c["durability"] == "default"]
+    if end_to_end:
+        cpu = end_to_end[0]["summary"]["balcao"]["cpu_seconds_per_1000"]
+        carried = ", ".join(f"{name} {1000 / value:,.0f}" for name, value in cpu.items() if value > 0)
+        lines += [
+            "",
+            f"Sizing (`docs/scaling.md`): at these CPU-seconds per 1,000 messages end to end, one core carries "
+            f"about this many messages a second of each process's work: {carried}.",
+        ]
     return lines
 
 
 def replies(result: dict[str, Any]) -> list[str]:
     lines = [
         "The whole desk against the fake Bot API with flood control as strict as Telegram's (30 sends in any "
-        "rolling second per bot, one a second per private chat). Targets: at 28 msg/s reply p99 <= 100 ms; "
-        "at 35 msg/s a queue forms and 0 x 429.",
+        "rolling second per bot, one a second per private chat). Each reply's time splits where the server "
+        "stamped the message's `message.received` event: stored after (the bot's relay, JetStream, the intake), "
+        "then replied after (the reply's publish, the bot's fetch and pacing, the send). Targets: at 28 msg/s "
+        "reply p99 <= 100 ms; at 35 msg/s a queue forms and 0 x 429.",
         "",
     ]
     rows = []
@@ -179,6 +191,8 @@ def replies(result: dict[str, Any]) -> list[str]:
                 str(run["most_accepted_in_a_second"]),
                 number(run["delivered_rate"], 1),
                 f"{run['owed_when_offering_stopped']:,}",
+                f"{ms(run['stored']['p50_ms'])}, {tail(run['stored'])}",
+                f"{ms(run['replied_after_stored']['p50_ms'])}, {tail(run['replied_after_stored'])}",
                 per_process(run["cpu_seconds_per_1000"], 2),
             ]
         )
@@ -191,6 +205,8 @@ def replies(result: dict[str, Any]) -> list[str]:
             "most sends in a rolling second",
             "delivered msg/s",
             "replies owed when offering stopped",
+            "stored after",
+            "then replied after",
             "CPU-s / 1,000 messages",
         ],
         rows,
