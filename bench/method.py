@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -184,6 +185,15 @@ def recorded(benchmark: str, results: Path | None = RESULTS, argv: Iterable[str]
 
     `results`: the folder the JSON goes to (None: print only).
     """
+    # Stopped with SIGTERM, the benchmark still runs the `finally` blocks that stop its servers.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield from _recorded(benchmark, results, argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _recorded(benchmark: str, results: Path | None, argv: Iterable[str] | None) -> Iterator[Record]:
     args = list(sys.argv[1:] if argv is None else argv)
     record = Record(benchmark, shlex.join([".venv/bin/python", "-m", f"bench.{benchmark}", *args]))
     started_at = dt.datetime.now(dt.UTC)
@@ -218,6 +228,10 @@ def recorded(benchmark: str, results: Path | None = RESULTS, argv: Iterable[str]
         path = results / f"{benchmark}.json"
         path.write_text(json.dumps(record.as_json(), indent=1, sort_keys=True) + "\n")
         print(f"results in {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def add_results_argument(parser) -> None:
