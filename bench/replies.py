@@ -1,6 +1,6 @@
 """Replies at Telegram's limits: latency below the bot's 30 messages/s, and overload above it.
 
-    .venv/bin/python -m bench.replies [--rates 28 35] [--seconds 40] [--contacts 300]
+    .venv/bin/python -m bench.replies [--rates 28 35] [--seconds 40] [--contacts 300] [--profile DIR]
 
 The whole desk (server, bot, nats-server, the database) against the fake Bot
 API with flood control on, as strict as Telegram's: 30 messages in any
@@ -19,6 +19,8 @@ stored (the bot's relay, JetStream, the intake), then getting the reply out
 (the reply's publish, the bot's fetch and pacing, the send).
 
 Targets: at 28 msg/s p99 <= 100 ms; at 35 msg/s a queue forms and 0 x 429.
+`--profile DIR` samples the server and the bot with py-spy while messages are
+offered (bench/profiling.py).
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from pathlib import Path
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from bench import method, stack
-from bench.intake import TOKEN, WARM_CONTACT, until
+from bench import method, profiling, stack
+from bench.intake import TOKEN, WARM_CONTACT, profiled, until
 from bench.reference.documents import REPLY
 from contract.events import EVENTS_STREAM, EVENTS_SUBJECT_ROOT, MESSAGE_RECEIVED
 from devstack.faketelegram import FakeTelegram
@@ -60,7 +62,7 @@ def most_in_a_second(times: list[float]) -> int:
     return most
 
 
-async def offered(rate: float, seconds: float, contacts: int, work: Path) -> dict:
+async def offered(rate: float, seconds: float, contacts: int, work: Path, profile: Path | None) -> dict:
     count = max(int(rate * seconds), 1)
     with stack.fresh_stack(work) as run:
         fake = FakeTelegram(TOKEN)  # flood control on, as Telegram
@@ -80,18 +82,19 @@ async def offered(rate: float, seconds: float, contacts: int, work: Path) -> dic
             await asyncio.sleep(1.5)  # the warm-up's chat and the rolling second are clear
             before = stack.snapshot(run, programs, {"server": "balcao-server", "bot": "balcao-bot"})
             injected: list[tuple[int, float, str]] = []  # contact, when, the stored message's key
-            started = time.monotonic()
-            for n in range(count):
-                pause = started + n / rate - time.monotonic()
-                if pause > 0:
-                    await asyncio.sleep(pause)
-                contact = FIRST_CONTACT + n % contacts
-                at = time.monotonic()
-                sent = fake.inject_message({"id": contact, "first_name": f"Contato {contact}"}, f"mensagem {n}")
-                injected.append((contact, at, f"telegram:{contact}:tg{sent['message_id']}"))
-            stopped = time.monotonic()
-            owed = count + 1 - fake.sent_count
-            await until(lambda: fake.sent_count >= count + 1, programs, deadline)
+            with profiled(programs, profile, f"rate-{rate:g}"):
+                started = time.monotonic()
+                for n in range(count):
+                    pause = started + n / rate - time.monotonic()
+                    if pause > 0:
+                        await asyncio.sleep(pause)
+                    contact = FIRST_CONTACT + n % contacts
+                    at = time.monotonic()
+                    sent = fake.inject_message({"id": contact, "first_name": f"Contato {contact}"}, f"mensagem {n}")
+                    injected.append((contact, at, f"telegram:{contact}:tg{sent['message_id']}"))
+                stopped = time.monotonic()
+                owed = count + 1 - fake.sent_count
+                await until(lambda: fake.sent_count >= count + 1, programs, deadline)
             await asyncio.sleep(0.5)
             after = stack.snapshot(run, programs, {"server": "balcao-server", "bot": "balcao-bot"})
             stored_at = await stored_times(run.nats_url)
@@ -179,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[28.0, 35.0], help="offered messages per second")
     parser.add_argument("--seconds", type=float, default=40.0, help="how long each rate is offered")
     parser.add_argument("--contacts", type=int, default=300, help="contacts taking turns to write")
+    parser.add_argument("--profile", type=Path, help="sample the server and the bot with py-spy into this folder")
     method.add_results_argument(parser)
     args = parser.parse_args(argv)
     for rate in args.rates:
@@ -189,9 +193,13 @@ def main(argv: list[str] | None = None) -> None:
         tempfile.TemporaryDirectory(prefix="balcao-bench-") as tmp,
     ):
         runs = [
-            asyncio.run(offered(rate, args.seconds, args.contacts, Path(tmp) / f"rate-{rate:g}")) for rate in args.rates
+            asyncio.run(offered(rate, args.seconds, args.contacts, Path(tmp) / f"rate-{rate:g}", args.profile))
+            for rate in args.rates
         ]
         record.figures = {"runs": runs, "telegram_per_second": TELEGRAM_PER_SECOND}
+    if args.profile:
+        for collapsed in sorted(args.profile.glob("*.txt")):
+            print(profiling.summary(collapsed), "\n")
 
 
 if __name__ == "__main__":
