@@ -179,8 +179,7 @@ async def server_intake(
             await publish_burst(js, messages, contacts, first_id)
             await drained(js, program, deadline)
             first_id += messages
-        await asyncio.sleep(SETTLE)
-        before = stack.snapshot(run, [program], {program.name: connection})
+        idle, before = await stack.idle_then_snapshot(run, [program], {program.name: connection})
         with profiled([program], profile, label):
             started = time.monotonic()
             await publish_burst(js, messages, contacts, first_id)
@@ -197,7 +196,7 @@ async def server_intake(
     finally:
         program.stop()
         await nc.close()
-    figures = {"rate": messages / elapsed, "seconds": elapsed, **stack.usage(before, after, messages)}
+    figures = {"rate": messages / elapsed, "seconds": elapsed, **stack.usage(before, after, messages, idle)}
     print(f"  {side:<10} {figures['rate']:8.0f} msg/s acknowledged  {brief(figures)}", flush=True)
     return figures
 
@@ -243,8 +242,7 @@ async def end_to_end(run: stack.Stack, side: str, messages: int, profile: Path |
         deadline = time.monotonic() + DEADLINE
         fake.inject_message({"id": WARM_CONTACT, "first_name": "Aquecimento"}, "primeira")
         await until(lambda: fake.sent_count >= 1, programs, deadline)
-        await asyncio.sleep(SETTLE)
-        before = stack.snapshot(run, programs, connections)
+        idle, before = await stack.idle_then_snapshot(run, programs, connections)
         injected: dict[int, float] = {}
         with profiled(programs, profile, label):
             for n in range(messages):
@@ -274,7 +272,7 @@ async def end_to_end(run: stack.Stack, side: str, messages: int, profile: Path |
         "rate": messages / elapsed,
         "seconds": elapsed,
         "latency": method.latency_figures(latencies),
-        **stack.usage(before, after, messages),
+        **stack.usage(before, after, messages, idle),
     }
     print(
         f"  {side:<10} {figures['rate']:8.0f} msg/s replied  p50 {figures['latency']['p50_ms']:.0f} ms "

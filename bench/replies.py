@@ -71,7 +71,7 @@ async def offered(rate: float, seconds: float, contacts: int, work: Path, profil
         env = stack.balcao_env(
             run, port, TELEGRAM_BOT_TOKEN=TOKEN, TELEGRAM_API_BASE_URL=fake.base_url, TELEGRAM_POLL_TIMEOUT="10"
         )
-        server = stack.launch("server", "server", work=work, env=env)
+        server = stack.launch("server", "server", work=work, env=env, count_mongo=True)
         bot = stack.launch("bot", "bot", work=work, env=env)
         programs = [server, bot]
         try:
@@ -79,8 +79,10 @@ async def offered(rate: float, seconds: float, contacts: int, work: Path, profil
             deadline = time.monotonic() + DEADLINE
             fake.inject_message({"id": WARM_CONTACT, "first_name": "Aquecimento"}, "primeira")
             await until(lambda: fake.sent_count >= 1, programs, deadline)
-            await asyncio.sleep(1.5)  # the warm-up's chat and the rolling second are clear
-            before = stack.snapshot(run, programs, {"server": "balcao-server", "bot": "balcao-bot"})
+            # The warm-up's chat and rolling second clear while the idle processes are watched.
+            idle, before = await stack.idle_then_snapshot(
+                run, programs, {"server": "balcao-server", "bot": "balcao-bot"}
+            )
             injected: list[tuple[int, float, str]] = []  # contact, when, the stored message's key
             with profiled(programs, profile, f"rate-{rate:g}"):
                 started = time.monotonic()
@@ -131,7 +133,7 @@ async def offered(rate: float, seconds: float, contacts: int, work: Path, profil
         "delivered_rate": (len(accepted) - 1) / (max(accepted) - min(accepted)),
         "owed_when_offering_stopped": owed,
         "offering_seconds": stopped - started,
-        **stack.usage(before, after, count),
+        **stack.usage(before, after, count, idle),
     }
     print(
         f"offered {rate:g} msg/s for {figures['offering_seconds']:.0f} s ({count} messages): "

@@ -19,11 +19,13 @@ replica set.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -218,9 +220,19 @@ def balcao_env(stack: Stack, port: int, **extra: str) -> dict[str, str]:
 
 @dataclass
 class Snapshot:
+    at: float
     cpu: dict[str, float]
     commands: dict[str, dict[str, int]]
     nats: dict[str, dict[str, int]]
+
+    def totals(self) -> dict[str, float]:
+        """Every counter as one flat mapping: `cpu/<program>`, `mongo/<program>/<command>`, `nats/<program>/...`."""
+        flat = {f"cpu/{name}": value for name, value in self.cpu.items()}
+        for name, counts in self.commands.items():
+            flat |= {f"mongo/{name}/{command}": count for command, count in counts.items()}
+        for name, counts in self.nats.items():
+            flat |= {f"nats/{name}/{direction}": counts[direction] for direction in ("in_msgs", "out_msgs")}
+        return flat
 
 
 def snapshot(stack: Stack, programs: list[Program], connections: dict[str, str]) -> Snapshot:
@@ -229,29 +241,51 @@ def snapshot(stack: Stack, programs: list[Program], connections: dict[str, str])
     cpu = {program.name: program.cpu_seconds() for program in programs} | stack.server_cpu()
     commands = {program.name: program.mongo_commands() for program in programs if program.counts_file}
     nats_counts = {program: stack.connections(connection) for program, connection in connections.items()}
-    return Snapshot(cpu, commands, nats_counts)
+    return Snapshot(time.monotonic(), cpu, commands, nats_counts)
 
 
-def usage(before: Snapshot, after: Snapshot, messages: int) -> dict[str, dict]:
-    """What the window between two snapshots cost, per message or per 1,000 messages."""
-    per_thousand = 1000 / messages
+# How long the processes are watched idle before a timed window: what they do
+# meanwhile (the outbox relay's and the reaper's polls, empty fetches) goes on
+# during the window too, and is taken out of the per-message figures.
+IDLE_WINDOW = 2.0
+
+
+async def idle_then_snapshot(stack: Stack, programs: list[Program], connections: dict[str, str]) -> tuple:
+    """(what the processes did per second while idle, the snapshot that starts the timed window)."""
+    first = snapshot(stack, programs, connections)
+    await asyncio.sleep(IDLE_WINDOW)
+    second = snapshot(stack, programs, connections)
+    return _rates(first, second), second
+
+
+def _rates(first: Snapshot, second: Snapshot) -> dict[str, float]:
+    seconds = second.at - first.at
+    before, after = first.totals(), second.totals()
+    return {key: (value - before.get(key, 0)) / seconds for key, value in after.items()}
+
+
+def usage(before: Snapshot, after: Snapshot, messages: int, idle: dict[str, float] | None = None) -> dict[str, dict]:
+    """What the window between two snapshots cost per message (or per 1,000 messages), less what
+    the processes do when idle (`idle`: rates from idle_then_snapshot) over as long a time."""
+    seconds = after.at - before.at
+    start, end = before.totals(), after.totals()
+    net = {key: max(value - start.get(key, 0) - (idle or {}).get(key, 0) * seconds, 0) for key, value in end.items()}
+    commands: dict[str, dict[str, float]] = {}
+    for key, value in net.items():
+        kind, name, *rest = key.split("/")
+        if kind == "mongo" and value:
+            commands.setdefault(name, {})[rest[0]] = round(value, 1)
     return {
-        "cpu_seconds_per_1000": {
-            name: round((after.cpu[name] - before.cpu[name]) * per_thousand, 3) for name in after.cpu
-        },
-        "mongo_commands": {
-            name: probe.difference(after.commands[name], before.commands[name]) for name in after.commands
-        },
+        "cpu_seconds_per_1000": {name: round(net[f"cpu/{name}"] * 1000 / messages, 3) for name in after.cpu},
+        "mongo_commands": commands,
         "mongo_commands_per_message": {
-            name: round(sum(probe.difference(after.commands[name], before.commands[name]).values()) / messages, 4)
-            for name in after.commands
+            name: round(sum(commands.get(name, {}).values()) / messages, 4) for name in after.commands
         },
         "nats_messages_sent_per_message": {
-            name: round((after.nats[name]["in_msgs"] - before.nats[name]["in_msgs"]) / messages, 3)
-            for name in after.nats
+            name: round(net[f"nats/{name}/in_msgs"] / messages, 3) for name in after.nats
         },
         "nats_messages_received_per_message": {
-            name: round((after.nats[name]["out_msgs"] - before.nats[name]["out_msgs"]) / messages, 3)
-            for name in after.nats
+            name: round(net[f"nats/{name}/out_msgs"] / messages, 3) for name in after.nats
         },
+        "idle_per_second": {key: round(value, 3) for key, value in (idle or {}).items() if value},
     }
