@@ -102,7 +102,6 @@ def one_import(
                         sampling.enter_context(profiling.sampled(program.pid, output))
                     watched = timed(cli, [server])
                 elapsed = time.monotonic() - started
-                time.sleep(0.2)  # the probe writes the server's counts every 50 ms
                 cpu = {
                     "cli": watched["cpu"][cli.name],
                     "server": server.cpu_seconds() - server_cpu,

@@ -221,7 +221,6 @@ def measure(run: stack.Stack, args: argparse.Namespace) -> dict[str, Any]:
                     label = "".join(ch if ch.isalnum() else "-" for ch in name)
                     sampling.enter_context(profiling.sampled(server.pid, args.profile / f"{label}-server.txt"))
                 ours, base = timed_pair(endpoint(params), reference(query), args.repeat)
-            time.sleep(0.2)  # the probe writes the server's counts every 50 ms
             finds = (server.mongo_commands().get("find", 0) - finds_before) / (args.repeat + max(3, args.repeat // 20))
             balcao, ref = method.latency_figures(ours), method.latency_figures(base)
             tail = "p99_ms" if "p99_ms" in balcao else "max_ms"

@@ -165,7 +165,12 @@ class Program:
         return process_cpu_seconds(self.popen.pid)
 
     def mongo_commands(self) -> dict[str, int]:
-        return probe.read(self.counts_file) if self.counts_file else {}
+        """The MongoDB commands it sent so far, by name (asked of it while it runs)."""
+        if not self.counts_file:
+            return {}
+        if self.popen.poll() is not None:
+            return probe.read(self.counts_file)  # written at its exit
+        return probe.request(self.popen.pid, self.counts_file)
 
     def check_running(self) -> None:
         if self.popen.poll() is not None:
