@@ -68,11 +68,11 @@ lint: install
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-# Every benchmark at modest sizes (about 20 minutes on SecantusDB on a quiet
-# 2-core machine); each writes bench/results/<name>.json, and docs/benchmarks.md
-# is rendered from those. docs/benchmarks.md says how to run them at full size.
+# Every benchmark at modest sizes; each writes bench/results/<name>.json, and
+# docs/benchmarks.md is rendered from those (with how long each run took).
+# README's Benchmarks section says how to run them at full size.
 BENCH_MESSAGES ?= 1000
-BENCH_SESSIONS ?= 10000
+BENCH_SESSIONS ?= 5000
 BENCH_LIST_SESSIONS ?= 20000
 bench: install
 	$(PY) -m bench.intake --messages $(BENCH_MESSAGES) --durability nats-sync mongo-journal

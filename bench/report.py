@@ -415,6 +415,9 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         "- `make bench` runs every benchmark at modest sizes, then renders this page.",
         "",
     ]
+    if results:
+        minutes = sum(result["seconds"] for result in results.values()) / 60
+        lines += [f"The runs below took {minutes:,.0f} minutes in all.", ""]
     for name in ORDER:
         lines += [f"## {TITLES[name]}", ""]
         result = results.get(name)
