@@ -81,7 +81,11 @@ async def websocket_client(
 async def one_run(work: Path, clients: int, messages: int, rate: float, profile: Path | None) -> dict[str, Any]:
     with stack.fresh_stack(work) as run:
         port = free_port()
-        env = stack.balcao_env(run, port, EVENTS_MAX_CLIENTS_PER_TOKEN=str(clients + 10))
+        # Every client connects with one token from this machine's one address.
+        room = str(clients + 10)
+        env = stack.balcao_env(
+            run, port, EVENTS_MAX_CLIENTS_PER_TOKEN=room, EVENTS_MAX_CLIENTS=room, HTTP_MAX_CONNECTIONS_PER_ADDRESS=room
+        )
         module = ["cProfile", "-o", str(profile), "-m", "server"] if profile else ["server"]
         server = stack.launch("server", *module, work=work, env=env)
         reference = None
