@@ -98,8 +98,13 @@ def preview(text: str) -> str:
 def duplicates_only(exc: BulkWriteError) -> set[int]:
     """The indexes of the documents an unordered insert_many skipped as already stored.
 
-    Re-raises when anything else failed: only a duplicate key is expected.
+    Re-raises when anything else failed: only a duplicate key is expected. A
+    write concern error alone fails too: the documents are on the primary but
+    not on a majority, and an election may roll them back, so whoever would
+    acknowledge them (the intake, to JetStream) must not.
     """
+    if exc.details.get("writeConcernErrors"):
+        raise exc
     errors = exc.details["writeErrors"]
     if any(error["code"] != DUPLICATE_KEY for error in errors):
         raise exc
