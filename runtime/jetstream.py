@@ -49,15 +49,22 @@ STREAMS = (
         duplicate_window=messaging.DUPLICATE_WINDOW_SECONDS,
         discard=DiscardPolicy.NEW,
     ),
-    # Parked messages are kept for people to inspect, a month at most.
+    # Parked messages are kept for people to inspect, a month at most. Full, the
+    # stream refuses new ones rather than drop the oldest: a parked message is the
+    # only record that a contact was never told something, and the bot keeps
+    # trying to park a refused one (it stays in the outbound stream) meanwhile.
     StreamConfig(
         name=messaging.PARKED_STREAM,
         subjects=[messaging.PARKED_SUBJECT],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=30 * 24 * 3600,
+        discard=DiscardPolicy.NEW,
     ),
     # Dead letters: what a consumer can never handle, kept a month like parked ones.
+    # A dead letter is the last copy of its message, so a full stream refuses the
+    # next one (which then stays in its own stream, see dead_letter) instead of
+    # discarding the oldest.
     StreamConfig(
         name=messaging.DEAD_STREAM,
         subjects=[f"{messaging.DEAD_SUBJECT_PREFIX}.>"],
@@ -65,6 +72,7 @@ STREAMS = (
         storage=StorageType.FILE,
         max_age=30 * 24 * 3600,
         duplicate_window=messaging.DUPLICATE_WINDOW_SECONDS,
+        discard=DiscardPolicy.NEW,
     ),
 )
 
@@ -72,6 +80,12 @@ DEAD_LETTERED = Counter(
     "balcao_dead_lettered_total",
     "Messages moved to the dead-letter stream (undecodable or delivered too often), by source stream",
     ["stream"],  # one of the project's own streams: a fixed, small set
+)
+DEAD_LETTERS_REFUSED = Counter(
+    "balcao_dead_letters_refused_total",
+    "Messages that were to be dead-lettered but the dead-letter stream refused (full) or NATS did not answer; "
+    "they stay unacknowledged in their own stream. Alert on any.",
+    ["stream"],
 )
 
 # A message delivered this many times goes to the dead-letter stream instead of
@@ -235,7 +249,7 @@ async def _update_limits(js: JetStreamContext, wanted: StreamConfig) -> None:
     """Bring an existing stream to the configured limits; its messages stay."""
     info = await js.stream_info(wanted.name)
     current = info.config
-    changes: dict[str, float | int] = {}
+    changes: dict[str, object] = {}
     if wanted.max_bytes and wanted.max_bytes != current.max_bytes:
         if info.state.bytes > wanted.max_bytes:
             # A smaller cap would make JetStream delete the oldest messages now.
@@ -250,6 +264,9 @@ async def _update_limits(js: JetStreamContext, wanted: StreamConfig) -> None:
             changes["max_bytes"] = wanted.max_bytes
     if wanted.max_age and abs(wanted.max_age - (current.max_age or 0)) > 0.001:
         changes["max_age"] = wanted.max_age
+    if wanted.discard and wanted.discard != current.discard:
+        # Streams declared before they discarded new messages when full.
+        changes["discard"] = wanted.discard
     if not changes:
         log.info("stream %s exists with different settings; left as is", wanted.name)
         return
@@ -326,7 +343,10 @@ async def dead_letter(js: JetStreamContext, msg: Msg, reason: str) -> None:
 
     The copy keeps the original headers (a repeated Nats-Msg-Id is stored once)
     and adds the subject, stream, sequence and reason. If the copy cannot be
-    stored, the message is left unacknowledged: redelivered, never lost.
+    stored (the dead-letter stream is full and refuses new messages, or NATS
+    does not answer), this raises and the message is left unacknowledged in
+    its own stream: redelivered while deliveries remain, kept there after the
+    last one, never dropped.
     """
     metadata = msg.metadata
     headers = {
@@ -365,8 +385,18 @@ async def _dead_letters_removed(
                 reason = f"undecodable: {type(exc).__name__}: {str(exc)[:200]}"
         if reason is None:
             kept.append(msg)
-        else:
+            continue
+        try:
             await dead_letter(js, msg, reason)
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            # Not handed to the handler either: it failed or could not read it.
+            DEAD_LETTERS_REFUSED.labels(stream=msg.metadata.stream).inc()
+            log.error(
+                "message from %s (stream seq %s) left in its stream, the dead-letter stream refused it: %r",
+                msg.metadata.stream,
+                msg.metadata.sequence.stream,
+                exc,
+            )
     return kept
 
 

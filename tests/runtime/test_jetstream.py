@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import nats
 import pytest
-from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import NoStreamResponseError
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy
+from nats.js.errors import APIError, NoStreamResponseError
+from prometheus_client import REGISTRY
 
 from runtime import jetstream
 
@@ -128,6 +130,76 @@ async def test_a_message_delivered_too_often_is_dead_lettered(clean_nats) -> Non
     assert dead.headers["Balcao-Dead-Deliveries"] == "3"
     consumer = await js.consumer_info("FLAKY", "worker")  # terminated: nothing left to deliver
     assert (consumer.num_ack_pending, consumer.num_pending) == (0, 0)
+    await nc.close()
+
+
+async def _fill(js, subject: str, size: int) -> int:
+    """Publish `size`-byte messages on `subject` until its stream refuses one; how many it took."""
+    taken = 0
+    with pytest.raises(APIError, match="maximum bytes"):
+        for n in range(1000):
+            await js.publish(subject, f"{n:04d}".encode() + b"x" * (size - 4))
+            taken += 1
+    return taken
+
+
+@pytest.mark.asyncio
+async def test_a_full_dead_letter_stream_keeps_its_letters_and_the_next_stays_in_its_stream(clean_nats) -> None:
+    """A dead letter is the last copy of its message: at the cap none of them is pushed
+    out; the next message to dead-letter stays in its own stream, and is counted."""
+    from contract.messaging import DEAD_STREAM, DEAD_SUBJECT_PREFIX
+    from server import streams
+
+    nc = await nats.connect(clean_nats.url)
+    js = nc.jetstream()
+    await jetstream.ensure_streams(js, jetstream.StreamLimits(max_bytes=8192))
+    letters = await _fill(js, f"{DEAD_SUBJECT_PREFIX}.earlier.work", 1000)
+    await js.add_stream(name="POISON", subjects=["poison.work"])
+    await js.publish("poison.work", b"unreadable" * 100)  # no smaller than the letters that filled it
+
+    def refused() -> float:
+        return REGISTRY.get_sample_value("balcao_dead_letters_refused_total", {"stream": "POISON"}) or 0.0
+
+    before, handled, done = refused(), [], asyncio.Event()
+
+    async def handle(messages) -> None:
+        handled.extend(messages)
+
+    def unreadable(data: bytes) -> object:
+        raise ValueError("not a payload")
+
+    async def watch() -> None:
+        while refused() == before:
+            await asyncio.sleep(0.05)
+        done.set()
+
+    watcher = asyncio.create_task(watch())
+    await _consume_until(js, "POISON", "poison.work", handle, done, ack_wait=5.0, decode=unreadable)
+    await watcher
+
+    assert refused() == before + 1 and handled == []
+    dead = await js.stream_info(DEAD_STREAM)
+    assert dead.state.messages == letters  # every earlier letter kept, the oldest first
+    assert (await js.get_msg(DEAD_STREAM, 1)).data.startswith(b"0000")
+    assert (await js.stream_info("POISON")).state.messages == 1  # kept where it was
+    await streams.observe(js)
+    ratio = REGISTRY.get_sample_value("balcao_stream_fill_ratio", {"stream": DEAD_STREAM})
+    assert ratio is not None and ratio > 0.8  # what an alert watches
+    await nc.close()
+
+
+@pytest.mark.asyncio
+async def test_streams_declared_to_discard_old_messages_are_brought_to_discard_new(clean_nats) -> None:
+    from contract.messaging import DEAD_STREAM, PARKED_STREAM
+
+    nc = await nats.connect(clean_nats.url)
+    js = nc.jetstream()
+    for config in jetstream.STREAMS:
+        if config.name in (DEAD_STREAM, PARKED_STREAM):  # as they were declared before
+            await js.add_stream(config=dataclasses.replace(config, discard=DiscardPolicy.OLD))
+    await jetstream.ensure_streams(js, jetstream.StreamLimits(max_bytes=8192))
+    for name in (DEAD_STREAM, PARKED_STREAM):
+        assert (await js.stream_info(name)).config.discard == DiscardPolicy.NEW
     await nc.close()
 
 
