@@ -242,16 +242,21 @@ async def ensure_streams(js: JetStreamContext, limits: StreamLimits | None = Non
                 ) from exc
             if (info.config.num_replicas or 1) != replicas:
                 await ensure_replicas(js, wanted.name, replicas)
-            await _update_limits(js, wanted)
+            await update_limits(js, wanted)
 
 
-async def _update_limits(js: JetStreamContext, wanted: StreamConfig) -> None:
-    """Bring an existing stream to the configured limits; its messages stay."""
+async def update_limits(js: JetStreamContext, wanted: StreamConfig, *, keep_stored: bool = True) -> None:
+    """Bring an existing stream to the configured limits (bytes, age, discard policy).
+
+    With `keep_stored`, a byte cap below what the stream holds is not applied,
+    so its messages stay; a stream whose oldest messages may go (the live
+    events) passes False and is cut to the new cap.
+    """
     info = await js.stream_info(wanted.name)
     current = info.config
     changes: dict[str, object] = {}
     if wanted.max_bytes and wanted.max_bytes != current.max_bytes:
-        if info.state.bytes > wanted.max_bytes:
+        if keep_stored and info.state.bytes > wanted.max_bytes:
             # A smaller cap would make JetStream delete the oldest messages now.
             log.warning(
                 "stream %s holds %d bytes, more than the %d configured; cap left at %s",

@@ -43,7 +43,12 @@ HELD_PROMISE_SECONDS = 3600.0
 
 
 async def ensure_stream(js: JetStreamContext, max_age: float, max_bytes: int, *, replicas: int = 1) -> None:
-    """Declare BALCAO_EVENTS: kept by age and size; the oldest events go first."""
+    """Declare BALCAO_EVENTS: kept by age and size; the oldest events go first.
+
+    An existing stream is brought to `max_age` and `max_bytes` (EVENTS_MAX_*),
+    smaller ones included: the oldest events then go at once, as they would
+    have with those limits from the start.
+    """
     config = StreamConfig(
         name=events.EVENTS_STREAM,
         subjects=[events.EVENTS_SUBJECTS],
@@ -58,8 +63,8 @@ async def ensure_stream(js: JetStreamContext, max_age: float, max_bytes: int, *,
     try:
         await js.add_stream(config=config)
     except BadRequestError:
-        log.info("stream %s exists with different settings; left as is", events.EVENTS_STREAM)
         await jetstream.ensure_replicas(js, events.EVENTS_STREAM, replicas)
+        await jetstream.update_limits(js, config, keep_stored=False)
 
 
 async def publish(js: JetStreamContext, body: dict[str, Any], key: str) -> None:

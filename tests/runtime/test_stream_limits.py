@@ -137,3 +137,24 @@ async def test_caps_the_store_cannot_reserve_are_refused_by_name(tmp_path, caplo
         small.stop()
     refused = [r.getMessage() for r in caplog.records if "cannot be created" in r.getMessage()]
     assert refused and "max_bytes=1048576" in refused[0] and "insufficient storage" in refused[0].lower()
+
+
+@pytest.mark.asyncio
+async def test_the_event_stream_is_brought_to_new_limits(clean_nats) -> None:
+    """EVENTS_MAX_AGE_SECONDS and EVENTS_MAX_BYTES changed between two start-ups take effect,
+    a smaller cap too (events are a window: the oldest go first)."""
+    from contract import events as contract_events
+    from server import events
+
+    nc = await nats.connect(clean_nats.url)
+    js = nc.jetstream()
+    await events.ensure_stream(js, max_age=7 * 24 * 3600, max_bytes=64 * 1024 * 1024)
+    for n in range(20):
+        await js.publish(contract_events.subject("session.opened", "telegram", str(n)), b"e" * 1000)
+
+    await events.ensure_stream(js, max_age=3600, max_bytes=8 * 1024)  # the next start-up
+
+    info = await js.stream_info(contract_events.EVENTS_STREAM)
+    assert (info.config.max_age, info.config.max_bytes) == (3600, 8 * 1024)
+    assert 0 < info.state.messages < 20 and info.state.last_seq == 20  # the newest kept
+    await nc.close()
