@@ -13,7 +13,8 @@ cut or the OOM killer would), `raise` (raises `FailPointError`), `pause` (blocks
 the calling thread until the log file holds the line `resume NAME`, so a test
 can act inside a window, e.g. finish a session between its look-up and the
 insert; at most PAUSE_LIMIT seconds, and it needs the log file). `@N` fires on
-the N-th pass only (default: the first). When `BALCAO_FAILPOINTS_LOG` names a
+the N-th pass only (default: the first), `@*` on every pass (e.g. to hold every
+request that reaches a place until resumed). When `BALCAO_FAILPOINTS_LOG` names a
 file, the fail point appends its name there before acting, so a test can check
 that the crash happened where its name says.
 """
@@ -38,10 +39,13 @@ class FailPointError(RuntimeError):
     """Raised by a fail point armed with `raise`."""
 
 
+EVERY_PASS = 0  # `@*`
+
+
 @dataclass
 class _Armed:
     action: str
-    fire_on: int
+    fire_on: int  # the pass it fires on, or EVERY_PASS
     passes: int = 0
 
 
@@ -51,9 +55,10 @@ def parse(spec: str) -> dict[str, _Armed]:
     for entry in filter(None, (part.strip() for part in spec.split(","))):
         name, sep, action = entry.partition("=")
         action, _, count = action.partition("@")
-        if not sep or not name or action not in ACTIONS or (count and not count.isdigit()):
-            raise ValueError(f"{ENV}: bad entry {entry!r} (want name=kill|raise|pause[@N])")
-        armed[name.strip()] = _Armed(action, int(count or 1))
+        counted = not count or count == "*" or (count.isdigit() and int(count) > 0)
+        if not sep or not name or action not in ACTIONS or not counted:
+            raise ValueError(f"{ENV}: bad entry {entry!r} (want name=kill|raise|pause[@N|@*])")
+        armed[name.strip()] = _Armed(action, EVERY_PASS if count == "*" else int(count or 1))
     return armed
 
 
@@ -79,7 +84,7 @@ def failpoint(name: str) -> None:
         return
     with _lock:
         armed.passes += 1
-        if armed.passes != armed.fire_on:
+        if armed.fire_on not in (EVERY_PASS, armed.passes):
             return
     if _log_path:
         with open(_log_path, "a", encoding="utf-8") as log:

@@ -33,7 +33,16 @@ def test_raise_fires_on_the_pass_asked_for_and_is_logged(tmp_path):
     assert log.read_text().split()[:2] == ["a.b", "raise"]
 
 
-@pytest.mark.parametrize("spec", ["nameonly", "x=explode", "x=kill@two", "=kill"])
+def test_every_pass_fires_when_armed_with_a_star(tmp_path):
+    log = tmp_path / "fired"
+    failpoints.configure({"BALCAO_FAILPOINTS": "each=raise@*", "BALCAO_FAILPOINTS_LOG": str(log)})
+    for _ in range(3):
+        with pytest.raises(FailPointError):
+            failpoint("each")
+    assert log.read_text().count("each raise") == 3
+
+
+@pytest.mark.parametrize("spec", ["nameonly", "x=explode", "x=kill@two", "=kill", "x=raise@0"])
 def test_bad_spec_is_refused_with_the_entry(spec):
     with pytest.raises(ValueError, match="BALCAO_FAILPOINTS"):
         failpoints.parse(spec)
