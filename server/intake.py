@@ -55,7 +55,8 @@ class Intake:
         ack_wait: float = ACK_WAIT,
     ) -> None:
         self._js = js
-        self._db = db
+        # Threads of its own: slow API requests never hold a contact's message up.
+        self._db = db.intake
         self._outbound = outbound
         self._reply_text = reply_text
         self._batch_size = batch_size

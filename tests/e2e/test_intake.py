@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
 
 from runtime import failpoints
-from tests.harness import eventually, failpoint_fired, settle, sigkill
+from tests.harness import ApiClient, eventually, failpoint_fired, settle, sigkill
 
 REPLY = "Reply: mensagem recebida"
 
@@ -182,3 +185,44 @@ def test_retry_after_is_honoured_and_blocked_chat_is_parked(stack, telegram, mon
     eventually(lambda: "parked" in bot.log_text(), message="parked log line")
     assert replies(telegram, 7002) == []
     assert mongo.messages.count_documents({"text": "bloqueado"}) == 1
+
+
+def test_slow_api_requests_do_not_hold_up_intake_or_readiness(stack, telegram, mongo, tmp_path):
+    """Eight listings each holding a database thread (every one of DB_THREADS) while
+    contacts write: messages are stored as fast as before, and /ready stays 200."""
+    log = tmp_path / "failpoints.log"
+    point = "server.sessions.list"
+    stack.server(DB_THREADS="8", BALCAO_FAILPOINTS=f"{point}=pause@*", BALCAO_FAILPOINTS_LOG=str(log))
+    stack.bot()
+    api = ApiClient(stack.api_url)
+
+    def stored_within(contacts: range, timeout: float) -> float:
+        started = time.monotonic()
+        for contact in contacts:
+            telegram.send_as_user(contact, f"oi de {contact}")
+        eventually(
+            lambda: (
+                mongo.messages.count_documents({"text": {"$in": [f"oi de {c}" for c in contacts]}}) == len(contacts)
+            ),
+            timeout=timeout,
+            message="messages stored",
+        )
+        return time.monotonic() - started
+
+    before = stored_within(range(8101, 8106), timeout=60)
+    with ThreadPoolExecutor(8) as requests:
+        answers = [requests.submit(api.get, "sessions") for _ in range(8)]
+        eventually(lambda: log.exists() and log.read_text().count(f"{point} pause") == 8, message="8 requests held")
+        # Well inside the fail point's own limit (60 s), after which the requests go on.
+        meanwhile = stored_within(range(8201, 8206), timeout=30)
+        ready = httpx.get(f"{stack.api_url}/ready", timeout=30)
+        held = sum(not answer.done() for answer in answers)
+        failpoints.resume(str(log), point)
+        statuses = [answer.result(timeout=60).status_code for answer in answers]
+
+    print(f"5 messages stored in {before:.2f} s alone, {meanwhile:.2f} s beside 8 held requests")
+    assert held == 8  # every API thread was taken all along
+    assert ready.status_code == 200, ready.text
+    assert meanwhile <= max(3 * before, before + 5)
+    assert statuses == [200] * 8
+    api.close()

@@ -139,6 +139,10 @@ class FailingDatabase:
         self.calls += 1
         raise self.error
 
+    @property
+    def intake(self) -> FailingDatabase:  # the intake's own lane fails alike
+        return self
+
 
 def inbound(n: int) -> bytes:
     return InboundMessage(
