@@ -691,9 +691,9 @@ class ImportJobQuerySet(QuerySet):
 class ImportJob(Document):
     """One import of session records, from an upload or from the CLI's chunks.
 
-    Kept in MongoDB so that any replica answers `GET /v1/imports/{id}`. While
-    the import runs, its counts and errors are the sum of its ImportBatch
-    documents; when it ends they are copied here.
+    Kept in MongoDB so that any replica answers `GET /v1/imports/{id}`. Its
+    counts and errors are running totals: each ImportBatch is added once
+    (`tallied` counts them), see server.importing.jobs.
     """
 
     channel = StringField(required=True)  # "@name" or "-100..." id: where the summary goes
@@ -710,6 +710,9 @@ class ImportJob(Document):
     next_chunk = IntField(default=0)  # chunks mode: every chunk below it is stored
     counts = DictField()
     errors = ListField(DictField())
+    # Batches added to counts and errors: those with seq below it. Absent on jobs
+    # started before running totals, which count none.
+    tallied = IntField(default=0, min_value=0)
     # Why a failed import stopped: {"reason", "message", "offset", "line", "record"}.
     failure = DictField()
     # The client's Idempotency-Key when it started the import: a retry finds this job.
@@ -757,6 +760,7 @@ class ImportJob(Document):
             next_chunk=0,
             counts=counts,
             errors=[],
+            tallied=0,
             idempotency_key=idempotency_key,
         )
 
@@ -778,9 +782,9 @@ class ImportBatchQuerySet(QuerySet):
         last = self.for_job(job_id).order_by("-seq").only("seq").as_pymongo().first()
         return None if last is None else last["seq"]
 
-    def tallies(self, job_id: ObjectId) -> Iterable[dict[str, Any]]:
-        """The counts and errors of the job's batches, in order."""
-        return self.for_job(job_id).order_by("seq").only("counts", "errors").as_pymongo()
+    def from_seq(self, job_id: ObjectId, seq: int) -> Iterable[dict[str, Any]]:
+        """The seq, counts and errors of the job's batches from `seq` on, in order (an index range)."""
+        return self.for_job(job_id).filter(seq__gte=seq).order_by("seq").only("seq", "counts", "errors").as_pymongo()
 
 
 class ImportBatch(Document):
@@ -788,7 +792,7 @@ class ImportBatch(Document):
 
     Written after the batch's sessions and messages, and unique per job and
     sequence number: a chunk sent again finds its record and is not applied
-    twice, and the job's counts are the sum of these.
+    twice, and each is added once to the job's running totals.
     """
 
     job_id = ObjectIdField(required=True)

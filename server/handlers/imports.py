@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from bson import ObjectId
@@ -109,11 +110,10 @@ class ImportsApiHandler(ApiHandler):
         self.write_json(jobs.report(job, tally), status=status)
 
     async def current_tally(self, job: dict[str, Any]) -> Tally | None:
-        """A running job's counts, summed from its batches so far; None once it ended (they are on the job)."""
+        """A running job's counts so far (with a batch recorded and not yet added); None once it ended."""
         if job["status"] != jobs.RUNNING:
             return None
-        tally, _ = await self.database(jobs.batch_totals, job["_id"])
-        return tally
+        return await self.database(jobs.job_totals, job)
 
     def answer_problem(self, error: ApiError) -> None:
         """Answer now, from outside the handler method (the body is still arriving)."""
@@ -353,6 +353,23 @@ class ImportChunkHandler(StreamedBodyHandler):
                 raise self._too_many_bytes()
             # A chunk sent again after a crash is judged as its first try would have been.
             self._feed = RecordFeed(self.imports.db, ChunkParser(self.record_limits), origin=f"{job['_id']}:{seq}")
+            self._touched, self._touch_every = time.monotonic(), jobs.touch_interval(config.import_idle_timeout)
+
+    async def _keep_running(self) -> None:
+        """Touch the job while the chunk arrives: one that takes longer than
+        IMPORT_IDLE_TIMEOUT is progress all along, not an import to reap."""
+        if time.monotonic() - self._touched < self._touch_every:
+            return
+        self._touched = time.monotonic()
+        if not await self.database(jobs.touch_job, self._job["_id"]):
+            raise self._ended_meanwhile()
+
+    def _ended_meanwhile(self) -> ApiError:
+        return ApiError(
+            409,
+            f"this import ended while chunk {self._seq} arrived (see its report); start a new one for the rest",
+            kind="import-ended",
+        )
 
     def _too_many_bytes(self) -> ApiError:
         limit = self.settings["config"].import_max_chunked_bytes
@@ -372,6 +389,7 @@ class ImportChunkHandler(StreamedBodyHandler):
         try:
             with database_errors():
                 await self._feed.feed(chunk)
+            await self._keep_running()
         except ApiError as error:
             self.refuse(error)
         await yield_to_other_requests()
@@ -393,7 +411,10 @@ class ImportChunkHandler(StreamedBodyHandler):
         if self._feed.failure is not None:
             raise ApiError(400, f"chunk {self._seq} cannot be read: {self._feed.failure.message}", kind="invalid-chunk")
         tally = self._feed.total
-        first = await self.database(jobs.save_batch, self._job["_id"], self._seq, tally)
+        try:
+            first = await self.database(jobs.save_batch, self._job["_id"], self._seq, tally)
+        except jobs.ImportEnded:
+            raise self._ended_meanwhile() from None
         failpoint("import.chunk.after_batch_record")
         await self.database(jobs.advance_chunks, self._job["_id"], self._seq + 1, self.received)
         self.write_json(_chunk_report(self._seq, tally, repeated=not first))
@@ -432,7 +453,12 @@ class ImportCompletionHandler(ImportsApiHandler):
         if job["status"] != jobs.RUNNING:
             self.answer_report(job, 200)  # completed before: same answer, no second announcement
             return
-        tally, stored = await self.database(jobs.batch_totals, job["_id"])
+        await self.database(jobs.tally_batches, job["_id"])  # a chunk whose writer died before adding it
+        job = await self.find_job(import_id)
+        if job["status"] != jobs.RUNNING:
+            self.answer_report(job, 200)  # ended meanwhile (the reaper, another completion)
+            return
+        stored = job.get("tallied") or 0
         if stored != chunks:
             raise ApiError(
                 409,
@@ -441,7 +467,8 @@ class ImportCompletionHandler(ImportsApiHandler):
                 kind="chunks-missing",
             )
         with database_errors():
-            job = await self.imports.finish(job["_id"], tally, failure)
+            totals = Tally.of(job.get("counts") or {}, job.get("errors") or [])
+            job = await self.imports.finish(job["_id"], totals, failure)
         self.answer_report(job, 200)
 
 

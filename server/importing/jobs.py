@@ -1,10 +1,14 @@
 """Import jobs: stored in MongoDB, reported over the API, announced once when they end.
 
-A job's counts while it runs are the sum of its ImportBatch documents, each
-written after its batch's sessions and messages: whatever replica serves the
-report, and whenever a replica dies, the counts describe what is stored. When
-the job ends the totals are copied onto it and the summary is promised to the
-channel through the outbox, keyed by the job, so it is announced exactly once.
+Each batch (of an upload) or chunk (from the CLI) is recorded by an
+ImportBatch document written after its sessions and messages, then added to
+the job's running totals (`counts`, `errors`, and `tallied`, the batches
+added). The two writes are apart, so a reader adds the few records a writer
+that died in between left out (`job_totals`, `tally_batches`): whatever
+replica serves the report, and whenever a replica dies, the counts describe
+what is stored, and a report reads one job, not every batch of it. When the
+job ends the totals are final and the summary is promised to the channel
+through the outbox, keyed by the job, so it is announced exactly once.
 
 The module-level functions block on MongoDB (run them through `Database.run`);
 `Imports` is what the handlers use.
@@ -30,7 +34,7 @@ from runtime.failpoints import failpoint
 from server import events
 from server.database import Database
 from server.importing.feed import MAX_REPORTED_ERRORS, Tally
-from server.models import IdempotencyKeyReused, ImportBatch, ImportJob
+from server.models import Contended, IdempotencyKeyReused, ImportBatch, ImportJob
 from server.outbound import Outbound
 
 log = logging.getLogger(__name__)
@@ -96,9 +100,24 @@ def clean_source(source: str) -> str:
     return " ".join(kept.split())[:MAX_SOURCE_LENGTH]
 
 
-def touch_job(job_id: ObjectId, received: int = 0) -> None:
-    """The job made progress (a batch, a chunk): the reaper leaves it alone for another idle period."""
-    ImportJob.objects.running(job_id).update_one(set__last_activity_at=clock.stored_now(), inc__bytes_received=received)
+def touch_interval(idle_seconds: float) -> float:
+    """How often a request streaming into a job touches it: a few times per idle period, at most once a minute."""
+    return min(60.0, max(0.25, idle_seconds / 4))
+
+
+class ImportEnded(Exception):
+    """The import ended (completed, or failed by the reaper or a shutdown) before this batch was added to it."""
+
+
+def touch_job(job_id: ObjectId, received: int = 0) -> bool:
+    """The job made progress (data arrived, a batch): the reaper leaves it alone for another idle period.
+
+    False when the job no longer runs.
+    """
+    touched = ImportJob.objects.running(job_id).update_one(
+        set__last_activity_at=clock.stored_now(), inc__bytes_received=received
+    )
+    return touched == 1
 
 
 def reap_job(job: dict[str, Any], idle_seconds: float) -> dict[str, Any] | None:
@@ -109,7 +128,7 @@ def reap_job(job: dict[str, Any], idle_seconds: float) -> dict[str, Any] | None:
     that made progress meanwhile is left running. `announce_pending` stays set
     until its announcement is promised, so a crash in between is made up for.
     """
-    tally, _ = batch_totals(job["_id"])
+    tally = job_totals(job)
     idle_since = job.get("last_activity_at") or job["created_at"]
     minutes = max(1, round(idle_seconds / 60))
     failure = {
@@ -146,11 +165,69 @@ def find_job(job_id: ObjectId) -> dict[str, Any] | None:
 
 
 def save_batch(job_id: ObjectId, seq: int, tally: Tally) -> bool:
-    """Record a written batch; False when this sequence number was recorded before."""
+    """Record a written batch and add it to the job's totals; False when this sequence number was recorded before.
+
+    Raises ImportEnded, leaving no record, when the job no longer runs: a batch
+    that comes after the reaper failed its import (or a completion ended it)
+    must not change the report that was announced.
+    """
     if not ImportBatch.save_new(ImportBatch.record(job_id, seq, tally.counts(), tally.errors, clock.now())):
         return False
-    touch_job(job_id)
+    failpoint("import.batch.after_record")  # recorded, not yet in the job's totals
+    if not tally_batches(job_id):
+        ImportBatch.objects(job_id=job_id, seq=seq).delete()
+        raise ImportEnded(f"import {job_id} ended before batch {seq} was added to it")
     return True
+
+
+# Adding batches to a job races only another writer catching up on the same
+# job (a retried chunk, a completion); after this many tries it is a 503.
+TALLY_TRIES = 5
+
+
+def tally_batches(job_id: ObjectId) -> bool:
+    """Add the job's recorded batches not yet in its totals, in order; False when the job no longer runs.
+
+    Each step is one update conditioned on the job still running and on its
+    `tallied` count being what was read, so a batch is added once, whoever
+    adds it: its writer, or a reader after that writer died between its record
+    and this. The last activity moves with it, so the reaper leaves the job be.
+    """
+    for _ in range(TALLY_TRIES):
+        job = ImportJob.objects.running(job_id).only("counts", "errors", "tallied").as_pymongo().first()
+        if job is None:
+            return False
+        tallied = job.get("tallied") or 0
+        total, added = _with_pending(job, tallied)
+        if added == tallied:
+            return True
+        # Jobs started before running totals have no `tallied` (and counts of zero).
+        was = {"$in": [0, None]} if tallied == 0 else tallied
+        fields = {"counts": total.counts(), "errors": total.errors, "tallied": added}
+        applied = (
+            ImportJob.objects.running(job_id)
+            .filter(__raw__={"tallied": was})
+            .update_one(set__last_activity_at=clock.stored_now(), **_setting(fields))
+        )
+        if applied:
+            return True
+    raise Contended(f"the totals of import {job_id} kept changing while batches were added")
+
+
+def job_totals(job: dict[str, Any]) -> Tally:
+    """A job's counts and first errors: its running totals and any batch recorded but not yet added."""
+    return _with_pending(job, job.get("tallied") or 0)[0]
+
+
+def _with_pending(job: dict[str, Any], tallied: int) -> tuple[Tally, int]:
+    """The job's totals with its batches from `tallied` on, and the sequence number after the last one added."""
+    total = Tally.of(job.get("counts") or {}, job.get("errors") or [])
+    for batch in ImportBatch.objects.from_seq(job["_id"], tallied):
+        if batch["seq"] != tallied:
+            break  # a batch whose record is not written yet: the ones after it wait for it
+        total.add(Tally.of(batch["counts"], batch.get("errors") or []))
+        tallied += 1
+    return total, tallied
 
 
 def find_batch(job_id: ObjectId, seq: int) -> dict[str, Any] | None:
@@ -158,7 +235,7 @@ def find_batch(job_id: ObjectId, seq: int) -> dict[str, Any] | None:
 
 
 def advance_chunks(job_id: ObjectId, next_chunk: int, received: int = 0) -> None:
-    ImportJob.objects(id=job_id).update_one(
+    ImportJob.objects.running(job_id).update_one(
         max__next_chunk=next_chunk, set__last_activity_at=clock.stored_now(), inc__bytes_received=received
     )
 
@@ -175,15 +252,6 @@ def repair_next_chunk(job_id: ObjectId) -> int:
         advance_chunks(job_id, last + 1)
     job = ImportJob.objects(id=job_id).only("next_chunk").as_pymongo().first()
     return job.get("next_chunk", 0) if job else 0
-
-
-def batch_totals(job_id: ObjectId) -> tuple[Tally, int]:
-    """The sum of the job's batches, and how many there are."""
-    total, batches = Tally(), 0
-    for batch in ImportBatch.objects.tallies(job_id):
-        total.add(Tally.of(batch["counts"], batch.get("errors") or []))
-        batches += 1
-    return total, batches
 
 
 def finish_job(

@@ -369,7 +369,13 @@ class Upload:
             )
             self._job = job
             log.info("import %s started for upload %r", job["_id"], job["source"])
-        await self._client.database(jobs.save_batch, self._job["_id"], self._batches, batch)
+        try:
+            await self._client.database(jobs.save_batch, self._job["_id"], self._batches, batch)
+        except jobs.ImportEnded:
+            self._done = True  # the reaper ended it: its report stands
+            raise ApiError(
+                409, f"import {self._job['_id']} ended while the file arrived (see its report)", kind="import-ended"
+            ) from None
         failpoint("import.after_batch_record")
         self._batches += 1
 

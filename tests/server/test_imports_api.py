@@ -384,6 +384,19 @@ def test_a_chunked_import_applies_each_chunk_once_and_ends_on_completion(api, mo
     assert len(announced) == 1 and "19 sessões importadas" in announced[0].text
 
 
+def test_a_running_import_is_reported_from_its_totals_not_by_summing_its_chunks(api, mongo):
+    job = api.post("imports", json={"channel": "@suporte"}).json()
+    for seq in range(3):
+        assert put_chunk(api, job["id"], seq, envelopes(sessions(4, seed=seq), first=4 * seq + 1)).status_code == 200
+    # The chunks' records serve only to answer a repeat; the report does not read them.
+    mongo.import_batches.delete_many({"seq": {"$lt": 3}})
+
+    report = api.get(f"imports/{job['id']}").json()
+
+    assert report["status"] == "running"
+    assert report["counts"] == {"received": 12, "created": 12, "updated": 0, "unchanged": 0, "rejected": 0}
+
+
 def test_a_chunked_import_the_client_found_broken_ends_as_failed(api, mongo):
     job = api.post("imports", json={"channel": "-1001234567890"}).json()
     put_chunk(api, job["id"], 0, envelopes(sessions(5)))
