@@ -1,0 +1,88 @@
+"""Chunks that take longer than IMPORT_IDLE_TIMEOUT to arrive, against a real server reaping every half second."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.processes import NatsServer, free_port
+from tests.harness import ApiClient, Process, reset_jetstream, stack_env
+from tests.server.conftest import NO_TELEGRAM
+from tests.server.test_imports_api import envelopes, problem, sessions
+
+IDLE = 2  # seconds; the reaper looks every half second
+
+
+@pytest.fixture(scope="module")
+def idle_server(
+    nats_server: NatsServer, mongodb_uri: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Process]:
+    reset_jetstream(nats_server.url)
+    port = free_port()
+    env = {
+        **stack_env(nats_server.url, mongodb_uri, NO_TELEGRAM),
+        "HTTP_PORT": str(port),
+        "IMPORT_IDLE_TIMEOUT": str(IDLE),
+    }
+    server = Process("server", env, Path(tmp_path_factory.mktemp("idle")) / "server.log", port=port).start()
+    yield server
+    server.stop()
+    assert "Traceback" not in server.log_text(), server.log_text()
+
+
+@pytest.fixture
+def api(idle_server: Process, mongo) -> Iterator[ApiClient]:
+    client = ApiClient(f"http://127.0.0.1:{idle_server.port}")
+    yield client
+    client.close()
+
+
+def trickle(lines: list[bytes], pause: float, stall_after: int | None = None, stall: float = 0.0) -> Iterator[bytes]:
+    """A chunk's body sent a line at a time, as over a slow link (chunked transfer encoding)."""
+    for n, line in enumerate(lines):
+        if n == stall_after:
+            time.sleep(stall)
+        yield line
+        time.sleep(pause)
+
+
+def put_slowly(api: ApiClient, import_id: str, body: Iterator[bytes]):
+    # Not checked against the OpenAPI document: its checker reads the request body back, which a stream cannot.
+    return api.request(
+        "PUT",
+        f"imports/{import_id}/chunks/0",
+        content=body,
+        headers={"Content-Type": "application/x-ndjson"},
+        check=False,
+    )
+
+
+def test_a_chunk_arriving_for_longer_than_the_idle_timeout_is_not_reaped(api, mongo):
+    job = api.post("imports", json={"channel": "@suporte"}).json()
+    lines = envelopes(sessions(12)).splitlines(keepends=True)
+
+    started = time.monotonic()
+    answer = put_slowly(api, job["id"], trickle(lines, pause=0.5))  # 6 s: three idle periods
+    assert time.monotonic() - started > 2 * IDLE
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["counts"]["created"] == 12
+    done = api.post(f"imports/{job['id']}/complete", json={"chunks": 1}).json()
+    assert done["status"] == "succeeded", done
+    assert done["counts"] == {"received": 12, "created": 12, "updated": 0, "unchanged": 0, "rejected": 0}
+
+
+def test_a_chunk_that_stalls_past_the_idle_timeout_leaves_no_batch_on_the_failed_import(api, mongo):
+    job = api.post("imports", json={"channel": "@suporte"}).json()
+    lines = envelopes(sessions(4)).splitlines(keepends=True)
+
+    answer = put_slowly(api, job["id"], trickle(lines, pause=0.1, stall_after=2, stall=IDLE + 2))
+
+    problem(answer, 409, "import-ended")
+    report = api.get(f"imports/{job['id']}").json()
+    assert (report["status"], report["failure"]["reason"]) == ("failed", "abandoned")
+    assert report["counts"]["received"] == 0
+    assert mongo.import_batches.count_documents({}) == 0
