@@ -50,9 +50,9 @@ from contract.messaging import (
     OUTBOUND_CONSUMER,
     OUTBOUND_STREAM,
     OUTBOUND_SUBJECT,
-    PARKED_SUBJECT,
     OutboundMessage,
     PayloadError,
+    parked_subject,
 )
 from runtime import jetstream
 from runtime.failpoints import failpoint
@@ -342,7 +342,9 @@ class Delivery:
             kind=outbound.kind,
             meta={**outbound.meta, "reason": reason},
         )
-        await self._js.publish(PARKED_SUBJECT, parked.to_bytes(), headers={"Nats-Msg-Id": outbound.key})
+        await self._js.publish(
+            parked_subject(outbound.chat_id), parked.to_bytes(), headers={"Nats-Msg-Id": outbound.key}
+        )
         OUTBOUND_PARKED.labels(kind=outbound.kind).inc()
         await report_delivery(self._js, outbound, events.DELIVERY_PARKED)
 

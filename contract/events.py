@@ -62,6 +62,12 @@ def filter_subject(kind: str | None = None, platform: str | None = None, session
     return f"{EVENTS_SUBJECT_ROOT}.{kind_part}.{platform or '*'}.{session_id or '*'}"
 
 
+def erased_with_session(platform: str | None, session_id: str) -> tuple[str, ...]:
+    """The subject filters of a session's events that finishing it erases: all but `session.finished`."""
+    where = f"{_token(platform)}.{_token(session_id)}"
+    return (f"{EVENTS_SUBJECT_ROOT}.{SESSION_OPENED}.{where}", f"{EVENTS_SUBJECT_ROOT}.message.*.{where}")
+
+
 def _token(value: str | None) -> str:
     # Subject tokens cannot be empty or hold '.', '*', '>' or spaces.
     if not value:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -14,13 +15,44 @@ OUTBOUND_STREAM = "BALCAO_OUTBOUND"
 OUTBOUND_SUBJECT = "balcao.outbound.message"
 OUTBOUND_CONSUMER = "bot-outbound"
 
+# Messages Telegram refused for good, on `balcao.outbound.parked.<chat>` (see
+# parked_subject), so finishing a session can purge its contact's chat.
 PARKED_STREAM = "BALCAO_PARKED"
 PARKED_SUBJECT = "balcao.outbound.parked"
 
 # Messages no consumer could ever handle (undecodable, or delivered too often),
-# kept with their original subject and headers for people to inspect or replay.
+# kept with their original subject and headers for people to inspect or replay,
+# on `balcao.dead.<original subject>[.<chat>]` (see dead_subject).
 DEAD_STREAM = "BALCAO_DEAD"
 DEAD_SUBJECT_PREFIX = "balcao.dead"
+
+# How long parked messages and dead letters are kept (PARKED_MAX_AGE_SECONDS,
+# DEAD_LETTER_MAX_AGE_SECONDS): they hold contacts' texts, and a month is long
+# enough for someone to look at what failed and replay it.
+PARKED_MAX_AGE_SECONDS = 30 * 24 * 3600
+DEAD_LETTER_MAX_AGE_SECONDS = 30 * 24 * 3600
+
+# A chat id as one subject token: Telegram's are digits, "-100..." or "@name".
+_CHAT_TOKEN = re.compile(r"[A-Za-z0-9_@-]{1,64}")
+
+
+def chat_token(chat_id: object) -> str | None:
+    """`chat_id` as a subject token, or None when it cannot be one (the subject then names no chat)."""
+    text = str(chat_id) if chat_id is not None else ""
+    return text if _CHAT_TOKEN.fullmatch(text) else None
+
+
+def parked_subject(chat_id: object) -> str:
+    """Where a message to `chat_id` is parked."""
+    token = chat_token(chat_id)
+    return f"{PARKED_SUBJECT}.{token}" if token else PARKED_SUBJECT
+
+
+def dead_subject(subject: str, chat_id: object = None) -> str:
+    """Where a message of `subject` is dead-lettered, with its chat when the payload names one."""
+    token = chat_token(chat_id)
+    return f"{DEAD_SUBJECT_PREFIX}.{subject}.{token}" if token else f"{DEAD_SUBJECT_PREFIX}.{subject}"
+
 
 # Key-value bucket of outbound keys already delivered to Telegram, so a bot that
 # crashed between sending and acknowledging does not send the message again.

@@ -55,10 +55,12 @@ STREAMS = (
     # trying to park a refused one (it stays in the outbound stream) meanwhile.
     StreamConfig(
         name=messaging.PARKED_STREAM,
-        subjects=[messaging.PARKED_SUBJECT],
+        # Per chat, so a finished session's parked messages can be purged; the bare
+        # subject is what bots before per-chat subjects publish on.
+        subjects=[messaging.PARKED_SUBJECT, f"{messaging.PARKED_SUBJECT}.>"],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
-        max_age=30 * 24 * 3600,
+        max_age=messaging.PARKED_MAX_AGE_SECONDS,
         discard=DiscardPolicy.NEW,
     ),
     # Dead letters: what a consumer can never handle, kept a month like parked ones.
@@ -70,7 +72,7 @@ STREAMS = (
         subjects=[f"{messaging.DEAD_SUBJECT_PREFIX}.>"],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
-        max_age=30 * 24 * 3600,
+        max_age=messaging.DEAD_LETTER_MAX_AGE_SECONDS,
         duplicate_window=messaging.DUPLICATE_WINDOW_SECONDS,
         discard=DiscardPolicy.NEW,
     ),
@@ -196,14 +198,19 @@ class StreamLimits:
     keeps it), so nothing is dropped silently."""
 
     max_bytes: int = 0  # per stream; 0: no cap
-    max_age: float = 0.0  # seconds, for the streams without an age of their own; 0: none
+    max_age: float = 0.0  # seconds, for the work queues (inbound, outbound); 0: none
+    # The streams kept for people to look at: how long they keep a message.
+    parked_max_age: float = messaging.PARKED_MAX_AGE_SECONDS
+    dead_letter_max_age: float = messaging.DEAD_LETTER_MAX_AGE_SECONDS
 
     def apply(self, config: StreamConfig) -> StreamConfig:
         changes: dict[str, float | int] = {}
         if self.max_bytes > 0:
             changes["max_bytes"] = self.max_bytes
-        if self.max_age > 0 and not config.max_age:
-            changes["max_age"] = self.max_age  # the parked stream keeps its month
+        kept = {messaging.PARKED_STREAM: self.parked_max_age, messaging.DEAD_STREAM: self.dead_letter_max_age}
+        age = kept.get(config.name or "", self.max_age)
+        if age > 0:
+            changes["max_age"] = age
         return dataclasses.replace(config, **changes) if changes else config
 
 
@@ -246,7 +253,9 @@ async def ensure_streams(js: JetStreamContext, limits: StreamLimits | None = Non
 
 
 async def update_limits(js: JetStreamContext, wanted: StreamConfig, *, keep_stored: bool = True) -> None:
-    """Bring an existing stream to the configured limits (bytes, age, discard policy).
+    """Bring an existing stream to the configured limits (bytes, age, discard policy) and subjects.
+
+    Subjects are only added: a stream keeps what it was declared with.
 
     With `keep_stored`, a byte cap below what the stream holds is not applied,
     so its messages stay; a stream whose oldest messages may go (the live
@@ -272,6 +281,9 @@ async def update_limits(js: JetStreamContext, wanted: StreamConfig, *, keep_stor
     if wanted.discard and wanted.discard != current.discard:
         # Streams declared before they discarded new messages when full.
         changes["discard"] = wanted.discard
+    missing = [subject for subject in wanted.subjects or [] if subject not in (current.subjects or [])]
+    if missing:
+        changes["subjects"] = [*(current.subjects or []), *missing]
     if not changes:
         log.info("stream %s exists with different settings; left as is", wanted.name)
         return
@@ -343,11 +355,13 @@ async def drain(nc: Client, timeout: float = 10.0) -> None:
         await nc.close()
 
 
-async def dead_letter(js: JetStreamContext, msg: Msg, reason: str) -> None:
+async def dead_letter(js: JetStreamContext, msg: Msg, reason: str, chat_id: object = None) -> None:
     """Keep `msg` in the dead-letter stream with why, then stop its redelivery.
 
     The copy keeps the original headers (a repeated Nats-Msg-Id is stored once)
-    and adds the subject, stream, sequence and reason. If the copy cannot be
+    and adds the subject, stream, sequence and reason; its subject names the
+    chat when the payload does (`chat_id`), so finishing that chat's session
+    purges it. If the copy cannot be
     stored (the dead-letter stream is full and refuses new messages, or NATS
     does not answer), this raises and the message is left unacknowledged in
     its own stream: redelivered while deliveries remain, kept there after the
@@ -362,7 +376,7 @@ async def dead_letter(js: JetStreamContext, msg: Msg, reason: str) -> None:
         "Balcao-Dead-Deliveries": str(metadata.num_delivered),
         "Balcao-Dead-Reason": reason[:500],
     }
-    await js.publish(f"{messaging.DEAD_SUBJECT_PREFIX}.{msg.subject}", msg.data, headers=headers)
+    await js.publish(messaging.dead_subject(msg.subject, chat_id), msg.data, headers=headers)
     await msg.term()
     DEAD_LETTERED.labels(stream=metadata.stream).inc()
     log.error(
@@ -380,19 +394,19 @@ async def _dead_letters_removed(
     """The messages a handler can take; the others are dead-lettered."""
     kept = []
     for msg in messages:
-        reason = None
-        if msg.metadata.num_delivered >= max_deliver:
-            reason = f"delivered {msg.metadata.num_delivered} times without being settled"
-        elif decode is not None:
+        reason, decoded = None, None
+        if decode is not None:
             try:
-                decode(msg.data)
+                decoded = decode(msg.data)
             except Exception as exc:  # noqa: BLE001 - whatever the decoder hit, the payload is at fault
                 reason = f"undecodable: {type(exc).__name__}: {str(exc)[:200]}"
+        if msg.metadata.num_delivered >= max_deliver:
+            reason = f"delivered {msg.metadata.num_delivered} times without being settled"
         if reason is None:
             kept.append(msg)
             continue
         try:
-            await dead_letter(js, msg, reason)
+            await dead_letter(js, msg, reason, getattr(decoded, "chat_id", None))
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             # Not handed to the handler either: it failed or could not read it.
             DEAD_LETTERS_REFUSED.labels(stream=msg.metadata.stream).inc()

@@ -30,6 +30,8 @@ class Settings:
     import_max_record_values: int = 1_000_000
     import_max_record_messages: int = MAX_MESSAGES_PER_RECORD
     import_idle_timeout: int = 3600
+    # How long an ended import's report (and its batch records) is kept.
+    import_retention: int = 30 * 24 * 3600
     import_max_chunks: int = 100_000
     import_max_chunked_bytes: int = 64 * 1024 * 1024 * 1024
     intake_batch: int = 1000
@@ -38,6 +40,8 @@ class Settings:
     db_threads: int = 8
     stream_max_bytes: int = messaging.STREAM_MAX_BYTES
     stream_max_age: int = messaging.STREAM_MAX_AGE_SECONDS
+    parked_max_age: int = messaging.PARKED_MAX_AGE_SECONDS
+    dead_letter_max_age: int = messaging.DEAD_LETTER_MAX_AGE_SECONDS
     # Servers holding a copy of each stream: 1 on one node, 3 in a three-node cluster.
     nats_replicas: int = 1
     log_format: str = "text"
@@ -118,6 +122,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         import_max_record_values=env.integer("IMPORT_MAX_RECORD_VALUES", 1_000_000, minimum=100),
         import_max_record_messages=env.integer("IMPORT_MAX_RECORD_MESSAGES", MAX_MESSAGES_PER_RECORD, minimum=1),
         import_idle_timeout=env.integer("IMPORT_IDLE_TIMEOUT", 3600, minimum=1),
+        import_retention=env.integer("IMPORT_RETENTION_SECONDS", 30 * 24 * 3600, minimum=60),
         import_max_chunks=env.integer("IMPORT_MAX_CHUNKS", 100_000, minimum=1, maximum=999_999_999),
         import_max_chunked_bytes=env.integer("IMPORT_MAX_CHUNKED_BYTES", 64 * 1024 * 1024 * 1024, minimum=1),
         intake_batch=env.integer("INTAKE_BATCH", 1000, minimum=1, maximum=1000),
@@ -125,6 +130,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         db_threads=env.integer("DB_THREADS", 8, minimum=1, maximum=64),
         stream_max_bytes=env.integer("STREAM_MAX_BYTES", messaging.STREAM_MAX_BYTES),
         stream_max_age=env.integer("STREAM_MAX_AGE_SECONDS", messaging.STREAM_MAX_AGE_SECONDS),
+        parked_max_age=env.integer("PARKED_MAX_AGE_SECONDS", messaging.PARKED_MAX_AGE_SECONDS, minimum=3600),
+        dead_letter_max_age=env.integer(
+            "DEAD_LETTER_MAX_AGE_SECONDS", messaging.DEAD_LETTER_MAX_AGE_SECONDS, minimum=3600
+        ),
         log_format=env.choice("LOG_FORMAT", "text", ("text", "json")),
         log_level=env.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
         api_token_previous=env.secret("API_TOKEN_PREVIOUS", required=False) or "",

@@ -15,6 +15,7 @@ crash stores nothing new.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Sequence
@@ -24,9 +25,9 @@ from bson import ObjectId
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
-from contract import clock, events
+from contract import clock, events, messaging
 from contract.messaging import DUPLICATE_WINDOW_SECONDS
 from runtime import jetstream
 from runtime.failpoints import failpoint
@@ -150,16 +151,40 @@ def import_finished(job: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def promise(body: dict[str, Any], key: str, after_session_gone: ObjectId | None = None) -> None:
+def promise(
+    body: dict[str, Any], key: str, after_session_gone: ObjectId | None = None, chat_id: str | None = None
+) -> None:
     """Keep an event to publish (blocking: run it through `Database.run`).
 
     Written before the change it reports; with `after_session_gone` the relay
     holds it back until that session is deleted. Promising again (a retried
-    finish) keeps the first promise.
+    finish) keeps the first promise. A `session.finished` promise erases what
+    the streams hold of its session when it is relayed (`erase_session`), and
+    of its contact's chat `chat_id`.
     """
     kind = body["type"]
     subject = events.subject(kind, body.get("platform"), body.get("session_id"))
-    EventPromise.keep(events.dedup_id(kind, key), subject, body, clock.now(), after_session_gone)
+    EventPromise.keep(events.dedup_id(kind, key), subject, body, clock.now(), after_session_gone, chat_id)
+
+
+async def erase_session(js: JetStreamContext, platform: str | None, session_id: str, chat_id: str | None) -> None:
+    """Purge what JetStream keeps of a finished session: its events (but `session.finished`),
+    and the parked messages and dead letters of its contact's chat.
+
+    The session and its messages are deleted from MongoDB by then; these copies
+    hold the same names and texts. Each purge is by subject, one request each,
+    whatever the streams hold. A stream that does not exist holds nothing.
+    """
+    filters = [(events.EVENTS_STREAM, subject) for subject in events.erased_with_session(platform, session_id)]
+    if messaging.chat_token(chat_id):
+        filters += [
+            (messaging.PARKED_STREAM, messaging.parked_subject(chat_id)),
+            (messaging.DEAD_STREAM, messaging.dead_subject(messaging.INBOUND_SUBJECT, chat_id)),
+            (messaging.DEAD_STREAM, messaging.dead_subject(messaging.OUTBOUND_SUBJECT, chat_id)),
+        ]
+    for stream, subject in filters:
+        with contextlib.suppress(NotFoundError):
+            await js.purge_stream(stream, subject=subject)
 
 
 async def relay_promised(js: JetStreamContext, db, limit: int = 500) -> int:
@@ -173,6 +198,11 @@ async def relay_promised(js: JetStreamContext, db, limit: int = 500) -> int:
     for doc in ready:
         failpoint("server.events.promise_before_publish")
         try:
+            body = doc["body"]
+            if body.get("type") == events.SESSION_FINISHED and body.get("session_id"):
+                # Before the event: its own subject is not among those purged, and a
+                # relay that publishes again after a crash purges again, harmlessly.
+                await erase_session(js, body.get("platform"), body["session_id"], doc.get("chat_id"))
             ack = await js.publish(
                 doc["subject"],
                 events.to_bytes(doc["body"]),
@@ -180,7 +210,7 @@ async def relay_promised(js: JetStreamContext, db, limit: int = 500) -> int:
                 headers={"Nats-Msg-Id": doc["key"]},
             )
         except (NatsError, asyncio.TimeoutError) as exc:
-            log.warning("event relay paused, NATS unavailable: %s", exc)
+            log.warning("event relay paused, NATS unavailable: %r", exc)
             break
         if not ack.duplicate:
             EVENTS_PUBLISHED.labels(type=doc["body"]["type"]).inc()

@@ -52,7 +52,12 @@ async def main() -> None:
     try:
         await jetstream.ensure_streams(
             js,
-            jetstream.StreamLimits(settings.stream_max_bytes, settings.stream_max_age),
+            jetstream.StreamLimits(
+                settings.stream_max_bytes,
+                settings.stream_max_age,
+                settings.parked_max_age,
+                settings.dead_letter_max_age,
+            ),
             replicas=settings.nats_replicas,
         )
         await events.ensure_stream(
@@ -84,7 +89,10 @@ async def main() -> None:
     intake_task = asyncio.create_task(intake.run(), name="intake")
     relay_task = asyncio.create_task(outbound.relay_forever(), name="outbox-relay")
     reaper_task = asyncio.create_task(
-        app.settings["imports"].reap_forever(settings.import_idle_timeout, services.stopping), name="import-reaper"
+        app.settings["imports"].reap_forever(
+            settings.import_idle_timeout, services.stopping, settings.import_retention
+        ),
+        name="import-reaper",
     )
     # Not a worker: stale gauges are no reason to stop serving.
     streams_task = asyncio.create_task(streams.watch(js, stopping), name="stream-metrics")

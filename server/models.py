@@ -678,6 +678,11 @@ class ImportJobQuerySet(QuerySet):
         }
         return list(self.filter(__raw__=query).limit(limit).as_pymongo())
 
+    def ended_before(self, cutoff: dt.datetime, limit: int) -> list[ObjectId]:
+        """Jobs that ended before `cutoff` (their records are past retention), oldest first."""
+        query = {"finished_at": {"$lt": cutoff}, "status": {"$ne": "running"}}
+        return [doc["_id"] for doc in self.filter(__raw__=query).only("id").limit(limit).as_pymongo()]
+
     def announcement_pending(self, limit: int) -> list[dict[str, Any]]:
         return list(self.filter(announce_pending=True).limit(limit).as_pymongo())
 
@@ -723,6 +728,7 @@ class ImportJob(Document):
         "queryset_class": ImportJobQuerySet,
         "indexes": [
             {"fields": ["status", "last_activity_at"], "name": "status_activity"},
+            {"fields": ["finished_at"], "sparse": True, "name": "finished_order"},
             {"fields": ["announce_pending"], "sparse": True, "name": "announce_pending"},
             {"fields": ["idempotency_key"], "unique": True, "sparse": True, "name": "idempotency_key"},
         ],
@@ -846,15 +852,30 @@ class EventPromise(Document):
     subject = StringField(required=True)
     body = DictField(required=True)
     after_session_gone = ObjectIdField()
+    # session.finished: the contact's chat, whose parked messages and dead letters
+    # are purged with the session's events before the event is published.
+    chat_id = StringField()
     created_at = DateTimeField(required=True)
 
     @classmethod
     def keep(
-        cls, key: str, subject: str, body: dict[str, Any], at: dt.datetime, after_session_gone: ObjectId | None = None
+        cls,
+        key: str,
+        subject: str,
+        body: dict[str, Any],
+        at: dt.datetime,
+        after_session_gone: ObjectId | None = None,
+        chat_id: str | None = None,
     ) -> None:
         """Promise this event; promising the same key again (a retried finish) keeps the first promise."""
         document = stored_form(
-            cls, key=key, subject=subject, body=body, created_at=at, after_session_gone=after_session_gone
+            cls,
+            key=key,
+            subject=subject,
+            body=body,
+            created_at=at,
+            after_session_gone=after_session_gone,
+            chat_id=chat_id,
         )
         document.pop("key")
         # An upsert with $setOnInsert: MongoEngine's `set_on_insert__` would not run the fields' rules.

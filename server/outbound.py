@@ -66,10 +66,15 @@ class Outbound:
         self._wake.set()
 
     async def promise_event(
-        self, body: dict[str, Any], key: str, *, after_session_gone: ObjectId | None = None
+        self,
+        body: dict[str, Any],
+        key: str,
+        *,
+        after_session_gone: ObjectId | None = None,
+        chat_id: str | None = None,
     ) -> None:
         """Keep a live event (`server/events.py`), then wake the relay to publish it."""
-        await self._db.run(events.promise, body, key, after_session_gone)
+        await self._db.run(events.promise, body, key, after_session_gone, chat_id)
         self._wake.set()
 
     def wake(self) -> None:

@@ -235,10 +235,14 @@ class SessionHandler(SessionsApiHandler):
         else:
             log.info("session %s finished without a goodbye: no chat is known for it", session["_id"])
         # Promised before the delete and held until the session is gone: a crash
-        # after the delete loses no event, a failed delete announces none.
+        # after the delete loses no event, a failed delete announces none. Its
+        # relay erases the session's copies in the streams (server.events.erase_session).
         with database_errors():
             await self.settings["services"].outbound.promise_event(
-                events.session_finished(session), str(session["_id"]), after_session_gone=session["_id"]
+                events.session_finished(session),
+                str(session["_id"]),
+                after_session_gone=session["_id"],
+                chat_id=chat,
             )
         await self.database(sessions.finish, session["_id"])
         self.settings["services"].outbound.wake()

@@ -156,6 +156,21 @@ def idle_jobs(idle_seconds: float) -> list[dict[str, Any]]:
     return ImportJob.objects.idle_since(cutoff, REAP_BATCH) + ImportJob.objects.announcement_pending(REAP_BATCH)
 
 
+def purge_ended(retention_seconds: float, limit: int = REAP_BATCH) -> int:
+    """Delete the jobs that ended more than `retention_seconds` ago, their batch records first; how many.
+
+    A report keeps the first errors, which quote values of the records they
+    refused (contacts' identifiers among them): kept IMPORT_RETENTION_SECONDS,
+    then gone. A job goes last, so a crash in between leaves it to the next round.
+    """
+    cutoff = clock.stored(clock.now() - dt.timedelta(seconds=retention_seconds))
+    ended = ImportJob.objects.ended_before(cutoff, limit)
+    if ended:
+        ImportBatch.objects(job_id__in=ended).delete()
+        ImportJob.objects(id__in=ended).delete()
+    return len(ended)
+
+
 def announced(job_id: ObjectId) -> None:
     ImportJob.objects(id=job_id).update_one(unset__announce_pending=True)
 
@@ -412,8 +427,13 @@ class Imports:
             )
         )
 
-    async def reap(self, idle_seconds: float) -> int:
-        """Fail the imports idle for longer than `idle_seconds`, announcing each; how many this call ended."""
+    async def reap(self, idle_seconds: float, retention_seconds: float | None = None) -> int:
+        """Fail the imports idle for longer than `idle_seconds`, announcing each; how many this call ended.
+
+        With `retention_seconds`, imports that ended longer ago than that are deleted too.
+        """
+        if retention_seconds is not None:
+            await self.db.run(purge_ended, retention_seconds)
         ended = 0
         for job in await self.db.run(idle_jobs, idle_seconds):
             if job["status"] == RUNNING:
@@ -427,12 +447,14 @@ class Imports:
             await self.db.run(announced, job["_id"])
         return ended
 
-    async def reap_forever(self, idle_seconds: float, stopping: asyncio.Event) -> None:
+    async def reap_forever(
+        self, idle_seconds: float, stopping: asyncio.Event, retention_seconds: float | None = None
+    ) -> None:
         """Reap every so often until `stopping` is set; a failed round is logged and tried again."""
         interval = min(60.0, max(0.5, idle_seconds / 4))
         while not stopping.is_set():
             try:
-                await self.reap(idle_seconds)
+                await self.reap(idle_seconds, retention_seconds)
             except Exception:  # the database may be down; the next round tries again
                 log.exception("reaping idle imports failed")
             with contextlib.suppress(asyncio.TimeoutError):

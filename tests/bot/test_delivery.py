@@ -87,8 +87,9 @@ async def test_undeliverable_message_is_parked_with_its_reason(fake, js, deliver
     fake.register_user(12, "Bia")
     await publish(js, "fine", "12", "ok")
     await until(lambda: fake.sent(12))
-    subscription = await js.pull_subscribe(PARKED_SUBJECT, durable="test-parked", stream=PARKED_STREAM)
+    subscription = await js.pull_subscribe(f"{PARKED_SUBJECT}.>", durable="test-parked", stream=PARKED_STREAM)
     parked = await subscription.fetch(1, timeout=5)
+    assert parked[0].subject == f"{PARKED_SUBJECT}.999"  # per chat: a finish purges its contact's
     body = json.loads(parked[0].data)
     assert body["key"] == "lost"
     assert "chat not found" in body["meta"]["reason"].lower()

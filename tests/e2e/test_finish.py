@@ -7,12 +7,16 @@ where the goodbye must survive it.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections.abc import Iterator
 
 import pytest
+from nats.js.errors import NotFoundError
 
+from contract.events import EVENTS_STREAM
+from contract.messaging import DEAD_STREAM, PARKED_STREAM
 from server.config import DEFAULT_GOODBYE, DEFAULT_REPLY
 from tests.harness import ApiClient, eventually, settle, sigkill
 
@@ -128,3 +132,68 @@ def test_a_goodbye_survives_the_server_crashing_while_nats_is_down(stack, api, t
 
     assert [m["text"] for m in telegram.sent(8004)] == [DEFAULT_REPLY, DEFAULT_GOODBYE]
     assert mongo.outbox.count_documents({}) == 0
+
+
+async def _held(url: str) -> dict[str, list[str]]:
+    """The subjects each stream holding copies of contacts' data keeps now."""
+    import nats
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    held: dict[str, list[str]] = {}
+    for stream in (EVENTS_STREAM, PARKED_STREAM, DEAD_STREAM):
+        state = (await js.stream_info(stream)).state
+        subjects = []
+        for sequence in range(max(state.first_seq, 1), state.last_seq + 1 if state.messages else 1):
+            try:
+                subjects.append((await js.get_msg(stream, sequence)).subject)
+            except NotFoundError:
+                continue  # purged
+        held[stream] = subjects
+    await nc.close()
+    return held
+
+
+async def _dead_letter_of(url: str, chat: str) -> None:
+    """What the consume loop writes for a message of this chat delivered too often."""
+    import nats
+
+    nc = await nats.connect(url)
+    await nc.jetstream().publish(f"balcao.dead.balcao.inbound.message.{chat}", b'{"chat_id": %s}' % chat.encode())
+    await nc.close()
+
+
+def test_a_finished_session_is_erased_from_the_streams_and_others_are_kept(stack, api, telegram, clean_nats):
+    """Its events (all but session.finished), its contact's parked replies and dead
+    letters go with it; another contact's stay."""
+    stack.server()
+    stack.bot()
+    for contact in (8101, 8102):
+        telegram.add_fault(method="sendMessage", chat_id=contact, error_code=403, times=-1)  # replies parked
+        telegram.send_as_user(contact, f"meu nome é {contact}", first_name="Rita")
+    sessions = {c: eventually(lambda c=c: open_session(api, str(c)), message="session") for c in ("8101", "8102")}
+    for contact in ("8101", "8102"):
+        asyncio.run(_dead_letter_of(clean_nats.url, contact))
+
+    def parked_and_reported() -> dict[str, list[str]] | None:
+        held = asyncio.run(_held(clean_nats.url))
+        sent = [s for s in held[EVENTS_STREAM] if s.startswith("balcao.events.message.sent.")]
+        return held if len(held[PARKED_STREAM]) == 2 and len(sent) == 2 else None
+
+    before = eventually(parked_and_reported, timeout=30, message="both replies parked and reported")
+    erased, kept = sessions["8101"]["id"], sessions["8102"]["id"]
+    assert sum(erased in s for s in before[EVENTS_STREAM]) == 3  # opened, received, sent
+
+    assert api.delete(f"sessions/{erased}").status_code == 204
+    finished = f"balcao.events.session.finished.telegram.{erased}"
+
+    def finish_published() -> dict[str, list[str]] | None:
+        held = asyncio.run(_held(clean_nats.url))
+        return held if finished in held[EVENTS_STREAM] else None
+
+    after = eventually(finish_published, message="session.finished published")
+
+    assert [s for s in after[EVENTS_STREAM] if erased in s] == [finished]
+    assert sum(kept in s for s in after[EVENTS_STREAM]) == 3
+    assert after[PARKED_STREAM] == ["balcao.outbound.parked.8102"]
+    assert after[DEAD_STREAM] == ["balcao.dead.balcao.inbound.message.8102"]

@@ -133,6 +133,40 @@ async def test_a_message_delivered_too_often_is_dead_lettered(clean_nats) -> Non
     await nc.close()
 
 
+@pytest.mark.asyncio
+async def test_a_dead_letter_whose_payload_names_a_chat_is_filed_under_it(clean_nats) -> None:
+    """So finishing that chat's session can purge it by subject; an unreadable one names none."""
+    from types import SimpleNamespace
+
+    from contract.messaging import DEAD_STREAM
+
+    nc = await nats.connect(clean_nats.url)
+    js = nc.jetstream()
+    await jetstream.ensure_streams(js)
+    await js.add_stream(name="CHATS", subjects=["chats.work"])
+    await js.publish("chats.work", b"8103")
+    await js.publish("chats.work", b"not a chat")
+    done = asyncio.Event()
+
+    def by_chat(data: bytes) -> object:
+        return SimpleNamespace(chat_id=int(data))
+
+    async def handle(messages) -> None:
+        raise AssertionError("a message delivered max_deliver times reached its handler")
+
+    async def watch() -> None:
+        while (await js.stream_info(DEAD_STREAM)).state.messages < 2:
+            await asyncio.sleep(0.05)
+        done.set()
+
+    watcher = asyncio.create_task(watch())
+    await _consume_until(js, "CHATS", "chats.work", handle, done, ack_wait=5.0, max_deliver=1, decode=by_chat)
+    await watcher
+    subjects = [(await js.get_msg(DEAD_STREAM, seq)).subject for seq in (1, 2)]
+    assert subjects == ["balcao.dead.chats.work.8103", "balcao.dead.chats.work"]
+    await nc.close()
+
+
 async def _fill(js, subject: str, size: int) -> int:
     """Publish `size`-byte messages on `subject` until its stream refuses one; how many it took."""
     taken = 0
