@@ -26,6 +26,7 @@ import pytest
 from pymongo.database import Database
 
 from devstack.processes import NatsServer, free_port
+from server.models import ImportJob
 from tests.harness import API_TOKEN, Process, eventually, reset_jetstream, stack_env
 from tests.security.conftest import NO_TELEGRAM, Target
 from tests.server import factories
@@ -437,7 +438,7 @@ def test_hostile_json_starting_a_chunked_import_is_a_400_naming_the_field(target
     with Watch(target) as watch, target.client() as client:
         response = client.post("/v1/imports", content=body.encode(), headers={"Content-Type": "application/json"})
     assert_problem(response, 400, "invalid-json" if field == "body" else "invalid-body", field)
-    assert mongo["imports"].count_documents({}) == 0  # refused: no import left behind
+    assert mongo[ImportJob._get_collection_name()].count_documents({}) == 0  # refused: no import left behind
     watch.check()
 
 
