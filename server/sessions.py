@@ -308,6 +308,7 @@ def add_agent_reply(session: dict[str, Any], text: str, idempotency_key: str | N
     message = Message.outbound(session["_id"], key, text, now, message_id=message_id)
     try:
         Message.save_new(message)
+        failpoint("server.reply.after_message_stored")  # stored, neither counted nor promised
     except NotUniqueError:
         if idempotency_key is None:
             raise

@@ -16,6 +16,7 @@ from tornado.web import stream_request_body, url
 
 from contract import clock
 from contract.messaging import OutboundMessage
+from runtime.failpoints import failpoint
 from server import events, names, sessions
 from server.cursors import CursorCodec, CursorInvalid
 from server.handlers.base import ApiError, ApiHandler, database_errors, field_error, key_reused, object_id
@@ -311,6 +312,7 @@ class SessionMessagesHandler(SessionsApiHandler):
                 meta={"session_id": str(session["_id"]), "message_id": str(message["_id"])},
             )
         )
+        failpoint("server.reply.after_promised")  # stored and promised, the agent not yet told
         self.set_header("Location", self.reverse_url("session_message", str(session["_id"]), str(message["_id"])))
         self.write_json(message_resource(message), status=201)
 

@@ -12,13 +12,14 @@ import signal
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from nats.js.errors import NotFoundError
 
 from contract.events import EVENTS_STREAM
 from contract.messaging import DEAD_STREAM, PARKED_STREAM
 from server.config import DEFAULT_GOODBYE, DEFAULT_REPLY
-from tests.harness import ApiClient, eventually, settle, sigkill
+from tests.harness import ApiClient, eventually, failpoint_fired, settle, sigkill
 
 
 @pytest.fixture
@@ -77,6 +78,38 @@ def test_an_agent_reply_reaches_the_contact_once(stack, api, telegram, clean_nat
     directions = [m["direction"] for m in api.get(f"sessions/{session['id']}/messages").json()["items"]]
     assert directions == ["in", "out"]
     assert [m["text"] for m in telegram.sent(8002)] == [DEFAULT_REPLY, answer]
+
+
+@pytest.mark.parametrize("point", ["server.reply.after_message_stored", "server.reply.after_promised"])
+def test_an_agent_reply_retried_after_the_server_died_is_stored_counted_and_sent_once(
+    stack, api, telegram, clean_nats, mongo, tmp_path, point
+):
+    """The client sent a reply with an Idempotency-Key and the server died before answering:
+    after storing it (neither counted nor promised yet), or after promising it. The
+    same request to the next server stores nothing again, counts it, and sends it once."""
+    log = tmp_path / "failpoints.log"
+    crashing = stack.server(BALCAO_FAILPOINTS=f"{point}=kill", BALCAO_FAILPOINTS_LOG=str(log))
+    stack.bot()
+    telegram.send_as_user(8003, "Cadê meu pedido?", first_name="Gal")
+    session = eventually(lambda: open_session(api, "8003"), message="session opened")
+    eventually(lambda: texts(telegram, 8003, DEFAULT_REPLY), message="reply")
+    answer, key = "Seu pedido sai hoje, Gal.", {"Idempotency-Key": "retry-after-crash"}
+
+    with pytest.raises(httpx.TransportError):
+        api.post(f"sessions/{session['id']}/messages", json={"text": answer}, headers=key)
+    eventually(lambda: not crashing.running, message="server killed at the fail point")
+    assert failpoint_fired(log, point)
+    assert mongo.messages.count_documents({"direction": "out"}) == 1  # stored before the crash
+
+    stack.server()
+    retried = api.post(f"sessions/{session['id']}/messages", json={"text": answer}, headers=key)
+    assert retried.status_code == 201, retried.text
+
+    settle(clean_nats.url, lambda: (len(telegram.sent()), mongo.outbox.count_documents({})))
+    assert [m["text"] for m in telegram.sent(8003)] == [DEFAULT_REPLY, answer]
+    stored = mongo.messages.find_one({"direction": "out"})
+    assert retried.json()["id"] == str(stored["_id"]) and mongo.messages.count_documents({}) == 2
+    assert mongo.sessions.find_one({"contact_identifier": "8003"})["message_count"] == 2
 
 
 def test_a_goodbye_promised_while_nats_is_down_is_sent_once_when_it_returns(stack, api, telegram, clean_nats, mongo):
