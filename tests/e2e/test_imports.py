@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import signal
 import socket
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ import httpx
 import pytest
 
 from cli.generate import generate_sessions, write_sessions
-from tests.harness import API_TOKEN, ROOT, eventually, outbound_messages, settle
+from tests.harness import API_TOKEN, ROOT, eventually, outbound_messages, settle, whole_records
 
 DATA = ROOT / "data"
 CHANNEL = "@suporte"
@@ -47,16 +46,8 @@ def generated_json(sessions: int) -> bytes:
 
 
 def records_within(sessions: int, size: int) -> list[str]:
-    """The contacts of generated_json(sessions)'s records that end within its first `size` bytes:
-    what an import that stopped there has read whole (a record is complete at its closing brace)."""
-    contacts, end = [], len(b"[\n")
-    for session in generated(sessions):
-        end += len(json.dumps(session, ensure_ascii=False, separators=(",", ":")).encode())
-        if end > size:
-            break
-        contacts.append(str(session["contact_identifier"]))
-        end += len(b",\n")
-    return contacts
+    """The contacts of generated_json(sessions)'s records whole within its first `size` bytes."""
+    return [str(record["contact_identifier"]) for record in whole_records(generated_json(sessions)[:size])]
 
 
 def stored_contacts(mongo) -> list[str]:

@@ -5,6 +5,7 @@ Every response is also validated against the OpenAPI document by the `api` clien
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import socket
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from cli.generate import generate_sessions, write_sessions
-from tests.harness import API_TOKEN, ROOT, conforms_to_openapi, eventually, outbound_messages
+from tests.harness import API_TOKEN, ROOT, conforms_to_openapi, eventually, outbound_messages, whole_records
 
 DATA = ROOT / "data"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -67,6 +68,10 @@ def stored(mongo, ignore: tuple[str, ...] = ()) -> tuple[list[dict], list[dict]]
     return sessions, messages
 
 
+def contacts(mongo) -> list[str]:
+    return sorted(session["contact_identifier"] for session in mongo.sessions.find())
+
+
 def assert_serving(api) -> None:
     assert api.http.get(f"{api.base_url}/health").status_code == 200
 
@@ -91,7 +96,8 @@ def test_json_upload_imports_every_session_and_reports_it(api, mongo):
     assert report["counts"] == {"received": 300, "created": 300, "updated": 0, "unchanged": 0, "rejected": 0}
     assert report["format"] == "json" and report["source"] == "sessions.json" and report["channel"] == "@suporte"
     assert report["errors"] == [] and report["failure"] is None
-    assert report["duration_seconds"] >= 0 and report["finished_at"] is not None
+    started, finished = (dt.datetime.fromisoformat(report[name]) for name in ("started_at", "finished_at"))
+    assert report["duration_seconds"] == round((finished - started).total_seconds(), 3)
     assert mongo.sessions.count_documents({}) == 300
     assert mongo.messages.count_documents({}) == 853  # data/README.md
     assert response.headers["Location"] == f"/v1/imports/{report['id']}"
@@ -192,7 +198,15 @@ def test_broken_json_fails_near_the_break(api, mongo):
 
     assert report["status"] == "failed"
     assert abs(report["failure"]["offset"] - at) <= 1024  # within the parser's error window
-    assert 0 < report["counts"]["created"] < 200
+    whole = whole_records(content[:at])  # every record before the break, and none after it
+    assert report["counts"] == {
+        "received": len(whole),
+        "created": len(whole),
+        "updated": 0,
+        "unchanged": 0,
+        "rejected": 0,
+    }
+    assert contacts(mongo) == sorted(str(record["contact_identifier"]) for record in whole)
 
 
 def test_a_client_leaving_after_the_file_broke_gets_its_import_ended_with_the_cause(api, api_server, mongo):
@@ -216,7 +230,9 @@ def test_a_client_leaving_after_the_file_broke_gets_its_import_ended_with_the_ca
 
     job = eventually(lambda: mongo.import_jobs.find_one({"status": "failed"}), message="failed import")
     assert job["failure"]["reason"] == "invalid-file"  # the cause, not the client leaving
-    assert mongo.sessions.count_documents({}) == job["counts"]["created"] > 0
+    whole = whole_records(content[:at])
+    assert job["counts"]["created"] == len(whole)
+    assert contacts(mongo) == sorted(str(record["contact_identifier"]) for record in whole)
 
 
 def test_an_empty_file_is_refused(api, mongo):
