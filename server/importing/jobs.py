@@ -262,9 +262,14 @@ def repair_next_chunk(job_id: ObjectId) -> int:
     between them leaves the record without the advance. The records are the
     truth, so the job is brought up to them.
     """
-    last = ImportBatch.objects.last_seq(job_id)
-    if last is not None:
-        advance_chunks(job_id, last + 1)
+    job = ImportJob.objects(id=job_id).only("next_chunk").as_pymongo().first()
+    if job is None:
+        return 0
+    # Only the records from the job's next chunk on: the ones before it are accounted for.
+    recorded = [batch["seq"] for batch in ImportBatch.objects.from_seq(job_id, job.get("next_chunk", 0))]
+    if not recorded:
+        return job.get("next_chunk", 0)
+    advance_chunks(job_id, recorded[-1] + 1)
     job = ImportJob.objects(id=job_id).only("next_chunk").as_pymongo().first()
     return job.get("next_chunk", 0) if job else 0
 
