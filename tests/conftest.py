@@ -169,6 +169,7 @@ SLOW_FIRST = (
     "tests/e2e/",
     "tests/security/",
     "tests/server/test_imports_api.py",
+    "tests/server/test_imports_idle.py",
     "tests/cli/",
     "tests/bot/test_delivery.py",
 )
