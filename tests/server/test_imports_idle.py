@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from devstack.processes import NatsServer, free_port
-from tests.harness import ApiClient, Process, reset_jetstream, stack_env
+from tests.harness import ApiClient, Process, eventually, reset_jetstream, stack_env
 from tests.server.conftest import NO_TELEGRAM
-from tests.server.test_imports_api import envelopes, problem, sessions
+from tests.server.test_imports_api import envelopes, problem, session_file, sessions
 
 IDLE = 2  # seconds; the reaper looks every half second
 
@@ -86,3 +86,36 @@ def test_a_chunk_that_stalls_past_the_idle_timeout_leaves_no_batch_on_the_failed
     assert (report["status"], report["failure"]["reason"]) == ("failed", "abandoned")
     assert report["counts"]["received"] == 0
     assert mongo.import_batches.count_documents({}) == 0
+
+
+def test_an_upload_whose_import_was_reaped_meanwhile_adds_no_batch_to_it(api, mongo):
+    """The first batch (500 records) starts the import; the client then stalls past the idle
+    timeout and the reaper fails it; the rest of the file is refused, not added to the report."""
+    content = session_file("json", sessions(600))
+    cut = len(b"\n".join(content.split(b"\n")[:520]))  # past the first batch of 500
+    boundary = "idle-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="channel"\r\n\r\n@suporte\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="s.json"\r\n'
+        "Content-Type: application/json\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+
+    def body() -> Iterator[bytes]:
+        yield head + content[:cut]
+        eventually(lambda: mongo.import_batches.count_documents({}) == 1, message="first batch recorded")
+        time.sleep(IDLE + 2)  # no data: the reaper takes it
+        yield content[cut:] + tail
+
+    answer = api.request(
+        "POST",
+        "imports",
+        content=body(),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        check=False,  # a stream: see put_slowly
+    )
+
+    problem(answer, 409, "import-ended")
+    job = mongo.import_jobs.find_one()
+    assert (job["status"], job["failure"]["reason"]) == ("failed", "abandoned")
+    assert job["counts"]["created"] == 500 and mongo.import_batches.count_documents({}) == 1
