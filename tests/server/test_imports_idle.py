@@ -11,7 +11,7 @@ import pytest
 from devstack.processes import NatsServer, free_port
 from tests.harness import ApiClient, Process, eventually, reset_jetstream, stack_env
 from tests.server.conftest import NO_TELEGRAM
-from tests.server.test_imports_api import envelopes, problem, session_file, sessions
+from tests.server.test_imports_api import IMPORT_START_TIMEOUT, envelopes, problem, session_file, sessions
 
 IDLE = 2  # seconds; the reaper looks every half second
 
@@ -103,7 +103,11 @@ def test_an_upload_whose_import_was_reaped_meanwhile_adds_no_batch_to_it(api, mo
 
     def body() -> Iterator[bytes]:
         yield head + content[:cut]
-        eventually(lambda: mongo.import_batches.count_documents({}) == 1, message="first batch recorded")
+        eventually(
+            lambda: mongo.import_batches.count_documents({}) == 1,
+            timeout=IMPORT_START_TIMEOUT,
+            message="first batch recorded",
+        )
         time.sleep(IDLE + 2)  # no data: the reaper takes it
         yield content[cut:] + tail
 
