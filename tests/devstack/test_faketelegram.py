@@ -22,41 +22,9 @@ import tornado.web
 from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, NetworkError, RetryAfter
 
 from devstack.faketelegram import FakeTelegram, FloodControl, FloodLimits
+from tests.devstack.conftest import ANA, CHANNEL_ID, TOKEN, api, inject
 
-TOKEN = "123456:fake-token"
 ROOT = Path(__file__).resolve().parents[2]
-ANA = {"id": 5001, "first_name": "Ana", "last_name": "Souza", "username": "anasouza"}
-CHANNEL_ID = -1001234567890
-
-
-@pytest_asyncio.fixture
-async def fake() -> AsyncIterator[FakeTelegram]:
-    server = FakeTelegram(token=TOKEN, webhook_retry_delay=0.05)
-    await server.start(host="127.0.0.1", port=0)
-    yield server
-    await server.stop()
-
-
-@pytest_asyncio.fixture
-async def http(fake: FakeTelegram) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=fake.base_url, timeout=10) as client:
-        yield client
-
-
-@pytest_asyncio.fixture
-async def bot(fake: FakeTelegram) -> AsyncIterator[telegram.Bot]:
-    async with telegram.Bot(TOKEN, base_url=f"{fake.base_url}/bot") as client:
-        yield client
-
-
-async def api(http: httpx.AsyncClient, method: str, **params: Any) -> httpx.Response:
-    return await http.post(f"/bot{TOKEN}/{method}", json=params)
-
-
-async def inject(http: httpx.AsyncClient, text: str, user: dict[str, Any] = ANA) -> dict[str, Any]:
-    response = await http.post("/_test/messages", json={"user": user, "text": text})
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 # -- basics ---------------------------------------------------------------------------------
