@@ -20,6 +20,7 @@ import tornado.httpclient
 import tornado.httputil
 import tornado.web
 
+from devstack.faketelegram.entities import MAX_TEXT_LENGTH, PARSE_MODES, utf16_length, visible_text
 from devstack.faketelegram.errors import ApiError
 from devstack.faketelegram.state import TelegramState, Webhook, chat_ref
 
@@ -28,9 +29,7 @@ log = logging.getLogger("devstack.faketelegram")
 JsonDict = dict[str, Any]
 ApiMethod = Callable[[JsonDict], Awaitable[Any]]
 
-MAX_TEXT_LENGTH = 4096
 MAX_UPDATES_LIMIT = 100
-PARSE_MODES = frozenset({"html", "markdown", "markdownv2"})
 SECRET_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 CONFLICT_OTHER_POLL = (
@@ -187,8 +186,8 @@ class BotApi:
 
     async def _send_message(self, params: JsonDict) -> JsonDict:
         chat = self._resolve_chat(params.get("chat_id"))
-        text = _message_text(params.get("text"))
-        _check_parse_mode(params.get("parse_mode"))
+        parse_mode = _parse_mode(params.get("parse_mode"))
+        text = _message_text(params.get("text"), parse_mode)
         self._check_may_post(chat)
         self.state.flood_control.admit(chat)
         message: JsonDict = {"message_id": self.state.next_message_id(chat["id"])}
@@ -390,20 +389,26 @@ def _bool_param(params: JsonDict, name: str) -> bool:
     return params.get(name) in (True, 1, "true", "True", "1")
 
 
-def _message_text(text: Any) -> str:
+def _message_text(text: Any, parse_mode: str | None) -> str:
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         text = str(text)
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
         raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: message text is empty")
-    if len(text) > MAX_TEXT_LENGTH:
+    shown = visible_text(text, parse_mode)
+    if not shown.strip():
+        raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: message text is empty")
+    if utf16_length(shown) > MAX_TEXT_LENGTH:
         raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: message is too long")
     return text
 
 
-def _check_parse_mode(parse_mode: Any) -> None:
+def _parse_mode(parse_mode: Any) -> str | None:
     # The fake does not render markup: the text is stored and returned as the bot sent it.
-    if parse_mode not in (None, "") and str(parse_mode).lower() not in PARSE_MODES:
+    if parse_mode in (None, ""):
+        return None
+    if str(parse_mode).lower() not in PARSE_MODES:
         raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: unsupported parse_mode")
+    return str(parse_mode)
 
 
 def _bot_id(token: str) -> int:

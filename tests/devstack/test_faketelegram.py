@@ -22,6 +22,7 @@ import tornado.web
 from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, NetworkError, RetryAfter
 
 from devstack.faketelegram import FakeTelegram, FloodControl, FloodLimits
+from devstack.faketelegram.entities import visible_text
 from tests.devstack.conftest import ANA, CHANNEL_ID, TOKEN, api, inject
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -637,3 +638,55 @@ async def test_channel_without_admin_rights_refuses_posts(
     await http.post("/_test/channels", json={"username": "semadmin", "admin": True})
     await bot.send_message("@semadmin", "anúncio")
     assert len(fake.sent("@semadmin")) == 1
+
+
+# -- message text as Telegram counts it -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "parse_mode", "status"),
+    [
+        # UTF-16 code units: an emoji outside the BMP counts two.
+        ("😀" * 2048, None, 200),
+        ("😀" * 2048 + "x", None, 400),
+        ("ç" * 4096, None, 200),
+        # After entities parsing: markup is not counted, escapes count once.
+        ("<b>" + "x" * 4096 + "</b>", "HTML", 200),
+        ("&lt;" * 4096, "HTML", 200),
+        ("&lt;" * 4097, "HTML", 400),
+        ("\\." * 4096, "MarkdownV2", 200),
+        ("*" + "x" * 4097 + "*", "MarkdownV2", 400),
+    ],
+)
+@pytest.mark.asyncio
+async def test_message_text_limit_counts_utf16_units_after_markup(
+    fake: FakeTelegram, http: httpx.AsyncClient, text: str, parse_mode: str | None, status: int
+) -> None:
+    fake.register_user(**ANA)
+    params = {"chat_id": ANA["id"], "text": text, **({"parse_mode": parse_mode} if parse_mode else {})}
+    response = await api(http, "sendMessage", **params)
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert response.json()["description"] == "Bad Request: message is too long"
+
+
+@pytest.mark.parametrize(
+    ("text", "parse_mode", "shown"),
+    [
+        ("<b>negrito</b> &amp; <a href='x'>link</a>", "HTML", "negrito & link"),
+        ("*negrito* _itálico_ [link](http://x.y/(a\\)) \\*", "MarkdownV2", "negrito itálico link *"),
+        ("```python\nprint(1)\n``` ||spoiler|| ~riscado~", "MarkdownV2", "print(1)\n spoiler riscado"),
+        (">citação\n>linha", "MarkdownV2", "citação\nlinha"),
+        ("*a* _b_ `c` \\_", "Markdown", "a b c _"),
+        ("<b>nada</b> *muda*", None, "<b>nada</b> *muda*"),
+    ],
+)
+def test_visible_text_is_what_a_reader_sees(text: str, parse_mode: str | None, shown: str) -> None:
+    assert visible_text(text, parse_mode) == shown
+
+
+@pytest.mark.asyncio
+async def test_text_of_markup_alone_is_empty(fake: FakeTelegram, http: httpx.AsyncClient) -> None:
+    fake.register_user(**ANA)
+    response = await api(http, "sendMessage", chat_id=ANA["id"], text="<b> </b>", parse_mode="HTML")
+    assert response.json()["description"] == "Bad Request: message text is empty"
