@@ -25,6 +25,7 @@ from devstack.faketelegram.files import MAX_DOWNLOAD_SIZE, MAX_UPLOAD_SIZE, gene
 from devstack.faketelegram.images import image_size
 from devstack.processes import free_port, wait_for_port
 from tests.devstack.conftest import ANA, TOKEN, api, inject
+from tests.harness import BOT_TOKEN, FakeTelegramClient
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
@@ -577,3 +578,27 @@ async def test_an_upload_cut_off_midway_leaves_nothing_behind(fake: FakeTelegram
         await asyncio.sleep(0.01)
     assert list(spool.iterdir()) == []
     assert fake.sent() == [] and fake.attempts() == []
+
+
+def test_the_harness_client_drives_files_edits_and_groups(telegram: FakeTelegramClient) -> None:
+    """The subprocess fake the end-to-end tests share, through the client they use."""
+    content = b"nota fiscal " * 1000
+    stored = telegram.store_file(content)
+    sent = telegram.send_as_user(
+        9101, "minha nota", kind="document", file={"ref": stored["ref"], "file_name": "nf.pdf"}
+    )
+    info = telegram.file_info(sent["file"]["file_id"])
+    assert (info["file_name"], info["size"], info["sha256"]) == ("nf.pdf", len(content), sha256(content))
+    download = telegram.http.get(f"/file/bot{BOT_TOKEN}/{info['file_path']}")
+    assert download.content == content
+
+    edit = telegram.edit_as_user(9101, sent["message_id"], "minha nota de março")
+    assert edit["message_id"] == sent["message_id"]
+    edited = [update["edited_message"] for update in telegram.pending_updates() if "edited_message" in update]
+    assert [message["caption"] for message in edited] == ["minha nota de março"]
+
+    telegram.add_group(-4101, "Suporte")
+    supergroup = telegram.migrate_group(-4101)
+    assert str(supergroup).startswith("-100")
+    telegram.forget_file(info["file_id"])
+    assert telegram.http.get(f"/file/bot{BOT_TOKEN}/{info['file_path']}").status_code == 404
