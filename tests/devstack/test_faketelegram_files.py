@@ -602,3 +602,55 @@ def test_the_harness_client_drives_files_edits_and_groups(telegram: FakeTelegram
     assert str(supergroup).startswith("-100")
     telegram.forget_file(info["file_id"])
     assert telegram.http.get(f"/file/bot{BOT_TOKEN}/{info['file_path']}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("request_args", "status", "description"),
+    [
+        (
+            {"content": b"xx", "headers": {"Content-Type": "multipart/form-data"}},
+            400,
+            "Bad Request: can't parse multipart/form-data",
+        ),
+        (
+            {"content": b"[1, 2]", "headers": {"Content-Type": "application/json"}},
+            400,
+            "Bad Request: can't parse JSON object",
+        ),
+        ({"json": {"chat_id": 5001, "text": "x" * (1024 * 1024)}}, 413, "Request Entity Too Large"),
+        ({"data": {"chat_id": "5001", "text": "x" * (1024 * 1024)}}, 413, "Request Entity Too Large"),
+        (
+            {"data": {"chat_id": "5001", "text": "x" * (1024 * 1024)}, "files": {"a": ("a", b"a")}},
+            413,
+            "Request Entity Too Large",
+        ),
+    ],
+)
+@pytest.mark.asyncio
+async def test_malformed_and_oversized_bodies_get_telegram_shaped_answers(
+    fake: FakeTelegram, http: httpx.AsyncClient, request_args: dict[str, Any], status: int, description: str
+) -> None:
+    fake.register_user(**ANA)
+    response = await http.post(f"/bot{TOKEN}/sendMessage", **request_args)
+    assert response.json() == {"ok": False, "error_code": status, "description": description}
+    assert fake.sent() == []
+
+
+@pytest.mark.asyncio
+async def test_file_parameters_that_name_no_file_are_refused(fake: FakeTelegram, http: httpx.AsyncClient) -> None:
+    fake.register_user(**ANA)
+    url = await api(http, "sendPhoto", chat_id=ANA["id"], photo="https://example.com/foto.jpg")
+    assert url.json()["description"] == "Bad Request: failed to get HTTP URL content"
+    assert (await api(http, "getFile")).json()["description"] == "Bad Request: invalid file_id"
+
+
+@pytest.mark.asyncio
+async def test_a_reader_that_hangs_up_midway_leaves_the_fake_serving(
+    fake: FakeTelegram, http: httpx.AsyncClient
+) -> None:
+    file = fake.inject_message(ANA, kind="video", file={"size": 20 * MIB, "seed": 4})["file"]
+    async with http.stream("GET", f"/file/bot{TOKEN}/{file['file_path']}") as response:
+        async for _ in response.aiter_bytes():
+            break
+    # The fake noticed and stopped; the next reader gets the whole file.
+    assert await download(http, file["file_path"]) == (200, file["sha256"])
