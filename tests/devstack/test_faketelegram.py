@@ -743,6 +743,16 @@ async def test_an_edit_changes_a_caption_and_only_what_can_be_edited(
 
 
 @pytest.mark.asyncio
+async def test_an_edit_storm_comes_in_order_each_from_the_last_version(fake: FakeTelegram, bot: telegram.Bot) -> None:
+    sent = fake.inject_message(ANA, "versão 0")
+    edits = [fake.edit_message(ANA["id"], sent["message_id"], f"versão {n}") for n in range(1, 100)]
+    updates = await bot.get_updates(offset=sent["update_id"] + 1, limit=100)
+    assert [update.update_id for update in updates] == [edit["update_id"] for edit in edits]
+    assert [update.edited_message.text for update in updates] == [f"versão {n}" for n in range(1, 100)]
+    assert {update.edited_message.message_id for update in updates} == {sent["message_id"]}
+
+
+@pytest.mark.asyncio
 async def test_edits_obey_allowed_updates(fake: FakeTelegram, bot: telegram.Bot) -> None:
     first = fake.inject_message(ANA, "oi")
     await bot.get_updates(offset=first["update_id"] + 1, allowed_updates=["message"])

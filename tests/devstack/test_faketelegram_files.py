@@ -654,3 +654,17 @@ async def test_a_reader_that_hangs_up_midway_leaves_the_fake_serving(
             break
     # The fake noticed and stopped; the next reader gets the whole file.
     assert await download(http, file["file_path"]) == (200, file["sha256"])
+
+
+@pytest.mark.asyncio
+async def test_a_part_repeated_under_one_name_replaces_the_earlier(fake: FakeTelegram, http: httpx.AsyncClient) -> None:
+    fake.register_user(**ANA)
+    response = await http.post(
+        f"/bot{TOKEN}/sendDocument",
+        data={"chat_id": str(ANA["id"])},
+        files=[("document", ("primeiro.txt", b"primeiro")), ("document", ("segundo.txt", b"segundo"))],
+    )
+    assert response.json()["result"]["document"]["file_name"] == "segundo.txt"
+    assert fake.sent()[0]["upload"]["sha256"] == sha256(b"segundo")
+    spool = fake.state.files.directory
+    assert spool is not None and len(list(spool.iterdir())) == 1
