@@ -45,7 +45,9 @@ DELIMITERS = (",", ";")
 
 # A Telegram channel: its public @username (5 to 32 letters, digits and
 # underscores, starting with a letter) or its numeric id, which starts -100.
-CHANNEL = re.compile(r"@[A-Za-z][A-Za-z0-9_]{4,31}|-100\d{1,16}")
+# ASCII digits only: `\d` alone takes other scripts' digits, which int() reads as
+# ASCII ones (the bot would post to another chat than the one written).
+CHANNEL = re.compile(r"@[A-Za-z][A-Za-z0-9_]{4,31}|-100[0-9]{1,16}")
 CHANNEL_RULE = "expected @name (5-32 letters, digits or _) or a -100… channel id"
 # An ObjectId as text: 24 hexadecimal digits, in either case.
 OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")

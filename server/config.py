@@ -55,15 +55,19 @@ class Settings:
     http_body_timeout: float = 60.0
     import_body_timeout: float = 3600.0
     http_max_connections: int = 1000
+    # A tenth of the connections: one client cannot take them all, an office behind one NAT still fits.
+    http_max_connections_per_address: int = 100
     http_trust_proxy_headers: bool = False
     query_max_time_ms: int = 15000
     search_max_examined: int = 5000
-    # The live event stream (GET /v1/events).
+    # The live event stream (GET /v1/events). A client may hold twice its buffer
+    # (unread events, and the live ones held while it catches up): 500 clients of
+    # 256 KiB hold at most 250 MiB, a quarter of the container's 1 GiB.
     events_max_age: int = 7 * 24 * 3600
     events_max_bytes: int = 1024 * 1024 * 1024
-    events_max_clients: int = 1000
+    events_max_clients: int = 500
     events_max_clients_per_token: int = 100
-    events_client_buffer_bytes: int = 1024 * 1024
+    events_client_buffer_bytes: int = 256 * 1024
     events_ping_interval: float = 20.0
     events_ping_timeout: float = 30.0
 
@@ -136,14 +140,15 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         http_body_timeout=env.integer("HTTP_BODY_TIMEOUT", 60, minimum=1),
         import_body_timeout=env.integer("IMPORT_BODY_TIMEOUT", 3600, minimum=1),
         http_max_connections=env.integer("HTTP_MAX_CONNECTIONS", 1000, minimum=1),
+        http_max_connections_per_address=env.integer("HTTP_MAX_CONNECTIONS_PER_ADDRESS", 100, minimum=1),
         http_trust_proxy_headers=env.choice("HTTP_TRUST_PROXY_HEADERS", "false", ("true", "false")) == "true",
         query_max_time_ms=env.integer("QUERY_MAX_TIME_MS", 15000, minimum=1),
         search_max_examined=env.integer("SEARCH_MAX_EXAMINED", 5000, minimum=1000),
         events_max_age=env.integer("EVENTS_MAX_AGE_SECONDS", 7 * 24 * 3600, minimum=60),
         events_max_bytes=env.integer("EVENTS_MAX_BYTES", 1024 * 1024 * 1024, minimum=1024 * 1024),
-        events_max_clients=env.integer("EVENTS_MAX_CLIENTS", 1000, minimum=1),
+        events_max_clients=env.integer("EVENTS_MAX_CLIENTS", 500, minimum=1),
         events_max_clients_per_token=env.integer("EVENTS_MAX_CLIENTS_PER_TOKEN", 100, minimum=1),
-        events_client_buffer_bytes=env.integer("EVENTS_CLIENT_BUFFER_BYTES", 1024 * 1024, minimum=4096),
+        events_client_buffer_bytes=env.integer("EVENTS_CLIENT_BUFFER_BYTES", 256 * 1024, minimum=4096),
         events_ping_interval=float(env.integer("EVENTS_PING_INTERVAL", 20, minimum=1, maximum=3600)),
         events_ping_timeout=float(env.integer("EVENTS_PING_TIMEOUT", 30, minimum=1, maximum=3600)),
     )

@@ -13,6 +13,7 @@ from bson import ObjectId
 from tornado.web import HTTPError, RequestHandler
 
 from contract.importformat import media_type, object_id_text
+from runtime.httpserver import PROBLEM_TYPE_ROOT
 from server.problems import ApiError, database_errors, field_error
 
 __all__ = [
@@ -29,8 +30,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-PROBLEM_TYPE_ROOT = "https://balcao.dev/problems/"
 
 P = ParamSpec("P")
 T = TypeVar("T")

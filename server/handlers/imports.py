@@ -25,6 +25,7 @@ from tornado.web import stream_request_body, url
 
 from contract.importformat import CHUNK_MEDIA_TYPE, MAX_WHOLE, whole_number
 from runtime.failpoints import failpoint
+from runtime.httpserver import declared_length
 from server.handlers.base import (
     ApiError,
     ApiHandler,
@@ -135,7 +136,8 @@ class StreamedBodyHandler(ImportsApiHandler):
         self.received = 0
         self.refusal: ApiError | None = None
         self._refused_at = 0
-        self._length = int(length) if (length := self.request.headers.get("Content-Length", "")).isdigit() else None
+        # The guard refused a Content-Length that is not ASCII digits before this ran.
+        self._length = declared_length(self.request.headers)
         try:
             super().prepare()  # the token
             await self.start()
@@ -164,6 +166,9 @@ class StreamedBodyHandler(ImportsApiHandler):
         """Answer `error` when the body ends, or at once if too much of it is still to come."""
         if self.refusal is None:
             self.refusal, self._refused_at = error, self.received
+            if self.request.connection is not None and self._length is not None and not self.received:
+                # Refused before its body: this route drops it and answers itself, however long.
+                self.request.connection.set_max_body_size(self._length)  # type: ignore[attr-defined]
         if self._length is not None and self._length - self.received > LINGER_BYTES:
             self.answer_problem(error)
 

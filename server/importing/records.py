@@ -39,6 +39,8 @@ MAX_CONTACT_DIGITS = 20
 _EXACT_FLOAT_LIMIT = 2**53
 
 _PLATFORM = re.compile(r"[a-z0-9_-]{1,32}")
+# A 64-bit integer as MongoDB's extended JSON writes one.
+_NUMBER_LONG = re.compile(r"-?[0-9]{1,19}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 T = TypeVar("T")
@@ -316,10 +318,10 @@ def _extended_json_date(value: Mapping[str, Any]) -> datetime:
     if isinstance(inner, str):
         return _iso_date(inner)
     if isinstance(inner, Mapping) and set(inner) == {"$numberLong"} and isinstance(inner["$numberLong"], str):
-        try:
-            return _from_epoch_millis(int(inner["$numberLong"]))
-        except ValueError:
-            raise _Invalid(f"$numberLong is not an integer: {_shown(inner['$numberLong'])}") from None
+        # ASCII digits only: int() also reads other scripts' digits, spaces and underscores.
+        if not _NUMBER_LONG.fullmatch(inner["$numberLong"]):
+            raise _Invalid(f"$numberLong is not an integer in ASCII digits: {_shown(inner['$numberLong'])}")
+        return _from_epoch_millis(int(inner["$numberLong"]))
     if isinstance(inner, numbers.Integral) and not isinstance(inner, bool):
         return _from_epoch_millis(int(inner))
     raise _Invalid(

@@ -227,6 +227,10 @@ def test_bad_session_field_is_reported_by_name(fields: dict[str, Any], field: st
         ({"date": {"$date": True}}, "date", "$date must be"),
         ({"date": {"$date": 1.5}}, "date", "$date must be"),
         ({"date": {"$date": {"$numberLong": "soon"}}}, "date", "$numberLong"),
+        # Digits int() reads but that are not ASCII, and what else int() forgives.
+        ({"date": {"$date": {"$numberLong": "١٦١٤٨٠٠٦١٨٠٠٠"}}}, "date", "ASCII digits"),
+        ({"date": {"$date": {"$numberLong": " 1614800618000"}}}, "date", "ASCII digits"),
+        ({"date": {"$date": {"$numberLong": "1_614_800_618_000"}}}, "date", "ASCII digits"),
         ({"date": {"$date": 10**20}}, "date", "out of range"),
         ({"date": {"$timestamp": 1}}, "date", "another object"),
         ({"date": "0001-01-01T00:00:00+01:00"}, "date", "out of range"),

@@ -1,4 +1,4 @@
-"""The draining HTTP server: requests in flight finish, new connections are refused."""
+"""The guarded HTTP server drains: requests in flight finish, new connections are refused."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.web import Application, RequestHandler
 
 from devstack.processes import free_port
-from server.draining import DrainingHTTPServer
+from runtime.httpserver import GuardedHTTPServer
 
 
 class SlowHandler(RequestHandler):
@@ -32,7 +32,7 @@ class QuickHandler(RequestHandler):
 async def served():
     started, release = asyncio.Event(), asyncio.Event()
     app = Application([(r"/slow", SlowHandler, {"started": started, "release": release}), (r"/quick", QuickHandler)])
-    server = DrainingHTTPServer(app)
+    server = GuardedHTTPServer(app)
     port = free_port()
     server.listen(port, "127.0.0.1")
     client = AsyncHTTPClient(force_instance=True)
