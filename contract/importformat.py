@@ -29,8 +29,9 @@ from typing import Any, TextIO
 KINDS = ("json", "ndjson", "csv")
 BOM = b"\xef\xbb\xbf"
 # Bounds the memory one record may take: a longer NDJSON line, or a CSV quoted
-# field left open, is a broken file rather than a session.
-MAX_RECORD_BYTES = 16 * 1024 * 1024
+# field left open, is a broken file rather than a session. A session of 20,000
+# messages of 200 bytes fits; real conversations hold a few dozen.
+MAX_RECORD_BYTES = 4 * 1024 * 1024
 # Consecutive rows of one contact in the one-row-per-message CSV layout become
 # one record of at most this many messages, so memory stays bounded when a
 # contact has a huge history; the upsert merges the records of one contact.

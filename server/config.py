@@ -9,6 +9,7 @@ from contract import messaging
 from contract.importformat import MAX_MESSAGES_PER_RECORD, MAX_RECORD_BYTES
 from runtime import logs
 from runtime.environment import Environment
+from server.importing.parsers import MAX_RECORD_DEPTH, MAX_RECORD_VALUES
 
 DEFAULT_GOODBYE = "Seu atendimento foi finalizado. Obrigado pelo contato!"
 DEFAULT_REPLY = "Reply: mensagem recebida"
@@ -26,12 +27,15 @@ class Settings:
     goodbye_text: str = DEFAULT_GOODBYE
     import_max_bytes: int = 1024 * 1024 * 1024
     import_max_record_bytes: int = MAX_RECORD_BYTES
-    import_max_record_depth: int = 64
-    import_max_record_values: int = 1_000_000
+    import_max_record_depth: int = MAX_RECORD_DEPTH
+    import_max_record_values: int = MAX_RECORD_VALUES
     import_max_record_messages: int = MAX_MESSAGES_PER_RECORD
     import_idle_timeout: int = 3600
     import_max_chunks: int = 100_000
     import_max_chunked_bytes: int = 64 * 1024 * 1024 * 1024
+    # Uploads and chunks one replica reads at once; each may hold a record at the
+    # limits and two batches.
+    import_max_concurrent: int = 4
     intake_batch: int = 1000
     # Seconds before a crashed replica's unacknowledged inbound batch goes to another.
     intake_ack_wait: int = 30
@@ -118,12 +122,13 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         goodbye_text=env.text("GOODBYE_TEXT", DEFAULT_GOODBYE) or DEFAULT_GOODBYE,
         import_max_bytes=env.integer("IMPORT_MAX_BYTES", 1024 * 1024 * 1024, minimum=1),
         import_max_record_bytes=env.integer("IMPORT_MAX_RECORD_BYTES", MAX_RECORD_BYTES, minimum=1024),
-        import_max_record_depth=env.integer("IMPORT_MAX_RECORD_DEPTH", 64, minimum=4, maximum=10_000),
-        import_max_record_values=env.integer("IMPORT_MAX_RECORD_VALUES", 1_000_000, minimum=100),
+        import_max_record_depth=env.integer("IMPORT_MAX_RECORD_DEPTH", MAX_RECORD_DEPTH, minimum=4, maximum=10_000),
+        import_max_record_values=env.integer("IMPORT_MAX_RECORD_VALUES", MAX_RECORD_VALUES, minimum=100),
         import_max_record_messages=env.integer("IMPORT_MAX_RECORD_MESSAGES", MAX_MESSAGES_PER_RECORD, minimum=1),
         import_idle_timeout=env.integer("IMPORT_IDLE_TIMEOUT", 3600, minimum=1),
         import_max_chunks=env.integer("IMPORT_MAX_CHUNKS", 100_000, minimum=1, maximum=999_999_999),
         import_max_chunked_bytes=env.integer("IMPORT_MAX_CHUNKED_BYTES", 64 * 1024 * 1024 * 1024, minimum=1),
+        import_max_concurrent=env.integer("IMPORT_MAX_CONCURRENT", 4, minimum=1),
         intake_batch=env.integer("INTAKE_BATCH", 1000, minimum=1, maximum=1000),
         intake_ack_wait=env.integer("INTAKE_ACK_WAIT", 30, minimum=3, maximum=3600),
         db_threads=env.integer("DB_THREADS", 8, minimum=1, maximum=64),

@@ -125,14 +125,29 @@ def message_key(platform: str, contact_identifier: str, message: ImportedMessage
     return f"{contact}:sha256:{hashlib.sha256(fingerprint).hexdigest()}"
 
 
+# The problems one record reports; past them it says how many more it had. A
+# record of thousands of bad messages would otherwise make an error object for
+# each (and the import's report keeps only its first 100 errors anyway).
+MAX_RECORD_PROBLEMS = 20
+
+
 class _Report:
     """The problems found so far in one record, as (field, message) pairs."""
 
     def __init__(self) -> None:
         self.problems: list[tuple[str, str]] = []
+        self.unlisted = 0
 
     def add(self, field: str, message: str) -> None:
-        self.problems.append((field, message))
+        if len(self.problems) < MAX_RECORD_PROBLEMS:
+            self.problems.append((field, message))
+        else:
+            self.unlisted += 1
+
+    @property
+    def found(self) -> int:
+        """Every problem found, listed or not."""
+        return len(self.problems) + self.unlisted
 
     def required(self, raw: Mapping[str, Any], key: str, parse: Callable[[Any], T], path: str = "") -> T | None:
         value = raw.get(key)
@@ -153,7 +168,11 @@ class _Report:
             return None
 
     def errors(self, record: int, line: int | None, offset: int | None) -> list[RecordError]:
-        return [RecordError(record, line, offset, field, message) for field, message in self.problems]
+        listed = [RecordError(record, line, offset, field, message) for field, message in self.problems]
+        if self.unlisted:
+            more = f"and {self.unlisted} more problems in this record, not listed"
+            listed.append(RecordError(record, line, offset, "", more))
+        return listed
 
 
 def _missing(value: object) -> bool:
@@ -254,11 +273,11 @@ def _messages(raw: Mapping[str, Any], report: _Report) -> tuple[ImportedMessage,
         if not isinstance(item, Mapping):
             report.add(path, f"expected a JSON object, got {json_type(item)}")
             continue
-        before = len(report.problems)
+        before = report.found
         message_id = report.optional(item, "id", _message_id, path + ".")
         content = report.required(item, "content", _content, path + ".")
         date = report.required(item, "date", _date, path + ".")
-        if len(report.problems) == before:
+        if report.found == before:
             assert content is not None and date is not None
             messages.append(ImportedMessage(message_id, content, date))
     return tuple(messages)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from server.importing.records import (
+    MAX_RECORD_PROBLEMS,
     ImportedMessage,
     ImportedSession,
     RecordError,
@@ -307,3 +308,11 @@ def test_message_key_without_id_tells_messages_and_contacts_apart() -> None:
         message_key("whatsapp", "1", imported()),
     }
     assert len(keys) == 5
+
+
+def test_a_record_of_thousands_of_bad_messages_lists_a_bounded_number_of_problems() -> None:
+    raw = session_record(messages=[{}] * 5000)
+    problems = errors_of(raw)
+    assert len(problems) == MAX_RECORD_PROBLEMS + 1
+    assert problems[0] == ("messages[0].content", "required")
+    assert problems[-1] == ("", f"and {2 * 5000 - MAX_RECORD_PROBLEMS} more problems in this record, not listed")
