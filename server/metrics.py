@@ -94,6 +94,11 @@ EVENT_CLIENTS = Gauge(
     "Clients connected to the event stream on this replica, by transport",
     ["transport"],  # websocket, sse
 )
+EVENTS_REFUSED = Counter(
+    "balcao_events_refused_total",
+    "Stored events this replica sent to no client: unreadable, of another type than their "
+    "subject's, or a message.sent not as the bot publishes it (one count per replica and reading)",
+)
 EVENTS_SENT = Counter(
     "balcao_events_sent_total",
     "Events written to connected clients (one per event and client)",

@@ -26,19 +26,13 @@ from typing import Any, TypeVar
 import orjson
 
 from contract.importformat import json_type, object_id_text
+from contract.messaging import MAX_CONTACT_DIGITS, MAX_NAME_LENGTH, PLATFORM
+from contract.messaging import MAX_TEXT_LENGTH as MAX_CONTENT_LENGTH
 
-MAX_NAME_LENGTH = 200
-# Telegram's limit for the text of one message.
-MAX_CONTENT_LENGTH = 4096
 MAX_MESSAGE_ID_LENGTH = 200
-# E.164 numbers have at most 15 digits and Telegram user ids fit in 52 bits (16
-# digits); the margin accepts other platforms' numeric ids.
-MAX_CONTACT_DIGITS = 20
 # A float holds every integer up to 2**53 exactly; beyond that a number read as
 # float (pandas does so for an int column with blanks) may already be wrong.
 _EXACT_FLOAT_LIMIT = 2**53
-
-_PLATFORM = re.compile(r"[a-z0-9_-]{1,32}")
 # A 64-bit integer as MongoDB's extended JSON writes one.
 _NUMBER_LONG = re.compile(r"-?[0-9]{1,19}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -213,7 +207,7 @@ def _platform(value: object) -> str:
     platform = value.strip().lower()
     if not platform:
         raise _Invalid("must not be empty")
-    if not _PLATFORM.fullmatch(platform):
+    if not PLATFORM.fullmatch(platform):
         raise _Invalid(f"expected up to 32 letters, digits, '_' or '-', got {_shown(value)}")
     return platform
 
