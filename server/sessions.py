@@ -37,6 +37,7 @@ from mongoengine import NotUniqueError
 from pymongo import ASCENDING, DESCENDING
 
 from contract import clock
+from runtime.failpoints import failpoint
 from server import names
 from server.conversations import preview, remember_finished
 from server.models import (
@@ -128,6 +129,7 @@ def list_sessions(
     with a cursor past the last one read, so no single request walks every
     session the probe word matches.
     """
+    failpoint("server.sessions.before_listing")  # where a search can be made to fail unexpectedly (a 500)
     equality, wanted = _access_path(criteria)
     floor = activity_floor(criteria.active_since) if criteria.active_since else ""
     upper = resume.before if resume else None
