@@ -52,6 +52,7 @@ class Target:
     process: subprocess.Popen
     port: int
     nats_url: str
+    mongodb_uri: str
 
     @property
     def url(self) -> str:
@@ -275,6 +276,8 @@ def forged_event(target: Target) -> str:
 
 def long_name(target: Target) -> str:
     """An inbound message with a 300,000-character name beside a good one; what became of it after 20 s."""
+    import pymongo
+
     base = {"platform": "telegram", "chat_id": 7101, "message_id": 1, "text": "oi", "sent_at": "2026-01-01T00:00:00Z"}
     hostile = {**base, "contact_identifier": "7101", "name": "N" * 300_000}
     good = {**base, "contact_identifier": "7102", "chat_id": 7102, "name": "Rita"}
@@ -294,7 +297,10 @@ def long_name(target: Target) -> str:
             f"{consumer.num_redelivered} redelivered"
         )
 
-    return asyncio.run(run())
+    outcome = asyncio.run(run())
+    with pymongo.MongoClient(target.mongodb_uri) as client:
+        stored = client.get_default_database()["sessions"].count_documents({"contact_identifier": "7101"})
+    return f"{outcome}, {stored} session stored with the name"
 
 
 def webhook_flood(target: Target) -> str:
@@ -387,7 +393,7 @@ def run_attack(name: str, attack: Attack, root: Path, nats_url: str, mongodb_uri
     server_env = {**common, "MONGODB_URI": mongodb_uri, "API_TOKEN": TOKEN, "HTTP_PORT": str(port), **attack.env}
     server = start("server", root, server_env, work / f"{name}-server.log", port)
     extra: list[subprocess.Popen] = []
-    target = Target(server, port, nats_url)
+    target = Target(server, port, nats_url, mongodb_uri)
     try:
         if attack.webhook:
             telegram_port, webhook_port = free_port(), free_port()
@@ -402,7 +408,7 @@ def run_attack(name: str, attack: Attack, root: Path, nats_url: str, mongodb_uri
             }
             bot = start("bot", root, bot_env, work / f"{name}-bot.log", webhook_port)
             extra.append(bot)
-            target = Target(bot, webhook_port, nats_url)
+            target = Target(bot, webhook_port, nats_url, mongodb_uri)
         time.sleep(1.0)  # let start-up settle before the baseline
         with sampled(target.process.pid) as figures:
             answer = attack.run(target)
