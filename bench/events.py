@@ -116,6 +116,9 @@ async def run(clients: int, messages: int, rate: float, profile: Path | None = N
             "HTTP_PORT": str(port),
             "LOG_LEVEL": "warning",
             "EVENTS_MAX_CLIENTS_PER_TOKEN": str(clients + 10),
+            # Every client connects from this machine's one address.
+            "EVENTS_MAX_CLIENTS": str(clients + 10),
+            "HTTP_MAX_CONNECTIONS_PER_ADDRESS": str(clients + 10),
         }
         with open(Path(tmp) / "server.log", "wb") as log:
             command = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else []), "-m", "server"]

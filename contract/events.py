@@ -30,9 +30,11 @@ Event fields (the `id` is added when the event is served):
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from contract import clock
+from contract.messaging import MAX_NAME_LENGTH, MAX_TEXT_LENGTH, MAX_TIMESTAMP_LENGTH, PLATFORM
 
 EVENTS_STREAM = "BALCAO_EVENTS"
 EVENTS_SUBJECT_ROOT = "balcao.events"
@@ -49,6 +51,12 @@ DELIVERY_SENT = "sent"
 DELIVERY_PARKED = "parked"
 
 NONE_TOKEN = "-"
+
+REPLY_KINDS = ("reply", "agent")
+DELIVERIES = (DELIVERY_SENT, DELIVERY_PARKED)
+# An outbound key: `agent:<message id>`, `reply:<platform>:<chat>:<message>`.
+MAX_KEY_LENGTH = 256
+_SESSION_ID = re.compile(r"[0-9a-f]{24}", re.ASCII)
 
 
 def subject(kind: str, platform: str | None = None, session_id: str | None = None) -> str:
@@ -85,17 +93,91 @@ def event(kind: str, **fields: Any) -> dict[str, Any]:
 
 
 def message_sent(
-    *, platform: str, session_id: str, contact_identifier: str, key: str, text: str, kind: str, delivery: str
+    *,
+    platform: str,
+    session_id: str,
+    contact_identifier: str,
+    key: str,
+    text: str,
+    kind: str,
+    delivery: str,
+    at: str | None = None,
 ) -> dict[str, Any]:
     """The event the bot publishes once a reply was delivered or parked."""
-    return event(
-        MESSAGE_SENT,
-        platform=platform,
-        session_id=session_id,
-        contact={"identifier": contact_identifier, "name": ""},
-        message={"key": key, "text": text, "direction": "out", "kind": kind},
-        delivery=delivery,
-    )
+    return {
+        **event(
+            MESSAGE_SENT,
+            platform=platform,
+            session_id=session_id,
+            contact={"identifier": contact_identifier, "name": ""},
+            message={"key": key, "text": text, "direction": "out", "kind": kind},
+            delivery=delivery,
+        ),
+        **({"at": at} if at is not None else {}),
+    }
+
+
+def relayable(stored_on: str, data: bytes) -> bytes | None:
+    """A stored event as clients may be sent it, or None when it is not one.
+
+    The stream is written by two publishers, and the bot is trusted less than
+    the server (its NATS user may publish `message.sent` only): what a client
+    gets must not be whatever bytes were stored there. So an event is parsed,
+    its type must be the one its subject names, a `message.sent` is rebuilt
+    from its known fields, each checked (its platform and session those of its
+    subject too), and the event is serialised again, so no raw line break
+    (which would end an SSE frame early and start a forged one) or other field
+    survives.
+    """
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    kind = body.get("type")
+    if kind not in KINDS or ".".join(stored_on.split(".")[2:4]) != kind:
+        return None
+    if kind == MESSAGE_SENT:
+        rebuilt = _message_sent_checked(body)
+        if rebuilt is None or stored_on != subject(kind, rebuilt["platform"], rebuilt["session_id"]):
+            return None
+        body = rebuilt
+    return to_bytes(body)
+
+
+def _message_sent_checked(body: dict[str, Any]) -> dict[str, Any] | None:
+    """`message.sent` from its known fields, when each holds what the bot publishes."""
+    contact, message = body.get("contact"), body.get("message")
+    if not isinstance(contact, dict) or not isinstance(message, dict):
+        return None
+    read = {
+        "platform": body.get("platform"),
+        "session_id": body.get("session_id"),
+        "contact_identifier": contact.get("identifier"),
+        "key": message.get("key"),
+        "text": message.get("text"),
+        "kind": message.get("kind"),
+        "delivery": body.get("delivery"),
+        "at": body.get("at"),
+    }
+    fields = {name: value for name, value in read.items() if isinstance(value, str)}
+    if len(fields) != len(read):
+        return None
+    if (
+        not PLATFORM.fullmatch(fields["platform"])
+        or not _SESSION_ID.fullmatch(fields["session_id"])
+        # A user id, or the chat as the outbound message named it (`@name`, `-100…`).
+        or not 1 <= len(fields["contact_identifier"]) <= MAX_NAME_LENGTH
+        or not 1 <= len(fields["key"]) <= MAX_KEY_LENGTH
+        or len(fields["text"]) > MAX_TEXT_LENGTH
+        or fields["kind"] not in REPLY_KINDS
+        or fields["delivery"] not in DELIVERIES
+        or message.get("direction") != "out"
+        or not 1 <= len(fields["at"]) <= MAX_TIMESTAMP_LENGTH
+    ):
+        return None
+    return message_sent(**fields)
 
 
 def to_bytes(body: dict[str, Any]) -> bytes:

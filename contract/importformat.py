@@ -29,8 +29,9 @@ from typing import Any, TextIO
 KINDS = ("json", "ndjson", "csv")
 BOM = b"\xef\xbb\xbf"
 # Bounds the memory one record may take: a longer NDJSON line, or a CSV quoted
-# field left open, is a broken file rather than a session.
-MAX_RECORD_BYTES = 16 * 1024 * 1024
+# field left open, is a broken file rather than a session. A session of 20,000
+# messages of 200 bytes fits; real conversations hold a few dozen.
+MAX_RECORD_BYTES = 4 * 1024 * 1024
 # Consecutive rows of one contact in the one-row-per-message CSV layout become
 # one record of at most this many messages, so memory stays bounded when a
 # contact has a huge history; the upsert merges the records of one contact.
@@ -45,7 +46,9 @@ DELIMITERS = (",", ";")
 
 # A Telegram channel: its public @username (5 to 32 letters, digits and
 # underscores, starting with a letter) or its numeric id, which starts -100.
-CHANNEL = re.compile(r"@[A-Za-z][A-Za-z0-9_]{4,31}|-100\d{1,16}")
+# ASCII digits only: `\d` alone takes other scripts' digits, which int() reads as
+# ASCII ones (the bot would post to another chat than the one written).
+CHANNEL = re.compile(r"@[A-Za-z][A-Za-z0-9_]{4,31}|-100[0-9]{1,16}")
 CHANNEL_RULE = "expected @name (5-32 letters, digits or _) or a -100… channel id"
 # An ObjectId as text: 24 hexadecimal digits, in either case.
 OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")

@@ -57,6 +57,7 @@ def make_app(settings: Settings, services: Services) -> Application:
         services=services,
         cursors=CursorCodec(*settings.cursor_keys),
         imports=running_imports,
+        import_slots=imports.ImportSlots(settings.import_max_concurrent),
         event_clients=event_clients,
         event_feed=event_feed,
         log_function=metrics.log_request,

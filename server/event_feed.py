@@ -43,20 +43,30 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from contract import events
-from server.metrics import EVENT_CATCH_UPS, EVENT_FANOUT_SECONDS, EVENTS_SENT
+from server.metrics import EVENT_CATCH_UPS, EVENT_FANOUT_SECONDS, EVENTS_REFUSED, EVENTS_SENT
 
 log = logging.getLogger(__name__)
 
 
 class LiveEvent:
-    """One stored event as every connection is sent it: encoded once, shared by all."""
+    """One stored event as every connection is sent it: checked and encoded once, shared by all.
 
-    __slots__ = ("id", "tokens", "data", "_sse", "_frame", "_matched")
+    An event that is not one (`contract.events.relayable`: unreadable, its type
+    not its subject's, a forged `message.sent`) is not `valid` and is sent to no
+    one; its id is skipped like any other the client's filter leaves out.
+    """
+
+    __slots__ = ("id", "tokens", "data", "valid", "_sse", "_frame", "_matched")
 
     def __init__(self, event_id: int, subject: str, body: bytes) -> None:
         self.id = event_id
         self.tokens = subject.split(".")
-        self.data = events.with_id(body, event_id)  # the WebSocket frame's payload
+        checked = events.relayable(subject, body)
+        self.valid = checked is not None
+        if checked is None:
+            EVENTS_REFUSED.inc()
+            log.warning("event %d on %s is not a valid event; it is sent to no client", event_id, subject)
+        self.data = events.with_id(checked or b"", event_id)  # the WebSocket frame's payload
         self._sse: bytes | None = None
         self._frame: bytes | None = None
         self._matched: dict[str, bool] = {}
@@ -146,6 +156,8 @@ class EventFeed:
         if event.id <= self.position:
             return  # the ordered consumer restarts after the last one seen; never expected
         self.position = event.id
+        if not event.valid:
+            return
         sent = 0
         for follower in list(self._listeners):
             sent += follower.offer(event)
@@ -268,6 +280,8 @@ class Follower:
         if event.id <= self.last:
             return 0  # sent already (the catch-up overlaps the buffer)
         self.last = event.id
+        if not event.valid:
+            return 0  # passed over, as the seam's bookkeeping needs
         return 1 if self._send(event) else 0
 
     def _drop_catch_up(self) -> None:

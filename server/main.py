@@ -18,11 +18,12 @@ from nats.errors import Error as NatsError
 from pymongo.errors import PyMongoError
 
 from runtime import jetstream, lifecycle
+from runtime.httpserver import GuardedHTTPServer
 from server import config, events, streams
 from server.app import Services, make_app
 from server.database import Database
-from server.draining import DrainingHTTPServer
 from server.intake import Intake
+from server.metrics import HTTP_REFUSED
 from server.outbound import Outbound
 
 log = logging.getLogger("server")
@@ -72,7 +73,7 @@ async def main() -> None:
     services = Services(db=db, nats=nc, js=js, outbound=outbound)
     intake = Intake(js, db, outbound, settings.reply_text, settings.intake_batch, settings.intake_ack_wait)
     app = make_app(settings, services)
-    server = DrainingHTTPServer(
+    server = GuardedHTTPServer(
         app,
         # X-Real-Ip / X-Forwarded-For are anyone's to write unless a proxy in
         # front overwrites them: trusted only when the operator says so.
@@ -82,6 +83,8 @@ async def main() -> None:
         idle_connection_timeout=settings.http_idle_timeout,
         body_timeout=settings.http_body_timeout,
         max_connections=settings.http_max_connections,
+        max_connections_per_address=settings.http_max_connections_per_address,
+        refused=lambda reason: HTTP_REFUSED.labels(reason=reason).inc(),
     )
     server.listen(settings.http_port, address=settings.http_address)
     log.info("server listening on %s port %d", settings.http_address, settings.http_port)

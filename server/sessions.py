@@ -129,7 +129,8 @@ def list_sessions(
     with a cursor past the last one read, so no single request walks every
     session the probe word matches.
     """
-    failpoint("server.sessions.list")  # a request holding a database thread (slow query)
+    # A listing holding a database thread (a slow query), or failing unexpectedly (a 500).
+    failpoint("server.sessions.list")
     equality, wanted = _access_path(criteria)
     floor = activity_floor(criteria.active_since) if criteria.active_since else ""
     upper = resume.before if resume else None

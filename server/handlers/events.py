@@ -35,6 +35,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from contract import events
 from contract.importformat import object_id_text
+from runtime.httpserver import ascii_whole_number
 from server.event_feed import Follower, LiveEvent
 from server.handlers.base import ApiError, ApiHandler, field_error
 from server.metrics import EVENT_CLIENTS, EVENT_CLIENTS_DROPPED
@@ -49,6 +50,9 @@ CLOSE_SHUTDOWN = 1001
 # Names a token would have in a query string; any of them is refused outright.
 QUERY_TOKEN_NAMES = ("token", "access_token", "api_token", "bearer", "authorization", "auth")
 _PLATFORM = re.compile(r"[a-z0-9_-]{1,32}")
+# Stream sequences are unsigned 64-bit: at most 20 digits; 18 keep int() trivially cheap
+# and reach further than any stream will.
+MAX_EVENT_ID_DIGITS = 18
 
 
 class EventClients:
@@ -63,6 +67,14 @@ class EventClients:
     @property
     def total(self) -> int:
         return sum(self.by_token.values())
+
+    def admit(self, handler: EventsHandler) -> None:
+        """Count `handler` now, or raise the refusal: counted before the request's first
+        await, so concurrent upgrades cannot all pass a check made before any was counted."""
+        refusal = self.refusal(handler.token_key)
+        if refusal is not None:
+            raise refusal
+        self.add(handler)
 
     def refusal(self, token_key: str) -> ApiError | None:
         if self.total >= self.max_total:
@@ -148,16 +160,18 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
                 )
             self.transport = "sse"
         self._read_parameters()
-        refusal = self.settings["event_clients"].refusal(self.token_key)
-        if refusal is not None:
-            raise refusal
-        await self._check_since()
-        # Before the upgrade, so that joining it is immediate once the client is
-        # told the connection is open: it gets every event dispatched from then on.
+        self.settings["event_clients"].admit(self)  # released by _stop_following, whichever way this ends
         try:
-            await self.settings["event_feed"].start()
-        except (NatsError, asyncio.TimeoutError) as exc:
-            raise _stream_unreachable() from exc
+            await self._check_since()
+            # Before the upgrade, so that joining it is immediate once the client is
+            # told the connection is open: it gets every event dispatched from then on.
+            try:
+                await self.settings["event_feed"].start()
+            except (NatsError, asyncio.TimeoutError) as exc:
+                raise _stream_unreachable() from exc
+        except BaseException:
+            self._stop_following()
+            raise
 
     def _subprotocol_token(self) -> str | None:
         header = self.request.headers.get("Sec-WebSocket-Protocol", "")
@@ -168,14 +182,14 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
 
     def _read_parameters(self) -> None:
         errors: list[dict[str, str]] = []
-        raw_since = self.get_query_argument("since", None)
+        raw_since, since_from = self.get_query_argument("since", None), ("since", "query")
         if self.transport == "sse" and self.request.headers.get("Last-Event-ID"):
-            raw_since = self.request.headers["Last-Event-ID"]
+            raw_since, since_from = self.request.headers["Last-Event-ID"], ("Last-Event-ID", "header")
         if raw_since is not None:
-            if raw_since.isdigit() and len(raw_since) < 19:
-                self.since = int(raw_since)
-            else:
-                errors.append(field_error("since", "must be an event id (an integer >= 0)", "query"))
+            self.since = ascii_whole_number(raw_since, MAX_EVENT_ID_DIGITS)
+            if self.since is None:
+                name, where = since_from
+                errors.append(field_error(name, "must be an event id (a whole number in ASCII digits)", where))
         raw_session = self.get_query_argument("session", None)
         session = None if raw_session is None else object_id_text(raw_session)
         if raw_session is not None and session is None:
@@ -278,11 +292,14 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
     def on_finish(self) -> None:
         if self.transport == "sse":
             self._closed.set()
+        if self.transport == "sse" or self.get_status() != 101:
+            # An event stream that ended, or an upgrade refused (a bad handshake):
+            # its place among the clients is free. An accepted WebSocket frees it on close.
+            self._stop_following()
 
     # -- both -----------------------------------------------------------------
 
     async def _follow(self) -> None:
-        self.settings["event_clients"].add(self)
         self._follower = Follower(
             self.settings["event_feed"],
             self.filter,

@@ -26,6 +26,7 @@ from tornado.web import stream_request_body, url
 
 from contract.importformat import CHUNK_MEDIA_TYPE, MAX_WHOLE, whole_number
 from runtime.failpoints import failpoint
+from runtime.httpserver import declared_length
 from server.handlers.base import (
     ApiError,
     ApiHandler,
@@ -55,6 +56,35 @@ MAX_JSON_BODY = 16 * 1024
 BODY_SLACK = 1024 * 1024
 # How much of a refused body is read and dropped before answering (see StreamedBodyHandler).
 LINGER_BYTES = 8 * 1024 * 1024
+
+
+class ImportSlots:
+    """The uploads and chunks this replica reads at once, at most `limit`.
+
+    Each holds a record being parsed and up to two batches: bounding how many run
+    bounds the memory imports take, whatever clients send. One over the limit is
+    refused at once (503, Retry-After): the CLI waits and sends it again.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.holders: set[object] = set()
+
+    def take(self, holder: object) -> None:
+        if holder in self.holders:
+            return
+        if len(self.holders) >= self.limit:
+            raise ApiError(
+                503,
+                f"this replica is reading {self.limit} imports already, the most it reads at once; "
+                "send this one again shortly",
+                kind="too-many-imports",
+                headers={"Retry-After": "2"},
+            )
+        self.holders.add(holder)
+
+    def release(self, holder: object) -> None:
+        self.holders.discard(holder)
 
 
 class MediaTypeMatches(PathMatches):
@@ -135,7 +165,8 @@ class StreamedBodyHandler(ImportsApiHandler):
         self.received = 0
         self.refusal: ApiError | None = None
         self._refused_at = 0
-        self._length = int(length) if (length := self.request.headers.get("Content-Length", "")).isdigit() else None
+        # The guard refused a Content-Length that is not ASCII digits before this ran.
+        self._length = declared_length(self.request.headers)
         try:
             super().prepare()  # the token
             await self.start()
@@ -164,6 +195,9 @@ class StreamedBodyHandler(ImportsApiHandler):
         """Answer `error` when the body ends, or at once if too much of it is still to come."""
         if self.refusal is None:
             self.refusal, self._refused_at = error, self.received
+            if self.request.connection is not None and self._length is not None and not self.received:
+                # Refused before its body: this route drops it and answers itself, however long.
+                self.request.connection.set_max_body_size(self._length)  # type: ignore[attr-defined]
         if self._length is not None and self._length - self.received > LINGER_BYTES:
             self.answer_problem(error)
 
@@ -179,6 +213,17 @@ class StreamedBodyHandler(ImportsApiHandler):
     def check_not_refused(self) -> None:
         if self.refusal is not None:
             raise self.refusal
+
+    def take_import_slot(self) -> None:
+        """Count this request among the imports being read (before its first await), or refuse it."""
+        self.settings["import_slots"].take(self)
+
+    def on_finish(self) -> None:
+        self.settings["import_slots"].release(self)
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self.settings["import_slots"].release(self)
 
 
 async def yield_to_other_requests() -> None:
@@ -203,6 +248,7 @@ class UploadHandler(StreamedBodyHandler):
         config = self.settings["config"]
         self.idempotency_key()  # checked as the route's contract says; an upload is not started by key
         self.limit_body(config.import_max_bytes)
+        self.take_import_slot()
         self.upload = Upload(self, self.request.headers, self.imports, self.record_limits, config.import_max_bytes)
         self.imports.register(self, self.upload.stop)
 
@@ -230,6 +276,7 @@ class UploadHandler(StreamedBodyHandler):
             self.imports.in_background(self.upload.abandon())
 
     def on_finish(self) -> None:
+        super().on_finish()
         self.imports.unregister(self)
 
 
@@ -328,6 +375,7 @@ class ImportChunkHandler(StreamedBodyHandler):
             raise ApiError(415, f"send a chunk as {CHUNK_MEDIA_TYPE}", kind="unsupported-media-type")
         config = self.settings["config"]
         self.limit_body(config.import_max_bytes)
+        self.take_import_slot()
         job = await self.running_chunked_job(self.path_kwargs["import_id"])
         seq = int(self.path_kwargs["seq"])
         self._job, self._seq = job, seq

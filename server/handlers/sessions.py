@@ -17,6 +17,7 @@ from tornado.web import stream_request_body, url
 from contract import clock
 from contract.messaging import OutboundMessage
 from runtime.failpoints import failpoint
+from runtime.httpserver import declared_length
 from server import events, names, sessions
 from server.cursors import CursorCodec, CursorInvalid
 from server.handlers.base import ApiError, ApiHandler, database_errors, field_error, key_reused, object_id
@@ -260,9 +261,9 @@ class SessionMessagesHandler(SessionsApiHandler):
         super().prepare()
         self._body: list[bytes] = []
         if self.request.method != "POST":
-            return
-        length = self.request.headers.get("Content-Length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_REPLY_BODY):
+            return  # a GET with a body was refused before it was read (runtime/httpserver.py)
+        length = declared_length(self.request.headers)
+        if length is not None and length > MAX_REPLY_BODY:
             raise ApiError(413, f"an agent reply body is at most {MAX_REPLY_BODY} bytes", kind="payload-too-large")
         if self.request.connection is not None:  # chunked bodies are cut off at the limit too
             self.request.connection.set_max_body_size(MAX_REPLY_BODY)

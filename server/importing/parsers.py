@@ -15,6 +15,7 @@ that split a multi-byte character or a byte order mark.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
@@ -61,18 +62,25 @@ __all__ = [
     "open_parser",
 ]
 
-# A JSON array item is read value by value; these bound how deep it may nest and
-# how many values it may hold, so that the Python objects built for one record
-# stay within a small multiple of MAX_RECORD_BYTES (a file of `[{},{},...]`
-# would otherwise make some twenty times its size in dicts).
+# A record is measured before it is built (a JSON array item value by value, an
+# NDJSON line by its punctuation); these bound how deep it may nest and how many
+# values it may hold, so that the Python objects built for one record stay
+# within a small multiple of MAX_RECORD_BYTES (a line of `[{},{},...]` would
+# otherwise make some twenty times its size in dicts). A message is eight values
+# (an object, three keys, three strings): 200,000 hold 25,000 messages, about
+# what MAX_RECORD_BYTES holds of ordinary ones.
 MAX_RECORD_DEPTH = 64
-MAX_RECORD_VALUES = 1_000_000
+MAX_RECORD_VALUES = 200_000
 # yajl does not say where in a chunk it failed; feeding it windows of this size,
 # aligned on absolute offsets, places an error within this many bytes whatever
 # the network's chunk sizes are.
 JSON_ERROR_WINDOW = 1024
 
 _JSON_WHITESPACE = b" \t\r\n"
+# A JSON string, escapes included; what is left once they are taken out is the
+# punctuation that separates values.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_JSON_STRING_TEXT = re.compile(_JSON_STRING.pattern.decode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +129,16 @@ def open_parser(kind: str, limits: RecordLimits | None = None) -> SessionParser:
 class _RecordNumbers:
     """Numbers the records of one file in the order they are returned."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_values: int) -> None:
         self.count = 0
+        self._max_values = max_values
 
     def record(self, raw: object, line: int | None, offset: int | None) -> ParsedRecord:
         if not isinstance(raw, dict):
             return self.unreadable(line, offset, f"expected a JSON object, got {json_type(raw)}")
+        problem = embedded_values_problem(raw, self._max_values)
+        if problem is not None:
+            return self.unreadable(line, offset, problem)
         self.count += 1
         return ParsedRecord(self.count, line, offset, raw)
 
@@ -142,7 +154,7 @@ class _StreamParser:
         self._limits = limits
         self._bom = LeadingBom()
         self._received = 0
-        self._numbers = _RecordNumbers()
+        self._numbers = _RecordNumbers(limits.values)
         self._failure: FileFormatError | None = None
 
     def feed(self, chunk: bytes) -> list[ParsedRecord]:
@@ -336,11 +348,46 @@ class _NdjsonParser(_StreamParser):
         text = line.data.strip()
         if not text:
             return None
+        # Counted before orjson builds them: a line of tiny values (`{},{},...`)
+        # becomes some twenty times its size in Python objects.
+        values = json_values(text)
+        if values > self._limits.values:
+            return self._numbers.unreadable(
+                line.number,
+                line.offset,
+                f"the record holds some {values} JSON values, more than {self._limits.values}; it was skipped",
+            )
         try:
             raw = orjson.loads(text)
         except orjson.JSONDecodeError as error:
             return self._numbers.unreadable(line.number, line.offset, f"invalid JSON: {error}")
         return self._numbers.record(raw, line.number, line.offset)
+
+
+def json_values(text: bytes | str) -> int:
+    """About as many values as yajl's events for the JSON `text` (what a JSON array
+    item is bounded by), counted from its punctuation outside strings.
+
+    An object or array is two events (its start and end), every key or value
+    after the first one inside it follows a `,`, and every key is followed by a `:`.
+    """
+    if isinstance(text, str):
+        rest = _JSON_STRING_TEXT.sub("", text).encode(errors="replace")  # the punctuation counted is ASCII
+    else:
+        rest = _JSON_STRING.sub(b"", text)
+    return 2 * (rest.count(b"{") + rest.count(b"[")) + rest.count(b",") + rest.count(b":") + 1
+
+
+def embedded_values_problem(raw: dict[str, Any], limit: int) -> str | None:
+    """Why a record whose messages are JSON text (the session-per-row CSV layout's
+    cell) is skipped before that text is parsed: more values than `limit`."""
+    messages = raw.get("messages")
+    if not isinstance(messages, str):
+        return None
+    values = json_values(messages)
+    if values <= limit:
+        return None
+    return f"its messages hold some {values} JSON values, more than {limit}; it was skipped"
 
 
 class _CsvParser(_StreamParser):

@@ -65,10 +65,11 @@ def target(nats_server: NatsServer, mongodb_uri: str, tmp_path_factory: pytest.T
 
 
 class Watch:
-    """Samples the server's RSS and /ready while an attack runs."""
+    """Samples the server's RSS and /ready (asked from `source`, when given) while an attack runs."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, source: str | None = None) -> None:
         self.target = target
+        self.source = source
         self.baseline = target.rss()
         self.peak = self.baseline
         self.ready_answers: list[int] = []
@@ -92,13 +93,15 @@ class Watch:
             self.peak = max(self.peak, self.target.rss())
 
     def _probe(self) -> None:
-        while True:  # at least once, however short the attack
-            try:
-                self.ready_answers.append(httpx.get(f"{self.target.url}/ready", timeout=5).status_code)
-            except httpx.HTTPError:
-                self.ready_answers.append(0)
-            if self._stop.wait(0.25):
-                return
+        transport = httpx.HTTPTransport(local_address=self.source) if self.source else None
+        with httpx.Client(transport=transport, timeout=5) as client:
+            while True:  # at least once, however short the attack
+                try:
+                    self.ready_answers.append(client.get(f"{self.target.url}/ready").status_code)
+                except httpx.HTTPError:
+                    self.ready_answers.append(0)
+                if self._stop.wait(0.25):
+                    return
 
     @property
     def growth(self) -> int:

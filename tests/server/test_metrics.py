@@ -10,7 +10,7 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.web import Application, url
 
 from devstack.processes import free_port
-from server.draining import DrainingHTTPServer
+from runtime.httpserver import GuardedHTTPServer
 from server.handlers import base, metrics
 from server.handlers.base import ApiError, JsonHandler
 
@@ -40,7 +40,7 @@ async def api():
         default_handler_class=base.NotFoundHandler,
         log_function=metrics.log_request,
     )
-    server = DrainingHTTPServer(app)
+    server = GuardedHTTPServer(app)
     port = free_port()
     server.listen(port, "127.0.0.1")
     client = AsyncHTTPClient(force_instance=True)
