@@ -97,9 +97,11 @@ class Intake:
                 [inbound for _, inbound in batch],
             )
             MESSAGES_STORED.inc(sum(item.inserted for item in stored))
-            await self._reply(stored)
-            failpoint("server.intake.after_reply_published")
+            # Events before replies: the bot reports a reply it sent as `message.sent`,
+            # which must never reach an agent before the message it answers.
             await events.publish_received(self._js, self._db, stored)
+            failpoint("server.intake.after_events_published")
+            await self._reply(stored)
         except Exception as exc:  # nothing unstored is acknowledged, whatever failed
             await self._retry_later(batch, exc)
             return
