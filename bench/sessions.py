@@ -45,7 +45,7 @@ from faker import Faker
 from devstack.processes import NatsServer, SecantusServer, free_port, wait_for_port
 from server import names, sessions
 from server.database import Database
-from server.models import activity_key
+from server.models.sessions import activity_key
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-api-token-0123456789abcdef-0123456789"

@@ -15,10 +15,12 @@ from bson import ObjectId
 from contract import clock
 from contract.messaging import InboundMessage
 from runtime.failpoints import failpoint
-from server.models import DUPLICATE_KEY as DUPLICATE_KEY
-from server.models import Contended, FinishedMessage, Message, Session, Stored
-from server.models import duplicates_only as duplicates_only
-from server.models import preview as preview
+from server.models.messages import FinishedMessage, Message
+from server.models.sessions import Session
+from server.models.sessions import preview as preview
+from server.models.stored import DUPLICATE_KEY as DUPLICATE_KEY
+from server.models.stored import Contended, Stored
+from server.models.stored import duplicates_only as duplicates_only
 
 
 def inbound_key(message: InboundMessage) -> str:

@@ -22,7 +22,8 @@ import mongoengine
 import pymongo
 from pymongo.errors import PyMongoError
 
-from server import models
+from server.models import ensure_indexes
+from server.models.sessions import Session
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class Database(Lane):
         log.info("mongodb client configured")
 
     async def ensure_indexes(self) -> None:
-        await self.run(models.ensure_indexes)
+        await self.run(ensure_indexes)
 
     async def ensure_indexes_reporting(self) -> bool:
         """`ensure_indexes`, answering True, for start-up retries."""
@@ -112,7 +113,7 @@ class Database(Lane):
         def ping() -> None:
             # Bounds server selection too, so a probe never holds a thread for long.
             with pymongo.timeout(PING_TIMEOUT):
-                models.Session._get_db().client.admin.command("ping")
+                Session._get_db().client.admin.command("ping")
 
         try:
             # The outer bound covers waiting for the ping thread behind the ping before.

@@ -32,7 +32,8 @@ from contract.messaging import DUPLICATE_WINDOW_SECONDS
 from runtime import jetstream
 from runtime.failpoints import failpoint
 from server.metrics import EVENTS_PUBLISHED
-from server.models import EventPromise, Session
+from server.models.outbox import EventPromise
+from server.models.sessions import Session
 
 log = logging.getLogger(__name__)
 

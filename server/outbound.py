@@ -26,7 +26,7 @@ from runtime.failpoints import failpoint
 from server import events
 from server.database import Database
 from server.metrics import OUTBOUND_PUBLISHED
-from server.models import OutboxEntry
+from server.models.outbox import OutboxEntry
 
 log = logging.getLogger(__name__)
 

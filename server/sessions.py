@@ -40,15 +40,9 @@ from contract import clock
 from runtime.failpoints import failpoint
 from server import names
 from server.conversations import preview, remember_finished
-from server.models import (
-    IdempotencyKeyReused,
-    Message,
-    Session,
-    activity_floor,
-    activity_key,
-    activity_key_time,
-    activity_time_prefix,
-)
+from server.models.messages import Message
+from server.models.sessions import Session, activity_floor, activity_key, activity_key_time, activity_time_prefix
+from server.models.stored import IdempotencyKeyReused
 
 SESSION_ORDER = [("activity_key", DESCENDING)]
 MESSAGE_ORDER = [("sent_at", ASCENDING), ("_id", ASCENDING)]

@@ -42,7 +42,7 @@ from server.importing.feed import RecordFeed, Tally
 from server.importing.jobs import Imports
 from server.importing.parsers import RecordLimits
 from server.importing.upload import Upload, checked_channel
-from server.models import IdempotencyKeyReused
+from server.models.stored import IdempotencyKeyReused
 
 log = logging.getLogger(__name__)
 

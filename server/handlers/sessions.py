@@ -21,7 +21,7 @@ from runtime.httpserver import declared_length
 from server import events, names, sessions
 from server.cursors import CursorCodec, CursorInvalid
 from server.handlers.base import ApiError, ApiHandler, database_errors, field_error, key_reused, object_id
-from server.models import IdempotencyKeyReused
+from server.models.stored import IdempotencyKeyReused
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,8 @@ from runtime.failpoints import failpoint
 from server import events
 from server.database import Database
 from server.importing.feed import MAX_REPORTED_ERRORS, Tally
-from server.models import Contended, IdempotencyKeyReused, ImportBatch, ImportJob
+from server.models.imports import ImportBatch, ImportJob
+from server.models.stored import Contended, IdempotencyKeyReused
 from server.outbound import Outbound
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,9 @@ from server.conversations import (
     sessions_by_contact,
 )
 from server.importing.records import ImportedMessage, ImportedSession, message_key
-from server.models import Message, Session, Stored
+from server.models.messages import Message
+from server.models.sessions import Session
+from server.models.stored import Stored
 
 CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
 _SESSION_FIELDS = ("contact_name", "chat_id", "source_id", "last_message_at", "import_origin")

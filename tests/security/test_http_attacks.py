@@ -26,7 +26,7 @@ import pytest
 from pymongo.database import Database
 
 from devstack.processes import NatsServer, free_port
-from server.models import ImportJob
+from server.models.imports import ImportJob
 from tests.harness import API_TOKEN, Process, eventually, reset_jetstream, stack_env
 from tests.security.conftest import NO_TELEGRAM, Target
 from tests.server import factories

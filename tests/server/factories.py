@@ -17,7 +17,8 @@ from pymongo.database import Database
 
 from contract import clock
 from server.conversations import preview
-from server.models import Message, Session
+from server.models.messages import Message
+from server.models.sessions import Session
 
 _bound: dict[str, Database] = {}
 

@@ -28,7 +28,7 @@ from server.conversations import SessionFinishedMeanwhile
 from server.database import replica_set_safety
 from server.handlers.base import ApiError, database_errors
 from server.intake import Intake
-from server.models import RecountContended
+from server.models.sessions import RecountContended
 
 
 def labelled(code: int, label: str) -> OperationFailure:

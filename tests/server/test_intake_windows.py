@@ -13,7 +13,7 @@ from runtime import failpoints
 from runtime.failpoints import FailPointError
 from server import sessions
 from server.conversations import store_inbound
-from server.models import Message
+from server.models.messages import Message
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from cli.generate import generate_sessions
 from server.importing import upsert
 from server.importing.records import ImportedMessage, ImportedSession, message_key, normalise_session
 from server.importing.upsert import CREATED, UNCHANGED, UPDATED, upsert_sessions
-from server.models import activity_key
+from server.models.sessions import activity_key
 from tests.server import factories
 from tests.server.factories import SessionFactory
 
@@ -326,7 +326,7 @@ def test_messages_a_racing_finish_took_are_finished_not_stored_again(store, mong
 
 def test_a_recount_between_a_new_session_and_its_messages_does_not_leave_it_short(store, mongo, tmp_path):
     from runtime import failpoints
-    from server.models import Session
+    from server.models.sessions import Session
 
     log = tmp_path / "failpoints"
     try:
