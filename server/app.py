@@ -15,7 +15,8 @@ from server.cursors import CursorCodec
 from server.database import Database
 from server.event_feed import EventFeed
 from server.handlers import base, events, health, imports, metrics, openapi, sessions
-from server.importing.jobs import Imports
+from server.handlers.importbase import ImportSlots
+from server.importing.running import Imports
 from server.outbound import Outbound
 
 
@@ -57,7 +58,7 @@ def make_app(settings: Settings, services: Services) -> Application:
         services=services,
         cursors=CursorCodec(*settings.cursor_keys),
         imports=running_imports,
-        import_slots=imports.ImportSlots(settings.import_max_concurrent),
+        import_slots=ImportSlots(settings.import_max_concurrent),
         event_clients=event_clients,
         event_feed=event_feed,
         log_function=metrics.log_request,

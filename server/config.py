@@ -9,7 +9,7 @@ from contract import messaging
 from contract.importformat import MAX_MESSAGES_PER_RECORD, MAX_RECORD_BYTES
 from runtime import logs
 from runtime.environment import Environment
-from server.importing.parsers import MAX_RECORD_DEPTH, MAX_RECORD_VALUES
+from server.importing.limits import MAX_RECORD_DEPTH, MAX_RECORD_VALUES
 
 DEFAULT_GOODBYE = "Seu atendimento foi finalizado. Obrigado pelo contato!"
 DEFAULT_REPLY = "Reply: mensagem recebida"

@@ -26,7 +26,8 @@ import orjson
 
 from contract.importformat import CHUNK_MEDIA_TYPE as MEDIA_TYPE
 from contract.importformat import MAX_WHOLE, Line, Lines, read_envelope, whole_number
-from server.importing.parsers import FileFormatError, ParsedRecord, RecordLimits, embedded_values_problem, json_values
+from server.importing.limits import RecordLimits, embedded_values_problem, json_values
+from server.importing.parsers import FileFormatError, ParsedRecord
 from server.importing.records import RecordError
 
 __all__ = ["MAX_WHOLE", "MEDIA_TYPE", "ChunkParser", "whole_number"]

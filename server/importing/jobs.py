@@ -10,51 +10,30 @@ what is stored, and a report reads one job, not every batch of it. When the
 job ends the totals are final and the summary is promised to the channel
 through the outbox, keyed by the job, so it is announced exactly once.
 
-The module-level functions block on MongoDB (run them through `Database.run`);
-`Imports` is what the handlers use.
+The functions here block on MongoDB (run them through `Database.run`);
+`Imports` (server.importing.running) is what the handlers use, and
+server.importing.reports says what a job tells.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
-import logging
 import unicodedata
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bson import ObjectId
 from mongoengine import NotUniqueError
-from pymongo.errors import PyMongoError
 
 from contract import clock
-from contract.messaging import OutboundMessage
 from runtime.failpoints import failpoint
-from server import events
-from server.database import Database
 from server.importing.feed import MAX_REPORTED_ERRORS, Tally
 from server.models.imports import ImportBatch, ImportJob
 from server.models.stored import Contended, IdempotencyKeyReused
-from server.outbound import Outbound
-
-log = logging.getLogger(__name__)
 
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 MAX_SOURCE_LENGTH = 200
-# The file's name as the channel's announcement shows it: a client chooses it.
-MAX_ANNOUNCED_SOURCE = 80
 # Jobs the reaper fails in one round; the next round takes the rest.
 REAP_BATCH = 100
-
-# Why an import ended early, as the announcement says it (pt-BR, like the bot).
-FAILURE_REASONS = {
-    "invalid-file": "o arquivo está truncado ou inválido",
-    "interrupted": "o envio do arquivo foi interrompido",
-    "too-large": "o arquivo passou do tamanho máximo aceito",
-    "shutdown": "o servidor foi reiniciado durante a importação",
-    "abandoned": "a importação ficou parada por tempo demais",
-}
 
 
 def create_job(
@@ -310,183 +289,3 @@ def finish_job(
 def _setting(fields: dict[str, Any]) -> dict[str, Any]:
     """MongoEngine's update keywords that `$set` these fields."""
     return {f"set__{name}": value for name, value in fields.items()}
-
-
-def report(job: dict[str, Any], tally: Tally | None = None) -> dict[str, Any]:
-    """The API resource of a job; `tally` gives a running job's counts so far."""
-    if tally is None:
-        tally = Tally.of(job.get("counts") or {}, job.get("errors") or [])
-    started, finished = job["created_at"], job.get("finished_at")
-    body: dict[str, Any] = {
-        "id": str(job["_id"]),
-        "status": job["status"],
-        "channel": job["channel"],
-        "source": job.get("source") or None,
-        "format": job.get("file_format"),
-        "mode": job["mode"],
-        "counts": tally.counts(),
-        "errors": tally.errors,
-        # Counts cover every record; the list stops at the first errors.
-        "errors_truncated": tally.rejected > 0 and len(tally.errors) >= MAX_REPORTED_ERRORS,
-        "failure": _failure_report(job.get("failure"), tally),
-        "started_at": _timestamp(started),
-        "finished_at": _timestamp(finished) if finished else None,
-        "duration_seconds": round(((finished or clock.now()) - clock.aware(started)).total_seconds(), 3),
-        "bytes_received": job.get("bytes_received", 0),
-    }
-    if job["mode"] == "chunks":
-        body["next_chunk"] = job.get("next_chunk", 0)
-    return body
-
-
-def _failure_report(failure: dict[str, Any] | None, tally: Tally) -> dict[str, Any] | None:
-    if not failure:
-        return None
-    kept = tally.received - tally.rejected
-    return {
-        **failure,
-        "imported_before_failure": kept,
-        "note": f"the {kept} valid records read before this point were imported; nothing after it was read",
-    }
-
-
-def announcement(job: dict[str, Any]) -> str:
-    """The channel's summary of an ended import, in Portuguese like everything the bot says."""
-    counts = job.get("counts") or {}
-    imported = sum(counts.get(outcome, 0) for outcome in ("created", "updated", "unchanged"))
-    summary = (
-        f"{plural(imported, 'sessão importada', 'sessões importadas')} "
-        f"({plural(counts.get('created', 0), 'nova', 'novas')}, "
-        f"{plural(counts.get('updated', 0), 'atualizada', 'atualizadas')}, "
-        f"{number(counts.get('unchanged', 0))} sem alteração), "
-        f"{plural(counts.get('rejected', 0), 'rejeitada', 'rejeitadas')}"
-    )
-    shown = clean_source(job.get("source") or "")
-    if len(shown) > MAX_ANNOUNCED_SOURCE:
-        shown = shown[: MAX_ANNOUNCED_SOURCE - 1] + "…"
-    source = f" ({shown})" if shown else ""
-    if job["status"] == SUCCEEDED:
-        return f"Importação concluída{source}: {summary}."
-    failure = job.get("failure") or {}
-    reason = FAILURE_REASONS.get(failure.get("reason", ""), "ocorreu um erro")
-    if failure.get("line") is not None:
-        reason += f" (linha {number(failure['line'])})"
-    elif failure.get("offset") is not None:
-        reason += f" (byte {number(failure['offset'])})"
-    return f"Importação interrompida{source}: {reason}. Antes disso: {summary}."
-
-
-def number(value: int) -> str:
-    """1234567 -> "1.234.567", as written in Brazil."""
-    return f"{value:,}".replace(",", ".")
-
-
-def plural(count: int, one: str, many: str) -> str:
-    return f"{number(count)} {one if count == 1 else many}"
-
-
-_timestamp = clock.rfc3339
-
-
-class Imports:
-    """The imports this replica is running, and how any import ends.
-
-    Uploads in progress register a stop callback: at shutdown `drain` calls them,
-    and each finishes the batch in hand, ends its job as failed and answers
-    its client, so no batch is left half-written and every job gets its report
-    and announcement.
-    """
-
-    def __init__(self, db: Database, outbound: Outbound) -> None:
-        self.db = db
-        self._outbound = outbound
-        self._stops: dict[object, Callable[[], Awaitable[None]]] = {}
-        self._endings: set[asyncio.Task] = set()
-
-    async def finish(
-        self, job_id: ObjectId, tally: Tally, failure: dict[str, Any] | None = None, bytes_received: int | None = None
-    ) -> dict[str, Any]:
-        """End the job, store its totals and announce it (once, however often called)."""
-        job, ended_now = await self.db.run(finish_job, job_id, tally, failure, bytes_received)
-        if ended_now:
-            log.info("import %s %s: %s", job_id, job["status"], tally.counts())
-        failpoint("import.finish.after_job_ended")  # ended, its announcement not yet promised
-        # Promised even when the job had ended before: a crash may have come
-        # between the two; the key makes a repeat a no-op.
-        await self._announce(job)
-        try:
-            await self.db.run(announced, job_id)
-        except PyMongoError as exc:  # promised already: the reaper promises it again, under the same keys
-            log.warning("import %s announced, its flag not cleared: %s", job_id, exc)
-        return job
-
-    async def _announce(self, job: dict[str, Any]) -> None:
-        """Promise the import's summary to its channel and its `import.finished` event, once per import."""
-        await self._outbound.promise_event(events.import_finished(job), str(job["_id"]))
-        await self._outbound.promise(
-            OutboundMessage(
-                key=f"import:{job['_id']}",
-                chat_id=job["channel"],
-                text=announcement(job),
-                kind="announcement",
-                meta={"import_id": str(job["_id"])},
-            )
-        )
-
-    async def reap(self, idle_seconds: float, retention_seconds: float | None = None) -> int:
-        """Fail the imports idle for longer than `idle_seconds`, announcing each; how many this call ended.
-
-        With `retention_seconds`, imports that ended longer ago than that are deleted too.
-        """
-        if retention_seconds is not None:
-            await self.db.run(purge_ended, retention_seconds)
-        ended = 0
-        for job in await self.db.run(idle_jobs, idle_seconds):
-            if job["status"] == RUNNING:
-                reaped = await self.db.run(reap_job, job, idle_seconds)
-                if reaped is None:
-                    continue  # another replica took it, or it moved meanwhile
-                job = reaped
-                ended += 1
-                log.warning("import %s failed: no progress for %.0f s", job["_id"], idle_seconds)
-            await self._announce(job)
-            await self.db.run(announced, job["_id"])
-        return ended
-
-    async def reap_forever(
-        self, idle_seconds: float, stopping: asyncio.Event, retention_seconds: float | None = None
-    ) -> None:
-        """Reap every so often until `stopping` is set; a failed round is logged and tried again."""
-        interval = min(60.0, max(0.5, idle_seconds / 4))
-        while not stopping.is_set():
-            try:
-                await self.reap(idle_seconds, retention_seconds)
-            except Exception:  # the database may be down; the next round tries again
-                log.exception("reaping idle imports failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stopping.wait(), interval)
-
-    def register(self, owner: object, stop: Callable[[], Awaitable[None]]) -> None:
-        self._stops[owner] = stop
-
-    def unregister(self, owner: object) -> None:
-        self._stops.pop(owner, None)
-
-    def in_background(self, work: Awaitable[None]) -> None:
-        """Run an ending nobody waits for (a client gone mid-upload); `drain` waits for it."""
-        task = asyncio.ensure_future(work)
-        self._endings.add(task)
-        task.add_done_callback(self._ended)
-
-    def _ended(self, task: asyncio.Task) -> None:
-        self._endings.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("ending an interrupted import failed", exc_info=task.exception())
-
-    async def drain(self) -> None:
-        stops = list(self._stops.values())
-        if stops:
-            log.info("stopping %d imports in progress", len(stops))
-        await asyncio.gather(*(stop() for stop in stops), return_exceptions=True)
-        if self._endings:
-            await asyncio.gather(*list(self._endings), return_exceptions=True)

@@ -21,7 +21,7 @@ import pytest
 
 from contract.importformat import CHUNK_MEDIA_TYPE
 from devstack.processes import NatsServer, free_port
-from server.importing.parsers import MAX_RECORD_VALUES
+from server.importing.limits import MAX_RECORD_VALUES
 from tests.harness import API_TOKEN, Process, eventually, reset_jetstream, stack_env
 from tests.security.conftest import NO_TELEGRAM, Target
 from tests.security.test_http_attacks import Watch

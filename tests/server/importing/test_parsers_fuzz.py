@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cli.generate import generate_sessions, write_sessions
-from server.importing.parsers import BOM, FileFormatError, ParsedRecord, RecordLimits, open_parser
+from server.importing.limits import RecordLimits
+from server.importing.parsers import BOM, FileFormatError, ParsedRecord, open_parser
 from server.importing.records import ImportedSession, RecordInvalid, normalise_session
 
 LAYOUTS = {"json": "json", "ndjson": "ndjson", "csv": "csv", "csv-messages": "csv"}

@@ -11,9 +11,9 @@ from pymongo.errors import AutoReconnect
 
 from contract import clock
 from runtime import failpoints
-from server.importing import jobs
+from server.importing import jobs, reports
 from server.importing.feed import Tally
-from server.importing.jobs import Imports
+from server.importing.running import Imports
 from server.outbound import Outbound
 
 IDLE = 60.0
@@ -128,8 +128,8 @@ def test_the_file_name_is_stored_without_control_characters(raw: str, shown: str
 
 def test_the_announcement_bounds_the_file_name() -> None:
     job = {"status": "succeeded", "source": "a" * 200, "counts": {}}
-    text = jobs.announcement(job)
-    assert "a" * jobs.MAX_ANNOUNCED_SOURCE not in text and "a" * (jobs.MAX_ANNOUNCED_SOURCE - 1) + "…" in text
+    text = reports.announcement(job)
+    assert "a" * reports.MAX_ANNOUNCED_SOURCE not in text and "a" * (reports.MAX_ANNOUNCED_SOURCE - 1) + "…" in text
 
 
 @pytest.mark.asyncio
