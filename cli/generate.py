@@ -15,11 +15,11 @@ from typing import Any, TextIO
 
 import click
 
-from contract.importformat import WRITER_FORMATS, utc_text, write_sessions
+from contract.importwriter import WRITER_FORMATS, utc_text, write_sessions
 
 __all__ = ["FORMATS", "MAX_SESSIONS", "generate", "generate_sessions", "write_sessions"]
 
-# The writers are the import format's own (contract/importformat.py).
+# The writers are the import format's own (contract/importwriter.py).
 FORMATS = WRITER_FORMATS
 FLAVOURS = ("plain", "sample")
 

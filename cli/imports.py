@@ -39,7 +39,8 @@ from cli.readers import (
     read_ahead,
     read_chunks,
 )
-from contract.importformat import CHANNEL_RULE, CHUNK_MEDIA_TYPE, channel_ref
+from contract.importformat import CHUNK_MEDIA_TYPE
+from contract.values import CHANNEL_RULE, channel_ref
 
 DEFAULT_STATE_DIR = Path("~/.cache/balcao/imports")
 SHOWN_ERRORS = 10

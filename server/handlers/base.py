@@ -14,7 +14,7 @@ from bson import ObjectId
 from tornado.log import app_log
 from tornado.web import HTTPError, RequestHandler
 
-from contract.importformat import media_type, object_id_text
+from contract.values import media_type, object_id_text
 from runtime.httpserver import PROBLEM_TYPE_ROOT
 from server.problems import ApiError, database_errors, field_error
 

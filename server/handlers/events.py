@@ -34,7 +34,7 @@ from tornado.web import url
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from contract import events
-from contract.importformat import object_id_text
+from contract.values import object_id_text
 from runtime.httpserver import ascii_whole_number
 from server.event_feed import Follower, LiveEvent
 from server.handlers.base import ApiError, ApiHandler, field_error

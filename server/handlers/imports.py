@@ -22,7 +22,8 @@ from tornado.httputil import HTTPServerRequest
 from tornado.routing import PathMatches, Rule
 from tornado.web import stream_request_body, url
 
-from contract.importformat import CHUNK_MEDIA_TYPE, MAX_WHOLE, whole_number
+from contract.importformat import CHUNK_MEDIA_TYPE
+from contract.values import MAX_WHOLE, whole_number
 from runtime.failpoints import failpoint
 from server.handlers.base import ApiError, database_errors, field_error, key_reused, media_type
 from server.handlers.importbase import ImportsApiHandler, StreamedBodyHandler, yield_to_other_requests

@@ -1,6 +1,6 @@
 """The chunks the CLI sends into an import: NDJSON lines, each a record in an envelope.
 
-The CLI reads the file (contract/importformat.py, pandas, ijson) and knows where each record stands in
+The CLI reads the file (contract/csvlayouts.py, pandas, ijson) and knows where each record stands in
 it, which the chunk alone cannot tell, so every line carries that place:
 
     {"record": 1204, "line": 1205, "data": {"name": ..., "messages": [...]}}
@@ -25,7 +25,8 @@ from collections.abc import Iterable
 import orjson
 
 from contract.importformat import CHUNK_MEDIA_TYPE as MEDIA_TYPE
-from contract.importformat import MAX_WHOLE, Line, Lines, read_envelope, whole_number
+from contract.importformat import Line, Lines, read_envelope
+from contract.values import MAX_WHOLE, whole_number
 from server.importing.limits import RecordLimits, embedded_values_problem, json_values
 from server.importing.parsers import FileFormatError, ParsedRecord
 from server.importing.records import RecordError

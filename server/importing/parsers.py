@@ -24,6 +24,7 @@ import ijson  # picks its C backend (yajl2_c) when it is built, the pure-Python 
 import orjson
 from ijson.common import ObjectBuilder
 
+from contract.csvlayouts import CsvRecord, CsvRecords
 from contract.importformat import (
     BOM,
     KINDS,
@@ -31,8 +32,6 @@ from contract.importformat import (
     MAX_RECORD_BYTES,
     MESSAGE_COLUMNS,
     SESSION_COLUMNS,
-    CsvRecord,
-    CsvRecords,
     FileFormatError,
     LeadingBom,
     Line,
@@ -337,7 +336,7 @@ class _NdjsonParser(_StreamParser):
 
 
 class _CsvParser(_StreamParser):
-    """CSV in either layout, read by the format's own reader (contract/importformat.py)."""
+    """CSV in either layout, read by the format's own reader (contract/csvlayouts.py)."""
 
     def __init__(self, limits: RecordLimits) -> None:
         super().__init__(limits)

@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 
 import orjson
 
-from contract.importformat import json_type, object_id_text
 from contract.messaging import MAX_CONTACT_DIGITS, MAX_NAME_LENGTH, PLATFORM
 from contract.messaging import MAX_TEXT_LENGTH as MAX_CONTENT_LENGTH
+from contract.values import json_type, object_id_text
 
 MAX_MESSAGE_ID_LENGTH = 200
 # A float holds every integer up to 2**53 exactly; beyond that a number read as

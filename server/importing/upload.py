@@ -26,7 +26,8 @@ from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.parser import ParseFailedException
 
 from contract import clock
-from contract.importformat import CHANNEL_RULE, HEAD_BYTES, UnsupportedFileType, channel_ref, detect_kind
+from contract.importformat import HEAD_BYTES, UnsupportedFileType, detect_kind
+from contract.values import CHANNEL_RULE, channel_ref
 from runtime.failpoints import failpoint
 from server.importing import jobs
 from server.importing.feed import RecordFeed, Tally
@@ -67,7 +68,7 @@ class UploadClient(Protocol):
 
 
 def checked_channel(raw: object) -> str:
-    """The announcement target, in its one spelling (contract/importformat.py), or a 400."""
+    """The announcement target, in its one spelling (contract/values.py), or a 400."""
     if not isinstance(raw, str) or not raw.strip():
         raise ApiError(
             400,
