@@ -342,7 +342,8 @@ class Chaos:
 
     def import_file(self) -> None:
         """The CLI imports a file in chunks, resuming after each failure, as its user would."""
-        from cli.generate import generate_sessions, write_sessions
+        from cli.generate import generate_sessions
+        from contract.importwriter import write_sessions
 
         out = io.StringIO()
         write_sessions(

@@ -25,7 +25,8 @@ from pathlib import Path
 import pymongo
 
 from bench.backends import backends
-from cli.generate import generate_sessions, write_sessions
+from cli.generate import generate_sessions
+from contract.importwriter import write_sessions
 from devstack.processes import free_port, wait_for_port
 from server.importing.feed import BATCH_RECORDS
 from server.importing.records import normalise_session

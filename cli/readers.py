@@ -34,10 +34,9 @@ import numpy as np
 import pandas as pd
 
 from contract.csvlayouts import CsvRecords, read_csv_header
-from contract.importformat import BOM, HEAD_BYTES, KINDS, FileFormatError, UnsupportedFileType, detect_kind, envelope
+from contract.importformat import BOM, HEAD_BYTES, FileFormatError, UnsupportedFileType, detect_kind, envelope
 from contract.values import json_type
 
-FORMATS = KINDS
 # How much of a CSV file is read to find its header before the import begins.
 CSV_HEAD_BYTES = 64 * 1024
 CSV_BLOCK_BYTES = 64 * 1024

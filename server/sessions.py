@@ -39,9 +39,15 @@ from pymongo import ASCENDING, DESCENDING
 from contract import clock
 from runtime.failpoints import failpoint
 from server import names
-from server.conversations import preview, remember_finished
-from server.models.messages import Message
-from server.models.sessions import Session, activity_floor, activity_key, activity_key_time, activity_time_prefix
+from server.models.messages import FinishedMessage, Message
+from server.models.sessions import (
+    Session,
+    activity_floor,
+    activity_key,
+    activity_key_time,
+    activity_time_prefix,
+    preview,
+)
 from server.models.stored import IdempotencyKeyReused
 
 SESSION_ORDER = [("activity_key", DESCENDING)]
@@ -135,7 +141,7 @@ def list_sessions(
     examined = 0
     while True:
         bottom = top - width
-        lower = max(activity_floor(_from_milliseconds(bottom)), floor) if bottom > 0 else floor
+        lower = max(activity_floor(clock.from_milliseconds(bottom)), floor) if bottom > 0 else floor
         bounds = {**({"$gte": lower} if lower else {}), **({"$lt": upper} if upper else {})}
         # Re-checked candidates may be dropped, so those queries take a full page.
         batch = limit + 1 if wanted is not None else limit + 1 - len(found)
@@ -197,9 +203,6 @@ def _milliseconds(at: dt.datetime) -> int:
     return int(activity_time_prefix(at))
 
 
-_from_milliseconds = clock.from_milliseconds
-
-
 def find_session(session_id: ObjectId) -> dict[str, Any] | None:
     return Session.objects.find_one(session_id)
 
@@ -217,7 +220,7 @@ class MessagesResume:
         at, message_id = position["at"], position["id"]
         if not isinstance(at, int) or not isinstance(message_id, str):
             raise ValueError("malformed messages position")
-        return cls(_from_milliseconds(at), ObjectId(message_id))
+        return cls(clock.from_milliseconds(at), ObjectId(message_id))
 
 
 @dataclass
@@ -272,7 +275,7 @@ def finish(session_id: ObjectId) -> bool:
     """
     keys = Message.objects.keys_of(session_id)
     if keys:
-        remember_finished(keys, session_id)
+        FinishedMessage.remember(keys, session_id, clock.now())
         Message.objects(session_id=session_id, key__in=keys).delete()
     deleted = Session.objects(id=session_id).delete()
     Message.objects(session_id=session_id).delete()

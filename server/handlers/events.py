@@ -37,8 +37,9 @@ from contract import events
 from contract.values import object_id_text
 from runtime.httpserver import ascii_whole_number
 from server.event_feed import Follower, LiveEvent
-from server.handlers.base import ApiError, ApiHandler, field_error
+from server.handlers.base import ApiHandler
 from server.metrics import EVENT_CLIENTS, EVENT_CLIENTS_DROPPED
+from server.problems import ApiError, field_error
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,13 @@ from typing import Any
 from bson import ObjectId
 
 from runtime.httpserver import declared_length
-from server.handlers.base import ApiError, ApiHandler, object_id
+from server.handlers.base import ApiHandler, object_id
 from server.importing import jobs
 from server.importing.feed import Tally
 from server.importing.limits import RecordLimits
 from server.importing.reports import report
 from server.importing.running import Imports
+from server.problems import ApiError
 
 # Tornado cuts a body off at the connection's limit with a bare 400. Uploads get
 # this much more, so the handler sees the excess itself and answers 413.

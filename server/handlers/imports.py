@@ -23,9 +23,9 @@ from tornado.routing import PathMatches, Rule
 from tornado.web import stream_request_body, url
 
 from contract.importformat import CHUNK_MEDIA_TYPE
-from contract.values import MAX_WHOLE, whole_number
+from contract.values import MAX_WHOLE, media_type, whole_number
 from runtime.failpoints import failpoint
-from server.handlers.base import ApiError, database_errors, field_error, key_reused, media_type
+from server.handlers.base import key_reused
 from server.handlers.importbase import ImportsApiHandler, StreamedBodyHandler, yield_to_other_requests
 from server.importing import jobs
 from server.importing.chunks import ChunkParser
@@ -33,6 +33,7 @@ from server.importing.feed import RecordFeed, Tally
 from server.importing.reports import report
 from server.importing.upload import Upload, checked_channel
 from server.models.stored import IdempotencyKeyReused
+from server.problems import ApiError, database_errors, field_error
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ from runtime.failpoints import failpoint
 from runtime.httpserver import declared_length
 from server import events, names, sessions
 from server.cursors import CursorCodec, CursorInvalid
-from server.handlers.base import ApiError, ApiHandler, database_errors, field_error, key_reused, object_id
+from server.handlers.base import ApiHandler, key_reused, object_id
 from server.models.stored import IdempotencyKeyReused
+from server.problems import ApiError, database_errors, field_error
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,6 @@ _QUERY_PUNCTUATION = frozenset(" '’-")
 _DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
 
 
-timestamp = clock.rfc3339
-
-
 def session_resource(doc: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": str(doc["_id"]),
@@ -56,8 +54,8 @@ def session_resource(doc: dict[str, Any]) -> dict[str, Any]:
             "identifier": doc["contact_identifier"],
             "name": doc.get("contact_name") or "",
         },
-        "created_at": timestamp(doc["created_at"]),
-        "last_message_at": timestamp(doc["last_message_at"]),
+        "created_at": clock.rfc3339(doc["created_at"]),
+        "last_message_at": clock.rfc3339(doc["last_message_at"]),
         "message_count": doc.get("message_count", 0),
         "last_message_preview": doc.get("last_message_preview") or "",
     }
@@ -69,7 +67,7 @@ def message_resource(doc: dict[str, Any]) -> dict[str, Any]:
         "session_id": str(doc["session_id"]),
         "direction": doc["direction"],
         "text": doc["text"],
-        "sent_at": timestamp(doc["sent_at"]),
+        "sent_at": clock.rfc3339(doc["sent_at"]),
     }
 
 

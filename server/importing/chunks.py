@@ -24,14 +24,10 @@ from collections.abc import Iterable
 
 import orjson
 
-from contract.importformat import CHUNK_MEDIA_TYPE as MEDIA_TYPE
-from contract.importformat import Line, Lines, read_envelope
-from contract.values import MAX_WHOLE, whole_number
+from contract.importformat import FileFormatError, Line, Lines, read_envelope
 from server.importing.limits import RecordLimits, embedded_values_problem, json_values
-from server.importing.parsers import FileFormatError, ParsedRecord
+from server.importing.parsers import ParsedRecord
 from server.importing.records import RecordError
-
-__all__ = ["MAX_WHOLE", "MEDIA_TYPE", "ChunkParser", "whole_number"]
 
 # The envelope's own values beside its data's: an object, three keys, two numbers.
 ENVELOPE_VALUES = 8

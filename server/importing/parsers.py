@@ -26,39 +26,15 @@ from ijson.common import ObjectBuilder
 
 from contract.csvlayouts import CsvRecord, CsvRecords
 from contract.importformat import (
-    BOM,
     KINDS,
-    MAX_MESSAGES_PER_RECORD,
-    MAX_RECORD_BYTES,
-    MESSAGE_COLUMNS,
-    SESSION_COLUMNS,
     FileFormatError,
     LeadingBom,
     Line,
     Lines,
-    UnsupportedFileType,
-    detect_kind,
 )
+from contract.values import json_type
 from server.importing.limits import RecordLimits, embedded_values_problem, json_values
-from server.importing.records import ImportedSession, RecordError, RecordInvalid, json_type, normalise_session
-
-# The file format (kinds, columns, detection, CSV layouts) is defined once in
-# contract/importformat.py, which the CLI reads files with too; these names are
-# part of this module's interface.
-__all__ = [
-    "BOM",
-    "KINDS",
-    "MAX_MESSAGES_PER_RECORD",
-    "MAX_RECORD_BYTES",
-    "MESSAGE_COLUMNS",
-    "SESSION_COLUMNS",
-    "FileFormatError",
-    "ParsedRecord",
-    "SessionParser",
-    "UnsupportedFileType",
-    "detect_kind",
-    "open_parser",
-]
+from server.importing.records import ImportedSession, RecordError, RecordInvalid, normalise_session
 
 # yajl does not say where in a chunk it failed; feeding it windows of this size,
 # aligned on absolute offsets, places an error within this many bytes whatever

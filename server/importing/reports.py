@@ -42,8 +42,8 @@ def report(job: dict[str, Any], tally: Tally | None = None) -> dict[str, Any]:
         # Counts cover every record; the list stops at the first errors.
         "errors_truncated": tally.rejected > 0 and len(tally.errors) >= MAX_REPORTED_ERRORS,
         "failure": _failure_report(job.get("failure"), tally),
-        "started_at": _timestamp(started),
-        "finished_at": _timestamp(finished) if finished else None,
+        "started_at": clock.rfc3339(started),
+        "finished_at": clock.rfc3339(finished) if finished else None,
         "duration_seconds": round(((finished or clock.now()) - clock.aware(started)).total_seconds(), 3),
         "bytes_received": job.get("bytes_received", 0),
     }
@@ -96,6 +96,3 @@ def number(value: int) -> str:
 
 def plural(count: int, one: str, many: str) -> str:
     return f"{number(count)} {one if count == 1 else many}"
-
-
-_timestamp = clock.rfc3339

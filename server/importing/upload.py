@@ -26,14 +26,14 @@ from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.parser import ParseFailedException
 
 from contract import clock
-from contract.importformat import HEAD_BYTES, UnsupportedFileType, detect_kind
+from contract.importformat import HEAD_BYTES, FileFormatError, UnsupportedFileType, detect_kind
 from contract.values import CHANNEL_RULE, channel_ref
 from runtime.failpoints import failpoint
 from server.importing import jobs
 from server.importing.feed import RecordFeed, Tally
 from server.importing.limits import RecordLimits
 from server.importing.multipart import FieldPart, FilePart, boundary
-from server.importing.parsers import FileFormatError, open_parser
+from server.importing.parsers import open_parser
 from server.importing.running import Imports
 from server.problems import ApiError, database_errors, field_error
 

@@ -11,8 +11,9 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from cli.generate import generate_sessions, write_sessions
+from cli.generate import generate_sessions
 from cli.root import cli, register
+from contract.importwriter import write_sessions
 from devstack.processes import free_port
 from tests.harness import API_TOKEN, ROOT, whole_records
 

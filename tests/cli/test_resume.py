@@ -17,9 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-from cli.generate import generate_sessions, write_sessions
-from server.conversations import preview
+from cli.generate import generate_sessions
+from contract.importwriter import write_sessions
 from server.importing.records import message_key, normalise_session
+from server.models.sessions import preview
 from tests.harness import API_TOKEN, ROOT, eventually, failpoint_fired, outbound_messages
 
 SESSIONS = 1_500

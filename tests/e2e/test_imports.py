@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from cli.generate import generate_sessions, write_sessions
+from cli.generate import generate_sessions
+from contract.importwriter import write_sessions
 from tests.harness import API_TOKEN, ROOT, eventually, outbound_messages, settle, whole_records
 
 DATA = ROOT / "data"

@@ -26,9 +26,9 @@ from contract.messaging import InboundMessage
 from server import failover
 from server.conversations import SessionFinishedMeanwhile
 from server.database import replica_set_safety
-from server.handlers.base import ApiError, database_errors
 from server.intake import Intake
 from server.models.sessions import RecountContended
+from server.problems import ApiError, database_errors
 
 
 def labelled(code: int, label: str) -> OperationFailure:

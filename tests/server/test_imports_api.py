@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from cli.generate import generate_sessions, write_sessions
+from cli.generate import generate_sessions
+from contract.importwriter import write_sessions
 from tests.harness import API_TOKEN, ROOT, conforms_to_openapi, eventually, outbound_messages, whole_records
 
 DATA = ROOT / "data"

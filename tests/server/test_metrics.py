@@ -12,7 +12,8 @@ from tornado.web import Application, url
 from devstack.processes import free_port
 from runtime.httpserver import GuardedHTTPServer
 from server.handlers import base, metrics
-from server.handlers.base import ApiError, JsonHandler
+from server.handlers.base import JsonHandler
+from server.problems import ApiError
 
 HISTOGRAM = "balcao_http_request_duration_seconds"
 

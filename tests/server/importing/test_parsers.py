@@ -14,16 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cli.generate import generate_sessions, write_sessions
+from cli.generate import generate_sessions
+from contract.importformat import FileFormatError, UnsupportedFileType, detect_kind
+from contract.importwriter import write_sessions
 from server.importing import limits
-from server.importing.parsers import (
-    JSON_ERROR_WINDOW,
-    FileFormatError,
-    ParsedRecord,
-    UnsupportedFileType,
-    detect_kind,
-    open_parser,
-)
+from server.importing.parsers import JSON_ERROR_WINDOW, ParsedRecord, open_parser
 from server.importing.records import ImportedSession, RecordInvalid, normalise_session
 
 DATA = Path(__file__).resolve().parents[3] / "data"
