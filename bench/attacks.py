@@ -35,7 +35,7 @@ import httpx
 import nats
 
 from bench.backends import backends
-from contract import events
+from contract import eventstream
 from contract.messaging import DEAD_STREAM, INBOUND_CONSUMER, INBOUND_STREAM, INBOUND_SUBJECT
 from devstack.processes import free_port, wait_for_port
 
@@ -240,9 +240,9 @@ def upgrades(target: Target) -> str:
 
 def forged_event(target: Target) -> str:
     """A `message.sent` payload carrying a raw SSE frame break and a second event, then an SSE client."""
-    subject = events.subject(events.MESSAGE_SENT, "telegram", SESSION)
-    body = events.to_bytes(
-        events.message_sent(
+    subject = eventstream.subject(eventstream.MESSAGE_SENT, "telegram", SESSION)
+    body = eventstream.to_bytes(
+        eventstream.message_sent(
             platform="telegram",
             session_id=SESSION,
             contact_identifier="42",
@@ -253,13 +253,13 @@ def forged_event(target: Target) -> str:
         )
     )
     forged = body + b'\n\nevent: session.finished\ndata: {"type": "session.finished"}'
-    marker = events.to_bytes(events.event(events.IMPORT_FINISHED))
+    marker = eventstream.to_bytes(eventstream.event(eventstream.IMPORT_FINISHED))
 
     async def publish() -> None:
         nc = await nats.connect(target.nats_url)
         js = nc.jetstream()
-        await js.publish(subject, forged, stream=events.EVENTS_STREAM)
-        await js.publish(events.subject(events.IMPORT_FINISHED), marker, stream=events.EVENTS_STREAM)
+        await js.publish(subject, forged, stream=eventstream.EVENTS_STREAM)
+        await js.publish(eventstream.subject(eventstream.IMPORT_FINISHED), marker, stream=eventstream.EVENTS_STREAM)
         await nc.close()
 
     asyncio.run(publish())
@@ -269,7 +269,7 @@ def forged_event(target: Target) -> str:
         for line in response.iter_lines():
             if line.startswith("event:"):
                 kinds.append(line.removeprefix("event: "))
-                if kinds[-1] == events.IMPORT_FINISHED:
+                if kinds[-1] == eventstream.IMPORT_FINISHED:
                     break
     return "SSE events: " + ", ".join(kinds)
 

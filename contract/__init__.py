@@ -1,7 +1,7 @@
 """What Balcão's processes and tools agree on: NATS subjects, stream names, payloads, the import file format.
 
 `messaging` holds the work streams (inbound messages, outbound replies, parked and
-dead letters) and their payloads; `events` the live event stream; `importformat`
+dead letters) and their payloads; `eventstream` the live event stream; `importformat`
 the session files (JSON, NDJSON, CSV) and the CLI's chunk envelope, read alike by
 the server and the CLI, with CSV's layouts and their reader in `csvlayouts`, the
 writers of every format in `importwriter`, and the rules for single values (a

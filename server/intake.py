@@ -29,7 +29,7 @@ from contract.messaging import (
 )
 from runtime import jetstream
 from runtime.failpoints import failpoint
-from server import conversations, events
+from server import conversations, eventpublishing
 from server.database import Database
 from server.metrics import INTAKE_LATENCY, INTAKE_RETRIES, MESSAGES_STORED
 from server.outbound import Outbound
@@ -99,7 +99,7 @@ class Intake:
             MESSAGES_STORED.inc(sum(item.inserted for item in stored))
             # Events before replies: the bot reports a reply it sent as `message.sent`,
             # which must never reach an agent before the message it answers.
-            await events.publish_received(self._js, self._db, stored)
+            await eventpublishing.publish_received(self._js, self._db, stored)
             failpoint("server.intake.after_events_published")
             await self._reply(stored)
         except Exception as exc:  # nothing unstored is acknowledged, whatever failed

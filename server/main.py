@@ -19,7 +19,7 @@ from pymongo.errors import PyMongoError
 
 from runtime import jetstream, lifecycle
 from runtime.httpserver import GuardedHTTPServer
-from server import config, events, streams
+from server import config, eventpublishing, streams
 from server.app import Services, make_app
 from server.database import Database
 from server.intake import Intake
@@ -61,7 +61,7 @@ async def main() -> None:
             ),
             replicas=settings.nats_replicas,
         )
-        await events.ensure_stream(
+        await eventpublishing.ensure_stream(
             js, settings.events_max_age, settings.events_max_bytes, replicas=settings.nats_replicas
         )
     except jetstream.ReplicationError as exc:

@@ -18,7 +18,7 @@ from contract import clock
 from contract.messaging import OutboundMessage
 from runtime.failpoints import failpoint
 from runtime.httpserver import declared_length
-from server import events, names, sessions
+from server import eventpublishing, names, sessions
 from server.cursors import CursorCodec, CursorInvalid
 from server.handlers.base import ApiHandler, key_reused, object_id
 from server.models.stored import IdempotencyKeyReused
@@ -236,10 +236,10 @@ class SessionHandler(SessionsApiHandler):
             log.info("session %s finished without a goodbye: no chat is known for it", session["_id"])
         # Promised before the delete and held until the session is gone: a crash
         # after the delete loses no event, a failed delete announces none. Its
-        # relay erases the session's copies in the streams (server.events.erase_session).
+        # relay erases the session's copies in the streams (server.eventpublishing.erase_session).
         with database_errors():
             await self.settings["services"].outbound.promise_event(
-                events.session_finished(session),
+                eventpublishing.session_finished(session),
                 str(session["_id"]),
                 after_session_gone=session["_id"],
                 chat_id=chat,

@@ -18,7 +18,7 @@ from pymongo.errors import PyMongoError
 
 from contract.messaging import OutboundMessage
 from runtime.failpoints import failpoint
-from server import events
+from server import eventpublishing
 from server.database import Database
 from server.importing import jobs
 from server.importing.feed import Tally
@@ -62,7 +62,7 @@ class Imports:
 
     async def _announce(self, job: dict[str, Any]) -> None:
         """Promise the import's summary to its channel and its `import.finished` event, once per import."""
-        await self._outbound.promise_event(events.import_finished(job), str(job["_id"]))
+        await self._outbound.promise_event(eventpublishing.import_finished(job), str(job["_id"]))
         await self._outbound.promise(
             OutboundMessage(
                 key=f"import:{job['_id']}",

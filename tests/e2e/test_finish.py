@@ -16,7 +16,7 @@ import httpx
 import pytest
 from nats.js.errors import NotFoundError
 
-from contract.events import EVENTS_STREAM
+from contract.eventstream import EVENTS_STREAM
 from contract.messaging import DEAD_STREAM, PARKED_STREAM
 from server.config import DEFAULT_GOODBYE, DEFAULT_REPLY
 from tests.harness import ApiClient, eventually, failpoint_fired, settle, sigkill

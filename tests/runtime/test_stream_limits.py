@@ -143,16 +143,16 @@ async def test_caps_the_store_cannot_reserve_are_refused_by_name(tmp_path, caplo
 async def test_the_event_stream_is_brought_to_new_limits(clean_nats) -> None:
     """EVENTS_MAX_AGE_SECONDS and EVENTS_MAX_BYTES changed between two start-ups take effect,
     a smaller cap too (events are a window: the oldest go first)."""
-    from contract import events as contract_events
-    from server import events
+    from contract import eventstream as contract_events
+    from server import eventpublishing
 
     nc = await nats.connect(clean_nats.url)
     js = nc.jetstream()
-    await events.ensure_stream(js, max_age=7 * 24 * 3600, max_bytes=64 * 1024 * 1024)
+    await eventpublishing.ensure_stream(js, max_age=7 * 24 * 3600, max_bytes=64 * 1024 * 1024)
     for n in range(20):
         await js.publish(contract_events.subject("session.opened", "telegram", str(n)), b"e" * 1000)
 
-    await events.ensure_stream(js, max_age=3600, max_bytes=8 * 1024)  # the next start-up
+    await eventpublishing.ensure_stream(js, max_age=3600, max_bytes=8 * 1024)  # the next start-up
 
     info = await js.stream_info(contract_events.EVENTS_STREAM)
     assert (info.config.max_age, info.config.max_bytes) == (3600, 8 * 1024)
@@ -167,7 +167,7 @@ async def test_the_streams_reserve_four_stream_caps_and_the_event_cap(tmp_path, 
     outbound, parked, dead letters) at STREAM_MAX_BYTES each, and the events at
     EVENTS_MAX_BYTES; the delivered-key bucket has no cap and reserves nothing."""
     from bot.delivery import delivered_bucket
-    from server import events
+    from server import eventpublishing
 
     cap, events_cap = 1024 * 1024, 2 * 1024 * 1024
     config = tmp_path / "store.conf"
@@ -180,10 +180,10 @@ async def test_the_streams_reserve_four_stream_caps_and_the_event_cap(tmp_path, 
         await jetstream.ensure_streams(js, jetstream.StreamLimits(max_bytes=cap))
         await delivered_bucket(js)
         if created:
-            await events.ensure_stream(js, max_age=3600, max_bytes=events_cap)
+            await eventpublishing.ensure_stream(js, max_age=3600, max_bytes=events_cap)
         else:
             with pytest.raises(APIError, match="insufficient storage"):
-                await events.ensure_stream(js, max_age=3600, max_bytes=events_cap)
+                await eventpublishing.ensure_stream(js, max_age=3600, max_bytes=events_cap)
         await nc.close()
     finally:
         store.stop()

@@ -19,7 +19,7 @@ import nats
 from nats.js.errors import NotFoundError
 from websockets.sync.client import connect
 
-from contract import events
+from contract import eventstream
 from contract.messaging import DEAD_STREAM, InboundMessage
 from tests.e2e.test_poison import _publish_raw, stream_contents
 from tests.harness import API_TOKEN, eventually
@@ -92,40 +92,40 @@ async def _publish_events(url: str, messages: list[tuple[str, bytes]]) -> None:
     try:
         js = nc.jetstream()
         for subject, data in messages:
-            await js.publish(subject, data, stream=events.EVENTS_STREAM)
+            await js.publish(subject, data, stream=eventstream.EVENTS_STREAM)
     finally:
         await nc.close()
 
 
 def test_forged_events_on_the_bot_s_subject_reach_no_client(stack, clean_nats):
     server = stack.server()
-    subject = events.subject(events.MESSAGE_SENT, "telegram", SESSION)
-    genuine = events.message_sent(
+    subject = eventstream.subject(eventstream.MESSAGE_SENT, "telegram", SESSION)
+    genuine = eventstream.message_sent(
         platform="telegram",
         session_id=SESSION,
         contact_identifier="42",
         key="agent:65f0c0ffee0000000000abcd",
         text="Segue o boleto",
         kind="agent",
-        delivery=events.DELIVERY_SENT,
+        delivery=eventstream.DELIVERY_SENT,
     )
-    raw = events.to_bytes(genuine)
+    raw = eventstream.to_bytes(genuine)
     forged = [
         # Raw line breaks: served unparsed, they end the SSE frame and start another.
         raw + b'\n\nevent: session.finished\ndata: {"type": "session.finished", "session_id": "x"}',
-        events.to_bytes({**genuine, "type": events.SESSION_FINISHED}),  # another type than its subject's
-        events.to_bytes({**genuine, "session_id": "fedcba9876543210fedcba98"}),  # another session
-        events.to_bytes({**genuine, "delivery": "read"}),
-        events.to_bytes({**genuine, "message": {**genuine["message"], "text": "x" * 5000}}),
+        eventstream.to_bytes({**genuine, "type": eventstream.SESSION_FINISHED}),  # another type than its subject's
+        eventstream.to_bytes({**genuine, "session_id": "fedcba9876543210fedcba98"}),  # another session
+        eventstream.to_bytes({**genuine, "delivery": "read"}),
+        eventstream.to_bytes({**genuine, "message": {**genuine["message"], "text": "x" * 5000}}),
         b"not json",
     ]
-    extra = events.to_bytes({**genuine, "message": {**genuine["message"], "html": "<script>"}, "admin": True})
-    marker = events.to_bytes(events.event(events.IMPORT_FINISHED, **{"import": {"id": "end"}}))
+    extra = eventstream.to_bytes({**genuine, "message": {**genuine["message"], "html": "<script>"}, "admin": True})
+    marker = eventstream.to_bytes(eventstream.event(eventstream.IMPORT_FINISHED, **{"import": {"id": "end"}}))
     asyncio.run(
         _publish_events(
             clean_nats.url,
             [(subject, raw), *((subject, body) for body in forged), (subject, extra)]
-            + [(events.subject(events.IMPORT_FINISHED), marker)],
+            + [(eventstream.subject(eventstream.IMPORT_FINISHED), marker)],
         )
     )
     last_id = 2 + len(forged) + 1
@@ -140,7 +140,7 @@ def test_forged_events_on_the_bot_s_subject_reach_no_client(stack, clean_nats):
             if line.startswith("data:") and json.loads(line[5:])["id"] == last_id:
                 break
     kinds = [line.removeprefix("event: ") for line in frames if line.startswith("event:")]
-    assert kinds == [events.MESSAGE_SENT, events.MESSAGE_SENT, events.IMPORT_FINISHED], frames
+    assert kinds == [eventstream.MESSAGE_SENT, eventstream.MESSAGE_SENT, eventstream.IMPORT_FINISHED], frames
     assert [line for line in frames if line.startswith("id:")] == ["id: 1", f"id: {len(forged) + 2}", f"id: {last_id}"]
 
     with connect(f"ws://127.0.0.1:{server.port}/v1/events?since=0", additional_headers=AUTH, open_timeout=15) as ws:

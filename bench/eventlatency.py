@@ -8,12 +8,12 @@ Latency is from the event's `at` (stamped right after the message was stored,
 before the publish) to the frame being read by a client. Also the server's RSS
 per connected client (RSS after connecting them, minus before, over CLIENTS).
 
-    .venv/bin/python -m bench.events [--clients 100] [--messages 600] [--rate 30] [--profile FILE]
+    .venv/bin/python -m bench.eventlatency [--clients 100] [--messages 600] [--rate 30] [--profile FILE]
 
 Target: p99 over WebSocket <= 2 x the raw subscriber's p99 + 10 ms.
 
 The server reads the stream once and fans each event out to its clients
-(server/event_feed.py); the run prints that fan-out's mean time per event from
+(server/eventfeed.py); the run prints that fan-out's mean time per event from
 the server's own histogram. `--profile FILE` runs the server under cProfile and
 prints where its time went (the profile is kept in FILE for pstats or snakeviz).
 """
@@ -39,7 +39,7 @@ from websockets.asyncio.client import connect
 
 from bench.backends import backends
 from bench.intake import percentile
-from contract import events
+from contract import eventstream
 from contract.messaging import INBOUND_SUBJECT, PLATFORM_TELEGRAM, InboundMessage
 from devstack.processes import free_port, wait_for_port
 
@@ -95,8 +95,8 @@ async def raw_subscriber(js, expected: int, latencies: list[float], done: asynci
             done.set()
 
     sub = await js.subscribe(
-        events.filter_subject(events.MESSAGE_RECEIVED),
-        stream=events.EVENTS_STREAM,
+        eventstream.filter_subject(eventstream.MESSAGE_RECEIVED),
+        stream=eventstream.EVENTS_STREAM,
         ordered_consumer=True,
         config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
         cb=on_event,

@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
-from contract import clock, events, messaging
+from contract import clock, eventstream, messaging
 from contract.messaging import DUPLICATE_WINDOW_SECONDS
 from runtime import jetstream
 from runtime.failpoints import failpoint
@@ -52,8 +52,8 @@ async def ensure_stream(js: JetStreamContext, max_age: float, max_bytes: int, *,
     have with those limits from the start.
     """
     config = StreamConfig(
-        name=events.EVENTS_STREAM,
-        subjects=[events.EVENTS_SUBJECTS],
+        name=eventstream.EVENTS_STREAM,
+        subjects=[eventstream.EVENTS_SUBJECTS],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=max_age,
@@ -65,7 +65,7 @@ async def ensure_stream(js: JetStreamContext, max_age: float, max_bytes: int, *,
     try:
         await js.add_stream(config=config)
     except BadRequestError:
-        await jetstream.ensure_replicas(js, events.EVENTS_STREAM, replicas)
+        await jetstream.ensure_replicas(js, eventstream.EVENTS_STREAM, replicas)
         await jetstream.update_limits(js, config, keep_stored=False)
 
 
@@ -74,10 +74,10 @@ async def publish(js: JetStreamContext, body: dict[str, Any], key: str) -> None:
     kind = body["type"]
     ack = await jetstream.publish_through_election(
         js,
-        events.subject(kind, body.get("platform"), body.get("session_id")),
-        events.to_bytes(body),
+        eventstream.subject(kind, body.get("platform"), body.get("session_id")),
+        eventstream.to_bytes(body),
         timeout=PUBLISH_TIMEOUT,
-        headers={"Nats-Msg-Id": events.dedup_id(kind, key)},
+        headers={"Nats-Msg-Id": eventstream.dedup_id(kind, key)},
     )
     if not ack.duplicate:
         EVENTS_PUBLISHED.labels(type=kind).inc()
@@ -110,11 +110,11 @@ async def publish_received(js: JetStreamContext, db, stored: Sequence) -> None:
         }
         if item.session_id in opened:
             opened.discard(item.session_id)  # before the session's first message
-            bodies.append((events.event(events.SESSION_OPENED, **common), str(item.session_id)))
+            bodies.append((eventstream.event(eventstream.SESSION_OPENED, **common), str(item.session_id)))
         bodies.append(
             (
-                events.event(
-                    events.MESSAGE_RECEIVED,
+                eventstream.event(
+                    eventstream.MESSAGE_RECEIVED,
                     **common,
                     message={
                         "key": item.key,
@@ -137,8 +137,8 @@ def _message_counts(session_ids: list[ObjectId]) -> dict[ObjectId, int]:
 
 
 def session_finished(session: dict[str, Any]) -> dict[str, Any]:
-    return events.event(
-        events.SESSION_FINISHED,
+    return eventstream.event(
+        eventstream.SESSION_FINISHED,
         platform=session.get("platform"),
         session_id=str(session["_id"]),
         contact={"identifier": session.get("contact_identifier", ""), "name": session.get("contact_name", "")},
@@ -146,8 +146,8 @@ def session_finished(session: dict[str, Any]) -> dict[str, Any]:
 
 
 def import_finished(job: dict[str, Any]) -> dict[str, Any]:
-    return events.event(
-        events.IMPORT_FINISHED,
+    return eventstream.event(
+        eventstream.IMPORT_FINISHED,
         **{"import": {"id": str(job["_id"]), "status": job.get("status"), "counts": job.get("counts") or {}}},
     )
 
@@ -164,8 +164,8 @@ def promise(
     of its contact's chat `chat_id`.
     """
     kind = body["type"]
-    subject = events.subject(kind, body.get("platform"), body.get("session_id"))
-    EventPromise.keep(events.dedup_id(kind, key), subject, body, clock.now(), after_session_gone, chat_id)
+    subject = eventstream.subject(kind, body.get("platform"), body.get("session_id"))
+    EventPromise.keep(eventstream.dedup_id(kind, key), subject, body, clock.now(), after_session_gone, chat_id)
 
 
 async def erase_session(js: JetStreamContext, platform: str | None, session_id: str, chat_id: str | None) -> None:
@@ -176,7 +176,9 @@ async def erase_session(js: JetStreamContext, platform: str | None, session_id: 
     hold the same names and texts. Each purge is by subject, one request each,
     whatever the streams hold. A stream that does not exist holds nothing.
     """
-    filters = [(events.EVENTS_STREAM, subject) for subject in events.erased_with_session(platform, session_id)]
+    filters = [
+        (eventstream.EVENTS_STREAM, subject) for subject in eventstream.erased_with_session(platform, session_id)
+    ]
     if messaging.chat_token(chat_id):
         filters += [
             (messaging.PARKED_STREAM, messaging.parked_subject(chat_id)),
@@ -200,13 +202,13 @@ async def relay_promised(js: JetStreamContext, db, limit: int = 500) -> int:
         failpoint("server.events.promise_before_publish")
         try:
             body = doc["body"]
-            if body.get("type") == events.SESSION_FINISHED and body.get("session_id"):
+            if body.get("type") == eventstream.SESSION_FINISHED and body.get("session_id"):
                 # Before the event: its own subject is not among those purged, and a
                 # relay that publishes again after a crash purges again, harmlessly.
                 await erase_session(js, body.get("platform"), body["session_id"], doc.get("chat_id"))
             ack = await js.publish(
                 doc["subject"],
-                events.to_bytes(doc["body"]),
+                eventstream.to_bytes(doc["body"]),
                 timeout=PUBLISH_TIMEOUT,
                 headers={"Nats-Msg-Id": doc["key"]},
             )

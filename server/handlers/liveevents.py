@@ -1,7 +1,7 @@
 """GET /v1/events: the live event stream, over WebSocket or Server-Sent Events.
 
 Each replica reads BALCAO_EVENTS once, through its `EventFeed`, and hands every
-event to each connection whose filters it matches (`server/event_feed.py`). A
+event to each connection whose filters it matches (`server/eventfeed.py`). A
 connection that resumes from `since` (or SSE's Last-Event-ID) first catches up
 through its own ordered JetStream consumer, then joins the feed; the hand-over
 goes by stream sequence, which is the event id, so resuming has no gap and no
@@ -33,10 +33,10 @@ from tornado.iostream import StreamClosedError
 from tornado.web import url
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from contract import events
+from contract import eventstream
 from contract.values import object_id_text
 from runtime.httpserver import ascii_whole_number
-from server.event_feed import Follower, LiveEvent
+from server.eventfeed import Follower, LiveEvent
 from server.handlers.base import ApiHandler
 from server.metrics import EVENT_CLIENTS, EVENT_CLIENTS_DROPPED
 from server.problems import ApiError, field_error
@@ -124,7 +124,7 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
         self.transport = "websocket"
         self.token_key = ""
         self.since: int | None = None
-        self.filter = events.filter_subject()
+        self.filter = eventstream.filter_subject()
         self.gone: str | None = None
         self._follower: Follower | None = None
         self._buffer_limit = self.settings["config"].events_client_buffer_bytes
@@ -201,18 +201,18 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
             if not _PLATFORM.fullmatch(platform):
                 errors.append(field_error("platform", "must be a platform name such as telegram", "query"))
         kind = self.get_query_argument("type", None)
-        if kind is not None and kind not in events.KINDS:
-            errors.append(field_error("type", f"must be one of {', '.join(events.KINDS)}", "query"))
+        if kind is not None and kind not in eventstream.KINDS:
+            errors.append(field_error("type", f"must be one of {', '.join(eventstream.KINDS)}", "query"))
         if errors:
             detail = "; ".join(f"{error['field']} {error['message']}" for error in errors)
             raise ApiError(400, detail, kind="invalid-parameters", errors=errors)
-        self.filter = events.filter_subject(kind, platform, session)
+        self.filter = eventstream.filter_subject(kind, platform, session)
 
     async def _check_since(self) -> None:
         if self.since is None:
             return
         try:
-            info = await self.settings["services"].js.stream_info(events.EVENTS_STREAM)
+            info = await self.settings["services"].js.stream_info(eventstream.EVENTS_STREAM)
         except NotFoundError:
             return
         except (NatsError, asyncio.TimeoutError) as exc:
