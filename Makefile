@@ -79,7 +79,7 @@ bench: install
 	$(PY) -m bench.replies
 	$(PY) -m bench.imports --sessions $(BENCH_SESSIONS)
 	$(PY) -m bench.sessions --sessions $(BENCH_LIST_SESSIONS)
-	$(PY) -m bench.events
+	$(PY) -m bench.eventlatency
 	$(PY) -m bench.outbound --messages 600 --chats 200 --burst 20
 	$(PY) -m bench.csv_reading
 	$(PY) -m bench.report

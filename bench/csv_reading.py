@@ -21,8 +21,9 @@ from collections.abc import Callable
 import pandas as pd
 
 from bench import method
-from cli.generate import generate_sessions, write_sessions
+from cli.generate import generate_sessions
 from cli.readers import read_chunks
+from contract.importwriter import write_sessions
 from server.importing.parsers import open_parser
 
 CHUNK_RECORDS = 1000

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import method, profiling, stack
-from cli.generate import generate_sessions, write_sessions
+from cli.generate import generate_sessions
+from contract.importwriter import write_sessions
 from devstack.processes import free_port, wait_for_port
 
 

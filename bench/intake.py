@@ -54,7 +54,7 @@ import nats.js.errors
 
 from bench import method, profiling, stack
 from bench.reference import documents as d
-from contract.events import EVENTS_STREAM
+from contract.eventstream import EVENTS_STREAM
 from contract.messaging import INBOUND_CONSUMER, INBOUND_STREAM, INBOUND_SUBJECT, OUTBOUND_STREAM
 from devstack.faketelegram import FakeTelegram
 from devstack.processes import free_port, wait_for_port

@@ -41,7 +41,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from bench import method, profiling, stack
 from bench.intake import TOKEN, WARM_CONTACT, profiled, until
 from bench.reference.documents import REPLY
-from contract.events import EVENTS_STREAM, EVENTS_SUBJECT_ROOT, MESSAGE_RECEIVED
+from contract.eventstream import EVENTS_STREAM, EVENTS_SUBJECT_ROOT, MESSAGE_RECEIVED
 from devstack.faketelegram import FakeTelegram
 from devstack.processes import free_port, wait_for_port
 

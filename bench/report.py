@@ -26,7 +26,7 @@ COMMANDS = {
     "replies": ".venv/bin/python -m bench.replies",
     "imports": ".venv/bin/python -m bench.imports",
     "sessions": ".venv/bin/python -m bench.sessions",
-    "events": ".venv/bin/python -m bench.events",
+    "events": ".venv/bin/python -m bench.eventlatency",
     "outbound": ".venv/bin/python -m bench.outbound",
     "csv_reading": ".venv/bin/python -m bench.csv_reading",
 }

@@ -46,15 +46,15 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Tele
 from bot.metrics import OUTBOUND_FAILURES, OUTBOUND_PARKED, OUTBOUND_SENT
 from bot.relay import retry_seconds
 from bot.reports import report_delivery
-from contract import events
+from contract import eventstream
 from contract.messaging import (
     DELIVERED_BUCKET,
     OUTBOUND_CONSUMER,
     OUTBOUND_STREAM,
     OUTBOUND_SUBJECT,
-    PARKED_SUBJECT,
     OutboundMessage,
     PayloadError,
+    parked_subject,
 )
 from runtime import jetstream
 from runtime.failpoints import failpoint
@@ -331,7 +331,7 @@ class Delivery:
         # The residual window: Telegram has the message, the marker is not written.
         failpoint("bot.delivery.after_send_before_marker")
         await self._remember(marker)
-        await report_delivery(self._js, outbound, events.DELIVERY_SENT)
+        await report_delivery(self._js, outbound, eventstream.DELIVERY_SENT)
         with contextlib.suppress(NatsError, asyncio.TimeoutError):
             await msg.ack()  # if lost, the redelivery finds the marker
         return None
@@ -393,9 +393,11 @@ class Delivery:
             kind=outbound.kind,
             meta={**outbound.meta, "reason": reason},
         )
-        await self._js.publish(PARKED_SUBJECT, parked.to_bytes(), headers={"Nats-Msg-Id": outbound.key})
+        await self._js.publish(
+            parked_subject(outbound.chat_id), parked.to_bytes(), headers={"Nats-Msg-Id": outbound.key}
+        )
         OUTBOUND_PARKED.labels(kind=outbound.kind).inc()
-        await report_delivery(self._js, outbound, events.DELIVERY_PARKED)
+        await report_delivery(self._js, outbound, eventstream.DELIVERY_PARKED)
 
 
 def chat_interval(chat_id: str) -> float:

@@ -36,17 +36,18 @@ from bson import ObjectId
 from mongoengine import NotUniqueError
 
 from contract import clock
+from runtime.failpoints import failpoint
 from server import names
-from server.conversations import preview, remember_finished
-from server.models import (
-    IdempotencyKeyReused,
-    Message,
+from server.models.messages import FinishedMessage, Message
+from server.models.sessions import (
     Session,
     activity_floor,
     activity_key,
     activity_key_time,
     activity_time_prefix,
+    preview,
 )
+from server.models.stored import IdempotencyKeyReused
 
 FIRST_SLICE_MS = 60_000
 MIN_SLICE_MS = 1_000
@@ -110,6 +111,8 @@ def list_sessions(
     with a cursor past the last one read, so no single request walks every
     session the probe word matches.
     """
+    # A listing holding a database thread (a slow query), or failing unexpectedly (a 500).
+    failpoint("server.sessions.list")
     equality, wanted = _access_path(criteria)
     floor = activity_floor(criteria.active_since) if criteria.active_since else ""
     upper = resume.before if resume else None
@@ -119,7 +122,7 @@ def list_sessions(
     examined = 0
     while True:
         bottom = top - width
-        lower = max(activity_floor(_from_milliseconds(bottom)), floor) if bottom > 0 else floor
+        lower = max(activity_floor(clock.from_milliseconds(bottom)), floor) if bottom > 0 else floor
         bounds = {**({"$gte": lower} if lower else {}), **({"$lt": upper} if upper else {})}
         # Re-checked candidates may be dropped, so those queries take a full page.
         batch = limit + 1 if wanted is not None else limit + 1 - len(found)
@@ -173,9 +176,6 @@ def _milliseconds(at: dt.datetime) -> int:
     return int(activity_time_prefix(at))
 
 
-_from_milliseconds = clock.from_milliseconds
-
-
 def find_session(session_id: ObjectId) -> dict[str, Any] | None:
     return Session.objects.find_one(session_id)
 
@@ -193,7 +193,7 @@ class MessagesResume:
         at, message_id = position["at"], position["id"]
         if not isinstance(at, int) or not isinstance(message_id, str):
             raise ValueError("malformed messages position")
-        return cls(_from_milliseconds(at), ObjectId(message_id))
+        return cls(clock.from_milliseconds(at), ObjectId(message_id))
 
 
 @dataclass
@@ -237,7 +237,7 @@ def finish(session_id: ObjectId) -> bool:
     """
     keys = Message.objects.keys_of(session_id)
     if keys:
-        remember_finished(keys, session_id)
+        FinishedMessage.remember(keys, session_id, clock.now())
         Message.objects(session_id=session_id, key__in=keys).delete()
     deleted = Session.objects(id=session_id).delete()
     Message.objects(session_id=session_id).delete()
@@ -268,6 +268,7 @@ def add_agent_reply(session: dict[str, Any], text: str, idempotency_key: str | N
     message = Message.outbound(session["_id"], key, text, now, message_id=message_id)
     try:
         Message.save_new(message)
+        failpoint("server.reply.after_message_stored")  # stored, neither counted nor promised
     except NotUniqueError:
         if idempotency_key is None:
             raise

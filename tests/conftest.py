@@ -18,6 +18,7 @@ import pymongo
 import pytest
 
 from devstack.processes import NatsServer, SecantusServer, free_port, wait_for_port
+from runtime import failpoints
 from tests.harness import (
     BOT_TOKEN,
     ROOT,
@@ -26,6 +27,10 @@ from tests.harness import (
     reset_jetstream,
     stack_env,
 )
+
+# The tests' processes, this one and every one it starts, are tests': fail points
+# may be armed in them (runtime/failpoints.py refuses them anywhere else).
+os.environ[failpoints.TESTING_ENV] = "1"
 
 
 @pytest.fixture(scope="session")
@@ -170,6 +175,7 @@ SLOW_FIRST = (
     "tests/e2e/",
     "tests/security/",
     "tests/server/test_imports_api.py",
+    "tests/server/test_imports_idle.py",
     "tests/cli/",
     "tests/bot/test_delivery.py",
 )

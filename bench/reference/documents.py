@@ -19,7 +19,7 @@ from bson import ObjectId
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from pymongo import ASCENDING, IndexModel
 
-from contract.events import EVENTS_STREAM, EVENTS_SUBJECTS
+from contract.eventstream import EVENTS_STREAM, EVENTS_SUBJECTS
 from contract.messaging import (
     DELIVERED_BUCKET,
     INBOUND_STREAM,

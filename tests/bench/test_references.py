@@ -16,7 +16,8 @@ import pytest
 
 from bench.reference import documents, importer
 from bench.reference import intake as reference_intake
-from cli.generate import generate_sessions, write_sessions
+from cli.generate import generate_sessions
+from contract.importwriter import write_sessions
 from contract.messaging import InboundMessage
 from runtime import jetstream
 from server import models, names

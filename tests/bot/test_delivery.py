@@ -8,10 +8,11 @@ import json
 import nats
 import pytest
 import pytest_asyncio
+from nats.js.errors import APIError
 from telegram import Bot
 
 from bot.delivery import Delivery, RollingSecond, delivered_bucket, delivered_key
-from contract.messaging import OUTBOUND_SUBJECT, PARKED_STREAM, PARKED_SUBJECT, OutboundMessage
+from contract.messaging import OUTBOUND_STREAM, OUTBOUND_SUBJECT, PARKED_STREAM, PARKED_SUBJECT, OutboundMessage
 from devstack.faketelegram import FakeTelegram
 from runtime import jetstream
 
@@ -86,12 +87,33 @@ async def test_undeliverable_message_is_parked_with_its_reason(fake, js, deliver
     fake.register_user(12, "Bia")
     await publish(js, "fine", "12", "ok")
     await until(lambda: fake.sent(12))
-    subscription = await js.pull_subscribe(PARKED_SUBJECT, durable="test-parked", stream=PARKED_STREAM)
+    subscription = await js.pull_subscribe(f"{PARKED_SUBJECT}.>", durable="test-parked", stream=PARKED_STREAM)
     parked = await subscription.fetch(1, timeout=5)
+    assert parked[0].subject == f"{PARKED_SUBJECT}.999"  # per chat: a finish purges its contact's
     body = json.loads(parked[0].data)
     assert body["key"] == "lost"
     assert "chat not found" in body["meta"]["reason"].lower()
     assert fake.sent(999) == []
+
+
+@pytest.mark.asyncio
+async def test_a_full_parked_stream_keeps_what_it_holds_and_the_next_stays_outbound(fake, js, delivery):
+    """At the cap the parked stream refuses the next message instead of pushing out the
+    oldest: that one stays in the outbound stream, tried again, until there is room."""
+    await jetstream.ensure_streams(js, jetstream.StreamLimits(max_bytes=8192))
+    earlier = 0
+    with pytest.raises(APIError, match="maximum bytes"):
+        for n in range(100):
+            await js.publish(PARKED_SUBJECT, f"{n:04d}".encode() + b"p" * 996)
+            earlier += 1
+    await publish(js, "refused", "998", "ninguém" * 150)  # chat not found: to be parked
+
+    # Telegram refused it twice: parking failed once and the bot came back to it.
+    await until(lambda: len(fake.attempts(998)) >= 2, timeout=20)
+    parked = await js.stream_info(PARKED_STREAM)
+    assert parked.state.messages == earlier
+    assert (await js.get_msg(PARKED_STREAM, 1)).data.startswith(b"0000")
+    assert (await js.stream_info(OUTBOUND_STREAM)).state.messages == 1  # not acknowledged
 
 
 @pytest.mark.asyncio

@@ -21,7 +21,7 @@ from contract import messaging
 from devstack.processes import NatsServer
 from runtime import jetstream
 from tests.conftest import Stack
-from tests.harness import ROOT, eventually, stack_env
+from tests.harness import API_TOKEN, ROOT, eventually, stack_env
 
 CONFIG = ROOT / "deploy" / "nats" / "nats.conf"
 PASSWORDS = {"server": "server-test-password-0123", "bot": "bot-test-password-4567"}
@@ -107,6 +107,15 @@ def test_server_and_bot_work_as_their_own_users(secured_stack, secured_nats, tel
         return info.state.messages
 
     assert asyncio.run(parked()) == 1
+    # Finishing that contact's session purges its parked reply, with the server's user.
+    caio = mongo.sessions.find_one({"contact_identifier": "8002"})
+    finished = httpx.delete(
+        f"{secured_stack.api_url}/v1/sessions/{caio['_id']}",
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+        timeout=30,
+    )
+    assert finished.status_code == 204, finished.text
+    eventually(lambda: asyncio.run(parked()) == 0, timeout=30, message="the parked reply erased with its session")
     # The stream gauges are read with the server's user too (stream info).
     metrics = httpx.get(f"{secured_stack.api_url}/metrics", timeout=10).text
     for stream in (messaging.INBOUND_STREAM, messaging.OUTBOUND_STREAM, messaging.PARKED_STREAM):

@@ -110,3 +110,24 @@ def test_intake_ack_wait_defaults_to_30_and_is_bounded():
         with pytest.raises(ConfigError) as error:
             config.load({**VALID, "INTAKE_ACK_WAIT": wrong})
         assert any("INTAKE_ACK_WAIT" in problem for problem in error.value.problems)
+
+
+def test_retention_of_parked_messages_dead_letters_and_imports_defaults_to_30_days():
+    month = 30 * 24 * 3600
+    defaults = config.load(VALID)
+    assert (defaults.parked_max_age, defaults.dead_letter_max_age, defaults.import_retention) == (month, month, month)
+    settings = config.load(
+        {
+            **VALID,
+            "PARKED_MAX_AGE_SECONDS": "86400",
+            "DEAD_LETTER_MAX_AGE_SECONDS": "172800",
+            "IMPORT_RETENTION_SECONDS": "3600",
+        }
+    )
+    assert (settings.parked_max_age, settings.dead_letter_max_age, settings.import_retention) == (86400, 172800, 3600)
+    with pytest.raises(ConfigError) as error:
+        config.load({**VALID, "PARKED_MAX_AGE_SECONDS": "0", "IMPORT_RETENTION_SECONDS": "1"})
+    assert {problem.split()[0] for problem in error.value.problems} == {
+        "PARKED_MAX_AGE_SECONDS",
+        "IMPORT_RETENTION_SECONDS",
+    }

@@ -21,7 +21,7 @@ from pymongo import monitoring
 
 from contract.messaging import InboundMessage
 from server import conversations, sessions
-from server.models import activity_key, activity_time_prefix
+from server.models.sessions import activity_key, activity_time_prefix
 from server.sessions import MessagesResume, SessionFilter, SessionsResume
 from tests.server import factories
 from tests.server.factories import MessageFactory, SessionFactory, now

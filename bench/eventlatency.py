@@ -9,7 +9,7 @@ Latency is from the event's `at` (stamped right after the message was stored,
 before the publish) to the frame being read. Also the server's RSS per
 connected client, its CPU, and its own account of the fan-out per event.
 
-    .venv/bin/python -m bench.events [--clients 100] [--messages 1000] [--rate 30] [--runs 3] [--profile FILE]
+    .venv/bin/python -m bench.eventlatency [--clients 100] [--messages 1000] [--rate 30] [--runs 3] [--profile FILE]
 
 Each run is on a fresh nats-server and database; the figures are medians of
 the runs. Target: p99 over WebSocket <= 2 x the raw subscriber's p99 + 10 ms.
@@ -39,7 +39,7 @@ from websockets.asyncio.client import connect
 
 from bench import method, stack
 from bench.intake import inbound, wait_ready
-from contract import events
+from contract import eventstream as events
 from contract.messaging import INBOUND_SUBJECT
 from devstack.processes import free_port, wait_for_port
 
