@@ -19,6 +19,13 @@ checked before every send and written after it, so a message published twice
 restart forgot it) is sent once. The one window left: a crash after Telegram
 accepted a send and before its marker was written sends it once more.
 
+A text longer than one Telegram message goes out as several (`bot.parts`), one
+part per turn of its chat, so the parts obey the same pacing as everything
+else. The marker then records progress (`parts:N`, N parts sent) after each
+part, and a redelivery resumes after the last part recorded: a crash between
+parts sends none of them twice. The marker reads `1` once the whole message is
+out.
+
 A message Telegram will never accept (bot blocked, chat not found) is parked
 with a log line instead of being retried forever.
 """
@@ -44,6 +51,7 @@ from telegram import Bot
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
 from bot.metrics import OUTBOUND_FAILURES, OUTBOUND_PARKED, OUTBOUND_SENT
+from bot.parts import split_message
 from bot.relay import retry_seconds
 from bot.reports import report_delivery
 from contract import eventstream
@@ -67,6 +75,9 @@ log = logging.getLogger(__name__)
 ACK_WAIT = 30.0
 NETWORK_RETRY_DELAY = 2.0
 DELIVERED_TTL = 7 * 24 * 3600
+# A delivered marker's value: the whole message is out, or `parts:N` of it.
+DELIVERED_VALUE = b"1"
+PARTS_PREFIX = b"parts:"
 # Telegram's per-chat limits (Bot API FAQ): one message a second in a private
 # chat, 20 a minute in a group or channel.
 PRIVATE_CHAT_INTERVAL = 1.0
@@ -293,23 +304,26 @@ class Delivery:
             self._wake.set()
 
     async def _deliver(self, msg: Msg, outbound: OutboundMessage, room: Room) -> float | None:
-        """Send one message in its `room`; the delay before another try, or None when done with it."""
+        """Send one message, or its next part, in its `room`; the delay before another
+        try (or the next part), or None when done with it."""
         marker = delivered_key(outbound.key)
         # Every delivery is checked, not only redeliveries: the same key can come
         # back as a new stream message when its publisher retried after the
         # de-duplication window, or after NATS lost that window in a restart.
         try:
-            delivered = await self._was_delivered(marker)
+            progress = await self._parts_sent(marker)
         except (NatsError, asyncio.TimeoutError) as exc:
             log.warning("delivered-key store unreachable, chat %s waits: %s", outbound.chat_id, exc)
             return NETWORK_RETRY_DELAY
-        if delivered:
+        if progress is None:
             log.info("outbound %s to chat %s already delivered; not sent again", outbound.kind, outbound.chat_id)
             await msg.ack()
             return None
+        parts = split_message(outbound.text)
+        sent = min(progress, len(parts) - 1)
         room.requested = True
         try:
-            await self._bot.send_message(chat_id=chat_ref(outbound.chat_id), text=outbound.text)
+            await self._bot.send_message(chat_id=chat_ref(outbound.chat_id), text=parts[sent])
         except RetryAfter as exc:
             OUTBOUND_FAILURES.labels(reason="retry_after").inc()
             log.warning("telegram asks to wait %s s before chat %s", exc.retry_after, outbound.chat_id)
@@ -327,10 +341,18 @@ class Delivery:
             OUTBOUND_FAILURES.labels(reason="other").inc()
             log.warning("sending to chat %s failed, will retry: %r", outbound.chat_id, exc)
             return NETWORK_RETRY_DELAY
-        OUTBOUND_SENT.labels(kind=outbound.kind).inc()
-        # The residual window: Telegram has the message, the marker is not written.
+        # The residual window: Telegram has the message (or part), the marker is not written.
         failpoint("bot.delivery.after_send_before_marker")
-        await self._remember(marker)
+        sent += 1
+        if sent < len(parts):
+            await self._remember(marker, parts_sent(sent))
+            # Between parts: a crash here resumes with the next part, none sent twice.
+            failpoint("bot.delivery.between_parts")
+            with contextlib.suppress(NatsError, asyncio.TimeoutError):
+                await msg.in_progress()
+            return chat_interval(outbound.chat_id)
+        OUTBOUND_SENT.labels(kind=outbound.kind).inc()
+        await self._remember(marker, DELIVERED_VALUE)
         await report_delivery(self._js, outbound, eventstream.DELIVERY_SENT)
         with contextlib.suppress(NatsError, asyncio.TimeoutError):
             await msg.ack()  # if lost, the redelivery finds the marker
@@ -360,21 +382,29 @@ class Delivery:
                     await msg.nak()
         self._chats.clear()
 
-    async def _was_delivered(self, marker: str) -> bool:
+    async def _parts_sent(self, marker: str) -> int | None:
+        """How many parts of the message were sent (0: none), or None when all of it was."""
         try:
-            await self._delivered.get(marker)
-            return True
+            entry = await self._delivered.get(marker)
         except KeyNotFoundError:
-            return False
+            return 0
+        value = entry.value or b""
+        if value.startswith(PARTS_PREFIX):
+            try:
+                return int(value[len(PARTS_PREFIX) :])
+            except ValueError:
+                log.warning("unreadable delivery progress %r; sending from the first part", value[:40])
+                return 0
+        return None
 
-    async def _remember(self, marker: str) -> None:
+    async def _remember(self, marker: str, value: bytes) -> None:
         """Write the marker before acknowledging, however long NATS is away: the message
-        went out, and without the marker its redelivery (the ack is lost with NATS too)
-        would send it again."""
+        (or part) went out, and without the marker its redelivery (the ack is lost with
+        NATS too) would send it again."""
         delay = 0.5
         while True:
             try:
-                await self._delivered.put(marker, b"1")
+                await self._delivered.put(marker, value)
                 return
             except (NatsError, asyncio.TimeoutError) as exc:
                 if self._stopping.is_set():
@@ -398,6 +428,10 @@ class Delivery:
         )
         OUTBOUND_PARKED.labels(kind=outbound.kind).inc()
         await report_delivery(self._js, outbound, eventstream.DELIVERY_PARKED)
+
+
+def parts_sent(count: int) -> bytes:
+    return PARTS_PREFIX + str(count).encode()
 
 
 def chat_interval(chat_id: str) -> float:

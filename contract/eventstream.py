@@ -34,7 +34,7 @@ import re
 from typing import Any
 
 from contract import clock
-from contract.messaging import MAX_NAME_LENGTH, MAX_TEXT_LENGTH, MAX_TIMESTAMP_LENGTH, PLATFORM
+from contract.messaging import MAX_NAME_LENGTH, MAX_REPLY_LENGTH, MAX_TIMESTAMP_LENGTH, PLATFORM
 
 EVENTS_STREAM = "BALCAO_EVENTS"
 EVENTS_SUBJECT_ROOT = "balcao.events"
@@ -170,7 +170,7 @@ def _message_sent_checked(body: dict[str, Any]) -> dict[str, Any] | None:
         # A user id, or the chat as the outbound message named it (`@name`, `-100…`).
         or not 1 <= len(fields["contact_identifier"]) <= MAX_NAME_LENGTH
         or not 1 <= len(fields["key"]) <= MAX_KEY_LENGTH
-        or len(fields["text"]) > MAX_TEXT_LENGTH
+        or len(fields["text"]) > MAX_REPLY_LENGTH  # an agent's reply, sent in parts when long
         or fields["kind"] not in REPLY_KINDS
         or fields["delivery"] not in DELIVERIES
         or message.get("direction") != "out"

@@ -77,6 +77,10 @@ PLATFORM_TELEGRAM = "telegram"
 # with the reason) instead of storing it: one huge field would fail its whole
 # batch's writes, and the batch would be retried for hours.
 MAX_TEXT_LENGTH = 4096  # Telegram's limit for the text of one message
+# An agent's reply may be longer than one Telegram message: the bot sends it as
+# several (bot/parts.py). The server's REPLY_MAX_CHARACTERS (32,768 by default)
+# may be raised up to this; events carry the whole text up to it too.
+MAX_REPLY_LENGTH = 65536
 MAX_NAME_LENGTH = 200  # Telegram: a first name and a last name of 64 characters each
 # E.164 numbers have at most 15 digits and Telegram user ids fit in 52 bits (16
 # digits); the margin accepts other platforms' numeric ids.

@@ -13,6 +13,7 @@ from server.importing.limits import MAX_RECORD_DEPTH, MAX_RECORD_VALUES
 
 DEFAULT_GOODBYE = "Seu atendimento foi finalizado. Obrigado pelo contato!"
 DEFAULT_REPLY = "Reply: mensagem recebida"
+DEFAULT_REPLY_MAX_CHARACTERS = 32768
 # 32 random characters are beyond guessing online; shorter tokens are typed by hand.
 MIN_SECRET_LENGTH = 32
 
@@ -25,6 +26,9 @@ class Settings:
     nats_url: str
     reply_text: str = DEFAULT_REPLY
     goodbye_text: str = DEFAULT_GOODBYE
+    # An agent's reply, in characters (code points); past Telegram's 4,096 UTF-16
+    # code units the bot sends it as several messages.
+    reply_max_characters: int = DEFAULT_REPLY_MAX_CHARACTERS
     import_max_bytes: int = 1024 * 1024 * 1024
     import_max_record_bytes: int = MAX_RECORD_BYTES
     import_max_record_depth: int = MAX_RECORD_DEPTH
@@ -124,6 +128,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         or "",
         nats_replicas=env.integer("NATS_REPLICAS", 1, minimum=1, maximum=5),
         goodbye_text=env.text("GOODBYE_TEXT", DEFAULT_GOODBYE) or DEFAULT_GOODBYE,
+        reply_max_characters=env.integer(
+            "REPLY_MAX_CHARACTERS", DEFAULT_REPLY_MAX_CHARACTERS, minimum=1, maximum=messaging.MAX_REPLY_LENGTH
+        ),
         import_max_bytes=env.integer("IMPORT_MAX_BYTES", 1024 * 1024 * 1024, minimum=1),
         import_max_record_bytes=env.integer("IMPORT_MAX_RECORD_BYTES", MAX_RECORD_BYTES, minimum=1024),
         import_max_record_depth=env.integer("IMPORT_MAX_RECORD_DEPTH", MAX_RECORD_DEPTH, minimum=4, maximum=10_000),

@@ -34,11 +34,17 @@ MESSAGE_ID = r"(?P<message_id>[^/]+)"
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 MAX_QUERY_LENGTH = 200
-# Telegram's limit for the text of one message.
-MAX_TEXT_LENGTH = 4096
-# 4096 characters JSON-escaped at worst as surrogate pairs (12 bytes each) fit
-# in 48 KiB; a larger body is not a reply and is not read.
-MAX_REPLY_BODY = 64 * 1024
+# A reply's characters JSON-escaped at worst as surrogate pairs (12 bytes each),
+# plus room for the rest of the object; a larger body is not a reply and is not read.
+ESCAPED_CHARACTER_BYTES = 12
+REPLY_BODY_SLACK = 4096
+
+
+def reply_body_limit(max_characters: int) -> int:
+    """The largest body an agent reply of `max_characters` can take."""
+    return max_characters * ESCAPED_CHARACTER_BYTES + REPLY_BODY_SLACK
+
+
 _PLATFORM = re.compile(r"[a-z0-9_-]{1,32}")
 _QUERY_PUNCTUATION = frozenset(" '’-")
 # RFC 3339 date-time, as the OpenAPI `format: date-time` promises; the zone is
@@ -260,11 +266,12 @@ class SessionMessagesHandler(SessionsApiHandler):
         self._body: list[bytes] = []
         if self.request.method != "POST":
             return  # a GET with a body was refused before it was read (runtime/httpserver.py)
+        limit = reply_body_limit(self.settings["config"].reply_max_characters)
         length = declared_length(self.request.headers)
-        if length is not None and length > MAX_REPLY_BODY:
-            raise ApiError(413, f"an agent reply body is at most {MAX_REPLY_BODY} bytes", kind="payload-too-large")
+        if length is not None and length > limit:
+            raise ApiError(413, f"an agent reply body is at most {limit} bytes", kind="payload-too-large")
         if self.request.connection is not None:  # chunked bodies are cut off at the limit too
-            self.request.connection.set_max_body_size(MAX_REPLY_BODY)
+            self.request.connection.set_max_body_size(limit)
 
     def data_received(self, chunk: bytes) -> None:
         self._body.append(chunk)
@@ -284,7 +291,7 @@ class SessionMessagesHandler(SessionsApiHandler):
     async def post(self, session_id: str) -> None:
         """An agent's reply: stored in the session and delivered to the contact."""
         self.request.body = b"".join(self._body)
-        text = agent_text(self.json_body())
+        text = agent_text(self.json_body(), self.settings["config"].reply_max_characters)
         session = await self.open_session(session_id)
         chat = session.get("chat_id")
         if not chat:
@@ -316,7 +323,9 @@ class SessionMessagesHandler(SessionsApiHandler):
         self.write_json(message_resource(message), status=201)
 
 
-def agent_text(body: dict[str, Any]) -> str:
+def agent_text(body: dict[str, Any], max_characters: int) -> str:
+    """The reply's text, checked. Its length is counted in characters (code points);
+    a text past one Telegram message (4,096 UTF-16 code units) is sent as several."""
     errors = [field_error(name, "is not a field of an agent reply") for name in body if name != "text"]
     text = body.get("text")
     if text is None:
@@ -325,9 +334,13 @@ def agent_text(body: dict[str, Any]) -> str:
         errors.append(field_error("text", "must be a string"))
     elif not text.strip():
         errors.append(field_error("text", "must not be empty or only spaces"))
-    elif len(text) > MAX_TEXT_LENGTH:
+    elif len(text) > max_characters:
         errors.append(
-            field_error("text", f"must be at most {MAX_TEXT_LENGTH} characters (Telegram's limit), got {len(text)}")
+            field_error(
+                "text",
+                f"must be at most {max_characters} characters (REPLY_MAX_CHARACTERS; longer than one "
+                f"Telegram message is sent as several), got {len(text)}",
+            )
         )
     if errors:
         detail = "; ".join(f"{error['field']} {error['message']}" for error in errors)

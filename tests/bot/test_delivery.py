@@ -12,6 +12,7 @@ from nats.js.errors import APIError
 from telegram import Bot
 
 from bot.delivery import Delivery, RollingSecond, delivered_bucket, delivered_key
+from bot.parts import split_message
 from contract.messaging import OUTBOUND_STREAM, OUTBOUND_SUBJECT, PARKED_STREAM, PARKED_SUBJECT, OutboundMessage
 from devstack.faketelegram import FakeTelegram
 from runtime import jetstream
@@ -206,3 +207,40 @@ def test_the_rolling_second_lets_a_burst_go_at_once_and_holds_each_send_a_second
     assert window.wait() == pytest.approx(1.0), "answered at 100.2: room again at 101.2"
     window.release(rooms[1])  # never sent (already delivered, say): its room is free at once
     assert window.wait() == 0.0
+
+
+def long_reply() -> str:
+    """10,000 characters in paragraphs, emoji among them: three Telegram messages."""
+    paragraphs = [f"Parte {n} 😀 " + "resposta longa " * 40 for n in range(20)]
+    return "\n\n".join(p.strip() for p in paragraphs)[:10_000]
+
+
+@pytest.mark.asyncio
+async def test_a_long_message_goes_out_as_its_parts_in_order_and_is_marked_delivered(fake, js, delivery):
+    fake.register_user(15, "Edu")
+    text = long_reply()
+    await publish(js, "long", "15", text)
+    await publish(js, "after-long", "15", "depois")
+    sent = await until(lambda: [m["text"] for m in fake.sent(15)] if len(fake.sent(15)) == 4 else None, timeout=20)
+    assert sent == [*split_message(text), "depois"]
+    assert len(sent) == 4
+    assert (await (await delivered_bucket(js)).get(delivered_key("long"))).value == b"1"
+
+
+@pytest.mark.asyncio
+async def test_a_redelivered_long_message_resumes_after_the_parts_recorded(fake, js):
+    fake.register_user(16, "Fabi")
+    text = long_reply()
+    parts = split_message(text)
+    # A bot sent part 1, recorded it, and died before part 2.
+    await (await delivered_bucket(js)).put(delivered_key("half"), b"parts:1")
+    await publish(js, "half", "16", text)
+
+    async with Bot(TOKEN, base_url=f"{fake.base_url}/bot") as bot:
+        running = Delivery(bot, js)
+        task = asyncio.create_task(running.run())
+        await until(lambda: len(fake.sent(16)) == 2, timeout=20)
+        await until(lambda: not running.held)
+        running.stop()
+        await asyncio.wait_for(task, 10)
+    assert [m["text"] for m in fake.sent(16)] == parts[1:]

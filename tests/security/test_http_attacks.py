@@ -235,8 +235,9 @@ def test_a_chunked_body_over_the_limit_is_refused_when_it_passes_it(target):
 
 
 def test_a_chunked_agent_reply_over_its_limit_is_a_413(target, session):
-    """The reply route streams and sets its own 64 KiB limit; a chunked body has
-    no length to check beforehand, so the limit is counted as it arrives."""
+    """The reply route streams and sets its own limit (REPLY_MAX_CHARACTERS escaped
+    at worst, 388 KiB by default); a chunked body has no length to check
+    beforehand, so the limit is counted as it arrives."""
     sock = connect(target)
     sock.sendall(
         f"POST /v1/sessions/{session['_id']}/messages HTTP/1.1\r\nHost: x\r\n"
@@ -246,7 +247,7 @@ def test_a_chunked_agent_reply_over_its_limit_is_a_413(target, session):
     piece = b"x" * 16384
     with Watch(target) as watch:
         try:
-            for _ in range(8):
+            for _ in range(32):  # 512 KiB
                 sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
         except OSError:
             pass
@@ -445,9 +446,9 @@ def test_hostile_json_starting_a_chunked_import_is_a_400_naming_the_field(target
     watch.check()
 
 
-@pytest.mark.parametrize(("path", "limit"), [("/v1/sessions/{id}/messages", 64 * 1024), ("/v1/imports", 16 * 1024)])
-def test_json_nested_100000_deep_is_refused_by_size(target, session, path, limit):
-    body = ('{"text": ' + nested(100_000) + "}").encode()
+@pytest.mark.parametrize(("path", "depth"), [("/v1/sessions/{id}/messages", 300_000), ("/v1/imports", 100_000)])
+def test_json_nested_deep_past_the_route_limit_is_refused_by_size(target, session, path, depth):
+    body = ('{"text": ' + nested(depth) + "}").encode()
     with target.client() as client:
         response = client.post(
             path.format(id=session["_id"]), content=body, headers={"Content-Type": "application/json"}

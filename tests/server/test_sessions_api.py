@@ -305,7 +305,7 @@ def test_a_malformed_idempotency_key_is_a_400_problem(api, header):
         ({"text": "   \n "}, "text"),
         ({"text": 42}, "text"),
         ({"text": None}, "text"),
-        ({"text": "x" * 4097}, "text"),
+        ({"text": "x" * 32_769}, "text"),
         ({"text": "oi", "chat_id": "1"}, "chat_id"),
     ],
 )
@@ -331,8 +331,12 @@ def test_agent_reply_bodies_must_be_json_objects_of_sane_size(api):
     )
     assert api.post(path, content=b'{"text": ', headers={"Content-Type": "application/json"}).status_code == 400
     assert api.post(path, json=["oi"]).status_code == 400
-    assert api.post(path, json={"text": "x" * 4096}).status_code == 201
-    too_big = api.post(path, json={"text": "x" * 70_000})
+    assert api.post(path, json={"text": "x" * 4097}).status_code == 201  # past one Telegram message
+    assert api.post(path, json={"text": "😀" * 32_768}).status_code == 201  # at REPLY_MAX_CHARACTERS
+    too_long = api.post(path, json={"text": "x" * 32_769})
+    assert too_long.status_code == 400
+    assert "must be at most 32768 characters" in too_long.json()["errors"][0]["message"]
+    too_big = api.post(path, json={"text": "x" * 500_000})
     assert too_big.status_code == 413
     assert too_big.headers["Content-Type"] == "application/problem+json"
 
