@@ -27,7 +27,15 @@ parts sends none of them twice. The marker reads `1` once the whole message is
 out.
 
 A message Telegram will never accept (bot blocked, chat not found) is parked
-with a log line instead of being retried forever.
+with a log line instead of being retried forever. When the refusal is "bot was
+blocked by the user", `contact.blocked` is reported first, so the server marks
+the session's contact.
+
+A group that became a supergroup answers with the new chat id (`ChatMigrated`):
+the move is kept in the BALCAO_MOVED_CHATS key-value bucket (and in memory),
+the message goes to the new id, and every later message to the old id goes
+there directly, reported as `channel.moved` (an import's announcement carries
+its import id, so the server notes the move in the import's report).
 """
 
 from __future__ import annotations
@@ -48,15 +56,16 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 from telegram import Bot
-from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
+from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter, TelegramError
 
 from bot.metrics import OUTBOUND_FAILURES, OUTBOUND_PARKED, OUTBOUND_SENT
 from bot.parts import split_message
 from bot.relay import retry_seconds
-from bot.reports import report_delivery
+from bot.reports import report_blocked, report_delivery, report_moved
 from contract import eventstream
 from contract.messaging import (
     DELIVERED_BUCKET,
+    MOVED_CHATS_BUCKET,
     OUTBOUND_CONSUMER,
     OUTBOUND_STREAM,
     OUTBOUND_SUBJECT,
@@ -78,6 +87,8 @@ DELIVERED_TTL = 7 * 24 * 3600
 # A delivered marker's value: the whole message is out, or `parts:N` of it.
 DELIVERED_VALUE = b"1"
 PARTS_PREFIX = b"parts:"
+# Telegram's description when a user blocked the bot ("Forbidden: bot was blocked by the user").
+BLOCKED_BY_USER = "bot was blocked by the user"
 # Telegram's per-chat limits (Bot API FAQ): one message a second in a private
 # chat, 20 a minute in a group or channel.
 PRIVATE_CHAT_INTERVAL = 1.0
@@ -173,6 +184,9 @@ class Delivery:
         self._batch_size = batch_size
         self._room = RollingSecond(max_per_second)
         self._delivered: KeyValue | None = None
+        self._moved: KeyValue | None = None
+        # Where each group chat's messages go: itself, or the supergroup it became.
+        self._targets: dict[str, str] = {}
         self._stopping = asyncio.Event()
         self._chats: dict[str, _Chat] = {}
         # Chats that may send now, by their oldest message's arrival; and chats
@@ -187,6 +201,7 @@ class Delivery:
 
     async def run(self) -> None:
         self._delivered = await delivered_bucket(self._js, self._replicas)
+        self._moved = await moved_chats_bucket(self._js, self._replicas)
         scheduler = asyncio.create_task(self._schedule(), name="delivery-scheduler")
         keeper = asyncio.create_task(self._keep_alive(), name="delivery-keep-alive")
         try:
@@ -321,15 +336,25 @@ class Delivery:
             return None
         parts = split_message(outbound.text)
         sent = min(progress, len(parts) - 1)
+        target = await self._target(outbound.chat_id)
+        if target != outbound.chat_id and sent == 0:
+            await report_moved(self._js, outbound, target)  # raises when not taken: tried again later
         room.requested = True
         try:
-            await self._bot.send_message(chat_id=chat_ref(outbound.chat_id), text=parts[sent])
+            await self._bot.send_message(chat_id=chat_ref(target), text=parts[sent])
+        except ChatMigrated as exc:
+            # Not this message's fault, and not for good: the group lives on under a new id.
+            OUTBOUND_FAILURES.labels(reason="chat_migrated").inc()
+            await self._remember_move(outbound.chat_id, str(exc.new_chat_id))
+            return 0.0
         except RetryAfter as exc:
             OUTBOUND_FAILURES.labels(reason="retry_after").inc()
             log.warning("telegram asks to wait %s s before chat %s", exc.retry_after, outbound.chat_id)
             return retry_seconds(exc)
         except (Forbidden, BadRequest) as exc:
             OUTBOUND_FAILURES.labels(reason="forbidden" if isinstance(exc, Forbidden) else "bad_request").inc()
+            if isinstance(exc, Forbidden) and BLOCKED_BY_USER in str(exc).lower():
+                await report_blocked(self._js, outbound, str(exc))  # raises when not taken: tried again later
             await self._park(outbound, str(exc))
             await msg.ack()
             return None
@@ -414,6 +439,30 @@ class Delivery:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
+    async def _target(self, chat_id: str) -> str:
+        """The chat to send `chat_id`'s messages to: the supergroup a group became, or itself."""
+        target = self._targets.get(chat_id)
+        if target is not None:
+            return target
+        if not chat_id.startswith("-"):
+            return chat_id  # users and @channels never move; only groups become supergroups
+        try:
+            entry = await self._moved.get(moved_chat_key(chat_id))
+            target = (entry.value or b"").decode() or chat_id
+        except KeyNotFoundError:
+            target = chat_id
+        except (NatsError, asyncio.TimeoutError) as exc:
+            # Sent to the old id, Telegram answers with the new one again.
+            log.warning("moved-chat store unreachable, chat %s used as given: %s", chat_id, exc)
+            return chat_id
+        self._targets[chat_id] = target
+        return target
+
+    async def _remember_move(self, chat_id: str, new_chat_id: str) -> None:
+        log.info("chat %s became supergroup %s; its messages go there now", chat_id, new_chat_id)
+        await self._moved.put(moved_chat_key(chat_id), new_chat_id.encode())
+        self._targets[chat_id] = new_chat_id
+
     async def _park(self, outbound: OutboundMessage, reason: str) -> None:
         log.warning("outbound %s to chat %s parked, telegram refused it: %s", outbound.kind, outbound.chat_id, reason)
         parked = OutboundMessage(
@@ -451,6 +500,22 @@ async def delivered_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
     # A key-value bucket is the stream KV_<bucket>; its copies change like any stream's.
     await jetstream.ensure_replicas(js, f"KV_{DELIVERED_BUCKET}", replicas)
     return bucket
+
+
+async def moved_chats_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """Groups that became supergroups, old id to new, kept for good on `replicas` servers."""
+    try:
+        bucket = await js.key_value(MOVED_CHATS_BUCKET)
+    except BucketNotFoundError:
+        return await js.create_key_value(bucket=MOVED_CHATS_BUCKET, replicas=replicas)
+    await jetstream.ensure_replicas(js, f"KV_{MOVED_CHATS_BUCKET}", replicas)
+    return bucket
+
+
+def moved_chat_key(chat_id: str) -> str:
+    # KV keys allow only [-/_=.a-zA-Z0-9]: a group's id ("-4001") is one as it is.
+    digits = chat_id.lstrip("-")
+    return chat_id if digits.isascii() and digits.isdigit() else hashlib.sha256(chat_id.encode()).hexdigest()
 
 
 def delivered_key(key: str) -> str:

@@ -1,12 +1,18 @@
-"""Reporting deliveries to the live event stream (`message.sent`).
+"""Reporting deliveries to the live event stream (`message.sent`, `contact.blocked`, `channel.moved`).
 
 Only the bot knows whether Telegram accepted a reply or refused it for good, so
 the bot publishes that event itself, through the dependency-free contract, to
 BALCAO_EVENTS: no extra hop through the server, and the server's replicas serve
 it to their clients like any other event. Its Nats-Msg-Id is the outbound key's,
-so a redelivered outbound message reports once. A report that fails is logged
-and not retried: the message itself was delivered, and holding up Telegram
-deliveries for a live view would be the wrong trade.
+so a redelivered outbound message reports once. A `message.sent` that fails is
+logged and not retried: the message itself was delivered, and holding up
+Telegram deliveries for a live view would be the wrong trade.
+
+`contact.blocked` and `channel.moved` are more than a live view: the server
+marks the session's contact blocked, and notes the move in the import's report,
+from them. So they raise when JetStream does not take them, before the message
+is parked or sent, and the message is tried again later (Telegram refuses it
+again, or it goes to the new chat), reporting again under the same id.
 """
 
 from __future__ import annotations
@@ -42,11 +48,41 @@ async def report_delivery(js: JetStreamContext, outbound: OutboundMessage, deliv
         delivery=delivery,
     )
     try:
-        await js.publish(
-            eventstream.subject(eventstream.MESSAGE_SENT, platform, session_id),
-            eventstream.to_bytes(body),
-            timeout=REPORT_TIMEOUT,
-            headers={"Nats-Msg-Id": eventstream.dedup_id(eventstream.MESSAGE_SENT, outbound.key)},
-        )
+        await _publish(js, body, eventstream.MESSAGE_SENT, outbound.key)
     except (NatsError, asyncio.TimeoutError) as exc:
         log.warning("delivery of %s not reported to the event stream: %r", outbound.kind, exc)
+
+
+async def report_blocked(js: JetStreamContext, outbound: OutboundMessage, reason: str) -> None:
+    """Publish `contact.blocked` when a message to a session's contact met "bot was blocked by the user"."""
+    session_id = outbound.meta.get("session_id")
+    if not session_id:
+        return
+    body = eventstream.contact_blocked(
+        platform=outbound.meta.get("platform") or PLATFORM_TELEGRAM,
+        session_id=session_id,
+        contact_identifier=outbound.chat_id,
+        key=outbound.key,
+        reason=reason,
+    )
+    await _publish(js, body, eventstream.CONTACT_BLOCKED, outbound.key)
+
+
+async def report_moved(js: JetStreamContext, outbound: OutboundMessage, moved_to: str) -> None:
+    """Publish `channel.moved`: the message to a group went to the supergroup it became."""
+    body = eventstream.channel_moved(
+        platform=outbound.meta.get("platform") or PLATFORM_TELEGRAM,
+        channel=outbound.chat_id,
+        moved_to=moved_to,
+        import_id=outbound.meta.get("import_id"),
+    )
+    await _publish(js, body, eventstream.CHANNEL_MOVED, outbound.key)
+
+
+async def _publish(js: JetStreamContext, body: dict, kind: str, key: str) -> None:
+    await js.publish(
+        eventstream.subject(kind, body.get("platform"), body.get("session_id")),
+        eventstream.to_bytes(body),
+        timeout=REPORT_TIMEOUT,
+        headers={"Nats-Msg-Id": eventstream.dedup_id(kind, key)},
+    )

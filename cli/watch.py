@@ -34,7 +34,15 @@ SUBPROTOCOL = "balcao.v1"
 CLOSE_GONE = 4410
 CLOSE_SLOW = 4008
 MAX_BACKOFF = 15.0
-TYPES = ("session.opened", "message.received", "message.sent", "session.finished", "import.finished")
+TYPES = (
+    "session.opened",
+    "message.received",
+    "message.sent",
+    "session.finished",
+    "import.finished",
+    "contact.blocked",
+    "channel.moved",
+)
 _SESSION_ID = re.compile(r"[0-9a-fA-F]{24}")
 # Control, format (bidi overrides, zero-width), line and paragraph separators.
 _UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
@@ -81,6 +89,12 @@ class Tail:
         elif kind == "import.finished":
             details = event.get("import") or {}
             what = f"import {details.get('id', '')} {details.get('status', '')} {details.get('counts', {})}"
+        elif kind == "contact.blocked":
+            what = f"contact blocked the bot: {event.get('reason', '')}"
+        elif kind == "channel.moved":
+            details = event.get("import") or {}
+            moved = f"channel {event.get('channel', '')} moved to {event.get('moved_to', '')}"
+            what = f"{moved} (import {details['id']})" if details.get("id") else moved
         else:
             what = kind.replace("session.", "session ")
         who, session, what = terminal_text(who), terminal_text(session), terminal_text(what)

@@ -17,14 +17,22 @@ Event fields (the `id` is added when the event is served):
 | field | in | meaning |
 |---|---|---|
 | `id` | every event | stream sequence, strictly increasing |
-| `type` | every event | `session.opened`, `message.received`, `message.sent`, `session.finished`, `import.finished` |
+| `type` | every event | `session.opened`, `message.received`, `message.sent`, `session.finished`, |
+| | | `import.finished`, `contact.blocked`, `channel.moved` |
 | `at` | every event | when it happened, RFC 3339 UTC |
 | `platform` | session and message events | `telegram` |
 | `session_id` | session and message events | the session |
 | `contact` | session and message events | `{"identifier", "name"}` (name may be empty on `message.sent`) |
 | `message` | message events | `{"key", "text", "direction": "in" or "out", "kind": "reply" or "agent"}` |
 | `delivery` | `message.sent` | `sent` (Telegram accepted it) or `parked` (Telegram refused it for good) |
-| `import` | `import.finished` | `{"id", "status", "counts"}` |
+| `import` | `import.finished`, `channel.moved` | `{"id", "status", "counts"}`; `{"id"}` on `channel.moved` |
+| `reason` | `contact.blocked` | Telegram's refusal, such as `Forbidden: bot was blocked by the user` |
+| `channel`, `moved_to` | `channel.moved` | the chat id a message was sent to, and the supergroup's id now |
+
+`contact.blocked` and `channel.moved` come from the bot, like `message.sent`:
+only it sees Telegram's answer. The server consumes them too
+(`server/deliveryreports.py`): it marks the session's contact blocked, and notes
+the move in the import's report.
 """
 
 from __future__ import annotations
@@ -45,7 +53,19 @@ MESSAGE_RECEIVED = "message.received"
 MESSAGE_SENT = "message.sent"
 SESSION_FINISHED = "session.finished"
 IMPORT_FINISHED = "import.finished"
-KINDS = (SESSION_OPENED, MESSAGE_RECEIVED, MESSAGE_SENT, SESSION_FINISHED, IMPORT_FINISHED)
+CONTACT_BLOCKED = "contact.blocked"
+CHANNEL_MOVED = "channel.moved"
+KINDS = (
+    SESSION_OPENED,
+    MESSAGE_RECEIVED,
+    MESSAGE_SENT,
+    SESSION_FINISHED,
+    IMPORT_FINISHED,
+    CONTACT_BLOCKED,
+    CHANNEL_MOVED,
+)
+# What the bot publishes; each is rebuilt from its checked fields before a client sees it.
+BOT_KINDS = (MESSAGE_SENT, CONTACT_BLOCKED, CHANNEL_MOVED)
 
 DELIVERY_SENT = "sent"
 DELIVERY_PARKED = "parked"
@@ -56,6 +76,9 @@ REPLY_KINDS = ("reply", "agent")
 DELIVERIES = (DELIVERY_SENT, DELIVERY_PARKED)
 # An outbound key: `agent:<message id>`, `reply:<platform>:<chat>:<message>`.
 MAX_KEY_LENGTH = 256
+MAX_REASON_LENGTH = 200
+# A chat id as Telegram gives it: a user or group id, "-100…" or "@name".
+_CHAT_ID = re.compile(r"-?[0-9]{1,20}|@[A-Za-z0-9_]{1,64}", re.ASCII)
 _SESSION_ID = re.compile(r"[0-9a-f]{24}", re.ASCII)
 
 
@@ -73,7 +96,11 @@ def filter_subject(kind: str | None = None, platform: str | None = None, session
 def erased_with_session(platform: str | None, session_id: str) -> tuple[str, ...]:
     """The subject filters of a session's events that finishing it erases: all but `session.finished`."""
     where = f"{_token(platform)}.{_token(session_id)}"
-    return (f"{EVENTS_SUBJECT_ROOT}.{SESSION_OPENED}.{where}", f"{EVENTS_SUBJECT_ROOT}.message.*.{where}")
+    return (
+        f"{EVENTS_SUBJECT_ROOT}.{SESSION_OPENED}.{where}",
+        f"{EVENTS_SUBJECT_ROOT}.message.*.{where}",
+        f"{EVENTS_SUBJECT_ROOT}.{CONTACT_BLOCKED}.{where}",
+    )
 
 
 def _token(value: str | None) -> str:
@@ -117,6 +144,39 @@ def message_sent(
     }
 
 
+def contact_blocked(
+    *, platform: str, session_id: str, contact_identifier: str, key: str, reason: str, at: str | None = None
+) -> dict[str, Any]:
+    """The event the bot publishes when Telegram answers that the contact blocked the bot."""
+    return {
+        **event(
+            CONTACT_BLOCKED,
+            platform=platform,
+            session_id=session_id,
+            contact={"identifier": contact_identifier, "name": ""},
+            message={"key": key},
+            reason=reason[:MAX_REASON_LENGTH],
+        ),
+        **({"at": at} if at is not None else {}),
+    }
+
+
+def channel_moved(
+    *, platform: str, channel: str, moved_to: str, import_id: str | None, at: str | None = None
+) -> dict[str, Any]:
+    """The event the bot publishes when a group became a supergroup and a message followed it there."""
+    return {
+        **event(
+            CHANNEL_MOVED,
+            platform=platform,
+            channel=channel,
+            moved_to=moved_to,
+            **({"import": {"id": import_id}} if import_id else {}),
+        ),
+        **({"at": at} if at is not None else {}),
+    }
+
+
 def relayable(stored_on: str, data: bytes) -> bytes | None:
     """A stored event as clients may be sent it, or None when it is not one.
 
@@ -138,12 +198,73 @@ def relayable(stored_on: str, data: bytes) -> bytes | None:
     kind = body.get("type")
     if kind not in KINDS or ".".join(stored_on.split(".")[2:4]) != kind:
         return None
-    if kind == MESSAGE_SENT:
-        rebuilt = _message_sent_checked(body)
-        if rebuilt is None or stored_on != subject(kind, rebuilt["platform"], rebuilt["session_id"]):
+    if kind in BOT_KINDS:
+        rebuilt = bot_event_checked(body)
+        if rebuilt is None or stored_on != subject(kind, rebuilt.get("platform"), rebuilt.get("session_id")):
             return None
         body = rebuilt
     return to_bytes(body)
+
+
+def bot_event_checked(body: dict[str, Any]) -> dict[str, Any] | None:
+    """An event the bot publishes, rebuilt from its known fields when each holds what the bot
+    publishes; None otherwise."""
+    kind = body.get("type")
+    if kind == MESSAGE_SENT:
+        return _message_sent_checked(body)
+    if kind == CONTACT_BLOCKED:
+        return _contact_blocked_checked(body)
+    if kind == CHANNEL_MOVED:
+        return _channel_moved_checked(body)
+    return None
+
+
+def _contact_blocked_checked(body: dict[str, Any]) -> dict[str, Any] | None:
+    contact, message = body.get("contact"), body.get("message")
+    if not isinstance(contact, dict) or not isinstance(message, dict):
+        return None
+    read = {
+        "platform": body.get("platform"),
+        "session_id": body.get("session_id"),
+        "contact_identifier": contact.get("identifier"),
+        "key": message.get("key"),
+        "reason": body.get("reason"),
+        "at": body.get("at"),
+    }
+    fields = {name: value for name, value in read.items() if isinstance(value, str)}
+    if (
+        len(fields) != len(read)
+        or not PLATFORM.fullmatch(fields["platform"])
+        or not _SESSION_ID.fullmatch(fields["session_id"])
+        or not _CHAT_ID.fullmatch(fields["contact_identifier"])
+        or not 1 <= len(fields["key"]) <= MAX_KEY_LENGTH
+        or len(fields["reason"]) > MAX_REASON_LENGTH
+        or not 1 <= len(fields["at"]) <= MAX_TIMESTAMP_LENGTH
+    ):
+        return None
+    return contact_blocked(**fields)
+
+
+def _channel_moved_checked(body: dict[str, Any]) -> dict[str, Any] | None:
+    details = body.get("import")
+    import_id = details.get("id") if isinstance(details, dict) else None
+    read = {
+        "platform": body.get("platform"),
+        "channel": body.get("channel"),
+        "moved_to": body.get("moved_to"),
+        "at": body.get("at"),
+    }
+    fields = {name: value for name, value in read.items() if isinstance(value, str)}
+    if (
+        len(fields) != len(read)
+        or not PLATFORM.fullmatch(fields["platform"])
+        or not _CHAT_ID.fullmatch(fields["channel"])
+        or not _CHAT_ID.fullmatch(fields["moved_to"])
+        or (details is not None and not (isinstance(import_id, str) and _SESSION_ID.fullmatch(import_id)))
+        or not 1 <= len(fields["at"]) <= MAX_TIMESTAMP_LENGTH
+    ):
+        return None
+    return channel_moved(**fields, import_id=import_id)
 
 
 def _message_sent_checked(body: dict[str, Any]) -> dict[str, Any] | None:

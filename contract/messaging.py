@@ -58,6 +58,11 @@ def dead_subject(subject: str, chat_id: object = None) -> str:
 # crashed between sending and acknowledging does not send the message again.
 DELIVERED_BUCKET = "BALCAO_DELIVERED"
 
+# Key-value bucket of groups that became supergroups: the old chat id (the key)
+# and the new one (the value), kept for good, so announcements to a channel
+# given by its old id reach the new one after a restart too.
+MOVED_CHATS_BUCKET = "BALCAO_MOVED_CHATS"
+
 # JetStream drops a repeated Nats-Msg-Id within this window; the server's
 # idempotent storage covers anything older.
 DUPLICATE_WINDOW_SECONDS = 600

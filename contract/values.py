@@ -11,11 +11,13 @@ import re
 from collections.abc import Mapping
 
 # A Telegram channel: its public @username (5 to 32 letters, digits and
-# underscores, starting with a letter) or its numeric id, which starts -100.
-# ASCII digits only: `\d` alone takes other scripts' digits, which int() reads as
-# ASCII ones (the bot would post to another chat than the one written).
-CHANNEL = re.compile(r"@[A-Za-z][A-Za-z0-9_]{4,31}|-100[0-9]{1,16}")
-CHANNEL_RULE = "expected @name (5-32 letters, digits or _) or a -100… channel id"
+# underscores, starting with a letter) or its numeric id: a channel's or a
+# supergroup's starts -100, a basic group's is any other negative number (the bot
+# follows such a group when it becomes a supergroup). ASCII digits only: `\d`
+# alone takes other scripts' digits, which int() reads as ASCII ones (the bot
+# would post to another chat than the one written).
+CHANNEL = re.compile(r"@[A-Za-z][A-Za-z0-9_]{4,31}|-100[0-9]{1,16}|-[1-9][0-9]{0,15}")
+CHANNEL_RULE = "expected @name (5-32 letters, digits or _), a -100… channel id or a negative group id"
 # An ObjectId as text: 24 hexadecimal digits, in either case.
 OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
 # 2**53 - 1: the largest whole number every JSON reader holds exactly.

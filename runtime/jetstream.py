@@ -455,6 +455,7 @@ async def consume(
     what: str,
     max_deliver: int = MAX_DELIVER,
     decode: Callable[[bytes], object] | None = None,
+    also: tuple[str, ...] = (),
 ) -> None:
     """Feed batches from a durable pull consumer to `handle` until `stopping` is set.
 
@@ -464,6 +465,7 @@ async def consume(
     and kept in progress while it is worked on. A message that `decode` (by
     default the stream's decoder in DECODERS) cannot read, or that comes for the
     `max_deliver`-th time, goes to the dead-letter stream instead of `handle`.
+    `also` names more subjects the consumer takes beside `subject`.
     """
     decode = decode or DECODERS.get(stream)
     subscription = await js.pull_subscribe(
@@ -471,7 +473,11 @@ async def consume(
         durable=durable,
         stream=stream,
         config=ConsumerConfig(
-            ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait, max_ack_pending=10 * batch_size, max_deliver=max_deliver
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait,
+            max_ack_pending=10 * batch_size,
+            max_deliver=max_deliver,
+            filter_subjects=[subject, *also] if also else None,
         ),
     )
     log.info("%s consuming %s", what, subject)

@@ -43,7 +43,7 @@ def _open_sessions(batch: Sequence[InboundMessage], now: dt.datetime) -> dict[tu
     latest: dict[tuple[str, str], InboundMessage] = {}
     for message in batch:
         latest[(message.platform, message.contact_identifier)] = message  # latest name wins
-    fields = ("contact_name", "chat_id", "count_version")
+    fields = ("contact_name", "chat_id", "count_version", "contact_blocked_at")
     sessions = sessions_by_contact(latest, fields)
     missing = [contact for contact in latest if contact not in sessions]
     if missing:
@@ -57,8 +57,12 @@ def _open_sessions(batch: Sequence[InboundMessage], now: dt.datetime) -> dict[tu
         if not session.get("chat_id"):
             # An imported session: now that the contact wrote, goodbyes and replies can reach them.
             changes["chat_id"] = str(message.chat_id)
-        if changes:
-            updates.append((session["_id"], {"$set": changes}))
+        update: dict[str, Any] = {"$set": changes} if changes else {}
+        if session.get("contact_blocked_at"):
+            # The contact wrote, so the bot may write to them again.
+            update["$unset"] = {"contact_blocked_at": ""}
+        if update:
+            updates.append((session["_id"], update))
     Session.update_each(updates)
     return sessions
 

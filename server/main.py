@@ -22,6 +22,7 @@ from runtime.httpserver import GuardedHTTPServer
 from server import config, eventpublishing, streams
 from server.app import Services, make_app
 from server.database import Database
+from server.deliveryreports import DeliveryReports
 from server.intake import Intake
 from server.metrics import HTTP_REFUSED
 from server.outbound import Outbound
@@ -72,6 +73,7 @@ async def main() -> None:
     outbound = Outbound(js, db)
     services = Services(db=db, nats=nc, js=js, outbound=outbound)
     intake = Intake(js, db, outbound, settings.reply_text, settings.intake_batch, settings.intake_ack_wait)
+    reports = DeliveryReports(js, db)
     app = make_app(settings, services)
     server = GuardedHTTPServer(
         app,
@@ -91,6 +93,7 @@ async def main() -> None:
 
     intake_task = asyncio.create_task(intake.run(), name="intake")
     relay_task = asyncio.create_task(outbound.relay_forever(), name="outbox-relay")
+    reports_task = asyncio.create_task(reports.run(), name="delivery-reports")
     reaper_task = asyncio.create_task(
         app.settings["imports"].reap_forever(
             settings.import_idle_timeout, services.stopping, settings.import_retention
@@ -99,15 +102,17 @@ async def main() -> None:
     )
     # Not a worker: stale gauges are no reason to stop serving.
     streams_task = asyncio.create_task(streams.watch(js, stopping), name="stream-metrics")
-    crashed = await lifecycle.until_stopped(stopping, [intake_task, relay_task])
+    crashed = await lifecycle.until_stopped(stopping, [intake_task, relay_task, reports_task])
 
     log.info("server stopping")
     deadline = lifecycle.Deadline(SHUTDOWN_GRACE)
     server.stop_accepting()
     services.stopping.set()
     intake.stop()
+    reports.stop()
     await deadline.settle(
         [
+            *([] if reports_task.done() else [reports_task]),
             server.drain(deadline.remaining()),
             *(drain() for drain in services.drains),
             *([] if intake_task.done() else [intake_task]),

@@ -59,6 +59,8 @@ def session_resource(doc: dict[str, Any]) -> dict[str, Any]:
             "platform": doc["platform"],
             "identifier": doc["contact_identifier"],
             "name": doc.get("contact_name") or "",
+            "blocked": bool(doc.get("contact_blocked_at")),
+            "blocked_at": clock.rfc3339(doc["contact_blocked_at"]) if doc.get("contact_blocked_at") else None,
         },
         "created_at": clock.rfc3339(doc["created_at"]),
         "last_message_at": clock.rfc3339(doc["last_message_at"]),
@@ -299,6 +301,14 @@ class SessionMessagesHandler(SessionsApiHandler):
                 409,
                 "this session has no chat to deliver to (it was imported, not started by the contact)",
                 kind="no-chat",
+            )
+        if session.get("contact_blocked_at"):
+            raise ApiError(
+                409,
+                "the contact blocked the bot: Telegram refused a message to them with 403 'bot was blocked by "
+                f"the user' at {clock.rfc3339(session['contact_blocked_at'])}, so this reply was not stored or "
+                "sent; the session is reachable again once the contact writes to the bot",
+                kind="contact-blocked",
             )
         idempotency_key = self.idempotency_key()
         try:

@@ -34,6 +34,8 @@ def report(job: dict[str, Any], tally: Tally | None = None) -> dict[str, Any]:
         "id": str(job["_id"]),
         "status": job["status"],
         "channel": job["channel"],
+        # Telegram moved the channel (a group became a supergroup): the announcement went here.
+        "channel_moved_to": job.get("channel_moved_to") or None,
         "source": job.get("source") or None,
         "format": job.get("file_format"),
         "mode": job["mode"],

@@ -88,6 +88,8 @@ class ImportJob(Document):
     failure = DictField()
     # The client's Idempotency-Key when it started the import: a retry finds this job.
     idempotency_key = StringField()
+    # The supergroup's id when `channel` was a group that became one: the announcement went there.
+    channel_moved_to = StringField()
 
     meta = {
         "collection": "import_jobs",

@@ -128,6 +128,9 @@ class Session(Document):
     # activity_key(last_message_at, id); every writer of a session sets it, or the
     # session is missing from the listings. See server.sessions for the queries.
     activity_key = StringField(required=True)
+    # When Telegram answered that the contact blocked the bot; absent otherwise.
+    # Agent replies are refused meanwhile; the contact writing again clears it.
+    contact_blocked_at = DateTimeField()
 
     meta = {
         "collection": "sessions",
@@ -197,6 +200,14 @@ class Session(Document):
     def insert_new(cls, sessions: Sequence[Stored]) -> set[int]:
         """Insert built sessions; the indexes of those whose contact had one already."""
         return insert_unordered(cls, sessions)
+
+    @classmethod
+    def mark_contact_blocked(cls, session_id: ObjectId, chat_id: str, at: dt.datetime) -> bool:
+        """Mark the contact of this session blocked as of `at`; False when there is no such session
+        reached at `chat_id`, or its contact wrote since (a late report must not undo that)."""
+        return bool(
+            cls.objects(id=session_id, chat_id=chat_id, last_message_at__lte=at).update_one(max__contact_blocked_at=at)
+        )
 
     @classmethod
     def update_each(cls, updates: Sequence[tuple[ObjectId, dict[str, Any]]]) -> int:

@@ -111,6 +111,33 @@ def test_a_readable_line_names_the_contact_and_the_text():
     assert events_url("https://h:1/", {"since": 5, "type": None}) == "wss://h:1/v1/events?since=5"
 
 
+def test_blocked_contacts_and_moved_channels_have_lines_of_their_own():
+    tail = Tail()
+    blocked = tail.line(
+        {
+            "id": 4,
+            "type": "contact.blocked",
+            "at": "x",
+            "session_id": "65f0c0ffee0000000000abcd",
+            "contact": {"identifier": "77", "name": ""},
+            "message": {"key": "agent:1"},
+            "reason": "Forbidden: bot was blocked by the user",
+        }
+    )
+    assert "77" in blocked and blocked.endswith("contact blocked the bot: Forbidden: bot was blocked by the user")
+    moved = tail.line(
+        {
+            "id": 5,
+            "type": "channel.moved",
+            "at": "x",
+            "channel": "-4001",
+            "moved_to": "-1004001",
+            "import": {"id": "65f0c0ffee0000000000beef"},
+        }
+    )
+    assert moved.endswith("channel -4001 moved to -1004001 (import 65f0c0ffee0000000000beef)")
+
+
 HOSTILE = {
     "id": 3,
     "type": "message.received",

@@ -152,7 +152,8 @@ def test_object_ids_are_read_in_either_case_as_lower_case():
 def test_channels_have_one_spelling():
     assert channel_ref(" @SuporteBR ") == "@suportebr"
     assert channel_ref("-1001234567890") == "-1001234567890"
-    for bad in ("suporte", "@abc", "@1abcde", "-200123", "@" + "a" * 33):
+    assert channel_ref("-4001") == "-4001"  # a basic group, followed when it becomes a supergroup
+    for bad in ("suporte", "@abc", "@1abcde", "-0200123", "-", "-1" + "0" * 19, "-١٢٣", "@" + "a" * 33):
         assert channel_ref(bad) is None
 
 

@@ -50,5 +50,5 @@ def test_the_bruno_collection_passes_against_a_live_server(api, api_server: Proc
     failures = suites.findall(".//failure") + suites.findall(".//error")
     assert cases and not failures, ElementTree.tostring(suites, encoding="unicode")[-4000:]
     requests = {path.stem for path in COLLECTION.glob("*.bru") if path.name != "collection.bru"}
-    assert len(requests) == 15
+    assert len(requests) == 16
     assert all(name in run.stdout for name in requests), run.stdout[-4000:]

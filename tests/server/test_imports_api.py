@@ -298,7 +298,7 @@ def test_a_form_without_channel_or_file_is_refused(api, mongo):
     assert body["errors"] == [{"field": "file", "in": "body", "message": "required"}]
 
     problem(upload(api, b"[]", channel="suporte"), 400, "invalid-channel")
-    problem(upload(api, b"[]", channel="-5"), 400, "invalid-channel")
+    problem(upload(api, b"[]", channel="-05"), 400, "invalid-channel")
     assert mongo.import_jobs.count_documents({}) == 0
 
 
@@ -311,6 +311,7 @@ def test_a_file_without_sessions_is_an_empty_import(api, mongo):
 def test_channel_names_are_kept_lower_case(api):
     assert upload(api, b"[]", channel="@SuporteBR").json()["channel"] == "@suportebr"
     assert upload(api, b"[]", channel="-1001234567890").json()["channel"] == "-1001234567890"
+    assert upload(api, b"[]", channel="-4001").json()["channel"] == "-4001"  # a basic group
 
 
 def test_unknown_imports_are_not_found(api):

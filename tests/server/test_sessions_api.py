@@ -47,7 +47,13 @@ def test_sessions_are_listed_most_recent_activity_first(api):
     assert body["next_cursor"] is None
     assert body["items"][0] == {
         "id": str(newest["_id"]),
-        "contact": {"platform": "telegram", "identifier": "1001", "name": "João Silva"},
+        "contact": {
+            "platform": "telegram",
+            "identifier": "1001",
+            "name": "João Silva",
+            "blocked": False,
+            "blocked_at": None,
+        },
         "created_at": newest["created_at"].isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "last_message_at": newest["last_message_at"].isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "message_count": 4,
