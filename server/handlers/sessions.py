@@ -46,6 +46,8 @@ def reply_body_limit(max_characters: int) -> int:
 
 
 _PLATFORM = re.compile(r"[a-z0-9_-]{1,32}")
+# json.loads turns a "\ud83d" escape without its pair into a lone surrogate code point.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _QUERY_PUNCTUATION = frozenset(" '’-")
 # RFC 3339 date-time, as the OpenAPI `format: date-time` promises; the zone is
 # required so no one's local time is taken for UTC.
@@ -344,6 +346,15 @@ def agent_text(body: dict[str, Any], max_characters: int) -> str:
         errors.append(field_error("text", "must be a string"))
     elif not text.strip():
         errors.append(field_error("text", "must not be empty or only spaces"))
+    elif (surrogate := _LONE_SURROGATE.search(text)) is not None:
+        # JSON lets "\ud800" through on its own; it is no character, and no store or Telegram takes it.
+        errors.append(
+            field_error(
+                "text",
+                f"holds a lone UTF-16 surrogate (U+{ord(surrogate.group()):04X}) at character {surrogate.start()}: "
+                "not a character; an emoji is sent as its pair, or as itself",
+            )
+        )
     elif len(text) > max_characters:
         errors.append(
             field_error(

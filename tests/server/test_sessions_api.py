@@ -312,13 +312,17 @@ def test_a_malformed_idempotency_key_is_a_400_problem(api, header):
         ({"text": 42}, "text"),
         ({"text": None}, "text"),
         ({"text": "x" * 32_769}, "text"),
+        ({"text": "meio emoji \ud83d aqui"}, "text"),  # a lone surrogate: no character
         ({"text": "oi", "chat_id": "1"}, "chat_id"),
     ],
 )
 def test_invalid_agent_replies_are_400_problems_naming_the_field(api, body, field):
     session = SessionFactory.create()
 
-    response = api.post(f"sessions/{session['_id']}/messages", json=body)
+    # ASCII-escaped JSON, as any client may send it: a lone surrogate travels as "\\ud83d".
+    content = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    response = api.post(f"sessions/{session['_id']}/messages", content=content, headers=headers)
 
     assert response.status_code == 400
     problem = response.json()
