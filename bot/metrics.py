@@ -27,7 +27,8 @@ OUTBOUND_SENT = Counter(
 )
 OUTBOUND_FAILURES = Counter(
     "balcao_bot_outbound_failures_total",
-    "Failed sendMessage calls, by reason; forbidden and bad_request are parked, the others retried",
+    "Failed sendMessage calls, by reason; forbidden and bad_request are parked, chat_migrated sent "
+    "again to the new chat, the others retried",
     ["reason"],
 )
 OUTBOUND_PARKED = Counter(
@@ -42,7 +43,7 @@ WEBHOOK_REFUSED = Counter(
     ["reason"],
 )
 
-for reason in ("retry_after", "network", "forbidden", "bad_request", "other"):
+for reason in ("retry_after", "network", "forbidden", "bad_request", "chat_migrated", "other"):
     OUTBOUND_FAILURES.labels(reason=reason)
 OUTBOUND_SENT.labels(kind="reply")
 OUTBOUND_PARKED.labels(kind="reply")

@@ -54,9 +54,12 @@ async def report_delivery(js: JetStreamContext, outbound: OutboundMessage, deliv
 
 
 async def report_blocked(js: JetStreamContext, outbound: OutboundMessage, reason: str) -> None:
-    """Publish `contact.blocked` when a message to a session's contact met "bot was blocked by the user"."""
+    """Publish `contact.blocked` when a reply to a session's contact met "bot was blocked by the user".
+
+    Not for a goodbye: its session is finished, with its events erased.
+    """
     session_id = outbound.meta.get("session_id")
-    if not session_id:
+    if outbound.kind not in REPORTED_KINDS or not session_id:
         return
     body = eventstream.contact_blocked(
         platform=outbound.meta.get("platform") or PLATFORM_TELEGRAM,
