@@ -79,12 +79,16 @@ def _cut(text: str, window: int) -> tuple[int, int]:
             at = text.rfind(separator, 0, at)
     at = window
     while at > 0:
-        if text[at - 1].isspace():
-            start = _skip_space(text, at - 1)
-            end = _trim(text, at - 1)
-            if end > 0 and is_boundary(text, start):
-                return end, start
-        at -= 1
+        if not text[at - 1].isspace():
+            at -= 1
+            continue
+        end = _trim(text, at - 1)
+        if end == 0:
+            break  # only whitespace before: no word ends in this part
+        start = _skip_space(text, at - 1)
+        if is_boundary(text, start):
+            return end, start
+        at = end  # past the whole run: each run is looked at once, however long
     for at in range(window, 0, -1):
         if is_boundary(text, at):
             return at, at

@@ -106,3 +106,16 @@ def test_a_cluster_longer_than_the_limit_is_cut_at_the_limit():
 def test_whitespace_only_parts_are_not_sent():
     text = "a" * 4000 + " " * 5000 + "b"
     assert split_message(text) == ["a" * 4000, "b"]
+
+
+def test_a_long_run_of_whitespace_is_dropped_once_not_scanned_per_character():
+    text = " " * 30_000 + "x" * 2_768
+    parts = split_message(text)
+    assert [part.strip() for part in parts] == ["x" * 2_768]
+    spaced_marks = " \u0301" * 16_384  # every space carries a combining mark: no word boundary anywhere
+    parts = split_message(spaced_marks)
+    assert "".join(parts) == spaced_marks and all(utf16_length(part) <= MAX_PART_LENGTH for part in parts)
+    cut = 0
+    for part in parts[:-1]:
+        cut += len(part)
+        assert is_boundary(spaced_marks, cut)
