@@ -131,3 +131,12 @@ def test_retention_of_parked_messages_dead_letters_and_imports_defaults_to_30_da
         "PARKED_MAX_AGE_SECONDS",
         "IMPORT_RETENTION_SECONDS",
     }
+
+
+def test_the_agent_reply_limit_defaults_to_32768_and_is_bounded_by_the_contract():
+    assert config.load(VALID).reply_max_characters == 32768
+    assert config.load({**VALID, "REPLY_MAX_CHARACTERS": "4096"}).reply_max_characters == 4096
+    for bad in ("0", "65537", "lots"):
+        with pytest.raises(ConfigError) as error:
+            config.load({**VALID, "REPLY_MAX_CHARACTERS": bad})
+        assert any("REPLY_MAX_CHARACTERS" in problem for problem in error.value.problems)
