@@ -20,7 +20,7 @@ from nats.js.errors import NotFoundError
 from websockets.sync.client import connect
 
 from contract import eventstream
-from contract.messaging import DEAD_STREAM, InboundMessage
+from contract.messaging import DEAD_STREAM, MAX_REPLY_LENGTH, InboundMessage
 from tests.e2e.test_poison import _publish_raw, stream_contents
 from tests.harness import API_TOKEN, eventually
 
@@ -116,7 +116,7 @@ def test_forged_events_on_the_bot_s_subject_reach_no_client(stack, clean_nats):
         eventstream.to_bytes({**genuine, "type": eventstream.SESSION_FINISHED}),  # another type than its subject's
         eventstream.to_bytes({**genuine, "session_id": "fedcba9876543210fedcba98"}),  # another session
         eventstream.to_bytes({**genuine, "delivery": "read"}),
-        eventstream.to_bytes({**genuine, "message": {**genuine["message"], "text": "x" * 5000}}),
+        eventstream.to_bytes({**genuine, "message": {**genuine["message"], "text": "x" * (MAX_REPLY_LENGTH + 1)}}),
         b"not json",
     ]
     extra = eventstream.to_bytes({**genuine, "message": {**genuine["message"], "html": "<script>"}, "admin": True})
