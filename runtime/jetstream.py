@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -182,13 +183,18 @@ async def publish_through_election(
     def publishing_again(exc: BaseException, pause: float) -> None:
         log.info("stream for %s has no leader yet, publishing again: %r", subject, exc)
 
-    return await RetryPolicy(first=ELECTION_RETRY_INTERVAL, factor=1.0, within=patience).retrying(
+    return await _election_retry(patience).retrying(
         lambda: js.publish(subject, payload, timeout=timeout, headers=headers),
         # A timeout is a publish whose answer died with the connection (its
         # node was killed); the same Nats-Msg-Id makes trying again harmless.
         (NoStreamResponseError, ServiceUnavailableError, nats.errors.TimeoutError, asyncio.TimeoutError),
         on_retry=publishing_again,
     )
+
+
+@functools.lru_cache(maxsize=8)  # a few patiences in all; one policy each, not one per publish
+def _election_retry(patience: float) -> RetryPolicy:
+    return RetryPolicy(first=ELECTION_RETRY_INTERVAL, factor=1.0, within=patience)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,14 +17,10 @@ import asyncio
 import dataclasses
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
-
-# The exponent stops growing here: a factor of 2 passes any cap long before, and
-# a huge power (a message delivered thousands of times) would overflow a float.
-_MAX_EXPONENT = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,39 +47,25 @@ class RetryPolicy:
 
     def delay(self, retry: int) -> float:
         """The pause before retry number `retry` (1: the one after the first failure)."""
-        exponent = min(max(retry - 1, 0), _MAX_EXPONENT)
-        return self.stretched(min(self.first * self.factor**exponent, self.cap))
+        try:
+            grown = self.first * self.factor ** max(retry - 1, 0)
+        except OverflowError:  # a message delivered thousands of times: far past any cap
+            grown = math.inf
+        return self.stretched(min(grown, self.cap))
 
     def stretched(self, seconds: float) -> float:
         """`seconds` with the policy's jitter: what to wait when a server said how long (Retry-After)."""
         return seconds * random.uniform(1.0, 1.0 + self.jitter) if self.jitter else seconds
 
-    def delays(self) -> Iterator[float]:
-        """The pauses between tries, in order: `attempts - 1` of them, or without end."""
-        retry = 1
-        while self.attempts is None or retry < self.attempts:
-            yield self.delay(retry)
-            retry += 1
-
-    async def tries(self, stopping: asyncio.Event | None = None) -> AsyncIterator[Attempt]:
-        """Tries, paced by the policy: the body of the `async for` is one try.
+    def tries(self, stopping: asyncio.Event | None = None) -> Tries:
+        """Tries, paced by the policy: the body of an `async for` over them is one try.
 
         The loop goes on to the next try only when the body does (a try that
         worked returns or breaks out of it); it ends after the last try, or when
         `stopping` is set during a pause. A try that must raise its error when
         no other follows checks `attempt.last`.
         """
-        loop = asyncio.get_running_loop()
-        deadline = None if self.within is None else loop.time() + self.within
-        delays = self.delays()
-        number = 0
-        while True:
-            number += 1
-            pause = next(delays, None)
-            attempt = Attempt(number, pause or 0.0, pause is None, deadline)
-            yield attempt
-            if attempt.last or await stopped_within(attempt.pause, stopping):
-                return
+        return Tries(self, stopping)
 
     async def retrying(
         self,
@@ -106,25 +88,75 @@ class RetryPolicy:
                 error = exc
                 if on_retry is not None:
                     on_retry(exc, attempt.pause)
-        assert error is not None  # tries() yields at least once, and only a failed try goes on
+        assert error is not None  # a first try is always made, and only a failed one goes on
         raise error
 
 
-@dataclasses.dataclass(frozen=True)
-class Attempt:
-    """One try: its number (1 for the first), and the pause before the next if it fails."""
+class Tries:
+    """The tries of one policy, as an async iterator of Attempts.
 
-    number: int
-    pause: float
-    _out_of_attempts: bool
-    _deadline: float | None  # the event loop's time past which no try starts
+    A class rather than an async generator, and cheap on the first try: the hot
+    paths (every publish, every relayed update) leave the loop on their first
+    try, and an async generator left suspended costs the event loop a task to
+    close it.
+    """
+
+    __slots__ = ("policy", "_stopping", "_previous", "deadline")
+
+    def __init__(self, policy: RetryPolicy, stopping: asyncio.Event | None) -> None:
+        self.policy = policy
+        self._stopping = stopping
+        self._previous: Attempt | None = None
+        self.deadline: float | None = None  # the event loop's time past which no try starts
+
+    def __aiter__(self) -> Tries:
+        return self
+
+    async def __anext__(self) -> Attempt:
+        previous = self._previous
+        if previous is None:
+            if self.policy.within is not None:
+                self.deadline = asyncio.get_running_loop().time() + self.policy.within
+            attempt = Attempt(1, self)
+        elif previous.last or await stopped_within(previous.pause, self._stopping):
+            raise StopAsyncIteration
+        else:
+            attempt = Attempt(previous.number + 1, self)
+        self._previous = attempt
+        return attempt
+
+
+class Attempt:
+    """One try: its number (1 for the first), and what follows if it fails."""
+
+    __slots__ = ("number", "_tries", "_pause")
+
+    def __init__(self, number: int, tries: Tries) -> None:
+        self.number = number
+        self._tries = tries
+        self._pause: float | None = None  # drawn once: the jitter is random
+
+    @property
+    def pause(self) -> float:
+        """Seconds before the next try; 0 if none follows."""
+        if self._out_of_attempts:
+            return 0.0
+        if self._pause is None:
+            self._pause = self._tries.policy.delay(self.number)
+        return self._pause
 
     @property
     def last(self) -> bool:
         """No try follows this one: the attempts are used up, or the time would be by the next."""
         if self._out_of_attempts:
             return True
-        return self._deadline is not None and asyncio.get_running_loop().time() + self.pause > self._deadline
+        deadline = self._tries.deadline
+        return deadline is not None and asyncio.get_running_loop().time() + self.pause > deadline
+
+    @property
+    def _out_of_attempts(self) -> bool:
+        attempts = self._tries.policy.attempts
+        return attempts is not None and self.number >= attempts
 
 
 async def stopped_within(seconds: float, stopping: asyncio.Event | None) -> bool:
