@@ -232,3 +232,21 @@ async def test_a_failing_get_updates_is_asked_again(fake, js, application):
     await until(lambda: fake.confirmed_offset > update_id, timeout=30)
     await stopped(poller, task)
     assert [m["text"] for m in await stored(js)] == ["olá"]
+
+
+@pytest.mark.asyncio
+async def test_one_try_waits_out_a_stream_without_a_leader(fake, js, application):
+    """No stream answering (as while its leader is elected): the publish is tried again within the patience."""
+    relay = Relay(application, js, patience=30.0)
+    config = (await js.stream_info(INBOUND_STREAM)).config
+    await js.delete_stream(INBOUND_STREAM)  # publishes get "no responders", as during an election
+    write(fake, 701, "durante a eleição")
+    (update,) = await application.bot.get_updates(timeout=0)
+
+    handling = asyncio.create_task(relay.handle(update))
+    await asyncio.sleep(1.5)  # a few publishes answered by no one
+    assert not handling.done()
+    await js.add_stream(config=config)
+
+    assert await asyncio.wait_for(handling, 30) is True
+    assert [m["text"] for m in await stored(js)] == ["durante a eleição"]
