@@ -20,7 +20,7 @@ import pytest_asyncio
 from nats.js import JetStreamContext
 from telegram.ext import Application, ApplicationBuilder
 
-from bot.relay import Poller, Relay
+from bot.relay import ONLY_TEXT, WELCOME, Poller, Relay
 from contract.messaging import INBOUND_STREAM
 from devstack.faketelegram import FakeTelegram
 from runtime import jetstream
@@ -112,9 +112,13 @@ async def poll(application: Application, relay: Relay) -> tuple[Poller, asyncio.
     return poller, asyncio.create_task(poller.run())
 
 
-async def stopped(poller: Poller, task: asyncio.Task) -> None:
+async def stopped(poller: Poller, task: asyncio.Task, within: float = 15.0) -> None:
+    """Stop the poller; it must end by itself within `within` seconds (wait_for would cancel
+    it, and the poller takes a cancellation as a way to stop)."""
     poller.stop()
-    await asyncio.wait_for(task, 15)
+    done, _ = await asyncio.wait({task}, timeout=within)
+    assert task in done, f"the poller was still running {within} s after stop()"
+    task.result()
 
 
 @pytest.mark.asyncio
@@ -250,3 +254,46 @@ async def test_one_try_waits_out_a_stream_without_a_leader(fake, js, application
 
     assert await asyncio.wait_for(handling, 30) is True
     assert [m["text"] for m in await stored(js)] == ["durante a eleição"]
+
+
+@pytest.mark.asyncio
+async def test_what_is_not_a_contacts_text_is_answered_or_left_and_confirmed_without_storing(fake, js, application):
+    relay = Relay(application, js)
+    write(fake, 801, "/start")
+    fake.inject_message({"id": 802, "first_name": "Contato 802"}, kind="sticker")
+    fake.inject_message({"id": 803, "first_name": "Contato 803"}, "num grupo", chat_id=-803)
+    text = write(fake, 804, "uma pergunta")
+    poller, task = await poll(application, relay)
+
+    await until(lambda: fake.confirmed_offset > text)
+    await until(lambda: fake.sent(801) and fake.sent(802))
+    await stopped(poller, task)
+    assert [m["text"] for m in fake.sent(801)] == [WELCOME]
+    assert [m["text"] for m in fake.sent(802)] == [ONLY_TEXT]
+    assert fake.sent(-803) == []  # a group is not a contact's chat
+    assert [m["text"] for m in await stored(js)] == ["uma pergunta"]
+
+
+@pytest.mark.asyncio
+async def test_telegram_asking_to_wait_is_waited_before_polling_again(fake, js, application):
+    relay = Relay(application, js)
+    fake.add_fault("getUpdates", 429, retry_after=3)
+    update_id = write(fake, 901, "olá")
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    poller, task = await poll(application, relay)
+
+    await until(lambda: fake.confirmed_offset > update_id, timeout=30)
+    await stopped(poller, task)
+    assert loop.time() - began >= 3.0  # not the 1 s of an ordinary failed poll
+    assert [m["text"] for m in await stored(js)] == ["olá"]
+
+
+@pytest.mark.asyncio
+async def test_stopping_ends_a_long_wait_asked_by_telegram(fake, js, application):
+    relay = Relay(application, js)
+    fake.add_fault("getUpdates", 429, retry_after=120)
+    poller, task = await poll(application, relay)
+    await until(lambda: not fake.state.faults)  # the 429 was answered: the poller waits
+
+    await stopped(poller, task, within=30)  # well before the 120 s asked
