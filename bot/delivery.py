@@ -75,6 +75,7 @@ from contract.messaging import (
 )
 from runtime import jetstream
 from runtime.failpoints import failpoint
+from runtime.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,10 @@ log = logging.getLogger(__name__)
 # three times per ack wait, so a slow chat never lets them go meanwhile.
 ACK_WAIT = 30.0
 NETWORK_RETRY_DELAY = 2.0
+# A delivered marker is written however long NATS is away (see _remember), so
+# its retries never end; they stay a few seconds apart, since the chat's later
+# messages wait behind it.
+MARKER_RETRY = RetryPolicy(first=0.5, cap=5.0)
 DELIVERED_TTL = 7 * 24 * 3600
 # A delivered marker's value: the whole message is out, or `parts:N` of it.
 DELIVERED_VALUE = b"1"
@@ -407,10 +412,20 @@ class Delivery:
                     await msg.nak()
         self._chats.clear()
 
+    @property
+    def _markers(self) -> KeyValue:
+        assert self._delivered is not None, "run() opens the delivered-key store before any delivery"
+        return self._delivered
+
+    @property
+    def _moves(self) -> KeyValue:
+        assert self._moved is not None, "run() opens the moved-chat store before any delivery"
+        return self._moved
+
     async def _parts_sent(self, marker: str) -> int | None:
         """How many parts of the message were sent (0: none), or None when all of it was."""
         try:
-            entry = await self._delivered.get(marker)
+            entry = await self._markers.get(marker)
         except KeyNotFoundError:
             return 0
         value = entry.value or b""
@@ -426,18 +441,19 @@ class Delivery:
         """Write the marker before acknowledging, however long NATS is away: the message
         (or part) went out, and without the marker its redelivery (the ack is lost with
         NATS too) would send it again."""
-        delay = 0.5
-        while True:
-            try:
-                await self._delivered.put(marker, value)
-                return
-            except (NatsError, asyncio.TimeoutError) as exc:
-                if self._stopping.is_set():
-                    log.warning("delivery marker not saved at shutdown; a redelivery may repeat it: %s", exc)
-                    return
-                log.warning("delivery marker not saved, retrying: %s", exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+
+        def retrying(exc: BaseException, pause: float) -> None:
+            log.warning("delivery marker not saved, retrying: %s", exc)
+
+        try:
+            await MARKER_RETRY.retrying(
+                lambda: self._markers.put(marker, value),
+                (NatsError, asyncio.TimeoutError),
+                stopping=self._stopping,
+                on_retry=retrying,
+            )
+        except (NatsError, asyncio.TimeoutError) as exc:
+            log.warning("delivery marker not saved at shutdown; a redelivery may repeat it: %s", exc)
 
     async def _target(self, chat_id: str) -> str:
         """The chat to send `chat_id`'s messages to: the supergroup a group became, or itself."""
@@ -447,7 +463,7 @@ class Delivery:
         if not chat_id.startswith("-"):
             return chat_id  # users and @channels never move; only groups become supergroups
         try:
-            entry = await self._moved.get(moved_chat_key(chat_id))
+            entry = await self._moves.get(moved_chat_key(chat_id))
             target = (entry.value or b"").decode() or chat_id
         except KeyNotFoundError:
             target = chat_id
@@ -460,7 +476,7 @@ class Delivery:
 
     async def _remember_move(self, chat_id: str, new_chat_id: str) -> None:
         log.info("chat %s became supergroup %s; its messages go there now", chat_id, new_chat_id)
-        await self._moved.put(moved_chat_key(chat_id), new_chat_id.encode())
+        await self._moves.put(moved_chat_key(chat_id), new_chat_id.encode())
         self._targets[chat_id] = new_chat_id
 
     async def _park(self, outbound: OutboundMessage, reason: str) -> None:

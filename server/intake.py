@@ -29,6 +29,7 @@ from contract.messaging import (
 )
 from runtime import jetstream
 from runtime.failpoints import failpoint
+from runtime.retry import RetryPolicy
 from server import conversations, eventpublishing
 from server.database import Database
 from server.metrics import INTAKE_LATENCY, INTAKE_RETRIES, MESSAGES_STORED
@@ -149,7 +150,9 @@ class Intake:
         )
 
 
+REDELIVERY = RetryPolicy(first=RETRY_DELAY, cap=MAX_RETRY_DELAY)
+
+
 def retry_delay(deliveries: int) -> float:
     """Seconds before another try of a message already delivered `deliveries` times."""
-    doublings = min(max(deliveries - 1, 0), 16)  # bounded: 2**n of a huge n overflows a float
-    return min(RETRY_DELAY * 2**doublings, MAX_RETRY_DELAY)
+    return REDELIVERY.delay(deliveries)
