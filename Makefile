@@ -70,7 +70,7 @@ lint: install
 
 # Every benchmark at modest sizes; each writes bench/results/<name>.json, and
 # docs/benchmarks.md is rendered from those (with how long each run took).
-# README's Benchmarks section says how to run them at full size.
+# docs/scaling.md says how to run them at full size.
 BENCH_MESSAGES ?= 1000
 BENCH_SESSIONS ?= 5000
 BENCH_LIST_SESSIONS ?= 20000

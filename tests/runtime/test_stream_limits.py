@@ -163,7 +163,7 @@ async def test_the_event_stream_is_brought_to_new_limits(clean_nats) -> None:
 @pytest.mark.parametrize(("spare", "created"), [(0, True), (-1, False)])
 @pytest.mark.asyncio
 async def test_the_streams_reserve_four_stream_caps_and_the_event_cap(tmp_path, spare, created) -> None:
-    """What the README tells operators to leave free: the four capped streams (inbound,
+    """What docs/operations.md tells operators to leave free: the four capped streams (inbound,
     outbound, parked, dead letters) at STREAM_MAX_BYTES each, and the events at
     EVENTS_MAX_BYTES; the delivered-key bucket has no cap and reserves nothing."""
     from bot.delivery import delivered_bucket
