@@ -258,7 +258,7 @@ def _open_sessions(plans: list[_Plan]) -> None:
         for plan in plans
         if plan.filed.session is None and not plan.retry and (plan.filed.added or not plan.contact.messages)
     ]
-    lost = Session.insert_new([new_session(plan.contact, plan.filed.added, plan.session_id) for plan in new])
+    lost = Session.insert_new([_new_session(plan.contact, plan.filed.added, plan.session_id) for plan in new])
     for index, plan in enumerate(new):
         plan.filed.opened = index not in lost
     if lost:
@@ -268,7 +268,7 @@ def _open_sessions(plans: list[_Plan]) -> None:
             plan.filed.session_id = next(iter(plan.filed.elsewhere.values()))  # its messages' session
 
 
-def new_session(contact: ContactMessages, keys: Sequence[str], session_id: ObjectId | None = None) -> Stored:
+def _new_session(contact: ContactMessages, keys: Sequence[str], session_id: ObjectId | None = None) -> Stored:
     """The session a contact without one is opened with, holding the messages `keys`, as stored."""
     messages = [contact.messages[key] for key in keys]
     oldest = min((message.sent_at for message in messages), default=None)

@@ -61,25 +61,6 @@ def upsert_sessions(batch: Sequence[ImportedSession], origin: str | None = None)
     return outcomes
 
 
-def new_documents(batch: Sequence[ImportedSession], now: dt.datetime | None = None) -> tuple[list[dict], list[dict]]:
-    """The session and message documents a batch of new contacts is stored as.
-
-    The benchmark inserts these with the bare driver, to compare like with like.
-    """
-    from server.models.messages import Message
-
-    contacts, _ = _grouped(batch, None, now or clock.now())
-    sessions, messages = [], []
-    for contact in contacts:
-        session = sessionwriter.new_session(contact, list(contact.messages))
-        sessions.append(session)
-        messages += [
-            Message.inbound(session["_id"], key, message.text, message.sent_at, external_id=message.external_id)
-            for key, message in contact.messages.items()
-        ]
-    return sessions, messages
-
-
 def _grouped(
     batch: Sequence[ImportedSession], origin: str | None, now: dt.datetime
 ) -> tuple[list[ContactMessages], dict[Contact, _ContactRecords]]:

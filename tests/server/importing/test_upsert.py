@@ -8,7 +8,6 @@ import threading
 import pytest
 
 from cli.generate import generate_sessions
-from server.importing import upsert
 from server.importing.records import ImportedMessage, ImportedSession, normalise_session
 from server.importing.upsert import CREATED, UNCHANGED, UPDATED, upsert_sessions
 from server.models.sessions import SessionQuerySet, activity_key
@@ -204,19 +203,6 @@ def test_a_message_stored_meanwhile_by_another_import_is_not_counted_twice(store
     assert outcomes == [UPDATED]  # it added "dois" to the session the other import opened
     assert mongo.sessions.count_documents({}) == 1 and mongo.messages.count_documents({}) == 2
     _every_message_in_a_live_session(mongo)  # 2: "um" is counted once
-
-
-def test_new_documents_are_what_the_engine_stores(store, mongo):
-    batch = generated(5, seed=9)
-    sessions, messages = upsert.new_documents(batch)
-    store(batch)
-
-    def comparable(docs, drop):
-        return sorted(({k: v for k, v in doc.items() if k not in drop} for doc in docs), key=repr)
-
-    stored_sessions = list(mongo.sessions.find())
-    assert comparable(stored_sessions, {"_id", "activity_key"}) == comparable(sessions, {"_id", "activity_key"})
-    assert comparable(mongo.messages.find(), {"_id", "session_id"}) == comparable(messages, {"_id", "session_id"})
 
 
 def test_an_imported_contact_writing_to_the_bot_gets_their_chat_and_name(store, mongo):
