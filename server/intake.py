@@ -122,24 +122,25 @@ class Intake:
             await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
 
     async def _publish(self, stored: conversations.StoredBatch) -> None:
-        """The batch's events and replies, all issued at once, events first; raises if one failed.
+        """The batch's events, then its replies, each kind issued at once; raises if one failed.
 
-        Issued together they cost one round trip to JetStream, not one per kind.
-        Order still holds: publishes issued on one connection reach nats-server
-        in call order, so each `message.received` is in its stream before the
-        reply that answers it; the bot reports a reply it sent as `message.sent`,
-        which must never reach an agent before the message it answers.
+        The replies wait for every event to be stored: the bot reports a reply
+        it sent as `message.sent`, which must never reach an agent before the
+        `message.received` it answers. Issuing both kinds together would keep
+        that order only while no publish is retried; one retried through a
+        stream leader election would land after the replies. The cost is one
+        round trip to JetStream per batch, not per message.
         """
         events = [
             asyncio.ensure_future(eventpublishing.publish(self._js, body, key))
             for body, key in eventpublishing.received(stored)
         ]
-        replies = [asyncio.ensure_future(self._outbound.publish(self._reply_to(item))) for item in stored.messages]
+        replies: list[asyncio.Future[None]] = []
         try:
             await asyncio.gather(*events)
-            # The events are stored; the replies issued beside them may not be yet.
             failpoint("server.events.after_published")
             failpoint("server.intake.after_events_published")
+            replies = [asyncio.ensure_future(self._outbound.publish(self._reply_to(item))) for item in stored.messages]
             await asyncio.gather(*replies)
         finally:
             # After a failure the rest is not waited for: the batch is tried again whole.
