@@ -24,7 +24,6 @@ from server.app import Services, make_app
 from server.database import Database
 from server.intake import Intake
 from server.metrics import HTTP_REFUSED
-from server.outbound import Outbound
 
 log = logging.getLogger("server")
 
@@ -49,7 +48,8 @@ async def main() -> None:
         db.close()
         log.info("server stopped before it was ready")
         return
-    js = nc.jetstream()
+    services = Services.build(settings, db, nc)
+    js = services.jetstream
     try:
         await jetstream.ensure_streams(
             js,
@@ -69,10 +69,9 @@ async def main() -> None:
         db.close()
         sys.exit(f"server: {exc}")
 
-    outbound = Outbound(js, db)
-    services = Services(db=db, nats=nc, js=js, outbound=outbound)
+    outbound = services.outbound
     intake = Intake(js, db, outbound, settings.reply_text, settings.intake_batch, settings.intake_ack_wait)
-    app = make_app(settings, services)
+    app = make_app(services)
     server = GuardedHTTPServer(
         app,
         # X-Real-Ip / X-Forwarded-For are anyone's to write unless a proxy in
@@ -92,9 +91,7 @@ async def main() -> None:
     intake_task = asyncio.create_task(intake.run(), name="intake")
     relay_task = asyncio.create_task(outbound.relay_forever(), name="outbox-relay")
     reaper_task = asyncio.create_task(
-        app.settings["imports"].reap_forever(
-            settings.import_idle_timeout, services.stopping, settings.import_retention
-        ),
+        services.imports.reap_forever(settings.import_idle_timeout, services.stopping, settings.import_retention),
         name="import-reaper",
     )
     # Not a worker: stale gauges are no reason to stop serving.

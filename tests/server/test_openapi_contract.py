@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 from bson import ObjectId
+from nats.aio.client import Client
 
 from devstack.processes import unmeasured_environ
 from server import config
 from server.app import Services, make_app
+from server.database import Database
 from tests.harness import API_TOKEN, ROOT, Process
 from tests.server.factories import MessageFactory, SessionFactory, conversation
 
@@ -39,7 +41,8 @@ SEED = 7
 def served_routes() -> set[tuple[str, str]]:
     """(path template, method) of every /v1 route of the application."""
     settings = config.load({"API_TOKEN": API_TOKEN, "MONGODB_URI": "mongodb://unused", "NATS_URL": "nats://unused"})
-    application = make_app(settings, Services(db=None, nats=None, js=None, outbound=None))
+    # Neither is connected: building the routes uses neither.
+    application = make_app(Services.build(settings, Database(settings.mongodb_uri), Client()))
     routes = set()
     for rule in application.wildcard_router.rules:
         pattern = rule.matcher.regex.pattern.removesuffix("$")
