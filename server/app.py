@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -71,7 +72,7 @@ class Services:
 
 
 def make_app(services: Services) -> Application:
-    handlers = [
+    handlers: list[Any] = [
         *health.default_handlers,
         *metrics.default_handlers,
         *sessions.default_handlers,

@@ -249,7 +249,7 @@ class SessionMessagesHandler(SessionsApiHandler):
         if length is not None and length > MAX_REPLY_BODY:
             raise ApiError(413, f"an agent reply body is at most {MAX_REPLY_BODY} bytes", kind="payload-too-large")
         if self.request.connection is not None:  # chunked bodies are cut off at the limit too
-            self.request.connection.set_max_body_size(MAX_REPLY_BODY)
+            self.request.connection.set_max_body_size(MAX_REPLY_BODY)  # type: ignore[attr-defined]
 
     def data_received(self, chunk: bytes) -> None:
         self._body.append(chunk)
@@ -313,6 +313,7 @@ def agent_text(body: dict[str, Any], problems: FieldProblems) -> str:
     elif len(text) > MAX_TEXT_LENGTH:
         problems.add("text", f"must be at most {MAX_TEXT_LENGTH} characters (Telegram's limit), got {len(text)}")
     problems.check()
+    assert isinstance(text, str)  # a problem otherwise
     return text
 
 
