@@ -29,12 +29,11 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
 from mongoengine import NotUniqueError
-from pymongo import ASCENDING, DESCENDING
 
 from contract import clock
 from runtime.failpoints import failpoint
@@ -49,11 +48,6 @@ from server.models.sessions import (
     preview,
 )
 from server.models.stored import IdempotencyKeyReused
-
-SESSION_ORDER = [("activity_key", DESCENDING)]
-MESSAGE_ORDER = [("sent_at", ASCENDING), ("_id", ASCENDING)]
-# Name keys are dozens of strings per session and no reader needs them.
-SESSION_FIELDS = {"name_keys": 0}
 
 FIRST_SLICE_MS = 60_000
 MIN_SLICE_MS = 1_000
@@ -73,17 +67,6 @@ class SessionFilter:
         """Identifies the listing, so a cursor is honoured only where it was issued."""
         since = self.active_since.astimezone(clock.UTC).isoformat() if self.active_since else None
         return json.dumps(["sessions", sorted(self.words), self.platform, since])
-
-
-@dataclass(frozen=True)
-class Query:
-    """One `find` as sent to MongoDB; the benchmark replays these on the bare driver."""
-
-    collection: str
-    filter: dict[str, Any]
-    sort: list[tuple[str, int]]
-    limit: int
-    projection: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +90,6 @@ class SessionsResume:
 class SessionsPage:
     sessions: list[dict[str, Any]]
     resume: SessionsResume | None
-    queries: list[Query] = field(default_factory=list)
 
 
 def list_sessions(
@@ -137,7 +119,6 @@ def list_sessions(
     top = _milliseconds(activity_key_time(upper) if upper else (now or clock.now()))
     width = resume.slice_ms if resume else FIRST_SLICE_MS
     found: list[dict[str, Any]] = []
-    queries: list[Query] = []
     examined = 0
     while True:
         bottom = top - width
@@ -145,15 +126,7 @@ def list_sessions(
         bounds = {**({"$gte": lower} if lower else {}), **({"$lt": upper} if upper else {})}
         # Re-checked candidates may be dropped, so those queries take a full page.
         batch = limit + 1 if wanted is not None else limit + 1 - len(found)
-        query = Query(
-            Session._meta["collection"],
-            {**equality, **({"activity_key": bounds} if bounds else {})},
-            SESSION_ORDER,
-            batch,
-            SESSION_FIELDS,
-        )
-        queries.append(query)
-        docs = Session.objects.newest_first(query.filter, query.limit)
+        docs = Session.objects.newest_first({**equality, **({"activity_key": bounds} if bounds else {})}, batch)
         kept = [doc for doc in docs if wanted is None or wanted(doc)]
         found += kept
         examined += len(docs)
@@ -161,7 +134,7 @@ def list_sessions(
             break
         if max_examined is not None and examined >= max_examined and docs:
             # Resume below the last document read: everything above it was looked at.
-            return SessionsPage(found, SessionsResume(docs[-1]["activity_key"], width), queries)
+            return SessionsPage(found, SessionsResume(docs[-1]["activity_key"], width))
         if len(docs) == batch:  # the slice may hold more: continue inside it
             upper = docs[-1]["activity_key"]
             continue
@@ -170,9 +143,9 @@ def list_sessions(
         upper, top = lower, bottom
         width = _widen(width, len(kept), limit + 1 - len(found))
     if len(found) <= limit:
-        return SessionsPage(found, None, queries)
+        return SessionsPage(found, None)
     page = found[:limit]
-    return SessionsPage(page, SessionsResume(page[-1]["activity_key"], width), queries)
+    return SessionsPage(page, SessionsResume(page[-1]["activity_key"], width))
 
 
 def _access_path(criteria: SessionFilter) -> tuple[dict[str, Any], Callable[[dict], bool] | None]:
@@ -227,7 +200,6 @@ class MessagesResume:
 class MessagesPage:
     messages: list[dict[str, Any]]
     resume: MessagesResume | None
-    queries: list[Query] = field(default_factory=list)
 
 
 def list_messages(session_id: ObjectId, limit: int, resume: MessagesResume | None = None) -> MessagesPage:
@@ -236,28 +208,18 @@ def list_messages(session_id: ObjectId, limit: int, resume: MessagesResume | Non
     Messages sharing the cursor's instant are read by their own query rather than
     by an `$or` keyset, which SecantusDB answers with a collection scan.
     """
-    collection = Message._meta["collection"]
     found: list[dict[str, Any]] = []
-    queries: list[Query] = []
     later: dict[str, Any] = {"session_id": session_id}
     if resume is not None:
-        same_instant = Query(
-            collection,
-            {"session_id": session_id, "sent_at": resume.sent_at, "_id": {"$gt": resume.message_id}},
-            MESSAGE_ORDER,
-            limit + 1,
-        )
-        queries.append(same_instant)
-        found += Message.objects.timeline(same_instant.filter, same_instant.limit)
+        same_instant = {"session_id": session_id, "sent_at": resume.sent_at, "_id": {"$gt": resume.message_id}}
+        found += Message.objects.timeline(same_instant, limit + 1)
         later["sent_at"] = {"$gt": resume.sent_at}
     if len(found) <= limit:
-        rest = Query(collection, later, MESSAGE_ORDER, limit + 1 - len(found))
-        queries.append(rest)
-        found += Message.objects.timeline(rest.filter, rest.limit)
+        found += Message.objects.timeline(later, limit + 1 - len(found))
     if len(found) <= limit:
-        return MessagesPage(found, None, queries)
+        return MessagesPage(found, None)
     page = found[:limit]
-    return MessagesPage(page, MessagesResume(page[-1]["sent_at"], page[-1]["_id"]), queries)
+    return MessagesPage(page, MessagesResume(page[-1]["sent_at"], page[-1]["_id"]))
 
 
 def find_message(session_id: ObjectId, message_id: ObjectId) -> dict[str, Any] | None:

@@ -170,6 +170,7 @@ def stack(
 # order after these; tests of one module stay together for its module fixtures.
 SLOW_FIRST = (
     "tests/e2e/test_chaos.py",
+    "tests/bench/test_benchmarks.py",
     "tests/server/test_openapi_contract.py",
     "tests/e2e/",
     "tests/security/",

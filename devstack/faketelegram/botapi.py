@@ -162,6 +162,9 @@ class BotApi:
         if entry is None:
             raise ApiError(HTTPStatus.NOT_FOUND)
         name, handler = entry
+        held_up = self.state.arrival_delay(name, params)
+        if held_up:
+            await asyncio.sleep(held_up)
         try:
             if refused is not None:
                 raise refused

@@ -18,7 +18,7 @@ from devstack.faketelegram import messages
 from devstack.faketelegram.errors import ControlError, control_fields, control_int, control_text
 from devstack.faketelegram.files import Blob, Spool
 from devstack.faketelegram.flood import FloodControl
-from devstack.faketelegram.state import Fault, TelegramState, chat_matches, chat_ref
+from devstack.faketelegram.state import Delay, Fault, TelegramState, chat_matches, chat_ref
 
 JsonDict = dict[str, Any]
 
@@ -316,6 +316,11 @@ class TelegramControls:
         )
         self.state.faults.append(fault)
         return fault.to_json()
+
+    def delay_arrival(self, method: str, seconds: float, *, chat_id: int | str | None = None, times: int = 1) -> None:
+        """Holds the next ``times`` calls of ``method`` (for ``chat_id``, if given) ``seconds``
+        before they arrive: flood control and faults see them only then, as Telegram would."""
+        self.state.delays.append(Delay(method, seconds, chat_ref(chat_id), times))
 
     def clear_faults(self) -> None:
         self.state.faults.clear()

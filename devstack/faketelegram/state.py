@@ -55,6 +55,17 @@ class Fault:
 
 
 @dataclass
+class Delay:
+    """The next ``times`` calls of ``method`` (for ``chat_id``, if given) reach the API
+    ``seconds`` late, as a request held up on the network would."""
+
+    method: str
+    seconds: float
+    chat_id: str | None = None
+    times: int = 1
+
+
+@dataclass
 class Attempt:
     """One Bot API call as the bot made it, with the status it got."""
 
@@ -142,6 +153,7 @@ class TelegramState:
         self.attempts: list[Attempt] = []
         self.attempts_by_status: dict[str, int] = {}
         self.faults: list[Fault] = []
+        self.delays: list[Delay] = []
         self.webhook: Webhook | None = None
         self.files.clear()
 
@@ -251,6 +263,21 @@ class TelegramState:
         self.sent_by_chat.setdefault(message["chat"]["id"], []).append(message)
 
     # -- what the bot did -------------------------------------------------------------------
+
+    def arrival_delay(self, method: str, params: JsonDict) -> float:
+        """Seconds this call is held up before it arrives (0: none armed for it)."""
+        requested = chat_ref(params.get("chat_id"))
+        chat = self.find_chat(requested) if requested is not None else None
+        for delay in self.delays:
+            if delay.method.lower() != method.lower():
+                continue
+            if delay.chat_id is not None and not chat_matches(delay.chat_id, requested, chat):
+                continue
+            delay.times -= 1
+            if delay.times == 0:
+                self.delays.remove(delay)
+            return delay.seconds
+        return 0.0
 
     def raise_armed_fault(self, method: str, params: JsonDict) -> None:
         requested = chat_ref(params.get("chat_id"))

@@ -110,14 +110,6 @@ def upsert_sessions(batch: Sequence[ImportedSession], origin: str | None = None,
     return outcomes
 
 
-def new_documents(batch: Sequence[ImportedSession], now: dt.datetime | None = None) -> tuple[list[dict], list[dict]]:
-    """The session and message documents a batch of new contacts is stored as.
-
-    The benchmark inserts these with the bare driver, to compare like with like.
-    """
-    return _new_documents(list(_grouped(batch).values()), now or clock.now())
-
-
 def _grouped(batch: Sequence[ImportedSession]) -> dict[Contact, _ContactRecords]:
     groups: dict[Contact, _ContactRecords] = {}
     for index, session in enumerate(batch):

@@ -11,7 +11,7 @@ import pytest_asyncio
 from nats.js.errors import APIError
 from telegram import Bot
 
-from bot.delivery import Delivery, delivered_bucket, delivered_key
+from bot.delivery import Delivery, RollingSecond, delivered_bucket, delivered_key
 from contract.messaging import OUTBOUND_STREAM, OUTBOUND_SUBJECT, PARKED_STREAM, PARKED_SUBJECT, OutboundMessage
 from devstack.faketelegram import FakeTelegram
 from runtime import jetstream
@@ -173,3 +173,36 @@ async def test_a_burst_to_one_chat_does_not_delay_other_chats(fake, js, delivery
     await until(lambda: len(fake.sent(20)) == burst, timeout=30)
     assert [m["text"] for m in fake.sent(20)] == [f"rajada {n}" for n in range(burst)]
     assert all(a["status"] == 200 for a in fake.attempts()), "paced sends must never meet a 429"
+
+
+@pytest.mark.asyncio
+async def test_no_31_sends_reach_telegram_in_a_rolling_second_when_one_is_slow_on_the_way(fake, js, delivery):
+    # Telegram counts a send when it arrives. The first reply is held up 0.5 s on
+    # the way; sends started 1/30 s apart would then put 31 into the second after it.
+    chats = list(range(300, 345))
+    for chat in chats:
+        fake.register_user(chat, f"Contato {chat}")
+    fake.delay_arrival("sendMessage", 0.5, chat_id=chats[0])
+    for chat in chats:
+        await publish(js, f"slow{chat}", str(chat), "Reply: mensagem recebida")
+    await until(lambda: len(fake.sent()) == len(chats), timeout=30)
+    attempts = [a for a in fake.attempts() if a["method"] == "sendMessage"]
+    assert [a for a in attempts if a["status"] != 200] == [], "a 429 from Telegram's rolling second"
+    arrivals = sorted(a["at"] for a in attempts)
+    assert max(sum(1 for at in arrivals if first <= at < first + 1.0) for first in arrivals) <= 30
+
+
+def test_the_rolling_second_lets_a_burst_go_at_once_and_holds_each_send_a_second_after_its_answer():
+    now = [100.0]
+    window = RollingSecond(30, clock=lambda: now[0])
+    rooms = []
+    for _ in range(30):  # a batch of replies is not spaced out
+        assert window.wait() == 0.0
+        rooms.append(window.reserve())
+    assert window.wait() is None, "all 30 in flight: wait for an answer"
+    now[0] = 100.2
+    rooms[0].requested = True
+    window.release(rooms[0])
+    assert window.wait() == pytest.approx(1.0), "answered at 100.2: room again at 101.2"
+    window.release(rooms[1])  # never sent (already delivered, say): its room is free at once
+    assert window.wait() == 0.0

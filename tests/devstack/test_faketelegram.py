@@ -551,6 +551,39 @@ def test_bot_sends_about_thirty_a_second_across_chats() -> None:
     assert total == 30  # one more second: 30 more, whatever the number of chats
 
 
+def test_bot_gets_thirty_sends_in_any_rolling_second_and_no_more() -> None:
+    control, now = flood()
+    chats = iter({"id": 9000 + n, "type": "private"} for n in range(1000))
+    start = now[0]
+    for n in range(30):  # paced at exactly 30 a second
+        now[0] = start + n / 30
+        assert admitted(control, next(chats), 1) == 1
+    now[0] = start + 0.99  # a send that lands early: 31 in one rolling second
+    assert admitted(control, next(chats), 1) == 0
+    now[0] = start + 1.0  # the first send is a second old
+    assert admitted(control, next(chats), 1) == 1
+    # Idle time saves nothing up: 30 at once, then nothing until the first is a second old.
+    now[0] += 10.0
+    burst_start = now[0]
+    assert sum(admitted(control, next(chats), 1) for _ in range(40)) == 30
+    now[0] = burst_start + 0.5
+    assert sum(admitted(control, next(chats), 1) for _ in range(40)) == 0
+    now[0] = burst_start + 1.0
+    assert sum(admitted(control, next(chats), 1) for _ in range(40)) == 30
+
+
+def test_a_429_from_the_rolling_second_says_when_the_oldest_send_leaves_it() -> None:
+    from devstack.faketelegram import ApiError
+
+    control, now = flood()
+    for n in range(30):
+        control.admit({"id": 9500 + n, "type": "private"})
+    now[0] += 0.2
+    with pytest.raises(ApiError) as refused:
+        control.admit({"id": 9600, "type": "private"})
+    assert refused.value.retry_after == 1  # 0.8 s, in Telegram's whole seconds
+
+
 @pytest.mark.asyncio
 async def test_flood_control_answers_429_with_retry_after(
     fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch

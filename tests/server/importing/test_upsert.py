@@ -198,19 +198,6 @@ def test_a_message_stored_meanwhile_by_another_import_is_not_counted_twice(store
     assert mongo.sessions.find_one()["message_count"] == 1
 
 
-def test_new_documents_are_what_the_engine_stores(store, mongo):
-    batch = generated(5, seed=9)
-    sessions, messages = upsert.new_documents(batch)
-    store(batch)
-
-    def comparable(docs, drop):
-        return sorted(({k: v for k, v in doc.items() if k not in drop} for doc in docs), key=repr)
-
-    stored_sessions = list(mongo.sessions.find())
-    assert comparable(stored_sessions, {"_id", "activity_key"}) == comparable(sessions, {"_id", "activity_key"})
-    assert comparable(mongo.messages.find(), {"_id", "session_id"}) == comparable(messages, {"_id", "session_id"})
-
-
 def test_an_imported_contact_writing_to_the_bot_gets_their_chat_and_name(store, mongo):
     from contract.messaging import InboundMessage
     from server.conversations import store_inbound
