@@ -19,6 +19,7 @@ from server.handlers import base, health, imports, liveevents, metrics, openapi,
 from server.importing.jobs import ImportSlots
 from server.importing.running import Imports
 from server.outbound import Outbound
+from server.sessions import SliceHints
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class Services:
     event_feed: EventFeed
     event_clients: liveevents.EventClients
     mongodb_probe: health.MongoProbe
+    # Where each listing's first page starts (server.sessions.SliceHints).
+    slice_hints: SliceHints = field(default_factory=SliceHints)
     # Set when SIGTERM arrives: long work (an import) checks it between batches.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Awaited at shutdown, after the HTTP server stopped accepting and before NATS

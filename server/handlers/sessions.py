@@ -185,7 +185,12 @@ class SessionsHandler(SessionsApiHandler):
         resume = params.resume(criteria.listing(), sessions.SessionsResume.from_position)
         params.check()
         page = await self.database(
-            sessions.list_sessions, criteria, limit, resume, max_examined=self.services.config.search_max_examined
+            sessions.list_sessions,
+            criteria,
+            limit,
+            resume,
+            max_examined=self.services.config.search_max_examined,
+            hints=self.services.slice_hints,
         )
         cursor = self.services.cursors.encode(criteria.listing(), page.resume.to_position()) if page.resume else None
         self.write_json({"items": [session_resource(doc) for doc in page.sessions], "next_cursor": cursor})
