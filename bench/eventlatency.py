@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     profile = args.profile.resolve() if args.profile else None
     with (
-        method.recorded("events", method.results_folder(args.results), argv) as record,
+        method.recorded("eventlatency", method.results_folder(args.results), argv) as record,
         tempfile.TemporaryDirectory(prefix="balcao-bench-") as tmp,
     ):
         print(f"{args.clients} clients, {args.messages} messages at {args.rate:g}/s, {args.runs} run(s)", flush=True)

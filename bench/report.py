@@ -20,13 +20,13 @@ from typing import Any
 from bench.method import MIN_PAIRS, P99_MIN_SAMPLES, RESULTS, ROOT
 
 OUTPUT = ROOT / "docs" / "benchmarks.md"
-ORDER = ("intake", "replies", "imports", "sessions", "events", "outbound", "csv_reading")
+ORDER = ("intake", "replies", "imports", "sessions", "eventlatency", "outbound", "csv_reading")
 COMMANDS = {
     "intake": ".venv/bin/python -m bench.intake",
     "replies": ".venv/bin/python -m bench.replies",
     "imports": ".venv/bin/python -m bench.imports",
     "sessions": ".venv/bin/python -m bench.sessions",
-    "events": ".venv/bin/python -m bench.eventlatency",
+    "eventlatency": ".venv/bin/python -m bench.eventlatency",
     "outbound": ".venv/bin/python -m bench.outbound",
     "csv_reading": ".venv/bin/python -m bench.csv_reading",
 }
@@ -35,7 +35,7 @@ TITLES = {
     "replies": "Replies at Telegram's limits",
     "imports": "Imports through the CLI",
     "sessions": "Sessions API: listing and search",
-    "events": "Live events over WebSocket",
+    "eventlatency": "Live events over WebSocket",
     "outbound": "Outbound delivery at Telegram's limits",
     "csv_reading": "Reading the CSV import format",
 }
@@ -384,7 +384,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "replies": replies,
     "imports": imports,
     "sessions": sessions,
-    "events": events,
+    "eventlatency": events,
     "outbound": outbound,
     "csv_reading": csv_reading,
 }

@@ -25,7 +25,7 @@ TINY = {
     "replies": ["--rates", "10", "35", "--seconds", "2", "--contacts", "40"],
     "imports": ["--sessions", "60", "--pairs", "1"],
     "sessions": ["--sessions", "200", "--page", "3", "--repeat", "5"],
-    "events": ["--clients", "3", "--messages", "10", "--rate", "20", "--runs", "1"],
+    "eventlatency": ["--clients", "3", "--messages", "10", "--rate", "20", "--runs", "1"],
     "outbound": ["--messages", "40", "--chats", "20", "--burst", "3"],
     "csv_reading": ["--sessions", "100", "--repeat", "1"],
 }

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+from bson import ObjectId
 
 from bench.reference import documents, importer
 from bench.reference import intake as reference_intake
@@ -20,10 +21,11 @@ from cli.generate import generate_sessions
 from contract.importwriter import write_sessions
 from contract.messaging import InboundMessage
 from runtime import jetstream
-from server import models, names
+from server import names
 from server.conversations import store_inbound
 from server.importing.records import normalise_session
 from server.importing.upsert import upsert_sessions
+from server.models.sessions import activity_key
 from tests.server import factories
 
 NAMES = ["João da Silva", "Ana Luíza Conceição", "Zoë O'Connor-Ørsted", "Straße Ĳssel", "Mãe 3ª Geração", "李小龍 Lee"]
@@ -51,9 +53,9 @@ def test_the_search_keys_are_balcaos():
 
 def test_the_activity_key_is_balcaos():
     session = documents.session_document(
-        models.ObjectId(), "1", "Ana", dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC), chat_id="1"
+        ObjectId(), "1", "Ana", dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC), chat_id="1"
     )
-    assert session["activity_key"] == models.activity_key(session["last_message_at"], session["_id"])
+    assert session["activity_key"] == activity_key(session["last_message_at"], session["_id"])
 
 
 def test_the_intake_reference_stores_what_balcaos_intake_stores(both):
@@ -73,7 +75,7 @@ def test_the_intake_reference_stores_what_balcaos_intake_stores(both):
         balcao.messages.find(), "_id", "session_id"
     )
     for session in reference.sessions.find():
-        assert session["activity_key"] == models.activity_key(session["last_message_at"], session["_id"])
+        assert session["activity_key"] == activity_key(session["last_message_at"], session["_id"])
         assert reference.messages.count_documents({"session_id": session["_id"]}) == session["message_count"]
 
 
