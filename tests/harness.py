@@ -301,7 +301,9 @@ class AsyncApiClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url
         self.port = port
-        self.http = httpx.AsyncClient(base_url=f"{base_url}/v1/", headers=headers, timeout=30)
+        # The server shares this process's CPU; a whole upload answered at its end
+        # takes minutes on a machine as busy as CI's can be.
+        self.http = httpx.AsyncClient(base_url=f"{base_url}/v1/", headers=headers, timeout=180)
         openapi_schema()
 
     async def request(self, method: str, path: str, *, check: bool = True, **kwargs: Any) -> httpx.Response:
