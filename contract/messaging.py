@@ -22,6 +22,12 @@ PARKED_SUBJECT = "balcao.outbound.parked"
 DEAD_STREAM = "BALCAO_DEAD"
 DEAD_SUBJECT_PREFIX = "balcao.dead"
 
+# Each process gets its replies under its own inbox prefix (nats.py's default is
+# _INBOX for everyone): a NATS user allowed `_INBOX_server.>` reads the server's
+# replies and nobody else's (deploy/nats/accounts.conf).
+SERVER_INBOX_PREFIX = "_INBOX_server"
+BOT_INBOX_PREFIX = "_INBOX_bot"
+
 # Key-value bucket of outbound keys already delivered to Telegram, so a bot that
 # crashed between sending and acknowledging does not send the message again.
 DELIVERED_BUCKET = "BALCAO_DELIVERED"

@@ -17,6 +17,7 @@ import sys
 from nats.errors import Error as NatsError
 from pymongo.errors import PyMongoError
 
+from contract import messaging
 from runtime import jetstream, lifecycle
 from server import config, events, streams
 from server.app import Services, make_app
@@ -40,7 +41,7 @@ async def main() -> None:
     indexed = await lifecycle.retry_until_ready("MongoDB", db.ensure_indexes_reporting, stopping, (PyMongoError,))
     nc = indexed and await lifecycle.retry_until_ready(
         "NATS",
-        lambda: jetstream.connect(settings.nats_url, "balcao-server"),
+        lambda: jetstream.connect(settings.nats_url, "balcao-server", messaging.SERVER_INBOX_PREFIX),
         stopping,
         (OSError, NatsError, asyncio.TimeoutError),
     )
