@@ -211,8 +211,10 @@ class Launch:
         with self.timings.phase(f"make {down}"):
             make(self.podman, self.project, down, *variables, env=env, timeout=300)
         for service, log in logs.items():
-            assert violations(log.stdout + log.stderr) == [], service
-            assert "Traceback" not in log.stdout + log.stderr, (service, log.stdout[-5000:])
+            text = log.stdout + log.stderr
+            assert violations(text) == [], service
+            crash = text.find("Traceback")
+            assert crash < 0, f"{service} logged a traceback:\n{text[max(0, crash - 2000) : crash + 4000]}"
 
 
 @pytest.fixture(scope="session")
