@@ -167,13 +167,13 @@ logs:
 # (as root), and leaves no container, image, network or host setting behind.
 CONTAINER_TEST_TIMEOUT := 3600
 test-containers: install-test
-	$(PY) -m pytest --containers -n 0 -p no:randomly --timeout=$(CONTAINER_TEST_TIMEOUT) -s \
+	$(PY) -m pytest --containers -n 0 -p no:randomly --timeout=$(CONTAINER_TEST_TIMEOUT) -s --durations=0 \
 	  tests/containers/test_stack.py tests/containers/test_cluster.py
 
 # The whole suite (make test) on the newest Python Balcão supports, in a Debian
 # 13 container made the same way.
 test-python313: install-test
-	$(PY) -m pytest --containers -n 0 -p no:randomly --timeout=$(CONTAINER_TEST_TIMEOUT) -s \
+	$(PY) -m pytest --containers -n 0 -p no:randomly --timeout=$(CONTAINER_TEST_TIMEOUT) -s --durations=0 \
 	  tests/containers/test_python313.py
 
 # The directory's 0700 keeps other host users out. The files stay 0644:
