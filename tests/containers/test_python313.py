@@ -47,6 +47,10 @@ def test_the_whole_suite_passes_on_python_313(
             IMAGE, "make", "test", timeout=3600, check=False,
         )  # fmt: skip
     output = run.stdout + run.stderr
+    # What a failure needs to be understood: pytest's FAILURES section whole, and the end.
+    failures = output.find("= FAILURES =")
+    if failures >= 0:
+        print(output[failures : output.find("short test summary info", failures)][:60000])
     print(output[-6000:])
     version = re.search(r"creating \.venv with python3\.13 \((Python 3\.13\.\d+)\)", output)
     assert version, "the suite did not run on Python 3.13"
