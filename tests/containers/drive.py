@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from tests.containers.podman import Podman
 from tests.harness import FakeTelegramClient
@@ -86,6 +89,44 @@ class ReplyWatch(Background):
                     longest = max(longest, at - since)
                 since, last = at, count
         return longest
+
+
+# Run in a server container, as its own NATS user (from its NATS_URL and password file):
+# what JetStream still holds for the server and the bot.
+BACKLOG = """
+import asyncio, json, os
+from urllib.parse import urlsplit
+import nats
+async def main():
+    urls = [urlsplit(url.strip()) for url in os.environ["NATS_URL"].split(",")]
+    password = open(os.environ["NATS_PASSWORD_FILE"]).read().strip()
+    nc = await nats.connect([f"nats://{url.hostname}:{url.port}" for url in urls], user=urls[0].username,
+                            password=password, inbox_prefix="_INBOX_server")
+    js = nc.jetstream()
+    inbound = (await js.stream_info("BALCAO_INBOUND")).state.messages
+    outbound = (await js.stream_info("BALCAO_OUTBOUND")).state.messages
+    consumer = await js.consumer_info("BALCAO_INBOUND", "server-inbound")
+    await nc.close()
+    print(json.dumps([inbound, consumer.num_pending + consumer.num_ack_pending, outbound]))
+asyncio.run(main())
+"""
+
+
+def settle(podman: Podman, server: str, observe: Callable[[], Any], quiet: float = 3.0, timeout: float = 240.0) -> Any:
+    """Wait until JetStream holds nothing for either process (inbound taken and acknowledged,
+    outbound sent) and `observe()` stays the same for `quiet` s; its last value. Only then
+    does comparing what was sent with what arrived prove that nothing came twice."""
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        held = json.loads(podman.run("exec", server, "python", "-c", BACKLOG).stdout)
+        current = (held, observe())
+        if current != last:
+            last, since = current, time.monotonic()
+        elif held == [0, 0, 0] and time.monotonic() - since >= quiet:
+            return current[1]
+        time.sleep(0.5)
+    raise AssertionError(f"the stack did not settle in {timeout} s (last: {last!r})")
 
 
 def assert_hardened(podman: Podman, service: str, container: str, limits: tuple[int, int] | None = None) -> None:

@@ -25,7 +25,7 @@ from websockets.sync.client import connect
 
 from devstack.processes import free_port
 from tests.containers.conftest import Launch
-from tests.containers.drive import Writer, assert_hardened, replies, resident
+from tests.containers.drive import Writer, assert_hardened, replies, resident, settle
 from tests.containers.podman import Podman, Timings
 from tests.harness import ROOT, FakeTelegramClient, eventually
 
@@ -155,10 +155,9 @@ def test_the_cli_image_imports_json_and_csv_each_announced_once(
                 env={"BALCAO_API_TOKEN": stack.token},
                 timeout=600,
             )  # fmt: skip
-    announcements = eventually(lambda: len(telegram.sent(CHANNEL)) >= 2 and telegram.sent(CHANNEL), timeout=120)
-    time.sleep(5)  # an announcement sent twice would come within the channel's pacing (3 s)
-    assert [m["text"] for m in telegram.sent(CHANNEL)] == [m["text"] for m in announcements]
-    assert len(announcements) == 2 and all(m["text"].startswith("Importação concluída") for m in announcements)
+    eventually(lambda: len(telegram.sent(CHANNEL)) >= 2, timeout=120, message="both announcements")
+    announcements = settle(podman, stack.containers["server"], lambda: [m["text"] for m in telegram.sent(CHANNEL)])
+    assert len(announcements) == 2 and all(text.startswith("Importação concluída") for text in announcements)
     with stack.api() as api:
         after = api.get("sessions", params={"limit": 500}).json()["items"]
     assert len(after) >= before + len(json.loads((ROOT / "data" / "sessions.json").read_text()))
@@ -202,8 +201,7 @@ def test_server_and_bot_stopped_while_a_contact_writes_answer_everything_once_wh
         podman.healthy(stack.containers[service])
 
     eventually(writer.all_answered, timeout=180, interval=1, message="every message answered after the restart")
-    time.sleep(5)  # a second reply to any of them would come within this
-    assert writer.answered() == dict(writer.sent)
+    assert settle(podman, stack.containers["server"], writer.answered) == dict(writer.sent)
     with stack.api() as api:
         counts = {
             item["contact"]["identifier"]: item["message_count"]
@@ -229,8 +227,7 @@ def test_memory_idle_and_at_twenty_messages_a_second(
                 peak[service] = max(peak[service], resident(podman, container))
     rate = sum(writer.sent.values()) / (time.monotonic() - started)
     eventually(writer.all_answered, timeout=180, interval=1, message="every message answered")
-    time.sleep(3)
-    assert writer.answered() == dict(writer.sent)
+    assert settle(podman, stack.containers["server"], writer.answered) == dict(writer.sent)
     for service in stack.containers:
         timings.figures.append(
             f"RSS {service:<7} idle {idle[service] / 1e6:6.1f} MB, at {rate:.0f} msg/s {peak[service] / 1e6:6.1f} MB"
