@@ -68,13 +68,21 @@ lint: install
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-# Modest sizes that finish in a few minutes; the README gives the full-size runs.
-BENCH_SESSIONS ?= 20000
-BENCH_MESSAGES ?= 2000
+# Every benchmark at modest sizes; each writes bench/results/<name>.json, and
+# docs/benchmarks.md is rendered from those (with how long each run took).
+# README's Benchmarks section says how to run them at full size.
+BENCH_MESSAGES ?= 1000
+BENCH_SESSIONS ?= 5000
+BENCH_LIST_SESSIONS ?= 20000
 bench: install
-	$(PY) -m bench.imports --sizes $(BENCH_SESSIONS)
-	$(PY) -m bench.intake --messages $(BENCH_MESSAGES)
-	$(PY) -m bench.sessions --sessions $(BENCH_SESSIONS) --repeat 50
+	$(PY) -m bench.intake --messages $(BENCH_MESSAGES) --durability nats-sync mongo-journal
+	$(PY) -m bench.replies
+	$(PY) -m bench.imports --sessions $(BENCH_SESSIONS)
+	$(PY) -m bench.sessions --sessions $(BENCH_LIST_SESSIONS)
+	$(PY) -m bench.eventlatency
+	$(PY) -m bench.outbound --messages 600 --chats 200 --burst 20
+	$(PY) -m bench.csv_reading
+	$(PY) -m bench.report
 
 clean:
 	rm -rf var .coverage .coverage.* htmlcov

@@ -124,6 +124,16 @@ class Ledger:
     import_done: bool = False
     import_attempts: int = 0
 
+    def killed(self, victim: str) -> list[float]:
+        """When `victim` (one of VICTIMS) was SIGKILLed."""
+        if victim not in VICTIMS:
+            raise ValueError(f"no victim {victim!r}; the soak kills {', '.join(VICTIMS)}")
+        return [at for name, at in self.kill_times if name == victim]
+
+
+# What the soak SIGKILLs, as the ledger records it.
+VICTIMS = ("server", "bot", "nats")
+
 
 class Chaos:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
@@ -332,7 +342,8 @@ class Chaos:
 
     def import_file(self) -> None:
         """The CLI imports a file in chunks, resuming after each failure, as its user would."""
-        from cli.generate import generate_sessions, write_sessions
+        from cli.generate import generate_sessions
+        from contract.importwriter import write_sessions
 
         out = io.StringIO()
         write_sessions(
@@ -373,7 +384,7 @@ class Chaos:
 
     def kill_at_random(self) -> None:
         while not self.sending_done.wait(self.random.uniform(0.5, 1.5) * self.args.kill_every):
-            victim = self.random.choice(["server", "bot", "nats"])
+            victim = self.random.choice(VICTIMS)
             self.ledger.kills.append(victim)
             self.ledger.kill_times.append((victim, time.monotonic()))
             if victim == "nats":
@@ -497,8 +508,7 @@ class Chaos:
         for attempt in self.telegram.get("/_test/attempts").json()["attempts"]:
             if attempt["method"] == "sendMessage" and attempt["status"] == 200:
                 accepted[(str(attempt["chat_id"]), attempt["text"])].append(attempt["at"])
-        bot_kills = [at for victim, at in ledger.kill_times if victim == "bot"]
-        nats_kills = [at for victim, at in ledger.kill_times if victim == "nats-server"]
+        bot_kills, nats_kills = ledger.killed("bot"), ledger.killed("nats")
 
         def tally(contact: int, text: str, owed: int, into: collections.Counter) -> None:
             got = by_chat[contact][text]

@@ -10,8 +10,9 @@ other chats waited while the burst chat drained.
 
     .venv/bin/python -m bench.outbound [--messages 1800] [--chats 600] [--burst 40]
 
-Targets: delivered rate >= 90 % of 30/s, 0 429s in steady state, and no chat's
-first message waiting behind the burst.
+Targets: delivered rate >= 90 % of 30/s, 0 429s, and no chat's first message
+waiting behind the burst. The fake's flood control counts Telegram's 30 per
+rolling second (devstack/faketelegram/flood.py).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats
 
+from bench import method
 from contract.messaging import OUTBOUND_SUBJECT, OutboundMessage
 from devstack.processes import NatsServer, free_port, wait_for_port
 from runtime import jetstream
@@ -60,7 +63,7 @@ async def publish(nats_url: str, messages: int, chats: int, burst: int) -> int:
     return published
 
 
-def run(messages: int, chats: int, burst: int) -> int:
+def run(messages: int, chats: int, burst: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="balcao-outbound-") as tmp:
         work = Path(tmp)
         nats_server = NatsServer(data_dir=work / "nats")
@@ -107,7 +110,7 @@ def run(messages: int, chats: int, burst: int) -> int:
             nats_server.stop()
 
 
-def report(attempts: list[dict], total: int, chats: int, burst: int) -> int:
+def report(attempts: list[dict], total: int, chats: int, burst: int) -> dict[str, Any]:
     sent = [a for a in attempts if a["status"] == 200]
     first, last = min(a["at"] for a in sent), max(a["at"] for a in sent)
     elapsed = last - first
@@ -126,25 +129,42 @@ def report(attempts: list[dict], total: int, chats: int, burst: int) -> int:
         f"delivered rate:            {rate:6.1f} msg/s = {rate / TELEGRAM_LIMIT:6.1%} of Telegram's "
         f"{TELEGRAM_LIMIT:.0f}/s (target >= 90 %)"
     )
-    print(f"429 answers:               {len(limited):6d} in all, {len(steady)} in steady state (target 0)")
+    print(f"429 answers:               {len(limited):6d} in all (target 0), {len(steady)} after the first second")
     print(f"burst chat drained after:  {burst_done:6.1f} s (1/s per chat)")
     print(
         f"last other chat's first message after {others[-1]:.1f} s "
         f"(every chat once at 30/s takes {ideal_last_first:.1f} s)"
     )
-    ok = len(sent) == total and rate >= 0.9 * TELEGRAM_LIMIT and not steady
-    print("PASS" if ok else "FAIL")
-    return 0 if ok else 1
+    ok = rate >= 0.9 * TELEGRAM_LIMIT and not limited
+    print(f"targets {'met' if ok else 'missed'}")
+    if len(sent) != total:
+        raise SystemExit(f"{len(sent)} of {total} messages delivered")
+    return {
+        "messages": total,
+        "chats": chats,
+        "burst": burst,
+        "seconds": elapsed,
+        "delivered_rate": rate,
+        "share_of_limit": rate / TELEGRAM_LIMIT,
+        "too_many_requests": len(limited),
+        "too_many_requests_after_first_second": len(steady),
+        "burst_drained_seconds": burst_done,
+        "last_first_message_seconds": others[-1],
+        "ideal_last_first_message_seconds": ideal_last_first,
+        "met": ok,
+    }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=1800, help="messages spread over the chats")
     parser.add_argument("--chats", type=int, default=600, help="private chats they go to")
     parser.add_argument("--burst", type=int, default=40, help="messages owed to one extra chat")
-    args = parser.parse_args()
-    sys.exit(run(args.messages, args.chats, args.burst))
+    method.add_results_argument(parser)
+    args = parser.parse_args(argv)
+    with method.recorded("outbound", method.results_folder(args.results), argv) as record:
+        record.figures = run(args.messages, args.chats, args.burst)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -36,6 +36,8 @@ class Settings:
     metrics_port: int | None = None  # none: no metrics endpoint
     stream_max_bytes: int = messaging.STREAM_MAX_BYTES
     stream_max_age: int = messaging.STREAM_MAX_AGE_SECONDS
+    parked_max_age: int = messaging.PARKED_MAX_AGE_SECONDS
+    dead_letter_max_age: int = messaging.DEAD_LETTER_MAX_AGE_SECONDS
     # Servers holding a copy of each stream: 1 on one node, 3 in a three-node cluster.
     nats_replicas: int = 1
     log_format: str = "text"
@@ -95,6 +97,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         # give both processes the same limits, or each start-up resets them.
         stream_max_bytes=env.integer("STREAM_MAX_BYTES", messaging.STREAM_MAX_BYTES),
         stream_max_age=env.integer("STREAM_MAX_AGE_SECONDS", messaging.STREAM_MAX_AGE_SECONDS),
+        parked_max_age=env.integer("PARKED_MAX_AGE_SECONDS", messaging.PARKED_MAX_AGE_SECONDS, minimum=3600),
+        dead_letter_max_age=env.integer(
+            "DEAD_LETTER_MAX_AGE_SECONDS", messaging.DEAD_LETTER_MAX_AGE_SECONDS, minimum=3600
+        ),
         log_format=env.choice("LOG_FORMAT", "text", ("text", "json")),
         log_level=env.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
     )

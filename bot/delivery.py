@@ -4,8 +4,9 @@ Telegram allows a bot about 30 messages per second in all, one per second in a
 private chat (a short burst passes) and 20 per minute in a group or channel;
 beyond that it answers 429 with `retry_after`. So the bot paces itself rather
 than finding the limits by hitting them: every chat has its own queue and its
-own next allowed time, and a scheduler hands out the overall slots (1/30 s
-apart) to the chats that may send now, oldest waiting message first. A contact
+own next allowed time, and a scheduler hands the room left in the rolling
+second (`RollingSecond`) to the chats that may send now, oldest waiting
+message first. A contact
 whose burst of 20 messages owes 20 replies gets one a second, and everyone
 else's replies, goodbyes and agent answers go out in the slots between them
 instead of behind that queue; the burst itself is not starved either, so no
@@ -31,6 +32,7 @@ import heapq
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
@@ -44,15 +46,15 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Tele
 from bot.metrics import OUTBOUND_FAILURES, OUTBOUND_PARKED, OUTBOUND_SENT
 from bot.relay import retry_seconds
 from bot.reports import report_delivery
-from contract import events
+from contract import eventstream
 from contract.messaging import (
     DELIVERED_BUCKET,
     OUTBOUND_CONSUMER,
     OUTBOUND_STREAM,
     OUTBOUND_SUBJECT,
-    PARKED_SUBJECT,
     OutboundMessage,
     PayloadError,
+    parked_subject,
 )
 from runtime import jetstream
 from runtime.failpoints import failpoint
@@ -78,6 +80,58 @@ FETCH_BATCH = MAX_HELD // 10  # the shared consumer allows 10 batches pending
 # (a local Bot API server, a benchmark): the HTTP client keeps exactly this many
 # connections (bot.main), so a send never queues on its pool.
 SENDS_IN_FLIGHT = 32
+
+
+class RollingSecond:
+    """Room for sends within Telegram's limit of `limit` messages in any rolling second.
+
+    Telegram counts a send when the request reaches it: after the bot started it
+    and before the answer came back, at a moment the bot cannot know. So a send
+    may start only while fewer than `limit` sends are in flight or were answered
+    less than a second ago. Then no `limit + 1` sends can reach Telegram within
+    one second, whatever the network does to their timing (of any such sends,
+    the one started last would have found the others in flight or answered
+    within the second). Sends 1/30 s apart, by contrast, put 31 into one rolling
+    second whenever the first of them is a little slower on the way.
+
+    The price is the round trip: each send holds its room for one second plus
+    its round trip, so the bot sends at most `limit / (1 + round trip)` a second
+    in a sustained queue (29.4 at 20 ms). Below that, a batch of replies goes
+    out at once instead of one every 1/30 s.
+    """
+
+    def __init__(self, limit: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._limit = limit
+        self._clock = clock
+        self._in_flight = 0
+        self._answered: deque[float] = deque()
+
+    def wait(self) -> float | None:
+        """0 when a send may start now; else the seconds until one may, or None until a send is answered."""
+        now = self._clock()
+        while self._answered and self._answered[0] <= now - 1.0:
+            self._answered.popleft()
+        if self._in_flight + len(self._answered) < self._limit:
+            return 0.0
+        return self._answered[0] + 1.0 - now if self._answered else None
+
+    def reserve(self) -> Room:
+        """A send may start: its room is held until `release`."""
+        self._in_flight += 1
+        return Room()
+
+    def release(self, room: Room) -> None:
+        """The send is over; if its request went to Telegram, its room is held one second more."""
+        self._in_flight -= 1
+        if room.requested:
+            self._answered.append(self._clock())
+
+
+@dataclass
+class Room:
+    """One send's place in the rolling second; `requested` once its request is under way."""
+
+    requested: bool = False
 
 
 @dataclass
@@ -106,8 +160,7 @@ class Delivery:
         self._replicas = replicas
         self._js = js
         self._batch_size = batch_size
-        self._slot_interval = 1.0 / max_per_second
-        self._next_slot = 0.0
+        self._room = RollingSecond(max_per_second)
         self._delivered: KeyValue | None = None
         self._stopping = asyncio.Event()
         self._chats: dict[str, _Chat] = {}
@@ -185,32 +238,28 @@ class Delivery:
             heapq.heappush(self._waiting, (chat.next_at, self._order, chat))
 
     async def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
             now = time.monotonic()
             while self._waiting and self._waiting[0][0] <= now:
                 chat = heapq.heappop(self._waiting)[2]
                 self._order += 1
                 heapq.heappush(self._ready, (chat.queue[0][0], self._order, chat))
-            if not self._ready:
-                timeout = self._waiting[0][0] - now if self._waiting else None
+            # A chat may send, and there is room in the bot's rolling second (a
+            # send that ends wakes this loop, as does a chat's new message).
+            room = self._room.wait() if self._ready else None
+            if not self._ready or room != 0.0:
+                timeout = self._waiting[0][0] - now if self._waiting and not self._ready else room
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
-            # One overall slot every 1/30 s, never saved up while idle, so the
-            # bot stays under Telegram's per-bot limit whatever the chats.
-            slot = max(self._next_slot, loop.time())
-            self._next_slot = slot + self._slot_interval
-            if slot > loop.time():
-                await asyncio.sleep(slot - loop.time())
             chat = heapq.heappop(self._ready)[2]
             chat.scheduled = False
             if not chat.queue:
                 continue
             chat.busy = True
             await self._sends.acquire()  # the chat stays busy meanwhile: nothing else picks it
-            task = asyncio.create_task(self._send_head(chat))
+            task = asyncio.create_task(self._send_head(chat, self._room.reserve()))
             self._in_flight.add(task)
             task.add_done_callback(self._sent)
 
@@ -218,12 +267,12 @@ class Delivery:
         self._in_flight.discard(task)
         self._sends.release()
 
-    async def _send_head(self, chat: _Chat) -> None:
+    async def _send_head(self, chat: _Chat, room: Room) -> None:
         _, msg, outbound = chat.queue[0]
         started = time.monotonic()
         delay: float | None = None
         try:
-            delay = await self._deliver(msg, outbound)
+            delay = await self._deliver(msg, outbound, room)
         except (NatsError, asyncio.TimeoutError) as exc:  # NATS away: the chat waits and tries again
             log.warning("delivering to chat %s interrupted, will retry: %r", chat.chat_id, exc)
             delay = NETWORK_RETRY_DELAY
@@ -231,6 +280,7 @@ class Delivery:
             log.exception("delivering to chat %s failed", chat.chat_id)
             delay = NETWORK_RETRY_DELAY
         finally:
+            self._room.release(room)
             if delay is None:
                 if chat.queue and chat.queue[0][1] is msg:
                     chat.queue.popleft()
@@ -242,8 +292,8 @@ class Delivery:
             self._enlist(chat)
             self._wake.set()
 
-    async def _deliver(self, msg: Msg, outbound: OutboundMessage) -> float | None:
-        """Send one message; the delay before another try, or None when done with it."""
+    async def _deliver(self, msg: Msg, outbound: OutboundMessage, room: Room) -> float | None:
+        """Send one message in its `room`; the delay before another try, or None when done with it."""
         marker = delivered_key(outbound.key)
         # Every delivery is checked, not only redeliveries: the same key can come
         # back as a new stream message when its publisher retried after the
@@ -257,6 +307,7 @@ class Delivery:
             log.info("outbound %s to chat %s already delivered; not sent again", outbound.kind, outbound.chat_id)
             await msg.ack()
             return None
+        room.requested = True
         try:
             await self._bot.send_message(chat_id=chat_ref(outbound.chat_id), text=outbound.text)
         except RetryAfter as exc:
@@ -280,7 +331,7 @@ class Delivery:
         # The residual window: Telegram has the message, the marker is not written.
         failpoint("bot.delivery.after_send_before_marker")
         await self._remember(marker)
-        await report_delivery(self._js, outbound, events.DELIVERY_SENT)
+        await report_delivery(self._js, outbound, eventstream.DELIVERY_SENT)
         with contextlib.suppress(NatsError, asyncio.TimeoutError):
             await msg.ack()  # if lost, the redelivery finds the marker
         return None
@@ -342,9 +393,11 @@ class Delivery:
             kind=outbound.kind,
             meta={**outbound.meta, "reason": reason},
         )
-        await self._js.publish(PARKED_SUBJECT, parked.to_bytes(), headers={"Nats-Msg-Id": outbound.key})
+        await self._js.publish(
+            parked_subject(outbound.chat_id), parked.to_bytes(), headers={"Nats-Msg-Id": outbound.key}
+        )
         OUTBOUND_PARKED.labels(kind=outbound.kind).inc()
-        await report_delivery(self._js, outbound, events.DELIVERY_PARKED)
+        await report_delivery(self._js, outbound, eventstream.DELIVERY_PARKED)
 
 
 def chat_interval(chat_id: str) -> float:

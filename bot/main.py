@@ -78,7 +78,12 @@ async def main() -> None:
     try:
         await jetstream.ensure_streams(
             js,
-            jetstream.StreamLimits(settings.stream_max_bytes, settings.stream_max_age),
+            jetstream.StreamLimits(
+                settings.stream_max_bytes,
+                settings.stream_max_age,
+                settings.parked_max_age,
+                settings.dead_letter_max_age,
+            ),
             replicas=settings.nats_replicas,
             administer=False,
         )

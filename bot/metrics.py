@@ -35,6 +35,12 @@ OUTBOUND_PARKED = Counter(
     "Outbound messages Telegram will never accept, moved to the parked stream, by kind",
     ["kind"],
 )
+WEBHOOK_REFUSED = Counter(
+    "balcao_bot_webhook_refused_total",
+    "Webhook calls and connections refused before an update was read, by reason",
+    # wrong-secret, and the guarded HTTP server's reasons (too-many-connections, body-too-large...)
+    ["reason"],
+)
 
 for reason in ("retry_after", "network", "forbidden", "bad_request", "other"):
     OUTBOUND_FAILURES.labels(reason=reason)

@@ -17,7 +17,7 @@ import logging
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
-from contract import events
+from contract import eventstream
 from contract.messaging import PLATFORM_TELEGRAM, OutboundMessage
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ async def report_delivery(js: JetStreamContext, outbound: OutboundMessage, deliv
     if outbound.kind not in REPORTED_KINDS or not session_id:
         return
     platform = outbound.meta.get("platform") or PLATFORM_TELEGRAM
-    body = events.message_sent(
+    body = eventstream.message_sent(
         platform=platform,
         session_id=session_id,
         contact_identifier=outbound.meta.get("contact_identifier") or outbound.chat_id,
@@ -43,10 +43,10 @@ async def report_delivery(js: JetStreamContext, outbound: OutboundMessage, deliv
     )
     try:
         await js.publish(
-            events.subject(events.MESSAGE_SENT, platform, session_id),
-            events.to_bytes(body),
+            eventstream.subject(eventstream.MESSAGE_SENT, platform, session_id),
+            eventstream.to_bytes(body),
             timeout=REPORT_TIMEOUT,
-            headers={"Nats-Msg-Id": events.dedup_id(events.MESSAGE_SENT, outbound.key)},
+            headers={"Nats-Msg-Id": eventstream.dedup_id(eventstream.MESSAGE_SENT, outbound.key)},
         )
     except (NatsError, asyncio.TimeoutError) as exc:
         log.warning("delivery of %s not reported to the event stream: %r", outbound.kind, exc)

@@ -6,6 +6,13 @@ through the same handlers as polling (`bot.relay.handle_update`) and answers
 200 only after that; 500 when the relay failed, so Telegram delivers the update
 again; 403 when the secret Telegram was given at setWebhook is missing or wrong.
 
+The listener faces the internet, so it runs on the API server's guarded HTTP
+server (runtime/httpserver.py) with limits fit for Telegram: bodies of at most
+MAX_BODY_BYTES, headers and idle keep-alive cut off after IDLE_TIMEOUT, a body
+after BODY_TIMEOUT, at most MAX_CONNECTIONS open and MAX_CONNECTIONS_PER_ADDRESS
+from one address. The secret is checked from the headers, before any byte of
+the body is read: a caller without it costs a header parse and a 403.
+
 Tornado is imported here and nowhere else in the bot: polling mode runs without
 it (extra `bot-webhook`), so bot.main imports this module only in webhook mode.
 """
@@ -20,18 +27,30 @@ from http import HTTPStatus
 
 from telegram import Update
 from telegram.ext import Application
-from tornado.httpserver import HTTPServer
 from tornado.web import Application as WebApplication
-from tornado.web import RequestHandler
+from tornado.web import RequestHandler, stream_request_body
 
 from bot.config import Settings
+from bot.metrics import WEBHOOK_REFUSED
 from bot.relay import handle_update
+from runtime.httpserver import GuardedHTTPServer
 
 log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
-# Updates are small; Telegram's largest text is 4096 characters.
-MAX_BODY_BYTES = 1024 * 1024
+# Updates are small: Telegram's largest text is 4096 characters, which JSON
+# escapes to at most 24 KiB, and the rest of a message update is a few hundred bytes.
+MAX_BODY_BYTES = 64 * 1024
+# Telegram sends an update whole and at once; keep-alive connections it reuses
+# come back within seconds.
+IDLE_TIMEOUT = 60.0
+BODY_TIMEOUT = 10.0
+# Telegram opens at most `max_connections` (setWebhook; 40, its default, asked
+# for below) at once. Behind a TLS proxy every connection is the proxy's: keep
+# its upstream pool under the per-address cap.
+TELEGRAM_CONNECTIONS = 40
+MAX_CONNECTIONS = 100
+MAX_CONNECTIONS_PER_ADDRESS = 50
 
 
 class WebhookReceiver:
@@ -42,7 +61,7 @@ class WebhookReceiver:
         self.failures = failures
         self._settings = settings
         self._secret = (settings.webhook_secret or "").encode()
-        self._server: HTTPServer | None = None
+        self._server: GuardedHTTPServer | None = None
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -51,12 +70,21 @@ class WebhookReceiver:
     async def start(self) -> None:
         """Listen first, then tell Telegram where to post, so no update finds nobody home."""
         routes = [(self._settings.webhook_path, UpdateHandler, {"receiver": self})]
-        self._server = HTTPServer(WebApplication(routes), max_body_size=MAX_BODY_BYTES)
+        self._server = GuardedHTTPServer(
+            WebApplication(routes),
+            max_body_size=MAX_BODY_BYTES,
+            idle_connection_timeout=IDLE_TIMEOUT,
+            body_timeout=BODY_TIMEOUT,
+            max_connections=MAX_CONNECTIONS,
+            max_connections_per_address=MAX_CONNECTIONS_PER_ADDRESS,
+            refused=lambda reason: WEBHOOK_REFUSED.labels(reason=reason).inc(),
+        )
         self._server.listen(self._settings.webhook_port)
         await self.application.bot.set_webhook(
             url=self._settings.webhook_url,
             secret_token=self._settings.webhook_secret,
             allowed_updates=["message"],
+            max_connections=TELEGRAM_CONNECTIONS,
         )
         log.info("receiving updates by webhook on port %d", self._settings.webhook_port)
 
@@ -91,20 +119,33 @@ class WebhookReceiver:
                 self._idle.set()
 
 
+@stream_request_body
 class UpdateHandler(RequestHandler):
+    SUPPORTED_METHODS = ("POST",)
+
     def initialize(self, receiver: WebhookReceiver) -> None:
         self.receiver = receiver
+        self._body = bytearray()
+
+    def prepare(self) -> None:
+        """The secret and the shutdown are checked from the headers, before the body is read."""
+        receiver = self.receiver
+        if not receiver.authentic(self.request.headers.get(SECRET_HEADER, "")):
+            log.warning("webhook call without the right secret from %s refused", self.request.remote_ip)
+            WEBHOOK_REFUSED.labels(reason="wrong-secret").inc()
+            self.answer(HTTPStatus.FORBIDDEN)
+        elif receiver.stopping:
+            self.answer(HTTPStatus.SERVICE_UNAVAILABLE)  # Telegram retries later
+
+    def data_received(self, chunk: bytes) -> None:
+        # At most MAX_BODY_BYTES arrive: the guarded server cuts off the rest.
+        self._body += chunk
 
     async def post(self) -> None:
         """One update from Telegram: 200 only once handled (and relayed, if text)."""
         receiver = self.receiver
-        if not receiver.authentic(self.request.headers.get(SECRET_HEADER, "")):
-            log.warning("webhook call without the right secret from %s refused", self.request.remote_ip)
-            return self.answer(HTTPStatus.FORBIDDEN)
-        if receiver.stopping:
-            return self.answer(HTTPStatus.SERVICE_UNAVAILABLE)  # Telegram retries later
         try:
-            body = json.loads(self.request.body)
+            body = json.loads(self._body)
             update = Update.de_json(body, receiver.application.bot) if isinstance(body, dict) else None
         except Exception as exc:  # PTB raises assorted errors on malformed updates
             log.warning("webhook body is not an update: %r", exc)
@@ -118,3 +159,6 @@ class UpdateHandler(RequestHandler):
         # No body: Telegram would run a JSON body as a Bot API call.
         self.set_status(status)
         self.finish()
+
+    def write_error(self, status_code: int, **kwargs: object) -> None:
+        self.finish()  # no body either when Tornado answers (405 to another method)

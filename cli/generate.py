@@ -15,12 +15,8 @@ from typing import Any, TextIO
 
 import click
 
-from contract.importformat import WRITER_FORMATS, utc_text, write_sessions
+from contract.importwriter import WRITER_FORMATS, utc_text, write_sessions
 
-__all__ = ["FORMATS", "MAX_SESSIONS", "generate", "generate_sessions", "write_sessions"]
-
-# The writers are the import format's own (contract/importformat.py).
-FORMATS = WRITER_FORMATS
 FLAVOURS = ("plain", "sample")
 
 FIRST_NAMES = (
@@ -256,7 +252,7 @@ def generate_sessions(
 @click.option(
     "--format",
     "file_format",
-    type=click.Choice(FORMATS),
+    type=click.Choice(WRITER_FORMATS),
     default="json",
     show_default=True,
     help="json: an array; ndjson: one session per line; csv: one session per row with the "

@@ -30,7 +30,6 @@ import click
 
 from cli.api import ApiClient, ApiFailure, UserError, api_options
 from cli.readers import (
-    FORMATS,
     Chunk,
     FileBroken,
     FileUnreadable,
@@ -39,7 +38,8 @@ from cli.readers import (
     read_ahead,
     read_chunks,
 )
-from contract.importformat import CHANNEL_RULE, CHUNK_MEDIA_TYPE, channel_ref
+from contract.importformat import CHUNK_MEDIA_TYPE, KINDS
+from contract.values import CHANNEL_RULE, channel_ref
 
 DEFAULT_STATE_DIR = Path("~/.cache/balcao/imports")
 SHOWN_ERRORS = 10
@@ -108,7 +108,7 @@ def check_channel(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option(
     "--format",
     "file_format",
-    type=click.Choice(["auto", *FORMATS]),
+    type=click.Choice(["auto", *KINDS]),
     default="auto",
     show_default=True,
     help="json: an array; ndjson: one session per line; csv: either CSV layout; auto: from the content.",

@@ -4,7 +4,7 @@ NDJSON goes through pandas in blocks of `chunk_size` lines. A JSON array
 cannot: pandas reads JSON in chunks only as NDJSON
 (`read_json(lines=True, chunksize=...)`), and would load an array whole, so
 arrays are streamed item by item with ijson instead. CSV is read by the import
-format's own reader (contract/importformat.py), the one the server reads
+format's own reader (contract/csvlayouts.py), the one the server reads
 uploads with: a file is cut into the same records, at the same lines, with the
 same problems, whether it is uploaded or sent by the CLI. (pandas' C reader
 reports a bad row only in a warning's text, and a short row not at all.)
@@ -33,20 +33,10 @@ import ijson
 import numpy as np
 import pandas as pd
 
-from contract.importformat import (
-    BOM,
-    HEAD_BYTES,
-    KINDS,
-    CsvRecords,
-    FileFormatError,
-    UnsupportedFileType,
-    detect_kind,
-    envelope,
-    json_type,
-    read_csv_header,
-)
+from contract.csvlayouts import CsvRecords, read_csv_header
+from contract.importformat import BOM, HEAD_BYTES, FileFormatError, UnsupportedFileType, detect_kind, envelope
+from contract.values import json_type
 
-FORMATS = KINDS
 # How much of a CSV file is read to find its header before the import begins.
 CSV_HEAD_BYTES = 64 * 1024
 CSV_BLOCK_BYTES = 64 * 1024

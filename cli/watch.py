@@ -4,6 +4,12 @@
 last event it printed and, when the connection drops (network, a replica
 restarting), reconnects with `since=<that id>`, so nothing is missed or
 printed twice.
+
+What it prints comes from contacts (names, texts) and goes to a terminal, so
+no control character (escape sequences, line breaks), format character (bidi
+overrides that reorder the line, zero-width ones) or line separator reaches
+it: a line replaces them with spaces, `--json` writes them as JSON escapes
+(the same JSON, safe to print).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 import random
 import re
 import time
+import unicodedata
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,6 +36,20 @@ CLOSE_SLOW = 4008
 MAX_BACKOFF = 15.0
 TYPES = ("session.opened", "message.received", "message.sent", "session.finished", "import.finished")
 _SESSION_ID = re.compile(r"[0-9a-fA-F]{24}")
+# Control, format (bidi overrides, zero-width), line and paragraph separators.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def terminal_text(value: object) -> str:
+    """`value` as text fit for a terminal line: unprintable characters become spaces, blanks one space."""
+    text = str(value)
+    return " ".join("".join(" " if unicodedata.category(char) in _UNPRINTABLE else char for char in text).split())
+
+
+def terminal_json(event: dict[str, Any]) -> str:
+    """`event` as one JSON line, with every unprintable character written as an escape."""
+    dumped = json.dumps(event, ensure_ascii=False)
+    return "".join(json.dumps(char)[1:-1] if unicodedata.category(char) in _UNPRINTABLE else char for char in dumped)
 
 
 def events_url(api_url: str, query: dict[str, Any]) -> str:
@@ -62,6 +83,7 @@ class Tail:
             what = f"import {details.get('id', '')} {details.get('status', '')} {details.get('counts', {})}"
         else:
             what = kind.replace("session.", "session ")
+        who, session, what = terminal_text(who), terminal_text(session), terminal_text(what)
         return f"{when}  {who[:24]:<24}  {session[-8:]:<8}  {what}"
 
 
@@ -114,7 +136,7 @@ def watch(
                 for raw in socket:
                     event = json.loads(raw)
                     since = event["id"]
-                    click.echo(json.dumps(event, ensure_ascii=False) if as_json else tail.line(event))
+                    click.echo(terminal_json(event) if as_json else tail.line(event))
                     printed += 1
                     if count is not None and printed >= count:
                         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -14,11 +15,14 @@ OUTBOUND_STREAM = "BALCAO_OUTBOUND"
 OUTBOUND_SUBJECT = "balcao.outbound.message"
 OUTBOUND_CONSUMER = "bot-outbound"
 
+# Messages Telegram refused for good, on `balcao.outbound.parked.<chat>` (see
+# parked_subject), so finishing a session can purge its contact's chat.
 PARKED_STREAM = "BALCAO_PARKED"
 PARKED_SUBJECT = "balcao.outbound.parked"
 
 # Messages no consumer could ever handle (undecodable, or delivered too often),
-# kept with their original subject and headers for people to inspect or replay.
+# kept with their original subject and headers for people to inspect or replay,
+# on `balcao.dead.<original subject>[.<chat>]` (see dead_subject).
 DEAD_STREAM = "BALCAO_DEAD"
 DEAD_SUBJECT_PREFIX = "balcao.dead"
 
@@ -27,6 +31,34 @@ DEAD_SUBJECT_PREFIX = "balcao.dead"
 # replies and nobody else's (deploy/nats/accounts.conf).
 SERVER_INBOX_PREFIX = "_INBOX_server"
 BOT_INBOX_PREFIX = "_INBOX_bot"
+
+# How long parked messages and dead letters are kept (PARKED_MAX_AGE_SECONDS,
+# DEAD_LETTER_MAX_AGE_SECONDS): they hold contacts' texts, and a month is long
+# enough for someone to look at what failed and replay it.
+PARKED_MAX_AGE_SECONDS = 30 * 24 * 3600
+DEAD_LETTER_MAX_AGE_SECONDS = 30 * 24 * 3600
+
+# A chat id as one subject token: Telegram's are digits, "-100..." or "@name".
+_CHAT_TOKEN = re.compile(r"[A-Za-z0-9_@-]{1,64}")
+
+
+def chat_token(chat_id: object) -> str | None:
+    """`chat_id` as a subject token, or None when it cannot be one (the subject then names no chat)."""
+    text = str(chat_id) if chat_id is not None else ""
+    return text if _CHAT_TOKEN.fullmatch(text) else None
+
+
+def parked_subject(chat_id: object) -> str:
+    """Where a message to `chat_id` is parked."""
+    token = chat_token(chat_id)
+    return f"{PARKED_SUBJECT}.{token}" if token else PARKED_SUBJECT
+
+
+def dead_subject(subject: str, chat_id: object = None) -> str:
+    """Where a message of `subject` is dead-lettered, with its chat when the payload names one."""
+    token = chat_token(chat_id)
+    return f"{DEAD_SUBJECT_PREFIX}.{subject}.{token}" if token else f"{DEAD_SUBJECT_PREFIX}.{subject}"
+
 
 # Key-value bucket of outbound keys already delivered to Telegram, so a bot that
 # crashed between sending and acknowledging does not send the message again.
@@ -45,6 +77,21 @@ STREAM_MAX_BYTES = 256 * 1024 * 1024
 STREAM_MAX_AGE_SECONDS = 7 * 24 * 3600
 
 PLATFORM_TELEGRAM = "telegram"
+
+# What one inbound message may hold, from Telegram's own limits with room to
+# spare. The server refuses anything past them (the consume loop dead-letters it
+# with the reason) instead of storing it: one huge field would fail its whole
+# batch's writes, and the batch would be retried for hours.
+MAX_TEXT_LENGTH = 4096  # Telegram's limit for the text of one message
+MAX_NAME_LENGTH = 200  # Telegram: a first name and a last name of 64 characters each
+# E.164 numbers have at most 15 digits and Telegram user ids fit in 52 bits (16
+# digits); the margin accepts other platforms' numeric ids.
+MAX_CONTACT_DIGITS = 20
+MAX_TIMESTAMP_LENGTH = 40  # RFC 3339 with microseconds and an offset is 32
+# Telegram's chat and message ids fit in 52 bits; anything past 64 is no id.
+MAX_ID = 2**63 - 1
+PLATFORM = re.compile(r"[a-z0-9_-]{1,32}", re.ASCII)
+_DIGITS = re.compile(rf"[0-9]{{1,{MAX_CONTACT_DIGITS}}}", re.ASCII)
 
 
 class PayloadError(ValueError):
@@ -92,19 +139,17 @@ class InboundMessage:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> InboundMessage:
+        """The message, every field checked against its type and bound; PayloadError naming the first bad one."""
         body = _decode(data, ("platform", "contact_identifier", "chat_id", "message_id", "text"))
-        try:
-            return cls(
-                platform=str(body["platform"]),
-                contact_identifier=str(body["contact_identifier"]),
-                chat_id=int(body["chat_id"]),
-                message_id=int(body["message_id"]),
-                name=str(body.get("name") or ""),
-                text=str(body["text"]),
-                sent_at=str(body.get("sent_at") or ""),
-            )
-        except (TypeError, ValueError) as exc:
-            raise PayloadError(f"inbound payload has a bad field: {exc}") from exc
+        return cls(
+            platform=_field(body, "platform", _platform),
+            contact_identifier=_field(body, "contact_identifier", _contact_identifier),
+            chat_id=_field(body, "chat_id", _id),
+            message_id=_field(body, "message_id", _id),
+            name=_field(body, "name", _bounded_text(MAX_NAME_LENGTH), optional=True),
+            text=_field(body, "text", _bounded_text(MAX_TEXT_LENGTH)),
+            sent_at=_field(body, "sent_at", _bounded_text(MAX_TIMESTAMP_LENGTH), optional=True),
+        )
 
 
 @dataclass(frozen=True)
@@ -133,3 +178,43 @@ class OutboundMessage:
             kind=str(body.get("kind") or "reply"),
             meta={str(k): str(v) for k, v in meta.items()},
         )
+
+
+def _field(body: dict[str, Any], name: str, check: Any, *, optional: bool = False) -> Any:
+    value = body.get(name)
+    if optional and value is None:
+        return ""
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise PayloadError(f"inbound payload has a bad field: {name} {exc}") from None
+
+
+def _platform(value: object) -> str:
+    if not isinstance(value, str) or not PLATFORM.fullmatch(value):
+        raise ValueError("must be 1 to 32 of a-z, 0-9, '_' and '-'")
+    return value
+
+
+def _contact_identifier(value: object) -> str:
+    if not isinstance(value, str) or not _DIGITS.fullmatch(value):
+        raise ValueError(f"must be a string of 1 to {MAX_CONTACT_DIGITS} ASCII digits")
+    return value
+
+
+def _id(value: object) -> int:
+    # JSON numbers are ASCII digits by grammar; a string, a float or a bool is no id.
+    if isinstance(value, bool) or not isinstance(value, int) or not -MAX_ID <= value <= MAX_ID:
+        raise ValueError("must be a whole number within 64 bits")
+    return value
+
+
+def _bounded_text(limit: int) -> Any:
+    def check(value: object) -> str:
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        if len(value) > limit:
+            raise ValueError(f"is {len(value)} characters long, more than {limit}")
+        return value
+
+    return check

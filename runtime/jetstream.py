@@ -49,22 +49,32 @@ STREAMS = (
         duplicate_window=messaging.DUPLICATE_WINDOW_SECONDS,
         discard=DiscardPolicy.NEW,
     ),
-    # Parked messages are kept for people to inspect, a month at most.
+    # Parked messages are kept for people to inspect, a month at most. Full, the
+    # stream refuses new ones rather than drop the oldest: a parked message is the
+    # only record that a contact was never told something, and the bot keeps
+    # trying to park a refused one (it stays in the outbound stream) meanwhile.
     StreamConfig(
         name=messaging.PARKED_STREAM,
-        subjects=[messaging.PARKED_SUBJECT],
+        # Per chat, so a finished session's parked messages can be purged; the bare
+        # subject is what bots before per-chat subjects publish on.
+        subjects=[messaging.PARKED_SUBJECT, f"{messaging.PARKED_SUBJECT}.>"],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
-        max_age=30 * 24 * 3600,
+        max_age=messaging.PARKED_MAX_AGE_SECONDS,
+        discard=DiscardPolicy.NEW,
     ),
     # Dead letters: what a consumer can never handle, kept a month like parked ones.
+    # A dead letter is the last copy of its message, so a full stream refuses the
+    # next one (which then stays in its own stream, see dead_letter) instead of
+    # discarding the oldest.
     StreamConfig(
         name=messaging.DEAD_STREAM,
         subjects=[f"{messaging.DEAD_SUBJECT_PREFIX}.>"],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
-        max_age=30 * 24 * 3600,
+        max_age=messaging.DEAD_LETTER_MAX_AGE_SECONDS,
         duplicate_window=messaging.DUPLICATE_WINDOW_SECONDS,
+        discard=DiscardPolicy.NEW,
     ),
 )
 
@@ -72,6 +82,12 @@ DEAD_LETTERED = Counter(
     "balcao_dead_lettered_total",
     "Messages moved to the dead-letter stream (undecodable or delivered too often), by source stream",
     ["stream"],  # one of the project's own streams: a fixed, small set
+)
+DEAD_LETTERS_REFUSED = Counter(
+    "balcao_dead_letters_refused_total",
+    "Messages that were to be dead-lettered but the dead-letter stream refused (full) or NATS did not answer; "
+    "they stay unacknowledged in their own stream. Alert on any.",
+    ["stream"],
 )
 
 # A message delivered this many times goes to the dead-letter stream instead of
@@ -186,14 +202,19 @@ class StreamLimits:
     keeps it), so nothing is dropped silently."""
 
     max_bytes: int = 0  # per stream; 0: no cap
-    max_age: float = 0.0  # seconds, for the streams without an age of their own; 0: none
+    max_age: float = 0.0  # seconds, for the work queues (inbound, outbound); 0: none
+    # The streams kept for people to look at: how long they keep a message.
+    parked_max_age: float = messaging.PARKED_MAX_AGE_SECONDS
+    dead_letter_max_age: float = messaging.DEAD_LETTER_MAX_AGE_SECONDS
 
     def apply(self, config: StreamConfig) -> StreamConfig:
         changes: dict[str, float | int] = {}
         if self.max_bytes > 0:
             changes["max_bytes"] = self.max_bytes
-        if self.max_age > 0 and not config.max_age:
-            changes["max_age"] = self.max_age  # the parked stream keeps its month
+        kept = {messaging.PARKED_STREAM: self.parked_max_age, messaging.DEAD_STREAM: self.dead_letter_max_age}
+        age = kept.get(config.name or "", self.max_age)
+        if age > 0:
+            changes["max_age"] = age
         return dataclasses.replace(config, **changes) if changes else config
 
 
@@ -241,16 +262,23 @@ async def ensure_streams(
                 continue
             if (info.config.num_replicas or 1) != replicas:
                 await ensure_replicas(js, wanted.name, replicas)
-            await _update_limits(js, wanted)
+            await update_limits(js, wanted)
 
 
-async def _update_limits(js: JetStreamContext, wanted: StreamConfig) -> None:
-    """Bring an existing stream to the configured limits; its messages stay."""
+async def update_limits(js: JetStreamContext, wanted: StreamConfig, *, keep_stored: bool = True) -> None:
+    """Bring an existing stream to the configured limits (bytes, age, discard policy) and subjects.
+
+    Subjects are only added: a stream keeps what it was declared with.
+
+    With `keep_stored`, a byte cap below what the stream holds is not applied,
+    so its messages stay; a stream whose oldest messages may go (the live
+    events) passes False and is cut to the new cap.
+    """
     info = await js.stream_info(wanted.name)
     current = info.config
-    changes: dict[str, float | int] = {}
+    changes: dict[str, object] = {}
     if wanted.max_bytes and wanted.max_bytes != current.max_bytes:
-        if info.state.bytes > wanted.max_bytes:
+        if keep_stored and info.state.bytes > wanted.max_bytes:
             # A smaller cap would make JetStream delete the oldest messages now.
             log.warning(
                 "stream %s holds %d bytes, more than the %d configured; cap left at %s",
@@ -263,6 +291,12 @@ async def _update_limits(js: JetStreamContext, wanted: StreamConfig) -> None:
             changes["max_bytes"] = wanted.max_bytes
     if wanted.max_age and abs(wanted.max_age - (current.max_age or 0)) > 0.001:
         changes["max_age"] = wanted.max_age
+    if wanted.discard and wanted.discard != current.discard:
+        # Streams declared before they discarded new messages when full.
+        changes["discard"] = wanted.discard
+    missing = [subject for subject in wanted.subjects or [] if subject not in (current.subjects or [])]
+    if missing:
+        changes["subjects"] = [*(current.subjects or []), *missing]
     if not changes:
         log.info("stream %s exists with different settings; left as is", wanted.name)
         return
@@ -334,12 +368,17 @@ async def drain(nc: Client, timeout: float = 10.0) -> None:
         await nc.close()
 
 
-async def dead_letter(js: JetStreamContext, msg: Msg, reason: str) -> None:
+async def dead_letter(js: JetStreamContext, msg: Msg, reason: str, chat_id: object = None) -> None:
     """Keep `msg` in the dead-letter stream with why, then stop its redelivery.
 
     The copy keeps the original headers (a repeated Nats-Msg-Id is stored once)
-    and adds the subject, stream, sequence and reason. If the copy cannot be
-    stored, the message is left unacknowledged: redelivered, never lost.
+    and adds the subject, stream, sequence and reason; its subject names the
+    chat when the payload does (`chat_id`), so finishing that chat's session
+    purges it. If the copy cannot be
+    stored (the dead-letter stream is full and refuses new messages, or NATS
+    does not answer), this raises and the message is left unacknowledged in
+    its own stream: redelivered while deliveries remain, kept there after the
+    last one, never dropped.
     """
     metadata = msg.metadata
     headers = {
@@ -350,7 +389,7 @@ async def dead_letter(js: JetStreamContext, msg: Msg, reason: str) -> None:
         "Balcao-Dead-Deliveries": str(metadata.num_delivered),
         "Balcao-Dead-Reason": reason[:500],
     }
-    await js.publish(f"{messaging.DEAD_SUBJECT_PREFIX}.{msg.subject}", msg.data, headers=headers)
+    await js.publish(messaging.dead_subject(msg.subject, chat_id), msg.data, headers=headers)
     await msg.term()
     DEAD_LETTERED.labels(stream=metadata.stream).inc()
     log.error(
@@ -368,18 +407,28 @@ async def _dead_letters_removed(
     """The messages a handler can take; the others are dead-lettered."""
     kept = []
     for msg in messages:
-        reason = None
-        if msg.metadata.num_delivered >= max_deliver:
-            reason = f"delivered {msg.metadata.num_delivered} times without being settled"
-        elif decode is not None:
+        reason, decoded = None, None
+        if decode is not None:
             try:
-                decode(msg.data)
+                decoded = decode(msg.data)
             except Exception as exc:  # noqa: BLE001 - whatever the decoder hit, the payload is at fault
                 reason = f"undecodable: {type(exc).__name__}: {str(exc)[:200]}"
+        if msg.metadata.num_delivered >= max_deliver:
+            reason = f"delivered {msg.metadata.num_delivered} times without being settled"
         if reason is None:
             kept.append(msg)
-        else:
-            await dead_letter(js, msg, reason)
+            continue
+        try:
+            await dead_letter(js, msg, reason, getattr(decoded, "chat_id", None))
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            # Not handed to the handler either: it failed or could not read it.
+            DEAD_LETTERS_REFUSED.labels(stream=msg.metadata.stream).inc()
+            log.error(
+                "message from %s (stream seq %s) left in its stream, the dead-letter stream refused it: %r",
+                msg.metadata.stream,
+                msg.metadata.sequence.stream,
+                exc,
+            )
     return kept
 
 

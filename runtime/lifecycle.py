@@ -14,7 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, TypeVar
 
-from runtime import logs
+from runtime import failpoints, logs
 from runtime.environment import ConfigError
 
 T = TypeVar("T")
@@ -124,5 +124,13 @@ def begin(process: str, load: Callable[[], S]) -> tuple[S, asyncio.Event]:
         settings = load()
     except ConfigError as exc:
         sys.exit(f"{process}: {exc}")
+    refusal = failpoints.refusal()
+    if refusal is not None:
+        sys.exit(f"{process}: {refusal}")
     logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets)
+    if failpoints.armed():
+        log.warning(
+            "FAIL POINTS ARMED (%s): this process will crash on purpose; a test's process, never production",
+            ", ".join(failpoints.armed()),
+        )
     return settings, stop_event()

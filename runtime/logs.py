@@ -3,6 +3,13 @@
 Secrets handed to `configure` are masked in every line, whoever logs them:
 libraries log request URLs, and Bot API URLs carry the bot token (PTB logs its
 base URL at debug level).
+
+Contacts' data is kept out the same way where a library would write it: the
+text of a database write error holds the documents that failed (a bulk write
+error prints each one whole, a duplicate key error the key's values: phone
+numbers, names), so such an error is logged as its type and codes only,
+whether it is an argument of the line or the exception of a traceback (or what
+caused it).
 """
 
 from __future__ import annotations
@@ -49,9 +56,64 @@ class MaskingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = self._inner.format(record)
+        for text, summary in private_texts(record):
+            line = line.replace(text, summary)
         for secret in self._secrets:
             line = line.replace(secret, MASK)
         return line
+
+
+# Errors whose text carries documents, by module and class name (this module
+# needs no database driver; a process without one never meets them). Their
+# subclasses (BulkWriteError, DuplicateKeyError, WriteError...) count too.
+_PRIVATE_ERRORS = {("pymongo.errors", "OperationFailure"), ("bson.errors", "InvalidDocument")}
+
+
+def is_private_error(exc: BaseException) -> bool:
+    return any((cls.__module__, cls.__name__) in _PRIVATE_ERRORS for cls in type(exc).__mro__)
+
+
+def error_summary(exc: BaseException) -> str:
+    """What a log may say of an error whose text holds documents: its kind and codes."""
+    details = getattr(exc, "details", None)
+    details = details if isinstance(details, dict) else {}
+    if "writeErrors" in details or "writeConcernErrors" in details:
+        errors = [*(details.get("writeErrors") or []), *(details.get("writeConcernErrors") or [])]
+        codes = sorted({str(error.get("code")) for error in errors if isinstance(error, dict)})
+        return (
+            f"{len(details.get('writeErrors') or [])} write errors and "
+            f"{len(details.get('writeConcernErrors') or [])} write concern errors "
+            f"(codes {', '.join(codes) or 'none'}; documents withheld from the log)"
+        )
+    code = getattr(exc, "code", None)
+    name = details.get("codeName")
+    said = f"code {code}" + (f" {name}" if isinstance(name, str) else "") if code is not None else "no code"
+    return f"{said} (details withheld from the log)"
+
+
+def private_texts(record: logging.LogRecord) -> list[tuple[str, str]]:
+    """(text, what to write instead) for every private error the record would print."""
+    found: list[BaseException] = []
+    args = record.args.values() if isinstance(record.args, dict) else record.args or ()
+    for value in (record.msg, *args, record.exc_info[1] if record.exc_info else None):
+        seen: set[int] = set()
+        while isinstance(value, BaseException) and id(value) not in seen:  # the cause chain, once each
+            seen.add(id(value))
+            if is_private_error(value):
+                found.append(value)
+            value = value.__cause__ or value.__context__
+    replacements = []
+    for exc in found:
+        summary = error_summary(exc)
+        # The longer first: repr() holds str().
+        for text, instead in ((repr(exc), f"{type(exc).__name__}({summary})"), (str(exc), summary)):
+            if text:
+                replacements.append((text, instead))
+                # JSON lines hold the text escaped.
+                escaped = json.dumps(text, ensure_ascii=False)[1:-1]
+                if escaped != text:
+                    replacements.append((escaped, instead))
+    return replacements
 
 
 # A comma that starts another URL of a list (`nats://a:4222,nats://b:4222`); the

@@ -13,9 +13,10 @@ from tornado.web import Application
 from server.config import Settings
 from server.cursors import CursorCodec
 from server.database import Database
-from server.event_feed import EventFeed
-from server.handlers import base, events, health, imports, metrics, openapi, sessions
-from server.importing.jobs import Imports
+from server.eventfeed import EventFeed
+from server.handlers import base, health, imports, liveevents, metrics, openapi, sessions
+from server.handlers.importbase import ImportSlots
+from server.importing.running import Imports
 from server.outbound import Outbound
 
 
@@ -40,11 +41,11 @@ def make_app(settings: Settings, services: Services) -> Application:
         *sessions.default_handlers,
         *imports.default_handlers,
         *openapi.default_handlers,
-        *events.default_handlers,
+        *liveevents.default_handlers,
     ]
     running_imports = Imports(services.db, services.outbound)
     services.drains.append(running_imports.drain)
-    event_clients = events.EventClients(settings.events_max_clients, settings.events_max_clients_per_token)
+    event_clients = liveevents.EventClients(settings.events_max_clients, settings.events_max_clients_per_token)
     services.drains.append(event_clients.drain)
     event_feed = EventFeed(services.js)  # started by the first event client
     services.drains.append(event_feed.stop)
@@ -57,6 +58,7 @@ def make_app(settings: Settings, services: Services) -> Application:
         services=services,
         cursors=CursorCodec(*settings.cursor_keys),
         imports=running_imports,
+        import_slots=ImportSlots(settings.import_max_concurrent),
         event_clients=event_clients,
         event_feed=event_feed,
         log_function=metrics.log_request,

@@ -15,10 +15,9 @@ from bson import ObjectId
 from contract import clock
 from contract.messaging import InboundMessage
 from runtime.failpoints import failpoint
-from server.models import DUPLICATE_KEY as DUPLICATE_KEY
-from server.models import Contended, FinishedMessage, Message, Session, Stored
-from server.models import duplicates_only as duplicates_only
-from server.models import preview as preview
+from server.models.messages import FinishedMessage, Message
+from server.models.sessions import Session, preview
+from server.models.stored import Contended, Stored
 
 
 def inbound_key(message: InboundMessage) -> str:
@@ -54,7 +53,7 @@ def _open_sessions(batch: Sequence[InboundMessage], now: dt.datetime) -> dict[tu
     for contact, session in sessions.items():
         message, changes = latest[contact], {}
         if session.get("contact_name", "") != message.name:
-            changes.update(naming(message.name))
+            changes.update(Session.naming(message.name))
         if not session.get("chat_id"):
             # An imported session: now that the contact wrote, goodbyes and replies can reach them.
             changes["chat_id"] = str(message.chat_id)
@@ -62,9 +61,6 @@ def _open_sessions(batch: Sequence[InboundMessage], now: dt.datetime) -> dict[tu
             updates.append((session["_id"], {"$set": changes}))
     Session.update_each(updates)
     return sessions
-
-
-naming = Session.naming
 
 
 def sessions_by_contact(
@@ -90,21 +86,6 @@ def _create_sessions(messages: Sequence[InboundMessage], now: dt.datetime) -> No
     Session.insert_new(
         [Session.open_for(m.platform, m.contact_identifier, m.name, now, chat_id=str(m.chat_id)) for m in messages]
     )
-
-
-def insert_new_messages(messages: Sequence[Stored]) -> set[str]:
-    """Insert the messages not stored yet; return the keys actually inserted."""
-    return Message.insert_new(messages)
-
-
-def remember_finished(keys: list[str], session_id: ObjectId) -> None:
-    """Record the keys of messages a finish is about to delete (see FinishedMessage)."""
-    FinishedMessage.remember(keys, session_id, clock.now())
-
-
-def finished_messages(keys: Iterable[str]) -> dict[str, ObjectId]:
-    """Of these message keys, those finished with their session: key -> that session."""
-    return FinishedMessage.objects.sessions_of(keys)
 
 
 # A finish that keeps deleting the session a message was resolved to is retried
@@ -135,7 +116,7 @@ def store_inbound(batch: Sequence[InboundMessage], races: int = 0) -> list[Store
         unique.setdefault(inbound_key(message), message)
     # Stored, then finished with their session before this delivery: the agent
     # saw them; storing them again would open a session nobody asked for.
-    finished = finished_messages(unique)
+    finished = FinishedMessage.objects.sessions_of(unique)
     live = {key: value for key, value in unique.items() if key not in finished}
     resolved = _open_sessions(list(live.values()), now)
     sessions = {contact: session["_id"] for contact, session in resolved.items()}
@@ -154,7 +135,7 @@ def store_inbound(batch: Sequence[InboundMessage], races: int = 0) -> list[Store
         )
         for key, m in unique.items()
     ]
-    inserted = insert_new_messages(documents)
+    inserted = Message.insert_new(documents)
     failpoint("server.intake.after_messages_inserted")
     gone = _touch_sessions(
         [(doc["session_id"], doc["text"]) for doc in documents if doc["key"] in inserted], versions, now

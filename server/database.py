@@ -1,4 +1,12 @@
-"""The MongoDB connection and the thread pool that keeps its calls off the event loop."""
+"""The MongoDB connection and the thread pools that keep its calls off the event loop.
+
+The calls are split in lanes, each with threads of its own, so that one kind
+of work cannot take every thread from another: API requests (up to
+QUERY_MAX_TIME_MS each) and the imports' bulk writes run on `DB_THREADS`
+threads; the intake has its own (a contact's message is stored and answered
+however many slow searches run); the readiness ping has one, so `/ready`
+reports MongoDB, not a queue of requests in front of it.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +22,8 @@ import mongoengine
 import pymongo
 from pymongo.errors import PyMongoError
 
-from server import models
+from server.models import ensure_indexes
+from server.models.sessions import Session
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +51,17 @@ def replica_set_safety(uri: str) -> dict[str, object]:
     return {key: value for key, value in REPLICA_SET_SAFETY.items() if key.lower() not in given}
 
 
-class Database:
-    """MongoEngine's blocking driver behind `await db.run(fn, ...)`."""
+# The intake handles one batch at a time (a bulk write of up to INTAKE_BATCH
+# messages, then one read of their sessions' counts); a second thread covers a
+# look-up that outlives its batch.
+INTAKE_THREADS = 2
 
-    def __init__(self, uri: str, threads: int = 8) -> None:
-        self._uri = uri
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mongo")
 
-    def connect(self) -> None:
-        mongoengine.connect(
-            host=self._uri,
-            uuidRepresentation="standard",
-            tz_aware=True,
-            # Fail a request in seconds rather than hang it when MongoDB is away.
-            serverSelectionTimeoutMS=5000,
-            appname="balcao-server",
-            **replica_set_safety(self._uri),
-        )
-        log.info("mongodb client configured")
+class Lane:
+    """Threads of their own for one kind of database work: `await lane.run(fn, ...)`."""
+
+    def __init__(self, name: str, threads: int) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"mongo-{name}")
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
@@ -73,8 +75,34 @@ class Database:
         """
         return await self.run(functools.partial(_bounded, seconds, fn, *args, **kwargs))
 
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+class Database(Lane):
+    """MongoEngine's blocking driver behind `await db.run(fn, ...)` (the requests' lane),
+    `db.intake.run(...)` and the readiness `ping`."""
+
+    def __init__(self, uri: str, threads: int = 8) -> None:
+        super().__init__("requests", threads)
+        self._uri = uri
+        self.intake = Lane("intake", INTAKE_THREADS)
+        self._probe = Lane("ping", 1)
+
+    def connect(self) -> None:
+        mongoengine.connect(
+            host=self._uri,
+            uuidRepresentation="standard",
+            tz_aware=True,
+            # Fail a request in seconds rather than hang it when MongoDB is away.
+            serverSelectionTimeoutMS=5000,
+            appname="balcao-server",
+            **replica_set_safety(self._uri),
+        )
+        log.info("mongodb client configured")
+
     async def ensure_indexes(self) -> None:
-        await self.run(models.ensure_indexes)
+        await self.run(ensure_indexes)
 
     async def ensure_indexes_reporting(self) -> bool:
         """`ensure_indexes`, answering True, for start-up retries."""
@@ -85,18 +113,20 @@ class Database:
         def ping() -> None:
             # Bounds server selection too, so a probe never holds a thread for long.
             with pymongo.timeout(PING_TIMEOUT):
-                models.Session._get_db().client.admin.command("ping")
+                Session._get_db().client.admin.command("ping")
 
         try:
-            # The outer bound covers waiting for a free thread behind slow calls.
-            await asyncio.wait_for(self.run(ping), timeout=PING_TIMEOUT + 1)
+            # The outer bound covers waiting for the ping thread behind the ping before.
+            await asyncio.wait_for(self._probe.run(ping), timeout=PING_TIMEOUT + 1)
             return True
         except (PyMongoError, asyncio.TimeoutError) as exc:
             log.warning("mongodb ping failed: %s", exc)
             return False
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        for lane in (self._probe, self.intake):
+            lane.close()
+        super().close()
         mongoengine.disconnect()
 
 

@@ -29,7 +29,7 @@ from contract.messaging import (
 )
 from runtime import jetstream
 from runtime.failpoints import failpoint
-from server import conversations, events
+from server import conversations, eventpublishing
 from server.database import Database
 from server.metrics import INTAKE_LATENCY, INTAKE_RETRIES, MESSAGES_STORED
 from server.outbound import Outbound
@@ -55,7 +55,8 @@ class Intake:
         ack_wait: float = ACK_WAIT,
     ) -> None:
         self._js = js
-        self._db = db
+        # Threads of its own: slow API requests never hold a contact's message up.
+        self._db = db.intake
         self._outbound = outbound
         self._reply_text = reply_text
         self._batch_size = batch_size
@@ -96,9 +97,11 @@ class Intake:
                 [inbound for _, inbound in batch],
             )
             MESSAGES_STORED.inc(sum(item.inserted for item in stored))
+            # Events before replies: the bot reports a reply it sent as `message.sent`,
+            # which must never reach an agent before the message it answers.
+            await eventpublishing.publish_received(self._js, self._db, stored)
+            failpoint("server.intake.after_events_published")
             await self._reply(stored)
-            failpoint("server.intake.after_reply_published")
-            await events.publish_received(self._js, self._db, stored)
         except Exception as exc:  # nothing unstored is acknowledged, whatever failed
             await self._retry_later(batch, exc)
             return

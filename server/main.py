@@ -19,11 +19,12 @@ from pymongo.errors import PyMongoError
 
 from contract import messaging
 from runtime import jetstream, lifecycle
-from server import config, events, streams
+from runtime.httpserver import GuardedHTTPServer
+from server import config, eventpublishing, streams
 from server.app import Services, make_app
 from server.database import Database
-from server.draining import DrainingHTTPServer
 from server.intake import Intake
+from server.metrics import HTTP_REFUSED
 from server.outbound import Outbound
 
 log = logging.getLogger("server")
@@ -53,10 +54,15 @@ async def main() -> None:
     try:
         await jetstream.ensure_streams(
             js,
-            jetstream.StreamLimits(settings.stream_max_bytes, settings.stream_max_age),
+            jetstream.StreamLimits(
+                settings.stream_max_bytes,
+                settings.stream_max_age,
+                settings.parked_max_age,
+                settings.dead_letter_max_age,
+            ),
             replicas=settings.nats_replicas,
         )
-        await events.ensure_stream(
+        await eventpublishing.ensure_stream(
             js, settings.events_max_age, settings.events_max_bytes, replicas=settings.nats_replicas
         )
     except jetstream.ReplicationError as exc:
@@ -68,7 +74,7 @@ async def main() -> None:
     services = Services(db=db, nats=nc, js=js, outbound=outbound)
     intake = Intake(js, db, outbound, settings.reply_text, settings.intake_batch, settings.intake_ack_wait)
     app = make_app(settings, services)
-    server = DrainingHTTPServer(
+    server = GuardedHTTPServer(
         app,
         # X-Real-Ip / X-Forwarded-For are anyone's to write unless a proxy in
         # front overwrites them: trusted only when the operator says so.
@@ -78,6 +84,8 @@ async def main() -> None:
         idle_connection_timeout=settings.http_idle_timeout,
         body_timeout=settings.http_body_timeout,
         max_connections=settings.http_max_connections,
+        max_connections_per_address=settings.http_max_connections_per_address,
+        refused=lambda reason: HTTP_REFUSED.labels(reason=reason).inc(),
     )
     server.listen(settings.http_port, address=settings.http_address)
     log.info("server listening on %s port %d", settings.http_address, settings.http_port)
@@ -85,7 +93,10 @@ async def main() -> None:
     intake_task = asyncio.create_task(intake.run(), name="intake")
     relay_task = asyncio.create_task(outbound.relay_forever(), name="outbox-relay")
     reaper_task = asyncio.create_task(
-        app.settings["imports"].reap_forever(settings.import_idle_timeout, services.stopping), name="import-reaper"
+        app.settings["imports"].reap_forever(
+            settings.import_idle_timeout, services.stopping, settings.import_retention
+        ),
+        name="import-reaper",
     )
     # Not a worker: stale gauges are no reason to stop serving.
     streams_task = asyncio.create_task(streams.watch(js, stopping), name="stream-metrics")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from runtime.httpserver import REFUSAL_REASONS
+
 # Intake runs in batches of up to a few hundred messages, stored with bulk writes:
 # tens of milliseconds normally, seconds when MongoDB is slow or a retry was needed.
 INTAKE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -68,14 +70,14 @@ STREAM_FILL_RATIO = Gauge(
 HTTP_REFUSED = Counter(
     "balcao_http_refused_total",
     "Connections and requests refused before any handler ran, by reason",
-    ["reason"],  # too-many-connections, body-too-large
+    ["reason"],  # runtime.httpserver.REFUSAL_REASONS
 )
 READINESS_PINGS = Counter(
     "balcao_readiness_pings_total",
     "MongoDB pings made to answer /ready; callers within a second share one",
 )
 
-for reason in ("too-many-connections", "body-too-large"):
+for reason in REFUSAL_REASONS:
     HTTP_REFUSED.labels(reason=reason)
 for cause in ("mongodb", "nats", "error"):
     INTAKE_RETRIES.labels(cause=cause)
@@ -91,6 +93,11 @@ EVENT_CLIENTS = Gauge(
     "balcao_event_clients",
     "Clients connected to the event stream on this replica, by transport",
     ["transport"],  # websocket, sse
+)
+EVENTS_REFUSED = Counter(
+    "balcao_events_refused_total",
+    "Stored events this replica sent to no client: unreadable, of another type than their "
+    "subject's, or a message.sent not as the bot publishes it (one count per replica and reading)",
 )
 EVENTS_SENT = Counter(
     "balcao_events_sent_total",

@@ -5,7 +5,7 @@ unacknowledged until its reply is published, so JetStream itself redelivers on a
 failure. Messages with nothing upstream to redeliver them (goodbyes, agent
 replies, import announcements) pass through the MongoDB outbox first; so do
 the live events with nothing upstream (a session or an import finished), which
-the same relay rounds publish (`server/events.py`).
+the same relay rounds publish (`server/eventpublishing.py`).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from contract import clock
 from contract.messaging import OUTBOUND_SUBJECT, OutboundMessage
 from runtime import jetstream
 from runtime.failpoints import failpoint
-from server import events
+from server import eventpublishing
 from server.database import Database
 from server.metrics import OUTBOUND_PUBLISHED
-from server.models import OutboxEntry
+from server.models.outbox import OutboxEntry
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,15 @@ class Outbound:
         self._wake.set()
 
     async def promise_event(
-        self, body: dict[str, Any], key: str, *, after_session_gone: ObjectId | None = None
+        self,
+        body: dict[str, Any],
+        key: str,
+        *,
+        after_session_gone: ObjectId | None = None,
+        chat_id: str | None = None,
     ) -> None:
-        """Keep a live event (`server/events.py`), then wake the relay to publish it."""
-        await self._db.run(events.promise, body, key, after_session_gone)
+        """Keep a live event (`server/eventpublishing.py`), then wake the relay to publish it."""
+        await self._db.run(eventpublishing.promise, body, key, after_session_gone, chat_id)
         self._wake.set()
 
     def wake(self) -> None:
@@ -120,7 +125,7 @@ class Outbound:
         if published:
             failpoint("outbox.after_publish_before_forget")
             await self._db.run(_forget, published)
-        return len(published) + await events.relay_promised(self._js, self._db, limit)
+        return len(published) + await eventpublishing.relay_promised(self._js, self._db, limit)
 
 
 def _keep(message: OutboundMessage) -> None:

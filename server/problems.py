@@ -16,7 +16,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError, ServerSelectionTimeo
 from tornado.web import HTTPError
 
 from server import failover
-from server.models import Contended
+from server.models.stored import Contended
 
 log = logging.getLogger(__name__)
 

@@ -29,30 +29,25 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
 from mongoengine import NotUniqueError
-from pymongo import ASCENDING, DESCENDING
 
 from contract import clock
+from runtime.failpoints import failpoint
 from server import names
-from server.conversations import preview, remember_finished
-from server.models import (
-    IdempotencyKeyReused,
-    Message,
+from server.models.messages import FinishedMessage, Message
+from server.models.sessions import (
     Session,
     activity_floor,
     activity_key,
     activity_key_time,
     activity_time_prefix,
+    preview,
 )
-
-SESSION_ORDER = [("activity_key", DESCENDING)]
-MESSAGE_ORDER = [("sent_at", ASCENDING), ("_id", ASCENDING)]
-# Name keys are dozens of strings per session and no reader needs them.
-SESSION_FIELDS = {"name_keys": 0}
+from server.models.stored import IdempotencyKeyReused
 
 FIRST_SLICE_MS = 60_000
 MIN_SLICE_MS = 1_000
@@ -72,17 +67,6 @@ class SessionFilter:
         """Identifies the listing, so a cursor is honoured only where it was issued."""
         since = self.active_since.astimezone(clock.UTC).isoformat() if self.active_since else None
         return json.dumps(["sessions", sorted(self.words), self.platform, since])
-
-
-@dataclass(frozen=True)
-class Query:
-    """One `find` as sent to MongoDB; the benchmark replays these on the bare driver."""
-
-    collection: str
-    filter: dict[str, Any]
-    sort: list[tuple[str, int]]
-    limit: int
-    projection: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +90,6 @@ class SessionsResume:
 class SessionsPage:
     sessions: list[dict[str, Any]]
     resume: SessionsResume | None
-    queries: list[Query] = field(default_factory=list)
 
 
 def list_sessions(
@@ -128,29 +111,22 @@ def list_sessions(
     with a cursor past the last one read, so no single request walks every
     session the probe word matches.
     """
+    # A listing holding a database thread (a slow query), or failing unexpectedly (a 500).
+    failpoint("server.sessions.list")
     equality, wanted = _access_path(criteria)
     floor = activity_floor(criteria.active_since) if criteria.active_since else ""
     upper = resume.before if resume else None
     top = _milliseconds(activity_key_time(upper) if upper else (now or clock.now()))
     width = resume.slice_ms if resume else FIRST_SLICE_MS
     found: list[dict[str, Any]] = []
-    queries: list[Query] = []
     examined = 0
     while True:
         bottom = top - width
-        lower = max(activity_floor(_from_milliseconds(bottom)), floor) if bottom > 0 else floor
+        lower = max(activity_floor(clock.from_milliseconds(bottom)), floor) if bottom > 0 else floor
         bounds = {**({"$gte": lower} if lower else {}), **({"$lt": upper} if upper else {})}
         # Re-checked candidates may be dropped, so those queries take a full page.
         batch = limit + 1 if wanted is not None else limit + 1 - len(found)
-        query = Query(
-            Session._meta["collection"],
-            {**equality, **({"activity_key": bounds} if bounds else {})},
-            SESSION_ORDER,
-            batch,
-            SESSION_FIELDS,
-        )
-        queries.append(query)
-        docs = Session.objects.newest_first(query.filter, query.limit)
+        docs = Session.objects.newest_first({**equality, **({"activity_key": bounds} if bounds else {})}, batch)
         kept = [doc for doc in docs if wanted is None or wanted(doc)]
         found += kept
         examined += len(docs)
@@ -158,7 +134,7 @@ def list_sessions(
             break
         if max_examined is not None and examined >= max_examined and docs:
             # Resume below the last document read: everything above it was looked at.
-            return SessionsPage(found, SessionsResume(docs[-1]["activity_key"], width), queries)
+            return SessionsPage(found, SessionsResume(docs[-1]["activity_key"], width))
         if len(docs) == batch:  # the slice may hold more: continue inside it
             upper = docs[-1]["activity_key"]
             continue
@@ -167,9 +143,9 @@ def list_sessions(
         upper, top = lower, bottom
         width = _widen(width, len(kept), limit + 1 - len(found))
     if len(found) <= limit:
-        return SessionsPage(found, None, queries)
+        return SessionsPage(found, None)
     page = found[:limit]
-    return SessionsPage(page, SessionsResume(page[-1]["activity_key"], width), queries)
+    return SessionsPage(page, SessionsResume(page[-1]["activity_key"], width))
 
 
 def _access_path(criteria: SessionFilter) -> tuple[dict[str, Any], Callable[[dict], bool] | None]:
@@ -200,9 +176,6 @@ def _milliseconds(at: dt.datetime) -> int:
     return int(activity_time_prefix(at))
 
 
-_from_milliseconds = clock.from_milliseconds
-
-
 def find_session(session_id: ObjectId) -> dict[str, Any] | None:
     return Session.objects.find_one(session_id)
 
@@ -220,14 +193,13 @@ class MessagesResume:
         at, message_id = position["at"], position["id"]
         if not isinstance(at, int) or not isinstance(message_id, str):
             raise ValueError("malformed messages position")
-        return cls(_from_milliseconds(at), ObjectId(message_id))
+        return cls(clock.from_milliseconds(at), ObjectId(message_id))
 
 
 @dataclass
 class MessagesPage:
     messages: list[dict[str, Any]]
     resume: MessagesResume | None
-    queries: list[Query] = field(default_factory=list)
 
 
 def list_messages(session_id: ObjectId, limit: int, resume: MessagesResume | None = None) -> MessagesPage:
@@ -236,28 +208,18 @@ def list_messages(session_id: ObjectId, limit: int, resume: MessagesResume | Non
     Messages sharing the cursor's instant are read by their own query rather than
     by an `$or` keyset, which SecantusDB answers with a collection scan.
     """
-    collection = Message._meta["collection"]
     found: list[dict[str, Any]] = []
-    queries: list[Query] = []
     later: dict[str, Any] = {"session_id": session_id}
     if resume is not None:
-        same_instant = Query(
-            collection,
-            {"session_id": session_id, "sent_at": resume.sent_at, "_id": {"$gt": resume.message_id}},
-            MESSAGE_ORDER,
-            limit + 1,
-        )
-        queries.append(same_instant)
-        found += Message.objects.timeline(same_instant.filter, same_instant.limit)
+        same_instant = {"session_id": session_id, "sent_at": resume.sent_at, "_id": {"$gt": resume.message_id}}
+        found += Message.objects.timeline(same_instant, limit + 1)
         later["sent_at"] = {"$gt": resume.sent_at}
     if len(found) <= limit:
-        rest = Query(collection, later, MESSAGE_ORDER, limit + 1 - len(found))
-        queries.append(rest)
-        found += Message.objects.timeline(rest.filter, rest.limit)
+        found += Message.objects.timeline(later, limit + 1 - len(found))
     if len(found) <= limit:
-        return MessagesPage(found, None, queries)
+        return MessagesPage(found, None)
     page = found[:limit]
-    return MessagesPage(page, MessagesResume(page[-1]["sent_at"], page[-1]["_id"]), queries)
+    return MessagesPage(page, MessagesResume(page[-1]["sent_at"], page[-1]["_id"]))
 
 
 def find_message(session_id: ObjectId, message_id: ObjectId) -> dict[str, Any] | None:
@@ -275,7 +237,7 @@ def finish(session_id: ObjectId) -> bool:
     """
     keys = Message.objects.keys_of(session_id)
     if keys:
-        remember_finished(keys, session_id)
+        FinishedMessage.remember(keys, session_id, clock.now())
         Message.objects(session_id=session_id, key__in=keys).delete()
     deleted = Session.objects(id=session_id).delete()
     Message.objects(session_id=session_id).delete()
@@ -306,6 +268,7 @@ def add_agent_reply(session: dict[str, Any], text: str, idempotency_key: str | N
     message = Message.outbound(session["_id"], key, text, now, message_id=message_id)
     try:
         Message.save_new(message)
+        failpoint("server.reply.after_message_stored")  # stored, neither counted nor promised
     except NotUniqueError:
         if idempotency_key is None:
             raise

@@ -18,6 +18,7 @@ import pymongo
 import pytest
 
 from devstack.processes import NatsServer, SecantusServer, free_port, wait_for_port
+from runtime import failpoints
 from tests.harness import (
     BOT_TOKEN,
     ROOT,
@@ -45,6 +46,11 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     if collection_path == CONTAINER_TESTS and not config.getoption("--containers"):
         return True
     return None
+
+
+# The tests' processes, this one and every one it starts, are tests': fail points
+# may be armed in them (runtime/failpoints.py refuses them anywhere else).
+os.environ[failpoints.TESTING_ENV] = "1"
 
 
 @pytest.fixture(scope="session")
@@ -184,10 +190,12 @@ def stack(
 # order after these; tests of one module stay together for its module fixtures.
 SLOW_FIRST = (
     "tests/e2e/test_chaos.py",
+    "tests/bench/test_benchmarks.py",
     "tests/server/test_openapi_contract.py",
     "tests/e2e/",
     "tests/security/",
     "tests/server/test_imports_api.py",
+    "tests/server/test_imports_idle.py",
     "tests/cli/",
     "tests/bot/test_delivery.py",
 )

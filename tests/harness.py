@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import signal
 import ssl
@@ -109,16 +110,44 @@ class FakeTelegramClient:
         first_name: str = "Contato",
         last_name: str | None = None,
         kind: str = "text",
+        **content: Any,
     ) -> dict:
+        """Writes as a contact. ``text`` is the text, or a media message's caption; ``content``
+        takes the rest of /_test/messages: ``file`` (``{"ref": store_file(...)["ref"]}``, or
+        ``{"size": N, "seed": S}``, plus any field Telegram gives the kind, lies included),
+        ``entities``, ``location``, ``contact``, ``chat_id``. The answer has update_id,
+        message_id and, for a file, its file_id, file_path, real size and sha256."""
         user = {"id": user_id, "first_name": first_name}
         if last_name:
             user["last_name"] = last_name
-        body: dict[str, Any] = {"user": user, "kind": kind}
+        body: dict[str, Any] = {"user": user, "kind": kind, **content}
         if text is not None:
             body["text"] = text
         response = self.http.post("/_test/messages", json=body)
         response.raise_for_status()
         return response.json()
+
+    def edit_as_user(self, chat_id: int, message_id: int, text: str | None) -> dict:
+        """An edited_message of what the contact sent: a new text or caption."""
+        body = {"chat_id": chat_id, "message_id": message_id, "text": text}
+        response = self.http.post("/_test/edits", json=body)
+        response.raise_for_status()
+        return response.json()
+
+    def store_file(self, content: bytes) -> dict:
+        """Bytes for a file message to come: {"ref", "size", "sha256"}."""
+        response = self.http.post("/_test/files", content=content)
+        response.raise_for_status()
+        return response.json()
+
+    def file_info(self, file_id: str) -> dict:
+        response = self.http.get(f"/_test/files/{file_id}")
+        response.raise_for_status()
+        return response.json()
+
+    def forget_file(self, file_id: str) -> None:
+        """The file becomes unavailable, as when its message is deleted."""
+        self.http.delete(f"/_test/files/{file_id}").raise_for_status()
 
     def inject_update(self, update: dict) -> dict:
         response = self.http.post("/_test/updates", json={"update": update})
@@ -150,6 +179,15 @@ class FakeTelegramClient:
 
     def add_channel(self, username: str, title: str = "Canal") -> None:
         self.http.post("/_test/channels", json={"username": username, "title": title}).raise_for_status()
+
+    def add_group(self, chat_id: int, title: str = "Grupo") -> None:
+        self.http.post("/_test/groups", json={"id": chat_id, "title": title}).raise_for_status()
+
+    def migrate_group(self, chat_id: int) -> int:
+        """Makes the group a supergroup; returns the supergroup's id."""
+        response = self.http.post(f"/_test/groups/{chat_id}/migrate", json={})
+        response.raise_for_status()
+        return int(response.json()["id"])
 
     def reset(self) -> None:
         self.http.post("/_test/reset").raise_for_status()
@@ -371,6 +409,21 @@ def sigkill(server: Any) -> None:
     process.kill()
     process.wait()
     server.process = None
+
+
+def whole_records(truncated: bytes) -> list[dict]:
+    """The records a JSON array cut short holds whole, read independently of the product's parsers:
+    what an import that stopped at that byte has read (a record is whole at its closing brace)."""
+    text, decoder, found = truncated.decode(errors="ignore"), json.JSONDecoder(), []
+    at = text.index("[") + 1
+    while True:
+        while at < len(text) and text[at] in " \r\n\t,":
+            at += 1
+        try:
+            record, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            return found
+        found.append(record)
 
 
 def failpoint_fired(log: Path, point: str) -> bool:

@@ -180,6 +180,18 @@ def test_runtime_extras_do_not_pull_dev_only_packages() -> None:
     assert not any(f"balcao[{extra}" in req.replace(" ", "") for req in runtime for extra in ("dev",))
 
 
+def test_the_wheel_holds_the_product_packages_alone() -> None:
+    """devstack/ and bench/ run from the checkout; the wheel carries only what users run."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    include = setuptools["packages"]["find"]["include"]
+    # What setuptools' find does with `include`: every package under the root whose dotted name matches.
+    tops = [path for path in ROOT.iterdir() if (path / "__init__.py").is_file()]
+    packages = [".".join(init.parent.relative_to(ROOT).parts) for top in tops for init in top.rglob("__init__.py")]
+    shipped = {name for name in packages if any(fnmatch.fnmatchcase(name, pattern) for pattern in include)}
+    assert {name.split(".")[0] for name in shipped} == set(CODE_PACKAGES)
+    assert {"server.models", "server.handlers", "server.importing"} <= shipped
+
+
 def test_image_never_copies_dev_only_code() -> None:
     copies = [args for keyword, args in instructions() if keyword == "COPY" and "--from" not in args]
     assert not any("devstack" in args or args.split()[0] == "." for args in copies), copies

@@ -1,7 +1,11 @@
-"""The Bot API as the bot sees it: ``/bot<token>/<method>``, answered the way Telegram answers.
+"""The Bot API as the bot sees it: ``/bot<token>/<method>`` and the download path
+``/file/bot<token>/<file_path>``, answered the way Telegram answers.
 
-getMe, getUpdates (offset confirmation and long polling), sendMessage, the webhook methods,
-close and logOut; webhook delivery POSTs the queued updates to the bot in order.
+getMe, getUpdates (offset confirmation and long polling), sendMessage, sendPhoto and
+sendDocument (uploads, or a file_id sent again), getFile, the webhook methods, close and
+logOut; webhook delivery POSTs the queued updates to the bot in order. Every send meets the
+same refusals (a blocked user, a group that became a supergroup, a channel where the bot is
+no administrator) and the same flood control.
 """
 
 from __future__ import annotations
@@ -12,15 +16,26 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
 import tornado.httpclient
-import tornado.httputil
+import tornado.iostream
 import tornado.web
 
+from devstack.faketelegram import images
+from devstack.faketelegram.apirequest import MAX_READ_BODY, RequestBody, Upload
+from devstack.faketelegram.entities import (
+    MAX_CAPTION_LENGTH,
+    MAX_TEXT_LENGTH,
+    PARSE_MODES,
+    utf16_length,
+    visible_text,
+)
 from devstack.faketelegram.errors import ApiError
+from devstack.faketelegram.files import MAX_DOWNLOAD_SIZE, Blob, TelegramFile
+from devstack.faketelegram.messages import photo_sizes
 from devstack.faketelegram.state import TelegramState, Webhook, chat_ref
 
 log = logging.getLogger("devstack.faketelegram")
@@ -28,9 +43,7 @@ log = logging.getLogger("devstack.faketelegram")
 JsonDict = dict[str, Any]
 ApiMethod = Callable[[JsonDict], Awaitable[Any]]
 
-MAX_TEXT_LENGTH = 4096
 MAX_UPDATES_LIMIT = 100
-PARSE_MODES = frozenset({"html", "markdown", "markdownv2"})
 SECRET_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 CONFLICT_OTHER_POLL = (
@@ -42,6 +55,25 @@ CONFLICT_WEBHOOK = (
 BLOCKED = "Forbidden: bot was blocked by the user"
 NOT_STARTED = "Forbidden: bot can't initiate conversation with a user"
 NOT_CHANNEL_ADMIN = "Bad Request: need administrator rights in the channel chat"
+MIGRATED = "Bad Request: group chat was upgraded to a supergroup chat"
+WRONG_FILE = "Bad Request: wrong file identifier/HTTP URL specified"
+UNAVAILABLE_FILE = "Bad Request: wrong file_id or the file is temporarily unavailable"
+# sendPhoto: "The photo must be at most 10 MB in size. The photo's width and height must not
+# exceed 10000 in total. Width and height ratio must be at most 20."
+MAX_PHOTO_SIZE = 10 * 1024 * 1024
+MAX_PHOTO_SIDES = 10_000
+MAX_PHOTO_RATIO = 20
+# The file types as Telegram names them in "can't use file of type X as Y".
+FILE_TYPE_NAMES = {
+    "photo": "Photo",
+    "document": "Document",
+    "voice": "VoiceNote",
+    "audio": "Audio",
+    "video": "Video",
+    "video_note": "VideoNote",
+    "animation": "Animation",
+    "sticker": "Sticker",
+}
 
 
 class BotApi:
@@ -76,6 +108,9 @@ class BotApi:
                 "getMe": self._get_me,
                 "getUpdates": self._get_updates,
                 "sendMessage": self._send_message,
+                "sendPhoto": self._send_photo,
+                "sendDocument": self._send_document,
+                "getFile": self._get_file,
                 "setWebhook": self._set_webhook,
                 "deleteWebhook": self._delete_webhook,
                 "getWebhookInfo": self._get_webhook_info,
@@ -114,8 +149,12 @@ class BotApi:
 
     # -- dispatch ---------------------------------------------------------------------------
 
-    async def call(self, token: str, method: str, params: JsonDict) -> Any:
-        """Runs one Bot API call; raises ApiError with Telegram's code and description."""
+    async def call(self, token: str, method: str, params: JsonDict, *, refused: ApiError | None = None) -> Any:
+        """Runs one Bot API call; raises ApiError with Telegram's code and description.
+
+        ``refused`` is a refusal of the request's body (too large, unreadable), answered in
+        the method's place and recorded as its attempt.
+        """
         if token != self.token:
             raise ApiError(HTTPStatus.UNAUTHORIZED)
         # Telegram matches method names case-insensitively.
@@ -123,14 +162,36 @@ class BotApi:
         if entry is None:
             raise ApiError(HTTPStatus.NOT_FOUND)
         name, handler = entry
+        held_up = self.state.arrival_delay(name, params)
+        if held_up:
+            await asyncio.sleep(held_up)
         try:
+            if refused is not None:
+                raise refused
             self.state.raise_armed_fault(name, params)
             result = await handler(params)
         except ApiError as error:
-            self.state.record_attempt(name, params, error.error_code, error.description)
+            self.state.record_attempt(name, _recorded(params), error.error_code, error.description)
             raise
-        self.state.record_attempt(name, params, HTTPStatus.OK, None)
+        self.state.record_attempt(name, _recorded(params), HTTPStatus.OK, None)
         return result
+
+    def download(self, token: str, file_path: str) -> TelegramFile:
+        """The file a download path names; 404 as Telegram's file server answers, for a wrong
+        token as for an unknown path."""
+        params = {"file_path": file_path}
+        try:
+            if token != self.token:
+                raise ApiError(HTTPStatus.NOT_FOUND)
+            self.state.raise_armed_fault("download", params)
+            file = self.state.files.at_path(file_path)
+            if file is None:
+                raise ApiError(HTTPStatus.NOT_FOUND)
+        except ApiError as error:
+            self.state.record_attempt("download", params, error.error_code, error.description)
+            raise
+        self.state.record_attempt("download", params, HTTPStatus.OK, None)
+        return file
 
     # -- methods ----------------------------------------------------------------------------
 
@@ -187,19 +248,106 @@ class BotApi:
 
     async def _send_message(self, params: JsonDict) -> JsonDict:
         chat = self._resolve_chat(params.get("chat_id"))
-        text = _message_text(params.get("text"))
-        _check_parse_mode(params.get("parse_mode"))
+        parse_mode = _parse_mode(params.get("parse_mode"))
+        text = _message_text(params.get("text"), parse_mode)
         self._check_may_post(chat)
         self.state.flood_control.admit(chat)
+        message = self._new_message(chat, {"text": text})
+        self.state.record_sent(message)
+        return copy.deepcopy(message)
+
+    async def _send_photo(self, params: JsonDict) -> JsonDict:
+        return self._send_file("photo", params)
+
+    async def _send_document(self, params: JsonDict) -> JsonDict:
+        return self._send_file("document", params)
+
+    def _send_file(self, kind: str, params: JsonDict) -> JsonDict:
+        """sendPhoto and sendDocument: a new upload, or a file_id the bot got before."""
+        chat = self._resolve_chat(params.get("chat_id"))
+        parse_mode = _parse_mode(params.get("parse_mode"))
+        caption = _caption(params.get("caption"), parse_mode)
+        self._check_may_post(chat)
+        source = self._file_source(kind, params)
+        photo_size = _photo_size(source.blob) if kind == "photo" and isinstance(source, Upload) else None
+        self.state.flood_control.admit(chat)
+        media: JsonDict | list[JsonDict]
+        if isinstance(source, Upload):
+            source.taken = True
+            if photo_size is not None:
+                media, file = photo_sizes(self.state.files, source.blob, *photo_size, stated_size=source.blob.size)
+            else:
+                file = self.state.files.add(
+                    kind, source.blob, stated_size=source.blob.size, details=_document_names(source)
+                )
+                media = file.to_object()
+        else:
+            file, media = source, _resent_media(source)
+        content: JsonDict = {kind: media}
+        if caption:
+            content["caption"] = caption
+        message = self._new_message(chat, content)
+        upload = {
+            "kind": kind,
+            "file_id": file.file_id,
+            # What the bot sent: the part's own name and type, or the earlier file's.
+            "file_name": source.file_name if isinstance(source, Upload) else file.details.get("file_name"),
+            "mime_type": source.mime_type if isinstance(source, Upload) else file.details.get("mime_type"),
+            "size": file.blob.size,
+            "sha256": file.blob.sha256,
+            "resent": not isinstance(source, Upload),
+        }
+        self.state.record_sent({**copy.deepcopy(message), "upload": upload})
+        return message
+
+    def _file_source(self, kind: str, params: JsonDict) -> Upload | TelegramFile:
+        """The file a send names: an uploaded part (by its own name or attach://), or a file_id."""
+        value = params.get(kind)
+        if isinstance(value, str) and value.startswith("attach://"):
+            value = params.get(value.removeprefix("attach://"))
+            if not isinstance(value, Upload):
+                raise ApiError(HTTPStatus.BAD_REQUEST, WRONG_FILE)
+        if isinstance(value, Upload):
+            if value.blob.size == 0:
+                raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: file must be non-empty")
+            return value
+        if not isinstance(value, str) or not value:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"Bad Request: there is no {kind} in the request")
+        if value.startswith(("http://", "https://")):
+            # Telegram would fetch the URL; the fake reaches nothing outside.
+            raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: failed to get HTTP URL content")
+        file = self.state.files.get(value)
+        if file is None:
+            raise ApiError(HTTPStatus.BAD_REQUEST, WRONG_FILE)
+        if file.kind != kind:
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST,
+                f"Bad Request: can't use file of type {FILE_TYPE_NAMES[file.kind]} as {FILE_TYPE_NAMES[kind]}",
+            )
+        return file
+
+    async def _get_file(self, params: JsonDict) -> JsonDict:
+        file_id = params.get("file_id")
+        if not isinstance(file_id, str) or not file_id:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: invalid file_id")
+        file = self.state.files.get(file_id)
+        if file is None:
+            raise ApiError(HTTPStatus.BAD_REQUEST, UNAVAILABLE_FILE)
+        # Telegram judges by the size it has on record: a file whose update stated a lie is
+        # judged by the lie, and only the download shows the truth.
+        if file.checked_size > MAX_DOWNLOAD_SIZE:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: file is too big")
+        return file.to_file()
+
+    def _new_message(self, chat: JsonDict, content: JsonDict) -> JsonDict:
         message: JsonDict = {"message_id": self.state.next_message_id(chat["id"])}
         # Channel posts carry the channel as sender_chat and have no "from".
         if chat["type"] == "channel":
             message["sender_chat"] = chat
         else:
             message["from"] = dict(self.bot_user)
-        message.update({"chat": chat, "date": int(time.time()), "text": text})
-        self.state.sent.append(message)
-        return copy.deepcopy(message)
+        message.update({"chat": chat, "date": int(time.time()), **content})
+        return message
 
     def _resolve_chat(self, chat_id: Any) -> JsonDict:
         requested = chat_ref(chat_id)
@@ -212,7 +360,10 @@ class BotApi:
 
     def _check_may_post(self, chat: JsonDict) -> None:
         """Telegram's refusals: a bot speaks only to users who started it and did not block
-        it, and posts only in channels where it is an administrator."""
+        it, posts only in channels where it is an administrator, and not at all in a group
+        that became a supergroup (the answer names the supergroup)."""
+        if chat["id"] in self.state.migrated:
+            raise ApiError(HTTPStatus.BAD_REQUEST, MIGRATED, migrate_to_chat_id=self.state.migrated[chat["id"]])
         if chat["type"] == "private":
             if chat["id"] in self.state.blocked:
                 raise ApiError(HTTPStatus.FORBIDDEN, BLOCKED)
@@ -307,21 +458,68 @@ class BotApi:
 # -- HTTP -----------------------------------------------------------------------------------
 
 
+@tornado.web.stream_request_body
 class BotApiHandler(tornado.web.RequestHandler):
+    """One method call; its body is read as it arrives, files straight to the spool."""
+
     def initialize(self, api: BotApi) -> None:
         self.api = api
+        self.body: RequestBody | None = None
+
+    def prepare(self) -> None:
+        # RequestBody enforces Telegram's limits itself, and reads an oversized body to its end.
+        assert self.request.connection is not None
+        self.request.connection.set_max_body_size(MAX_READ_BODY)  # type: ignore[attr-defined]
+        self.body = RequestBody(self.request.headers, self.api.state.files)
+
+    def data_received(self, chunk: bytes) -> None:
+        assert self.body is not None
+        self.body.feed(chunk)
 
     async def get(self, token: str, method: str) -> None:
+        assert self.body is not None
         try:
-            result = await self.api.call(token, method, _request_params(self.request))
+            params = self.body.params(self.request.query_arguments)
+            result = await self.api.call(token, method, params, refused=self.body.error)
         except ApiError as error:
             self.set_status(error.error_code)
             self.finish(error.payload())
             return
+        finally:
+            self.body.release()
         self.finish({"ok": True, "result": result})
 
     async def post(self, token: str, method: str) -> None:
         await self.get(token, method)
+
+    def on_connection_close(self) -> None:
+        if self.body is not None:
+            self.body.release()
+
+
+class FileHandler(tornado.web.RequestHandler):
+    """The download path: a file's bytes, streamed chunk by chunk from the spool."""
+
+    def initialize(self, api: BotApi) -> None:
+        self.api = api
+
+    async def get(self, token: str, file_path: str) -> None:
+        try:
+            file = self.api.download(token, file_path)
+        except ApiError as error:
+            self.set_status(error.error_code)
+            self.finish(error.payload())
+            return
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("Content-Length", file.blob.size)
+        try:
+            for chunk in file.blob.chunks():
+                self.write(chunk)
+                # Waits until the chunk is on its way: a slow reader slows the reading.
+                await self.flush()
+        except tornado.iostream.StreamClosedError:
+            return
+        self.finish()
 
 
 class NotFoundHandler(tornado.web.RequestHandler):
@@ -330,38 +528,7 @@ class NotFoundHandler(tornado.web.RequestHandler):
         self.finish(ApiError(HTTPStatus.NOT_FOUND).payload())
 
 
-# -- request parsing ------------------------------------------------------------------------
-
-
-def _request_params(request: tornado.httputil.HTTPServerRequest) -> JsonDict:
-    """Query string plus body: JSON keeps its types, form fields arrive as strings.
-
-    python-telegram-bot POSTs application/x-www-form-urlencoded (multipart/form-data when it
-    uploads a file), with nested objects and lists JSON-encoded inside the field values; Tornado
-    has already split both kinds of form into ``body_arguments``.
-    """
-    params = _decode_arguments(request.query_arguments)
-    if request.headers.get("Content-Type", "").startswith("application/json"):
-        params.update(_json_body(request.body))
-    else:
-        params.update(_decode_arguments(request.body_arguments))
-    return params
-
-
-def _decode_arguments(arguments: Mapping[str, list[bytes]]) -> JsonDict:
-    return {name: values[-1].decode("utf-8", "replace") for name, values in arguments.items() if values}
-
-
-def _json_body(body: bytes) -> JsonDict:
-    if not body.strip():
-        return {}
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: can't parse JSON object") from None
-    if not isinstance(parsed, dict):
-        raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: can't parse JSON object")
-    return parsed
+# -- parameters -------------------------------------------------------------------------
 
 
 def _int_param(params: JsonDict, name: str) -> int | None:
@@ -390,20 +557,66 @@ def _bool_param(params: JsonDict, name: str) -> bool:
     return params.get(name) in (True, 1, "true", "True", "1")
 
 
-def _message_text(text: Any) -> str:
+def _message_text(text: Any, parse_mode: str | None) -> str:
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         text = str(text)
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
         raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: message text is empty")
-    if len(text) > MAX_TEXT_LENGTH:
+    shown = visible_text(text, parse_mode)
+    if not shown.strip():
+        raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: message text is empty")
+    if utf16_length(shown) > MAX_TEXT_LENGTH:
         raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: message is too long")
     return text
 
 
-def _check_parse_mode(parse_mode: Any) -> None:
+def _caption(caption: Any, parse_mode: str | None) -> str:
+    if caption is None:
+        return ""
+    text = str(caption)
+    if utf16_length(visible_text(text, parse_mode)) > MAX_CAPTION_LENGTH:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: message caption is too long")
+    return text
+
+
+def _parse_mode(parse_mode: Any) -> str | None:
     # The fake does not render markup: the text is stored and returned as the bot sent it.
-    if parse_mode not in (None, "") and str(parse_mode).lower() not in PARSE_MODES:
+    if parse_mode in (None, ""):
+        return None
+    if str(parse_mode).lower() not in PARSE_MODES:
         raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: unsupported parse_mode")
+    return str(parse_mode)
+
+
+def _photo_size(blob: Blob) -> tuple[int, int]:
+    """The (width, height) Telegram would read of a photo, or its refusal of the image."""
+    size = images.image_size(blob.head(images.HEAD_SIZE))
+    if size is None:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: IMAGE_PROCESS_FAILED")
+    if blob.size > MAX_PHOTO_SIZE:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: PHOTO_SAVE_FILE_INVALID")
+    width, height = size
+    too_long = max(width, height) > MAX_PHOTO_RATIO * min(width, height)
+    if not width or not height or width + height > MAX_PHOTO_SIDES or too_long:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "Bad Request: PHOTO_INVALID_DIMENSIONS")
+    return size
+
+
+def _resent_media(file: TelegramFile) -> JsonDict | list[JsonDict]:
+    """What a message shows of a file sent again by its file_id: the same file."""
+    return [file.to_object()] if file.kind == "photo" else file.to_object()
+
+
+def _document_names(upload: Upload) -> JsonDict:
+    names: JsonDict = {"mime_type": upload.mime_type}
+    if upload.file_name is not None:
+        names = {"file_name": upload.file_name, **names}
+    return names
+
+
+def _recorded(params: JsonDict) -> JsonDict:
+    """The parameters as an attempt keeps them: an upload by its name, size and sha256."""
+    return {name: value.to_json() if isinstance(value, Upload) else value for name, value in params.items()}
 
 
 def _bot_id(token: str) -> int:

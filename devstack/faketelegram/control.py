@@ -1,27 +1,27 @@
-"""The test controls: make users and channels known, write as a user, arm faults, read what
-the bot sent. Tests call them in-process on FakeTelegram or over HTTP under ``/_test/``."""
+"""The test controls: make users, channels and groups known, write and edit as a user, store
+files, arm faults, read what the bot sent. Tests call them in-process on FakeTelegram or over
+HTTP under ``/_test/``."""
 
 from __future__ import annotations
 
 import copy
 import functools
 import json
-import re
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
 import tornado.web
 
-from devstack.faketelegram.errors import ControlError
+from devstack.faketelegram import messages
+from devstack.faketelegram.errors import ControlError, control_fields, control_int, control_text
+from devstack.faketelegram.files import Blob, Spool
 from devstack.faketelegram.flood import FloodControl
-from devstack.faketelegram.state import Fault, TelegramState, chat_matches, chat_ref
+from devstack.faketelegram.state import Delay, Fault, TelegramState, chat_matches, chat_ref
 
 JsonDict = dict[str, Any]
 
-BOT_COMMAND = re.compile(r"(?<![\w/])/[A-Za-z0-9_]{1,64}(?:@[A-Za-z0-9_]{3,32})?")
 USER_REQUIRED = ("id", "first_name")
 USER_OPTIONAL = ("last_name", "username", "language_code")
 
@@ -51,9 +51,9 @@ class TelegramControls:
         bot, so it may message them; `started=False` is a user who never wrote to it,
         `blocked=True` one who blocked it."""
         user: JsonDict = {
-            "id": _control_int(id, "id"),
+            "id": control_int(id, "id"),
             "is_bot": False,
-            "first_name": _control_text(first_name, "first_name"),
+            "first_name": control_text(first_name, "first_name"),
         }
         optional = {"last_name": last_name, "username": username, "language_code": language_code}
         user.update({key: value for key, value in optional.items() if value is not None})
@@ -74,7 +74,7 @@ class TelegramControls:
         Returns the Chat object."""
         if username is None and id is None:
             raise ControlError("a channel needs a username or an id")
-        name = _control_text(username, "username").lstrip("@") if username is not None else None
+        name = control_text(username, "username").lstrip("@") if username is not None else None
         chat_id = self._channel_id(id, name)
         chat: JsonDict = {"id": chat_id, "type": "channel"}
         chat["title"] = title or name or f"Channel {chat_id}"
@@ -90,33 +90,129 @@ class TelegramControls:
             if known is not None:
                 return int(known["id"])
             return self.state.next_channel_id()
-        chat_id = _control_int(requested, "id")
+        chat_id = control_int(requested, "id")
         if not str(chat_id).startswith("-100"):
             raise ControlError("channel ids start with -100")
         return chat_id
 
+    def register_group(self, id: int, title: str | None = None) -> JsonDict:
+        """Makes a (basic) group known, with the bot in it; returns the Chat object."""
+        chat_id = control_int(id, "id")
+        if chat_id >= 0 or str(chat_id).startswith("-100"):
+            raise ControlError("a group's id is negative and does not start with -100")
+        chat = {"id": chat_id, "type": "group", "title": title or f"Group {chat_id}"}
+        self.state.chats[chat_id] = chat
+        self.state.migrated.pop(chat_id, None)
+        return dict(chat)
+
+    def migrate_group(self, chat_id: int, to_chat_id: int | None = None) -> JsonDict:
+        """Turns a group into a supergroup with a new -100 id, as Telegram does when a group
+        grows: the old id then refuses posts with ``migrate_to_chat_id``, the new one takes
+        them, and both chats get their service message. Returns the supergroup."""
+        old = self.state.chats.get(control_int(chat_id, "chat_id"))
+        if old is None or old["type"] != "group" or old["id"] in self.state.migrated:
+            raise ControlError(f"chat {chat_id} is not a group the fake knows (or it moved already)")
+        new_id = self.state.next_channel_id() if to_chat_id is None else control_int(to_chat_id, "to_chat_id")
+        if not str(new_id).startswith("-100") or new_id in self.state.chats:
+            raise ControlError("to_chat_id must be a new id starting with -100")
+        supergroup = {"id": new_id, "type": "supergroup", "title": old["title"]}
+        self.state.chats[new_id] = supergroup
+        self.state.migrated[old["id"]] = new_id
+        now = int(time.time())
+        services = ((old, "migrate_to_chat_id", new_id), (supergroup, "migrate_from_chat_id", old["id"]))
+        for chat, field, value in services:
+            service = {"message_id": self.state.next_message_id(chat["id"]), "chat": chat, "date": now, field: value}
+            self.state.enqueue({"message": service})
+        return dict(supergroup)
+
     def inject_message(
-        self, user: Mapping[str, Any], text: str | None = None, *, kind: str = "text", chat_id: int | None = None
+        self,
+        user: Mapping[str, Any],
+        text: str | None = None,
+        *,
+        kind: str = "text",
+        chat_id: int | None = None,
+        entities: Any = None,
+        file: Mapping[str, Any] | None = None,
+        location: Mapping[str, Any] | None = None,
+        contact: Mapping[str, Any] | None = None,
     ) -> JsonDict:
-        """Queues an Update as if ``user`` had just written; returns its update_id and message_id."""
+        """Queues an Update as if ``user`` had just written; returns its update_id and
+        message_id, and for a file message the file (``describe()``: its file_id, its real
+        size and the sha256 of its bytes).
+
+        ``text`` is the message's text, or a media message's caption; ``entities`` go with it
+        (bot commands are found by themselves). ``file`` describes a file kind's file (see
+        devstack.faketelegram.messages), ``location`` and ``contact`` are those kinds' objects.
+        """
+        user_fields = _user_fields(user)
+        body, file_record = messages.content(
+            self.state.files, kind, text, entities, file=file, location=location, contact=contact
+        )
         # Writing to the bot starts it (a blocked bot must be unblocked first).
-        sender = self.register_user(**_user_fields(user), started=True, blocked=False)
+        sender = self.register_user(**user_fields, started=True, blocked=False)
         chat = self._incoming_chat(sender, chat_id)
         message: JsonDict = {
             "message_id": self.state.next_message_id(chat["id"]),
             "from": sender,
             "chat": chat,
             "date": int(time.time()),
-            **_content(kind, text),
+            **body,
         }
+        self.state.remember_inbound(message)
         update = self.state.enqueue({"message": message})
-        return {"update_id": update["update_id"], "message_id": message["message_id"]}
+        injected = {"update_id": update["update_id"], "message_id": message["message_id"]}
+        if file_record is not None:
+            injected["file"] = file_record.describe()
+        return injected
+
+    def edit_message(self, chat_id: int, message_id: int, text: str | None, *, entities: Any = None) -> JsonDict:
+        """Queues an ``edited_message`` Update: the contact's message ``message_id`` in
+        ``chat_id`` with a new text (or caption: None or "" removes it) and an edit_date."""
+        key = (control_int(chat_id, "chat_id"), control_int(message_id, "message_id"))
+        original = self.state.inbound.get(key)
+        if original is None:
+            raise ControlError(f"no message {key[1]} from a contact in chat {key[0]}")
+        message = messages.edited(original, text, entities)
+        self.state.remember_inbound(message)
+        update = self.state.enqueue({"edited_message": message})
+        return {
+            "update_id": update["update_id"],
+            "message_id": message["message_id"],
+            "edit_date": message["edit_date"],
+        }
+
+    def store_file(self, content: bytes | Iterable[bytes]) -> JsonDict:
+        """Keeps bytes for a file message to come (``file={"ref": ...}``); returns the ref,
+        the size and the sha256. Over HTTP, the body of ``POST /_test/files``, streamed."""
+        chunks = [bytes(content)] if isinstance(content, (bytes, bytearray)) else content
+        return self.keep_blob(self.state.files.spool_bytes(chunks))
+
+    def keep_blob(self, blob: Blob) -> JsonDict:
+        """Holds bytes already spooled (the body of ``POST /_test/files``) as store_file does."""
+        return {"ref": self.state.files.keep(blob), "size": blob.size, "sha256": blob.sha256}
+
+    def file_info(self, file_id: str) -> JsonDict:
+        """What a test may know of a file: its Bot API fields, real size and sha256."""
+        file = self.state.files.get(control_text(file_id, "file_id"))
+        if file is None:
+            raise ControlError(f"no file {file_id[:60]!r}")
+        return file.describe()
+
+    def forget_file(self, file_id: str) -> JsonDict:
+        """Makes a file unavailable, as when its message is deleted: getFile then answers
+        400 and its download path 404."""
+        if not self.state.files.forget(control_text(file_id, "file_id")):
+            raise ControlError(f"no file {file_id[:60]!r}")
+        return {"ok": True}
 
     def _incoming_chat(self, sender: JsonDict, chat_id: int | None) -> JsonDict:
-        target = sender["id"] if chat_id is None else _control_int(chat_id, "chat_id")
+        target = sender["id"] if chat_id is None else control_int(chat_id, "chat_id")
         chats = self.state.chats
         if target == sender["id"]:
             return chats[target]
+        if target in self.state.migrated:
+            raise ControlError(f"group {target} became supergroup {self.state.migrated[target]}; write there")
         chat = chats.get(target)
         if chat is None and target < 0:
             kind = "supergroup" if str(target).startswith("-100") else "group"
@@ -131,17 +227,24 @@ class TelegramControls:
             raise ControlError("update must be a JSON object")
         raw = dict(update)
         if "update_id" in raw:
-            raw["update_id"] = _control_int(raw["update_id"], "update_id")
+            raw["update_id"] = control_int(raw["update_id"], "update_id")
         return {"update_id": self.state.enqueue(raw)["update_id"]}
 
     def sent(self, chat_id: int | str | None = None) -> list[JsonDict]:
-        """The Messages the bot sent successfully, in order, optionally for one chat."""
+        """The Messages the bot sent successfully, in order, optionally for one chat. A file
+        message also has ``upload``: the kind, file name, mime type, size and sha256 of what
+        the bot sent, and whether it was a file_id sent again (``resent``)."""
+        return copy.deepcopy(self.sent_view(chat_id))
+
+    def sent_view(self, chat_id: int | str | None = None) -> list[JsonDict]:
+        """sent() without the copies, for answering over HTTP: cheap to poll for one chat."""
         query = chat_ref(chat_id)
-        return [
-            copy.deepcopy(message)
-            for message in self.state.sent
-            if query is None or chat_matches(query, None, message["chat"])
-        ]
+        if query is None:
+            return self.state.sent
+        chat = self.state.find_chat(query)
+        if chat is not None:
+            return self.state.sent_by_chat.get(chat["id"], [])
+        return [message for message in self.state.sent if chat_matches(query, None, message["chat"])]
 
     @property
     def sent_count(self) -> int:
@@ -165,14 +268,12 @@ class TelegramControls:
         return self.state.deliveries.get(update_id, 0)
 
     def stats(self) -> JsonDict:
-        """Counts cheap enough to poll under load: sends, and attempts by status."""
-        by_status: dict[str, int] = {}
-        for attempt in self.state.attempts:
-            by_status[str(attempt.status)] = by_status.get(str(attempt.status), 0) + 1
+        """Counts cheap enough to poll under load (kept as they happen): sends, and attempts
+        by status."""
         return {
             "sent": len(self.state.sent),
             "attempts": len(self.state.attempts),
-            "by_status": by_status,
+            "by_status": dict(self.state.attempts_by_status),
             "flood_control": self.flood_control.enabled,
         }
 
@@ -199,22 +300,27 @@ class TelegramControls:
         times: int = 1,
     ) -> JsonDict:
         """Makes the next ``times`` calls of ``method`` (for ``chat_id``, if given) fail."""
-        code = _control_int(error_code, "error_code")
+        code = control_int(error_code, "error_code")
         if not 400 <= code <= 599:
             raise ControlError("error_code must be between 400 and 599")
-        count = _control_int(times, "times")
+        count = control_int(times, "times")
         if count == 0 or count < -1:
             raise ControlError("times must be positive, or -1 for always")
         fault = Fault(
-            method=_control_text(method, "method"),
+            method=control_text(method, "method"),
             error_code=code,
             chat_id=chat_ref(chat_id),
             description=description,
-            retry_after=None if retry_after is None else _control_int(retry_after, "retry_after"),
+            retry_after=None if retry_after is None else control_int(retry_after, "retry_after"),
             times=count,
         )
         self.state.faults.append(fault)
         return fault.to_json()
+
+    def delay_arrival(self, method: str, seconds: float, *, chat_id: int | str | None = None, times: int = 1) -> None:
+        """Holds the next ``times`` calls of ``method`` (for ``chat_id``, if given) ``seconds``
+        before they arrive: flood control and faults see them only then, as Telegram would."""
+        self.state.delays.append(Delay(method, seconds, chat_ref(chat_id), times))
 
     def clear_faults(self) -> None:
         self.state.faults.clear()
@@ -225,85 +331,11 @@ class TelegramControls:
         self.state.reset()
 
 
-# -- incoming message content ---------------------------------------------------------------
-
-
-def _content(kind: str, text: str | None) -> JsonDict:
-    if kind == "text":
-        body = _control_text(text, "text")
-        entities = _command_entities(body)
-        return {"text": body, "entities": entities} if entities else {"text": body}
-    if kind == "photo":
-        return {"photo": [_file(90, 90, 1_200), _file(800, 800, 48_000)], **({"caption": text} if text else {})}
-    if kind == "sticker":
-        return {
-            "sticker": {
-                **_file(512, 512, 20_000),
-                "type": "regular",
-                "is_animated": False,
-                "is_video": False,
-                "emoji": "👍",
-            }
-        }
-    raise ControlError('kind must be "text", "photo" or "sticker"')
-
-
-def _file(width: int, height: int, size: int) -> JsonDict:
-    unique = uuid.uuid4().hex
-    return {
-        "file_id": f"fake-{unique}",
-        "file_unique_id": unique[:16],
-        "width": width,
-        "height": height,
-        "file_size": size,
-    }
-
-
-def _command_entities(text: str) -> list[JsonDict]:
-    """bot_command entities, which PTB's CommandHandler relies on; offsets are UTF-16 units."""
-    return [
-        {"type": "bot_command", "offset": _utf16_length(text[: match.start()]), "length": _utf16_length(match.group())}
-        for match in BOT_COMMAND.finditer(text)
-    ]
-
-
-def _utf16_length(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
-
-
 # -- control input validation ---------------------------------------------------------------
 
 
 def _user_fields(user: Any) -> JsonDict:
-    return _fields(user, USER_REQUIRED, USER_OPTIONAL, "user")
-
-
-def _fields(body: Any, required: Iterable[str], optional: Iterable[str], what: str) -> JsonDict:
-    if not isinstance(body, Mapping):
-        raise ControlError(f"{what} must be a JSON object")
-    missing = [name for name in required if name not in body]
-    if missing:
-        raise ControlError(f"{what} lacks {', '.join(missing)}")
-    known = {*required, *optional}
-    unknown = sorted(set(body) - known)
-    if unknown:
-        raise ControlError(f"{what} has unknown fields: {', '.join(unknown)}")
-    return dict(body)
-
-
-def _control_int(value: Any, name: str) -> int:
-    if isinstance(value, bool):
-        raise ControlError(f"{name} must be an integer")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ControlError(f"{name} must be an integer") from None
-
-
-def _control_text(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ControlError(f"{name} must be a non-empty string")
-    return value
+    return control_fields(user, USER_REQUIRED, USER_OPTIONAL, "user")
 
 
 # -- HTTP: /_test/... -----------------------------------------------------------------------
@@ -358,7 +390,7 @@ class _UsersHandler(_ControlHandler):
 class _ChannelsHandler(_ControlHandler):
     @_control_endpoint
     def post(self) -> JsonDict:
-        body = _fields(self.json_body(), (), ("username", "id", "title", "admin"), "channel")
+        body = control_fields(self.json_body(), (), ("username", "id", "title", "admin"), "channel")
         if not isinstance(body.get("admin", True), bool):
             raise ControlError("admin must be true or false")
         return self.controls.register_channel(**body)
@@ -367,14 +399,71 @@ class _ChannelsHandler(_ControlHandler):
 class _MessagesHandler(_ControlHandler):
     @_control_endpoint
     def post(self) -> JsonDict:
-        body = _fields(self.json_body(), ("user",), ("text", "kind", "chat_id"), "message")
+        optional = ("text", "kind", "chat_id", "entities", "file", "location", "contact")
+        body = control_fields(self.json_body(), ("user",), optional, "message")
         return self.controls.inject_message(body.pop("user"), **body)
+
+
+class _EditsHandler(_ControlHandler):
+    @_control_endpoint
+    def post(self) -> JsonDict:
+        body = control_fields(self.json_body(), ("chat_id", "message_id", "text"), ("entities",), "edit")
+        return self.controls.edit_message(body.pop("chat_id"), body.pop("message_id"), **body)
+
+
+class _GroupsHandler(_ControlHandler):
+    @_control_endpoint
+    def post(self) -> JsonDict:
+        return self.controls.register_group(**control_fields(self.json_body(), ("id",), ("title",), "group"))
+
+
+class _MigrationHandler(_ControlHandler):
+    @_control_endpoint
+    def post(self, chat_id: str) -> JsonDict:
+        body = control_fields(self.json_body(), (), ("to_chat_id",), "body")
+        return self.controls.migrate_group(int(chat_id), **body)
+
+
+@tornado.web.stream_request_body
+class _FilesHandler(_ControlHandler):
+    """POST: the body's bytes, whatever they are, spooled as they arrive."""
+
+    MAX_BODY = 1024 * 1024 * 1024
+
+    def prepare(self) -> None:
+        assert self.request.connection is not None
+        self.request.connection.set_max_body_size(self.MAX_BODY)  # type: ignore[attr-defined]
+        self.spool: Spool | None = self.controls.state.files.spool()
+
+    def data_received(self, chunk: bytes) -> None:
+        assert self.spool is not None
+        self.spool.write(chunk)
+
+    @_control_endpoint
+    def post(self) -> JsonDict:
+        assert self.spool is not None
+        blob, self.spool = self.spool.finish(), None
+        return self.controls.keep_blob(blob)
+
+    def on_connection_close(self) -> None:
+        if self.spool is not None:
+            self.spool.discard()
+
+
+class _FileHandler(_ControlHandler):
+    @_control_endpoint
+    def get(self, file_id: str) -> JsonDict:
+        return self.controls.file_info(file_id)
+
+    @_control_endpoint
+    def delete(self, file_id: str) -> JsonDict:
+        return self.controls.forget_file(file_id)
 
 
 class _UpdatesHandler(_ControlHandler):
     @_control_endpoint
     def post(self) -> JsonDict:
-        return self.controls.inject_update(_fields(self.json_body(), ("update",), (), "body")["update"])
+        return self.controls.inject_update(control_fields(self.json_body(), ("update",), (), "body")["update"])
 
 
 class _PendingHandler(_ControlHandler):
@@ -392,7 +481,8 @@ class _ConfirmedOffsetHandler(_ControlHandler):
 class _SentHandler(_ControlHandler):
     @_control_endpoint
     def get(self) -> JsonDict:
-        return {"messages": self.controls.sent(self.chat_query())}
+        # Encoded straight from the state: nothing changes it while this runs.
+        return {"messages": self.controls.sent_view(self.chat_query())}
 
 
 class _AttemptsHandler(_ControlHandler):
@@ -405,7 +495,7 @@ class _FaultsHandler(_ControlHandler):
     @_control_endpoint
     def post(self) -> JsonDict:
         optional = ("chat_id", "description", "retry_after", "times")
-        return self.controls.add_fault(**_fields(self.json_body(), ("method", "error_code"), optional, "fault"))
+        return self.controls.add_fault(**control_fields(self.json_body(), ("method", "error_code"), optional, "fault"))
 
     @_control_endpoint
     def delete(self) -> JsonDict:
@@ -426,7 +516,7 @@ class _FloodControlHandler(_ControlHandler):
 
     @_control_endpoint
     def post(self) -> JsonDict:
-        return self.controls.set_flood_control(_fields(self.json_body(), ("enabled",), (), "body")["enabled"])
+        return self.controls.set_flood_control(control_fields(self.json_body(), ("enabled",), (), "body")["enabled"])
 
 
 class _DeliveriesHandler(_ControlHandler):
@@ -446,6 +536,11 @@ CONTROL_ROUTES: list[tuple[str, type[_ControlHandler]]] = [
     (r"/_test/users", _UsersHandler),
     (r"/_test/channels", _ChannelsHandler),
     (r"/_test/messages", _MessagesHandler),
+    (r"/_test/edits", _EditsHandler),
+    (r"/_test/groups", _GroupsHandler),
+    (r"/_test/groups/(-[0-9]+)/migrate", _MigrationHandler),
+    (r"/_test/files", _FilesHandler),
+    (r"/_test/files/([^/]+)", _FileHandler),
     (r"/_test/updates", _UpdatesHandler),
     (r"/_test/updates/pending", _PendingHandler),
     (r"/_test/sent", _SentHandler),

@@ -9,7 +9,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from devstack.faketelegram.botapi import BotApi, BotApiHandler, NotFoundHandler
+from devstack.faketelegram.botapi import BotApi, BotApiHandler, FileHandler, NotFoundHandler
 from devstack.faketelegram.control import CONTROL_ROUTES, TelegramControls
 from devstack.faketelegram.state import TelegramState
 
@@ -19,9 +19,11 @@ JsonDict = dict[str, Any]
 class FakeTelegram(TelegramControls):
     """The fake Bot API server: its state, its methods, the test controls and the HTTP server.
 
-    Where it knowingly differs from Telegram: markup (parse_mode) is validated but not rendered,
-    webhooks may be plain http, a webhook's response body is not run as a method call, and
-    message ids count per chat in every chat type.
+    Where it knowingly differs from Telegram: markup (parse_mode) is stripped to measure a
+    text but neither checked nor rendered, webhooks may be plain http, a webhook's response
+    body is not run as a method call, message ids count per chat in every chat type, a file
+    is never fetched from an HTTP URL, and a photo is not re-encoded (its largest size is the
+    bytes the bot sent; the smaller ones are made up).
     """
 
     def __init__(
@@ -49,7 +51,8 @@ class FakeTelegram(TelegramControls):
 
     @property
     def base_url(self) -> str:
-        """The API root; python-telegram-bot gets ``base_url + "/bot"``."""
+        """The API root; python-telegram-bot gets ``base_url + "/bot"`` as its ``base_url``
+        and ``base_url + "/file/bot"`` as its ``base_file_url``."""
         host = "127.0.0.1" if self.host in {"", "0.0.0.0", "::"} else self.host
         return f"{self.scheme}://[{host}]:{self.port}" if ":" in host else f"{self.scheme}://{host}:{self.port}"
 
@@ -71,6 +74,8 @@ class FakeTelegram(TelegramControls):
             await self._server.close_all_connections()
             self._server = None
         self.api.close_client()
+        # The spooled files go with the server.
+        self.state.files.close()
 
     async def call_api(self, token: str, method: str, params: JsonDict) -> Any:
         """Runs one Bot API call in-process; raises ApiError with Telegram's code and description."""
@@ -78,7 +83,8 @@ class FakeTelegram(TelegramControls):
 
     def _application(self) -> tornado.web.Application:
         bot_api: list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]] = [
-            (r"/bot([^/]*)/([^/]*)", BotApiHandler, {"api": self.api})
+            (r"/bot([^/]*)/([^/]*)", BotApiHandler, {"api": self.api}),
+            (r"/file/bot([^/]*)/(.+)", FileHandler, {"api": self.api}),
         ]
         control = [(pattern, handler, {"controls": self}) for pattern, handler in CONTROL_ROUTES]
         return tornado.web.Application([*bot_api, *control], default_handler_class=NotFoundHandler)

@@ -1,4 +1,5 @@
-"""What the fake Telegram knows: chats, the update queue, what the bot sent and tried, and faults.
+"""What the fake Telegram knows: chats, the update queue, what contacts and the bot sent, what
+the bot tried, files, and faults.
 
 The update queue keeps Telegram's delivery promise: an update not confirmed by a later
 getUpdates offset comes again with the same update_id (kept about 24 hours), a confirmed one
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from devstack.faketelegram.errors import ApiError
+from devstack.faketelegram.files import FileStore
 from devstack.faketelegram.flood import FloodControl
 
 JsonDict = dict[str, Any]
@@ -50,6 +52,17 @@ class Fault:
             "retry_after": self.retry_after,
             "times": self.times,
         }
+
+
+@dataclass
+class Delay:
+    """The next ``times`` calls of ``method`` (for ``chat_id``, if given) reach the API
+    ``seconds`` late, as a request held up on the network would."""
+
+    method: str
+    seconds: float
+    chat_id: str | None = None
+    times: int = 1
 
 
 @dataclass
@@ -116,6 +129,7 @@ class TelegramState:
         # Woken on every change a long poll or the webhook sender may wait for.
         self.signal = Signal()
         self.flood_control = FloodControl()
+        self.files = FileStore()
         self._clear()
 
     def _clear(self) -> None:
@@ -124,18 +138,27 @@ class TelegramState:
         self.started: set[int] = set()
         self.blocked: set[int] = set()
         self.not_admin: set[int] = set()
+        # A group that became a supergroup: the old id refuses posts and names the new one.
+        self.migrated: dict[int, int] = {}
+        # What contacts sent, by (chat id, message_id), as last edited: what an edit starts from.
+        self.inbound: dict[tuple[int, int], JsonDict] = {}
         self.pending: list[JsonDict] = []
         self._queued_at: dict[int, float] = {}
         self.deliveries: dict[int, int] = {}
         self.confirmed_offset = 0
         self.allowed_updates: frozenset[str] | None = None
         self.sent: list[JsonDict] = []
+        # The same messages by chat id, and the attempts counted by status: what tests poll.
+        self.sent_by_chat: dict[int, list[JsonDict]] = {}
         self.attempts: list[Attempt] = []
+        self.attempts_by_status: dict[str, int] = {}
         self.faults: list[Fault] = []
+        self.delays: list[Delay] = []
         self.webhook: Webhook | None = None
+        self.files.clear()
 
     def reset(self) -> None:
-        """Forgets everything but the id counters; flood control is on again."""
+        """Forgets everything but the id counters (files too); flood control is on again."""
         self._clear()
         self.flood_control.reset()
         self.signal.notify()
@@ -230,7 +253,31 @@ class TelegramState:
             self.pending.pop(0)
             self.confirmed_offset = max(self.confirmed_offset, update["update_id"] + 1)
 
+    # -- what was sent -----------------------------------------------------------------------
+
+    def remember_inbound(self, message: JsonDict) -> None:
+        self.inbound[(message["chat"]["id"], message["message_id"])] = message
+
+    def record_sent(self, message: JsonDict) -> None:
+        self.sent.append(message)
+        self.sent_by_chat.setdefault(message["chat"]["id"], []).append(message)
+
     # -- what the bot did -------------------------------------------------------------------
+
+    def arrival_delay(self, method: str, params: JsonDict) -> float:
+        """Seconds this call is held up before it arrives (0: none armed for it)."""
+        requested = chat_ref(params.get("chat_id"))
+        chat = self.find_chat(requested) if requested is not None else None
+        for delay in self.delays:
+            if delay.method.lower() != method.lower():
+                continue
+            if delay.chat_id is not None and not chat_matches(delay.chat_id, requested, chat):
+                continue
+            delay.times -= 1
+            if delay.times == 0:
+                self.delays.remove(delay)
+            return delay.seconds
+        return 0.0
 
     def raise_armed_fault(self, method: str, params: JsonDict) -> None:
         requested = chat_ref(params.get("chat_id"))
@@ -255,6 +302,7 @@ class TelegramState:
             return
         requested = chat_ref(params.get("chat_id"))
         text = params.get("text")
+        self.attempts_by_status[str(status)] = self.attempts_by_status.get(str(status), 0) + 1
         self.attempts.append(
             Attempt(
                 method=method,

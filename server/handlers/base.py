@@ -9,11 +9,14 @@ import re
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import unquote_plus
 
 from bson import ObjectId
+from tornado.log import app_log
 from tornado.web import HTTPError, RequestHandler
 
-from contract.importformat import media_type, object_id_text
+from contract.values import media_type, object_id_text
+from runtime.httpserver import PROBLEM_TYPE_ROOT
 from server.problems import ApiError, database_errors, field_error
 
 __all__ = [
@@ -30,8 +33,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-PROBLEM_TYPE_ROOT = "https://balcao.dev/problems/"
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -74,7 +75,16 @@ class JsonHandler(RequestHandler):
     def log_exception(self, typ, value, tb) -> None:  # type: ignore[no-untyped-def]
         if isinstance(value, HTTPError) and value.status_code < 500:
             return  # a client's mistake, answered in the problem document
-        super().log_exception(typ, value, tb)
+        if isinstance(value, HTTPError):
+            super().log_exception(typ, value, tb)  # one warning line, through _request_summary
+            return
+        # Tornado's own line adds the request's repr, with its raw URI (search words are
+        # contacts' names); the summary below masks them.
+        app_log.error("Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb))
+
+    def _request_summary(self) -> str:
+        """How Tornado names the request in its log lines, with private query values masked."""
+        return f"{self.request.method} {logged_uri(self.request.uri or '')} ({self.request.remote_ip})"
 
     def json_body(self) -> dict[str, Any]:
         if media_type(self.request.headers.get("Content-Type")) != "application/json":
@@ -198,6 +208,22 @@ def object_id(raw: str) -> ObjectId | None:
     """The ObjectId a path names, in either case; None when it names none (a 404, not a 400)."""
     text = object_id_text(raw)
     return None if text is None else ObjectId(text)
+
+
+# Query parameters whose values are personal data: `q` holds contact names.
+PRIVATE_PARAMETERS = frozenset({"q"})
+
+
+def logged_uri(uri: str) -> str:
+    """The request URI with the values of private query parameters masked."""
+    path, mark, query = uri.partition("?")
+    if not mark:
+        return uri
+    parts = []
+    for pair in query.split("&"):
+        name, equals, _ = pair.partition("=")
+        parts.append(f"{name}=***" if equals and unquote_plus(name) in PRIVATE_PARAMETERS else pair)
+    return f"{path}?{'&'.join(parts)}"
 
 
 def slug(title: str) -> str:

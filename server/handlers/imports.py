@@ -14,33 +14,26 @@ ended, and by then the import has ended too: the body is its report.
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import time
 from typing import Any
 
-from bson import ObjectId
 from tornado.httputil import HTTPServerRequest
 from tornado.routing import PathMatches, Rule
 from tornado.web import stream_request_body, url
 
-from contract.importformat import CHUNK_MEDIA_TYPE, MAX_WHOLE, whole_number
+from contract.importformat import CHUNK_MEDIA_TYPE
+from contract.values import MAX_WHOLE, media_type, whole_number
 from runtime.failpoints import failpoint
-from server.handlers.base import (
-    ApiError,
-    ApiHandler,
-    database_errors,
-    field_error,
-    key_reused,
-    media_type,
-    object_id,
-)
+from server.handlers.base import key_reused
+from server.handlers.importbase import ImportsApiHandler, StreamedBodyHandler, yield_to_other_requests
 from server.importing import jobs
 from server.importing.chunks import ChunkParser
 from server.importing.feed import RecordFeed, Tally
-from server.importing.jobs import Imports
-from server.importing.parsers import RecordLimits
+from server.importing.reports import report
 from server.importing.upload import Upload, checked_channel
-from server.models import IdempotencyKeyReused
+from server.models.stored import IdempotencyKeyReused
+from server.problems import ApiError, database_errors, field_error
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +42,6 @@ IMPORT_ID = r"(?P<import_id>[^/]+)"
 # The route takes at most nine digits of sequence number.
 MAX_CHUNK_SEQ = 999_999_999
 MAX_JSON_BODY = 16 * 1024
-# Tornado cuts a body off at the connection's limit with a bare 400. Uploads get
-# this much more, so the handler sees the excess itself and answers 413.
-BODY_SLACK = 1024 * 1024
-# How much of a refused body is read and dropped before answering (see StreamedBodyHandler).
-LINGER_BYTES = 8 * 1024 * 1024
 
 
 class MediaTypeMatches(PathMatches):
@@ -69,129 +57,6 @@ class MediaTypeMatches(PathMatches):
         return super().match(request)
 
 
-class ImportsApiHandler(ApiHandler):
-    @property
-    def imports(self) -> Imports:
-        return self.settings["imports"]
-
-    @property
-    def record_limits(self) -> RecordLimits:
-        config = self.settings["config"]
-        return RecordLimits(
-            config.import_max_record_bytes,
-            config.import_max_record_depth,
-            config.import_max_record_values,
-            config.import_max_record_messages,
-        )
-
-    async def find_job(self, raw_id: str) -> dict[str, Any]:
-        job_id = object_id(raw_id)
-        job = None if job_id is None else await self.database(jobs.find_job, job_id)
-        if job is None:
-            raise ApiError(404, f"there is no import with id {raw_id[:40]!r}", kind="import-not-found")
-        return job
-
-    async def running_chunked_job(self, raw_id: str) -> dict[str, Any]:
-        job = await self.find_job(raw_id)
-        if job["mode"] != "chunks":
-            raise ApiError(
-                409, "this import is an upload; only imports started with a JSON body take chunks", kind="not-chunked"
-            )
-        if job["status"] != jobs.RUNNING:
-            raise ApiError(409, f"this import has ended ({job['status']}); start a new one", kind="import-ended")
-        return job
-
-    def import_location(self, job_id: ObjectId) -> str:
-        return self.reverse_url("import", str(job_id))
-
-    def answer_report(self, job: dict[str, Any], status: int, tally: Tally | None = None) -> None:
-        self.set_header("Location", self.import_location(job["_id"]))
-        self.write_json(jobs.report(job, tally), status=status)
-
-    async def current_tally(self, job: dict[str, Any]) -> Tally | None:
-        """A running job's counts, summed from its batches so far; None once it ended (they are on the job)."""
-        if job["status"] != jobs.RUNNING:
-            return None
-        tally, _ = await self.database(jobs.batch_totals, job["_id"])
-        return tally
-
-    def answer_problem(self, error: ApiError) -> None:
-        """Answer now, from outside the handler method (the body is still arriving)."""
-        if not self._finished:
-            self.send_error(error.status_code, exc_info=(type(error), error, None))
-
-
-class StreamedBodyHandler(ImportsApiHandler):
-    """A route whose body is streamed, and which may refuse it before it has all arrived.
-
-    Answering a client that is still sending and then closing the connection
-    under it resets the connection, and the client may never read the answer.
-    So a refusal is kept, the body read on and dropped, and the answer sent
-    when the body ends; as nginx's lingering close does, only for so long: past
-    LINGER_BYTES the answer goes at once, whatever becomes of it.
-    """
-
-    async def prepare(self) -> None:  # type: ignore[override]  # Tornado awaits a coroutine prepare
-        self.received = 0
-        self.refusal: ApiError | None = None
-        self._refused_at = 0
-        self._length = int(length) if (length := self.request.headers.get("Content-Length", "")).isdigit() else None
-        try:
-            super().prepare()  # the token
-            await self.start()
-        except ApiError as error:
-            self.refuse(error)
-
-    async def start(self) -> None:
-        """Check the request before its body; raise ApiError to refuse it."""
-
-    def limit_body(self, limit: int) -> None:
-        if self._length is not None and self._length > limit:
-            if self.request.connection is not None:
-                # So Tornado reads no further than this body, and does not answer 400 itself.
-                self.request.connection.set_max_body_size(self._length)  # type: ignore[attr-defined]
-            raise ApiError(
-                413, f"the body is {self._length} bytes; at most {limit} are accepted", kind="payload-too-large"
-            )
-        if self.request.connection is not None:
-            self.request.connection.set_max_body_size(limit + BODY_SLACK)  # type: ignore[attr-defined]
-            # Authenticated by now: an upload over a slow link may take this long.
-            self.request.connection.set_body_timeout(  # type: ignore[attr-defined]
-                self.settings["config"].import_body_timeout
-            )
-
-    def refuse(self, error: ApiError) -> None:
-        """Answer `error` when the body ends, or at once if too much of it is still to come."""
-        if self.refusal is None:
-            self.refusal, self._refused_at = error, self.received
-        if self._length is not None and self._length - self.received > LINGER_BYTES:
-            self.answer_problem(error)
-
-    def discarding(self, chunk: bytes) -> bool:
-        """Count the chunk; True when the request is refused and the chunk is to be dropped."""
-        self.received += len(chunk)
-        if self.refusal is None:
-            return False
-        if self.received - self._refused_at > LINGER_BYTES:
-            self.answer_problem(self.refusal)
-        return True
-
-    def check_not_refused(self) -> None:
-        if self.refusal is not None:
-            raise self.refusal
-
-
-async def yield_to_other_requests() -> None:
-    """Let the loop serve others between two chunks of a body.
-
-    Tornado reads a body already in its buffer chunk after chunk without giving
-    the loop back (awaiting a finished future does not yield), so a fast client's
-    upload of millions of tiny JSON values would hold every other request,
-    `/ready` included, until it was parsed whole.
-    """
-    await asyncio.sleep(0)
-
-
 @stream_request_body
 class UploadHandler(StreamedBodyHandler):
     """`POST /v1/imports` with a multipart body: the file is imported as it arrives."""
@@ -203,6 +68,7 @@ class UploadHandler(StreamedBodyHandler):
         config = self.settings["config"]
         self.idempotency_key()  # checked as the route's contract says; an upload is not started by key
         self.limit_body(config.import_max_bytes)
+        self.take_import_slot()
         self.upload = Upload(self, self.request.headers, self.imports, self.record_limits, config.import_max_bytes)
         self.imports.register(self, self.upload.stop)
 
@@ -230,6 +96,7 @@ class UploadHandler(StreamedBodyHandler):
             self.imports.in_background(self.upload.abandon())
 
     def on_finish(self) -> None:
+        super().on_finish()
         self.imports.unregister(self)
 
 
@@ -315,7 +182,7 @@ class ImportHandler(ImportsApiHandler):
     async def get(self, import_id: str) -> None:
         """An import's report: status, counts, first errors, timing."""
         job = await self.find_job(import_id)
-        self.write_json(jobs.report(job, await self.current_tally(job)))
+        self.write_json(report(job, await self.current_tally(job)))
 
 
 @stream_request_body
@@ -328,6 +195,7 @@ class ImportChunkHandler(StreamedBodyHandler):
             raise ApiError(415, f"send a chunk as {CHUNK_MEDIA_TYPE}", kind="unsupported-media-type")
         config = self.settings["config"]
         self.limit_body(config.import_max_bytes)
+        self.take_import_slot()
         job = await self.running_chunked_job(self.path_kwargs["import_id"])
         seq = int(self.path_kwargs["seq"])
         self._job, self._seq = job, seq
@@ -353,6 +221,23 @@ class ImportChunkHandler(StreamedBodyHandler):
                 raise self._too_many_bytes()
             # A chunk sent again after a crash is judged as its first try would have been.
             self._feed = RecordFeed(self.imports.db, ChunkParser(self.record_limits), origin=f"{job['_id']}:{seq}")
+            self._touched, self._touch_every = time.monotonic(), jobs.touch_interval(config.import_idle_timeout)
+
+    async def _keep_running(self) -> None:
+        """Touch the job while the chunk arrives: one that takes longer than
+        IMPORT_IDLE_TIMEOUT is progress all along, not an import to reap."""
+        if time.monotonic() - self._touched < self._touch_every:
+            return
+        self._touched = time.monotonic()
+        if not await self.database(jobs.touch_job, self._job["_id"]):
+            raise self._ended_meanwhile()
+
+    def _ended_meanwhile(self) -> ApiError:
+        return ApiError(
+            409,
+            f"this import ended while chunk {self._seq} arrived (see its report); start a new one for the rest",
+            kind="import-ended",
+        )
 
     def _too_many_bytes(self) -> ApiError:
         limit = self.settings["config"].import_max_chunked_bytes
@@ -372,6 +257,7 @@ class ImportChunkHandler(StreamedBodyHandler):
         try:
             with database_errors():
                 await self._feed.feed(chunk)
+            await self._keep_running()
         except ApiError as error:
             self.refuse(error)
         await yield_to_other_requests()
@@ -393,7 +279,10 @@ class ImportChunkHandler(StreamedBodyHandler):
         if self._feed.failure is not None:
             raise ApiError(400, f"chunk {self._seq} cannot be read: {self._feed.failure.message}", kind="invalid-chunk")
         tally = self._feed.total
-        first = await self.database(jobs.save_batch, self._job["_id"], self._seq, tally)
+        try:
+            first = await self.database(jobs.save_batch, self._job["_id"], self._seq, tally)
+        except jobs.ImportEnded:
+            raise self._ended_meanwhile() from None
         failpoint("import.chunk.after_batch_record")
         await self.database(jobs.advance_chunks, self._job["_id"], self._seq + 1, self.received)
         self.write_json(_chunk_report(self._seq, tally, repeated=not first))
@@ -432,7 +321,12 @@ class ImportCompletionHandler(ImportsApiHandler):
         if job["status"] != jobs.RUNNING:
             self.answer_report(job, 200)  # completed before: same answer, no second announcement
             return
-        tally, stored = await self.database(jobs.batch_totals, job["_id"])
+        await self.database(jobs.tally_batches, job["_id"])  # a chunk whose writer died before adding it
+        job = await self.find_job(import_id)
+        if job["status"] != jobs.RUNNING:
+            self.answer_report(job, 200)  # ended meanwhile (the reaper, another completion)
+            return
+        stored = job.get("tallied") or 0
         if stored != chunks:
             raise ApiError(
                 409,
@@ -441,7 +335,8 @@ class ImportCompletionHandler(ImportsApiHandler):
                 kind="chunks-missing",
             )
         with database_errors():
-            job = await self.imports.finish(job["_id"], tally, failure)
+            totals = Tally.of(job.get("counts") or {}, job.get("errors") or [])
+            job = await self.imports.finish(job["_id"], totals, failure)
         self.answer_report(job, 200)
 
 

@@ -7,13 +7,12 @@ and it carries counts only, never contents.
 from __future__ import annotations
 
 import logging
-from urllib.parse import unquote_plus
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from tornado.routing import PathMatches
 from tornado.web import Application, RequestHandler
 
-from server.handlers.base import JsonHandler
+from server.handlers.base import JsonHandler, logged_uri
 from server.metrics import HTTP_REQUEST_DURATION
 
 access_log = logging.getLogger("tornado.access")
@@ -63,22 +62,6 @@ def log_request(handler: RequestHandler) -> None:
         request.remote_ip,
         1000.0 * seconds,
     )
-
-
-# Query parameters whose values are personal data: `q` holds contact names.
-PRIVATE_PARAMETERS = frozenset({"q"})
-
-
-def logged_uri(uri: str) -> str:
-    """The request URI with the values of private query parameters masked."""
-    path, mark, query = uri.partition("?")
-    if not mark:
-        return uri
-    parts = []
-    for pair in query.split("&"):
-        name, equals, _ = pair.partition("=")
-        parts.append(f"{name}=***" if equals and unquote_plus(name) in PRIVATE_PARAMETERS else pair)
-    return f"{path}?{'&'.join(parts)}"
 
 
 default_handlers = [

@@ -16,10 +16,13 @@ from tornado.web import stream_request_body, url
 
 from contract import clock
 from contract.messaging import OutboundMessage
-from server import events, names, sessions
+from runtime.failpoints import failpoint
+from runtime.httpserver import declared_length
+from server import eventpublishing, names, sessions
 from server.cursors import CursorCodec, CursorInvalid
-from server.handlers.base import ApiError, ApiHandler, database_errors, field_error, key_reused, object_id
-from server.models import IdempotencyKeyReused
+from server.handlers.base import ApiHandler, key_reused, object_id
+from server.models.stored import IdempotencyKeyReused
+from server.problems import ApiError, database_errors, field_error
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +46,6 @@ _QUERY_PUNCTUATION = frozenset(" '’-")
 _DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
 
 
-timestamp = clock.rfc3339
-
-
 def session_resource(doc: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": str(doc["_id"]),
@@ -54,8 +54,8 @@ def session_resource(doc: dict[str, Any]) -> dict[str, Any]:
             "identifier": doc["contact_identifier"],
             "name": doc.get("contact_name") or "",
         },
-        "created_at": timestamp(doc["created_at"]),
-        "last_message_at": timestamp(doc["last_message_at"]),
+        "created_at": clock.rfc3339(doc["created_at"]),
+        "last_message_at": clock.rfc3339(doc["last_message_at"]),
         "message_count": doc.get("message_count", 0),
         "last_message_preview": doc.get("last_message_preview") or "",
     }
@@ -67,7 +67,7 @@ def message_resource(doc: dict[str, Any]) -> dict[str, Any]:
         "session_id": str(doc["session_id"]),
         "direction": doc["direction"],
         "text": doc["text"],
-        "sent_at": timestamp(doc["sent_at"]),
+        "sent_at": clock.rfc3339(doc["sent_at"]),
     }
 
 
@@ -235,10 +235,14 @@ class SessionHandler(SessionsApiHandler):
         else:
             log.info("session %s finished without a goodbye: no chat is known for it", session["_id"])
         # Promised before the delete and held until the session is gone: a crash
-        # after the delete loses no event, a failed delete announces none.
+        # after the delete loses no event, a failed delete announces none. Its
+        # relay erases the session's copies in the streams (server.eventpublishing.erase_session).
         with database_errors():
             await self.settings["services"].outbound.promise_event(
-                events.session_finished(session), str(session["_id"]), after_session_gone=session["_id"]
+                eventpublishing.session_finished(session),
+                str(session["_id"]),
+                after_session_gone=session["_id"],
+                chat_id=chat,
             )
         await self.database(sessions.finish, session["_id"])
         self.settings["services"].outbound.wake()
@@ -255,9 +259,9 @@ class SessionMessagesHandler(SessionsApiHandler):
         super().prepare()
         self._body: list[bytes] = []
         if self.request.method != "POST":
-            return
-        length = self.request.headers.get("Content-Length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_REPLY_BODY):
+            return  # a GET with a body was refused before it was read (runtime/httpserver.py)
+        length = declared_length(self.request.headers)
+        if length is not None and length > MAX_REPLY_BODY:
             raise ApiError(413, f"an agent reply body is at most {MAX_REPLY_BODY} bytes", kind="payload-too-large")
         if self.request.connection is not None:  # chunked bodies are cut off at the limit too
             self.request.connection.set_max_body_size(MAX_REPLY_BODY)
@@ -307,6 +311,7 @@ class SessionMessagesHandler(SessionsApiHandler):
                 meta={"session_id": str(session["_id"]), "message_id": str(message["_id"])},
             )
         )
+        failpoint("server.reply.after_promised")  # stored and promised, the agent not yet told
         self.set_header("Location", self.reverse_url("session_message", str(session["_id"]), str(message["_id"])))
         self.write_json(message_resource(message), status=201)
 

@@ -11,8 +11,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from contract.importformat import FileFormatError
 from server.database import Database
-from server.importing.parsers import FileFormatError, ParsedRecord, SessionParser
+from server.importing.parsers import ParsedRecord, SessionParser
 from server.importing.records import ImportedSession, RecordError, RecordInvalid
 from server.importing.upsert import upsert_sessions
 from server.metrics import IMPORT_RECORDS

@@ -24,69 +24,24 @@ import ijson  # picks its C backend (yajl2_c) when it is built, the pure-Python 
 import orjson
 from ijson.common import ObjectBuilder
 
+from contract.csvlayouts import CsvRecord, CsvRecords
 from contract.importformat import (
-    BOM,
     KINDS,
-    MAX_MESSAGES_PER_RECORD,
-    MAX_RECORD_BYTES,
-    MESSAGE_COLUMNS,
-    SESSION_COLUMNS,
-    CsvRecord,
-    CsvRecords,
     FileFormatError,
     LeadingBom,
     Line,
     Lines,
-    UnsupportedFileType,
-    detect_kind,
 )
-from server.importing.records import ImportedSession, RecordError, RecordInvalid, json_type, normalise_session
+from contract.values import json_type
+from server.importing.limits import RecordLimits, embedded_values_problem, json_values
+from server.importing.records import ImportedSession, RecordError, RecordInvalid, normalise_session
 
-# The file format (kinds, columns, detection, CSV layouts) is defined once in
-# contract/importformat.py, which the CLI reads files with too; these names are
-# part of this module's interface.
-__all__ = [
-    "BOM",
-    "KINDS",
-    "MAX_MESSAGES_PER_RECORD",
-    "MAX_RECORD_BYTES",
-    "MESSAGE_COLUMNS",
-    "SESSION_COLUMNS",
-    "FileFormatError",
-    "ParsedRecord",
-    "RecordLimits",
-    "SessionParser",
-    "UnsupportedFileType",
-    "detect_kind",
-    "open_parser",
-]
-
-# A JSON array item is read value by value; these bound how deep it may nest and
-# how many values it may hold, so that the Python objects built for one record
-# stay within a small multiple of MAX_RECORD_BYTES (a file of `[{},{},...]`
-# would otherwise make some twenty times its size in dicts).
-MAX_RECORD_DEPTH = 64
-MAX_RECORD_VALUES = 1_000_000
 # yajl does not say where in a chunk it failed; feeding it windows of this size,
 # aligned on absolute offsets, places an error within this many bytes whatever
 # the network's chunk sizes are.
 JSON_ERROR_WINDOW = 1024
 
 _JSON_WHITESPACE = b" \t\r\n"
-
-
-@dataclass(frozen=True, slots=True)
-class RecordLimits:
-    """What one record of an upload may take; the server's settings give the values."""
-
-    bytes: int
-    depth: int
-    values: int
-    messages: int
-
-    @classmethod
-    def default(cls) -> RecordLimits:
-        return cls(MAX_RECORD_BYTES, MAX_RECORD_DEPTH, MAX_RECORD_VALUES, MAX_MESSAGES_PER_RECORD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +76,16 @@ def open_parser(kind: str, limits: RecordLimits | None = None) -> SessionParser:
 class _RecordNumbers:
     """Numbers the records of one file in the order they are returned."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_values: int) -> None:
         self.count = 0
+        self._max_values = max_values
 
     def record(self, raw: object, line: int | None, offset: int | None) -> ParsedRecord:
         if not isinstance(raw, dict):
             return self.unreadable(line, offset, f"expected a JSON object, got {json_type(raw)}")
+        problem = embedded_values_problem(raw, self._max_values)
+        if problem is not None:
+            return self.unreadable(line, offset, problem)
         self.count += 1
         return ParsedRecord(self.count, line, offset, raw)
 
@@ -142,7 +101,7 @@ class _StreamParser:
         self._limits = limits
         self._bom = LeadingBom()
         self._received = 0
-        self._numbers = _RecordNumbers()
+        self._numbers = _RecordNumbers(limits.values)
         self._failure: FileFormatError | None = None
 
     def feed(self, chunk: bytes) -> list[ParsedRecord]:
@@ -336,6 +295,15 @@ class _NdjsonParser(_StreamParser):
         text = line.data.strip()
         if not text:
             return None
+        # Counted before orjson builds them: a line of tiny values (`{},{},...`)
+        # becomes some twenty times its size in Python objects.
+        values = json_values(text)
+        if values > self._limits.values:
+            return self._numbers.unreadable(
+                line.number,
+                line.offset,
+                f"the record holds some {values} JSON values, more than {self._limits.values}; it was skipped",
+            )
         try:
             raw = orjson.loads(text)
         except orjson.JSONDecodeError as error:
@@ -344,7 +312,7 @@ class _NdjsonParser(_StreamParser):
 
 
 class _CsvParser(_StreamParser):
-    """CSV in either layout, read by the format's own reader (contract/importformat.py)."""
+    """CSV in either layout, read by the format's own reader (contract/csvlayouts.py)."""
 
     def __init__(self, limits: RecordLimits) -> None:
         super().__init__(limits)

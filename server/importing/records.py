@@ -25,20 +25,16 @@ from typing import Any, TypeVar
 
 import orjson
 
-from contract.importformat import json_type, object_id_text
+from contract.messaging import MAX_CONTACT_DIGITS, MAX_NAME_LENGTH, PLATFORM
+from contract.messaging import MAX_TEXT_LENGTH as MAX_CONTENT_LENGTH
+from contract.values import json_type, object_id_text
 
-MAX_NAME_LENGTH = 200
-# Telegram's limit for the text of one message.
-MAX_CONTENT_LENGTH = 4096
 MAX_MESSAGE_ID_LENGTH = 200
-# E.164 numbers have at most 15 digits and Telegram user ids fit in 52 bits (16
-# digits); the margin accepts other platforms' numeric ids.
-MAX_CONTACT_DIGITS = 20
 # A float holds every integer up to 2**53 exactly; beyond that a number read as
 # float (pandas does so for an int column with blanks) may already be wrong.
 _EXACT_FLOAT_LIMIT = 2**53
-
-_PLATFORM = re.compile(r"[a-z0-9_-]{1,32}")
+# A 64-bit integer as MongoDB's extended JSON writes one.
+_NUMBER_LONG = re.compile(r"-?[0-9]{1,19}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 T = TypeVar("T")
@@ -123,14 +119,29 @@ def message_key(platform: str, contact_identifier: str, message: ImportedMessage
     return f"{contact}:sha256:{hashlib.sha256(fingerprint).hexdigest()}"
 
 
+# The problems one record reports; past them it says how many more it had. A
+# record of thousands of bad messages would otherwise make an error object for
+# each (and the import's report keeps only its first 100 errors anyway).
+MAX_RECORD_PROBLEMS = 20
+
+
 class _Report:
     """The problems found so far in one record, as (field, message) pairs."""
 
     def __init__(self) -> None:
         self.problems: list[tuple[str, str]] = []
+        self.unlisted = 0
 
     def add(self, field: str, message: str) -> None:
-        self.problems.append((field, message))
+        if len(self.problems) < MAX_RECORD_PROBLEMS:
+            self.problems.append((field, message))
+        else:
+            self.unlisted += 1
+
+    @property
+    def found(self) -> int:
+        """Every problem found, listed or not."""
+        return len(self.problems) + self.unlisted
 
     def required(self, raw: Mapping[str, Any], key: str, parse: Callable[[Any], T], path: str = "") -> T | None:
         value = raw.get(key)
@@ -151,7 +162,11 @@ class _Report:
             return None
 
     def errors(self, record: int, line: int | None, offset: int | None) -> list[RecordError]:
-        return [RecordError(record, line, offset, field, message) for field, message in self.problems]
+        listed = [RecordError(record, line, offset, field, message) for field, message in self.problems]
+        if self.unlisted:
+            more = f"and {self.unlisted} more problems in this record, not listed"
+            listed.append(RecordError(record, line, offset, "", more))
+        return listed
 
 
 def _missing(value: object) -> bool:
@@ -192,7 +207,7 @@ def _platform(value: object) -> str:
     platform = value.strip().lower()
     if not platform:
         raise _Invalid("must not be empty")
-    if not _PLATFORM.fullmatch(platform):
+    if not PLATFORM.fullmatch(platform):
         raise _Invalid(f"expected up to 32 letters, digits, '_' or '-', got {_shown(value)}")
     return platform
 
@@ -252,11 +267,11 @@ def _messages(raw: Mapping[str, Any], report: _Report) -> tuple[ImportedMessage,
         if not isinstance(item, Mapping):
             report.add(path, f"expected a JSON object, got {json_type(item)}")
             continue
-        before = len(report.problems)
+        before = report.found
         message_id = report.optional(item, "id", _message_id, path + ".")
         content = report.required(item, "content", _content, path + ".")
         date = report.required(item, "date", _date, path + ".")
-        if len(report.problems) == before:
+        if report.found == before:
             assert content is not None and date is not None
             messages.append(ImportedMessage(message_id, content, date))
     return tuple(messages)
@@ -316,10 +331,10 @@ def _extended_json_date(value: Mapping[str, Any]) -> datetime:
     if isinstance(inner, str):
         return _iso_date(inner)
     if isinstance(inner, Mapping) and set(inner) == {"$numberLong"} and isinstance(inner["$numberLong"], str):
-        try:
-            return _from_epoch_millis(int(inner["$numberLong"]))
-        except ValueError:
-            raise _Invalid(f"$numberLong is not an integer: {_shown(inner['$numberLong'])}") from None
+        # ASCII digits only: int() also reads other scripts' digits, spaces and underscores.
+        if not _NUMBER_LONG.fullmatch(inner["$numberLong"]):
+            raise _Invalid(f"$numberLong is not an integer in ASCII digits: {_shown(inner['$numberLong'])}")
+        return _from_epoch_millis(int(inner["$numberLong"]))
     if isinstance(inner, numbers.Integral) and not isinstance(inner, bool):
         return _from_epoch_millis(int(inner))
     raise _Invalid(

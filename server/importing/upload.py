@@ -19,28 +19,28 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from email.message import Message
 from typing import Any, Protocol, TypeVar
 
 from bson import ObjectId
 from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.parser import ParseFailedException
-from streaming_form_data.targets import BaseTarget
 
 from contract import clock
-from contract.importformat import CHANNEL_RULE, HEAD_BYTES, UnsupportedFileType, channel_ref, detect_kind
+from contract.importformat import HEAD_BYTES, FileFormatError, UnsupportedFileType, detect_kind
+from contract.values import CHANNEL_RULE, channel_ref
 from runtime.failpoints import failpoint
 from server.importing import jobs
 from server.importing.feed import RecordFeed, Tally
-from server.importing.jobs import Imports
-from server.importing.parsers import FileFormatError, RecordLimits, open_parser
+from server.importing.limits import RecordLimits
+from server.importing.multipart import FieldPart, FilePart, boundary
+from server.importing.parsers import open_parser
+from server.importing.running import Imports
 from server.problems import ApiError, database_errors, field_error
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MAX_FIELD_BYTES = 1024
 # The `file` part must begin within this much of the body: the channel field and
 # a preamble (which RFC 2046 allows, and which the form parser does not take, so
 # it is dropped here) are small; anything else up front is not a session file.
@@ -68,7 +68,7 @@ class UploadClient(Protocol):
 
 
 def checked_channel(raw: object) -> str:
-    """The announcement target, in its one spelling (contract/importformat.py), or a 400."""
+    """The announcement target, in its one spelling (contract/values.py), or a 400."""
     if not isinstance(raw, str) or not raw.strip():
         raise ApiError(
             400,
@@ -85,52 +85,6 @@ def checked_channel(raw: object) -> str:
             errors=[field_error("channel", CHANNEL_RULE)],
         )
     return channel
-
-
-class _FieldPart(BaseTarget):
-    """A short text field of the form, such as `channel`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.value = bytearray()
-        self.received = False
-
-    def on_data_received(self, chunk: bytes) -> None:
-        if len(self.value) <= MAX_FIELD_BYTES:
-            self.value += chunk[: MAX_FIELD_BYTES + 1 - len(self.value)]
-
-    def on_finish(self) -> None:
-        self.received = True
-
-    def text(self) -> str | None:
-        if not self.received:
-            return None
-        return self.value.decode("utf-8", errors="replace")
-
-
-class _FilePart(BaseTarget):
-    """The `file` part: holds what one network chunk brought until the upload takes it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pieces: list[bytes] = []
-        self.size = 0
-        self.ended = False
-
-    @property
-    def started(self) -> bool:
-        return bool(self._started)
-
-    def on_data_received(self, chunk: bytes) -> None:
-        self.pieces.append(chunk)
-        self.size += len(chunk)
-
-    def on_finish(self) -> None:
-        self.ended = True
-
-    def take(self) -> list[bytes]:
-        pieces, self.pieces = self.pieces, []
-        return pieces
 
 
 class Upload:
@@ -159,8 +113,8 @@ class Upload:
         self._lock = asyncio.Lock()
         self._received = 0  # bytes of the body
         self._preamble: bytearray | None = bytearray()  # until the first boundary is found
-        self._delimiter = b"--" + _boundary(headers.get("Content-Type", ""))
-        self._channel_part, self._file_part = _FieldPart(), _FilePart()
+        self._delimiter = b"--" + boundary(headers.get("Content-Type", ""))
+        self._channel_part, self._file_part = FieldPart(), FilePart()
         self._form.register("channel", self._channel_part)
         self._form.register("file", self._file_part)
         self._channel: str | None = None
@@ -369,7 +323,13 @@ class Upload:
             )
             self._job = job
             log.info("import %s started for upload %r", job["_id"], job["source"])
-        await self._client.database(jobs.save_batch, self._job["_id"], self._batches, batch)
+        try:
+            await self._client.database(jobs.save_batch, self._job["_id"], self._batches, batch)
+        except jobs.ImportEnded:
+            self._done = True  # the reaper ended it: its report stands
+            raise ApiError(
+                409, f"import {self._job['_id']} ended while the file arrived (see its report)", kind="import-ended"
+            ) from None
         failpoint("import.after_batch_record")
         self._batches += 1
 
@@ -416,14 +376,6 @@ class Upload:
             self._linger(error)
         else:
             self._client.answer_problem(error)
-
-
-def _boundary(content_type: str) -> bytes:
-    """The multipart boundary named by the Content-Type (the form parser has checked it is there)."""
-    header = Message()
-    header["Content-Type"] = content_type
-    boundary = header.get_param("boundary")
-    return boundary.encode("latin-1", errors="replace") if isinstance(boundary, str) else b""
 
 
 def _failure(failure: FileFormatError | None) -> dict[str, Any] | None:

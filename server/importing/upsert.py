@@ -30,14 +30,12 @@ from runtime.failpoints import failpoint
 from server.conversations import (
     MAX_FINISH_RACES,
     SessionFinishedMeanwhile,
-    finished_messages,
-    insert_new_messages,
-    naming,
-    preview,
     sessions_by_contact,
 )
 from server.importing.records import ImportedMessage, ImportedSession, message_key
-from server.models import Message, Session, Stored
+from server.models.messages import FinishedMessage, Message
+from server.models.sessions import Session, preview
+from server.models.stored import Stored
 
 CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
 _SESSION_FIELDS = ("contact_name", "chat_id", "source_id", "last_message_at", "import_origin")
@@ -112,14 +110,6 @@ def upsert_sessions(batch: Sequence[ImportedSession], origin: str | None = None,
     return outcomes
 
 
-def new_documents(batch: Sequence[ImportedSession], now: dt.datetime | None = None) -> tuple[list[dict], list[dict]]:
-    """The session and message documents a batch of new contacts is stored as.
-
-    The benchmark inserts these with the bare driver, to compare like with like.
-    """
-    return _new_documents(list(_grouped(batch).values()), now or clock.now())
-
-
 def _grouped(batch: Sequence[ImportedSession]) -> dict[Contact, _ContactRecords]:
     groups: dict[Contact, _ContactRecords] = {}
     for index, session in enumerate(batch):
@@ -170,7 +160,7 @@ def _create_sessions(
     lost = Session.insert_new(sessions)
     failpoint("import.after_sessions_inserted")
     created = {doc["_id"] for index, doc in enumerate(sessions) if index not in lost}
-    inserted = insert_new_messages([doc for doc in messages if doc["session_id"] in created])
+    inserted = Message.insert_new([doc for doc in messages if doc["session_id"] in created])
     failpoint("import.after_messages_inserted")
     _uncount_duplicates(messages, created, inserted)
     for index, group in enumerate(groups):
@@ -205,7 +195,7 @@ def _merge_into_existing(
 ) -> None:
     if not groups:
         return
-    stored = _stored_keys(key for group in groups for key in group.messages)
+    stored = Message.objects.stored_keys(key for group in groups for key in group.messages)
     changes: list[_Change] = []
     documents: list[Stored] = []
     for group in groups:
@@ -216,7 +206,7 @@ def _merge_into_existing(
         # A name the bot saw comes from the contact's live profile, newer than any file.
         imported = not session.get("chat_id")
         if imported and group.names[-1] != session.get("contact_name"):
-            change.fields.update(naming(group.names[-1]))
+            change.fields.update(Session.naming(group.names[-1]))
         if group.source_id and not session.get("source_id"):
             change.fields["source_id"] = group.source_id
         if origin is not None and session.get("import_origin") == origin:
@@ -231,7 +221,7 @@ def _merge_into_existing(
             )
         documents += _message_documents(change.session_id, ((key, group.messages[key]) for key in change.new_keys))
         changes.append(change)
-    inserted = insert_new_messages(documents)
+    inserted = Message.insert_new(documents)
     by_key = {doc["key"]: doc for doc in documents}
     updates = []
     recount: list[ObjectId] = []
@@ -286,7 +276,7 @@ def _store_again_after_finish(
     live = Session.objects.present(set(holders.values()))
     orphans = {key: session_id for key, session_id in holders.items() if session_id not in live}
     missing = [key for key in owner if key not in holders]
-    finished = finished_messages(missing) if missing else {}
+    finished = FinishedMessage.objects.sessions_of(missing) if missing else {}
     astray = set(orphans) | {key for key in missing if key not in finished}
     if not astray:
         return
@@ -355,10 +345,6 @@ def _judge_records(
         known.update(keys)
         if name is not None or (opened and position == 0):
             name = record_name
-
-
-def _stored_keys(keys: Iterable[str]) -> set[str]:
-    return Message.objects.stored_keys(keys)
 
 
 def _message_documents(session_id: ObjectId, messages: Iterable[tuple[str, ImportedMessage]]) -> list[Stored]:

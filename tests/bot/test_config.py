@@ -95,3 +95,10 @@ def test_delivery_ack_wait_defaults_to_30_and_is_bounded():
     with pytest.raises(ConfigError) as error:
         config.load({**base, "BOT_DELIVERY_ACK_WAIT": "1"})
     assert any("BOT_DELIVERY_ACK_WAIT" in problem for problem in error.value.problems)
+
+
+def test_the_bot_declares_parked_and_dead_letter_ages_as_the_server_does():
+    base = {"TELEGRAM_BOT_TOKEN": "1:abc", "NATS_URL": "nats://n:4222"}
+    assert (config.load(base).parked_max_age, config.load(base).dead_letter_max_age) == (30 * 24 * 3600,) * 2
+    settings = config.load({**base, "PARKED_MAX_AGE_SECONDS": "86400", "DEAD_LETTER_MAX_AGE_SECONDS": "7200"})
+    assert (settings.parked_max_age, settings.dead_letter_max_age) == (86400, 7200)

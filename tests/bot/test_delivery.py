@@ -8,10 +8,11 @@ import json
 import nats
 import pytest
 import pytest_asyncio
+from nats.js.errors import APIError
 from telegram import Bot
 
-from bot.delivery import Delivery, delivered_bucket, delivered_key
-from contract.messaging import OUTBOUND_SUBJECT, PARKED_STREAM, PARKED_SUBJECT, OutboundMessage
+from bot.delivery import Delivery, RollingSecond, delivered_bucket, delivered_key
+from contract.messaging import OUTBOUND_STREAM, OUTBOUND_SUBJECT, PARKED_STREAM, PARKED_SUBJECT, OutboundMessage
 from devstack.faketelegram import FakeTelegram
 from runtime import jetstream
 
@@ -86,12 +87,33 @@ async def test_undeliverable_message_is_parked_with_its_reason(fake, js, deliver
     fake.register_user(12, "Bia")
     await publish(js, "fine", "12", "ok")
     await until(lambda: fake.sent(12))
-    subscription = await js.pull_subscribe(PARKED_SUBJECT, durable="test-parked", stream=PARKED_STREAM)
+    subscription = await js.pull_subscribe(f"{PARKED_SUBJECT}.>", durable="test-parked", stream=PARKED_STREAM)
     parked = await subscription.fetch(1, timeout=5)
+    assert parked[0].subject == f"{PARKED_SUBJECT}.999"  # per chat: a finish purges its contact's
     body = json.loads(parked[0].data)
     assert body["key"] == "lost"
     assert "chat not found" in body["meta"]["reason"].lower()
     assert fake.sent(999) == []
+
+
+@pytest.mark.asyncio
+async def test_a_full_parked_stream_keeps_what_it_holds_and_the_next_stays_outbound(fake, js, delivery):
+    """At the cap the parked stream refuses the next message instead of pushing out the
+    oldest: that one stays in the outbound stream, tried again, until there is room."""
+    await jetstream.ensure_streams(js, jetstream.StreamLimits(max_bytes=8192))
+    earlier = 0
+    with pytest.raises(APIError, match="maximum bytes"):
+        for n in range(100):
+            await js.publish(PARKED_SUBJECT, f"{n:04d}".encode() + b"p" * 996)
+            earlier += 1
+    await publish(js, "refused", "998", "ninguém" * 150)  # chat not found: to be parked
+
+    # Telegram refused it twice: parking failed once and the bot came back to it.
+    await until(lambda: len(fake.attempts(998)) >= 2, timeout=20)
+    parked = await js.stream_info(PARKED_STREAM)
+    assert parked.state.messages == earlier
+    assert (await js.get_msg(PARKED_STREAM, 1)).data.startswith(b"0000")
+    assert (await js.stream_info(OUTBOUND_STREAM)).state.messages == 1  # not acknowledged
 
 
 @pytest.mark.asyncio
@@ -151,3 +173,36 @@ async def test_a_burst_to_one_chat_does_not_delay_other_chats(fake, js, delivery
     await until(lambda: len(fake.sent(20)) == burst, timeout=30)
     assert [m["text"] for m in fake.sent(20)] == [f"rajada {n}" for n in range(burst)]
     assert all(a["status"] == 200 for a in fake.attempts()), "paced sends must never meet a 429"
+
+
+@pytest.mark.asyncio
+async def test_no_31_sends_reach_telegram_in_a_rolling_second_when_one_is_slow_on_the_way(fake, js, delivery):
+    # Telegram counts a send when it arrives. The first reply is held up 0.5 s on
+    # the way; sends started 1/30 s apart would then put 31 into the second after it.
+    chats = list(range(300, 345))
+    for chat in chats:
+        fake.register_user(chat, f"Contato {chat}")
+    fake.delay_arrival("sendMessage", 0.5, chat_id=chats[0])
+    for chat in chats:
+        await publish(js, f"slow{chat}", str(chat), "Reply: mensagem recebida")
+    await until(lambda: len(fake.sent()) == len(chats), timeout=30)
+    attempts = [a for a in fake.attempts() if a["method"] == "sendMessage"]
+    assert [a for a in attempts if a["status"] != 200] == [], "a 429 from Telegram's rolling second"
+    arrivals = sorted(a["at"] for a in attempts)
+    assert max(sum(1 for at in arrivals if first <= at < first + 1.0) for first in arrivals) <= 30
+
+
+def test_the_rolling_second_lets_a_burst_go_at_once_and_holds_each_send_a_second_after_its_answer():
+    now = [100.0]
+    window = RollingSecond(30, clock=lambda: now[0])
+    rooms = []
+    for _ in range(30):  # a batch of replies is not spaced out
+        assert window.wait() == 0.0
+        rooms.append(window.reserve())
+    assert window.wait() is None, "all 30 in flight: wait for an answer"
+    now[0] = 100.2
+    rooms[0].requested = True
+    window.release(rooms[0])
+    assert window.wait() == pytest.approx(1.0), "answered at 100.2: room again at 101.2"
+    window.release(rooms[1])  # never sent (already delivered, say): its room is free at once
+    assert window.wait() == 0.0

@@ -4,7 +4,8 @@ python-telegram-bot itself imports tornado opportunistically (for its own webhoo
 server) whenever tornado is installed, so the check runs the bot with tornado,
 mongoengine and pymongo made unimportable: if any bot code needed them, it fails.
 The one exception is bot/webhook.py, which needs Tornado (extra `bot-webhook`)
-and is imported only in webhook mode, from inside bot.main.main().
+and is imported only in webhook mode, from inside bot.main.main(), with the
+guarded HTTP server it runs on (runtime/httpserver.py, shared with the server).
 """
 
 import ast
@@ -14,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_ONLY = ("tornado", "mongoengine", "pymongo", "bson", "server")
-WEBHOOK_MODULE = ROOT / "bot" / "webhook.py"
+WEBHOOK_MODULES = (ROOT / "bot" / "webhook.py", ROOT / "runtime" / "httpserver.py")
 
 
 def test_bot_imports_and_builds_without_server_dependencies():
@@ -45,7 +46,7 @@ def test_no_bot_contract_or_runtime_module_imports_server_dependencies():
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            allowed = {"tornado"} if path == WEBHOOK_MODULE else set()
+            allowed = {"tornado"} if path in WEBHOOK_MODULES else set()
             offenders += [
                 f"{path.name}: {n}" for n in names if n.split(".")[0] in SERVER_ONLY and n.split(".")[0] not in allowed
             ]
@@ -53,9 +54,12 @@ def test_no_bot_contract_or_runtime_module_imports_server_dependencies():
 
 
 def test_webhook_module_is_imported_only_inside_functions():
-    """A module-level import of bot.webhook would make polling mode need Tornado."""
+    """A module-level import of bot.webhook, or of the HTTP server it runs on,
+    would make polling mode need Tornado."""
     offenders = []
-    for path in ROOT.joinpath("bot").rglob("*.py"):
+    for path in [*ROOT.joinpath("bot").rglob("*.py"), *ROOT.joinpath("runtime").rglob("*.py")]:
+        if path in WEBHOOK_MODULES:
+            continue
         tree = ast.parse(path.read_text())
         for node in tree.body:  # module level only
             names = []
@@ -63,5 +67,5 @@ def test_webhook_module_is_imported_only_inside_functions():
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
                 names = [f"{node.module}.{alias.name}" for alias in node.names]
-            offenders += [f"{path.name}: {n}" for n in names if n.startswith("bot.webhook")]
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith(("bot.webhook", "runtime.httpserver"))]
     assert offenders == []

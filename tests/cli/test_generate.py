@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from cli.generate import FORMATS, MAX_SESSIONS, generate, generate_sessions, write_sessions
-from server.importing.parsers import ParsedRecord, detect_kind, open_parser
+from cli.generate import MAX_SESSIONS, generate, generate_sessions
+from contract.importformat import detect_kind
+from contract.importwriter import WRITER_FORMATS, write_sessions
+from server.importing.parsers import ParsedRecord, open_parser
 from server.importing.records import ImportedSession
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -38,7 +40,7 @@ def sessions(kind: str, data: bytes) -> list[ImportedSession]:
 
 
 @pytest.mark.parametrize("flavour", ["plain", "sample"])
-@pytest.mark.parametrize("file_format", FORMATS)
+@pytest.mark.parametrize("file_format", WRITER_FORMATS)
 def test_output_imports_back_without_errors(file_format: str, flavour: str) -> None:
     output = run("--sessions", "40", "--format", file_format, "--flavour", flavour, "--seed", "3")
     assert detect_kind(None, None, output[:4096]) == PARSER_KIND[file_format]
@@ -58,7 +60,8 @@ def test_plain_sessions_have_the_requested_messages() -> None:
 
 def test_every_format_holds_the_same_sessions() -> None:
     by_format = {
-        f: sessions(PARSER_KIND[f], run("--sessions", "30", "--format", f, "--flavour", "sample")) for f in FORMATS
+        f: sessions(PARSER_KIND[f], run("--sessions", "30", "--format", f, "--flavour", "sample"))
+        for f in WRITER_FORMATS
     }
     assert by_format["ndjson"] == by_format["json"]
     assert by_format["csv"] == by_format["json"]

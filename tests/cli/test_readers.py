@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from cli import readers
-from cli.generate import generate_sessions, write_sessions
+from cli.generate import generate_sessions
 from cli.readers import Chunk, FileBroken, FileUnreadable, check_file, detect_format, read_ahead, read_chunks
+from contract.importwriter import write_sessions
 from server.importing.parsers import open_parser
 from server.importing.records import ImportedSession, RecordInvalid, normalise_session
 

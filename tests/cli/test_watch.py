@@ -8,8 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+import unicodedata
 
-from cli.watch import Tail, events_url
+from cli.watch import Tail, events_url, terminal_json
 from devstack.processes import free_port
 from tests.harness import API_TOKEN, ROOT, eventually
 
@@ -108,3 +109,31 @@ def test_a_readable_line_names_the_contact_and_the_text():
     )
     assert "João" in sent and sent.endswith("-> ok [parked]")  # the name remembered from before
     assert events_url("https://h:1/", {"since": 5, "type": None}) == "wss://h:1/v1/events?since=5"
+
+
+HOSTILE = {
+    "id": 3,
+    "type": "message.received",
+    "at": "2026-01-02T03:04:05.000Z",
+    "session_id": "65f0c0ffee0000000000abcd",
+    # A bidi override that reverses what follows, and an escape sequence that clears the screen.
+    "contact": {"identifier": "1", "name": "Ana\u202eoãoJ\x1b[2J"},
+    # A line break that forges a line, an OSC that retitles the terminal, an 8-bit CSI,
+    # isolates and a line separator.
+    "message": {"text": "oi\r\n19:00:00  Suporte  -> senha?\x1b]0;x\x07 \u2066fim\u2069\x9b31m\u2028ok"},
+}
+UNPRINTABLE = {"Cc", "Cf", "Zl", "Zp"}
+
+
+def test_a_line_carries_no_control_bidi_or_separator_character_of_a_contact():
+    line = Tail().line(HOSTILE)
+    assert not [char for char in line if unicodedata.category(char) in UNPRINTABLE], repr(line)
+    assert "Ana oãoJ [2J" in line
+    assert line.endswith("<- oi 19:00:00 Suporte -> senha? ]0;x fim 31m ok")
+
+
+def test_json_lines_escape_them_and_stay_the_same_json():
+    printed = terminal_json(HOSTILE)
+    assert not [char for char in printed if unicodedata.category(char) in UNPRINTABLE], repr(printed)
+    assert "\\u202e" in printed and "\\u009b" in printed and "\\u2028" in printed
+    assert json.loads(printed) == HOSTILE

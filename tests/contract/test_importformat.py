@@ -14,18 +14,10 @@ import pytest
 
 from cli.generate import generate_sessions
 from cli.readers import FileUnreadable, detect_format, read_chunks
-from contract import importformat
-from contract.importformat import (
-    WRITER_FORMATS,
-    WRITER_KINDS,
-    UnsupportedFileType,
-    channel_ref,
-    detect_kind,
-    envelope,
-    object_id_text,
-    read_envelope,
-    write_sessions,
-)
+from contract import csvlayouts, importformat
+from contract.importformat import UnsupportedFileType, detect_kind, envelope, read_envelope
+from contract.importwriter import WRITER_FORMATS, WRITER_KINDS, write_sessions
+from contract.values import channel_ref, object_id_text
 from server.importing.parsers import open_parser
 from server.importing.records import ImportedSession, RecordInvalid, normalise_session
 from tests.harness import ROOT
@@ -76,9 +68,9 @@ def test_written_sessions_read_back_equal_by_the_server_and_the_cli(file_format,
     assert by_cli == expected
 
 
-def test_the_format_module_needs_nothing_beyond_the_standard_library():
+def test_the_format_modules_need_nothing_beyond_the_standard_library():
     code = (
-        "import sys, contract.importformat\n"
+        "import sys, contract.importformat, contract.csvlayouts, contract.importwriter, contract.values\n"
         "heavy = {'pandas', 'numpy', 'orjson', 'ijson', 'mongoengine', 'pymongo', 'bson', 'tornado', 'click'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
@@ -184,7 +176,7 @@ def test_envelopes_read_back_and_anything_else_is_refused():
 def test_a_header_with_a_lone_carriage_return_is_a_file_format_error_at_line_1() -> None:
     # csv raises its own Error on a bare \r inside a field; found by the parser fuzzing.
     with pytest.raises(importformat.FileFormatError, match="unreadable CSV header") as raised:
-        importformat.read_csv_header("\r[")
+        csvlayouts.read_csv_header("\r[")
     assert raised.value.line == 1
     parser = open_parser("csv")
     parser.feed(b"\r[")

@@ -20,45 +20,14 @@ import telegram
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
-from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, NetworkError, RetryAfter
+from telegram.error import BadRequest, ChatMigrated, Conflict, Forbidden, InvalidToken, NetworkError, RetryAfter
 
 from devstack.certificates import make_server_certificate
-from devstack.faketelegram import FakeTelegram, FloodControl, FloodLimits
+from devstack.faketelegram import ControlError, FakeTelegram, FloodControl, FloodLimits
+from devstack.faketelegram.entities import visible_text
+from tests.devstack.conftest import ANA, CHANNEL_ID, TOKEN, api, inject
 
-TOKEN = "123456:fake-token"
 ROOT = Path(__file__).resolve().parents[2]
-ANA = {"id": 5001, "first_name": "Ana", "last_name": "Souza", "username": "anasouza"}
-CHANNEL_ID = -1001234567890
-
-
-@pytest_asyncio.fixture
-async def fake() -> AsyncIterator[FakeTelegram]:
-    server = FakeTelegram(token=TOKEN, webhook_retry_delay=0.05)
-    await server.start(host="127.0.0.1", port=0)
-    yield server
-    await server.stop()
-
-
-@pytest_asyncio.fixture
-async def http(fake: FakeTelegram) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=fake.base_url, timeout=10) as client:
-        yield client
-
-
-@pytest_asyncio.fixture
-async def bot(fake: FakeTelegram) -> AsyncIterator[telegram.Bot]:
-    async with telegram.Bot(TOKEN, base_url=f"{fake.base_url}/bot") as client:
-        yield client
-
-
-async def api(http: httpx.AsyncClient, method: str, **params: Any) -> httpx.Response:
-    return await http.post(f"/bot{TOKEN}/{method}", json=params)
-
-
-async def inject(http: httpx.AsyncClient, text: str, user: dict[str, Any] = ANA) -> dict[str, Any]:
-    response = await http.post("/_test/messages", json={"user": user, "text": text})
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 # -- basics ---------------------------------------------------------------------------------
@@ -454,7 +423,7 @@ async def test_unrelated_paths_are_not_found(http: httpx.AsyncClient) -> None:
     [
         ("/_test/messages", {"text": "sem usuário"}, "message lacks user"),
         ("/_test/messages", {"user": {"id": 1}, "text": "oi"}, "user lacks first_name"),
-        ("/_test/messages", {"user": ANA, "kind": "video"}, 'kind must be "text", "photo" or "sticker"'),
+        ("/_test/messages", {"user": ANA, "kind": "poll"}, "kind must be one of text, photo, document, voice"),
         ("/_test/faults", {"method": "sendMessage", "error_code": 200}, "error_code must be between"),
         ("/_test/channels", {"title": "sem nome"}, "a channel needs a username or an id"),
     ],
@@ -611,6 +580,39 @@ def test_bot_sends_about_thirty_a_second_across_chats() -> None:
     assert total == 30  # one more second: 30 more, whatever the number of chats
 
 
+def test_bot_gets_thirty_sends_in_any_rolling_second_and_no_more() -> None:
+    control, now = flood()
+    chats = iter({"id": 9000 + n, "type": "private"} for n in range(1000))
+    start = now[0]
+    for n in range(30):  # paced at exactly 30 a second
+        now[0] = start + n / 30
+        assert admitted(control, next(chats), 1) == 1
+    now[0] = start + 0.99  # a send that lands early: 31 in one rolling second
+    assert admitted(control, next(chats), 1) == 0
+    now[0] = start + 1.0  # the first send is a second old
+    assert admitted(control, next(chats), 1) == 1
+    # Idle time saves nothing up: 30 at once, then nothing until the first is a second old.
+    now[0] += 10.0
+    burst_start = now[0]
+    assert sum(admitted(control, next(chats), 1) for _ in range(40)) == 30
+    now[0] = burst_start + 0.5
+    assert sum(admitted(control, next(chats), 1) for _ in range(40)) == 0
+    now[0] = burst_start + 1.0
+    assert sum(admitted(control, next(chats), 1) for _ in range(40)) == 30
+
+
+def test_a_429_from_the_rolling_second_says_when_the_oldest_send_leaves_it() -> None:
+    from devstack.faketelegram import ApiError
+
+    control, now = flood()
+    for n in range(30):
+        control.admit({"id": 9500 + n, "type": "private"})
+    now[0] += 0.2
+    with pytest.raises(ApiError) as refused:
+        control.admit({"id": 9600, "type": "private"})
+    assert refused.value.retry_after == 1  # 0.8 s, in Telegram's whole seconds
+
+
 @pytest.mark.asyncio
 async def test_flood_control_answers_429_with_retry_after(
     fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
@@ -698,3 +700,249 @@ async def test_channel_without_admin_rights_refuses_posts(
     await http.post("/_test/channels", json={"username": "semadmin", "admin": True})
     await bot.send_message("@semadmin", "anúncio")
     assert len(fake.sent("@semadmin")) == 1
+
+
+# -- message text as Telegram counts it -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "parse_mode", "status"),
+    [
+        # UTF-16 code units: an emoji outside the BMP counts two.
+        ("😀" * 2048, None, 200),
+        ("😀" * 2048 + "x", None, 400),
+        ("ç" * 4096, None, 200),
+        # After entities parsing: markup is not counted, escapes count once.
+        ("<b>" + "x" * 4096 + "</b>", "HTML", 200),
+        ("&lt;" * 4096, "HTML", 200),
+        ("&lt;" * 4097, "HTML", 400),
+        ("\\." * 4096, "MarkdownV2", 200),
+        ("*" + "x" * 4097 + "*", "MarkdownV2", 400),
+    ],
+)
+@pytest.mark.asyncio
+async def test_message_text_limit_counts_utf16_units_after_markup(
+    fake: FakeTelegram, http: httpx.AsyncClient, text: str, parse_mode: str | None, status: int
+) -> None:
+    fake.register_user(**ANA)
+    params = {"chat_id": ANA["id"], "text": text, **({"parse_mode": parse_mode} if parse_mode else {})}
+    response = await api(http, "sendMessage", **params)
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert response.json()["description"] == "Bad Request: message is too long"
+
+
+@pytest.mark.parametrize(
+    ("text", "parse_mode", "shown"),
+    [
+        ("<b>negrito</b> &amp; <a href='x'>link</a>", "HTML", "negrito & link"),
+        ("*negrito* _itálico_ [link](http://x.y/(a\\)) \\*", "MarkdownV2", "negrito itálico link *"),
+        ("```python\nprint(1)\n``` ||spoiler|| ~riscado~", "MarkdownV2", "print(1)\n spoiler riscado"),
+        (">citação\n>linha", "MarkdownV2", "citação\nlinha"),
+        ("*a* _b_ `c` \\_", "Markdown", "a b c _"),
+        ("<b>nada</b> *muda*", None, "<b>nada</b> *muda*"),
+    ],
+)
+def test_visible_text_is_what_a_reader_sees(text: str, parse_mode: str | None, shown: str) -> None:
+    assert visible_text(text, parse_mode) == shown
+
+
+@pytest.mark.asyncio
+async def test_text_of_markup_alone_is_empty(fake: FakeTelegram, http: httpx.AsyncClient) -> None:
+    fake.register_user(**ANA)
+    response = await api(http, "sendMessage", chat_id=ANA["id"], text="<b> </b>", parse_mode="HTML")
+    assert response.json()["description"] == "Bad Request: message text is empty"
+
+
+# -- edits ----------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_an_edit_comes_as_edited_message_with_the_same_message_id(
+    fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient
+) -> None:
+    sent = await inject(http, "pedido 123")
+    edit = await http.post(
+        "/_test/edits", json={"chat_id": ANA["id"], "message_id": sent["message_id"], "text": "pedido 124"}
+    )
+    assert edit.status_code == 200, edit.text
+    assert edit.json()["update_id"] == sent["update_id"] + 1
+    again = fake.edit_message(ANA["id"], sent["message_id"], "/start pedido 125")
+
+    original, first, second = await bot.get_updates()
+    assert original.message.text == "pedido 123" and original.edited_message is None
+    assert first.message is None and first.edited_message.text == "pedido 124"
+    assert second.edited_message.text == "/start pedido 125"
+    assert second.edited_message.entities[0].type == "bot_command"
+    for update in (first, second):
+        edited = update.edited_message
+        assert edited.message_id == sent["message_id"] and edited.chat.id == ANA["id"]
+        assert edited.edit_date is not None and edited.edit_date >= original.message.date
+        assert edited.from_user.id == ANA["id"]
+    assert second.update_id == again["update_id"]
+
+
+@pytest.mark.asyncio
+async def test_an_edit_changes_a_caption_and_only_what_can_be_edited(
+    fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient
+) -> None:
+    photo = fake.inject_message(ANA, "recibo", kind="photo")
+    sticker = fake.inject_message(ANA, kind="sticker")
+    fake.edit_message(ANA["id"], photo["message_id"], "recibo de março")
+    fake.edit_message(ANA["id"], photo["message_id"], None)
+    _, _, captioned, uncaptioned = await bot.get_updates()
+    assert captioned.edited_message.caption == "recibo de março"
+    assert captioned.edited_message.photo[-1].file_id == photo["file"]["file_id"]
+    assert uncaptioned.edited_message.caption is None and uncaptioned.edited_message.photo
+
+    for body, error in (
+        ({"chat_id": ANA["id"], "message_id": sticker["message_id"], "text": "x"}, "a sticker message has no text"),
+        ({"chat_id": ANA["id"], "message_id": 999, "text": "x"}, "no message 999 from a contact"),
+        ({"chat_id": ANA["id"], "message_id": photo["message_id"], "text": 5}, "text (the caption) must be"),
+    ):
+        response = await http.post("/_test/edits", json=body)
+        assert response.status_code == 400 and response.json()["error"].startswith(error), response.text
+
+
+@pytest.mark.asyncio
+async def test_an_edit_storm_comes_in_order_each_from_the_last_version(fake: FakeTelegram, bot: telegram.Bot) -> None:
+    sent = fake.inject_message(ANA, "versão 0")
+    edits = [fake.edit_message(ANA["id"], sent["message_id"], f"versão {n}") for n in range(1, 100)]
+    updates = await bot.get_updates(offset=sent["update_id"] + 1, limit=100)
+    assert [update.update_id for update in updates] == [edit["update_id"] for edit in edits]
+    assert [update.edited_message.text for update in updates] == [f"versão {n}" for n in range(1, 100)]
+    assert {update.edited_message.message_id for update in updates} == {sent["message_id"]}
+
+
+@pytest.mark.asyncio
+async def test_edits_obey_allowed_updates(fake: FakeTelegram, bot: telegram.Bot) -> None:
+    first = fake.inject_message(ANA, "oi")
+    await bot.get_updates(offset=first["update_id"] + 1, allowed_updates=["message"])
+    fake.edit_message(ANA["id"], first["message_id"], "olá")
+    later = fake.inject_message(ANA, "tudo bem?")
+    assert [update.update_id for update in await bot.get_updates()] == [later["update_id"]]
+
+    await bot.get_updates(offset=later["update_id"] + 1, allowed_updates=["message", "edited_message"])
+    edit = fake.edit_message(ANA["id"], first["message_id"], "olá!")
+    (update,) = await bot.get_updates()
+    assert (update.update_id, update.edited_message.text) == (edit["update_id"], "olá!")
+
+
+@pytest.mark.asyncio
+async def test_edits_reach_the_webhook(
+    fake: FakeTelegram, bot: telegram.Bot, receiver: tuple[str, list[tuple[str | None, dict[str, Any]]]]
+) -> None:
+    url, received = receiver
+    sent = fake.inject_message(ANA, "primeira versão")
+    assert await bot.set_webhook(url)
+    edit = fake.edit_message(ANA["id"], sent["message_id"], "segunda versão")
+    # The receiver fails its first POST, so the message comes twice, then the edit.
+    await wait_until(lambda: len(received) == 3)
+    assert [body["update_id"] for _, body in received] == [sent["update_id"], sent["update_id"], edit["update_id"]]
+    assert received[2][1]["edited_message"]["text"] == "segunda versão"
+
+
+# -- refusals for every send method ---------------------------------------------------------
+
+PNG_1X1 = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00\x90wS\xde"
+
+
+def send_by(bot: telegram.Bot, method: str, chat_id: int | str) -> Any:
+    """A send of each kind the fake takes, as python-telegram-bot makes it."""
+    if method == "sendPhoto":
+        return bot.send_photo(chat_id, photo=PNG_1X1, caption="foto")
+    if method == "sendDocument":
+        return bot.send_document(chat_id, document=b"conteudo", filename="nota.txt")
+    return bot.send_message(chat_id, "texto")
+
+
+SEND_METHODS = ["sendMessage", "sendPhoto", "sendDocument"]
+
+
+@pytest.mark.parametrize("method", SEND_METHODS)
+@pytest.mark.asyncio
+async def test_every_send_method_meets_a_user_who_blocked_the_bot(
+    fake: FakeTelegram, bot: telegram.Bot, method: str
+) -> None:
+    fake.register_user(**ANA, blocked=True)
+    with pytest.raises(Forbidden, match="(?i)bot was blocked by the user"):
+        await send_by(bot, method, ANA["id"])
+    fake.register_user(id=6002, first_name="Caio", started=False)
+    with pytest.raises(Forbidden, match="(?i)bot can.t initiate conversation with a user"):
+        await send_by(bot, method, 6002)
+    assert fake.sent() == []
+    assert [(a["method"], a["status"]) for a in fake.attempts() if a["method"] != "getMe"] == [(method, 403)] * 2
+
+
+@pytest.mark.parametrize("method", SEND_METHODS)
+@pytest.mark.asyncio
+async def test_every_send_method_meets_a_group_that_became_a_supergroup(
+    fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient, method: str
+) -> None:
+    assert (await http.post("/_test/groups", json={"id": -4001, "title": "Suporte"})).status_code == 200
+    await send_by(bot, method, -4001)
+    migrated = await http.post("/_test/groups/-4001/migrate", json={})
+    assert migrated.status_code == 200, migrated.text
+    supergroup = migrated.json()
+    assert supergroup["type"] == "supergroup" and str(supergroup["id"]).startswith("-100")
+
+    with pytest.raises(ChatMigrated) as caught:
+        await send_by(bot, method, -4001)
+    assert caught.value.new_chat_id == supergroup["id"]
+    raw = await api(http, "sendMessage", chat_id=-4001, text="ainda aí?")
+    assert raw.json() == {
+        "ok": False,
+        "error_code": 400,
+        "description": "Bad Request: group chat was upgraded to a supergroup chat",
+        "parameters": {"migrate_to_chat_id": supergroup["id"]},
+    }
+    # The new id takes the posts.
+    moved = await send_by(bot, method, supergroup["id"])
+    assert (moved.chat.id, moved.chat.type, moved.chat.title) == (supergroup["id"], "supergroup", "Suporte")
+    assert len(fake.sent(supergroup["id"])) == 1 and len(fake.sent(-4001)) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_migration_tells_both_chats(fake: FakeTelegram, bot: telegram.Bot) -> None:
+    fake.register_group(-4002, "Vendas")
+    supergroup = fake.migrate_group(-4002, to_chat_id=-1009000000001)
+    old, new = [update.message for update in await bot.get_updates()]
+    assert (old.chat.id, old.migrate_to_chat_id) == (-4002, -1009000000001)
+    assert (new.chat.id, new.chat.type, new.migrate_from_chat_id) == (supergroup["id"], "supergroup", -4002)
+    with pytest.raises(ControlError, match="is not a group the fake knows"):
+        fake.migrate_group(-4002)
+    with pytest.raises(ControlError, match="became supergroup"):
+        fake.inject_message(ANA, "oi", chat_id=-4002)
+
+
+# -- polling what was sent ------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_sent_and_stats_answer_from_what_is_kept_as_sends_happen(
+    fake: FakeTelegram, bot: telegram.Bot, http: httpx.AsyncClient
+) -> None:
+    fake.register_user(**ANA)
+    fake.register_channel(username="@avisos", id=CHANNEL_ID)
+    await bot.send_message(ANA["id"], "para Ana")
+    await bot.send_message("@avisos", "para o canal")
+    await bot.send_message(CHANNEL_ID, "de novo")
+    with pytest.raises(BadRequest):
+        await bot.send_message(999, "ninguém")
+
+    by_name = (await http.get("/_test/sent", params={"chat_id": "@avisos"})).json()["messages"]
+    by_id = (await http.get("/_test/sent", params={"chat_id": str(CHANNEL_ID)})).json()["messages"]
+    assert [m["text"] for m in by_name] == [m["text"] for m in by_id] == ["para o canal", "de novo"]
+    assert [m["text"] for m in fake.sent(ANA["id"])] == ["para Ana"]
+    assert (await http.get("/_test/stats")).json() == {
+        "sent": 3,
+        "attempts": 5,
+        "by_status": {"200": 4, "400": 1},
+        "flood_control": True,
+    }
+    # The copies handed to tests are theirs to change.
+    fake.sent(ANA["id"])[0]["text"] = "mudado"
+    assert fake.sent(ANA["id"])[0]["text"] == "para Ana"
+    await http.post("/_test/reset")
+    assert (await http.get("/_test/stats")).json()["by_status"] == {}
+    assert fake.sent(ANA["id"]) == []

@@ -79,3 +79,15 @@ def test_each_repeat_needs_its_own_kill() -> None:
     # Three sends of the same text, one kill: one repeat explained, the other a bug.
     assert chaos.residual_repeats([100.0, 150.0, 200.0], [101.0], []) == 1
     assert chaos.residual_repeats([100.0, 150.0, 200.0], [101.0, 151.0], []) == 2
+
+
+def test_the_ledger_gives_the_classifier_each_victims_kills_as_recorded() -> None:
+    """The kills are recorded under the names kill_at_random draws; a name it never
+    records (once "nats-server" for nats) would leave the classifier no kills to go by."""
+    ledger = chaos.Ledger(kill_times=[("nats", 110.0), ("bot", 130.0), ("server", 131.0)])
+
+    assert (ledger.killed("bot"), ledger.killed("nats")) == ([130.0], [110.0])
+    with pytest.raises(ValueError, match="nats-server"):
+        ledger.killed("nats-server")
+    # The repeat after a bot kill 30 s on is explained by the NATS kill between them.
+    assert chaos.residual_repeats([100.0, 150.0], ledger.killed("bot"), ledger.killed("nats")) == 1

@@ -20,7 +20,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from contract import events
+from contract import eventstream
 from devstack.processes import free_port
 from tests.harness import API_TOKEN, eventually, inbound_waiting, upgrade_headers
 from tests.security.conftest import rss_bytes
@@ -53,7 +53,7 @@ def read_until(ws: ClientConnection, done, timeout: float = 60.0) -> list[dict[s
 
 
 def received_texts(got: list[dict[str, Any]]) -> set[str]:
-    return {e["message"]["text"] for e in got if e["type"] == events.MESSAGE_RECEIVED}
+    return {e["message"]["text"] for e in got if e["type"] == eventstream.MESSAGE_RECEIVED}
 
 
 def settled_stream(port: int, expected: int) -> list[dict[str, Any]]:
@@ -75,7 +75,7 @@ def publish_raw(nats_url: str, bodies: list[bytes], pause: float = 0.0) -> None:
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
         for body in bodies:
-            await js.publish(events.subject(events.IMPORT_FINISHED), body, stream=events.EVENTS_STREAM)
+            await js.publish(eventstream.subject(eventstream.IMPORT_FINISHED), body, stream=eventstream.EVENTS_STREAM)
             await asyncio.sleep(pause)
         await nc.close()
 
@@ -87,7 +87,7 @@ def purge(nats_url: str) -> None:
         import nats
 
         nc = await nats.connect(nats_url)
-        await nc.jetstream().purge_stream(events.EVENTS_STREAM)
+        await nc.jetstream().purge_stream(eventstream.EVENTS_STREAM)
         await nc.close()
 
     asyncio.run(run())
@@ -99,13 +99,13 @@ def test_a_contact_message_reaches_a_client_then_the_reply_it_got(stack, telegra
     with open_events(server.port) as ws:
         assert ws.subprotocol == "balcao.v1"
         telegram.send_as_user(7101, "quero ajuda", first_name="Ana")
-        got = read_until(ws, lambda got: any(e["type"] == events.MESSAGE_SENT for e in got))
+        got = read_until(ws, lambda got: any(e["type"] == eventstream.MESSAGE_SENT for e in got))
     kinds = [e["type"] for e in got]
-    assert kinds == [events.SESSION_OPENED, events.MESSAGE_RECEIVED, events.MESSAGE_SENT], got
+    assert kinds == [eventstream.SESSION_OPENED, eventstream.MESSAGE_RECEIVED, eventstream.MESSAGE_SENT], got
     opened, received, sent = got
     assert received["message"]["text"] == "quero ajuda"
     assert received["contact"] == {"identifier": "7101", "name": "Ana"}
-    assert sent["message"]["text"] == REPLY and sent["delivery"] == events.DELIVERY_SENT
+    assert sent["message"]["text"] == REPLY and sent["delivery"] == eventstream.DELIVERY_SENT
     assert opened["session_id"] == received["session_id"] == sent["session_id"]
     assert opened["id"] < received["id"] < sent["id"]
 
@@ -118,7 +118,7 @@ def test_a_client_on_one_replica_sees_what_the_other_stored(stack, telegram):
             telegram.send_as_user(7200 + n, f"olá {n}")
         got = read_until(ws, lambda got: len(got) >= 6)
         assert received_texts(got) == {f"olá {n}" for n in range(6)}
-        assert {e["type"] for e in got} == {events.MESSAGE_RECEIVED}  # filtered by NATS
+        assert {e["type"] for e in got} == {eventstream.MESSAGE_RECEIVED}  # filtered by NATS
         # A finish that only replica B handles reaches the client on A.
         session_id = got[0]["session_id"]
         with open_events(a.port, f"session={session_id}&type=session.finished") as finished:
@@ -126,7 +126,7 @@ def test_a_client_on_one_replica_sees_what_the_other_stored(stack, telegram):
                 f"http://127.0.0.1:{b.port}/v1/sessions/{session_id}", headers=AUTH, timeout=15
             ).raise_for_status()
             (event,) = read_until(finished, lambda got: len(got) >= 1)
-    assert event["type"] == events.SESSION_FINISHED and event["session_id"] == session_id
+    assert event["type"] == eventstream.SESSION_FINISHED and event["session_id"] == session_id
 
 
 def test_a_dropped_client_resumes_from_its_last_id_with_every_event_once(stack, telegram):
@@ -199,7 +199,7 @@ def test_a_client_that_never_reads_is_cut_off_without_the_server_growing(stack, 
     )
     assert raw.recv(12) == b"HTTP/1.1 101"
     before = rss_bytes(server.popen.pid)
-    chunk = json.dumps(events.event(events.IMPORT_FINISHED, padding="x" * 60_000)).encode()
+    chunk = json.dumps(eventstream.event(eventstream.IMPORT_FINISHED, padding="x" * 60_000)).encode()
     publish_raw(clean_nats.url, [chunk] * 300)  # 18 MB of events for one client
 
     def dropped() -> float:
@@ -217,7 +217,7 @@ def test_a_client_that_never_reads_is_cut_off_without_the_server_growing(stack, 
 
 def test_an_id_older_than_the_stream_keeps_gets_a_gone_close_code(stack, clean_nats):
     server = stack.server()
-    publish_raw(clean_nats.url, [events.to_bytes(events.event(events.IMPORT_FINISHED))] * 3)
+    publish_raw(clean_nats.url, [eventstream.to_bytes(eventstream.event(eventstream.IMPORT_FINISHED))] * 3)
     purge(clean_nats.url)
     with open_events(server.port, "since=1") as ws, pytest.raises(ConnectionClosed) as closed:
         ws.recv(timeout=15)
@@ -230,7 +230,9 @@ def test_an_id_older_than_the_stream_keeps_gets_a_gone_close_code(stack, clean_n
 
 def test_server_sent_events_resume_from_last_event_id(stack, clean_nats):
     server = stack.server()
-    publish_raw(clean_nats.url, [events.to_bytes(events.event(events.IMPORT_FINISHED, n=n)) for n in range(4)])
+    publish_raw(
+        clean_nats.url, [eventstream.to_bytes(eventstream.event(eventstream.IMPORT_FINISHED, n=n)) for n in range(4)]
+    )
     headers = {**AUTH, "Accept": "text/event-stream", "Last-Event-ID": "2"}
     frames: list[str] = []
     with httpx.stream("GET", f"http://127.0.0.1:{server.port}/v1/events", headers=headers, timeout=15) as response:
@@ -278,7 +280,11 @@ def test_a_batch_redelivered_after_its_events_were_published_adds_no_second_even
         message="the redelivered batch acknowledged",
     )
     got = settled_stream(survivor.port, 3)
-    assert [e["type"] for e in got] == [events.SESSION_OPENED, events.MESSAGE_RECEIVED, events.MESSAGE_SENT], got
+    assert [e["type"] for e in got] == [
+        eventstream.SESSION_OPENED,
+        eventstream.MESSAGE_RECEIVED,
+        eventstream.MESSAGE_SENT,
+    ], got
 
 
 def test_connections_over_the_per_token_cap_are_refused_before_the_upgrade(stack):
@@ -336,7 +342,9 @@ class SteadyPublisher:
         while not self._stopping.is_set():
             subject = self.subjects[n % len(self.subjects)]
             kind = ".".join(subject.split(".")[2:4])
-            ack = await js.publish(subject, events.to_bytes(events.event(kind, n=n)), stream=events.EVENTS_STREAM)
+            ack = await js.publish(
+                subject, eventstream.to_bytes(eventstream.event(kind, n=n)), stream=eventstream.EVENTS_STREAM
+            )
             self.published.append((ack.seq, subject))
             n += 1
             await asyncio.sleep(self.interval)
@@ -354,8 +362,8 @@ def metric(port: int, name: str) -> float:
 @pytest.mark.parametrize("query", ["", "type=import.finished"], ids=["every-event", "filtered"])
 def test_a_client_resuming_while_events_arrive_gets_each_once_across_the_switch_to_live(stack, clean_nats, query):
     server = stack.server()
-    finished = events.subject(events.IMPORT_FINISHED)
-    opened = events.subject(events.SESSION_OPENED, "telegram", "0123456789abcdef01234567")
+    finished = eventstream.subject(eventstream.IMPORT_FINISHED)
+    opened = eventstream.subject(eventstream.SESSION_OPENED, "telegram", "0123456789abcdef01234567")
     live = 'balcao_event_catch_ups_total{outcome="live"}'
     with SteadyPublisher(clean_nats.url, [finished, opened]) as publisher:
         eventually(lambda: len(publisher.published) >= 400, timeout=60, message="a history to catch up on")
@@ -386,7 +394,7 @@ def test_a_client_resuming_while_events_arrive_gets_each_once_across_the_switch_
                 extra = ws.recv(timeout=1.0)
                 raise AssertionError(f"an event beyond those published: {extra}")
     assert [e["id"] for e in got] == expected  # each once, in order, none missing
-    assert all(e["type"] == events.IMPORT_FINISHED for e in got) or not query
+    assert all(e["type"] == eventstream.IMPORT_FINISHED for e in got) or not query
     assert metric(server.port, 'balcao_event_catch_ups_total{outcome="own-consumer"}') == 0.0
 
 
@@ -410,9 +418,9 @@ def test_a_slow_client_is_cut_off_while_another_keeps_receiving(stack, clean_nat
         ws_url(server.port), additional_headers=AUTH, subprotocols=["balcao.v1"], max_queue=None, open_timeout=15
     )
     with slow, fast:
-        publish_raw(clean_nats.url, [events.to_bytes(events.event(events.IMPORT_FINISHED, n=-1))])
+        publish_raw(clean_nats.url, [eventstream.to_bytes(eventstream.event(eventstream.IMPORT_FINISHED, n=-1))])
         assert json.loads(slow.recv(timeout=30))["id"] == json.loads(fast.recv(timeout=30))["id"] == 1  # both live
-        chunk = events.to_bytes(events.event(events.IMPORT_FINISHED, padding="x" * 60_000))
+        chunk = eventstream.to_bytes(eventstream.event(eventstream.IMPORT_FINISHED, padding="x" * 60_000))
         # 18 MB, far more than the slow client's buffers, at a pace a reading client keeps up with.
         publish_raw(clean_nats.url, [chunk] * 300, pause=0.01)
         eventually(
@@ -427,7 +435,10 @@ def test_a_slow_client_is_cut_off_while_another_keeps_receiving(stack, clean_nat
                 slow.recv(timeout=30)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4008
         got = read_until(fast, lambda got: len(got) >= 300)
-        publish_raw(clean_nats.url, [events.to_bytes(events.event(events.IMPORT_FINISHED, n=n)) for n in range(3)])
+        publish_raw(
+            clean_nats.url,
+            [eventstream.to_bytes(eventstream.event(eventstream.IMPORT_FINISHED, n=n)) for n in range(3)],
+        )
         got += read_until(fast, lambda more: len(got) + len(more) >= 303)
     assert [e["id"] for e in got] == list(range(2, 305))
     assert metric(server.port, 'balcao_event_clients_dropped_total{reason="slow"}') == 1.0
@@ -439,8 +450,23 @@ def events_in_stream(nats_url: str, kind: str) -> int:
 
         nc = await nats.connect(nats_url)
         try:
-            info = await nc.jetstream().stream_info(events.EVENTS_STREAM, subjects_filter=events.filter_subject(kind))
+            info = await nc.jetstream().stream_info(
+                eventstream.EVENTS_STREAM, subjects_filter=eventstream.filter_subject(kind)
+            )
             return sum((info.state.subjects or {}).values())
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def first_kept(nats_url: str) -> int:
+    async def run() -> int:
+        import nats
+
+        nc = await nats.connect(nats_url)
+        try:
+            return (await nc.jetstream().stream_info(eventstream.EVENTS_STREAM)).state.first_seq
         finally:
             await nc.close()
 
@@ -467,16 +493,20 @@ def test_a_server_killed_between_finishing_and_forgetting_the_event_publishes_it
     eventually(lambda: not crashing.running, message="the server died at the fail point")
     assert mongo.sessions.count_documents({}) == 0
     assert mongo.event_outbox.count_documents({}) == 1  # still promised
-    assert events_in_stream(stack.env["NATS_URL"], events.SESSION_FINISHED) == (
+    assert events_in_stream(stack.env["NATS_URL"], eventstream.SESSION_FINISHED) == (
         0 if point.endswith("before_publish") else 1
     )
 
     survivor = stack.server(HTTP_PORT=str(free_port()))  # its relay publishes the promise (again)
     eventually(lambda: mongo.event_outbox.count_documents({}) == 0, timeout=60, message="the promise relayed")
-    got = settled_stream(survivor.port, 4)  # opened, received, sent (the reply), finished
-    finished = [e for e in got if e["type"] == events.SESSION_FINISHED]
-    assert len(finished) == 1 and finished[0]["session_id"] == str(session["_id"]), got
-    assert events_in_stream(stack.env["NATS_URL"], events.SESSION_FINISHED) == 1
+    # From the oldest event kept: the session's first ones were erased, so 0 is gone (4410).
+    with open_events(survivor.port, f"type=session.finished&since={first_kept(stack.env['NATS_URL']) - 1}") as ws:
+        (finished,) = read_until(ws, lambda got: len(got) >= 1)
+    assert finished["session_id"] == str(session["_id"])
+    assert events_in_stream(stack.env["NATS_URL"], eventstream.SESSION_FINISHED) == 1
+    # The rest of the session's events were erased with it (the relay erases again, harmlessly).
+    assert events_in_stream(stack.env["NATS_URL"], eventstream.SESSION_OPENED) == 0
+    assert events_in_stream(stack.env["NATS_URL"], eventstream.MESSAGE_RECEIVED) == 0
 
 
 def test_an_import_that_ends_is_announced_as_one_import_finished_event(stack, mongo):
@@ -495,7 +525,7 @@ def test_an_import_that_ends_is_announced_as_one_import_finished_event(stack, mo
         assert response.status_code < 300, response.text
         import_id = response.json()["id"]
         (event,) = read_until(ws, lambda got: len(got) >= 1)
-    assert event["type"] == events.IMPORT_FINISHED and event["import"]["id"] == import_id
+    assert event["type"] == eventstream.IMPORT_FINISHED and event["import"]["id"] == import_id
     assert event["import"]["status"] == "succeeded" and event["import"]["counts"]
     eventually(lambda: mongo.event_outbox.count_documents({}) == 0, message="the promise forgotten once published")
     assert [e["id"] for e in settled_stream(server.port, 1)] == [event["id"]]

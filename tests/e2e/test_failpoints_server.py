@@ -73,7 +73,7 @@ CONTACTS = [6101, 6102, 6103, 6104]
     [
         "server.intake.after_messages_inserted",
         "server.intake.after_sessions_updated",
-        "server.intake.after_reply_published",
+        "server.intake.after_events_published",
         "server.intake.before_ack",
     ],
 )

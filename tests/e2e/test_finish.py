@@ -7,14 +7,19 @@ where the goodbye must survive it.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
+from nats.js.errors import NotFoundError
 
+from contract.eventstream import EVENTS_STREAM
+from contract.messaging import DEAD_STREAM, PARKED_STREAM
 from server.config import DEFAULT_GOODBYE, DEFAULT_REPLY
-from tests.harness import ApiClient, eventually, settle, sigkill
+from tests.harness import ApiClient, eventually, failpoint_fired, settle, sigkill
 
 
 @pytest.fixture
@@ -75,6 +80,38 @@ def test_an_agent_reply_reaches_the_contact_once(stack, api, telegram, clean_nat
     assert [m["text"] for m in telegram.sent(8002)] == [DEFAULT_REPLY, answer]
 
 
+@pytest.mark.parametrize("point", ["server.reply.after_message_stored", "server.reply.after_promised"])
+def test_an_agent_reply_retried_after_the_server_died_is_stored_counted_and_sent_once(
+    stack, api, telegram, clean_nats, mongo, tmp_path, point
+):
+    """The client sent a reply with an Idempotency-Key and the server died before answering:
+    after storing it (neither counted nor promised yet), or after promising it. The
+    same request to the next server stores nothing again, counts it, and sends it once."""
+    log = tmp_path / "failpoints.log"
+    crashing = stack.server(BALCAO_FAILPOINTS=f"{point}=kill", BALCAO_FAILPOINTS_LOG=str(log))
+    stack.bot()
+    telegram.send_as_user(8003, "Cadê meu pedido?", first_name="Gal")
+    session = eventually(lambda: open_session(api, "8003"), message="session opened")
+    eventually(lambda: texts(telegram, 8003, DEFAULT_REPLY), message="reply")
+    answer, key = "Seu pedido sai hoje, Gal.", {"Idempotency-Key": "retry-after-crash"}
+
+    with pytest.raises(httpx.TransportError):
+        api.post(f"sessions/{session['id']}/messages", json={"text": answer}, headers=key)
+    eventually(lambda: not crashing.running, message="server killed at the fail point")
+    assert failpoint_fired(log, point)
+    assert mongo.messages.count_documents({"direction": "out"}) == 1  # stored before the crash
+
+    stack.server()
+    retried = api.post(f"sessions/{session['id']}/messages", json={"text": answer}, headers=key)
+    assert retried.status_code == 201, retried.text
+
+    settle(clean_nats.url, lambda: (len(telegram.sent()), mongo.outbox.count_documents({})))
+    assert [m["text"] for m in telegram.sent(8003)] == [DEFAULT_REPLY, answer]
+    stored = mongo.messages.find_one({"direction": "out"})
+    assert retried.json()["id"] == str(stored["_id"]) and mongo.messages.count_documents({}) == 2
+    assert mongo.sessions.find_one({"contact_identifier": "8003"})["message_count"] == 2
+
+
 def test_a_goodbye_promised_while_nats_is_down_is_sent_once_when_it_returns(stack, api, telegram, clean_nats, mongo):
     server = stack.server()
     stack.bot()
@@ -128,3 +165,69 @@ def test_a_goodbye_survives_the_server_crashing_while_nats_is_down(stack, api, t
 
     assert [m["text"] for m in telegram.sent(8004)] == [DEFAULT_REPLY, DEFAULT_GOODBYE]
     assert mongo.outbox.count_documents({}) == 0
+
+
+async def _held(url: str) -> dict[str, list[str]]:
+    """The subjects each stream holding copies of contacts' data keeps now."""
+    import nats
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    held: dict[str, list[str]] = {}
+    for stream in (EVENTS_STREAM, PARKED_STREAM, DEAD_STREAM):
+        state = (await js.stream_info(stream)).state
+        subjects = []
+        for sequence in range(max(state.first_seq, 1), state.last_seq + 1 if state.messages else 1):
+            try:
+                subjects.append((await js.get_msg(stream, sequence)).subject)
+            except NotFoundError:
+                continue  # purged
+        held[stream] = subjects
+    await nc.close()
+    return held
+
+
+async def _dead_letter_of(url: str, chat: str) -> None:
+    """What the consume loop writes for a message of this chat delivered too often."""
+    import nats
+
+    nc = await nats.connect(url)
+    await nc.jetstream().publish(f"balcao.dead.balcao.inbound.message.{chat}", b'{"chat_id": %s}' % chat.encode())
+    await nc.close()
+
+
+def test_a_finished_session_is_erased_from_the_streams_and_others_are_kept(stack, api, telegram, clean_nats):
+    """Its events (all but session.finished), its contact's parked replies and dead
+    letters go with it; another contact's stay."""
+    stack.server()
+    stack.bot()
+    for contact in (8101, 8102):
+        # The reply is parked; the goodbye after the finish is delivered (parked after the purge, it would stay).
+        telegram.add_fault(method="sendMessage", chat_id=contact, error_code=403, times=1)
+        telegram.send_as_user(contact, f"meu nome é {contact}", first_name="Rita")
+    sessions = {c: eventually(lambda c=c: open_session(api, str(c)), message="session") for c in ("8101", "8102")}
+    for contact in ("8101", "8102"):
+        asyncio.run(_dead_letter_of(clean_nats.url, contact))
+
+    def parked_and_reported() -> dict[str, list[str]] | None:
+        held = asyncio.run(_held(clean_nats.url))
+        sent = [s for s in held[EVENTS_STREAM] if s.startswith("balcao.events.message.sent.")]
+        return held if len(held[PARKED_STREAM]) == 2 and len(sent) == 2 else None
+
+    before = eventually(parked_and_reported, timeout=30, message="both replies parked and reported")
+    erased, kept = sessions["8101"]["id"], sessions["8102"]["id"]
+    assert sum(erased in s for s in before[EVENTS_STREAM]) == 3  # opened, received, sent
+
+    assert api.delete(f"sessions/{erased}").status_code == 204
+    finished = f"balcao.events.session.finished.telegram.{erased}"
+
+    def finish_published() -> dict[str, list[str]] | None:
+        held = asyncio.run(_held(clean_nats.url))
+        return held if finished in held[EVENTS_STREAM] else None
+
+    after = eventually(finish_published, message="session.finished published")
+
+    assert [s for s in after[EVENTS_STREAM] if erased in s] == [finished]
+    assert sum(kept in s for s in after[EVENTS_STREAM]) == 3
+    assert after[PARKED_STREAM] == ["balcao.outbound.parked.8102"]
+    assert after[DEAD_STREAM] == ["balcao.dead.balcao.inbound.message.8102"]

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from cli.generate import generate_sessions, write_sessions
-from tests.harness import API_TOKEN, ROOT, eventually, outbound_messages, settle
+from cli.generate import generate_sessions
+from contract.importwriter import write_sessions
+from tests.harness import API_TOKEN, ROOT, eventually, outbound_messages, settle, whole_records
 
 DATA = ROOT / "data"
 CHANNEL = "@suporte"
@@ -35,10 +36,35 @@ def upload(http: httpx.Client, name: str, content_type: str, content: bytes | No
     return http.post("imports", data={"channel": CHANNEL}, files={"file": (name, content, content_type)})
 
 
+def generated(sessions: int) -> list[dict]:
+    return list(generate_sessions(sessions, messages_per_session=1, seed=5))
+
+
 def generated_json(sessions: int) -> bytes:
     out = io.StringIO()
-    write_sessions(generate_sessions(sessions, messages_per_session=1, seed=5), out, "json")
+    write_sessions(generated(sessions), out, "json")
     return out.getvalue().encode()
+
+
+def records_within(sessions: int, size: int) -> list[str]:
+    """The contacts of generated_json(sessions)'s records whole within its first `size` bytes."""
+    return [str(record["contact_identifier"]) for record in whole_records(generated_json(sessions)[:size])]
+
+
+def stored_contacts(mongo) -> list[str]:
+    return sorted(s["contact_identifier"] for s in mongo.sessions.find())
+
+
+def answered(port: int, method: str, status: int) -> float:
+    """How many requests the server answered with `status`, from its own latency histogram."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("balcao_http_request_duration_seconds_count{")
+        and f'method="{method}"' in line
+        and f'status="{status}"' in line
+    )
 
 
 def announcements(telegram) -> list[str]:
@@ -99,8 +125,10 @@ def test_json_and_csv_give_the_same_searchable_sessions_each_import_announced_on
     cut = content.index(b"\n", len(content) // 2) + 10
     third = upload(http, "big.json", "application/json", content[:cut]).json()
     assert third["status"] == "failed" and third["failure"]["offset"] == cut
+    whole = records_within(600, cut)  # the records before the cut, every one of them
     kept = third["counts"]["created"]
-    assert 0 < kept < 600 and mongo.sessions.count_documents({}) == 300 + kept
+    assert kept == len(whole) and third["counts"]["received"] == kept
+    assert stored_contacts(mongo) == sorted([row[0] for row in from_json] + whole)
 
     byte = f"{cut:,}".replace(",", ".")  # as written in Brazil
     settle(clean_nats.url, lambda: (len(announcements(telegram)), mongo.outbox.count_documents({})))
@@ -129,16 +157,22 @@ def test_uploads_over_the_limit_are_refused_and_the_server_keeps_serving(stack, 
             yield content[start : start + 8192]
         yield f"\r\n--{BOUNDARY}--\r\n".encode()
 
+    refused_before = answered(stack.http_port, "POST", 413)
     try:
-        cut_off = http.post(
+        status = http.post(
             "imports", content=streamed(), headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
-        )
-        assert cut_off.status_code == 413
+        ).status_code
     except httpx.TransportError:
-        pass  # the answer went out while the client was still sending: the connection was closed on it
+        status = None  # the answer went out while the client was still sending: the connection was closed on it
+    # Whether or not this client could read it, the server answered 413.
+    assert status in (413, None)
+    assert answered(stack.http_port, "POST", 413) == refused_before + 1
     job = eventually(lambda: mongo.import_jobs.find_one({"status": {"$ne": "running"}}), message="ended import")
     assert job["status"] == "failed" and job["failure"]["reason"] == "too-large"
-    assert mongo.sessions.count_documents({}) == job["counts"]["created"] > 0
+    # What was read before the limit is imported whole, and nothing after it.
+    whole = records_within(1600, job["failure"]["offset"])
+    assert whole and job["counts"]["created"] == len(whole)
+    assert stored_contacts(mongo) == sorted(whole)
     assert http.get("sessions").status_code == 200
 
 
@@ -158,28 +192,48 @@ def test_a_client_gone_mid_upload_ends_its_import_as_failed(stack, telegram, mon
 
     job = eventually(lambda: mongo.import_jobs.find_one({"status": "failed"}), message="failed import")
     assert job["failure"]["reason"] == "interrupted"
-    stored = mongo.sessions.count_documents({})
-    assert stored == job["counts"]["created"] > 0
-    assert mongo.messages.count_documents({}) == stored  # whole sessions only: one message each
+    whole = records_within(1100, job["failure"]["offset"])
+    assert len(whole) == job["counts"]["created"] and stored_contacts(mongo) == sorted(whole)
+    assert mongo.messages.count_documents({}) == len(whole)  # whole sessions only: one message each
     assert len(eventually(lambda: announced(clean_nats.url, job), timeout=60, message="announcement")) == 1
 
 
-def test_shutdown_mid_upload_finishes_the_batch_in_hand_and_reports(stack, telegram, mongo, clean_nats):
+def test_shutdown_mid_upload_finishes_the_batch_in_hand_and_the_file_sent_again_completes_it(
+    stack, telegram, mongo, clean_nats, http
+):
     server = stack.server()
     content = generated_json(1100)
-    connection = raw_upload(stack.http_port, form_head() + content[: len(content) // 2], len(content) + 500)
+    sent = len(content) // 2
+    connection = raw_upload(stack.http_port, form_head() + content[:sent], len(content) + 500)
     eventually(lambda: mongo.import_jobs.find_one(), timeout=IMPORT_START_TIMEOUT, message="import started")
 
     assert server.stop(signal.SIGTERM) == 0
     answer = connection.recv(65536).decode()
     connection.close()
 
-    assert answer.startswith("HTTP/1.1 503"), answer
-    assert "Location: /v1/imports/" in answer
+    head = answer.partition("\r\n\r\n")[0]
+    assert head.startswith("HTTP/1.1 503"), answer
+    assert "\r\nRetry-After: 5\r\n" in head and "\r\nLocation: /v1/imports/" in head, head
     job = mongo.import_jobs.find_one()
     assert job["status"] == "failed" and job["failure"]["reason"] == "shutdown"
-    stored = mongo.sessions.count_documents({})
-    assert stored == job["counts"]["created"] > 0
-    assert mongo.messages.count_documents({}) == stored  # no batch half-written
-    assert sum(b["counts"]["created"] for b in mongo.import_batches.find()) == stored
+    # Every record that arrived whole is stored, each with its message, and nothing else.
+    assert job["failure"]["offset"] <= sent
+    whole = records_within(1100, job["failure"]["offset"])
+    assert job["counts"]["created"] == len(whole) and stored_contacts(mongo) == sorted(whole)
+    assert mongo.messages.count_documents({}) == len(whole)  # no batch half-written
     assert len(announced(clean_nats.url, job)) == 1  # the last relay round published it before exit
+
+    # As the answer says: the same file sent again imports the rest, and what was imported stays.
+    stack.server()
+    again = upload(http, "sessions.json", "application/json", content)
+    assert again.status_code == 202, again.text
+    assert again.json()["status"] == "succeeded"
+    assert again.json()["counts"] == {
+        "received": 1100,
+        "created": 1100 - len(whole),
+        "updated": 0,
+        "unchanged": len(whole),
+        "rejected": 0,
+    }
+    assert stored_contacts(mongo) == sorted(str(s["contact_identifier"]) for s in generated(1100))
+    assert mongo.messages.count_documents({}) == 1100

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
 
 from runtime import failpoints
-from tests.harness import eventually, failpoint_fired, settle, sigkill
+from tests.harness import ApiClient, eventually, failpoint_fired, settle, sigkill
 
 REPLY = "Reply: mensagem recebida"
 
@@ -161,24 +164,75 @@ def test_nats_killed_mid_stream_loses_and_doubles_nothing(stack, telegram, mongo
     assert len(replies(telegram, 6001)) == 20
 
 
+# Longer than the bot's own wait after a network error (2 s), so only honouring it passes.
+RETRY_AFTER = 5
+# What a busy machine may add to the wait before the send goes out again.
+RETRY_SLACK = 4.0
+
+
 def test_retry_after_is_honoured_and_blocked_chat_is_parked(stack, telegram, mongo):
     stack.server()
     bot = stack.bot()
-    telegram.add_fault(method="sendMessage", chat_id=7001, error_code=429, retry_after=2, times=1)
+    telegram.add_fault(method="sendMessage", chat_id=7001, error_code=429, retry_after=RETRY_AFTER, times=1)
     telegram.add_fault(method="sendMessage", chat_id=7002, error_code=403, times=-1)
 
     telegram.send_as_user(7001, "espera")
     telegram.send_as_user(7002, "bloqueado")
+    (refused,) = eventually(
+        lambda: [a for a in telegram.attempts(7001) if a["status"] == 429], message="the reply refused with 429"
+    )
+    # Written after the 429: another chat is answered while that one waits, not after it.
     telegram.send_as_user(7003, "normal")
-
     eventually(lambda: replies(telegram, 7003), message="unaffected chat served")
-    eventually(lambda: replies(telegram, 7001), timeout=20, message="rate-limited reply")
-    attempts = telegram.attempts(7001)
-    refused = [a for a in attempts if a["status"] == 429]
-    assert refused, attempts
-    delivered = [a for a in attempts if a["status"] == 200]
-    assert delivered[0]["at"] - refused[0]["at"] >= 1.9
+    (other,) = [a for a in telegram.attempts(7003) if a["status"] == 200]
+    assert other["at"] < refused["at"] + RETRY_AFTER
+
+    eventually(lambda: replies(telegram, 7001), timeout=30, message="rate-limited reply")
+    (delivered,) = [a for a in telegram.attempts(7001) if a["status"] == 200]
+    assert RETRY_AFTER - 0.1 <= delivered["at"] - refused["at"] <= RETRY_AFTER + RETRY_SLACK
+    assert len(telegram.attempts(7001)) == 2  # not tried again inside the wait
 
     eventually(lambda: "parked" in bot.log_text(), message="parked log line")
     assert replies(telegram, 7002) == []
     assert mongo.messages.count_documents({"text": "bloqueado"}) == 1
+
+
+def test_slow_api_requests_do_not_hold_up_intake_or_readiness(stack, telegram, mongo, tmp_path):
+    """Eight listings each holding a database thread (every one of DB_THREADS) while
+    contacts write: messages are stored as fast as before, and /ready stays 200."""
+    log = tmp_path / "failpoints.log"
+    point = "server.sessions.list"
+    stack.server(DB_THREADS="8", BALCAO_FAILPOINTS=f"{point}=pause@*", BALCAO_FAILPOINTS_LOG=str(log))
+    stack.bot()
+    api = ApiClient(stack.api_url)
+
+    def stored_within(contacts: range, timeout: float) -> float:
+        started = time.monotonic()
+        for contact in contacts:
+            telegram.send_as_user(contact, f"oi de {contact}")
+        eventually(
+            lambda: (
+                mongo.messages.count_documents({"text": {"$in": [f"oi de {c}" for c in contacts]}}) == len(contacts)
+            ),
+            timeout=timeout,
+            message="messages stored",
+        )
+        return time.monotonic() - started
+
+    before = stored_within(range(8101, 8106), timeout=60)
+    with ThreadPoolExecutor(8) as requests:
+        answers = [requests.submit(api.get, "sessions") for _ in range(8)]
+        eventually(lambda: log.exists() and log.read_text().count(f"{point} pause") == 8, message="8 requests held")
+        # Well inside the fail point's own limit (60 s), after which the requests go on.
+        meanwhile = stored_within(range(8201, 8206), timeout=30)
+        ready = httpx.get(f"{stack.api_url}/ready", timeout=30)
+        held = sum(not answer.done() for answer in answers)
+        failpoints.resume(str(log), point)
+        statuses = [answer.result(timeout=60).status_code for answer in answers]
+
+    print(f"5 messages stored in {before:.2f} s alone, {meanwhile:.2f} s beside 8 held requests")
+    assert held == 8  # every API thread was taken all along
+    assert ready.status_code == 200, ready.text
+    assert meanwhile <= max(3 * before, before + 5)
+    assert statuses == [200] * 8
+    api.close()

@@ -36,6 +36,7 @@ RATE = 8.0  # messages per second, each from a new contact (per-chat flood limit
 BEFORE = 1.0  # seconds of traffic before the failure
 AFTER = 3.0  # and after it is mended
 MAX_GAP = 45.0  # seconds without a reply that count as a stuck desk
+ACK_WAIT = 10  # the desk's INTAKE_ACK_WAIT and BOT_DELIVERY_ACK_WAIT, seconds
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +126,8 @@ def desk(
         # (or whose ack or nak died with a consumer leader) comes back only after
         # the consumer's ack wait; 10 s instead of 30 s keeps such a tail from
         # dominating the module's time. It tests more redelivery, not less.
-        "INTAKE_ACK_WAIT": "10",
-        "BOT_DELIVERY_ACK_WAIT": "10",
+        "INTAKE_ACK_WAIT": str(ACK_WAIT),
+        "BOT_DELIVERY_ACK_WAIT": str(ACK_WAIT),
     }
     running = Stack(env, tmp_path_factory.mktemp("desk"))
     running.bot()  # starts while the server's start is awaited
@@ -199,6 +200,12 @@ def settled(cluster: NatsCluster) -> dict[str, tuple[int, int, int]] | None:
     )
 
 
+def drained(cluster: NatsCluster) -> dict[str, tuple[int, int, int]] | None:
+    """The backlog once the work queues hold nothing at all: every message acknowledged."""
+    held = probe(cluster, backlog)
+    return held if held and all(counts == (0, 0, 0) for counts in held.values()) else None
+
+
 def check_exactly_once(
     cluster: NatsCluster, telegram: FakeTelegramClient, mongo, contacts: list[int], failure: str, broke_at: float
 ) -> None:
@@ -212,8 +219,11 @@ def check_exactly_once(
     eventually(lambda: not telegram.pending_updates(), timeout=15, message="updates confirmed")
     # Every message is answered by now, so what a consumer still holds is work done
     # whose acknowledgement was lost with a node (acks are fire-and-forget): JetStream
-    # redelivers it after the ack wait, and storage and delivery ignore it then.
+    # redelivers it after the ack wait, and storage and delivery must ignore it then.
+    # So the counts below wait until it came back and was acknowledged: counted
+    # before, a second answer to it would go unseen.
     lost_acks = {stream: counts[2] for stream, counts in held.items() if counts[2]}
+    eventually(lambda: drained(cluster), timeout=3 * ACK_WAIT + 30, interval=0.5, message="every message acknowledged")
 
     # Each test writes from its own contacts. A message of an earlier test whose ack was
     # lost comes back after the ack wait, possibly now, into the emptied database; it

@@ -21,7 +21,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from contract import events, messaging
+from contract import eventstream, messaging
 from devstack.processes import free_port, unmeasured_environ, venv_binary, wait_for_port
 from tests.conftest import Stack
 from tests.e2e.test_nats_permissions import INBOX_PREFIXES, PASSWORDS, REPLY, VIOLATION
@@ -34,7 +34,7 @@ STREAMS = (
     messaging.OUTBOUND_STREAM,
     messaging.PARKED_STREAM,
     messaging.DEAD_STREAM,
-    events.EVENTS_STREAM,
+    eventstream.EVENTS_STREAM,
 )
 
 

@@ -17,7 +17,7 @@ import httpx
 import nats
 import pytest
 
-from contract import events, messaging
+from contract import eventstream, messaging
 from devstack.processes import NatsServer
 from runtime import jetstream
 from tests.conftest import Stack
@@ -108,7 +108,7 @@ def test_every_path_of_the_server_and_the_bot_runs_without_one_violation(
         telegram.send_as_user(8002, "Oi", first_name="Caio")
         eventually(lambda: replies(telegram, 8001) == 1, timeout=30, message="reply through the permissioned NATS")
         eventually(lambda: "parked" in bot.log_text(), timeout=30, message="the refused reply parked")
-        first = read_until(live, lambda got: sum(e["type"] == events.MESSAGE_SENT for e in got) >= 2)
+        first = read_until(live, lambda got: sum(e["type"] == eventstream.MESSAGE_SENT for e in got) >= 2)
     seen = max(event["id"] for event in first)
 
     session = mongo.sessions.find_one({"contact_identifier": "8001"})
@@ -119,14 +119,11 @@ def test_every_path_of_the_server_and_the_bot_runs_without_one_violation(
     imported = api.http.post("imports", data={"channel": CHANNEL}, files=upload)
     assert imported.status_code == 202, imported.text
     eventually(lambda: telegram.sent(CHANNEL), timeout=30, message="import announced")
-    assert api.delete(f"sessions/{session['_id']}").status_code == 204
-    eventually(lambda: len(telegram.sent(8001)) == 3, timeout=30, message="goodbye")
 
     # Resuming from an id reads the stream through a consumer of its own (and asks it
     # for its state): every later event, by WebSocket and by SSE.
     with open_events(server.port, f"since={seen}") as resumed:
-        later = read_until(resumed, lambda got: any(e["type"] == events.SESSION_FINISHED for e in got))
-    assert {e["type"] for e in later} >= {events.MESSAGE_SENT, events.IMPORT_FINISHED, events.SESSION_FINISHED}
+        later = read_until(resumed, lambda got: {eventstream.MESSAGE_SENT, eventstream.IMPORT_FINISHED} <= types(got))
     assert min(e["id"] for e in later) == seen + 1
     headers = {**api.http.headers, "Accept": "text/event-stream", "Last-Event-ID": str(seen)}
     with httpx.stream("GET", f"{secured_stack.api_url}/v1/events", headers=headers, timeout=15) as response:
@@ -138,6 +135,19 @@ def test_every_path_of_the_server_and_the_bot_runs_without_one_violation(
     asyncio.run(publish_as("bot", secured_nats, messaging.INBOUND_SUBJECT, b"\xff not json"))
     asyncio.run(publish_as("server", secured_nats, messaging.OUTBOUND_SUBJECT, b"\xff not json"))
     eventually(lambda: stream_messages(secured_nats, messaging.DEAD_STREAM) == 2, timeout=30, message="dead letters")
+
+    # Finishing a session purges, by subject and with the server's user, what the streams
+    # hold of it: its events, and its chat's parked messages and dead letters.
+    assert api.delete(f"sessions/{session['_id']}").status_code == 204
+    eventually(lambda: len(telegram.sent(8001)) == 3, timeout=30, message="goodbye")
+    assert stream_messages(secured_nats, messaging.PARKED_STREAM) == 1
+    caio = mongo.sessions.find_one({"contact_identifier": "8002"})
+    assert api.delete(f"sessions/{caio['_id']}").status_code == 204
+    eventually(
+        lambda: stream_messages(secured_nats, messaging.PARKED_STREAM) == 0,
+        timeout=30,
+        message="the parked reply erased with its session",
+    )
 
     # The stream gauges are read with the server's user (stream info).
     metrics = httpx.get(f"{secured_stack.api_url}/metrics", timeout=10).text
@@ -157,6 +167,10 @@ def test_every_path_of_the_server_and_the_bot_runs_without_one_violation(
     assert nats_violations(secured_nats) == []
     for process in secured_stack.processes:
         assert VIOLATION not in process.log_text().lower(), process.log_text()
+
+
+def types(got: list[dict]) -> set[str]:
+    return {event["type"] for event in got}
 
 
 def replies(telegram, chat_id: int) -> int:
@@ -225,21 +239,27 @@ async def _check_refusals(secured_nats: NatsServer, server: nats.NATS) -> None:
         ("bot", messaging.OUTBOUND_SUBJECT),  # a forged reply
         ("server", messaging.INBOUND_SUBJECT),  # a forged contact message
         ("server", messaging.PARKED_SUBJECT),
+        ("server", messaging.parked_subject(8001)),
         ("bot", f"$JS.API.STREAM.DELETE.{messaging.INBOUND_STREAM}"),
         ("bot", f"$JS.API.CONSUMER.MSG.NEXT.{messaging.INBOUND_STREAM}.{messaging.INBOUND_CONSUMER}"),
         # The streams are the server's to change: the bot may not update (or seal) them,
-        # nor purge the dead letters; neither process may delete or purge any.
+        # nor purge any; the server purges only the copies of a finished session (events,
+        # parked, dead letters), never the work queues; neither may delete any.
         ("bot", f"$JS.API.STREAM.UPDATE.{messaging.INBOUND_STREAM}"),
         ("bot", f"$JS.API.STREAM.UPDATE.{messaging.DEAD_STREAM}"),
         ("bot", f"$JS.API.STREAM.PURGE.{messaging.DEAD_STREAM}"),
-        ("server", f"$JS.API.STREAM.PURGE.{messaging.DEAD_STREAM}"),
+        ("bot", f"$JS.API.STREAM.PURGE.{messaging.PARKED_STREAM}"),
+        ("server", f"$JS.API.STREAM.PURGE.{messaging.INBOUND_STREAM}"),
+        ("server", f"$JS.API.STREAM.PURGE.{messaging.OUTBOUND_STREAM}"),
         ("server", f"$JS.API.STREAM.DELETE.{messaging.INBOUND_STREAM}"),
         # The bot reports deliveries and nothing else to the event stream, and
         # dead-letters only what it consumes.
-        ("bot", events.subject(events.SESSION_OPENED, "telegram", "603fd3c61ce2ab564307a73a")),
-        ("bot", events.subject(events.MESSAGE_RECEIVED, "telegram", "603fd3c61ce2ab564307a73a")),
-        ("bot", f"{messaging.DEAD_SUBJECT_PREFIX}.{messaging.INBOUND_SUBJECT}"),
-        ("server", f"{messaging.DEAD_SUBJECT_PREFIX}.{messaging.OUTBOUND_SUBJECT}"),
+        ("bot", eventstream.subject(eventstream.SESSION_OPENED, "telegram", "603fd3c61ce2ab564307a73a")),
+        ("bot", eventstream.subject(eventstream.MESSAGE_RECEIVED, "telegram", "603fd3c61ce2ab564307a73a")),
+        ("bot", messaging.dead_subject(messaging.INBOUND_SUBJECT)),
+        ("bot", messaging.dead_subject(messaging.INBOUND_SUBJECT, 8001)),
+        ("server", messaging.dead_subject(messaging.OUTBOUND_SUBJECT)),
+        ("server", messaging.dead_subject(messaging.OUTBOUND_SUBJECT, 8001)),
     ]
     for user, subject in forbidden:
         refused = await _refused(secured_nats, user, subject)

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import signal
+import subprocess
+import sys
 
 import nats
 import pytest
-from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import NoStreamResponseError
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy
+from nats.js.errors import APIError, NoStreamResponseError
+from prometheus_client import REGISTRY
 
+from devstack.processes import unmeasured_environ
 from runtime import jetstream
+from tests.harness import ROOT
 
 STREAM, SUBJECT, CONSUMER = "HANDBACK", "handback.work", "handback-worker"
 
@@ -48,7 +55,7 @@ async def test_messages_delivered_after_the_last_fetch_are_handed_back(clean_nat
 
 
 async def _consume_until(
-    js, stream: str, subject: str, handle, done: asyncio.Event, replicas: int = 1, **options
+    js, stream: str, subject: str, handle, done: asyncio.Event, replicas: int = 1, timeout: float = 20, **options
 ) -> None:
     stopping = asyncio.Event()
     tasks = [
@@ -68,7 +75,7 @@ async def _consume_until(
         for _ in range(replicas)
     ]
     try:
-        await asyncio.wait_for(done.wait(), 20)
+        await asyncio.wait_for(done.wait(), timeout)
     finally:
         stopping.set()
         await asyncio.gather(*tasks)
@@ -96,22 +103,20 @@ async def test_a_slow_batch_stays_in_progress_and_is_not_redelivered(clean_nats)
     await nc.close()
 
 
-@pytest.mark.asyncio
-async def test_a_message_delivered_too_often_is_dead_lettered(clean_nats) -> None:
+async def _dead_lettered_after(js, handle, timeout: float = 60, **options) -> list[int]:
+    """Consume one message of "never works" with `handle` until it is dead-lettered; the
+    deliveries the handler saw. Checks the dead letter and that nothing is left to deliver."""
     from contract.messaging import DEAD_STREAM
 
-    nc = await nats.connect(clean_nats.url)
-    js = nc.jetstream()
     await jetstream.ensure_streams(js)
     await js.add_stream(name="FLAKY", subjects=["flaky.work"])
     await js.publish("flaky.work", b"never works", headers={"Nats-Msg-Id": "flaky-1"})
     deliveries: list[int] = []
     done = asyncio.Event()
 
-    async def handle(messages) -> None:
+    async def counted(messages) -> None:
         deliveries.extend(msg.metadata.num_delivered for msg in messages)
-        for msg in messages:
-            await msg.nak()
+        await handle(messages)
 
     async def watch() -> None:
         while (await js.stream_info(DEAD_STREAM)).state.messages == 0:
@@ -119,15 +124,201 @@ async def test_a_message_delivered_too_often_is_dead_lettered(clean_nats) -> Non
         done.set()
 
     watcher = asyncio.create_task(watch())
-    await _consume_until(js, "FLAKY", "flaky.work", handle, done, ack_wait=5.0, max_deliver=3)
+    await _consume_until(js, "FLAKY", "flaky.work", counted, done, timeout=timeout, **options)
     await watcher
     dead = await js.get_msg(DEAD_STREAM, 1)
-    assert deliveries == [1, 2]
     assert dead.data == b"never works"
     assert dead.headers["Balcao-Dead-Subject"] == "flaky.work"
-    assert dead.headers["Balcao-Dead-Deliveries"] == "3"
+    assert dead.headers["Balcao-Dead-Deliveries"] == str(options.get("max_deliver", jetstream.MAX_DELIVER))
     consumer = await js.consumer_info("FLAKY", "worker")  # terminated: nothing left to deliver
     assert (consumer.num_ack_pending, consumer.num_pending) == (0, 0)
+    assert consumer.config.max_deliver == options.get("max_deliver", jetstream.MAX_DELIVER)
+    return deliveries
+
+
+@pytest.mark.asyncio
+async def test_a_message_refused_every_time_is_dead_lettered_at_the_production_limit(clean_nats) -> None:
+    """A nak comes back at once, so the production max_deliver (1,000) is reached in seconds."""
+    nc = await nats.connect(clean_nats.url)
+    js = nc.jetstream()
+
+    async def refuse(messages) -> None:
+        for msg in messages:
+            await msg.nak()
+
+    deliveries = await _dead_lettered_after(js, refuse, ack_wait=5.0)
+    assert jetstream.MAX_DELIVER == 1000
+    assert deliveries == list(range(1, jetstream.MAX_DELIVER))  # the 1,000th goes to the dead letters instead
+    await nc.close()
+
+
+@pytest.mark.asyncio
+async def test_a_handler_that_raises_every_time_has_its_message_dead_lettered(clean_nats) -> None:
+    """Unsettled, the message comes back after each ack wait; the loop survives every raise."""
+    nc = await nats.connect(clean_nats.url)
+    js = nc.jetstream()
+
+    async def fail(messages) -> None:
+        raise RuntimeError("this message breaks the handler")
+
+    assert await _dead_lettered_after(js, fail, ack_wait=1.0, max_deliver=3) == [1, 2]
+    await nc.close()
+
+
+# A consumer process whose handler SIGKILLs it, as a message that crashes every replica would.
+DYING_CONSUMER = """
+import asyncio, os, signal, sys
+import nats
+from runtime import jetstream
+
+async def main():
+    nc = await nats.connect(sys.argv[1])
+
+    async def die(messages):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    await jetstream.consume(nc.jetstream(), stream="FLAKY", subject="flaky.work", durable="worker",
+        batch_size=10, ack_wait=1.0, handle=die, stopping=asyncio.Event(), what="dying", max_deliver=3)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_message_that_kills_its_consumer_every_time_is_dead_lettered(clean_nats) -> None:
+    """Each replica that takes it dies; the next one to get it after the third delivery
+    files it as a dead letter instead of dying too."""
+    from contract.messaging import DEAD_STREAM
+
+    nc = await nats.connect(clean_nats.url)
+    js = nc.jetstream()
+    await jetstream.ensure_streams(js)
+    await js.add_stream(name="FLAKY", subjects=["flaky.work"])
+    await js.publish("flaky.work", b"kills whoever reads it")
+    exits = []
+    for _ in range(6):  # one start per delivery, with room to spare
+        if (await js.stream_info(DEAD_STREAM)).state.messages:
+            break
+        consumer = subprocess.Popen(
+            [sys.executable, "-c", DYING_CONSUMER, clean_nats.url], cwd=ROOT, env=unmeasured_environ()
+        )
+        for _ in range(150):  # until it dies, or files the dead letter and goes on
+            if consumer.poll() is not None or (await js.stream_info(DEAD_STREAM)).state.messages:
+                break
+            await asyncio.sleep(0.1)
+        if consumer.poll() is None:
+            consumer.kill()
+            exits.append("kept running")
+        else:
+            exits.append(consumer.returncode)
+        consumer.wait()
+    assert exits == [-signal.SIGKILL, -signal.SIGKILL, "kept running"]
+    dead = await js.get_msg(DEAD_STREAM, 1)
+    assert (dead.data, dead.headers["Balcao-Dead-Deliveries"]) == (b"kills whoever reads it", "3")
+    await nc.close()
+
+
+@pytest.mark.asyncio
+async def test_a_dead_letter_whose_payload_names_a_chat_is_filed_under_it(clean_nats) -> None:
+    """So finishing that chat's session can purge it by subject; an unreadable one names none."""
+    from types import SimpleNamespace
+
+    from contract.messaging import DEAD_STREAM
+
+    nc = await nats.connect(clean_nats.url)
+    js = nc.jetstream()
+    await jetstream.ensure_streams(js)
+    await js.add_stream(name="CHATS", subjects=["chats.work"])
+    await js.publish("chats.work", b"8103")
+    await js.publish("chats.work", b"not a chat")
+    done = asyncio.Event()
+
+    def by_chat(data: bytes) -> object:
+        return SimpleNamespace(chat_id=int(data))
+
+    async def handle(messages) -> None:
+        raise AssertionError("a message delivered max_deliver times reached its handler")
+
+    async def watch() -> None:
+        while (await js.stream_info(DEAD_STREAM)).state.messages < 2:
+            await asyncio.sleep(0.05)
+        done.set()
+
+    watcher = asyncio.create_task(watch())
+    await _consume_until(js, "CHATS", "chats.work", handle, done, ack_wait=5.0, max_deliver=1, decode=by_chat)
+    await watcher
+    subjects = [(await js.get_msg(DEAD_STREAM, seq)).subject for seq in (1, 2)]
+    assert subjects == ["balcao.dead.chats.work.8103", "balcao.dead.chats.work"]
+    await nc.close()
+
+
+async def _fill(js, subject: str, size: int) -> int:
+    """Publish `size`-byte messages on `subject` until its stream refuses one; how many it took."""
+    taken = 0
+    with pytest.raises(APIError, match="maximum bytes"):
+        for n in range(1000):
+            await js.publish(subject, f"{n:04d}".encode() + b"x" * (size - 4))
+            taken += 1
+    return taken
+
+
+@pytest.mark.asyncio
+async def test_a_full_dead_letter_stream_keeps_its_letters_and_the_next_stays_in_its_stream(clean_nats) -> None:
+    """A dead letter is the last copy of its message: at the cap none of them is pushed
+    out; the next message to dead-letter stays in its own stream, and is counted."""
+    from contract.messaging import DEAD_STREAM, DEAD_SUBJECT_PREFIX
+    from server import streams
+
+    nc = await nats.connect(clean_nats.url)
+    js = nc.jetstream()
+    await jetstream.ensure_streams(js, jetstream.StreamLimits(max_bytes=8192))
+    letters = await _fill(js, f"{DEAD_SUBJECT_PREFIX}.earlier.work", 1000)
+    await js.add_stream(name="POISON", subjects=["poison.work"])
+    await js.publish("poison.work", b"unreadable" * 100)  # no smaller than the letters that filled it
+
+    def refused() -> float:
+        return REGISTRY.get_sample_value("balcao_dead_letters_refused_total", {"stream": "POISON"}) or 0.0
+
+    before, handled, done = refused(), [], asyncio.Event()
+
+    async def handle(messages) -> None:
+        handled.extend(messages)
+
+    def unreadable(data: bytes) -> object:
+        raise ValueError("not a payload")
+
+    async def watch() -> None:
+        while refused() == before:
+            await asyncio.sleep(0.05)
+        done.set()
+
+    watcher = asyncio.create_task(watch())
+    await _consume_until(js, "POISON", "poison.work", handle, done, ack_wait=5.0, decode=unreadable)
+    await watcher
+
+    assert refused() == before + 1 and handled == []
+    dead = await js.stream_info(DEAD_STREAM)
+    assert dead.state.messages == letters  # every earlier letter kept, the oldest first
+    assert (await js.get_msg(DEAD_STREAM, 1)).data.startswith(b"0000")
+    assert (await js.stream_info("POISON")).state.messages == 1  # kept where it was
+    await streams.observe(js)
+    ratio = REGISTRY.get_sample_value("balcao_stream_fill_ratio", {"stream": DEAD_STREAM})
+    assert ratio is not None and ratio > 0.8  # what an alert watches
+    await nc.close()
+
+
+@pytest.mark.asyncio
+async def test_streams_declared_to_discard_old_messages_are_brought_to_discard_new(clean_nats) -> None:
+    from contract.messaging import DEAD_STREAM, PARKED_STREAM
+
+    nc = await nats.connect(clean_nats.url)
+    js = nc.jetstream()
+    for config in jetstream.STREAMS:
+        if config.name in (DEAD_STREAM, PARKED_STREAM):  # as they were declared before
+            await js.add_stream(config=dataclasses.replace(config, discard=DiscardPolicy.OLD))
+    await jetstream.ensure_streams(js, jetstream.StreamLimits(max_bytes=8192))
+    for name in (DEAD_STREAM, PARKED_STREAM):
+        assert (await js.stream_info(name)).config.discard == DiscardPolicy.NEW
     await nc.close()
 
 

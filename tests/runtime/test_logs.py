@@ -71,3 +71,54 @@ def test_configured_process_writes_json_warnings_and_masks_its_secrets() -> None
     assert [(entry["logger"], entry["level"]) for entry in lines] == [("x", "info"), ("py.warnings", "warning")]
     assert lines[0]["message"] == f"token {MASK}"
     assert "careful" in lines[1]["message"]
+
+
+# A contact as the database errors below hold it. Tracebacks quote source lines,
+# so the values are only ever named here, never written where the errors arise.
+CONTACT = {"phone": "".join(["5585", "999990001"]), "name": " ".join(["Joaquina", "Esmeralda"])}
+
+
+def database_errors(mongo) -> tuple[BaseException, BaseException]:
+    """A real bulk write error and a real duplicate key error from the MongoDB-wire server,
+    each holding the contact's name or number in its text."""
+    from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+    contacts = mongo["log_privacy"]
+    contacts.create_index("phone", unique=True)
+    contacts.insert_one(dict(CONTACT))
+    errors: list[BaseException] = []
+    try:
+        contacts.insert_many([dict(CONTACT)], ordered=False)
+    except BulkWriteError as exc:
+        errors.append(exc)
+    try:
+        contacts.insert_one(dict(CONTACT))
+    except DuplicateKeyError as exc:
+        errors.append(exc)
+    assert len(errors) == 2 and all(CONTACT["phone"] in str(error) for error in errors)
+    return errors[0], errors[1]
+
+
+def test_database_error_texts_are_logged_without_the_documents_they_hold(mongo) -> None:
+    bulk, duplicate = database_errors(mongo)
+    try:
+        try:
+            raise bulk
+        except Exception as cause:
+            raise RuntimeError("the batch could not be stored") from cause
+    except RuntimeError:
+        traced = record("batch failed", exc_info=sys.exc_info())
+    for fmt in ("text", "json"):
+        for entry in (
+            record("left for redelivery, MongoDB: %s", bulk),
+            record("left for redelivery: %r", duplicate),
+            record("%s", duplicate),
+            traced,
+        ):
+            line = formatter(fmt, []).format(entry)
+            assert CONTACT["phone"] not in line and CONTACT["name"] not in line, line
+            assert "withheld from the log" in line, line
+            assert "11000" in line, line  # the code, which says what went wrong
+    assert "pymongo.errors.BulkWriteError: 1 write errors and 0 write concern errors" in formatter("text", []).format(
+        traced
+    )

@@ -151,3 +151,86 @@ async def test_caps_the_store_cannot_reserve_are_refused_by_name(tmp_path, caplo
         small.stop()
     refused = [r.getMessage() for r in caplog.records if "cannot be created" in r.getMessage()]
     assert refused and "max_bytes=1048576" in refused[0] and "insufficient storage" in refused[0].lower()
+
+
+@pytest.mark.asyncio
+async def test_the_event_stream_is_brought_to_new_limits(clean_nats) -> None:
+    """EVENTS_MAX_AGE_SECONDS and EVENTS_MAX_BYTES changed between two start-ups take effect,
+    a smaller cap too (events are a window: the oldest go first)."""
+    from contract import eventstream as contract_events
+    from server import eventpublishing
+
+    nc = await nats.connect(clean_nats.url)
+    js = nc.jetstream()
+    await eventpublishing.ensure_stream(js, max_age=7 * 24 * 3600, max_bytes=64 * 1024 * 1024)
+    for n in range(20):
+        await js.publish(contract_events.subject("session.opened", "telegram", str(n)), b"e" * 1000)
+
+    await eventpublishing.ensure_stream(js, max_age=3600, max_bytes=8 * 1024)  # the next start-up
+
+    info = await js.stream_info(contract_events.EVENTS_STREAM)
+    assert (info.config.max_age, info.config.max_bytes) == (3600, 8 * 1024)
+    assert info.state.bytes <= 8 * 1024 and info.state.last_seq == 20  # cut to the cap, the newest kept
+    await nc.close()
+
+
+@pytest.mark.parametrize(("spare", "created"), [(0, True), (-1, False)])
+@pytest.mark.asyncio
+async def test_the_streams_reserve_four_stream_caps_and_the_event_cap(tmp_path, spare, created) -> None:
+    """What the README tells operators to leave free: the four capped streams (inbound,
+    outbound, parked, dead letters) at STREAM_MAX_BYTES each, and the events at
+    EVENTS_MAX_BYTES; the delivered-key bucket has no cap and reserves nothing."""
+    from bot.delivery import delivered_bucket
+    from server import eventpublishing
+
+    cap, events_cap = 1024 * 1024, 2 * 1024 * 1024
+    config = tmp_path / "store.conf"
+    config.write_text(f"jetstream {{ max_file_store: {4 * cap + events_cap + spare} }}\n")
+    store = NatsServer(data_dir=tmp_path / "nats", config_file=config)
+    store.start()
+    try:
+        nc = await nats.connect(store.url)
+        js = nc.jetstream()
+        await jetstream.ensure_streams(js, jetstream.StreamLimits(max_bytes=cap))
+        await delivered_bucket(js)
+        if created:
+            await eventpublishing.ensure_stream(js, max_age=3600, max_bytes=events_cap)
+        else:
+            with pytest.raises(APIError, match="insufficient storage"):
+                await eventpublishing.ensure_stream(js, max_age=3600, max_bytes=events_cap)
+        await nc.close()
+    finally:
+        store.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_parked_stream_declared_before_per_chat_subjects_gets_them(clean_nats) -> None:
+    nc = await nats.connect(clean_nats.url)
+    js = nc.jetstream()
+    await js.add_stream(name=messaging.PARKED_STREAM, subjects=[messaging.PARKED_SUBJECT], max_age=30 * 24 * 3600)
+    await js.publish(messaging.PARKED_SUBJECT, b"parked before")
+
+    await jetstream.ensure_streams(js, LIMITS)
+
+    info = await js.stream_info(messaging.PARKED_STREAM)
+    assert info.config.subjects == [messaging.PARKED_SUBJECT, f"{messaging.PARKED_SUBJECT}.>"]
+    await js.publish(messaging.parked_subject("8104"), b"parked now")
+    assert (await js.stream_info(messaging.PARKED_STREAM)).state.messages == 2
+    await nc.close()
+
+
+@pytest.mark.asyncio
+async def test_parked_and_dead_letter_ages_come_from_the_settings(clean_nats) -> None:
+    nc = await nats.connect(clean_nats.url)
+    js = nc.jetstream()
+    await jetstream.ensure_streams(js, jetstream.StreamLimits(max_age=3600))
+    assert (await _limits(js, messaging.DEAD_STREAM))[1] == messaging.DEAD_LETTER_MAX_AGE_SECONDS
+
+    await jetstream.ensure_streams(
+        js, jetstream.StreamLimits(max_age=3600, parked_max_age=7200, dead_letter_max_age=10800)
+    )
+
+    assert (await _limits(js, messaging.PARKED_STREAM))[1] == 7200
+    assert (await _limits(js, messaging.DEAD_STREAM))[1] == 10800
+    assert (await _limits(js, messaging.INBOUND_STREAM))[1] == 3600
+    await nc.close()

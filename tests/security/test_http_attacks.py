@@ -26,6 +26,7 @@ import pytest
 from pymongo.database import Database
 
 from devstack.processes import NatsServer, free_port
+from server.models.imports import ImportJob
 from tests.harness import API_TOKEN, Process, eventually, reset_jetstream, stack_env
 from tests.security.conftest import NO_TELEGRAM, Target
 from tests.server import factories
@@ -64,10 +65,11 @@ def target(nats_server: NatsServer, mongodb_uri: str, tmp_path_factory: pytest.T
 
 
 class Watch:
-    """Samples the server's RSS and /ready while an attack runs."""
+    """Samples the server's RSS and /ready (asked from `source`, when given) while an attack runs."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, source: str | None = None) -> None:
         self.target = target
+        self.source = source
         self.baseline = target.rss()
         self.peak = self.baseline
         self.ready_answers: list[int] = []
@@ -91,13 +93,15 @@ class Watch:
             self.peak = max(self.peak, self.target.rss())
 
     def _probe(self) -> None:
-        while True:  # at least once, however short the attack
-            try:
-                self.ready_answers.append(httpx.get(f"{self.target.url}/ready", timeout=5).status_code)
-            except httpx.HTTPError:
-                self.ready_answers.append(0)
-            if self._stop.wait(0.25):
-                return
+        transport = httpx.HTTPTransport(local_address=self.source) if self.source else None
+        with httpx.Client(transport=transport, timeout=5) as client:
+            while True:  # at least once, however short the attack
+                try:
+                    self.ready_answers.append(client.get(f"{self.target.url}/ready").status_code)
+                except httpx.HTTPError:
+                    self.ready_answers.append(0)
+                if self._stop.wait(0.25):
+                    return
 
     @property
     def growth(self) -> int:
@@ -441,7 +445,7 @@ def test_hostile_json_starting_a_chunked_import_is_a_400_naming_the_field(target
     with Watch(target) as watch, target.client() as client:
         response = client.post("/v1/imports", content=body.encode(), headers={"Content-Type": "application/json"})
     assert_problem(response, 400, "invalid-json" if field == "body" else "invalid-body", field)
-    assert mongo["imports"].count_documents({}) == 0  # refused: no import left behind
+    assert mongo[ImportJob._get_collection_name()].count_documents({}) == 0  # refused: no import left behind
     watch.check()
 
 

@@ -16,8 +16,8 @@ from bson import ObjectId
 from pymongo.database import Database
 
 from contract import clock
-from server.conversations import preview
-from server.models import Message, Session
+from server.models.messages import Message
+from server.models.sessions import Session, preview
 
 _bound: dict[str, Database] = {}
 

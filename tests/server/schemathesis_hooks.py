@@ -28,7 +28,8 @@ import httpx
 import schemathesis
 from hypothesis import strategies as st
 
-from cli.generate import generate_sessions, write_sessions
+from cli.generate import generate_sessions
+from contract.importwriter import write_sessions
 
 
 @schemathesis.serializer("application/x-ndjson")

@@ -123,3 +123,24 @@ def test_the_ping_timeout_is_never_longer_than_the_ping_interval():
         "EVENTS_PING_TIMEOUT (20) must not be longer than EVENTS_PING_INTERVAL (10): "
         "a pong is awaited until the next ping"
     ]
+
+
+def test_retention_of_parked_messages_dead_letters_and_imports_defaults_to_30_days():
+    month = 30 * 24 * 3600
+    defaults = config.load(VALID)
+    assert (defaults.parked_max_age, defaults.dead_letter_max_age, defaults.import_retention) == (month, month, month)
+    settings = config.load(
+        {
+            **VALID,
+            "PARKED_MAX_AGE_SECONDS": "86400",
+            "DEAD_LETTER_MAX_AGE_SECONDS": "172800",
+            "IMPORT_RETENTION_SECONDS": "3600",
+        }
+    )
+    assert (settings.parked_max_age, settings.dead_letter_max_age, settings.import_retention) == (86400, 172800, 3600)
+    with pytest.raises(ConfigError) as error:
+        config.load({**VALID, "PARKED_MAX_AGE_SECONDS": "0", "IMPORT_RETENTION_SECONDS": "1"})
+    assert {problem.split()[0] for problem in error.value.problems} == {
+        "PARKED_MAX_AGE_SECONDS",
+        "IMPORT_RETENTION_SECONDS",
+    }

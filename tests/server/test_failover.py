@@ -26,9 +26,9 @@ from contract.messaging import InboundMessage
 from server import failover
 from server.conversations import SessionFinishedMeanwhile
 from server.database import replica_set_safety
-from server.handlers.base import ApiError, database_errors
 from server.intake import Intake
-from server.models import RecountContended
+from server.models.sessions import RecountContended
+from server.problems import ApiError, database_errors
 
 
 def labelled(code: int, label: str) -> OperationFailure:
@@ -138,6 +138,10 @@ class FailingDatabase:
     async def run(self, fn, *args, **kwargs):
         self.calls += 1
         raise self.error
+
+    @property
+    def intake(self) -> FailingDatabase:  # the intake's own lane fails alike
+        return self
 
 
 def inbound(n: int) -> bytes:

@@ -5,6 +5,7 @@ Every response is also validated against the OpenAPI document by the `api` clien
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import socket
@@ -12,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from cli.generate import generate_sessions, write_sessions
-from tests.harness import API_TOKEN, ROOT, conforms_to_openapi, eventually, outbound_messages
+from cli.generate import generate_sessions
+from contract.importwriter import write_sessions
+from tests.harness import API_TOKEN, ROOT, conforms_to_openapi, eventually, outbound_messages, whole_records
 
 DATA = ROOT / "data"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -67,6 +69,10 @@ def stored(mongo, ignore: tuple[str, ...] = ()) -> tuple[list[dict], list[dict]]
     return sessions, messages
 
 
+def contacts(mongo) -> list[str]:
+    return sorted(session["contact_identifier"] for session in mongo.sessions.find())
+
+
 def assert_serving(api) -> None:
     assert api.http.get(f"{api.base_url}/health").status_code == 200
 
@@ -91,7 +97,8 @@ def test_json_upload_imports_every_session_and_reports_it(api, mongo):
     assert report["counts"] == {"received": 300, "created": 300, "updated": 0, "unchanged": 0, "rejected": 0}
     assert report["format"] == "json" and report["source"] == "sessions.json" and report["channel"] == "@suporte"
     assert report["errors"] == [] and report["failure"] is None
-    assert report["duration_seconds"] >= 0 and report["finished_at"] is not None
+    started, finished = (dt.datetime.fromisoformat(report[name]) for name in ("started_at", "finished_at"))
+    assert report["duration_seconds"] == round((finished - started).total_seconds(), 3)
     assert mongo.sessions.count_documents({}) == 300
     assert mongo.messages.count_documents({}) == 853  # data/README.md
     assert response.headers["Location"] == f"/v1/imports/{report['id']}"
@@ -192,7 +199,15 @@ def test_broken_json_fails_near_the_break(api, mongo):
 
     assert report["status"] == "failed"
     assert abs(report["failure"]["offset"] - at) <= 1024  # within the parser's error window
-    assert 0 < report["counts"]["created"] < 200
+    whole = whole_records(content[:at])  # every record before the break, and none after it
+    assert report["counts"] == {
+        "received": len(whole),
+        "created": len(whole),
+        "updated": 0,
+        "unchanged": 0,
+        "rejected": 0,
+    }
+    assert contacts(mongo) == sorted(str(record["contact_identifier"]) for record in whole)
 
 
 def test_a_client_leaving_after_the_file_broke_gets_its_import_ended_with_the_cause(api, api_server, mongo):
@@ -216,7 +231,9 @@ def test_a_client_leaving_after_the_file_broke_gets_its_import_ended_with_the_ca
 
     job = eventually(lambda: mongo.import_jobs.find_one({"status": "failed"}), message="failed import")
     assert job["failure"]["reason"] == "invalid-file"  # the cause, not the client leaving
-    assert mongo.sessions.count_documents({}) == job["counts"]["created"] > 0
+    whole = whole_records(content[:at])
+    assert job["counts"]["created"] == len(whole)
+    assert contacts(mongo) == sorted(str(record["contact_identifier"]) for record in whole)
 
 
 def test_an_empty_file_is_refused(api, mongo):
@@ -382,6 +399,19 @@ def test_a_chunked_import_applies_each_chunk_once_and_ends_on_completion(api, mo
     assert mongo.sessions.count_documents({}) == 19
     announced = eventually(lambda: [m for m in outbound_messages(nats_server.url) if m.key == f"import:{job['id']}"])
     assert len(announced) == 1 and "19 sessões importadas" in announced[0].text
+
+
+def test_a_running_import_is_reported_from_its_totals_not_by_summing_its_chunks(api, mongo):
+    job = api.post("imports", json={"channel": "@suporte"}).json()
+    for seq in range(3):
+        assert put_chunk(api, job["id"], seq, envelopes(sessions(4, seed=seq), first=4 * seq + 1)).status_code == 200
+    # The chunks' records serve only to answer a repeat; the report does not read them.
+    mongo.import_batches.delete_many({"seq": {"$lt": 3}})
+
+    report = api.get(f"imports/{job['id']}").json()
+
+    assert report["status"] == "running"
+    assert report["counts"] == {"received": 12, "created": 12, "updated": 0, "unchanged": 0, "rejected": 0}
 
 
 def test_a_chunked_import_the_client_found_broken_ends_as_failed(api, mongo):

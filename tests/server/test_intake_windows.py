@@ -5,12 +5,15 @@ from __future__ import annotations
 import threading
 
 import pytest
+from pymongo import WriteConcern
+from pymongo.errors import BulkWriteError
 
 from contract.messaging import InboundMessage
 from runtime import failpoints
 from runtime.failpoints import FailPointError
 from server import sessions
 from server.conversations import store_inbound
+from server.models.messages import Message
 
 
 @pytest.fixture
@@ -143,3 +146,29 @@ def test_a_recount_inside_a_writers_window_does_not_count_its_message_twice(stor
 
     assert not writer.is_alive()
     assert_counters_match_what_is_stored(mongo)  # 2, not 3
+
+
+@pytest.fixture
+def unreplicated_messages(monkeypatch, mongo):
+    """Message inserts that reach the primary and never a majority, as when it loses its
+    majority in a failover: the database's own answer to a write concern it cannot meet
+    (more members than it has), with the documents written and only `writeConcernErrors`."""
+    collection = Message._get_collection().with_options(write_concern=WriteConcern(w=5, wtimeout=200))
+    try:
+        collection.insert_many([{"probe": 1}], ordered=False)
+    except BulkWriteError as error:
+        if error.details.get("writeErrors") or not error.details.get("writeConcernErrors"):
+            pytest.skip(f"this server answers w=5 otherwise: {error.details}")
+    else:
+        pytest.skip("this server meets w=5")
+    mongo.messages.delete_many({"probe": 1})
+    monkeypatch.setattr(Message, "_get_collection", classmethod(lambda cls: collection))
+
+
+def test_messages_written_without_a_majority_are_not_taken_as_stored(store, mongo, unreplicated_messages):
+    """The batch must fail, so the intake leaves it to JetStream: acknowledged now, the
+    messages would be lost when the election rolls them back, and never stored again."""
+    with pytest.raises(BulkWriteError) as raised:
+        store([inbound("83", 1, "primeira"), inbound("83", 2, "segunda")])
+    assert raised.value.details["writeConcernErrors"]
+    assert not raised.value.details["writeErrors"]

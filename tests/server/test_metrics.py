@@ -10,9 +10,10 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.web import Application, url
 
 from devstack.processes import free_port
-from server.draining import DrainingHTTPServer
+from runtime.httpserver import GuardedHTTPServer
 from server.handlers import base, metrics
-from server.handlers.base import ApiError, JsonHandler
+from server.handlers.base import JsonHandler
+from server.problems import ApiError
 
 HISTOGRAM = "balcao_http_request_duration_seconds"
 
@@ -40,7 +41,7 @@ async def api():
         default_handler_class=base.NotFoundHandler,
         log_function=metrics.log_request,
     )
-    server = DrainingHTTPServer(app)
+    server = GuardedHTTPServer(app)
     port = free_port()
     server.listen(port, "127.0.0.1")
     client = AsyncHTTPClient(force_instance=True)

@@ -10,19 +10,13 @@ from mongoengine import ValidationError
 
 from contract import clock
 from contract.messaging import OutboundMessage
-from server import models, names
-from server.models import (
-    Contended,
-    FinishedMessage,
-    ImportBatch,
-    ImportJob,
-    Message,
-    OutboxEntry,
-    Session,
-    activity_key,
-    activity_key_time,
-    stored_form,
-)
+from server import names
+from server.models import sessions as session_models
+from server.models.imports import ImportBatch, ImportJob
+from server.models.messages import FinishedMessage, Message
+from server.models.outbox import OutboxEntry
+from server.models.sessions import RECOUNT_TRIES, Session, activity_key, activity_key_time
+from server.models.stored import Contended, stored_form
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
 
@@ -209,13 +203,13 @@ def test_a_recount_whose_session_keeps_changing_gives_up_as_contended(store, mon
             passes.append(name)
             store.sessions.update_one({"_id": session["_id"]}, {"$inc": {"count_version": 1}})
 
-    monkeypatch.setattr(models, "failpoint", another_writer_in_the_window)
+    monkeypatch.setattr(session_models, "failpoint", another_writer_in_the_window)
 
     with pytest.raises(Contended):
         Session.recount([session["_id"]])
-    assert len(passes) == models.RECOUNT_TRIES
+    assert len(passes) == RECOUNT_TRIES
     assert store.sessions.find_one({"_id": session["_id"]})["message_count"] == 5
 
-    monkeypatch.setattr(models, "failpoint", lambda name: None)  # the writers are done
+    monkeypatch.setattr(session_models, "failpoint", lambda name: None)  # the writers are done
     assert Session.recount([session["_id"]]) == {session["_id"]}
     assert store.sessions.find_one({"_id": session["_id"]})["message_count"] == 1

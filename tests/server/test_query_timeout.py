@@ -13,7 +13,7 @@ from pymongo.errors import (
 )
 
 from server import sessions
-from server.handlers.base import ApiError, database_errors
+from server.problems import ApiError, database_errors
 
 
 def test_a_query_timeout_is_a_503_with_retry_after():

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.importing.parsers import FileFormatError, ParsedRecord, RecordLimits, open_parser
+from contract.importformat import FileFormatError
+from server.importing.limits import RecordLimits
+from server.importing.parsers import ParsedRecord, open_parser
 from server.importing.records import RecordInvalid, normalise_session
 
 LIMITS = RecordLimits(bytes=64 * 1024, depth=16, values=2000, messages=3)

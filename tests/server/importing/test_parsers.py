@@ -14,16 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cli.generate import generate_sessions, write_sessions
-from server.importing import parsers
-from server.importing.parsers import (
-    JSON_ERROR_WINDOW,
-    FileFormatError,
-    ParsedRecord,
-    UnsupportedFileType,
-    detect_kind,
-    open_parser,
-)
+from cli.generate import generate_sessions
+from contract.importformat import FileFormatError, UnsupportedFileType, detect_kind
+from contract.importwriter import write_sessions
+from server.importing import limits
+from server.importing.parsers import JSON_ERROR_WINDOW, ParsedRecord, open_parser
 from server.importing.records import ImportedSession, RecordInvalid, normalise_session
 
 DATA = Path(__file__).resolve().parents[3] / "data"
@@ -269,7 +264,7 @@ def test_ndjson_reports_lines_and_skips_blank_ones() -> None:
 
 
 def test_ndjson_line_longer_than_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parsers, "MAX_RECORD_BYTES", 50)
+    monkeypatch.setattr(limits, "MAX_RECORD_BYTES", 50)
     records, error = parse_failing("ndjson", [b'{"name": "a"}\n', b'{"name": "' + b"x" * 60])
     assert len(records) == 1
     assert (error.line, error.offset) == (2, 14)
@@ -369,7 +364,7 @@ def test_csv_message_rows_group_consecutive_rows_of_a_contact() -> None:
 
 
 def test_csv_message_rows_of_a_long_history_are_split(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parsers, "MAX_MESSAGES_PER_RECORD", 2)
+    monkeypatch.setattr(limits, "MAX_MESSAGES_PER_RECORD", 2)
     rows = "".join(f"1,Ana,telegram,m{n},Oi {n},2021-03-03T19:43:3{n}Z\n" for n in range(5))
     records = parse_whole("csv", (MESSAGE_HEADER + rows).encode())
     assert [len(record.session().messages) for record in records] == [2, 2, 1]
@@ -445,7 +440,7 @@ def test_csv_row_the_csv_module_cannot_read_is_that_records_problem() -> None:
 
 
 def test_csv_quoted_field_left_open_is_cut_at_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parsers, "MAX_RECORD_BYTES", 100)
+    monkeypatch.setattr(limits, "MAX_RECORD_BYTES", 100)
     content = (HEADER + ',Ana,telegram,1,\n,"Bia,telegram,2,\n' + "mais uma linha\n" * 10).encode()
     records, error = parse_failing("csv", [content])
     assert [r.raw["name"] for r in records] == ["Ana"]

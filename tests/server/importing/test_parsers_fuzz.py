@@ -15,8 +15,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cli.generate import generate_sessions, write_sessions
-from server.importing.parsers import BOM, FileFormatError, ParsedRecord, RecordLimits, open_parser
+from cli.generate import generate_sessions
+from contract.importformat import BOM, FileFormatError
+from contract.importwriter import write_sessions
+from server.importing.limits import RecordLimits
+from server.importing.parsers import ParsedRecord, open_parser
 from server.importing.records import ImportedSession, RecordInvalid, normalise_session
 
 LAYOUTS = {"json": "json", "ndjson": "ndjson", "csv": "csv", "csv-messages": "csv"}

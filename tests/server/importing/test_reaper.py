@@ -11,9 +11,9 @@ from pymongo.errors import AutoReconnect
 
 from contract import clock
 from runtime import failpoints
-from server.importing import jobs
+from server.importing import jobs, reports
 from server.importing.feed import Tally
-from server.importing.jobs import Imports
+from server.importing.running import Imports
 from server.outbound import Outbound
 
 IDLE = 60.0
@@ -128,8 +128,8 @@ def test_the_file_name_is_stored_without_control_characters(raw: str, shown: str
 
 def test_the_announcement_bounds_the_file_name() -> None:
     job = {"status": "succeeded", "source": "a" * 200, "counts": {}}
-    text = jobs.announcement(job)
-    assert "a" * jobs.MAX_ANNOUNCED_SOURCE not in text and "a" * (jobs.MAX_ANNOUNCED_SOURCE - 1) + "…" in text
+    text = reports.announcement(job)
+    assert "a" * reports.MAX_ANNOUNCED_SOURCE not in text and "a" * (reports.MAX_ANNOUNCED_SOURCE - 1) + "…" in text
 
 
 @pytest.mark.asyncio
@@ -175,3 +175,20 @@ async def test_a_completion_racing_the_reaper_leaves_the_end_it_announced(import
     assert stored["failure"]["reason"] == "abandoned"
     (entry,) = announcements(mongo, job)
     assert entry["text"].startswith("Importação interrompida")
+
+
+@pytest.mark.asyncio
+async def test_ended_imports_past_their_retention_are_deleted_with_their_batches(imports, mongo) -> None:
+    day = 24 * 3600
+    old, recent, running = (running_job(mongo, idle_for=0) for _ in range(3))
+    for job in (old, recent, running):
+        jobs.save_batch(job["_id"], 0, Tally(received=1, rejected=1))
+    for job, ended_ago in ((old, 2 * day), (recent, day / 2)):
+        jobs.finish_job(job["_id"], Tally(received=1, rejected=1), None)
+        ended = clock.stored(clock.now() - dt.timedelta(seconds=ended_ago))
+        mongo.import_jobs.update_one({"_id": job["_id"]}, {"$set": {"finished_at": ended}})
+
+    await imports.reap(IDLE, retention_seconds=day)
+
+    assert {doc["_id"] for doc in mongo.import_jobs.find()} == {recent["_id"], running["_id"]}
+    assert {doc["job_id"] for doc in mongo.import_batches.find()} == {recent["_id"], running["_id"]}

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from server.importing.records import (
+    MAX_RECORD_PROBLEMS,
     ImportedMessage,
     ImportedSession,
     RecordError,
@@ -227,6 +228,10 @@ def test_bad_session_field_is_reported_by_name(fields: dict[str, Any], field: st
         ({"date": {"$date": True}}, "date", "$date must be"),
         ({"date": {"$date": 1.5}}, "date", "$date must be"),
         ({"date": {"$date": {"$numberLong": "soon"}}}, "date", "$numberLong"),
+        # Digits int() reads but that are not ASCII, and what else int() forgives.
+        ({"date": {"$date": {"$numberLong": "١٦١٤٨٠٠٦١٨٠٠٠"}}}, "date", "ASCII digits"),
+        ({"date": {"$date": {"$numberLong": " 1614800618000"}}}, "date", "ASCII digits"),
+        ({"date": {"$date": {"$numberLong": "1_614_800_618_000"}}}, "date", "ASCII digits"),
         ({"date": {"$date": 10**20}}, "date", "out of range"),
         ({"date": {"$timestamp": 1}}, "date", "another object"),
         ({"date": "0001-01-01T00:00:00+01:00"}, "date", "out of range"),
@@ -303,3 +308,11 @@ def test_message_key_without_id_tells_messages_and_contacts_apart() -> None:
         message_key("whatsapp", "1", imported()),
     }
     assert len(keys) == 5
+
+
+def test_a_record_of_thousands_of_bad_messages_lists_a_bounded_number_of_problems() -> None:
+    raw = session_record(messages=[{}] * 5000)
+    problems = errors_of(raw)
+    assert len(problems) == MAX_RECORD_PROBLEMS + 1
+    assert problems[0] == ("messages[0].content", "required")
+    assert problems[-1] == ("", f"and {2 * 5000 - MAX_RECORD_PROBLEMS} more problems in this record, not listed")

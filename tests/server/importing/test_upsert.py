@@ -11,7 +11,8 @@ from cli.generate import generate_sessions
 from server.importing import upsert
 from server.importing.records import ImportedMessage, ImportedSession, message_key, normalise_session
 from server.importing.upsert import CREATED, UNCHANGED, UPDATED, upsert_sessions
-from server.models import activity_key
+from server.models.messages import Message
+from server.models.sessions import activity_key
 from tests.server import factories
 from tests.server.factories import SessionFactory
 
@@ -186,28 +187,15 @@ def test_a_contact_opened_meanwhile_by_another_writer_is_merged_into(store, mong
 def test_a_message_stored_meanwhile_by_another_import_is_not_counted_twice(store, mongo, monkeypatch):
     session = record("11", "Nina", ("um", 1), ("dois", 2))
     taken = message_key("telegram", "11", session.messages[1])
-    real = upsert.insert_new_messages
+    real = Message.insert_new
 
     def another_import_was_faster(documents):
         return real(documents) - {taken}
 
-    monkeypatch.setattr(upsert, "insert_new_messages", another_import_was_faster)
+    monkeypatch.setattr(Message, "insert_new", staticmethod(another_import_was_faster))
     store([session])
     # The other import counts the message it stored itself; this one takes it back.
     assert mongo.sessions.find_one()["message_count"] == 1
-
-
-def test_new_documents_are_what_the_engine_stores(store, mongo):
-    batch = generated(5, seed=9)
-    sessions, messages = upsert.new_documents(batch)
-    store(batch)
-
-    def comparable(docs, drop):
-        return sorted(({k: v for k, v in doc.items() if k not in drop} for doc in docs), key=repr)
-
-    stored_sessions = list(mongo.sessions.find())
-    assert comparable(stored_sessions, {"_id", "activity_key"}) == comparable(sessions, {"_id", "activity_key"})
-    assert comparable(mongo.messages.find(), {"_id", "session_id"}) == comparable(messages, {"_id", "session_id"})
 
 
 def test_an_imported_contact_writing_to_the_bot_gets_their_chat_and_name(store, mongo):
@@ -326,7 +314,7 @@ def test_messages_a_racing_finish_took_are_finished_not_stored_again(store, mong
 
 def test_a_recount_between_a_new_session_and_its_messages_does_not_leave_it_short(store, mongo, tmp_path):
     from runtime import failpoints
-    from server.models import Session
+    from server.models.sessions import Session
 
     log = tmp_path / "failpoints"
     try:

@@ -6,8 +6,8 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from contract import events
-from server.event_feed import LiveEvent, _matches
+from contract import eventstream
+from server.eventfeed import LiveEvent, _matches
 
 SESSION = "0123456789abcdef01234567"
 
@@ -15,17 +15,29 @@ SESSION = "0123456789abcdef01234567"
 @pytest.mark.parametrize(
     "kind, platform, session, subject, expected",
     [
-        (None, None, None, events.subject(events.MESSAGE_SENT, "telegram", SESSION), True),
-        (events.MESSAGE_RECEIVED, None, None, events.subject(events.MESSAGE_RECEIVED, "telegram", SESSION), True),
-        (events.MESSAGE_RECEIVED, None, None, events.subject(events.MESSAGE_SENT, "telegram", SESSION), False),
-        (None, "telegram", None, events.subject(events.IMPORT_FINISHED), False),  # platform "-"
-        (None, None, SESSION, events.subject(events.SESSION_FINISHED, "telegram", SESSION), True),
-        (None, None, SESSION, events.subject(events.SESSION_FINISHED, "telegram", "f" * 24), False),
-        (events.IMPORT_FINISHED, None, None, events.subject(events.IMPORT_FINISHED), True),
+        (None, None, None, eventstream.subject(eventstream.MESSAGE_SENT, "telegram", SESSION), True),
+        (
+            eventstream.MESSAGE_RECEIVED,
+            None,
+            None,
+            eventstream.subject(eventstream.MESSAGE_RECEIVED, "telegram", SESSION),
+            True,
+        ),
+        (
+            eventstream.MESSAGE_RECEIVED,
+            None,
+            None,
+            eventstream.subject(eventstream.MESSAGE_SENT, "telegram", SESSION),
+            False,
+        ),
+        (None, "telegram", None, eventstream.subject(eventstream.IMPORT_FINISHED), False),  # platform "-"
+        (None, None, SESSION, eventstream.subject(eventstream.SESSION_FINISHED, "telegram", SESSION), True),
+        (None, None, SESSION, eventstream.subject(eventstream.SESSION_FINISHED, "telegram", "f" * 24), False),
+        (eventstream.IMPORT_FINISHED, None, None, eventstream.subject(eventstream.IMPORT_FINISHED), True),
     ],
 )
 def test_a_filter_takes_the_events_its_nats_subject_filter_would(kind, platform, session, subject, expected):
-    pattern = events.filter_subject(kind, platform, session).split(".")
+    pattern = eventstream.filter_subject(kind, platform, session).split(".")
     assert _matches(pattern, subject.split(".")) is expected
 
 
@@ -38,8 +50,8 @@ def test_wildcards_follow_nats_rules():
 
 @pytest.mark.parametrize("size", [10, 125, 126, 65_535, 65_536, 200_000])
 def test_a_shared_websocket_frame_reads_back_as_the_event(size):
-    body = events.to_bytes(events.event(events.IMPORT_FINISHED, padding="x" * size))
-    event = LiveEvent(42, events.subject(events.IMPORT_FINISHED), body)
+    body = eventstream.to_bytes(eventstream.event(eventstream.IMPORT_FINISHED, padding="x" * size))
+    event = LiveEvent(42, eventstream.subject(eventstream.IMPORT_FINISHED), body)
     reader = StreamReader()
     reader.feed_data(event.websocket_frame)
     reader.feed_eof()

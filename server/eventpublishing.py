@@ -15,6 +15,7 @@ crash stores nothing new.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Sequence
@@ -24,14 +25,15 @@ from bson import ObjectId
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
-from contract import clock, events
+from contract import clock, eventstream, messaging
 from contract.messaging import DUPLICATE_WINDOW_SECONDS
 from runtime import jetstream
 from runtime.failpoints import failpoint
 from server.metrics import EVENTS_PUBLISHED
-from server.models import EventPromise, Session
+from server.models.outbox import EventPromise
+from server.models.sessions import Session
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +45,15 @@ HELD_PROMISE_SECONDS = 3600.0
 
 
 async def ensure_stream(js: JetStreamContext, max_age: float, max_bytes: int, *, replicas: int = 1) -> None:
-    """Declare BALCAO_EVENTS: kept by age and size; the oldest events go first."""
+    """Declare BALCAO_EVENTS: kept by age and size; the oldest events go first.
+
+    An existing stream is brought to `max_age` and `max_bytes` (EVENTS_MAX_*),
+    smaller ones included: the oldest events then go at once, as they would
+    have with those limits from the start.
+    """
     config = StreamConfig(
-        name=events.EVENTS_STREAM,
-        subjects=[events.EVENTS_SUBJECTS],
+        name=eventstream.EVENTS_STREAM,
+        subjects=[eventstream.EVENTS_SUBJECTS],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=max_age,
@@ -58,8 +65,8 @@ async def ensure_stream(js: JetStreamContext, max_age: float, max_bytes: int, *,
     try:
         await js.add_stream(config=config)
     except BadRequestError:
-        log.info("stream %s exists with different settings; left as is", events.EVENTS_STREAM)
-        await jetstream.ensure_replicas(js, events.EVENTS_STREAM, replicas)
+        await jetstream.ensure_replicas(js, eventstream.EVENTS_STREAM, replicas)
+        await jetstream.update_limits(js, config, keep_stored=False)
 
 
 async def publish(js: JetStreamContext, body: dict[str, Any], key: str) -> None:
@@ -67,10 +74,10 @@ async def publish(js: JetStreamContext, body: dict[str, Any], key: str) -> None:
     kind = body["type"]
     ack = await jetstream.publish_through_election(
         js,
-        events.subject(kind, body.get("platform"), body.get("session_id")),
-        events.to_bytes(body),
+        eventstream.subject(kind, body.get("platform"), body.get("session_id")),
+        eventstream.to_bytes(body),
         timeout=PUBLISH_TIMEOUT,
-        headers={"Nats-Msg-Id": events.dedup_id(kind, key)},
+        headers={"Nats-Msg-Id": eventstream.dedup_id(kind, key)},
     )
     if not ack.duplicate:
         EVENTS_PUBLISHED.labels(type=kind).inc()
@@ -103,11 +110,11 @@ async def publish_received(js: JetStreamContext, db, stored: Sequence) -> None:
         }
         if item.session_id in opened:
             opened.discard(item.session_id)  # before the session's first message
-            bodies.append((events.event(events.SESSION_OPENED, **common), str(item.session_id)))
+            bodies.append((eventstream.event(eventstream.SESSION_OPENED, **common), str(item.session_id)))
         bodies.append(
             (
-                events.event(
-                    events.MESSAGE_RECEIVED,
+                eventstream.event(
+                    eventstream.MESSAGE_RECEIVED,
                     **common,
                     message={
                         "key": item.key,
@@ -130,8 +137,8 @@ def _message_counts(session_ids: list[ObjectId]) -> dict[ObjectId, int]:
 
 
 def session_finished(session: dict[str, Any]) -> dict[str, Any]:
-    return events.event(
-        events.SESSION_FINISHED,
+    return eventstream.event(
+        eventstream.SESSION_FINISHED,
         platform=session.get("platform"),
         session_id=str(session["_id"]),
         contact={"identifier": session.get("contact_identifier", ""), "name": session.get("contact_name", "")},
@@ -139,22 +146,48 @@ def session_finished(session: dict[str, Any]) -> dict[str, Any]:
 
 
 def import_finished(job: dict[str, Any]) -> dict[str, Any]:
-    return events.event(
-        events.IMPORT_FINISHED,
+    return eventstream.event(
+        eventstream.IMPORT_FINISHED,
         **{"import": {"id": str(job["_id"]), "status": job.get("status"), "counts": job.get("counts") or {}}},
     )
 
 
-def promise(body: dict[str, Any], key: str, after_session_gone: ObjectId | None = None) -> None:
+def promise(
+    body: dict[str, Any], key: str, after_session_gone: ObjectId | None = None, chat_id: str | None = None
+) -> None:
     """Keep an event to publish (blocking: run it through `Database.run`).
 
     Written before the change it reports; with `after_session_gone` the relay
     holds it back until that session is deleted. Promising again (a retried
-    finish) keeps the first promise.
+    finish) keeps the first promise. A `session.finished` promise erases what
+    the streams hold of its session when it is relayed (`erase_session`), and
+    of its contact's chat `chat_id`.
     """
     kind = body["type"]
-    subject = events.subject(kind, body.get("platform"), body.get("session_id"))
-    EventPromise.keep(events.dedup_id(kind, key), subject, body, clock.now(), after_session_gone)
+    subject = eventstream.subject(kind, body.get("platform"), body.get("session_id"))
+    EventPromise.keep(eventstream.dedup_id(kind, key), subject, body, clock.now(), after_session_gone, chat_id)
+
+
+async def erase_session(js: JetStreamContext, platform: str | None, session_id: str, chat_id: str | None) -> None:
+    """Purge what JetStream keeps of a finished session: its events (but `session.finished`),
+    and the parked messages and dead letters of its contact's chat.
+
+    The session and its messages are deleted from MongoDB by then; these copies
+    hold the same names and texts. Each purge is by subject, one request each,
+    whatever the streams hold. A stream that does not exist holds nothing.
+    """
+    filters = [
+        (eventstream.EVENTS_STREAM, subject) for subject in eventstream.erased_with_session(platform, session_id)
+    ]
+    if messaging.chat_token(chat_id):
+        filters += [
+            (messaging.PARKED_STREAM, messaging.parked_subject(chat_id)),
+            (messaging.DEAD_STREAM, messaging.dead_subject(messaging.INBOUND_SUBJECT, chat_id)),
+            (messaging.DEAD_STREAM, messaging.dead_subject(messaging.OUTBOUND_SUBJECT, chat_id)),
+        ]
+    for stream, subject in filters:
+        with contextlib.suppress(NotFoundError):
+            await js.purge_stream(stream, subject=subject)
 
 
 async def relay_promised(js: JetStreamContext, db, limit: int = 500) -> int:
@@ -168,14 +201,19 @@ async def relay_promised(js: JetStreamContext, db, limit: int = 500) -> int:
     for doc in ready:
         failpoint("server.events.promise_before_publish")
         try:
+            body = doc["body"]
+            if body.get("type") == eventstream.SESSION_FINISHED and body.get("session_id"):
+                # Before the event: its own subject is not among those purged, and a
+                # relay that publishes again after a crash purges again, harmlessly.
+                await erase_session(js, body.get("platform"), body["session_id"], doc.get("chat_id"))
             ack = await js.publish(
                 doc["subject"],
-                events.to_bytes(doc["body"]),
+                eventstream.to_bytes(doc["body"]),
                 timeout=PUBLISH_TIMEOUT,
                 headers={"Nats-Msg-Id": doc["key"]},
             )
         except (NatsError, asyncio.TimeoutError) as exc:
-            log.warning("event relay paused, NATS unavailable: %s", exc)
+            log.warning("event relay paused, NATS unavailable: %r", exc)
             break
         if not ack.duplicate:
             EVENTS_PUBLISHED.labels(type=doc["body"]["type"]).inc()

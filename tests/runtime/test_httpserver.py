@@ -1,4 +1,4 @@
-"""The draining HTTP server: requests in flight finish, new connections are refused."""
+"""The guarded HTTP server drains: requests in flight finish, new connections are refused."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import asyncio
 import pytest
 import pytest_asyncio
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.httputil import HTTPHeaders
 from tornado.web import Application, RequestHandler
 
 from devstack.processes import free_port
-from server.draining import DrainingHTTPServer
+from runtime.httpserver import GuardedHTTPServer, address_key, ascii_whole_number, forwarded_address
 
 
 class SlowHandler(RequestHandler):
@@ -32,7 +33,7 @@ class QuickHandler(RequestHandler):
 async def served():
     started, release = asyncio.Event(), asyncio.Event()
     app = Application([(r"/slow", SlowHandler, {"started": started, "release": release}), (r"/quick", QuickHandler)])
-    server = DrainingHTTPServer(app)
+    server = GuardedHTTPServer(app)
     port = free_port()
     server.listen(port, "127.0.0.1")
     client = AsyncHTTPClient(force_instance=True)
@@ -85,3 +86,49 @@ async def test_finished_and_abandoned_requests_leave_nothing_in_flight(served) -
     assert await server.drain(2)
     assert (await client.fetch(f"{url}/quick")).code == 200
     assert server.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        (("203.0.113.7", 50123), "203.0.113.7"),
+        (("2001:db8:1:2:aaaa::1", 50123, 0, 0), "2001:db8:1:2::/64"),
+        (("2001:db8:1:2:bbbb::9", 50123, 0, 0), "2001:db8:1:2::/64"),  # the same host's /64
+        (("::ffff:203.0.113.7", 50123, 0, 0), "203.0.113.7"),
+        ("/run/balcao.sock", "/run/balcao.sock"),
+        (b"", ""),
+        ("not an address", "not an address"),
+    ],
+)
+def test_one_client_is_an_ipv4_address_or_an_ipv6_hosts_64(address, key) -> None:
+    assert address_key(address) == key
+
+
+@pytest.mark.parametrize(
+    ("headers", "client"),
+    [
+        ({}, "10.0.0.2"),
+        ({"X-Forwarded-For": "198.51.100.1, 203.0.113.9"}, "203.0.113.9"),  # the proxy appends the last
+        ({"X-Forwarded-For": "198.51.100.1", "X-Real-Ip": "203.0.113.5"}, "203.0.113.5"),
+        ({"X-Real-Ip": "not-an-ip"}, "10.0.0.2"),
+    ],
+)
+def test_behind_a_proxy_the_client_is_the_one_it_names(headers, client) -> None:
+    assert forwarded_address(HTTPHeaders(headers), "10.0.0.2") == client
+
+
+@pytest.mark.parametrize(
+    ("raw", "number"),
+    [
+        ("0", 0),
+        ("42", 42),
+        ("9" * 18, int("9" * 18)),
+        ("9" * 19, None),
+        ("²", None),
+        ("١٢", None),
+        ("", None),
+        ("-1", None),
+    ],
+)
+def test_a_number_from_a_client_is_ascii_digits_or_none(raw, number) -> None:
+    assert ascii_whole_number(raw, 18) == number

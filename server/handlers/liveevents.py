@@ -1,7 +1,7 @@
 """GET /v1/events: the live event stream, over WebSocket or Server-Sent Events.
 
 Each replica reads BALCAO_EVENTS once, through its `EventFeed`, and hands every
-event to each connection whose filters it matches (`server/event_feed.py`). A
+event to each connection whose filters it matches (`server/eventfeed.py`). A
 connection that resumes from `since` (or SSE's Last-Event-ID) first catches up
 through its own ordered JetStream consumer, then joins the feed; the hand-over
 goes by stream sequence, which is the event id, so resuming has no gap and no
@@ -33,11 +33,13 @@ from tornado.iostream import StreamClosedError
 from tornado.web import url
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from contract import events
-from contract.importformat import object_id_text
-from server.event_feed import Follower, LiveEvent
-from server.handlers.base import ApiError, ApiHandler, field_error
+from contract import eventstream
+from contract.values import object_id_text
+from runtime.httpserver import ascii_whole_number
+from server.eventfeed import Follower, LiveEvent
+from server.handlers.base import ApiHandler
 from server.metrics import EVENT_CLIENTS, EVENT_CLIENTS_DROPPED
+from server.problems import ApiError, field_error
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,9 @@ CLOSE_SHUTDOWN = 1001
 # Names a token would have in a query string; any of them is refused outright.
 QUERY_TOKEN_NAMES = ("token", "access_token", "api_token", "bearer", "authorization", "auth")
 _PLATFORM = re.compile(r"[a-z0-9_-]{1,32}")
+# Stream sequences are unsigned 64-bit: at most 20 digits; 18 keep int() trivially cheap
+# and reach further than any stream will.
+MAX_EVENT_ID_DIGITS = 18
 
 
 class EventClients:
@@ -63,6 +68,14 @@ class EventClients:
     @property
     def total(self) -> int:
         return sum(self.by_token.values())
+
+    def admit(self, handler: EventsHandler) -> None:
+        """Count `handler` now, or raise the refusal: counted before the request's first
+        await, so concurrent upgrades cannot all pass a check made before any was counted."""
+        refusal = self.refusal(handler.token_key)
+        if refusal is not None:
+            raise refusal
+        self.add(handler)
 
     def refusal(self, token_key: str) -> ApiError | None:
         if self.total >= self.max_total:
@@ -111,7 +124,7 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
         self.transport = "websocket"
         self.token_key = ""
         self.since: int | None = None
-        self.filter = events.filter_subject()
+        self.filter = eventstream.filter_subject()
         self.gone: str | None = None
         self._follower: Follower | None = None
         self._buffer_limit = self.settings["config"].events_client_buffer_bytes
@@ -148,16 +161,18 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
                 )
             self.transport = "sse"
         self._read_parameters()
-        refusal = self.settings["event_clients"].refusal(self.token_key)
-        if refusal is not None:
-            raise refusal
-        await self._check_since()
-        # Before the upgrade, so that joining it is immediate once the client is
-        # told the connection is open: it gets every event dispatched from then on.
+        self.settings["event_clients"].admit(self)  # released by _stop_following, whichever way this ends
         try:
-            await self.settings["event_feed"].start()
-        except (NatsError, asyncio.TimeoutError) as exc:
-            raise _stream_unreachable() from exc
+            await self._check_since()
+            # Before the upgrade, so that joining it is immediate once the client is
+            # told the connection is open: it gets every event dispatched from then on.
+            try:
+                await self.settings["event_feed"].start()
+            except (NatsError, asyncio.TimeoutError) as exc:
+                raise _stream_unreachable() from exc
+        except BaseException:
+            self._stop_following()
+            raise
 
     def _subprotocol_token(self) -> str | None:
         header = self.request.headers.get("Sec-WebSocket-Protocol", "")
@@ -168,14 +183,14 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
 
     def _read_parameters(self) -> None:
         errors: list[dict[str, str]] = []
-        raw_since = self.get_query_argument("since", None)
+        raw_since, since_from = self.get_query_argument("since", None), ("since", "query")
         if self.transport == "sse" and self.request.headers.get("Last-Event-ID"):
-            raw_since = self.request.headers["Last-Event-ID"]
+            raw_since, since_from = self.request.headers["Last-Event-ID"], ("Last-Event-ID", "header")
         if raw_since is not None:
-            if raw_since.isdigit() and len(raw_since) < 19:
-                self.since = int(raw_since)
-            else:
-                errors.append(field_error("since", "must be an event id (an integer >= 0)", "query"))
+            self.since = ascii_whole_number(raw_since, MAX_EVENT_ID_DIGITS)
+            if self.since is None:
+                name, where = since_from
+                errors.append(field_error(name, "must be an event id (a whole number in ASCII digits)", where))
         raw_session = self.get_query_argument("session", None)
         session = None if raw_session is None else object_id_text(raw_session)
         if raw_session is not None and session is None:
@@ -186,18 +201,18 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
             if not _PLATFORM.fullmatch(platform):
                 errors.append(field_error("platform", "must be a platform name such as telegram", "query"))
         kind = self.get_query_argument("type", None)
-        if kind is not None and kind not in events.KINDS:
-            errors.append(field_error("type", f"must be one of {', '.join(events.KINDS)}", "query"))
+        if kind is not None and kind not in eventstream.KINDS:
+            errors.append(field_error("type", f"must be one of {', '.join(eventstream.KINDS)}", "query"))
         if errors:
             detail = "; ".join(f"{error['field']} {error['message']}" for error in errors)
             raise ApiError(400, detail, kind="invalid-parameters", errors=errors)
-        self.filter = events.filter_subject(kind, platform, session)
+        self.filter = eventstream.filter_subject(kind, platform, session)
 
     async def _check_since(self) -> None:
         if self.since is None:
             return
         try:
-            info = await self.settings["services"].js.stream_info(events.EVENTS_STREAM)
+            info = await self.settings["services"].js.stream_info(eventstream.EVENTS_STREAM)
         except NotFoundError:
             return
         except (NatsError, asyncio.TimeoutError) as exc:
@@ -278,11 +293,14 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
     def on_finish(self) -> None:
         if self.transport == "sse":
             self._closed.set()
+        if self.transport == "sse" or self.get_status() != 101:
+            # An event stream that ended, or an upgrade refused (a bad handshake):
+            # its place among the clients is free. An accepted WebSocket frees it on close.
+            self._stop_following()
 
     # -- both -----------------------------------------------------------------
 
     async def _follow(self) -> None:
-        self.settings["event_clients"].add(self)
         self._follower = Follower(
             self.settings["event_feed"],
             self.filter,

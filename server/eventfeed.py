@@ -2,7 +2,7 @@
 
 A JetStream consumer per connection costs the NATS server a delivery, and this
 process a parsed message and a callback, per event and per client: with a
-hundred clients that is where the time went (see bench/events.py). So each
+hundred clients that is where the time went (see bench/eventlatency.py). So each
 replica reads the stream once, through `EventFeed`, an ordered consumer on
 every event subject, and hands each event, encoded once, to every connection
 whose filter it matches.
@@ -42,21 +42,31 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from contract import events
-from server.metrics import EVENT_CATCH_UPS, EVENT_FANOUT_SECONDS, EVENTS_SENT
+from contract import eventstream
+from server.metrics import EVENT_CATCH_UPS, EVENT_FANOUT_SECONDS, EVENTS_REFUSED, EVENTS_SENT
 
 log = logging.getLogger(__name__)
 
 
 class LiveEvent:
-    """One stored event as every connection is sent it: encoded once, shared by all."""
+    """One stored event as every connection is sent it: checked and encoded once, shared by all.
 
-    __slots__ = ("id", "tokens", "data", "_sse", "_frame", "_matched")
+    An event that is not one (`contract.eventstream.relayable`: unreadable, its type
+    not its subject's, a forged `message.sent`) is not `valid` and is sent to no
+    one; its id is skipped like any other the client's filter leaves out.
+    """
+
+    __slots__ = ("id", "tokens", "data", "valid", "_sse", "_frame", "_matched")
 
     def __init__(self, event_id: int, subject: str, body: bytes) -> None:
         self.id = event_id
         self.tokens = subject.split(".")
-        self.data = events.with_id(body, event_id)  # the WebSocket frame's payload
+        checked = eventstream.relayable(subject, body)
+        self.valid = checked is not None
+        if checked is None:
+            EVENTS_REFUSED.inc()
+            log.warning("event %d on %s is not a valid event; it is sent to no client", event_id, subject)
+        self.data = eventstream.with_id(checked or b"", event_id)  # the WebSocket frame's payload
         self._sse: bytes | None = None
         self._frame: bytes | None = None
         self._matched: dict[str, bool] = {}
@@ -111,17 +121,17 @@ class EventFeed:
         async with self._starting:
             if self._subscription is not None:
                 return
-            info = await self.js.stream_info(events.EVENTS_STREAM)
+            info = await self.js.stream_info(eventstream.EVENTS_STREAM)
             # From a fixed sequence rather than "new": nothing stored meanwhile is skipped.
             self.position = info.state.last_seq
             self._subscription = await self.js.subscribe(
-                events.EVENTS_SUBJECTS,
-                stream=events.EVENTS_STREAM,
+                eventstream.EVENTS_SUBJECTS,
+                stream=eventstream.EVENTS_STREAM,
                 ordered_consumer=True,
                 config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.position + 1),
                 cb=self._on_event,
             )
-            log.info("event feed following %s from %d", events.EVENTS_STREAM, self.position + 1)
+            log.info("event feed following %s from %d", eventstream.EVENTS_STREAM, self.position + 1)
 
     async def stop(self) -> None:
         subscription, self._subscription = self._subscription, None
@@ -146,6 +156,8 @@ class EventFeed:
         if event.id <= self.position:
             return  # the ordered consumer restarts after the last one seen; never expected
         self.position = event.id
+        if not event.valid:
+            return
         sent = 0
         for follower in list(self._listeners):
             sent += follower.offer(event)
@@ -197,7 +209,7 @@ class Follower:
             return
         self._catch_up = await self.feed.js.subscribe(
             self.filter_subject,
-            stream=events.EVENTS_STREAM,
+            stream=eventstream.EVENTS_STREAM,
             ordered_consumer=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self._since + 1),
             cb=self._on_catch_up,
@@ -268,6 +280,8 @@ class Follower:
         if event.id <= self.last:
             return 0  # sent already (the catch-up overlaps the buffer)
         self.last = event.id
+        if not event.valid:
+            return 0  # passed over, as the seam's bookkeeping needs
         return 1 if self._send(event) else 0
 
     def _drop_catch_up(self) -> None:

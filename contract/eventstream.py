@@ -1,0 +1,189 @@
+"""The live event stream: its JetStream stream, subjects and event payloads.
+
+Dependency-free like the rest of `contract`, because two processes publish
+events: the server (sessions opened and finished, messages received, imports
+finished) and the bot (`message.sent`, once Telegram accepted or refused a
+reply: only the bot knows that).
+
+An event travels as a JSON object on the subject
+`balcao.events.<kind>.<platform>.<session>` (`kind` is two tokens, such as
+`message.received`; `-` stands for "none" in platform and session), so NATS
+itself filters a connection's events by type, platform or session. The event
+id clients see is the stream sequence of BALCAO_EVENTS: every replica reads the
+same stream, so every replica gives an event the same id, and ids only grow.
+
+Event fields (the `id` is added when the event is served):
+
+| field | in | meaning |
+|---|---|---|
+| `id` | every event | stream sequence, strictly increasing |
+| `type` | every event | `session.opened`, `message.received`, `message.sent`, `session.finished`, `import.finished` |
+| `at` | every event | when it happened, RFC 3339 UTC |
+| `platform` | session and message events | `telegram` |
+| `session_id` | session and message events | the session |
+| `contact` | session and message events | `{"identifier", "name"}` (name may be empty on `message.sent`) |
+| `message` | message events | `{"key", "text", "direction": "in" or "out", "kind": "reply" or "agent"}` |
+| `delivery` | `message.sent` | `sent` (Telegram accepted it) or `parked` (Telegram refused it for good) |
+| `import` | `import.finished` | `{"id", "status", "counts"}` |
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from contract import clock
+from contract.messaging import MAX_NAME_LENGTH, MAX_TEXT_LENGTH, MAX_TIMESTAMP_LENGTH, PLATFORM
+
+EVENTS_STREAM = "BALCAO_EVENTS"
+EVENTS_SUBJECT_ROOT = "balcao.events"
+EVENTS_SUBJECTS = f"{EVENTS_SUBJECT_ROOT}.>"
+
+SESSION_OPENED = "session.opened"
+MESSAGE_RECEIVED = "message.received"
+MESSAGE_SENT = "message.sent"
+SESSION_FINISHED = "session.finished"
+IMPORT_FINISHED = "import.finished"
+KINDS = (SESSION_OPENED, MESSAGE_RECEIVED, MESSAGE_SENT, SESSION_FINISHED, IMPORT_FINISHED)
+
+DELIVERY_SENT = "sent"
+DELIVERY_PARKED = "parked"
+
+NONE_TOKEN = "-"
+
+REPLY_KINDS = ("reply", "agent")
+DELIVERIES = (DELIVERY_SENT, DELIVERY_PARKED)
+# An outbound key: `agent:<message id>`, `reply:<platform>:<chat>:<message>`.
+MAX_KEY_LENGTH = 256
+_SESSION_ID = re.compile(r"[0-9a-f]{24}", re.ASCII)
+
+
+def subject(kind: str, platform: str | None = None, session_id: str | None = None) -> str:
+    """The subject an event is published on."""
+    return f"{EVENTS_SUBJECT_ROOT}.{kind}.{_token(platform)}.{_token(session_id)}"
+
+
+def filter_subject(kind: str | None = None, platform: str | None = None, session_id: str | None = None) -> str:
+    """The subject filter that selects events of a kind, platform and session (None: any)."""
+    kind_part = kind if kind else "*.*"
+    return f"{EVENTS_SUBJECT_ROOT}.{kind_part}.{platform or '*'}.{session_id or '*'}"
+
+
+def erased_with_session(platform: str | None, session_id: str) -> tuple[str, ...]:
+    """The subject filters of a session's events that finishing it erases: all but `session.finished`."""
+    where = f"{_token(platform)}.{_token(session_id)}"
+    return (f"{EVENTS_SUBJECT_ROOT}.{SESSION_OPENED}.{where}", f"{EVENTS_SUBJECT_ROOT}.message.*.{where}")
+
+
+def _token(value: str | None) -> str:
+    # Subject tokens cannot be empty or hold '.', '*', '>' or spaces.
+    if not value:
+        return NONE_TOKEN
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in value)
+
+
+def dedup_id(kind: str, key: str) -> str:
+    """Nats-Msg-Id: publishing the same event again within the window stores nothing."""
+    return f"event:{kind}:{key}"
+
+
+def event(kind: str, **fields: Any) -> dict[str, Any]:
+    return {"type": kind, "at": clock.stamp(), **fields}
+
+
+def message_sent(
+    *,
+    platform: str,
+    session_id: str,
+    contact_identifier: str,
+    key: str,
+    text: str,
+    kind: str,
+    delivery: str,
+    at: str | None = None,
+) -> dict[str, Any]:
+    """The event the bot publishes once a reply was delivered or parked."""
+    return {
+        **event(
+            MESSAGE_SENT,
+            platform=platform,
+            session_id=session_id,
+            contact={"identifier": contact_identifier, "name": ""},
+            message={"key": key, "text": text, "direction": "out", "kind": kind},
+            delivery=delivery,
+        ),
+        **({"at": at} if at is not None else {}),
+    }
+
+
+def relayable(stored_on: str, data: bytes) -> bytes | None:
+    """A stored event as clients may be sent it, or None when it is not one.
+
+    The stream is written by two publishers, and the bot is trusted less than
+    the server (its NATS user may publish `message.sent` only): what a client
+    gets must not be whatever bytes were stored there. So an event is parsed,
+    its type must be the one its subject names, a `message.sent` is rebuilt
+    from its known fields, each checked (its platform and session those of its
+    subject too), and the event is serialised again, so no raw line break
+    (which would end an SSE frame early and start a forged one) or other field
+    survives.
+    """
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    kind = body.get("type")
+    if kind not in KINDS or ".".join(stored_on.split(".")[2:4]) != kind:
+        return None
+    if kind == MESSAGE_SENT:
+        rebuilt = _message_sent_checked(body)
+        if rebuilt is None or stored_on != subject(kind, rebuilt["platform"], rebuilt["session_id"]):
+            return None
+        body = rebuilt
+    return to_bytes(body)
+
+
+def _message_sent_checked(body: dict[str, Any]) -> dict[str, Any] | None:
+    """`message.sent` from its known fields, when each holds what the bot publishes."""
+    contact, message = body.get("contact"), body.get("message")
+    if not isinstance(contact, dict) or not isinstance(message, dict):
+        return None
+    read = {
+        "platform": body.get("platform"),
+        "session_id": body.get("session_id"),
+        "contact_identifier": contact.get("identifier"),
+        "key": message.get("key"),
+        "text": message.get("text"),
+        "kind": message.get("kind"),
+        "delivery": body.get("delivery"),
+        "at": body.get("at"),
+    }
+    fields = {name: value for name, value in read.items() if isinstance(value, str)}
+    if len(fields) != len(read):
+        return None
+    if (
+        not PLATFORM.fullmatch(fields["platform"])
+        or not _SESSION_ID.fullmatch(fields["session_id"])
+        # A user id, or the chat as the outbound message named it (`@name`, `-100…`).
+        or not 1 <= len(fields["contact_identifier"]) <= MAX_NAME_LENGTH
+        or not 1 <= len(fields["key"]) <= MAX_KEY_LENGTH
+        or len(fields["text"]) > MAX_TEXT_LENGTH
+        or fields["kind"] not in REPLY_KINDS
+        or fields["delivery"] not in DELIVERIES
+        or message.get("direction") != "out"
+        or not 1 <= len(fields["at"]) <= MAX_TIMESTAMP_LENGTH
+    ):
+        return None
+    return message_sent(**fields)
+
+
+def to_bytes(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def with_id(data: bytes, event_id: int) -> bytes:
+    """The stored event with its id as first field, without parsing it again per client."""
+    return b'{"id":%d,' % event_id + data[1:] if data[:1] == b"{" else data

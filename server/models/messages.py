@@ -1,0 +1,177 @@
+"""Messages: what a contact and an agent said in a session, and the keys of finished ones.
+
+Built by `Message.inbound`, `Message.outbound` and `FinishedMessage.tombstone`,
+checked by their fields' own rules (server.models.stored); the queries live in
+each model's QuerySet.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from bson import ObjectId
+from mongoengine import DateTimeField, Document, ObjectIdField, QuerySet, StringField
+
+from server.models.stored import Stored, insert_unordered, save_new, stored_form
+
+# How long the keys of finished messages are kept: two days.
+FINISHED_MESSAGE_SECONDS = 2 * 24 * 3600
+
+
+class MessageQuerySet(QuerySet):
+    def for_session(self, session_id: ObjectId) -> MessageQuerySet:
+        return self.filter(session_id=session_id)
+
+    def stored_keys(self, keys: Iterable[str]) -> set[str]:
+        """Which of these message keys are stored: one `$in` on the unique key index."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return set()
+        return {doc["key"] for doc in self.filter(key__in=wanted).only("key").as_pymongo()}
+
+    def holders(self, keys: Iterable[str]) -> dict[str, ObjectId]:
+        """The session each of these stored message keys is in."""
+        found = self.filter(key__in=list(keys)).only("key", "session_id").as_pymongo()
+        return {doc["key"]: doc["session_id"] for doc in found}
+
+    def counts_by_session(self, session_ids: Iterable[ObjectId]) -> dict[ObjectId, int]:
+        """How many messages each of these sessions holds (absent: none); one aggregation."""
+        grouped = self.filter(session_id__in=list(session_ids)).aggregate(
+            [{"$group": {"_id": "$session_id", "count": {"$sum": 1}}}]
+        )
+        return {doc["_id"]: doc["count"] for doc in grouped}
+
+    def latest_text(self, session_id: ObjectId) -> str | None:
+        latest = self.for_session(session_id).order_by("-sent_at", "-id").only("text").as_pymongo().first()
+        return None if latest is None else latest["text"]
+
+    def timeline(self, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+        """Messages oldest first, by (sent_at, id) on the session_timeline index."""
+        return list(self.filter(__raw__=query).order_by("sent_at", "id").limit(limit).as_pymongo())
+
+    def keys_of(self, session_id: ObjectId) -> list[str]:
+        return [doc["key"] for doc in self.for_session(session_id).only("key").as_pymongo()]
+
+
+class Message(Document):
+    """A message in a session, inbound from the contact or outbound from an agent."""
+
+    session_id = ObjectIdField(required=True)
+    # Natural key: platform, contact and the message's own id (or content hash).
+    # Unique, so a redelivered or re-imported message is stored once.
+    key = StringField(required=True)
+    direction = StringField(required=True, choices=("in", "out"))
+    text = StringField(required=True)
+    sent_at = DateTimeField(required=True)
+    external_id = StringField()
+
+    meta = {
+        "collection": "messages",
+        "queryset_class": MessageQuerySet,
+        "indexes": [
+            {"fields": ["key"], "unique": True, "name": "message_key"},
+            {"fields": ["session_id", "sent_at", "id"], "name": "session_timeline"},
+        ],
+        "auto_create_index": False,
+    }
+
+    @classmethod
+    def inbound(
+        cls,
+        session_id: ObjectId,
+        key: str,
+        text: str,
+        sent_at: dt.datetime,
+        external_id: str | None = None,
+        message_id: ObjectId | None = None,
+    ) -> Stored:
+        """A message from the contact (sent to the bot, or read from an import), as stored.
+
+        Without `message_id` the database chooses the id when it is inserted.
+        """
+        return cls._built(session_id, key, "in", text, sent_at, external_id=external_id, message_id=message_id)
+
+    @classmethod
+    def outbound(
+        cls, session_id: ObjectId, key: str, text: str, sent_at: dt.datetime, message_id: ObjectId | None = None
+    ) -> Stored:
+        """A message from an agent to the contact, as stored."""
+        return cls._built(session_id, key, "out", text, sent_at, message_id=message_id)
+
+    @classmethod
+    def _built(
+        cls,
+        session_id: ObjectId,
+        key: str,
+        direction: str,
+        text: str,
+        sent_at: dt.datetime,
+        *,
+        external_id: str | None = None,
+        message_id: ObjectId | None = None,
+    ) -> Stored:
+        return stored_form(
+            cls,
+            id=message_id,
+            session_id=session_id,
+            key=key,
+            direction=direction,
+            text=text,
+            sent_at=sent_at,
+            external_id=external_id,
+        )
+
+    @classmethod
+    def insert_new(cls, messages: Sequence[Stored]) -> set[str]:
+        """Insert the messages not stored yet; the keys actually inserted."""
+        skipped = insert_unordered(cls, messages)
+        return {message["key"] for index, message in enumerate(messages) if index not in skipped}
+
+    @classmethod
+    def save_new(cls, message: Stored) -> None:
+        """Insert one message through MongoEngine (NotUniqueError when its key is stored)."""
+        save_new(cls, message)
+
+
+class FinishedMessageQuerySet(QuerySet):
+    def sessions_of(self, keys: Iterable[str]) -> dict[str, ObjectId]:
+        """Of these message keys, those finished with their session: key -> that session."""
+        found = self.filter(key__in=list(keys)).only("session_id").as_pymongo()
+        return {doc["_id"]: doc["session_id"] for doc in found}
+
+
+class FinishedMessage(Document):
+    """The key of a message deleted by a finish, kept while JetStream or Telegram may hand it again.
+
+    A message stored, then finished with its session before the intake acknowledged
+    it, comes back on redelivery (or as an update Telegram re-sends within 24 h);
+    its unique key is gone with it, so without this record it would be stored
+    again in a new session the agent never opened.
+    """
+
+    key = StringField(primary_key=True)
+    session_id = ObjectIdField(required=True)
+    finished_at = DateTimeField(required=True)
+
+    meta = {
+        "collection": "finished_messages",
+        "queryset_class": FinishedMessageQuerySet,
+        "indexes": [
+            # Longer than any redelivery (max_deliver at intake's retry cap is hours)
+            # and than Telegram keeps an unconfirmed update (24 h).
+            {"fields": ["finished_at"], "expireAfterSeconds": FINISHED_MESSAGE_SECONDS, "name": "finished_ttl"},
+        ],
+        "auto_create_index": False,
+    }
+
+    @classmethod
+    def tombstone(cls, key: str, session_id: ObjectId, at: dt.datetime) -> Stored:
+        """The record that message `key` was finished with `session_id` at `at`, as stored."""
+        return stored_form(cls, key=key, session_id=session_id, finished_at=at)
+
+    @classmethod
+    def remember(cls, keys: Sequence[str], session_id: ObjectId, at: dt.datetime) -> None:
+        """Record these keys as finished; those a finish retried after a failure recorded stay."""
+        insert_unordered(cls, [cls.tombstone(key, session_id, at) for key in keys])
