@@ -8,6 +8,7 @@ replaces.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -39,6 +40,11 @@ class Release:
 
 TRIXIE = Release("trixie", "3.13")
 
+# A directory one CI run (.ci/run) makes, hands to each container target and
+# removes at its end: what both targets need is made once there (the Debian 13
+# root), never kept from one run to the next. Unset, each target makes its own.
+SHARED_DIR_ENV = "BALCAO_CONTAINER_SHARED_DIR"
+
 
 def debootstrap(release: Release, target: Path, packages: list[str], log: Path) -> None:
     """A minimal Debian root of `release` with `packages` at `target`."""
@@ -60,22 +66,23 @@ def debootstrap(release: Release, target: Path, packages: list[str], log: Path) 
                 path.unlink()
 
 
-def import_root(podman: Podman, root: Path, image: str, *changes: str) -> None:
-    """`tar | podman import`: the root as a one-layer image, with Containerfile-like `changes`."""
-    tar = subprocess.Popen(["tar", "-C", str(root), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
-    assert tar.stdout is not None
+def archive_root(root: Path, archive: Path) -> None:
+    """The root as a tar file, written whole or not at all (a half-written one is never reused)."""
+    partial = archive.with_name(archive.name + ".partial")
+    subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(partial), "."], check=True, timeout=600)
+    partial.rename(archive)
+
+
+def import_root(podman: Podman, archive: Path, image: str, *changes: str) -> None:
+    """`podman import`: a root's tar file as a one-layer image, with Containerfile-like `changes`."""
     arguments = [item for change in changes for item in ("--change", change)]
-    imported = subprocess.run(
-        ["podman", "import", *arguments, "-", image],
-        stdin=tar.stdout,
-        capture_output=True,
-        env=podman.env,
-        timeout=600,
-        check=False,
-    )
-    tar.stdout.close()
-    if tar.wait() != 0 or imported.returncode != 0:
-        raise RuntimeError(f"podman import {image} failed: {imported.stderr.decode(errors='replace')[-2000:]}")
+    podman.run("import", *arguments, str(archive), image, timeout=600)
+
+
+def shared_dir(work: Path) -> Path:
+    """Where this run keeps what the next container target of the same CI run may reuse."""
+    named = os.environ.get(SHARED_DIR_ENV)
+    return Path(named) if named else work
 
 
 def build(podman: Podman, context: Path, image: str, ca_bundle: Path | None, **build_args: str) -> None:
@@ -109,14 +116,24 @@ def nats_server_binary() -> Path:
 
 
 def make_python_standin(podman: Podman, work: Path, timings: Timings) -> None:
-    """The Python stand-in: a Debian 13 root with Python 3.13, imported as an image."""
-    root = work / "trixie"
-    with timings.phase("debootstrap trixie (Python stand-in root)"):
-        debootstrap(TRIXIE, root, ["python3", "python3-venv", "python-is-python3", "ca-certificates", "wget"],
-                    work / "debootstrap-trixie.log")  # fmt: skip
+    """The Python stand-in: a Debian 13 root with Python 3.13, imported as an image.
+
+    The root is made once per CI run: a second target of the same run imports
+    the tar file the first one left in the shared directory.
+    """
+    archive = shared_dir(work) / "python-standin-trixie.tar"
+    if archive.exists():
+        timings.figures.append(f"Python stand-in root: reused {archive.name}, made earlier in this CI run")
+    else:
+        root = work / "trixie"
+        with timings.phase("debootstrap trixie (Python stand-in root)"):
+            debootstrap(TRIXIE, root, ["python3", "python3-venv", "python-is-python3", "ca-certificates", "wget"],
+                        work / "debootstrap-trixie.log")  # fmt: skip
+        with timings.phase("tar of the Python stand-in root"):
+            archive_root(root, archive)
+            shutil.rmtree(root)
     with timings.phase("podman import of the Python stand-in"):
-        import_root(podman, root, PYTHON_STANDIN, "ENV LANG=C.UTF-8", 'CMD ["python3"]')
-        shutil.rmtree(root)
+        import_root(podman, archive, PYTHON_STANDIN, "ENV LANG=C.UTF-8", 'CMD ["python3"]')
     version = "import sys; print('%d.%d' % sys.version_info[:2])"
     minor = podman.run("run", "--rm", PYTHON_STANDIN, "python", "-c", version)
     assert minor.stdout.strip() == python_image_minor() == TRIXIE.python, (minor.stdout, python_image_minor())
