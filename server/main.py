@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from pymongo.errors import PyMongoError
 from tornado.web import Application
 
+from contract import messaging
 from runtime import jetstream, lifecycle
 from runtime.httpserver import GuardedHTTPServer
 from server import config, eventpublishing, streams
@@ -43,7 +44,7 @@ async def main() -> None:
     indexed = await lifecycle.retry_until_ready("MongoDB", db.ensure_indexes_reporting, stopping, (PyMongoError,))
     nc = indexed and await lifecycle.retry_until_ready(
         "NATS",
-        lambda: jetstream.connect(settings.nats_url, "balcao-server"),
+        lambda: jetstream.connect(settings.nats_url, "balcao-server", messaging.SERVER_INBOX_PREFIX),
         stopping,
         (OSError, NatsError, asyncio.TimeoutError),
     )

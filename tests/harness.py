@@ -8,6 +8,7 @@ import inspect
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -99,9 +100,9 @@ class Process:
 class FakeTelegramClient:
     """The test-only side of the fake Bot API, over HTTP."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, verify: ssl.SSLContext | bool = True) -> None:
         self.base_url = base_url
-        self.http = httpx.Client(base_url=base_url, timeout=10)
+        self.http = httpx.Client(base_url=base_url, timeout=10, verify=verify)
 
     def send_as_user(
         self,
