@@ -182,6 +182,10 @@ class NatsServer(ChildServer):
 
     def command(self) -> list[str]:
         config = ["--config", str(self.config_file)] if self.config_file else []
+        if self.config_file:
+            # The stacks' files put monitoring on the container's port 8222; here
+            # each server gets a free one, so servers side by side do not collide.
+            config += ["-m", str(free_port())]
         return [
             venv_binary("nats-server"),
             *config,

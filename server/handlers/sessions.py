@@ -19,10 +19,10 @@ from contract.messaging import OutboundMessage
 from runtime.failpoints import failpoint
 from runtime.httpserver import declared_length
 from server import eventpublishing, names, sessions
-from server.cursors import CursorCodec, CursorInvalid
-from server.handlers.base import ApiHandler, key_reused, object_id
+from server.cursors import CursorInvalid
+from server.handlers.base import ApiHandler, FieldProblems, ParameterProblems, key_reused, object_id
 from server.models.stored import IdempotencyKeyReused
-from server.problems import ApiError, database_errors, field_error
+from server.problems import ApiError, database_errors
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +85,12 @@ def messages_listing(session_id: ObjectId) -> str:
     return json.dumps(["messages", str(session_id)])
 
 
-class ParameterProblems:
-    """Every query-parameter problem of a request, reported together in one 400."""
+class ListingParameters(ParameterProblems):
+    """The parameters of a listing (page size, cursor, search and filters), every problem reported at once."""
 
     def __init__(self, handler: SessionsApiHandler) -> None:
-        self._handler = handler
-        self.errors: list[dict[str, str]] = []
-
-    def add(self, name: str, message: str) -> None:
-        self.errors.append(field_error(name, message, "query"))
-
-    def raw(self, name: str) -> str | None:
-        return self._handler.get_query_argument(name, None, strip=False)
+        super().__init__(handler)
+        self._cursors = handler.services.cursors
 
     def limit(self) -> int:
         raw = self.raw("limit")
@@ -164,7 +158,7 @@ class ParameterProblems:
         if raw is None or self.errors:
             return None
         try:
-            return read(self._handler.cursors.decode(listing, raw))
+            return read(self._cursors.decode(listing, raw))
         except CursorInvalid as exc:
             self.add("cursor", f"{exc}; start again without a cursor")
         except (KeyError, TypeError, ValueError) as exc:
@@ -172,22 +166,13 @@ class ParameterProblems:
             self.add("cursor", "cannot be read; start again without a cursor")
         return None
 
-    def check(self) -> None:
-        if self.errors:
-            detail = "; ".join(f"{error['field']} {error['message']}" for error in self.errors)
-            raise ApiError(400, detail, kind="invalid-parameters", errors=self.errors)
-
 
 class SessionsApiHandler(ApiHandler):
     """Shared plumbing of the sessions routes."""
 
-    @property
-    def cursors(self) -> CursorCodec:
-        return self.settings["cursors"]
-
     async def promise(self, message: OutboundMessage) -> None:
         with database_errors():
-            await self.settings["services"].outbound.promise(message)
+            await self.services.outbound.promise(message)
 
     async def open_session(self, raw_id: str) -> dict[str, Any]:
         session_id = object_id(raw_id)
@@ -202,7 +187,7 @@ class SessionsHandler(SessionsApiHandler):
 
     async def get(self) -> None:
         """Open sessions, most recent activity first, optionally searched and filtered."""
-        params = ParameterProblems(self)
+        params = ListingParameters(self)
         limit = params.limit()
         criteria = sessions.SessionFilter(
             words=params.search_words(), platform=params.platform(), active_since=params.active_since()
@@ -210,9 +195,14 @@ class SessionsHandler(SessionsApiHandler):
         resume = params.resume(criteria.listing(), sessions.SessionsResume.from_position)
         params.check()
         page = await self.database(
-            sessions.list_sessions, criteria, limit, resume, max_examined=self.settings["config"].search_max_examined
+            sessions.list_sessions,
+            criteria,
+            limit,
+            resume,
+            max_examined=self.services.config.search_max_examined,
+            hints=self.services.slice_hints,
         )
-        cursor = self.cursors.encode(criteria.listing(), page.resume.to_position()) if page.resume else None
+        cursor = self.services.cursors.encode(criteria.listing(), page.resume.to_position()) if page.resume else None
         self.write_json({"items": [session_resource(doc) for doc in page.sessions], "next_cursor": cursor})
 
 
@@ -237,7 +227,7 @@ class SessionHandler(SessionsApiHandler):
                 OutboundMessage(
                     key=f"goodbye:{session['_id']}",
                     chat_id=chat,
-                    text=self.settings["config"].goodbye_text,
+                    text=self.services.config.goodbye_text,
                     kind="goodbye",
                     meta={"session_id": str(session["_id"])},
                 )
@@ -248,14 +238,14 @@ class SessionHandler(SessionsApiHandler):
         # after the delete loses no event, a failed delete announces none. Its
         # relay erases the session's copies in the streams (server.eventpublishing.erase_session).
         with database_errors():
-            await self.settings["services"].outbound.promise_event(
+            await self.services.outbound.promise_event(
                 eventpublishing.session_finished(session),
                 str(session["_id"]),
                 after_session_gone=session["_id"],
                 chat_id=chat,
             )
         await self.database(sessions.finish, session["_id"])
-        self.settings["services"].outbound.wake()
+        self.services.outbound.wake()
         log.info("session %s finished", session["_id"])
         self.set_status(204)
         self.finish()
@@ -270,12 +260,12 @@ class SessionMessagesHandler(SessionsApiHandler):
         self._body: list[bytes] = []
         if self.request.method != "POST":
             return  # a GET with a body was refused before it was read (runtime/httpserver.py)
-        limit = reply_body_limit(self.settings["config"].reply_max_characters)
+        limit = reply_body_limit(self.services.config.reply_max_characters)
         length = declared_length(self.request.headers)
         if length is not None and length > limit:
             raise ApiError(413, f"an agent reply body is at most {limit} bytes", kind="payload-too-large")
         if self.request.connection is not None:  # chunked bodies are cut off at the limit too
-            self.request.connection.set_max_body_size(limit)
+            self.request.connection.set_max_body_size(limit)  # type: ignore[attr-defined]
 
     def data_received(self, chunk: bytes) -> None:
         self._body.append(chunk)
@@ -283,19 +273,19 @@ class SessionMessagesHandler(SessionsApiHandler):
     async def get(self, session_id: str) -> None:
         """The session's messages, oldest first."""
         session = await self.open_session(session_id)
-        params = ParameterProblems(self)
+        params = ListingParameters(self)
         limit = params.limit()
         listing = messages_listing(session["_id"])
         resume = params.resume(listing, sessions.MessagesResume.from_position)
         params.check()
         page = await self.database(sessions.list_messages, session["_id"], limit, resume)
-        cursor = self.cursors.encode(listing, page.resume.to_position()) if page.resume else None
+        cursor = self.services.cursors.encode(listing, page.resume.to_position()) if page.resume else None
         self.write_json({"items": [message_resource(doc) for doc in page.messages], "next_cursor": cursor})
 
     async def post(self, session_id: str) -> None:
         """An agent's reply: stored in the session and delivered to the contact."""
         self.request.body = b"".join(self._body)
-        text = agent_text(self.json_body(), self.settings["config"].reply_max_characters)
+        text = agent_text(*self.body_fields(["text"], "an agent reply"), self.services.config.reply_max_characters)
         session = await self.open_session(session_id)
         chat = session.get("chat_id")
         if not chat:
@@ -335,37 +325,34 @@ class SessionMessagesHandler(SessionsApiHandler):
         self.write_json(message_resource(message), status=201)
 
 
-def agent_text(body: dict[str, Any], max_characters: int) -> str:
-    """The reply's text, checked. Its length is counted in characters (code points);
-    a text past one Telegram message (4,096 UTF-16 code units) is sent as several."""
-    errors = [field_error(name, "is not a field of an agent reply") for name in body if name != "text"]
+def agent_text(body: dict[str, Any], problems: FieldProblems, max_characters: int) -> str:
+    """The reply's text; every problem of the body (`problems`, its unknown fields among them) at once.
+
+    Its length is counted in characters (code points); a text past one Telegram
+    message (4,096 UTF-16 code units) is sent as several.
+    """
     text = body.get("text")
     if text is None:
-        errors.append(field_error("text", "is required"))
+        problems.add("text", "is required")
     elif not isinstance(text, str):
-        errors.append(field_error("text", "must be a string"))
+        problems.add("text", "must be a string")
     elif not text.strip():
-        errors.append(field_error("text", "must not be empty or only spaces"))
+        problems.add("text", "must not be empty or only spaces")
     elif (surrogate := _LONE_SURROGATE.search(text)) is not None:
         # JSON lets "\ud800" through on its own; it is no character, and no store or Telegram takes it.
-        errors.append(
-            field_error(
-                "text",
-                f"holds a lone UTF-16 surrogate (U+{ord(surrogate.group()):04X}) at character {surrogate.start()}: "
-                "not a character; an emoji is sent as its pair, or as itself",
-            )
+        problems.add(
+            "text",
+            f"holds a lone UTF-16 surrogate (U+{ord(surrogate.group()):04X}) at character {surrogate.start()}: "
+            "not a character; an emoji is sent as its pair, or as itself",
         )
     elif len(text) > max_characters:
-        errors.append(
-            field_error(
-                "text",
-                f"must be at most {max_characters} characters (REPLY_MAX_CHARACTERS; longer than one "
-                f"Telegram message is sent as several), got {len(text)}",
-            )
+        problems.add(
+            "text",
+            f"must be at most {max_characters} characters (REPLY_MAX_CHARACTERS; longer than one "
+            f"Telegram message is sent as several), got {len(text)}",
         )
-    if errors:
-        detail = "; ".join(f"{error['field']} {error['message']}" for error in errors)
-        raise ApiError(400, detail, kind="invalid-body", errors=errors)
+    problems.check()
+    assert isinstance(text, str)  # a problem otherwise
     return text
 
 
