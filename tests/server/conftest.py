@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from contract import messaging
 from devstack.processes import NatsServer, free_port
 from runtime import jetstream
 from server import config
@@ -93,7 +94,7 @@ async def app_server(nats_server: NatsServer, mongodb_uri: str, database: Databa
     await asyncio.to_thread(reset_jetstream, nats_server.url)
     port = free_port()
     settings = config.load({**stack_env(nats_server.url, mongodb_uri, NO_TELEGRAM), "HTTP_PORT": str(port)})
-    nc = await jetstream.connect(settings.nats_url, "balcao-test-app")
+    nc = await jetstream.connect(settings.nats_url, "balcao-test-app", messaging.SERVER_INBOX_PREFIX)
     services = Services.build(settings, database, nc)
     await declare_streams(services.jetstream, settings)
     server = http_server(make_app(services), settings)
