@@ -20,6 +20,7 @@ from telegram.request import HTTPXRequest
 
 from bot import config, metrics
 from bot.delivery import SENDS_IN_FLIGHT, Delivery
+from bot.files import FileKeeper
 from bot.relay import Poller, Relay, register
 from runtime import jetstream, lifecycle
 
@@ -37,6 +38,7 @@ def build_application(settings: config.Settings) -> Application:
         ApplicationBuilder()
         .token(settings.token)
         .base_url(settings.bot_base_url)
+        .base_file_url(settings.bot_base_file_url)
         .request(send_request())
         .updater(None)  # polling is ours: updates are confirmed only once relayed
         .build()
@@ -91,7 +93,8 @@ async def main() -> None:
 
     application = build_application(settings)
     failures: set[int] = set()
-    register(application, Relay(js), failures)
+    files = FileKeeper(js, replicas=settings.nats_replicas)
+    register(application, Relay(js, files), failures)
     try:
         await application.initialize()
     except InvalidToken:
@@ -134,6 +137,7 @@ async def main() -> None:
     delivery.stop()
     await deadline.settle(task for task in workers if not task.done())
     await application.shutdown()
+    await files.close()
     await jetstream.drain(nc, timeout=deadline.remaining(at_least=2.0))
     log.info("bot stopped")
     if crashed:

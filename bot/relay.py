@@ -18,15 +18,18 @@ from telegram import Update
 from telegram.error import Conflict, Forbidden, NetworkError, RetryAfter, TelegramError
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
+from bot.files import FileKeeper, StoreUnavailable, attachment_of
 from bot.metrics import INBOUND_RELAY_FAILURES, INBOUND_RELAYED
 from contract import clock
-from contract.messaging import INBOUND_SUBJECT, PLATFORM_TELEGRAM, InboundMessage
+from contract.messaging import INBOUND_SUBJECT, PLATFORM_TELEGRAM, InboundFile, InboundMessage, file_object_name
 from runtime.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
 WELCOME = "Olá! Aqui é o atendimento. Escreva sua mensagem e responderemos em breve."
 ONLY_TEXT = "Por enquanto só consigo ler mensagens de texto. Pode escrever sua mensagem?"
+# The updates the bot asks Telegram for: contacts' messages and their edits.
+ALLOWED_UPDATES = ["message", "edited_message"]
 PUBLISH_TIMEOUT = 5.0
 RETRY_DELAY = 1.0
 # A relay that failed is tried again after RETRY_DELAY, doubling up to this. It
@@ -43,21 +46,66 @@ class RelayFailed(Exception):
 class Relay:
     """PTB callbacks for what contacts send in private chats."""
 
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, files: FileKeeper | None = None) -> None:
         self._js = js
+        self._files = files or FileKeeper(js)
 
     async def relay_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A contact's text message: into the inbound stream, acknowledged by JetStream."""
+        await self._publish(update, self._inbound(update, text=update.effective_message.text))
+
+    async def relay_media(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A file, a location or a contact card: the file kept first, then relayed like a text."""
+        message = update.effective_message
+        caption = message.caption or ""
+        if message.location is not None:
+            place = {"latitude": message.location.latitude, "longitude": message.location.longitude}
+            await self._publish(update, self._inbound(update, text=caption, kind="location", location=place))
+            return
+        if message.contact is not None:
+            card = message.contact
+            fields = {
+                "phone_number": card.phone_number or "",
+                "first_name": card.first_name or "",
+                "last_name": card.last_name or "",
+                "user_id": str(card.user_id) if card.user_id else "",
+            }
+            await self._publish(update, self._inbound(update, text=caption, kind="contact", contact=fields))
+            return
+        attachment = attachment_of(message)
+        if attachment is None:
+            await message.reply_text(ONLY_TEXT)  # a poll, a dice...: nothing stored
+            return
+        name = file_object_name(PLATFORM_TELEGRAM, message.chat_id, message.message_id)
+        try:
+            kept: InboundFile = await self._files.keep(context.bot, attachment, name)
+        except StoreUnavailable as exc:
+            INBOUND_RELAY_FAILURES.inc()
+            raise RelayFailed(f"update {update.update_id} not relayed: {exc}") from exc
+        await self._publish(update, self._inbound(update, text=caption, kind=attachment.kind, file=kept))
+
+    async def relay_edit(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A contact edited a message: the new text or caption, relayed; no answer."""
+        message = update.edited_message
+        edited_at = clock.rfc3339(message.edit_date or message.date)
+        text = message.text if message.text is not None else (message.caption or "")
+        await self._publish(
+            update, self._inbound(update, text=text, edited_at=edited_at, edit_update_id=update.update_id)
+        )
+
+    def _inbound(self, update: Update, **content: object) -> InboundMessage:
         message, user = update.effective_message, update.effective_user
-        inbound = InboundMessage(
+        return InboundMessage(
             platform=PLATFORM_TELEGRAM,
             contact_identifier=str(user.id),
             chat_id=message.chat_id,
             message_id=message.message_id,
             name=user.full_name,
-            text=message.text,
             sent_at=clock.rfc3339(message.date),
+            **content,  # type: ignore[arg-type]
         )
+
+    async def _publish(self, update: Update, inbound: InboundMessage) -> None:
         try:
             await self._js.publish(
                 INBOUND_SUBJECT, inbound.to_bytes(), timeout=PUBLISH_TIMEOUT, headers={"Nats-Msg-Id": inbound.dedup_id}
@@ -74,16 +122,14 @@ class Relay:
         """/start: a short welcome, nothing stored."""
         await update.effective_message.reply_text(WELCOME)
 
-    async def only_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """Photos, stickers, voice...: ask for text; nothing stored."""
-        await update.effective_message.reply_text(ONLY_TEXT)
-
 
 def register(application: Application, relay: Relay, failures: set[int]) -> None:
     private = filters.ChatType.PRIVATE
-    application.add_handler(CommandHandler("start", relay.welcome, filters=private))
-    application.add_handler(MessageHandler(private & filters.TEXT, relay.relay_text))
-    application.add_handler(MessageHandler(private & ~filters.TEXT, relay.only_text))
+    new = filters.UpdateType.MESSAGE
+    application.add_handler(CommandHandler("start", relay.welcome, filters=private & new))
+    application.add_handler(MessageHandler(private & new & filters.TEXT, relay.relay_text))
+    application.add_handler(MessageHandler(private & new & ~filters.TEXT, relay.relay_media))
+    application.add_handler(MessageHandler(private & filters.UpdateType.EDITED_MESSAGE, relay.relay_edit))
 
     async def log_failure(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         """Log first; a relay failure marks the update for another attempt."""
@@ -138,7 +184,9 @@ class Poller:
 
     async def _fetch(self) -> tuple[Update, ...]:
         fetch = asyncio.ensure_future(
-            self._application.bot.get_updates(offset=self._offset, timeout=self._timeout, allowed_updates=["message"])
+            self._application.bot.get_updates(
+                offset=self._offset, timeout=self._timeout, allowed_updates=ALLOWED_UPDATES
+            )
         )
         stop = asyncio.ensure_future(self._stopping.wait())
         try:

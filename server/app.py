@@ -14,7 +14,8 @@ from server.config import Settings
 from server.cursors import CursorCodec
 from server.database import Database
 from server.eventfeed import EventFeed
-from server.handlers import base, health, imports, liveevents, metrics, openapi, sessions
+from server.files import FileStore
+from server.handlers import base, files, health, imports, liveevents, metrics, openapi, sessions
 from server.handlers.importbase import ImportSlots
 from server.importing.running import Imports
 from server.outbound import Outbound
@@ -39,6 +40,7 @@ def make_app(settings: Settings, services: Services) -> Application:
         *health.default_handlers,
         *metrics.default_handlers,
         *sessions.default_handlers,
+        *files.default_handlers,
         *imports.default_handlers,
         *openapi.default_handlers,
         *liveevents.default_handlers,
@@ -57,6 +59,7 @@ def make_app(settings: Settings, services: Services) -> Application:
         config=settings,
         services=services,
         cursors=CursorCodec(*settings.cursor_keys),
+        files=FileStore(services.js),
         imports=running_imports,
         import_slots=ImportSlots(settings.import_max_concurrent),
         event_clients=event_clients,

@@ -5,6 +5,7 @@ These functions block on MongoDB; callers run them through `Database.run`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from bson import ObjectId
 from contract import clock
 from contract.messaging import InboundMessage
 from runtime.failpoints import failpoint
-from server.models.messages import FinishedMessage, Message
+from server.models.messages import FinishedMessage, Message, preview_text
 from server.models.sessions import Session, preview
 from server.models.stored import Contended, Stored
 
@@ -132,13 +133,14 @@ def store_inbound(batch: Sequence[InboundMessage], races: int = 0) -> list[Store
             m.text,
             clock.parse(m.sent_at, now),
             external_id=str(m.message_id),
+            **inbound_content(m),
         )
         for key, m in unique.items()
     ]
     inserted = Message.insert_new(documents)
     failpoint("server.intake.after_messages_inserted")
     gone = _touch_sessions(
-        [(doc["session_id"], doc["text"]) for doc in documents if doc["key"] in inserted], versions, now
+        [(doc["session_id"], preview_text(doc)) for doc in documents if doc["key"] in inserted], versions, now
     )
     failpoint("server.intake.after_sessions_updated")
     if gone:
@@ -150,6 +152,40 @@ def store_inbound(batch: Sequence[InboundMessage], races: int = 0) -> list[Store
         StoredInbound(m, key, sessions[(m.platform, m.contact_identifier)], key in inserted)
         for key, m in unique.items()
     ]
+
+
+def inbound_content(message: InboundMessage) -> dict[str, Any]:
+    """What a contact's message holds besides its text, as Message stores it."""
+    return {
+        "kind": message.kind,
+        "file": dataclasses.asdict(message.file) if message.file else None,
+        "location": message.location,
+        "contact": message.contact,
+    }
+
+
+@dataclass(frozen=True)
+class EditedInbound:
+    message: InboundMessage  # the edit
+    session_id: ObjectId
+    stored: dict[str, Any]  # the message as it now is
+
+
+def apply_edits(edits: Sequence[InboundMessage]) -> list[EditedInbound]:
+    """Apply contacts' edits to their stored messages; the ones that changed something.
+
+    An edit of a message finished with its session, of one never stored, or one
+    applied already (a redelivery) changes nothing and is not reported again.
+    """
+    now = clock.now()
+    applied = []
+    for edit in edits:
+        stored = Message.objects.edit(
+            inbound_key(edit), edit.text, clock.parse(edit.edited_at, now), edit.edit_update_id
+        )
+        if stored is not None:
+            applied.append(EditedInbound(edit, stored["session_id"], stored))
+    return applied
 
 
 def _store_again_after_finish(

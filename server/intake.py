@@ -94,7 +94,7 @@ class Intake:
         try:
             stored = await self._db.run(
                 conversations.store_inbound,
-                [inbound for _, inbound in batch],
+                [inbound for _, inbound in batch if not inbound.is_edit],
             )
             MESSAGES_STORED.inc(sum(item.inserted for item in stored))
             # Events before replies: the bot reports a reply it sent as `message.sent`,
@@ -102,6 +102,11 @@ class Intake:
             await eventpublishing.publish_received(self._js, self._db, stored)
             failpoint("server.intake.after_events_published")
             await self._reply(stored)
+            # Edits after the batch's new messages, which they may edit; never answered.
+            edits = [inbound for _, inbound in batch if inbound.is_edit]
+            if edits:
+                edited = await self._db.run(conversations.apply_edits, edits)
+                await eventpublishing.publish_edited(self._js, edited)
         except Exception as exc:  # nothing unstored is acknowledged, whatever failed
             await self._retry_later(batch, exc)
             return

@@ -226,6 +226,11 @@ def find_message(session_id: ObjectId, message_id: ObjectId) -> dict[str, Any] |
     return Message.objects(id=message_id, session_id=session_id).as_pymongo().first()
 
 
+def file_objects(session_id: ObjectId) -> list[str]:
+    """Where the files of the session's messages are kept, to delete them with it."""
+    return Message.objects.file_objects_of(session_id)
+
+
 def finish(session_id: ObjectId) -> bool:
     """Delete the session and its messages; False if it was gone already.
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from bson import ObjectId
 from tornado.web import stream_request_body, url
 
-from contract import clock
+from contract import clock, eventstream
 from contract.messaging import OutboundMessage
 from runtime.failpoints import failpoint
 from runtime.httpserver import declared_length
@@ -62,13 +62,25 @@ def session_resource(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def message_resource(doc: dict[str, Any]) -> dict[str, Any]:
-    return {
+    resource = {
         "id": str(doc["_id"]),
         "session_id": str(doc["session_id"]),
         "direction": doc["direction"],
+        "kind": doc.get("kind") or "text",
         "text": doc["text"],
         "sent_at": clock.rfc3339(doc["sent_at"]),
     }
+    if doc.get("file"):
+        resource["file"] = eventstream.file_summary(doc["file"])
+    for name in ("location", "contact"):
+        if doc.get(name):
+            resource[name] = doc[name]
+    if doc.get("edited_at"):
+        resource["edited_at"] = clock.rfc3339(doc["edited_at"])
+        resource["earlier_versions"] = [
+            {"text": version["text"], "at": clock.rfc3339(version["at"])} for version in doc.get("versions") or []
+        ]
+    return resource
 
 
 def messages_listing(session_id: ObjectId) -> str:
@@ -234,6 +246,8 @@ class SessionHandler(SessionsApiHandler):
             )
         else:
             log.info("session %s finished without a goodbye: no chat is known for it", session["_id"])
+        # Files the messages stored meanwhile keep: those messages move to the contact's next session.
+        files = await self.database(sessions.file_objects, session["_id"])
         # Promised before the delete and held until the session is gone: a crash
         # after the delete loses no event, a failed delete announces none. Its
         # relay erases the session's copies in the streams (server.eventpublishing.erase_session).
@@ -243,6 +257,7 @@ class SessionHandler(SessionsApiHandler):
                 str(session["_id"]),
                 after_session_gone=session["_id"],
                 chat_id=chat,
+                files=files,
             )
         await self.database(sessions.finish, session["_id"])
         self.settings["services"].outbound.wake()

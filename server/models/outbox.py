@@ -10,7 +10,16 @@ import datetime as dt
 from typing import Any
 
 from bson import ObjectId
-from mongoengine import DateTimeField, DictField, Document, NotUniqueError, ObjectIdField, QuerySet, StringField
+from mongoengine import (
+    DateTimeField,
+    DictField,
+    Document,
+    ListField,
+    NotUniqueError,
+    ObjectIdField,
+    QuerySet,
+    StringField,
+)
 
 from contract.messaging import OutboundMessage
 from server.models.stored import Stored, save_new, stored_form
@@ -100,6 +109,8 @@ class EventPromise(Document):
     # session.finished: the contact's chat, whose parked messages and dead letters
     # are purged with the session's events before the event is published.
     chat_id = StringField()
+    # session.finished: the object-store names of the session's files, deleted with it.
+    files = ListField(StringField(), default=None)
     created_at = DateTimeField(required=True)
 
     @classmethod
@@ -111,6 +122,7 @@ class EventPromise(Document):
         at: dt.datetime,
         after_session_gone: ObjectId | None = None,
         chat_id: str | None = None,
+        files: list[str] | None = None,
     ) -> None:
         """Promise this event; promising the same key again (a retried finish) keeps the first promise."""
         document = stored_form(
@@ -121,6 +133,7 @@ class EventPromise(Document):
             created_at=at,
             after_session_gone=after_session_gone,
             chat_id=chat_id,
+            files=files or None,
         )
         document.pop("key")
         # An upsert with $setOnInsert: MongoEngine's `set_on_insert__` would not run the fields' rules.
