@@ -48,7 +48,11 @@ def test_photo_document_and_voice_are_kept_listed_and_downloaded_byte_for_byte(s
         5101,
         None,
         kind="document",
-        file={"ref": telegram.store_file(document)["ref"], "file_name": "fatura março.pdf", "mime_type": "application/pdf"},
+        file={
+            "ref": telegram.store_file(document)["ref"],
+            "file_name": "fatura março.pdf",
+            "mime_type": "application/pdf",
+        },
         first_name="Rita",
     )
     telegram.send_as_user(5101, None, kind="voice", file={"ref": telegram.store_file(voice)["ref"]}, first_name="Rita")
