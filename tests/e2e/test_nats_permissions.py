@@ -79,6 +79,11 @@ def test_server_and_bot_work_as_their_own_users(secured_stack, secured_nats, tel
 
     telegram.send_as_user(8001, "Olá", first_name="Rita")
     telegram.send_as_user(8002, "Oi", first_name="Caio")
+    # A file: put by the bot's user, read and deleted by the server's.
+    invoice = b"%PDF-1.4 fatura" * 20_000
+    telegram.send_as_user(
+        8002, "fatura", first_name="Caio", kind="document", file={"ref": telegram.store_file(invoice)["ref"]}
+    )
     eventually(
         lambda: [m for m in telegram.sent(8001) if m["text"] == REPLY],
         timeout=30,
@@ -97,7 +102,20 @@ def test_server_and_bot_work_as_their_own_users(secured_stack, secured_nats, tel
     )
 
     assert {s["contact_identifier"] for s in mongo.sessions.find()} == {"8001", "8002"}
-    assert mongo.messages.count_documents({}) == 3
+    document = eventually(lambda: mongo.messages.find_one({"kind": "document"}), timeout=30, message="the file")
+    assert mongo.messages.count_documents({}) == 4
+    downloaded = httpx.get(
+        f"{secured_stack.api_url}/v1/sessions/{document['session_id']}/messages/{document['_id']}/file",
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+        timeout=30,
+    )
+    assert downloaded.status_code == 200 and downloaded.content == invoice
+
+    async def files_kept() -> int:
+        nc = await connect_as(secured_nats, "server", [])
+        info = await nc.jetstream().stream_info(f"OBJ_{messaging.FILES_BUCKET}")
+        await nc.close()
+        return info.state.messages
 
     async def parked() -> int:
         errors: list[str] = []
@@ -106,7 +124,8 @@ def test_server_and_bot_work_as_their_own_users(secured_stack, secured_nats, tel
         await nc.close()
         return info.state.messages
 
-    assert asyncio.run(parked()) == 1
+    assert asyncio.run(parked()) == 2  # both replies to Caio
+    assert asyncio.run(files_kept()) == 4  # the file's three chunks of 128 KiB, and its meta
     # Finishing that contact's session purges its parked reply, with the server's user.
     caio = mongo.sessions.find_one({"contact_identifier": "8002"})
     finished = httpx.delete(
@@ -116,6 +135,8 @@ def test_server_and_bot_work_as_their_own_users(secured_stack, secured_nats, tel
     )
     assert finished.status_code == 204, finished.text
     eventually(lambda: asyncio.run(parked()) == 0, timeout=30, message="the parked reply erased with its session")
+    # Its file too: nothing left of it but the meta that marks it deleted.
+    eventually(lambda: asyncio.run(files_kept()) == 1, timeout=30, message="the file deleted with its session")
     # The stream gauges are read with the server's user too (stream info).
     metrics = httpx.get(f"{secured_stack.api_url}/metrics", timeout=10).text
     for stream in (messaging.INBOUND_STREAM, messaging.OUTBOUND_STREAM, messaging.PARKED_STREAM):
@@ -156,6 +177,9 @@ async def _check_refusals(secured_nats: NatsServer, server: nats.NATS) -> None:
         ("server", messaging.PARKED_SUBJECT),
         ("bot", f"$JS.API.STREAM.DELETE.{messaging.INBOUND_STREAM}"),
         ("bot", f"$JS.API.CONSUMER.MSG.NEXT.{messaging.INBOUND_STREAM}.{messaging.INBOUND_CONSUMER}"),
+        # The server reads and deletes contacts' files, never writes their bytes.
+        ("server", f"$O.{messaging.FILES_BUCKET}.C.forged"),
+        ("bot", f"$JS.API.STREAM.DELETE.OBJ_{messaging.FILES_BUCKET}"),
     ]
     for user, subject in forbidden:
         refused = await _refused(secured_nats, user, subject)
