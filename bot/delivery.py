@@ -43,6 +43,7 @@ from nats.js.kv import KeyValue
 from telegram import Bot
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
+from bot.files import FileGone, FileKeeper
 from bot.metrics import OUTBOUND_FAILURES, OUTBOUND_PARKED, OUTBOUND_SENT
 from bot.relay import retry_seconds
 from bot.reports import report_delivery
@@ -154,8 +155,10 @@ class Delivery:
         ack_wait: float = ACK_WAIT,
         *,
         replicas: int = 1,
+        files: FileKeeper | None = None,
     ) -> None:
         self._bot = bot
+        self._files = files or FileKeeper(js, replicas)
         self._ack_wait = ack_wait
         self._replicas = replicas
         self._js = js
@@ -309,7 +312,15 @@ class Delivery:
             return None
         room.requested = True
         try:
-            await self._bot.send_message(chat_id=chat_ref(outbound.chat_id), text=outbound.text)
+            if outbound.file is not None:
+                await self._files.send(self._bot, chat_ref(outbound.chat_id), outbound)
+            else:
+                await self._bot.send_message(chat_id=chat_ref(outbound.chat_id), text=outbound.text)
+        except FileGone as exc:
+            OUTBOUND_FAILURES.labels(reason="file_gone").inc()
+            await self._park(outbound, str(exc))
+            await msg.ack()
+            return None
         except RetryAfter as exc:
             OUTBOUND_FAILURES.labels(reason="retry_after").inc()
             log.warning("telegram asks to wait %s s before chat %s", exc.retry_after, outbound.chat_id)

@@ -26,19 +26,19 @@ from typing import IO, Any
 import httpx
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.api import ObjectMeta, StorageType
-from nats.js.errors import BadRequestError
-from nats.js.object_store import ObjectStore
-from telegram import Bot
+from telegram import Bot, InputFile
 from telegram.error import BadRequest, TelegramError
 
 from contract import messaging
-from contract.messaging import MAX_DOWNLOAD_BYTES, InboundFile
+from contract.messaging import MAX_DOWNLOAD_BYTES, InboundFile, OutboundMessage
 from runtime.failpoints import failpoint
+from runtime.filestore import FileStore
 
 log = logging.getLogger(__name__)
 
 DOWNLOAD_TIMEOUT = 60.0
+# Uploading 50 MB takes a while on a slow link; PTB's default write timeout is 20 s.
+SEND_TIMEOUT = 300.0
 DOWNLOAD_ATTEMPTS = 3
 _MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,62}", re.ASCII)
 
@@ -53,6 +53,10 @@ DEFAULT_MIME_TYPES = {
     "sticker": ("image/webp", ".webp"),
     "document": ("application/octet-stream", ""),
 }
+
+
+class FileGone(Exception):
+    """An agent's file is not in the store (deleted with its session, or never put)."""
 
 
 class FileNotKept(Exception):
@@ -96,25 +100,44 @@ class FileKeeper:
     """Downloads a contact's file and puts it in the FILES_BUCKET object store."""
 
     def __init__(self, js: JetStreamContext, replicas: int = 1) -> None:
-        self._js = js
-        self._replicas = replicas
-        self._store: ObjectStore | None = None
+        self.store = FileStore(js, replicas)
         # Its own client: the file links hold the token, so nothing here logs a URL.
         self._http = httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT, follow_redirects=False)
 
     async def close(self) -> None:
         await self._http.aclose()
 
-    async def store(self) -> ObjectStore:
-        """The bucket, created the first time (either process may find it made)."""
-        if self._store is None:
-            try:
-                self._store = await self._js.create_object_store(
-                    messaging.FILES_BUCKET, storage=StorageType.FILE, replicas=self._replicas
+    async def send(self, bot: Bot, chat: int | str, outbound: OutboundMessage) -> None:
+        """Send an agent's file (`outbound.file`) with its caption: sendPhoto or sendDocument.
+
+        Read from the store chunk by chunk into a spool file, which the upload
+        streams: the bot holds a chunk, not the file. Raises FileGone when the
+        store no longer has it, and what the Bot API raises.
+        """
+        file = outbound.file
+        assert file is not None
+        info = await self.store.info(file.object_name)
+        if info is None:
+            raise FileGone(f"the file {file.object_name} is not in the store")
+        with tempfile.TemporaryFile() as spool:
+            async for chunk in self.store.chunks(info):
+                spool.write(chunk)
+            spool.flush()
+            spool.seek(0)
+            upload = InputFile(spool, filename=file.name or "file", read_file_handle=False)
+            caption = outbound.text or None
+            if file.send_as == "photo":
+                await bot.send_photo(
+                    chat_id=chat, photo=upload, caption=caption, read_timeout=SEND_TIMEOUT, write_timeout=SEND_TIMEOUT
                 )
-            except BadRequestError:
-                self._store = await self._js.object_store(messaging.FILES_BUCKET)
-        return self._store
+            else:
+                await bot.send_document(
+                    chat_id=chat,
+                    document=upload,
+                    caption=caption,
+                    read_timeout=SEND_TIMEOUT,
+                    write_timeout=SEND_TIMEOUT,
+                )
 
     async def keep(self, bot: Bot, attachment: Attachment, object_name: str) -> InboundFile:
         """The file as the message records it: kept under `object_name`, or not kept and why.
@@ -135,8 +158,7 @@ class FileKeeper:
                 return _with_reason(unkept, exc.reason)
             spool.seek(0)
             try:
-                store = await self.store()
-                await store.put(object_name, spool, meta=ObjectMeta(name=object_name, description=digest))
+                await self.store.put(object_name, spool, digest)
             except (NatsError, asyncio.TimeoutError) as exc:
                 raise StoreUnavailable(f"object store did not take {object_name}: {exc!r}") from exc
         # Kept, not yet relayed: a crash here means Telegram sends the update

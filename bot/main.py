@@ -111,6 +111,7 @@ async def main() -> None:
         max_per_second=settings.max_messages_per_second,
         ack_wait=settings.delivery_ack_wait,
         replicas=settings.nats_replicas,
+        files=files,
     )
     workers = [asyncio.create_task(delivery.run(), name="delivery")]
     receiver = poller = None

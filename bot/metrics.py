@@ -42,7 +42,7 @@ WEBHOOK_REFUSED = Counter(
     ["reason"],
 )
 
-for reason in ("retry_after", "network", "forbidden", "bad_request", "other"):
+for reason in ("retry_after", "network", "forbidden", "bad_request", "file_gone", "other"):
     OUTBOUND_FAILURES.labels(reason=reason)
 OUTBOUND_SENT.labels(kind="reply")
 OUTBOUND_PARKED.labels(kind="reply")

@@ -226,15 +226,55 @@ class InboundMessage:
         )
 
 
+# Telegram's limits for what a bot sends with a file: a caption of 1,024
+# characters, and 50 MB uploaded through the Bot API.
+MAX_CAPTION_LENGTH = 1024
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+SEND_AS = ("photo", "document")
+
+
+@dataclass(frozen=True)
+class OutboundFile:
+    """A file an agent sends: where the server put it in FILES_BUCKET, and how it goes out
+    (`photo` through sendPhoto, `document` through sendDocument)."""
+
+    object_name: str
+    name: str
+    mime_type: str
+    size: int
+    send_as: str = "document"
+
+    @classmethod
+    def from_json(cls, value: object) -> OutboundFile:
+        if not isinstance(value, dict):
+            raise PayloadError("outbound file is not an object")
+        send_as = str(value.get("send_as") or "document")
+        if send_as not in SEND_AS:
+            raise PayloadError(f"outbound file send_as must be one of {', '.join(SEND_AS)}")
+        try:
+            size = int(value.get("size") or 0)
+        except (TypeError, ValueError):
+            raise PayloadError("outbound file size is not a number") from None
+        return cls(
+            object_name=str(value.get("object_name") or ""),
+            name=str(value.get("name") or ""),
+            mime_type=str(value.get("mime_type") or ""),
+            size=size,
+            send_as=send_as,
+        )
+
+
 @dataclass(frozen=True)
 class OutboundMessage:
-    """A text the server wants said on Telegram: a reply, a goodbye, an announcement."""
+    """What the server wants said on Telegram: a reply, a goodbye, an announcement,
+    or an agent's file (`file`, with `text` as its caption)."""
 
     key: str  # unique per intended delivery; Nats-Msg-Id and the bot's delivered-key
     chat_id: str  # a user id, "@channel" or "-100..." channel id
     text: str
     kind: str = "reply"
     meta: dict[str, str] = field(default_factory=dict)
+    file: OutboundFile | None = None
 
     def to_bytes(self) -> bytes:
         return _encode(self)
@@ -251,6 +291,7 @@ class OutboundMessage:
             text=str(body["text"]),
             kind=str(body.get("kind") or "reply"),
             meta={str(k): str(v) for k, v in meta.items()},
+            file=OutboundFile.from_json(body["file"]) if body.get("file") is not None else None,
         )
 
 

@@ -10,11 +10,11 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from tornado.web import Application
 
+from runtime.filestore import FileStore
 from server.config import Settings
 from server.cursors import CursorCodec
 from server.database import Database
 from server.eventfeed import EventFeed
-from server.files import FileStore
 from server.handlers import base, files, health, imports, liveevents, metrics, openapi, sessions
 from server.handlers.importbase import ImportSlots
 from server.importing.running import Imports
@@ -59,7 +59,7 @@ def make_app(settings: Settings, services: Services) -> Application:
         config=settings,
         services=services,
         cursors=CursorCodec(*settings.cursor_keys),
-        files=FileStore(services.js),
+        files=FileStore(services.js, settings.nats_replicas),
         imports=running_imports,
         import_slots=ImportSlots(settings.import_max_concurrent),
         event_clients=event_clients,

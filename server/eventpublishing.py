@@ -32,7 +32,7 @@ from contract import clock, eventstream, messaging
 from contract.messaging import DUPLICATE_WINDOW_SECONDS
 from runtime import jetstream
 from runtime.failpoints import failpoint
-from server.files import FileStore
+from runtime.filestore import FileStore
 from server.metrics import EVENTS_PUBLISHED
 from server.models.outbox import EventPromise
 from server.models.sessions import Session

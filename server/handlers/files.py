@@ -16,8 +16,8 @@ from urllib.parse import quote
 from tornado.iostream import StreamClosedError
 from tornado.web import url
 
+from runtime.filestore import FileCorrupt, FileStore
 from server import sessions
-from server.files import FileCorrupt, FileStore
 from server.handlers.base import object_id
 from server.handlers.sessions import MESSAGE_ID, SESSION_ID, SessionsApiHandler
 from server.problems import ApiError

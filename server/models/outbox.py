@@ -6,6 +6,7 @@ The one `$setOnInsert` upsert of a promised event is raw pymongo: MongoEngine's
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -21,7 +22,7 @@ from mongoengine import (
     StringField,
 )
 
-from contract.messaging import OutboundMessage
+from contract.messaging import OutboundFile, OutboundMessage
 from server.models.stored import Stored, save_new, stored_form
 
 
@@ -46,6 +47,7 @@ class OutboxEntry(Document):
     text = StringField(required=True)
     kind = StringField(required=True)
     details = DictField()
+    file = DictField(default=None)  # an agent's file (contract.messaging.OutboundFile)
     created_at = DateTimeField(required=True)
 
     meta = {
@@ -68,6 +70,7 @@ class OutboxEntry(Document):
             text=message.text,
             kind=message.kind,
             details=message.meta,
+            file=dataclasses.asdict(message.file) if message.file else None,
             created_at=at,
         )
 
@@ -81,7 +84,12 @@ class OutboxEntry(Document):
 
     def promised(self) -> OutboundMessage:
         return OutboundMessage(
-            key=self.key, chat_id=self.chat_id, text=self.text, kind=self.kind, meta=dict(self.details or {})
+            key=self.key,
+            chat_id=self.chat_id,
+            text=self.text,
+            kind=self.kind,
+            meta=dict(self.details or {}),
+            file=OutboundFile.from_json(self.file) if self.file else None,
         )
 
 

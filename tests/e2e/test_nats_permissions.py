@@ -177,9 +177,9 @@ async def _check_refusals(secured_nats: NatsServer, server: nats.NATS) -> None:
         ("server", messaging.PARKED_SUBJECT),
         ("bot", f"$JS.API.STREAM.DELETE.{messaging.INBOUND_STREAM}"),
         ("bot", f"$JS.API.CONSUMER.MSG.NEXT.{messaging.INBOUND_STREAM}.{messaging.INBOUND_CONSUMER}"),
-        # The server reads and deletes contacts' files, never writes their bytes.
-        ("server", f"$O.{messaging.FILES_BUCKET}.C.forged"),
+        # Nobody may delete the file store whole.
         ("bot", f"$JS.API.STREAM.DELETE.OBJ_{messaging.FILES_BUCKET}"),
+        ("server", f"$JS.API.STREAM.DELETE.OBJ_{messaging.FILES_BUCKET}"),
     ]
     for user, subject in forbidden:
         refused = await _refused(secured_nats, user, subject)

@@ -1,10 +1,12 @@
-"""The files contacts sent, read from and deleted in the JetStream object store.
+"""Files kept in the JetStream object store FILES_BUCKET: contacts' and agents'.
 
-The bot puts each file in FILES_BUCKET before it relays the message (bot/files.py);
-the server only reads it, chunk by chunk, and deletes it with its session.
-nats.py's `ObjectStore.get` gathers a whole object in memory, so the chunks are
-read here one at a time (a direct message get of the next chunk on the object's
-chunk subject): a download holds one chunk (128 KiB) however large the file.
+The bot puts a contact's file before it relays the message (bot/files.py) and
+reads an agent's to send it; the server puts an agent's file before it promises
+the message, reads contacts' files for the API, and deletes a session's files
+with it. nats.py's `ObjectStore.get` gathers a whole object in memory, so the
+chunks are read here one at a time (a message get of the next chunk on the
+object's chunk subject): a reader holds one chunk (128 KiB) however large the
+file. `put` reads its source in chunks of the same size.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import base64
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Iterable
+from typing import IO, Any, cast
 
 from nats.js import JetStreamContext
-from nats.js.api import ObjectInfo
-from nats.js.errors import NotFoundError, ObjectNotFoundError
+from nats.js.api import ObjectInfo, ObjectMeta, StorageType
+from nats.js.errors import BadRequestError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from contract.messaging import FILES_BUCKET
@@ -31,15 +34,32 @@ class FileCorrupt(Exception):
 
 
 class FileStore:
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, replicas: int = 1) -> None:
         self._js = js
+        self._replicas = replicas
+        self._store: ObjectStore | None = None
 
-    async def _bucket(self) -> ObjectStore | None:
-        """The bucket, or None when no file was ever kept (the bot creates it)."""
-        try:
-            return await self._js.object_store(FILES_BUCKET)
-        except NotFoundError:
-            return None
+    async def _bucket(self, create: bool = False) -> ObjectStore | None:
+        """The bucket; None when no file was ever kept, unless `create`."""
+        if self._store is None:
+            try:
+                self._store = await self._js.object_store(FILES_BUCKET)
+            except NotFoundError:
+                if not create:
+                    return None
+                try:
+                    self._store = await self._js.create_object_store(
+                        FILES_BUCKET, storage=StorageType.FILE, replicas=self._replicas
+                    )
+                except BadRequestError:  # made meanwhile by another process
+                    self._store = await self._js.object_store(FILES_BUCKET)
+        return self._store
+
+    async def put(self, name: str, source: IO[bytes], digest: str = "") -> ObjectInfo:
+        """Store `source` (read from its current position) as `name`, replacing what was there."""
+        bucket = await self._bucket(create=True)
+        assert bucket is not None
+        return await bucket.put(name, cast(Any, source), meta=ObjectMeta(name=name, description=digest or None))
 
     async def info(self, name: str) -> ObjectInfo | None:
         """What the store holds under `name`, or None when it holds nothing (deleted, never kept)."""
