@@ -26,6 +26,7 @@ from typing import Any
 from bson import ObjectId
 
 from contract import clock
+from contract.messaging import FILE_KINDS, TEXT_KIND
 from runtime.failpoints import failpoint
 from server.conversations import (
     MAX_FINISH_RACES,
@@ -33,7 +34,7 @@ from server.conversations import (
     sessions_by_contact,
 )
 from server.importing.records import ImportedMessage, ImportedSession, message_key
-from server.models.messages import FinishedMessage, Message
+from server.models.messages import FinishedMessage, Message, preview_text
 from server.models.sessions import Session, preview
 from server.models.stored import Stored
 
@@ -349,9 +350,22 @@ def _judge_records(
 
 def _message_documents(session_id: ObjectId, messages: Iterable[tuple[str, ImportedMessage]]) -> list[Stored]:
     return [
-        Message.inbound(session_id, key, message.content, message.date, external_id=message.id)
+        Message.inbound(
+            session_id, key, message.content, message.date, external_id=message.id, **imported_content(message)
+        )
         for key, message in messages
     ]
+
+
+# An import carries what a message was, never a file's bytes.
+IMPORTED_FILE = {"name": "", "mime_type": "", "size": 0, "available": False, "reason": "imported without its bytes"}
+
+
+def imported_content(message: ImportedMessage) -> dict[str, Any]:
+    """What an imported message holds besides its text: its kind, and for a file kind a file not kept."""
+    if message.kind == TEXT_KIND:
+        return {}
+    return {"kind": message.kind, "file": dict(IMPORTED_FILE) if message.kind in FILE_KINDS else None}
 
 
 def _latest_text(messages: Iterable[ImportedMessage]) -> str:
@@ -359,4 +373,6 @@ def _latest_text(messages: Iterable[ImportedMessage]) -> str:
     for message in messages:
         if latest is None or message.date >= latest.date:
             latest = message
-    return preview(latest.content) if latest else ""
+    if latest is None:
+        return ""
+    return preview(preview_text({"text": latest.content, **imported_content(latest)}))
