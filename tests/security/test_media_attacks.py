@@ -4,30 +4,14 @@ that climb directories or reorder text, types that would make a browser render t
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pytest
 
+from bench.faketelegram import generated_sha256, peak_rss
 from contract.messaging import MAX_DOWNLOAD_BYTES
-from devstack.faketelegram.files import generated_chunks
 from tests.harness import ApiClient, eventually
 
 MIB = 1024 * 1024
-
-
-def peak_rss(pid: int) -> int:
-    """The process's peak resident set size so far (VmHWM), in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmHWM for pid {pid}")
-
-
-def generated_sha256(size: int, seed: int) -> str:
-    digest = hashlib.sha256()
-    for chunk in generated_chunks(seed, size):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 @pytest.fixture
@@ -69,7 +53,7 @@ def test_sizes_that_lie_are_counted_not_trusted_and_memory_stays_flat(stack, api
     session = str(kept["session_id"])
     body = api.get(f"sessions/{session}/messages/{kept['_id']}/file")
     assert body.status_code == 200
-    assert hashlib.sha256(body.content).hexdigest() == generated_sha256(real, 7)
+    assert hashlib.sha256(body.content).hexdigest() == generated_sha256(7, real)
     gone = api.get(f"sessions/{session}/messages/{too_large['_id']}/file")
     assert gone.status_code == 404 and gone.json()["type"].endswith("/file-not-kept")
     assert "20 MB" in gone.json()["detail"]
