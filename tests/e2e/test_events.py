@@ -421,12 +421,15 @@ def test_a_slow_client_is_cut_off_while_another_keeps_receiving(stack, clean_nat
         publish_raw(clean_nats.url, [eventstream.to_bytes(eventstream.event(eventstream.IMPORT_FINISHED, n=-1))])
         assert json.loads(slow.recv(timeout=30))["id"] == json.loads(fast.recv(timeout=30))["id"] == 1  # both live
         chunk = eventstream.to_bytes(eventstream.event(eventstream.IMPORT_FINISHED, padding="x" * 60_000))
-        # 18 MB, far more than the slow client's buffers, at a pace a reading client keeps up with.
-        publish_raw(clean_nats.url, [chunk] * 300, pause=0.01)
+        # 18 MB, far more than the slow client's buffers, at a pace a reading client keeps up with,
+        # published from a thread: the slow client must start reading soon after it is cut off,
+        # as the server waits only a few seconds for the closing handshake before it aborts.
+        publishing = threading.Thread(target=publish_raw, args=(clean_nats.url, [chunk] * 300), kwargs={"pause": 0.01})
+        publishing.start()
         eventually(
             lambda: metric(server.port, 'balcao_event_clients_dropped_total{reason="slow"}') == 1.0,
             timeout=60,
-            interval=0.5,
+            interval=0.2,
             message="the slow client dropped",
         )
         # Reading at last, the slow client finds the close code after what it was sent.
@@ -434,6 +437,8 @@ def test_a_slow_client_is_cut_off_while_another_keeps_receiving(stack, clean_nat
             while True:
                 slow.recv(timeout=30)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4008
+        publishing.join(timeout=120)
+        assert not publishing.is_alive()
         got = read_until(fast, lambda got: len(got) >= 300)
         publish_raw(
             clean_nats.url,

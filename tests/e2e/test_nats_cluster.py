@@ -96,14 +96,17 @@ def wait_replicated_in_full(cluster: NatsCluster) -> None:
 
 
 def empty_streams(cluster: NatsCluster) -> None:
-    async def delete(js) -> None:
+    async def delete(js) -> bool:
         for stream in await js.streams_info():
             try:
                 await js.delete_stream(stream.config.name)
             except NotFoundError:
                 pass
+        return True
 
-    jetstream_call(cluster, delete)
+    # A cluster that has just formed may still be electing its meta leader on
+    # a loaded machine: its API then times out, which is a "not yet".
+    eventually(lambda: probe(cluster, delete), timeout=60, message="streams deleted")
 
 
 @pytest.fixture(scope="module")
