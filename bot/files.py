@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 import tempfile
 from dataclasses import dataclass
 from typing import IO, Any
@@ -31,6 +30,7 @@ from telegram.error import BadRequest, TelegramError
 
 from contract import messaging
 from contract.messaging import MAX_DOWNLOAD_BYTES, InboundFile, OutboundMessage
+from contract.values import well_formed_media_type
 from runtime.failpoints import failpoint
 from runtime.filestore import FileStore
 
@@ -40,7 +40,6 @@ DOWNLOAD_TIMEOUT = 60.0
 # Uploading 50 MB takes a while on a slow link; PTB's default write timeout is 20 s.
 SEND_TIMEOUT = 300.0
 DOWNLOAD_ATTEMPTS = 3
-_MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,62}", re.ASCII)
 
 # What Telegram sends each kind as when it names no type (it names none for photos).
 DEFAULT_MIME_TYPES = {
@@ -84,8 +83,7 @@ class Attachment:
 
 def mime_type_of(kind: str, stated: str | None) -> str:
     """The stated type when it is one (RFC 6838 syntax), else the kind's usual one."""
-    value = (stated or "").strip().lower()
-    return value if _MIME_TYPE.fullmatch(value) else DEFAULT_MIME_TYPES[kind][0]
+    return well_formed_media_type(stated) or DEFAULT_MIME_TYPES[kind][0]
 
 
 def file_name_of(kind: str, message_id: int, stated: str | None) -> str:

@@ -10,7 +10,6 @@ and reported together once the body has ended.
 from __future__ import annotations
 
 import hashlib
-import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from streaming_form_data.parser import ParseFailedException
 from streaming_form_data.targets import BaseTarget
 
 from contract.messaging import MAX_CAPTION_LENGTH, MAX_FILE_NAME_LENGTH
+from contract.values import well_formed_media_type
 from server.importing.multipart import FieldPart
 from server.problems import ApiError, field_error
 
@@ -28,7 +28,6 @@ from server.problems import ApiError, field_error
 FORM_SLACK = 64 * 1024
 # A caption of MAX_CAPTION_LENGTH characters is at most four UTF-8 bytes each.
 MAX_CAPTION_BYTES = 4 * MAX_CAPTION_LENGTH
-_MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,62}", re.ASCII)
 # What sendPhoto takes; any other file goes out through sendDocument.
 PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp"})
 
@@ -128,6 +127,5 @@ class AgentUpload:
         part.spool.flush()
         part.spool.seek(0)
         name = (part.multipart_filename or "").strip()[:MAX_FILE_NAME_LENGTH] or "file"
-        stated = (part.multipart_content_type or "").split(";")[0].strip().lower()
-        mime_type = stated if _MIME_TYPE.fullmatch(stated) else "application/octet-stream"
+        mime_type = well_formed_media_type(part.multipart_content_type) or "application/octet-stream"
         return caption, AgentFile(part.spool, name, mime_type, part.size, part.digest.hexdigest())

@@ -9,13 +9,13 @@ a contact chooses its name and type, and neither may make a browser render it.
 from __future__ import annotations
 
 import logging
-import re
 import unicodedata
 from urllib.parse import quote
 
 from tornado.iostream import StreamClosedError
 from tornado.web import url
 
+from contract.values import well_formed_media_type
 from runtime.filestore import FileCorrupt, FileStore
 from server import sessions
 from server.handlers.base import object_id
@@ -24,7 +24,6 @@ from server.problems import ApiError
 
 log = logging.getLogger(__name__)
 
-_MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,62}", re.ASCII)
 MAX_SERVED_NAME = 150
 FALLBACK_NAME = "file"
 
@@ -53,8 +52,7 @@ def content_disposition(name: str) -> str:
 
 
 def served_type(stored: str) -> str:
-    value = (stored or "").lower()
-    return value if _MIME_TYPE.fullmatch(value) else "application/octet-stream"
+    return well_formed_media_type(stored) or "application/octet-stream"
 
 
 class MessageFileHandler(SessionsApiHandler):
