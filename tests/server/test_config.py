@@ -131,3 +131,11 @@ def test_retention_of_parked_messages_dead_letters_and_imports_defaults_to_30_da
         "PARKED_MAX_AGE_SECONDS",
         "IMPORT_RETENTION_SECONDS",
     }
+
+
+def test_an_agents_file_is_at_most_telegrams_upload_limit():
+    assert config.load(VALID).agent_file_max_bytes == 50 * 1024 * 1024
+    assert config.load({**VALID, "AGENT_FILE_MAX_BYTES": "1000"}).agent_file_max_bytes == 1000
+    with pytest.raises(ConfigError) as error:
+        config.load({**VALID, "AGENT_FILE_MAX_BYTES": str(50 * 1024 * 1024 + 1)})
+    assert any(problem.startswith("AGENT_FILE_MAX_BYTES") for problem in error.value.problems)
