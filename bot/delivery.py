@@ -59,6 +59,7 @@ from contract.messaging import (
 )
 from runtime import jetstream
 from runtime.failpoints import failpoint
+from runtime.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,10 @@ log = logging.getLogger(__name__)
 # three times per ack wait, so a slow chat never lets them go meanwhile.
 ACK_WAIT = 30.0
 NETWORK_RETRY_DELAY = 2.0
+# A delivered marker is written however long NATS is away (see _remember), so
+# its retries never end; they stay a few seconds apart, since the chat's later
+# messages wait behind it.
+MARKER_RETRY = RetryPolicy(first=0.5, cap=5.0)
 DELIVERED_TTL = 7 * 24 * 3600
 # Telegram's per-chat limits (Bot API FAQ): one message a second in a private
 # chat, 20 a minute in a group or channel.
@@ -371,9 +376,14 @@ class Delivery:
                     await msg.nak()
         self._chats.clear()
 
+    @property
+    def _markers(self) -> KeyValue:
+        assert self._delivered is not None, "run() opens the delivered-key store before any delivery"
+        return self._delivered
+
     async def _was_delivered(self, marker: str) -> bool:
         try:
-            await self._delivered.get(marker)
+            await self._markers.get(marker)
             return True
         except KeyNotFoundError:
             return False
@@ -382,18 +392,19 @@ class Delivery:
         """Write the marker before acknowledging, however long NATS is away: the message
         went out, and without the marker its redelivery (the ack is lost with NATS too)
         would send it again."""
-        delay = 0.5
-        while True:
-            try:
-                await self._delivered.put(marker, b"1")
-                return
-            except (NatsError, asyncio.TimeoutError) as exc:
-                if self._stopping.is_set():
-                    log.warning("delivery marker not saved at shutdown; a redelivery may repeat it: %s", exc)
-                    return
-                log.warning("delivery marker not saved, retrying: %s", exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+
+        def retrying(exc: BaseException, pause: float) -> None:
+            log.warning("delivery marker not saved, retrying: %s", exc)
+
+        try:
+            await MARKER_RETRY.retrying(
+                lambda: self._markers.put(marker, b"1"),
+                (NatsError, asyncio.TimeoutError),
+                stopping=self._stopping,
+                on_retry=retrying,
+            )
+        except (NatsError, asyncio.TimeoutError) as exc:
+            log.warning("delivery marker not saved at shutdown; a redelivery may repeat it: %s", exc)
 
     async def _park(self, outbound: OutboundMessage, reason: str) -> None:
         log.warning("outbound %s to chat %s parked, telegram refused it: %s", outbound.kind, outbound.chat_id, reason)

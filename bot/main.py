@@ -21,7 +21,7 @@ from telegram.request import HTTPXRequest
 from bot import config, metrics
 from bot.delivery import SENDS_IN_FLIGHT, Delivery
 from bot.files import FileKeeper
-from bot.relay import Poller, Relay, register
+from bot.relay import WEBHOOK_PATIENCE, Poller, Relay
 from runtime import jetstream, lifecycle
 
 log = logging.getLogger("bot")
@@ -92,9 +92,13 @@ async def main() -> None:
         sys.exit(f"bot: {exc}")
 
     application = build_application(settings)
-    failures: set[int] = set()
     files = FileKeeper(js, replicas=settings.nats_replicas)
-    register(application, Relay(js, files), failures)
+    relay = Relay(
+        application,
+        js,
+        patience=WEBHOOK_PATIENCE if settings.webhook_url else jetstream.ELECTION_PATIENCE,
+        files=files,
+    )
     try:
         await application.initialize()
     except InvalidToken:
@@ -119,13 +123,13 @@ async def main() -> None:
         # Tornado is needed in webhook mode only (extra `bot-webhook`).
         from bot.webhook import WebhookReceiver
 
-        receiver = WebhookReceiver(application, failures, settings)
+        receiver = WebhookReceiver(application, relay, settings)
         try:
             await receiver.start()
         except TelegramError as exc:
             sys.exit(f"bot: Telegram refused the webhook: {exc}")
     else:
-        poller = Poller(application, failures, settings.poll_timeout)
+        poller = Poller(application, relay, settings.poll_timeout)
         workers.append(asyncio.create_task(poller.run(), name="poller"))
     crashed = await lifecycle.until_stopped(stopping, workers)
 

@@ -1,16 +1,21 @@
-"""Contacts' updates: handlers that relay text to JetStream, and the long-polling loop.
+"""Contacts' updates: handlers that relay messages and edits to JetStream, and the long-polling loop.
 
 PTB's own Updater confirms an update to Telegram as soon as it has fetched it.
-Balcão must confirm only after JetStream acknowledged the message, so this loop
-asks for the next offset only once every update before it was handled. Webhook
-mode (bot.webhook) runs updates through the same handlers with `handle_update`
-and answers Telegram's POST only afterwards.
+Balcão must confirm only after JetStream acknowledged the message, so the
+poller asks for the next offset (which confirms every update before it) only
+once every update of the batch in hand was handled. The batch is relayed at
+once, a lane per chat: chats do not wait for each other, and a chat's messages
+reach JetStream in the order its contact sent them. Webhook mode (bot.webhook)
+runs each update through the same handlers with `Relay.handle` and answers
+Telegram's POST only afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -21,8 +26,10 @@ from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandl
 from bot.files import FileKeeper, StoreUnavailable, attachment_of
 from bot.metrics import INBOUND_RELAY_FAILURES, INBOUND_RELAYED
 from contract import clock
-from contract.messaging import INBOUND_SUBJECT, PLATFORM_TELEGRAM, InboundFile, InboundMessage, file_object_name
+from contract.messaging import INBOUND_SUBJECT, PLATFORM_TELEGRAM, InboundMessage, file_object_name
+from runtime import jetstream
 from runtime.failpoints import failpoint
+from runtime.retry import RetryPolicy, stopped_within
 
 log = logging.getLogger(__name__)
 
@@ -31,32 +38,99 @@ ONLY_TEXT = "Por enquanto só consigo ler mensagens de texto. Pode escrever sua 
 # The updates the bot asks Telegram for: contacts' messages and their edits.
 ALLOWED_UPDATES = ["message", "edited_message"]
 PUBLISH_TIMEOUT = 5.0
-RETRY_DELAY = 1.0
-# A relay that failed is tried again after RETRY_DELAY, doubling up to this. It
-# stays short: a JetStream cluster electing a stream leader refuses publishes for
-# 5-10 s, and every update behind the failed one waits in line, so a long pause
-# between tries (it was 15 s) added up to 8 s to every such election.
-MAX_RETRY_DELAY = 2.0
-
-
-class RelayFailed(Exception):
-    """The update could not be handed to JetStream; Telegram must deliver it again."""
+# A relay that failed is tried again after 1 s, then every 2 s. It stays short:
+# every update behind the failed one in its chat waits, and so does the
+# confirmation of the whole batch; a stream electing its leader is already
+# waited out inside each try (jetstream.publish_through_election).
+RELAY_RETRY = RetryPolicy(first=1.0, cap=2.0)
+# A failed getUpdates (Telegram or the network away, another poller holding the
+# bot) is asked again after 1 s, doubling up to 8 s while it keeps failing.
+POLL_RETRY = RetryPolicy(first=1.0, cap=8.0)
+# In webhook mode Telegram waits for the answer to its POST, so a try waits out a
+# leaderless stream for less long: the answer (500 on failure, and Telegram
+# delivers the update again) then comes before Telegram gives up on the call
+# (the fake Bot API after 10 s), even when the last publish times out (+5 s).
+WEBHOOK_PATIENCE = 4.0
 
 
 class Relay:
-    """PTB callbacks for what contacts send in private chats."""
+    """PTB callbacks for what contacts send in private chats, and whether each update was relayed.
 
-    def __init__(self, js: JetStreamContext, files: FileKeeper | None = None) -> None:
+    `patience` is how long one try waits out a stream without a leader before
+    it counts as failed.
+    """
+
+    def __init__(
+        self,
+        application: Application,
+        js: JetStreamContext,
+        patience: float = jetstream.ELECTION_PATIENCE,
+        files: FileKeeper | None = None,
+    ) -> None:
+        self._application = application
         self._js = js
+        self._patience = patience
         self._files = files or FileKeeper(js)
+        # Updates whose message JetStream did not acknowledge, while they are handled.
+        self._unrelayed: set[int] = set()
+        private = filters.ChatType.PRIVATE
+        new = filters.UpdateType.MESSAGE
+        application.add_handler(CommandHandler("start", self.welcome, filters=private & new))
+        application.add_handler(MessageHandler(private & new & filters.TEXT, self.relay_text))
+        application.add_handler(MessageHandler(private & new & ~filters.TEXT, self.relay_media))
+        application.add_handler(MessageHandler(private & filters.UpdateType.EDITED_MESSAGE, self.relay_edit))
+        application.add_error_handler(self.log_error)
+
+    async def handle(self, update: Update) -> bool:
+        """Run the update through the handlers once; False if relaying it to JetStream
+        failed, so it must not be confirmed to Telegram."""
+        self._unrelayed.discard(update.update_id)
+        await self._application.process_update(update)
+        if update.update_id in self._unrelayed:
+            self._unrelayed.discard(update.update_id)
+            return False
+        return True
+
+    async def handle_until_relayed(self, update: Update, stopping: asyncio.Event) -> bool:
+        """Handle the update, trying a failed relay again; False if stopped before it succeeded."""
+        async for _ in RELAY_RETRY.tries(stopping):
+            if await self.handle(update):
+                return True
+            # Not confirmed, so even a crash now means Telegram delivers it again.
+        return False
+
+    async def handle_batch(self, updates: Sequence[Update], stopping: asyncio.Event) -> int:
+        """Handle a polled batch, each chat's updates in order, the chats at once.
+
+        Returns how many updates, from the first, are done: those may be
+        confirmed. All of them, unless `stopping` was set while one waited for
+        another try.
+        """
+        done = [False] * len(updates)
+        lanes: dict[int | None, list[int]] = {}
+        for index, update in enumerate(updates):
+            chat = update.effective_chat
+            lanes.setdefault(chat.id if chat else None, []).append(index)
+
+        async def run(lane: list[int]) -> None:
+            for index in lane:
+                if not await self.handle_until_relayed(updates[index], stopping):
+                    return  # the chat's later updates wait: their order is kept
+                done[index] = True
+
+        await asyncio.gather(*(run(lane) for lane in lanes.values()))
+        return done.index(False) if False in done else len(done)
 
     async def relay_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A contact's text message: into the inbound stream, acknowledged by JetStream."""
-        await self._publish(update, self._inbound(update, text=update.effective_message.text))
+        message = update.effective_message
+        assert message is not None and message.text is not None  # what the filters let in
+        await self._publish(update, self._inbound(update, text=message.text))
 
     async def relay_media(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A file, a location or a contact card: the file kept first, then relayed like a text."""
         message = update.effective_message
+        assert message is not None  # the handler's filters take messages only
         caption = message.caption or ""
         if message.location is not None:
             place = {"latitude": message.location.latitude, "longitude": message.location.longitude}
@@ -78,23 +152,25 @@ class Relay:
             return
         name = file_object_name(PLATFORM_TELEGRAM, message.chat_id, message.message_id)
         try:
-            kept: InboundFile = await self._files.keep(context.bot, attachment, name)
+            kept = await self._files.keep(context.bot, attachment, name)
         except StoreUnavailable as exc:
-            INBOUND_RELAY_FAILURES.inc()
-            raise RelayFailed(f"update {update.update_id} not relayed: {exc}") from exc
+            self._not_relayed(update, exc)
+            return
         await self._publish(update, self._inbound(update, text=caption, kind=attachment.kind, file=kept))
 
     async def relay_edit(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A contact edited a message: the new text or caption, relayed; no answer."""
         message = update.edited_message
+        assert message is not None  # the handler's filters take edits only
         edited_at = clock.rfc3339(message.edit_date or message.date)
         text = message.text if message.text is not None else (message.caption or "")
         await self._publish(
             update, self._inbound(update, text=text, edited_at=edited_at, edit_update_id=update.update_id)
         )
 
-    def _inbound(self, update: Update, **content: object) -> InboundMessage:
+    def _inbound(self, update: Update, **content: Any) -> InboundMessage:
         message, user = update.effective_message, update.effective_user
+        assert message is not None and user is not None  # private chats' messages have both
         return InboundMessage(
             platform=PLATFORM_TELEGRAM,
             contact_identifier=str(user.id),
@@ -102,87 +178,77 @@ class Relay:
             message_id=message.message_id,
             name=user.full_name,
             sent_at=clock.rfc3339(message.date),
-            **content,  # type: ignore[arg-type]
+            **content,
         )
 
     async def _publish(self, update: Update, inbound: InboundMessage) -> None:
         try:
-            await self._js.publish(
-                INBOUND_SUBJECT, inbound.to_bytes(), timeout=PUBLISH_TIMEOUT, headers={"Nats-Msg-Id": inbound.dedup_id}
+            await jetstream.publish_through_election(
+                self._js,
+                INBOUND_SUBJECT,
+                inbound.to_bytes(),
+                timeout=PUBLISH_TIMEOUT,
+                headers={"Nats-Msg-Id": inbound.dedup_id},
+                patience=self._patience,
             )
         except (NatsError, asyncio.TimeoutError) as exc:
-            INBOUND_RELAY_FAILURES.inc()
-            raise RelayFailed(f"update {update.update_id} not relayed: {exc!r}") from exc
+            self._not_relayed(update, exc)
+            return
         INBOUND_RELAYED.inc()
         # JetStream has it, Telegram still thinks it undelivered: a crash here
         # gets the same update_id again, which Nats-Msg-Id de-duplicates.
         failpoint("bot.relay.after_ack_before_confirm")
 
+    def _not_relayed(self, update: Update, exc: Exception) -> None:
+        INBOUND_RELAY_FAILURES.inc()
+        log.warning("update %s not relayed: %r", update.update_id, exc)
+        self._unrelayed.add(update.update_id)
+
     async def welcome(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """/start: a short welcome, nothing stored."""
+        assert update.effective_message is not None  # a command is a message
         await update.effective_message.reply_text(WELCOME)
 
-
-def register(application: Application, relay: Relay, failures: set[int]) -> None:
-    private = filters.ChatType.PRIVATE
-    new = filters.UpdateType.MESSAGE
-    application.add_handler(CommandHandler("start", relay.welcome, filters=private & new))
-    application.add_handler(MessageHandler(private & new & filters.TEXT, relay.relay_text))
-    application.add_handler(MessageHandler(private & new & ~filters.TEXT, relay.relay_media))
-    application.add_handler(MessageHandler(private & filters.UpdateType.EDITED_MESSAGE, relay.relay_edit))
-
-    async def log_failure(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """Log first; a relay failure marks the update for another attempt."""
+    async def log_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Log first: an answer that could not be sent, or a handler's bug."""
         error = context.error
-        if isinstance(error, RelayFailed) and isinstance(update, Update):
-            log.warning("%s", error)
-            failures.add(update.update_id)
-        elif isinstance(error, (Forbidden, RetryAfter, NetworkError)):
+        if isinstance(error, (Forbidden, RetryAfter, NetworkError)):
             log.warning("answer to update %s not sent: %s", getattr(update, "update_id", "?"), error)
         else:
             log.error("update %s failed", getattr(update, "update_id", "?"), exc_info=error)
-
-    application.add_error_handler(log_failure)
-
-
-async def handle_update(application: Application, failures: set[int], update: Update) -> bool:
-    """Run the update through the handlers; False if relaying it to JetStream failed,
-    so it must not be confirmed to Telegram."""
-    failures.discard(update.update_id)
-    await application.process_update(update)
-    return update.update_id not in failures
 
 
 class Poller:
     """Long polling that confirms an update only after it was handled."""
 
-    def __init__(self, application: Application, failures: set[int], timeout: int) -> None:
+    def __init__(self, application: Application, relay: Relay, timeout: int) -> None:
         self._application = application
-        self._failures = failures
+        self._relay = relay
         self._timeout = timeout
         self._offset: int | None = None
+        self._failed_polls = 0
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
-        bot = self._application.bot
-        await bot.delete_webhook()
+        await self._application.bot.delete_webhook()
         log.info("polling for updates")
         while not self._stopping.is_set():
             try:
                 updates = await self._fetch()
             except asyncio.CancelledError:
                 break
-            for update in updates:
-                if not await self._handle_until_done(update):
-                    break
-                self._offset = update.update_id + 1
+            done = await self._relay.handle_batch(updates, self._stopping)
+            if done:
+                self._offset = updates[done - 1].update_id + 1
+            if done < len(updates):
+                break  # stopped before the rest were relayed: they stay unconfirmed
         await self._confirm()
         log.info("polling stopped")
 
     def stop(self) -> None:
         self._stopping.set()
 
-    async def _fetch(self) -> tuple[Update, ...]:
+    async def _fetch(self) -> Sequence[Update]:
         fetch = asyncio.ensure_future(
             self._application.bot.get_updates(
                 offset=self._offset, timeout=self._timeout, allowed_updates=ALLOWED_UPDATES
@@ -198,28 +264,19 @@ class Poller:
             await asyncio.gather(fetch, return_exceptions=True)
             return ()
         try:
-            return fetch.result()
+            updates = fetch.result()
         except Conflict as exc:
             log.error("another poller or a webhook holds this bot: %s", exc)
         except RetryAfter as exc:
-            await asyncio.sleep(retry_seconds(exc))
+            await stopped_within(retry_seconds(exc), self._stopping)
         except TelegramError as exc:  # NetworkError, TimedOut, server errors
             log.warning("getUpdates failed: %s", exc)
-        await asyncio.sleep(RETRY_DELAY)
+        else:
+            self._failed_polls = 0
+            return updates
+        self._failed_polls += 1
+        await stopped_within(POLL_RETRY.delay(self._failed_polls), self._stopping)
         return ()
-
-    async def _handle_until_done(self, update: Update) -> bool:
-        """Handle the update, retrying a failed relay; False if stopped before it succeeded."""
-        delay = RETRY_DELAY
-        while True:
-            if await handle_update(self._application, self._failures, update):
-                return True
-            # Not confirmed, so even a crash now means Telegram delivers it again.
-            try:
-                await asyncio.wait_for(self._stopping.wait(), delay)
-                return False
-            except asyncio.TimeoutError:
-                delay = min(delay * 2, MAX_RETRY_DELAY)
 
     async def _confirm(self) -> None:
         """Tell Telegram which updates are done, so a restart does not see them again."""

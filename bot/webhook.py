@@ -2,7 +2,7 @@
 
 PTB's own webhook server answers 200 before the handlers run, which would
 confirm updates JetStream never acknowledged. This receiver runs each update
-through the same handlers as polling (`bot.relay.handle_update`) and answers
+through the same handlers as polling (`bot.relay.Relay.handle`) and answers
 200 only after that; 500 when the relay failed, so Telegram delivers the update
 again; 403 when the secret Telegram was given at setWebhook is missing or wrong.
 
@@ -32,7 +32,7 @@ from tornado.web import RequestHandler, stream_request_body
 
 from bot.config import Settings
 from bot.metrics import WEBHOOK_REFUSED
-from bot.relay import ALLOWED_UPDATES, handle_update
+from bot.relay import ALLOWED_UPDATES, Relay
 from runtime.httpserver import GuardedHTTPServer
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,9 @@ MAX_CONNECTIONS_PER_ADDRESS = 50
 class WebhookReceiver:
     """The HTTP listener Telegram posts updates to, and its registration with Telegram."""
 
-    def __init__(self, application: Application, failures: set[int], settings: Settings) -> None:
+    def __init__(self, application: Application, relay: Relay, settings: Settings) -> None:
         self.application = application
-        self.failures = failures
+        self._relay = relay
         self._settings = settings
         self._secret = (settings.webhook_secret or "").encode()
         self._server: GuardedHTTPServer | None = None
@@ -112,7 +112,7 @@ class WebhookReceiver:
         self._in_flight += 1
         self._idle.clear()
         try:
-            return await handle_update(self.application, self.failures, update)
+            return await self._relay.handle(update)
         finally:
             self._in_flight -= 1
             if not self._in_flight:

@@ -9,13 +9,14 @@ with backoff; a 500, a bug the same request meets again, is not.
 from __future__ import annotations
 
 import functools
-import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 import click
 import httpx
+
+from runtime.retry import RetryPolicy
 
 DEFAULT_API_URL = "http://localhost:8080"
 # What may pass if asked again: rate limiting, and a server restarting or overloaded.
@@ -24,6 +25,10 @@ DEFAULT_API_URL = "http://localhost:8080"
 # the same chunk) would loop on it for ever.
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 MAX_BACKOFF = 30.0
+# From half a second, doubling to 30 s: the eight retries ride out a minute and a half
+# of a server restarting. Stretched at random by up to a quarter, so the many
+# clients of one restarted server do not come back in step.
+BACKOFF = RetryPolicy(first=0.5, cap=MAX_BACKOFF, jitter=0.25)
 
 
 class UserError(click.ClickException):
@@ -136,8 +141,7 @@ class ApiClient:
             attempt += 1
             if attempt > self.retries:
                 raise ApiFailure(f"{method} {path} failed {attempt} times, last with {reason}")
-            delay = wait if wait is not None else min(MAX_BACKOFF, 0.5 * 2 ** (attempt - 1))
-            delay *= random.uniform(1.0, 1.25)  # so many clients do not come back in step
+            delay = BACKOFF.stretched(wait) if wait is not None else BACKOFF.delay(attempt)
             if on_retry is not None:
                 on_retry(f"{reason}; retrying in {delay:.1f} s ({attempt}/{self.retries})")
             self._sleep(delay)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import random
 import re
 import time
 import unicodedata
@@ -29,11 +28,14 @@ from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
 from cli.api import ApiClient, UserError, api_options, connection_options
+from runtime.retry import RetryPolicy
 
 SUBPROTOCOL = "balcao.v1"
 CLOSE_GONE = 4410
 CLOSE_SLOW = 4008
-MAX_BACKOFF = 15.0
+# A follower reconnects for as long as it runs, and sooner than the API client
+# retries (at most 15 s apart, not 30): someone watching wants the stream back.
+RECONNECT = RetryPolicy(first=0.5, cap=15.0, jitter=0.25)
 TYPES = ("session.opened", "message.received", "message.edited", "message.sent", "session.finished", "import.finished")
 _SESSION_ID = re.compile(r"[0-9a-fA-F]{24}")
 # Control, format (bidi overrides, zero-width), line and paragraph separators.
@@ -186,7 +188,7 @@ def watch(
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             reason = f"{type(exc).__name__}: {exc}"
         attempt += 1
-        delay = min(MAX_BACKOFF, 0.5 * 2 ** min(attempt - 1, 6)) * random.uniform(1.0, 1.25)
+        delay = RECONNECT.delay(attempt)
         click.echo(f"{reason}; reconnecting in {delay:.1f} s" + (f" from event {since}" if since else ""), err=True)
         time.sleep(delay)
 

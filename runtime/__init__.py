@@ -2,8 +2,9 @@
 
 Reading configuration from the environment (`environment`), logging with secrets
 masked (`logs`), stop signals and a bounded shutdown (`lifecycle`), connecting
-to NATS, declaring the JetStream streams and the consume loop (`jetstream`), and
-fail points for crash tests (`failpoints`).
+to NATS, declaring the JetStream streams and the consume loop (`jetstream`),
+the one policy every retry is paced by (`retry`, standard library only: the CLI
+uses it too), and fail points for crash tests (`failpoints`).
 
 What the processes say to each other on the wire is not here but in `contract`.
 `jetstream` lives here, not there, because it is nats-py code (connections,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -28,6 +29,7 @@ from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, Not
 from prometheus_client import Counter
 
 from contract import messaging
+from runtime.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +155,8 @@ async def connect(url: str, name: str) -> Client:
 # A replicated stream without a leader (one is being elected: 5-10 s after its
 # leader's node died, by nats-server's Raft election timeouts) answers a publish
 # with "no responders" at once. The publisher tries again this often, for up to
-# ELECTION_PATIENCE, rather than giving up on the first answer.
+# ELECTION_PATIENCE, rather than giving up on the first answer: an even pace,
+# since the election ends at a moment nothing here can predict.
 ELECTION_RETRY_INTERVAL = 0.5
 ELECTION_PATIENCE = 12.0
 
@@ -176,18 +179,22 @@ async def publish_through_election(
     the consumer's whole ack wait (30 s) instead of the election's few seconds.
     A repeated publish is harmless: its Nats-Msg-Id de-duplicates it.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + patience
-    while True:
-        try:
-            return await js.publish(subject, payload, timeout=timeout, headers=headers)
-        except (NoStreamResponseError, ServiceUnavailableError, nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
-            # A timeout is a publish whose answer died with the connection (its
-            # node was killed); the same Nats-Msg-Id makes trying again harmless.
-            if loop.time() + ELECTION_RETRY_INTERVAL > deadline:
-                raise
-            log.info("stream for %s has no leader yet, publishing again: %r", subject, exc)
-        await asyncio.sleep(ELECTION_RETRY_INTERVAL)
+
+    def publishing_again(exc: BaseException, pause: float) -> None:
+        log.info("stream for %s has no leader yet, publishing again: %r", subject, exc)
+
+    return await _election_retry(patience).retrying(
+        lambda: js.publish(subject, payload, timeout=timeout, headers=headers),
+        # A timeout is a publish whose answer died with the connection (its
+        # node was killed); the same Nats-Msg-Id makes trying again harmless.
+        (NoStreamResponseError, ServiceUnavailableError, nats.errors.TimeoutError, asyncio.TimeoutError),
+        on_retry=publishing_again,
+    )
+
+
+@functools.lru_cache(maxsize=8)  # a few patiences in all; one policy each, not one per publish
+def _election_retry(patience: float) -> RetryPolicy:
+    return RetryPolicy(first=ELECTION_RETRY_INTERVAL, factor=1.0, within=patience)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Protocol, TypeVar
 
 from runtime import failpoints, logs
 from runtime.environment import ConfigError
+from runtime.retry import RetryPolicy
 
 T = TypeVar("T")
 
@@ -88,16 +89,21 @@ def _name(task: asyncio.Future) -> str:
     return task.get_name() if isinstance(task, asyncio.Task) else repr(task)
 
 
+# Start-up waits for a dependency still starting: soon at first (containers come
+# up within seconds of each other), then every 30 s at most, so a dependency
+# that is down for long is not asked in a tight loop while the logs say so.
+STARTUP_RETRY = RetryPolicy(first=2.0, cap=30.0)
+
+
 async def retry_until_ready(
     what: str,
     attempt: Callable[[], Awaitable[T]],
     stopping: asyncio.Event,
     errors: tuple[type[BaseException], ...],
-    delay: float = 2.0,
 ) -> T | None:
     """Start-up against a dependency that may still be starting (containers start in any
     order): try until it answers, logging each failure; None if stopped meanwhile."""
-    while True:
+    async for retry in STARTUP_RETRY.tries(stopping):
         trying = asyncio.ensure_future(attempt())
         stop = asyncio.ensure_future(stopping.wait())
         await asyncio.wait({trying, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -109,12 +115,8 @@ async def retry_until_ready(
         try:
             return trying.result()
         except errors as exc:
-            log.warning("%s not reachable yet (%s); retrying in %.0f s", what, type(exc).__name__, delay)
-        try:
-            await asyncio.wait_for(stopping.wait(), delay)
-            return None
-        except asyncio.TimeoutError:
-            delay = min(delay * 2, 30.0)
+            log.warning("%s not reachable yet (%s); retrying in %.0f s", what, type(exc).__name__, retry.pause)
+    return None
 
 
 def begin(process: str, load: Callable[[], S]) -> tuple[S, asyncio.Event]:

@@ -33,6 +33,7 @@ from contract.messaging import DUPLICATE_WINDOW_SECONDS
 from runtime import jetstream
 from runtime.failpoints import failpoint
 from runtime.filestore import FileStore
+from server.conversations import StoredBatch
 from server.metrics import EVENTS_PUBLISHED
 from server.models.outbox import EventPromise
 from server.models.sessions import Session
@@ -85,25 +86,16 @@ async def publish(js: JetStreamContext, body: dict[str, Any], key: str) -> None:
         EVENTS_PUBLISHED.labels(type=kind).inc()
 
 
-async def publish_received(js: JetStreamContext, db, stored: Sequence) -> None:
-    """`session.opened` and `message.received` for an inbound batch just stored.
+def received(stored: StoredBatch) -> list[tuple[dict[str, Any], str]]:
+    """The events of an inbound batch just stored, in order, each with what its Nats-Msg-Id derives from.
 
-    `stored` holds `conversations.StoredInbound`; a message stored before may
-    lack its events as it may lack its reply (JetStream's de-duplication drops
-    a repeat within its window). A session counts as opened
-    by this batch when it holds exactly the messages the batch brought it: the
-    intake creates sessions empty, and only the batch's own messages are in it.
+    `session.opened` comes before its session's first `message.received`. A
+    message stored before may lack its events as it may lack its reply
+    (JetStream's de-duplication drops a repeat within its window).
     """
-    fresh = list(stored)
-    if not fresh:
-        return
-    counts: dict[ObjectId, int] = {}
-    for item in fresh:
-        counts[item.session_id] = counts.get(item.session_id, 0) + 1
-    sessions = await db.run(_message_counts, list(counts))
-    opened: set[ObjectId] = {sid for sid, count in counts.items() if sessions.get(sid) == count}
+    opened = set(stored.opened)
     bodies: list[tuple[dict[str, Any], str]] = []
-    for item in fresh:
+    for item in stored.messages:
         m = item.message
         common = {
             "platform": m.platform,
@@ -130,9 +122,7 @@ async def publish_received(js: JetStreamContext, db, stored: Sequence) -> None:
                 item.key,
             )
         )
-    # One connection writes publishes in call order, so the stream keeps this order.
-    await asyncio.gather(*(publish(js, body, key) for body, key in bodies))
-    failpoint("server.events.after_published")  # published, the inbound batch not yet acknowledged
+    return bodies
 
 
 async def publish_edited(js: JetStreamContext, edited: Sequence) -> None:
@@ -161,10 +151,6 @@ async def publish_edited(js: JetStreamContext, edited: Sequence) -> None:
         )
         bodies.append((body, f"{doc['key']}:{m.edit_update_id}"))
     await asyncio.gather(*(publish(js, body, key) for body, key in bodies))
-
-
-def _message_counts(session_ids: list[ObjectId]) -> dict[ObjectId, int]:
-    return Session.objects.message_counts(session_ids)
 
 
 def session_finished(session: dict[str, Any]) -> dict[str, Any]:

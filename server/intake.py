@@ -29,6 +29,7 @@ from contract.messaging import (
 )
 from runtime import jetstream
 from runtime.failpoints import failpoint
+from runtime.retry import RetryPolicy
 from server import conversations, eventpublishing
 from server.database import Database
 from server.metrics import INTAKE_LATENCY, INTAKE_RETRIES, MESSAGES_STORED
@@ -93,15 +94,10 @@ class Intake:
             return
         try:
             stored = await self._db.run(
-                conversations.store_inbound,
-                [inbound for _, inbound in batch if not inbound.is_edit],
+                conversations.store_inbound, [inbound for _, inbound in batch if not inbound.is_edit]
             )
-            MESSAGES_STORED.inc(sum(item.inserted for item in stored))
-            # Events before replies: the bot reports a reply it sent as `message.sent`,
-            # which must never reach an agent before the message it answers.
-            await eventpublishing.publish_received(self._js, self._db, stored)
-            failpoint("server.intake.after_events_published")
-            await self._reply(stored)
+            MESSAGES_STORED.inc(sum(item.inserted for item in stored.messages))
+            await self._publish(stored)
             # Edits after the batch's new messages, which they may edit; never answered.
             edits = [inbound for _, inbound in batch if inbound.is_edit]
             if edits:
@@ -132,29 +128,50 @@ class Intake:
         for msg, _ in batch:
             await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
 
-    async def _reply(self, stored: list[conversations.StoredInbound]) -> None:
-        pending = stored
-        await asyncio.gather(
-            *(
-                self._outbound.publish(
-                    OutboundMessage(
-                        key=f"reply:{item.key}",
-                        chat_id=str(item.message.chat_id),
-                        text=self._reply_text,
-                        kind="reply",
-                        meta={
-                            "session_id": str(item.session_id),
-                            "platform": item.message.platform,
-                            "contact_identifier": item.message.contact_identifier,
-                        },
-                    )
-                )
-                for item in pending
-            )
+    async def _publish(self, stored: conversations.StoredBatch) -> None:
+        """The batch's events, then its replies, each kind issued at once; raises if one failed.
+
+        The replies wait for every event to be stored: the bot reports a reply
+        it sent as `message.sent`, which must never reach an agent before the
+        `message.received` it answers. Issuing both kinds together would keep
+        that order only while no publish is retried; one retried through a
+        stream leader election would land after the replies. The cost is one
+        round trip to JetStream per batch, not per message.
+        """
+        events = [
+            asyncio.ensure_future(eventpublishing.publish(self._js, body, key))
+            for body, key in eventpublishing.received(stored)
+        ]
+        replies: list[asyncio.Future[None]] = []
+        try:
+            await asyncio.gather(*events)
+            failpoint("server.events.after_published")
+            failpoint("server.intake.after_events_published")
+            replies = [asyncio.ensure_future(self._outbound.publish(self._reply_to(item))) for item in stored.messages]
+            await asyncio.gather(*replies)
+        finally:
+            # After a failure the rest is not waited for: the batch is tried again whole.
+            for task in (*events, *replies):
+                task.cancel()
+            await asyncio.gather(*events, *replies, return_exceptions=True)
+
+    def _reply_to(self, item: conversations.StoredInbound) -> OutboundMessage:
+        return OutboundMessage(
+            key=f"reply:{item.key}",
+            chat_id=str(item.message.chat_id),
+            text=self._reply_text,
+            kind="reply",
+            meta={
+                "session_id": str(item.session_id),
+                "platform": item.message.platform,
+                "contact_identifier": item.message.contact_identifier,
+            },
         )
+
+
+REDELIVERY = RetryPolicy(first=RETRY_DELAY, cap=MAX_RETRY_DELAY)
 
 
 def retry_delay(deliveries: int) -> float:
     """Seconds before another try of a message already delivered `deliveries` times."""
-    doublings = min(max(deliveries - 1, 0), 16)  # bounded: 2**n of a huge n overflows a float
-    return min(RETRY_DELAY * 2**doublings, MAX_RETRY_DELAY)
+    return REDELIVERY.delay(deliveries)

@@ -23,6 +23,7 @@ from contract import clock
 from contract.messaging import OUTBOUND_SUBJECT, OutboundMessage
 from runtime import jetstream
 from runtime.failpoints import failpoint
+from runtime.retry import RetryPolicy
 from server import eventpublishing
 from server.database import Database
 from server.metrics import OUTBOUND_PUBLISHED
@@ -88,21 +89,24 @@ class Outbound:
         The round in hand is finished before returning, and one more round runs
         after `stop()`, for what the requests drained at shutdown promised.
         """
-        pause = self._relay_interval
+        # Each round MongoDB failed in a row doubles the pause, from twice the interval.
+        backoff = RetryPolicy(first=2 * self._relay_interval, cap=MAX_RELAY_BACKOFF)
+        failed = 0
         while True:
             stopping = self._stopping
             try:
                 await self.relay_once()
-                pause = self._relay_interval
+                failed = 0
             except PyMongoError as exc:
                 log.warning("outbox relay paused, MongoDB unavailable: %s", exc)
                 if self._stopping:
                     return  # a last round would only wait out server selection again
-                pause = min(pause * 2, MAX_RELAY_BACKOFF)
+                failed += 1
             except Exception:  # keep relaying whatever one round hit
                 log.exception("outbox relay round failed")
             if stopping:
                 return
+            pause = backoff.delay(failed) if failed else self._relay_interval
             try:
                 await asyncio.wait_for(self._wake.wait(), pause)
             except asyncio.TimeoutError:

@@ -169,6 +169,10 @@ def test_cli_image_target_has_pandas_and_runs_the_cli() -> None:
     assert [json.loads(args) for keyword, args in cli if keyword == "ENTRYPOINT"] == [["balcao"]]
     users = [args for keyword, args in cli if keyword == "USER"]
     assert users and users[-1].split(":")[0] == "10001"
+    # runtime for its retry policy (tests/cli/test_root.py runs the CLI without the
+    # server's and the bot's dependencies); nothing of the server or the bot.
+    copied = {args.split()[0] for keyword, args in builder if keyword == "COPY"}
+    assert copied & set(CODE_PACKAGES) == {"contract", "runtime", "cli"}
 
 
 def test_runtime_extras_do_not_pull_dev_only_packages() -> None:

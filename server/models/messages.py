@@ -14,7 +14,7 @@ from typing import Any
 from bson import ObjectId
 from mongoengine import DateTimeField, DictField, Document, IntField, ListField, ObjectIdField, QuerySet, StringField
 
-from server.models.stored import Stored, insert_unordered, save_new, stored_form
+from server.models.stored import Stored, in_slices, insert_unordered, save_new, stored_form, update_many_each
 
 # How long the keys of finished messages are kept: two days.
 FINISHED_MESSAGE_SECONDS = 2 * 24 * 3600
@@ -42,24 +42,25 @@ class MessageQuerySet(QuerySet):
     def for_session(self, session_id: ObjectId) -> MessageQuerySet:
         return self.filter(session_id=session_id)
 
-    def stored_keys(self, keys: Iterable[str]) -> set[str]:
-        """Which of these message keys are stored: one `$in` on the unique key index."""
-        wanted = list(dict.fromkeys(keys))
-        if not wanted:
-            return set()
-        return {doc["key"] for doc in self.filter(key__in=wanted).only("key").as_pymongo()}
-
     def holders(self, keys: Iterable[str]) -> dict[str, ObjectId]:
-        """The session each of these stored message keys is in."""
-        found = self.filter(key__in=list(keys)).only("key", "session_id").as_pymongo()
-        return {doc["key"]: doc["session_id"] for doc in found}
+        """The session each of these stored message keys is in: `$in` reads on the unique key index."""
+        found: dict[str, ObjectId] = {}
+        for some in in_slices(keys):
+            found.update(
+                (doc["key"], doc["session_id"])
+                for doc in self.filter(key__in=some).only("key", "session_id").as_pymongo()
+            )
+        return found
 
     def counts_by_session(self, session_ids: Iterable[ObjectId]) -> dict[ObjectId, int]:
-        """How many messages each of these sessions holds (absent: none); one aggregation."""
-        grouped = self.filter(session_id__in=list(session_ids)).aggregate(
-            [{"$group": {"_id": "$session_id", "count": {"$sum": 1}}}]
-        )
-        return {doc["_id"]: doc["count"] for doc in grouped}
+        """How many messages each of these sessions holds (absent: none): aggregations on the timeline index."""
+        counts: dict[ObjectId, int] = {}
+        for some in in_slices(session_ids):
+            grouped = self.filter(session_id__in=some).aggregate(
+                [{"$group": {"_id": "$session_id", "count": {"$sum": 1}}}]
+            )
+            counts.update((doc["_id"], doc["count"]) for doc in grouped)
+        return counts
 
     def latest_text(self, session_id: ObjectId) -> str | None:
         """What the session's latest message shows in a preview (server.models.sessions.preview_text)."""
@@ -200,6 +201,22 @@ class Message(Document):
         """Insert the messages not stored yet; the keys actually inserted."""
         skipped = insert_unordered(cls, messages)
         return {message["key"] for index, message in enumerate(messages) if index not in skipped}
+
+    @classmethod
+    def move(cls, moves: Sequence[tuple[Sequence[str], ObjectId, ObjectId]]) -> int:
+        """Move messages (keys, from this session, to that one) in one round trip; how many moved.
+
+        A message no longer in the session it is moved from (another writer moved
+        it first) stays where it is.
+        """
+        return update_many_each(
+            cls,
+            [
+                ({"key": {"$in": some}, "session_id": source}, {"$set": {"session_id": target}})
+                for keys, source, target in moves
+                for some in in_slices(keys)
+            ],
+        )
 
     @classmethod
     def save_new(cls, message: Stored) -> None:

@@ -13,8 +13,8 @@ duplicates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from bson import ObjectId
 from mongoengine import (
@@ -27,10 +27,26 @@ from mongoengine import (
     StringField,
     ValidationError,
 )
-from pymongo import UpdateOne
+from pymongo import UpdateMany, UpdateOne
 from pymongo.errors import BulkWriteError
 
 DUPLICATE_KEY = 11000
+
+# Reads of many documents by `$in` go in slices of this many values. SecantusDB
+# checks each document an `$in` fetched against the whole list again, so one
+# read of n matching values costs n * n comparisons: 3,000 stored message keys
+# took 7 CPU-seconds of the database in one read, 0.4 s in slices of 100. On
+# mongod a slice is one more round trip.
+IN_SLICE = 100
+
+T = TypeVar("T")
+
+
+def in_slices(values: Iterable[T]) -> Iterator[list[T]]:
+    """The values, without repeats, in lists of at most IN_SLICE (none for no values)."""
+    unique = list(dict.fromkeys(values))
+    for start in range(0, len(unique), IN_SLICE):
+        yield unique[start : start + IN_SLICE]
 
 
 def duplicates_only(exc: BulkWriteError) -> set[int]:
@@ -155,3 +171,13 @@ def update_each(document: type[Document], updates: Sequence[tuple[dict[str, Any]
         ordered=False,
     )
     return result.matched_count
+
+
+def update_many_each(document: type[Document], updates: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> int:
+    """Apply one update to every document each filter matches, in one round trip; how many were modified."""
+    if not updates:
+        return 0
+    result = document._get_collection().bulk_write(
+        [UpdateMany(which, update) for which, update in updates], ordered=False
+    )
+    return result.modified_count

@@ -12,13 +12,12 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cli.generate import generate_sessions
-from cli.root import cli, register
+from cli.root import cli
 from contract.importwriter import write_sessions
 from devstack.processes import free_port
 from tests.harness import API_TOKEN, ROOT, whole_records
 
 DATA = ROOT / "data"
-register()
 
 Run = Callable[..., Result]
 

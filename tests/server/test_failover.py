@@ -24,11 +24,11 @@ from pymongo.errors import (
 
 from contract.messaging import InboundMessage
 from server import failover
-from server.conversations import SessionFinishedMeanwhile
 from server.database import replica_set_safety
 from server.intake import Intake
 from server.models.sessions import RecountContended
 from server.problems import ApiError, database_errors
+from server.sessionwriter import SessionFinishedMeanwhile
 
 
 def labelled(code: int, label: str) -> OperationFailure:

@@ -46,7 +46,7 @@ def store_held_at(point: str, batch: list[InboundMessage], log) -> tuple[threadi
     """Intake storing `batch` in a thread, held at the fail point `point` until resumed."""
     failpoints.configure({"BALCAO_FAILPOINTS": f"{point}=pause", "BALCAO_FAILPOINTS_LOG": str(log)})
     result: list = []
-    intake = threading.Thread(target=lambda: result.extend(store_inbound(batch)))
+    intake = threading.Thread(target=lambda: result.extend(store_inbound(batch).messages))
     intake.start()
     for _ in range(1500):
         if log.exists() and f"{point} pause" in log.read_text():
@@ -55,7 +55,14 @@ def store_held_at(point: str, batch: list[InboundMessage], log) -> tuple[threadi
     raise AssertionError(f"intake never reached {point}")
 
 
-@pytest.mark.parametrize("window", ["server.intake.after_messages_inserted", "server.intake.after_sessions_updated"])
+@pytest.mark.parametrize(
+    "window",
+    [
+        "server.intake.after_messages_inserted",
+        "server.intake.after_sessions_inserted",
+        "server.intake.after_sessions_updated",
+    ],
+)
 def test_a_crash_before_the_ack_leaves_counters_equal_to_what_is_stored(store, mongo, window):
     batch = [inbound("81", 1, "primeira"), inbound("81", 2, "segunda"), inbound("82", 3, "outra")]
     failpoints.configure({"BALCAO_FAILPOINTS": f"{window}=raise"})
@@ -67,9 +74,8 @@ def test_a_crash_before_the_ack_leaves_counters_equal_to_what_is_stored(store, m
 
     assert mongo.messages.count_documents({}) == 3
     assert_counters_match_what_is_stored(mongo)
-    assert {item.inserted for item in stored} == {
-        False
-    }  # stored before; answered again (the reply may not have gone out)
+    # Stored before; answered again (the reply may not have gone out).
+    assert {item.inserted for item in stored.messages} == {False}
 
 
 def test_a_session_finished_between_lookup_and_insert_loses_no_message(store, mongo, tmp_path):
@@ -95,14 +101,14 @@ def test_a_message_finished_with_its_session_is_not_stored_again_when_redelivere
     # Stored, then the server died before acknowledging; an agent finished the
     # session; JetStream now redelivers the batch.
     stored = store([inbound("95", 1, "vista"), inbound("96", 2, "outra")])
-    finished_id = next(item.session_id for item in stored if item.message.contact_identifier == "95")
+    finished_id = next(item.session_id for item in stored.messages if item.message.contact_identifier == "95")
     assert sessions.finish(finished_id)
 
     again = store([inbound("95", 1, "vista"), inbound("96", 2, "outra")])
 
     assert mongo.sessions.count_documents({"contact_identifier": "95"}) == 0  # no session nobody opened
-    assert mongo.messages.count_documents({"key": again[0].key}) == 0
-    finished = next(item for item in again if item.message.contact_identifier == "95")
+    assert mongo.messages.count_documents({"key": again.messages[0].key}) == 0
+    finished = next(item for item in again.messages if item.message.contact_identifier == "95")
     assert (finished.session_id, finished.inserted) == (finished_id, False)
     assert mongo.messages.count_documents({}) == 1  # the other contact's message, once
     assert_counters_match_what_is_stored(mongo)
@@ -112,24 +118,25 @@ def test_a_message_finished_with_its_session_is_not_stored_again_when_redelivere
 
 
 def test_a_message_counted_while_a_recount_counts_is_not_dropped(store, mongo, tmp_path):
-    # The server died between storing the message and counting it.
+    store([inbound("71", 1, "primeira")])
+    # The server died between storing the second message and counting it.
     failpoints.configure({"BALCAO_FAILPOINTS": "server.intake.after_messages_inserted=raise"})
     with pytest.raises(FailPointError):
-        store([inbound("71", 1, "primeira")])
+        store([inbound("71", 2, "segunda")])
     session = mongo.sessions.find_one({"contact_identifier": "71"})
-    assert session["message_count"] == 0
+    assert session["message_count"] == 1 and mongo.messages.count_documents({}) == 2
     log = tmp_path / "failpoints"
     point = "session.recount.after_counting"
-    # The redelivery recounts the session: it counted 1 and is held before writing it.
-    redelivery, _ = store_held_at(point, [inbound("71", 1, "primeira")], log)
-    # An agent's reply is stored and counted inside that window (count 0 -> 1).
+    # The redelivery recounts the session: it counted 2 and is held before writing it.
+    redelivery, _ = store_held_at(point, [inbound("71", 2, "segunda")], log)
+    # An agent's reply is stored and counted inside that window (count 1 -> 2).
     assert sessions.add_agent_reply(session, "resposta") is not None
     failpoints.resume(str(log), point)
     redelivery.join(30)
 
     assert not redelivery.is_alive()
-    assert mongo.messages.count_documents({}) == 2
-    assert_counters_match_what_is_stored(mongo)  # 2, not the 1 the recount had counted
+    assert mongo.messages.count_documents({}) == 3
+    assert_counters_match_what_is_stored(mongo)  # 3, not the 2 the recount had counted
 
 
 def test_a_recount_inside_a_writers_window_does_not_count_its_message_twice(store, mongo, tmp_path):

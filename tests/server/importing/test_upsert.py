@@ -8,11 +8,9 @@ import threading
 import pytest
 
 from cli.generate import generate_sessions
-from server.importing import upsert
-from server.importing.records import ImportedMessage, ImportedSession, message_key, normalise_session
+from server.importing.records import ImportedMessage, ImportedSession, normalise_session
 from server.importing.upsert import CREATED, UNCHANGED, UPDATED, upsert_sessions
-from server.models.messages import Message
-from server.models.sessions import activity_key
+from server.models.sessions import SessionQuerySet, activity_key
 from tests.server import factories
 from tests.server.factories import SessionFactory
 
@@ -170,32 +168,41 @@ def test_records_of_one_contact_in_a_batch_are_judged_in_file_order(store, mongo
 
 def test_a_contact_opened_meanwhile_by_another_writer_is_merged_into(store, mongo, monkeypatch):
     other = SessionFactory.create(contact_identifier="10", contact_name="Lia", chat_id="10", message_count=0)
-    real = upsert.sessions_by_contact
+    real = SessionQuerySet.by_contact
     calls = []
 
-    def stale_first_read(contacts, fields):
+    def stale_first_read(queryset, contacts, fields):
         calls.append(list(contacts))
-        return {} if len(calls) == 1 else real(contacts, fields)  # the first read misses `other`
+        return {} if len(calls) == 1 else real(queryset, contacts, fields)  # the first read misses `other`
 
-    monkeypatch.setattr(upsert, "sessions_by_contact", stale_first_read)
+    monkeypatch.setattr(SessionQuerySet, "by_contact", stale_first_read)
     assert store([record("10", "Lia", ("oi", 1))]) == [UPDATED]
     assert mongo.sessions.count_documents({}) == 1
     assert mongo.sessions.find_one()["_id"] == other["_id"]
     assert mongo.sessions.find_one()["message_count"] == 1
 
 
-def test_a_message_stored_meanwhile_by_another_import_is_not_counted_twice(store, mongo, monkeypatch):
-    session = record("11", "Nina", ("um", 1), ("dois", 2))
-    taken = message_key("telegram", "11", session.messages[1])
-    real = Message.insert_new
+def test_a_message_stored_meanwhile_by_another_import_is_not_counted_twice(store, mongo, tmp_path):
+    from runtime import failpoints
 
-    def another_import_was_faster(documents):
-        return real(documents) - {taken}
+    log = tmp_path / "failpoints"
+    try:
+        # Held once it found no session for the contact, before storing anything.
+        writer, outcomes = _upsert_paused_at(
+            "import.after_sessions_resolved", [record("11", "Nina", ("um", 1), ("dois", 2))], log
+        )
+        # Another import of a file holding one of the messages opens the session and counts it
+        # (the fail point fires on its first pass only).
+        assert upsert_sessions([record("11", "Nina", ("um", 1))]) == [CREATED]
+        failpoints.resume(str(log), "import.after_sessions_resolved")
+        writer.join(30)
+    finally:
+        failpoints.configure({})
 
-    monkeypatch.setattr(Message, "insert_new", staticmethod(another_import_was_faster))
-    store([session])
-    # The other import counts the message it stored itself; this one takes it back.
-    assert mongo.sessions.find_one()["message_count"] == 1
+    assert not writer.is_alive()
+    assert outcomes == [UPDATED]  # it added "dois" to the session the other import opened
+    assert mongo.sessions.count_documents({}) == 1 and mongo.messages.count_documents({}) == 2
+    _every_message_in_a_live_session(mongo)  # 2: "um" is counted once
 
 
 def test_an_imported_contact_writing_to_the_bot_gets_their_chat_and_name(store, mongo):
@@ -268,12 +275,11 @@ def test_sessions_finished_between_lookup_and_insert_lose_no_imported_message(st
     batch = [record("20", "Ana", ("oi", 2), ("tudo bem?", 3)), record("21", "Bia", ("depois", 4), ("mais", 5))]
     log = tmp_path / "failpoints"
     try:
-        # Held after Ana's new session is inserted and Bia's open one was looked up,
-        # before either gets its messages: the agent finishes both inside the window.
-        writer, outcomes = _upsert_paused_at("import.after_sessions_inserted", batch, log)
-        opened = mongo.sessions.find_one({"contact_identifier": "20"})["_id"]
-        assert sessions.finish(opened) and sessions.finish(earlier)
-        failpoints.resume(str(log), "import.after_sessions_inserted")
+        # Held once Bia's open session was looked up (Ana has none), before anything is
+        # stored: the agent finishes Bia's inside the window.
+        writer, outcomes = _upsert_paused_at("import.after_sessions_resolved", batch, log)
+        assert sessions.finish(earlier)
+        failpoints.resume(str(log), "import.after_sessions_resolved")
         writer.join(30)
     finally:
         failpoints.configure({})
@@ -286,21 +292,48 @@ def test_sessions_finished_between_lookup_and_insert_lose_no_imported_message(st
     }
     assert stored == {("oi", "20"), ("tudo bem?", "20"), ("depois", "21"), ("mais", "21")}  # "antes" was finished
     assert mongo.messages.count_documents({}) == 4
-    assert {s["_id"] for s in mongo.sessions.find()}.isdisjoint({opened, earlier})  # each contact's next session
-    assert outcomes == [CREATED, CREATED]  # where the records are now: both opened the contact's next session
+    assert earlier not in {s["_id"] for s in mongo.sessions.find()}  # Bia's next session
+    assert outcomes == [CREATED, CREATED]  # where the records are now: both opened the contact's session
 
 
-def test_messages_a_racing_finish_took_are_finished_not_stored_again(store, mongo, tmp_path):
+@pytest.mark.parametrize(
+    ("known", "window", "outcome"),
+    [(False, "import.after_sessions_inserted", CREATED), (True, "import.after_messages_inserted", UPDATED)],
+)
+def test_messages_a_racing_finish_took_are_finished_not_stored_again(store, mongo, tmp_path, known, window, outcome):
     from runtime import failpoints
     from server import sessions
 
+    if known:
+        store([record("22", "Caio", ("antes", 0))])
     log = tmp_path / "failpoints"
     try:
-        # Held once the messages are stored: the finish sees them, as the agent did.
-        writer, outcomes = _upsert_paused_at(
-            "import.after_messages_inserted", [record("22", "Caio", ("visto", 1), ("também", 2))], log
-        )
+        # Held once the messages are stored in the session: the finish sees them, as the agent did.
+        writer, outcomes = _upsert_paused_at(window, [record("22", "Caio", ("visto", 1), ("também", 2))], log)
         assert sessions.finish(mongo.sessions.find_one({"contact_identifier": "22"})["_id"])
+        failpoints.resume(str(log), window)
+        writer.join(30)
+    finally:
+        failpoints.configure({})
+
+    assert not writer.is_alive()
+    assert outcomes == [outcome]  # as if the finish came after the batch
+    assert mongo.sessions.count_documents({}) == 0 and mongo.messages.count_documents({}) == 0
+    assert mongo.finished_messages.count_documents({}) == 2 + known
+
+
+def test_a_new_session_is_never_seen_without_its_messages(store, mongo, tmp_path):
+    from runtime import failpoints
+
+    log = tmp_path / "failpoints"
+    try:
+        # Held once its messages are stored, before its session is: nobody can see, list,
+        # recount or finish a session that does not count them yet.
+        writer, outcomes = _upsert_paused_at(
+            "import.after_messages_inserted", [record("23", "Duda", ("um", 1), ("dois", 2))], log
+        )
+        assert mongo.sessions.count_documents({}) == 0
+        assert mongo.messages.count_documents({}) == 2
         failpoints.resume(str(log), "import.after_messages_inserted")
         writer.join(30)
     finally:
@@ -308,33 +341,8 @@ def test_messages_a_racing_finish_took_are_finished_not_stored_again(store, mong
 
     assert not writer.is_alive()
     assert outcomes == [CREATED]
-    assert mongo.sessions.count_documents({}) == 0 and mongo.messages.count_documents({}) == 0
-    assert mongo.finished_messages.count_documents({}) == 2
-
-
-def test_a_recount_between_a_new_session_and_its_messages_does_not_leave_it_short(store, mongo, tmp_path):
-    from runtime import failpoints
-    from server.models.sessions import Session
-
-    log = tmp_path / "failpoints"
-    try:
-        # Held once the session is written with its count of 2, before its messages:
-        # another import merging into it recounts it then, and finds none stored.
-        writer, outcomes = _upsert_paused_at(
-            "import.after_sessions_inserted", [record("23", "Duda", ("um", 1), ("dois", 2))], log
-        )
-        opened = mongo.sessions.find_one({"contact_identifier": "23"})["_id"]
-        Session.recount([opened])
-        assert mongo.sessions.find_one({"_id": opened})["message_count"] == 0
-        failpoints.resume(str(log), "import.after_sessions_inserted")
-        writer.join(30)
-    finally:
-        failpoints.configure({})
-
-    assert not writer.is_alive()
-    assert outcomes == [CREATED]
     _every_message_in_a_live_session(mongo)
-    assert mongo.sessions.find_one({"_id": opened})["message_count"] == 2
+    assert mongo.sessions.find_one({"contact_identifier": "23"})["message_count"] == 2
 
 
 def test_an_imported_file_is_a_message_of_its_kind_whose_bytes_were_not_kept(store, mongo):
