@@ -99,11 +99,6 @@ class FileKeeper:
 
     def __init__(self, js: JetStreamContext, replicas: int = 1) -> None:
         self.store = FileStore(js, replicas)
-        # Its own client: the file links hold the token, so nothing here logs a URL.
-        self._http = httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT, follow_redirects=False)
-
-    async def close(self) -> None:
-        await self._http.aclose()
 
     async def send(self, bot: Bot, chat: int | str, outbound: OutboundMessage) -> None:
         """Send an agent's file (`outbound.file`) with its caption: sendPhoto or sendDocument.
@@ -184,7 +179,13 @@ class FileKeeper:
 
     async def _fetch(self, url: str, spool: IO[bytes]) -> tuple[int, str]:
         size, digest = 0, hashlib.sha256()
-        async with self._http.stream("GET", url) as response:
+        # A client per download, closed with it (a connection per file costs nothing
+        # beside the file); not PTB's, which reads a download whole into memory.
+        # The link holds the token, so nothing here logs a URL.
+        async with (
+            httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT, follow_redirects=False) as http,
+            http.stream("GET", url) as response,
+        ):
             if response.status_code == 404:
                 raise FileNotKept("Telegram no longer has the file")
             response.raise_for_status()

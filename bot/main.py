@@ -142,7 +142,6 @@ async def main() -> None:
     delivery.stop()
     await deadline.settle(task for task in workers if not task.done())
     await application.shutdown()
-    await files.close()
     await jetstream.drain(nc, timeout=deadline.remaining(at_least=2.0))
     log.info("bot stopped")
     if crashed:
