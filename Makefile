@@ -70,7 +70,7 @@ lint: install
 
 # Every benchmark at modest sizes; each writes bench/results/<name>.json, and
 # docs/benchmarks.md is rendered from those (with how long each run took).
-# README's Benchmarks section says how to run them at full size.
+# docs/scaling.md says how to run them at full size.
 BENCH_MESSAGES ?= 1000
 BENCH_SESSIONS ?= 5000
 BENCH_LIST_SESSIONS ?= 20000
@@ -88,25 +88,78 @@ clean:
 	rm -rf var .coverage .coverage.* htmlcov
 
 # --- container stack ---------------------------------------------------------
-PODMAN_COMPOSE ?= $(if $(wildcard $(VENV)/bin/podman-compose),$(VENV)/bin/podman-compose,podman-compose)
-COMPOSE := $(PODMAN_COMPOSE) -f podman-compose.yml
+# podman-compose from .venv (the dev extra pins it): Debian 12's own 1.0.3 turns
+# a CMD health check into a shell string that always fails.
+PODMAN_COMPOSE ?= $(VENV)/bin/podman-compose
+# More files after podman-compose.yml change what it runs, e.g. the stand-in
+# images of a machine without a registry:
+#   make up COMPOSE_FILES="podman-compose.yml devstack/standins/podman-compose.standins.yml"
+COMPOSE_FILES ?= podman-compose.yml
+# podman-compose gives stop_grace_period (30 s) to its own stop and down only:
+# each container is also made with it, so a plain `podman stop` (or podman's
+# own shutdown) lets the processes drain instead of killing them after 10 s.
+STOP_TIMEOUT := 30
+PODMAN_COMPOSE_RUN := $(PODMAN_COMPOSE) --podman-run-args=--stop-timeout=$(STOP_TIMEOUT)
+COMPOSE := $(PODMAN_COMPOSE_RUN) $(addprefix -f ,$(COMPOSE_FILES))
+# The project name, from podman-compose.yml's `name:`.
+PROJECT := balcao
 SECRETS := secrets
 # Generated on first use, each a random 43-character URL-safe string, which
 # NATS_URL needs no percent-encoding for. The bot token is the one given.
 GENERATED_SECRETS := $(addprefix $(SECRETS)/,api_token mongodb_root_password mongodb_app_password \
                      nats_server_password nats_bot_password)
+# PYTHON_IMAGE=... builds on another Python base image than the Containerfile's;
+# BUILD_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt lets pip trust a proxy that
+# intercepts TLS (a build secret: it is in no image layer).
+IMAGE_BUILD_ARGS = $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) \
+                   $(if $(BUILD_CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(BUILD_CA_BUNDLE))
+comma := ,
 
-.PHONY: up down logs image-cli
+.PHONY: images up down logs up-cluster down-cluster image-cli test-containers test-python313
+
+$(VENV)/bin/podman-compose: $(INSTALLED)
 
 # BUILDAH_FORMAT=docker: podman builds OCI images by default, and OCI has no
 # HEALTHCHECK, so the image's /health probe would be dropped with a warning.
-up: $(GENERATED_SECRETS) $(SECRETS)/telegram_bot_token
-	BUILDAH_FORMAT=docker $(COMPOSE) up -d --build
+images:
+	BUILDAH_FORMAT=docker podman build --target server --tag localhost/balcao:latest $(IMAGE_BUILD_ARGS) --file Containerfile .
+	BUILDAH_FORMAT=docker podman build --target cli --tag localhost/balcao-cli:latest $(IMAGE_BUILD_ARGS) --file Containerfile .
+
+# MongoDB and NATS first, then the server and the bot once both are healthy:
+# podman before 4.6 ignores `condition: service_healthy`, so the order is made
+# here, and each health check is run until it passes (where no systemd runs
+# them on a timer, nothing else would).
+up: $(GENERATED_SECRETS) $(SECRETS)/telegram_bot_token $(PODMAN_COMPOSE) images
+	$(COMPOSE) up --detach --no-build mongo nats
+	sh deploy/wait-healthy.sh $(PROJECT) 180 mongo nats
+	$(COMPOSE) up --detach --no-build --no-deps server bot
+	sh deploy/wait-healthy.sh $(PROJECT) 180 server bot
 	@echo "the /v1 bearer token is in $(SECRETS)/api_token"
+
+# The clustered stack (podman-compose.cluster.yml) in the same order: the
+# MongoDB members and the NATS nodes, the one-shot service that makes the
+# members a replica set, then the two server replicas and the bot.
+CLUSTER_COMPOSE_FILES ?= podman-compose.cluster.yml
+CLUSTER_COMPOSE := $(PODMAN_COMPOSE_RUN) $(addprefix -f ,$(CLUSTER_COMPOSE_FILES))
+CLUSTER_PROJECT := balcao-cluster
+CLUSTER_MONGO ?= mongo1 mongo2 mongo3
+CLUSTER_MONGO_INIT ?= mongo-init
+CLUSTER_SECRETS := $(SECRETS)/mongodb_keyfile $(SECRETS)/nats_route_password
+
+up-cluster: $(GENERATED_SECRETS) $(CLUSTER_SECRETS) $(SECRETS)/telegram_bot_token $(PODMAN_COMPOSE) images
+	$(CLUSTER_COMPOSE) up --detach --no-build $(CLUSTER_MONGO) nats1 nats2 nats3
+	sh deploy/wait-healthy.sh $(CLUSTER_PROJECT) 180 $(CLUSTER_MONGO) nats1 nats2 nats3
+	$(if $(strip $(CLUSTER_MONGO_INIT)),$(CLUSTER_COMPOSE) run --rm --no-deps $(CLUSTER_MONGO_INIT))
+	$(CLUSTER_COMPOSE) up --detach --no-build --no-deps server1 server2 bot
+	sh deploy/wait-healthy.sh $(CLUSTER_PROJECT) 180 server1 server2 bot
+	@echo "the /v1 bearer token is in $(SECRETS)/api_token"
+
+down-cluster:
+	$(CLUSTER_COMPOSE) down
 
 # The command-line image (pandas, no server): `podman run --rm localhost/balcao-cli --help`.
 image-cli:
-	podman build --target cli -t localhost/balcao-cli:latest -f Containerfile .
+	BUILDAH_FORMAT=docker podman build --target cli --tag localhost/balcao-cli:latest $(IMAGE_BUILD_ARGS) --file Containerfile .
 
 # Volumes survive; `$(COMPOSE) down -v` also deletes MongoDB and JetStream data.
 down:
@@ -116,6 +169,21 @@ down:
 logs:
 	$(COMPOSE) logs -f $(SERVICE)
 
+# The real images and compose files, built and started with podman on base
+# images made here from Debian's packages, and driven from outside
+# (tests/containers/). Installs podman and the rest with apt-get when missing
+# (as root), and leaves no container, image, network or host setting behind.
+CONTAINER_TEST_TIMEOUT := 3600
+test-containers: install-test
+	$(PY) -m pytest --containers -n 0 -p no:randomly --timeout=$(CONTAINER_TEST_TIMEOUT) -s --durations=0 \
+	  tests/containers/test_stack.py tests/containers/test_cluster.py
+
+# The whole suite (make test) on the newest Python Balcão supports, in a Debian
+# 13 container made the same way.
+test-python313: install-test
+	$(PY) -m pytest --containers -n 0 -p no:randomly --timeout=$(CONTAINER_TEST_TIMEOUT) -s --durations=0 \
+	  tests/containers/test_python313.py
+
 # The directory's 0700 keeps other host users out. The files stay 0644:
 # rootless podman shows them root-owned inside the container, where the
 # processes run as uid 10001 and must still read them.
@@ -124,6 +192,16 @@ $(SECRETS):
 
 $(GENERATED_SECRETS): | $(SECRETS)
 	@umask 022 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > $@.tmp && mv $@.tmp $@
+	@echo "generated $@"
+
+$(SECRETS)/nats_route_password: | $(SECRETS)
+	@umask 022 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > $@.tmp && mv $@.tmp $@
+	@echo "generated $@"
+
+# mongod takes a key of 6 to 1024 characters of the base64 alphabet, which
+# token_urlsafe's - and _ are not: hexadecimal is.
+$(SECRETS)/mongodb_keyfile: | $(SECRETS)
+	@umask 022 && $(PYTHON) -c 'import secrets; print(secrets.token_hex(48))' > $@.tmp && mv $@.tmp $@
 	@echo "generated $@"
 
 # Copied with printenv, so the token is on no command line that make echoes

@@ -37,7 +37,7 @@ import pymongo
 
 from bench import probe
 from bench.method import ROOT, process_cpu_seconds
-from devstack.processes import NatsServer, SecantusServer, end_process, free_port, unmeasured_environ
+from devstack.processes import NatsServer, SecantusServer, end_process, unmeasured_environ
 
 API_TOKEN = "bench-api-token-0123456789abcdef-0123456789"
 # With the default 1 GB WiredTiger cache, eviction stalls writes for minutes once
@@ -116,12 +116,11 @@ def fresh_stack(
     """A nats-server and an empty database, both new, under `work` (SecantusDB's data
     in `mongo_dir` instead, when given: a large load kept for the next run)."""
     work.mkdir(parents=True, exist_ok=True)
-    monitor = free_port()
     config = work / "nats.conf"
-    config.write_text(
-        f"http_port: {monitor}\n" + ("jetstream {\n  sync_interval: always\n}\n" if durability.nats_sync else "")
-    )
+    # A configuration file, even an empty one, turns on the monitoring port (`/connz`).
+    config.write_text("jetstream {\n  sync_interval: always\n}\n" if durability.nats_sync else "")
     nats_server = NatsServer(data_dir=work / "nats", config_file=config, log_file=work / "nats.log")
+    monitor = nats_server.monitor_port
     external = os.environ.get("MONGODB_URI")
     options = {"journal": "true"} if durability.mongo_journal else {}
     mongo = None

@@ -22,6 +22,7 @@ from bot import config, metrics
 from bot.delivery import SENDS_IN_FLIGHT, Delivery
 from bot.files import FileKeeper
 from bot.relay import WEBHOOK_PATIENCE, Poller, Relay
+from contract import messaging
 from runtime import jetstream, lifecycle
 
 log = logging.getLogger("bot")
@@ -68,7 +69,7 @@ async def main() -> None:
 
     nc = await lifecycle.retry_until_ready(
         "NATS",
-        lambda: jetstream.connect(settings.nats_url, "balcao-bot"),
+        lambda: jetstream.connect(settings.nats_url, "balcao-bot", messaging.BOT_INBOX_PREFIX),
         stopping,
         (OSError, NatsError, asyncio.TimeoutError),
     )
@@ -86,6 +87,7 @@ async def main() -> None:
                 settings.dead_letter_max_age,
             ),
             replicas=settings.nats_replicas,
+            administer=False,
         )
     except jetstream.ReplicationError as exc:
         await nc.close()

@@ -26,6 +26,12 @@ PARKED_SUBJECT = "balcao.outbound.parked"
 DEAD_STREAM = "BALCAO_DEAD"
 DEAD_SUBJECT_PREFIX = "balcao.dead"
 
+# Each process gets its replies under its own inbox prefix (nats.py's default is
+# _INBOX for everyone): a NATS user allowed `_INBOX_server.>` reads the server's
+# replies and nobody else's (deploy/nats/accounts.conf).
+SERVER_INBOX_PREFIX = "_INBOX_server"
+BOT_INBOX_PREFIX = "_INBOX_bot"
+
 # How long parked messages and dead letters are kept (PARKED_MAX_AGE_SECONDS,
 # DEAD_LETTER_MAX_AGE_SECONDS): they hold contacts' texts, and a month is long
 # enough for someone to look at what failed and replay it.

@@ -44,13 +44,13 @@ def api_token() -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """No options: the settings come from the environment (README, `.env.example`); `--help` says so."""
+    """No options: the settings come from the environment (docs/operations.md, `.env.example`); `--help` says so."""
     parser = argparse.ArgumentParser(
         prog="python -m devstack",
         description="The whole system on embedded defaults (what `make run` runs): nats-server and SecantusDB "
         "unless NATS_URL / MONGODB_URI point elsewhere, the server, and the bot when a Telegram token is "
         "configured. Ctrl-C stops the bot and the server first, then NATS and the database.",
-        epilog="Settings come from the environment (see README and .env.example); data stays under "
+        epilog="Settings come from the environment (see docs/operations.md and .env.example); data stays under "
         "BALCAO_DATA_DIR (default var/).",
     )
     return parser.parse_args(argv)

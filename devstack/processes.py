@@ -179,9 +179,15 @@ class NatsServer(ChildServer):
     # A configuration file (users, permissions); the flags below override its
     # ports and store. Its $VARIABLES resolve from `environment`.
     config_file: Path | None = None
+    # Monitoring (/healthz, /connz). The stacks' files put it on the container's
+    # port 8222; here each server gets a port of its own, so servers side by
+    # side do not collide.
+    monitor_port: int = field(default_factory=free_port)
 
     def command(self) -> list[str]:
         config = ["--config", str(self.config_file)] if self.config_file else []
+        if self.config_file:
+            config += ["-m", str(self.monitor_port)]
         return [
             venv_binary("nats-server"),
             *config,

@@ -116,12 +116,15 @@ def split_urls(url: str) -> list[str]:
     return [part.strip() for part in url.split(",") if part.strip()]
 
 
-async def connect(url: str, name: str) -> Client:
+async def connect(url: str, name: str, inbox_prefix: str) -> Client:
     """Connect once, retrying forever in the background after the first success.
 
     `url` may name several servers (the members of a cluster, comma-separated):
     the first connection goes to any that answers, and a lost connection moves
-    to another member, including members the cluster announced since.
+    to another member, including members the cluster announced since. Replies
+    (JetStream API answers, fetched batches, event deliveries) come to subjects
+    under `inbox_prefix`, the process's own (contract/messaging.py), so a NATS
+    user can be allowed its own replies and not another process's.
     """
 
     async def on_error(exc: Exception) -> None:
@@ -140,6 +143,7 @@ async def connect(url: str, name: str) -> Client:
     await client.connect(
         servers=split_urls(url),
         name=name,
+        inbox_prefix=inbox_prefix,
         error_cb=on_error,
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
@@ -221,7 +225,9 @@ class StreamLimits:
         return dataclasses.replace(config, **changes) if changes else config
 
 
-async def ensure_streams(js: JetStreamContext, limits: StreamLimits | None = None, *, replicas: int = 1) -> None:
+async def ensure_streams(
+    js: JetStreamContext, limits: StreamLimits | None = None, *, replicas: int = 1, administer: bool = True
+) -> None:
     """Create the streams with their limits, each kept on `replicas` servers (NATS_REPLICAS).
 
     A stream that exists with other settings keeps them (an operator tuned it),
@@ -231,6 +237,10 @@ async def ensure_streams(js: JetStreamContext, limits: StreamLimits | None = Non
     consumers follow. What cannot be done that way (more replicas than servers,
     a server without JetStream) raises ReplicationError naming the stream and
     JetStream's reason.
+
+    Only the process that administers the streams (the server) changes an
+    existing one; the bot, with `administer=False`, creates what is missing
+    and leaves the rest as it finds it (its NATS user may not update streams).
     """
     for config in STREAMS:
         wanted = dataclasses.replace((limits or StreamLimits()).apply(config), num_replicas=replicas)
@@ -254,6 +264,9 @@ async def ensure_streams(js: JetStreamContext, limits: StreamLimits | None = Non
                 raise ReplicationError(
                     f"cannot create stream {wanted.name} with {replicas} replica(s) (NATS_REPLICAS): {exc.description}"
                 ) from exc
+            if not administer:
+                log.info("stream %s exists; its settings are the server's to change", wanted.name)
+                continue
             if (info.config.num_replicas or 1) != replicas:
                 await ensure_replicas(js, wanted.name, replicas)
             await update_limits(js, wanted)

@@ -79,7 +79,9 @@ class Settings:
     events_max_clients_per_token: int = 100
     events_client_buffer_bytes: int = 256 * 1024
     events_ping_interval: float = 20.0
-    events_ping_timeout: float = 30.0
+    # A pong is awaited until the next ping at most: Tornado cuts a longer
+    # timeout down to the interval, with a warning on every connection.
+    events_ping_timeout: float = 20.0
 
     def __repr__(self) -> str:  # never print the token
         return f"Settings(http_port={self.http_port}, api_token=***, nats_url=…, mongodb_uri=…)"
@@ -169,7 +171,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         events_max_clients_per_token=env.integer("EVENTS_MAX_CLIENTS_PER_TOKEN", 100, minimum=1),
         events_client_buffer_bytes=env.integer("EVENTS_CLIENT_BUFFER_BYTES", 256 * 1024, minimum=4096),
         events_ping_interval=float(env.integer("EVENTS_PING_INTERVAL", 20, minimum=1, maximum=3600)),
-        events_ping_timeout=float(env.integer("EVENTS_PING_TIMEOUT", 30, minimum=1, maximum=3600)),
+        events_ping_timeout=float(env.integer("EVENTS_PING_TIMEOUT", 20, minimum=1, maximum=3600)),
     )
     if not settings.mongodb_uri:
         env.problems.append("MONGODB_URI is required")
@@ -184,6 +186,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         if value and len(value) < MIN_SECRET_LENGTH:
             # Name the variable and the rule, never the value.
             env.problems.append(f"{name} must be at least {MIN_SECRET_LENGTH} characters, got {len(value)}")
+    if settings.events_ping_timeout > settings.events_ping_interval:
+        env.problems.append(
+            f"EVENTS_PING_TIMEOUT ({settings.events_ping_timeout:g}) must not be longer than "
+            f"EVENTS_PING_INTERVAL ({settings.events_ping_interval:g}): a pong is awaited until the next ping"
+        )
     if settings.cursor_key_previous and not settings.cursor_key:
         env.problems.append("CURSOR_KEY_PREVIOUS needs CURSOR_KEY: set the new key beside the old one")
     env.check()

@@ -15,16 +15,19 @@ import logging
 import sys
 
 from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
 from pymongo.errors import PyMongoError
+from tornado.web import Application
 
+from contract import messaging
 from runtime import jetstream, lifecycle
 from runtime.httpserver import GuardedHTTPServer
 from server import config, eventpublishing, streams
 from server.app import Services, make_app
+from server.config import Settings
 from server.database import Database
 from server.intake import Intake
 from server.metrics import HTTP_REFUSED
-from server.outbound import Outbound
 
 log = logging.getLogger("server")
 
@@ -41,7 +44,7 @@ async def main() -> None:
     indexed = await lifecycle.retry_until_ready("MongoDB", db.ensure_indexes_reporting, stopping, (PyMongoError,))
     nc = indexed and await lifecycle.retry_until_ready(
         "NATS",
-        lambda: jetstream.connect(settings.nats_url, "balcao-server"),
+        lambda: jetstream.connect(settings.nats_url, "balcao-server", messaging.SERVER_INBOX_PREFIX),
         stopping,
         (OSError, NatsError, asyncio.TimeoutError),
     )
@@ -49,52 +52,25 @@ async def main() -> None:
         db.close()
         log.info("server stopped before it was ready")
         return
-    js = nc.jetstream()
+    services = Services.build(settings, db, nc)
+    js = services.jetstream
     try:
-        await jetstream.ensure_streams(
-            js,
-            jetstream.StreamLimits(
-                settings.stream_max_bytes,
-                settings.stream_max_age,
-                settings.parked_max_age,
-                settings.dead_letter_max_age,
-            ),
-            replicas=settings.nats_replicas,
-        )
-        await eventpublishing.ensure_stream(
-            js, settings.events_max_age, settings.events_max_bytes, replicas=settings.nats_replicas
-        )
+        await declare_streams(js, settings)
     except jetstream.ReplicationError as exc:
         await nc.close()
         db.close()
         sys.exit(f"server: {exc}")
 
-    outbound = Outbound(js, db)
-    services = Services(db=db, nats=nc, js=js, outbound=outbound)
+    outbound = services.outbound
     intake = Intake(js, db, outbound, settings.reply_text, settings.intake_batch, settings.intake_ack_wait)
-    app = make_app(settings, services)
-    server = GuardedHTTPServer(
-        app,
-        # X-Real-Ip / X-Forwarded-For are anyone's to write unless a proxy in
-        # front overwrites them: trusted only when the operator says so.
-        xheaders=settings.http_trust_proxy_headers,
-        # Small for every route; the import handlers raise it after the bearer check.
-        max_body_size=settings.http_max_body_bytes,
-        idle_connection_timeout=settings.http_idle_timeout,
-        body_timeout=settings.http_body_timeout,
-        max_connections=settings.http_max_connections,
-        max_connections_per_address=settings.http_max_connections_per_address,
-        refused=lambda reason: HTTP_REFUSED.labels(reason=reason).inc(),
-    )
+    server = http_server(make_app(services), settings)
     server.listen(settings.http_port, address=settings.http_address)
     log.info("server listening on %s port %d", settings.http_address, settings.http_port)
 
     intake_task = asyncio.create_task(intake.run(), name="intake")
     relay_task = asyncio.create_task(outbound.relay_forever(), name="outbox-relay")
     reaper_task = asyncio.create_task(
-        app.settings["imports"].reap_forever(
-            settings.import_idle_timeout, services.stopping, settings.import_retention
-        ),
+        services.imports.reap_forever(settings.import_idle_timeout, services.stopping, settings.import_retention),
         name="import-reaper",
     )
     # Not a worker: stale gauges are no reason to stop serving.
@@ -125,3 +101,37 @@ async def main() -> None:
     log.info("server stopped")
     if crashed:
         sys.exit(1)
+
+
+async def declare_streams(js: JetStreamContext, settings: Settings) -> None:
+    """The streams the server reads and writes, as the settings size them (raises ReplicationError)."""
+    await jetstream.ensure_streams(
+        js,
+        jetstream.StreamLimits(
+            settings.stream_max_bytes,
+            settings.stream_max_age,
+            settings.parked_max_age,
+            settings.dead_letter_max_age,
+        ),
+        replicas=settings.nats_replicas,
+    )
+    await eventpublishing.ensure_stream(
+        js, settings.events_max_age, settings.events_max_bytes, replicas=settings.nats_replicas
+    )
+
+
+def http_server(app: Application, settings: Settings) -> GuardedHTTPServer:
+    """The HTTP server in front of `app`, with the settings' limits (not listening yet)."""
+    return GuardedHTTPServer(
+        app,
+        # X-Real-Ip / X-Forwarded-For are anyone's to write unless a proxy in
+        # front overwrites them: trusted only when the operator says so.
+        xheaders=settings.http_trust_proxy_headers,
+        # Small for every route; the import handlers raise it after the bearer check.
+        max_body_size=settings.http_max_body_bytes,
+        idle_connection_timeout=settings.http_idle_timeout,
+        body_timeout=settings.http_body_timeout,
+        max_connections=settings.http_max_connections,
+        max_connections_per_address=settings.http_max_connections_per_address,
+        refused=lambda reason: HTTP_REFUSED.labels(reason=reason).inc(),
+    )

@@ -1,8 +1,9 @@
 """The problems an API request can run into, as RFC 9457 documents, wherever they are found.
 
-Handlers raise them, and so does the import machinery behind them (an upload
-refused midway is answered from there): the base handlers' `write_error` is
-the one place their bodies are built.
+Handlers raise them; the import machinery behind them raises refusals of its
+own domain (server/importing/refusals.py), which `refused` maps to their
+status here. The base handlers' `write_error` is the one place a problem's
+body is built.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError, ServerSelectionTimeo
 from tornado.web import HTTPError
 
 from server import failover
+from server.importing import refusals
 from server.models.stored import Contended
 
 log = logging.getLogger(__name__)
@@ -82,3 +84,28 @@ def _unavailable(exc: Exception) -> ApiError:
 def try_again(kind: str, reason: str, seconds: int) -> ApiError:
     """A 503 for a valid request the server could not serve now: `reason`, and when to ask again."""
     return ApiError(503, f"{reason}; try again shortly", kind=kind, headers={"Retry-After": str(seconds)})
+
+
+# The status of each kind of refusal of the import domain.
+REFUSAL_STATUS: dict[type[refusals.Refused], int] = {
+    refusals.Malformed: 400,
+    refusals.Conflicting: 409,
+    refusals.TooLarge: 413,
+    refusals.UnsupportedFile: 415,
+    refusals.Unreadable: 422,
+    refusals.TryLater: 503,
+}
+
+
+def refused(refusal: refusals.Refused) -> ApiError:
+    """The problem that answers a refusal of the import domain."""
+    status = next(code for kind, code in REFUSAL_STATUS.items() if isinstance(refusal, kind))
+    errors = [
+        {
+            **field_error(problem.field, problem.message),
+            **({"offset": problem.place.offset, "line": problem.place.line} if problem.place else {}),
+        }
+        for problem in refusal.problems
+    ]
+    headers = {"Retry-After": str(refusal.retry_after)} if isinstance(refusal, refusals.TryLater) else {}
+    return ApiError(status, refusal.detail, kind=refusal.kind, errors=errors, headers=headers)

@@ -28,6 +28,8 @@ import datetime as dt
 import hashlib
 import json
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +55,8 @@ FIRST_SLICE_MS = 60_000
 MIN_SLICE_MS = 1_000
 MAX_SLICE_MS = 10**14  # wider than any activity key's range
 MAX_WIDENING = 8
+# A hint's slice is twice the span the page took: room for more activity since.
+HINT_MARGIN = 2
 
 
 @dataclass(frozen=True)
@@ -92,12 +96,46 @@ class SessionsPage:
     resume: SessionsResume | None
 
 
+class SliceHints:
+    """The first slice of each access path's next first page: the width the last one took.
+
+    A cursor carries the width that filled its page, but a first page has none,
+    and from one minute a page over sparse activity widens slice by slice (a
+    rare name: seven queries over three months). A first page that filled
+    leaves twice the span it read; one that reached the oldest session leaves
+    the widest slice, which costs only the few index entries the path holds.
+    A wrong hint costs one query: the page it fills leaves the span it found.
+    Bounded to the `capacity` paths used last; one per process, shared by the
+    database threads.
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._capacity = capacity
+        self._widths: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def width(self, path: str) -> int:
+        with self._lock:
+            width = self._widths.get(path)
+            if width is not None:
+                self._widths.move_to_end(path)
+        return FIRST_SLICE_MS if width is None else width
+
+    def remember(self, path: str, width: int) -> None:
+        with self._lock:
+            self._widths[path] = min(max(width, MIN_SLICE_MS), MAX_SLICE_MS)
+            self._widths.move_to_end(path)
+            while len(self._widths) > self._capacity:
+                self._widths.popitem(last=False)
+
+
 def list_sessions(
     criteria: SessionFilter,
     limit: int,
     resume: SessionsResume | None = None,
     now: dt.datetime | None = None,
     max_examined: int | None = None,
+    hints: SliceHints | None = None,
 ) -> SessionsPage:
     """The open sessions matching `criteria`, most recent activity first.
 
@@ -110,6 +148,9 @@ def list_sessions(
     once `max_examined` documents were read, the page ends short (even empty)
     with a cursor past the last one read, so no single request walks every
     session the probe word matches.
+
+    With `hints`, a first page starts with the slice the last first page of the
+    same access path took, and leaves its own (SliceHints).
     """
     # A listing holding a database thread (a slow query), or failing unexpectedly (a 500).
     failpoint("server.sessions.list")
@@ -117,7 +158,11 @@ def list_sessions(
     floor = activity_floor(criteria.active_since) if criteria.active_since else ""
     upper = resume.before if resume else None
     top = _milliseconds(activity_key_time(upper) if upper else (now or clock.now()))
-    width = resume.slice_ms if resume else FIRST_SLICE_MS
+    # The floor is part of the path: a short listing since yesterday says nothing of older activity.
+    path = json.dumps([equality, floor], sort_keys=True, default=str)
+    learning = hints if resume is None else None  # a cursor carries its own width
+    width = resume.slice_ms if resume else learning.width(path) if learning else FIRST_SLICE_MS
+    start = top
     found: list[dict[str, Any]] = []
     examined = 0
     while True:
@@ -143,7 +188,12 @@ def list_sessions(
         upper, top = lower, bottom
         width = _widen(width, len(kept), limit + 1 - len(found))
     if len(found) <= limit:
+        if learning:
+            learning.remember(path, MAX_SLICE_MS)
         return SessionsPage(found, None)
+    if learning:
+        span = start - _milliseconds(activity_key_time(found[limit]["activity_key"]))
+        learning.remember(path, HINT_MARGIN * span)
     page = found[:limit]
     return SessionsPage(page, SessionsResume(page[-1]["activity_key"], width))
 

@@ -28,6 +28,26 @@ from tests.harness import (
     stack_env,
 )
 
+# The container tests build images and start stacks with podman as root, for
+# minutes: `make test-containers` and `make test-python313` run them, `make test` not.
+CONTAINER_TESTS = ROOT / "tests" / "containers"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--containers",
+        action="store_true",
+        default=False,
+        help="also collect tests/containers/ (podman, root, minutes: make test-containers, make test-python313)",
+    )
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if collection_path == CONTAINER_TESTS and not config.getoption("--containers"):
+        return True
+    return None
+
+
 # The tests' processes, this one and every one it starts, are tests': fail points
 # may be armed in them (runtime/failpoints.py refuses them anywhere else).
 os.environ[failpoints.TESTING_ENV] = "1"

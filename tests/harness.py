@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -98,9 +100,9 @@ class Process:
 class FakeTelegramClient:
     """The test-only side of the fake Bot API, over HTTP."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, verify: ssl.SSLContext | bool = True) -> None:
         self.base_url = base_url
-        self.http = httpx.Client(base_url=base_url, timeout=10)
+        self.http = httpx.Client(base_url=base_url, timeout=10, verify=verify)
 
     def send_as_user(
         self,
@@ -288,6 +290,94 @@ class ApiClient:
         self.http.close()
 
 
+class AsyncApiClient:
+    """The /v1 API of a server running in the test's own event loop: `await api.get("sessions")`.
+
+    As ApiClient, every answer to a documented route is validated against the
+    OpenAPI document on the way (`check=False` for requests that probe what it
+    leaves out).
+    """
+
+    def __init__(self, base_url: str, port: int, token: str | None = API_TOKEN) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url
+        self.port = port
+        # The server shares this process's CPU; a whole upload answered at its end
+        # takes minutes on a machine as busy as CI's can be.
+        self.http = httpx.AsyncClient(base_url=f"{base_url}/v1/", headers=headers, timeout=180)
+        openapi_schema()
+
+    async def request(self, method: str, path: str, *, check: bool = True, **kwargs: Any) -> httpx.Response:
+        response = await self.http.request(method, path, **kwargs)
+        if check:
+            conforms_to_openapi(response)
+        return response
+
+    async def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("GET", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("POST", path, **kwargs)
+
+    async def delete(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("DELETE", path, **kwargs)
+
+    async def walk(self, path: str, **params: Any) -> list[list[dict]]:
+        """Every page of a listing, following `next_cursor` to the end."""
+        pages: list[list[dict]] = []
+        cursor = None
+        while True:
+            response = await self.get(path, params={**params, **({"cursor": cursor} if cursor else {})})
+            assert response.status_code == 200, response.text
+            body = response.json()
+            pages.append(body["items"])
+            cursor = body["next_cursor"]
+            if cursor is None:
+                return pages
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+async def eventually_async(
+    check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.2, message: str = "condition"
+) -> Any:
+    """`eventually` for a test whose event loop also runs the server: waits without blocking it.
+
+    `check` may return an awaitable (a read of NATS, say), which is awaited.
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{message} not met after {timeout} s (last: {last!r})")
+
+
+async def run_client(
+    args: list[str], *, cwd: Path, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a client program (Bruno, schemathesis) to its end without blocking the event loop,
+    which serves the in-process app it talks to; its output as text."""
+    process = await asyncio.create_subprocess_exec(
+        *args, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return subprocess.CompletedProcess(
+        args, process.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
+    )
+
+
 @functools.cache
 def openapi_schema() -> Any:
     """The OpenAPI document as schemathesis reads it, once per process."""
@@ -304,7 +394,8 @@ def conforms_to_openapi(response: httpx.Response) -> None:
     operation.validate_response(response)
 
 
-async def _outbound_messages(url: str) -> list:
+async def outbound_messages_async(url: str) -> list:
+    """`outbound_messages`, for a test whose event loop runs the server."""
     import nats
     from nats.js.errors import NotFoundError
 
@@ -332,7 +423,7 @@ async def _outbound_messages(url: str) -> list:
 
 def outbound_messages(nats_url: str) -> list:
     """What the server published on the outbound stream and no bot has taken yet."""
-    return asyncio.run(_outbound_messages(nats_url))
+    return asyncio.run(outbound_messages_async(nats_url))
 
 
 def inbound_waiting(nats_url: str) -> int:

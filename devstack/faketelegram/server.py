@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import tornado.httpserver
@@ -45,6 +46,7 @@ class FakeTelegram(TelegramControls):
         self.bot_user = self.api.bot_user
         self.host = "127.0.0.1"
         self.port = 0
+        self.scheme = "http"
         self._server: tornado.httpserver.HTTPServer | None = None
 
     @property
@@ -52,13 +54,15 @@ class FakeTelegram(TelegramControls):
         """The API root; python-telegram-bot gets ``base_url + "/bot"`` as its ``base_url``
         and ``base_url + "/file/bot"`` as its ``base_file_url``."""
         host = "127.0.0.1" if self.host in {"", "0.0.0.0", "::"} else self.host
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        return f"{self.scheme}://[{host}]:{self.port}" if ":" in host else f"{self.scheme}://{host}:{self.port}"
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    async def start(self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Listen on `host`:`port`; with `ssl_context`, over TLS, as Telegram's own API is."""
         sockets = tornado.netutil.bind_sockets(port, host)
-        self._server = tornado.httpserver.HTTPServer(self._application())
+        self._server = tornado.httpserver.HTTPServer(self._application(), ssl_options=ssl_context)
         self._server.add_sockets(sockets)
         self.host, self.port = host, sockets[0].getsockname()[1]
+        self.scheme = "https" if ssl_context is not None else "http"
         self.api.open()
 
     async def stop(self) -> None:

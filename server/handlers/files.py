@@ -60,7 +60,7 @@ class MessageFileHandler(SessionsApiHandler):
 
     @property
     def files(self) -> FileStore:
-        return self.settings["files"]
+        return self.services.files
 
     async def get(self, session_id: str, message_id: str) -> None:
         """The file a contact sent with the message, as they sent it."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
+from server.database import Database
 from server.handlers.base import JsonHandler
 from server.metrics import READINESS_PINGS
 
@@ -24,9 +24,9 @@ READY_CACHE_SECONDS = 1.0
 class ReadyHandler(JsonHandler):
     async def get(self) -> None:
         """MongoDB and NATS both answer; 503 otherwise, so traffic goes elsewhere."""
-        services = self.settings["services"]
+        services = self.services
         checks = {
-            "mongodb": "ok" if await self.mongodb_probe(services).answers() else "unavailable",
+            "mongodb": "ok" if await services.mongodb_probe.answers() else "unavailable",
             "nats": "ok" if services.nats.is_connected else "unavailable",
         }
         if services.stopping.is_set():
@@ -34,14 +34,11 @@ class ReadyHandler(JsonHandler):
         ready = all(state == "ok" for state in checks.values())
         self.write_json({"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
 
-    def mongodb_probe(self, services: Any) -> MongoProbe:
-        return self.application.settings.setdefault("mongodb_probe", MongoProbe(services.db))
-
 
 class MongoProbe:
     """MongoDB's last ping answer while it is fresh; concurrent callers share one ping."""
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
         self._at = -READY_CACHE_SECONDS
         self._ping: asyncio.Future[bool] | None = None

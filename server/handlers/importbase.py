@@ -3,7 +3,8 @@
 The upload and the chunks of a chunked import are read as they arrive
 (`@stream_request_body`), so a refusal can come before the body has ended:
 `StreamedBodyHandler` keeps it and answers when it may (see its docstring).
-`ImportSlots` bounds how many such bodies one replica reads at once.
+How many such bodies one replica reads at once is bounded by
+`server.importing.jobs.ImportSlots`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from bson import ObjectId
-
 from runtime.httpserver import declared_length
 from server.handlers.base import ApiHandler, object_id
 from server.importing import jobs
 from server.importing.feed import Tally
 from server.importing.limits import RecordLimits
+from server.importing.refusals import Refused
 from server.importing.reports import report
 from server.importing.running import Imports
 from server.problems import ApiError
@@ -29,43 +29,14 @@ BODY_SLACK = 1024 * 1024
 LINGER_BYTES = 8 * 1024 * 1024
 
 
-class ImportSlots:
-    """The uploads and chunks this replica reads at once, at most `limit`.
-
-    Each holds a record being parsed and up to two batches: bounding how many run
-    bounds the memory imports take, whatever clients send. One over the limit is
-    refused at once (503, Retry-After): the CLI waits and sends it again.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.holders: set[object] = set()
-
-    def take(self, holder: object) -> None:
-        if holder in self.holders:
-            return
-        if len(self.holders) >= self.limit:
-            raise ApiError(
-                503,
-                f"this replica is reading {self.limit} imports already, the most it reads at once; "
-                "send this one again shortly",
-                kind="too-many-imports",
-                headers={"Retry-After": "2"},
-            )
-        self.holders.add(holder)
-
-    def release(self, holder: object) -> None:
-        self.holders.discard(holder)
-
-
 class ImportsApiHandler(ApiHandler):
     @property
     def imports(self) -> Imports:
-        return self.settings["imports"]
+        return self.services.imports
 
     @property
     def record_limits(self) -> RecordLimits:
-        config = self.settings["config"]
+        config = self.services.config
         return RecordLimits(
             config.import_max_record_bytes,
             config.import_max_record_depth,
@@ -80,21 +51,8 @@ class ImportsApiHandler(ApiHandler):
             raise ApiError(404, f"there is no import with id {raw_id[:40]!r}", kind="import-not-found")
         return job
 
-    async def running_chunked_job(self, raw_id: str) -> dict[str, Any]:
-        job = await self.find_job(raw_id)
-        if job["mode"] != "chunks":
-            raise ApiError(
-                409, "this import is an upload; only imports started with a JSON body take chunks", kind="not-chunked"
-            )
-        if job["status"] != jobs.RUNNING:
-            raise ApiError(409, f"this import has ended ({job['status']}); start a new one", kind="import-ended")
-        return job
-
-    def import_location(self, job_id: ObjectId) -> str:
-        return self.reverse_url("import", str(job_id))
-
     def answer_report(self, job: dict[str, Any], status: int, tally: Tally | None = None) -> None:
-        self.set_header("Location", self.import_location(job["_id"]))
+        self.set_header("Location", self.reverse_url("import", str(job["_id"])))
         self.write_json(report(job, tally), status=status)
 
     async def current_tally(self, job: dict[str, Any]) -> Tally | None:
@@ -102,11 +60,6 @@ class ImportsApiHandler(ApiHandler):
         if job["status"] != jobs.RUNNING:
             return None
         return await self.database(jobs.job_totals, job)
-
-    def answer_problem(self, error: ApiError) -> None:
-        """Answer now, from outside the handler method (the body is still arriving)."""
-        if not self._finished:
-            self.send_error(error.status_code, exc_info=(type(error), error, None))
 
 
 class StreamedBodyHandler(ImportsApiHandler):
@@ -121,18 +74,18 @@ class StreamedBodyHandler(ImportsApiHandler):
 
     async def prepare(self) -> None:  # type: ignore[override]  # Tornado awaits a coroutine prepare
         self.received = 0
-        self.refusal: ApiError | None = None
+        self.refusal: ApiError | Refused | None = None
         self._refused_at = 0
         # The guard refused a Content-Length that is not ASCII digits before this ran.
         self._length = declared_length(self.request.headers)
         try:
             super().prepare()  # the token
             await self.start()
-        except ApiError as error:
+        except (ApiError, Refused) as error:
             self.refuse(error)
 
     async def start(self) -> None:
-        """Check the request before its body; raise ApiError to refuse it."""
+        """Check the request before its body; raise ApiError or a refusal to refuse it."""
 
     def limit_body(self, limit: int) -> None:
         if self._length is not None and self._length > limit:
@@ -146,10 +99,10 @@ class StreamedBodyHandler(ImportsApiHandler):
             self.request.connection.set_max_body_size(limit + BODY_SLACK)  # type: ignore[attr-defined]
             # Authenticated by now: an upload over a slow link may take this long.
             self.request.connection.set_body_timeout(  # type: ignore[attr-defined]
-                self.settings["config"].import_body_timeout
+                self.services.config.import_body_timeout
             )
 
-    def refuse(self, error: ApiError) -> None:
+    def refuse(self, error: ApiError | Refused) -> None:
         """Answer `error` when the body ends, or at once if too much of it is still to come."""
         if self.refusal is None:
             self.refusal, self._refused_at = error, self.received
@@ -174,14 +127,14 @@ class StreamedBodyHandler(ImportsApiHandler):
 
     def take_import_slot(self) -> None:
         """Count this request among the imports being read (before its first await), or refuse it."""
-        self.settings["import_slots"].take(self)
+        self.services.import_slots.take(self)
 
     def on_finish(self) -> None:
-        self.settings["import_slots"].release(self)
+        self.services.import_slots.release(self)
 
     def on_connection_close(self) -> None:
         super().on_connection_close()
-        self.settings["import_slots"].release(self)
+        self.services.import_slots.release(self)
 
 
 async def yield_to_other_requests() -> None:

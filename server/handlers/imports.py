@@ -25,15 +25,16 @@ from tornado.web import stream_request_body, url
 from contract.importformat import CHUNK_MEDIA_TYPE
 from contract.values import MAX_WHOLE, media_type, whole_number
 from runtime.failpoints import failpoint
-from server.handlers.base import key_reused
+from server.handlers.base import FieldProblems, invalid_body, key_reused
 from server.handlers.importbase import ImportsApiHandler, StreamedBodyHandler, yield_to_other_requests
 from server.importing import jobs
 from server.importing.chunks import ChunkParser
 from server.importing.feed import RecordFeed, Tally
+from server.importing.refusals import Refused
 from server.importing.reports import report
 from server.importing.upload import Upload, checked_channel
 from server.models.stored import IdempotencyKeyReused
-from server.problems import ApiError, database_errors, field_error
+from server.problems import ApiError, database_errors
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class UploadHandler(StreamedBodyHandler):
     upload: Upload | None = None
 
     async def start(self) -> None:
-        config = self.settings["config"]
+        config = self.services.config
         self.idempotency_key()  # checked as the route's contract says; an upload is not started by key
         self.limit_body(config.import_max_bytes)
         self.take_import_slot()
@@ -79,7 +80,11 @@ class UploadHandler(StreamedBodyHandler):
     async def data_received(self, chunk: bytes) -> None:
         if self.discarding(chunk) or self.upload is None:
             return
-        await self.upload.receive(chunk, self.received)
+        try:
+            with database_errors():
+                await self.upload.receive(chunk, self.received)
+        except ApiError as error:  # the database failed: the import cannot go on
+            self.answer_problem(error)
         await yield_to_other_requests()
 
     async def post(self) -> None:
@@ -88,7 +93,9 @@ class UploadHandler(StreamedBodyHandler):
             return  # answered while the body was arriving
         self.check_not_refused()
         assert self.upload is not None  # no refusal: start() made it
-        self.answer_report(await self.upload.end(), 202)
+        with database_errors():
+            job = await self.upload.end()
+        self.answer_report(job, 202)
 
     def on_connection_close(self) -> None:
         super().on_connection_close()
@@ -124,20 +131,14 @@ class ChunkedImportStartHandler(StreamedBodyHandler):
             return
         self.check_not_refused()
         self.request.body = bytes(self._json)
-        body = self.json_body()
-        unknown = sorted(set(body) - {"channel", "source"})
-        if unknown:
-            raise ApiError(
-                400,
-                f"unknown fields: {', '.join(unknown)}",
-                kind="invalid-body",
-                errors=[field_error(name, "not a field of an import") for name in unknown],
-            )
+        body, problems = self.body_fields(["channel", "source"], "an import")
+        problems.check()
         channel = checked_channel(body.get("channel"))
         source = body.get("source", "")
         if not isinstance(source, str) or len(source) > jobs.MAX_SOURCE_LENGTH:
-            message = f"must be a string of at most {jobs.MAX_SOURCE_LENGTH} characters (the file's name)"
-            raise ApiError(400, f"source {message}", kind="invalid-body", errors=[field_error("source", message)])
+            raise invalid_body(
+                "source", f"must be a string of at most {jobs.MAX_SOURCE_LENGTH} characters (the file's name)"
+            )
         try:
             job, created = await self.database(
                 jobs.create_job, channel, source, "chunks", idempotency_key=self.idempotency_key()
@@ -193,34 +194,16 @@ class ImportChunkHandler(StreamedBodyHandler):
         self._feed: RecordFeed | None = None
         if media_type(self.request.headers.get("Content-Type")) != CHUNK_MEDIA_TYPE:
             raise ApiError(415, f"send a chunk as {CHUNK_MEDIA_TYPE}", kind="unsupported-media-type")
-        config = self.settings["config"]
+        config = self.services.config
         self.limit_body(config.import_max_bytes)
         self.take_import_slot()
-        job = await self.running_chunked_job(self.path_kwargs["import_id"])
-        seq = int(self.path_kwargs["seq"])
-        self._job, self._seq = job, seq
-        self._stored = await self.database(jobs.find_batch, job["_id"], seq)
-        if self._stored is None and seq > job.get("next_chunk", 0):
-            job["next_chunk"] = await self.database(jobs.repair_next_chunk, job["_id"])
-        if self._stored is None and seq > job.get("next_chunk", 0):
-            raise ApiError(
-                409,
-                f"chunk {job.get('next_chunk', 0)} comes next: chunks are applied in order",
-                kind="chunk-out-of-order",
-            )
-        if self._stored is None:
-            if seq >= config.import_max_chunks:
-                raise ApiError(
-                    413,
-                    f"an import takes at most {config.import_max_chunks} chunks; "
-                    "complete this one and start another for the rest",
-                    kind="too-many-chunks",
-                )
-            self._bytes_left = config.import_max_chunked_bytes - job.get("bytes_received", 0)
-            if self._length is not None and self._length > self._bytes_left:
-                raise self._too_many_bytes()
+        job = await self.find_job(self.path_kwargs["import_id"])
+        limits = jobs.ChunkLimits(config.import_max_chunks, config.import_max_chunked_bytes)
+        self._chunk = await self.database(jobs.admit_chunk, job, int(self.path_kwargs["seq"]), self._length, limits)
+        if self._chunk.stored is None:
             # A chunk sent again after a crash is judged as its first try would have been.
-            self._feed = RecordFeed(self.imports.db, ChunkParser(self.record_limits), origin=f"{job['_id']}:{seq}")
+            origin = f"{job['_id']}:{self._chunk.seq}"
+            self._feed = RecordFeed(self.imports.db, ChunkParser(self.record_limits), origin=origin)
             self._touched, self._touch_every = time.monotonic(), jobs.touch_interval(config.import_idle_timeout)
 
     async def _keep_running(self) -> None:
@@ -229,63 +212,47 @@ class ImportChunkHandler(StreamedBodyHandler):
         if time.monotonic() - self._touched < self._touch_every:
             return
         self._touched = time.monotonic()
-        if not await self.database(jobs.touch_job, self._job["_id"]):
-            raise self._ended_meanwhile()
-
-    def _ended_meanwhile(self) -> ApiError:
-        return ApiError(
-            409,
-            f"this import ended while chunk {self._seq} arrived (see its report); start a new one for the rest",
-            kind="import-ended",
-        )
-
-    def _too_many_bytes(self) -> ApiError:
-        limit = self.settings["config"].import_max_chunked_bytes
-        return ApiError(
-            413,
-            f"the chunks of one import may hold at most {limit} bytes in all; complete this "
-            "import and start another for the rest",
-            kind="payload-too-large",
-        )
+        if not await self.database(jobs.touch_job, self._chunk.job["_id"]):
+            raise self._chunk.ended_meanwhile()
 
     async def data_received(self, chunk: bytes) -> None:
         if self.discarding(chunk) or self._feed is None:  # a chunk stored before is not read again
             return
-        if self.received > self._bytes_left:
-            self.refuse(self._too_many_bytes())
-            return
         try:
+            self._chunk.check_received(self.received)
             with database_errors():
                 await self._feed.feed(chunk)
             await self._keep_running()
-        except ApiError as error:
+        except (ApiError, Refused) as error:
             self.refuse(error)
+            return
         await yield_to_other_requests()
 
     async def put(self, import_id: str, seq: str) -> None:
         """Apply one chunk of records, once: the same chunk again changes nothing."""
         self.check_not_refused()
-        if self._stored is not None:
+        job_id, seq_number = self._chunk.job["_id"], self._chunk.seq
+        if self._chunk.stored is not None:
             # The first try may have died between its batch record and advancing the
             # job: advance now, or the next chunk would be refused for good.
-            await self.database(jobs.advance_chunks, self._job["_id"], self._seq + 1)
-            self.write_json(
-                _chunk_report(self._seq, Tally.of(self._stored["counts"], self._stored["errors"]), repeated=True)
-            )
+            await self.database(jobs.advance_chunks, job_id, seq_number + 1)
+            stored = self._chunk.stored
+            self.write_json(_chunk_report(seq_number, Tally.of(stored["counts"], stored["errors"]), repeated=True))
             return
         assert self._feed is not None
         with database_errors():
             await self._feed.close()
         if self._feed.failure is not None:
-            raise ApiError(400, f"chunk {self._seq} cannot be read: {self._feed.failure.message}", kind="invalid-chunk")
+            message = self._feed.failure.message
+            raise ApiError(400, f"chunk {seq_number} cannot be read: {message}", kind="invalid-chunk")
         tally = self._feed.total
         try:
-            first = await self.database(jobs.save_batch, self._job["_id"], self._seq, tally)
+            first = await self.database(jobs.save_batch, job_id, seq_number, tally)
         except jobs.ImportEnded:
-            raise self._ended_meanwhile() from None
+            raise self._chunk.ended_meanwhile() from None
         failpoint("import.chunk.after_batch_record")
-        await self.database(jobs.advance_chunks, self._job["_id"], self._seq + 1, self.received)
-        self.write_json(_chunk_report(self._seq, tally, repeated=not first))
+        await self.database(jobs.advance_chunks, job_id, seq_number + 1, self.received)
+        self.write_json(_chunk_report(seq_number, tally, repeated=not first))
 
 
 def _chunk_report(seq: int, tally: Tally, repeated: bool) -> dict[str, Any]:
@@ -297,24 +264,13 @@ class ImportCompletionHandler(ImportsApiHandler):
 
     async def post(self, import_id: str) -> None:
         """End a chunked import once all its chunks are in; its summary is announced."""
-        body = self.json_body()
-        unknown = sorted(set(body) - {"chunks", "failure"})
-        if unknown:
-            raise ApiError(
-                400,
-                f"unknown fields: {', '.join(unknown)}",
-                kind="invalid-body",
-                errors=[field_error(name, "not a field of a completion") for name in unknown],
-            )
+        body, problems = self.body_fields(["chunks", "failure"], "a completion")
         chunks = whole_number(body.get("chunks"), minimum=0)
         if chunks is None or chunks > MAX_CHUNK_SEQ + 1:
-            raise ApiError(
-                400,
-                "chunks must be the number of chunks sent",
-                kind="invalid-body",
-                errors=[field_error("chunks", f"a whole number from 0 to {MAX_CHUNK_SEQ + 1} is required")],
-            )
-        failure = _client_failure(body.get("failure"))
+            problems.add("chunks", f"must be the number of chunks sent: a whole number from 0 to {MAX_CHUNK_SEQ + 1}")
+        failure = _client_failure(body.get("failure"), problems)
+        problems.check()
+        assert chunks is not None  # a problem otherwise
         job = await self.find_job(import_id)
         if job["mode"] != "chunks":
             raise ApiError(409, "this import is an upload; it ends by itself", kind="not-chunked")
@@ -340,8 +296,8 @@ class ImportCompletionHandler(ImportsApiHandler):
         self.answer_report(job, 200)
 
 
-def _client_failure(raw: object) -> dict[str, Any] | None:
-    """Where the CLI found the file broken (it parses the file in chunked imports)."""
+def _client_failure(raw: object, problems: FieldProblems) -> dict[str, Any] | None:
+    """Where the CLI found the file broken (it parses the file in chunked imports); a problem if malformed."""
     if raw is None:
         return None
     where = {
@@ -354,17 +310,10 @@ def _client_failure(raw: object) -> dict[str, Any] | None:
         or not set(raw) <= {"message", "offset", "line"}
         or any(where[name] is None and raw.get(name) is not None for name in where)
     ):
-        raise ApiError(
-            400,
-            "failure must be {message, offset, line}",
-            kind="invalid-body",
-            errors=[
-                field_error(
-                    "failure",
-                    f"expected {{message: string, offset, line}}, whole numbers from 0 to {MAX_WHOLE} or null",
-                )
-            ],
+        problems.add(
+            "failure", f"must be {{message: string, offset, line}}, whole numbers from 0 to {MAX_WHOLE} or null"
         )
+        return None
     return {"reason": "invalid-file", "message": raw["message"][:500], **where}
 
 

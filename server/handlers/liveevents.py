@@ -37,9 +37,9 @@ from contract import eventstream
 from contract.values import object_id_text
 from runtime.httpserver import ascii_whole_number
 from server.eventfeed import Follower, LiveEvent
-from server.handlers.base import ApiHandler
+from server.handlers.base import ApiHandler, ParameterProblems
 from server.metrics import EVENT_CLIENTS, EVENT_CLIENTS_DROPPED
-from server.problems import ApiError, field_error
+from server.problems import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
         self.filter = eventstream.filter_subject()
         self.gone: str | None = None
         self._follower: Follower | None = None
-        self._buffer_limit = self.settings["config"].events_client_buffer_bytes
+        self._buffer_limit = self.services.config.events_client_buffer_bytes
         self._buffered = 0
         self._closed = asyncio.Event()
         self._ended = False
@@ -161,13 +161,13 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
                 )
             self.transport = "sse"
         self._read_parameters()
-        self.settings["event_clients"].admit(self)  # released by _stop_following, whichever way this ends
+        self.services.event_clients.admit(self)  # released by _stop_following, whichever way this ends
         try:
             await self._check_since()
             # Before the upgrade, so that joining it is immediate once the client is
             # told the connection is open: it gets every event dispatched from then on.
             try:
-                await self.settings["event_feed"].start()
+                await self.services.event_feed.start()
             except (NatsError, asyncio.TimeoutError) as exc:
                 raise _stream_unreachable() from exc
         except BaseException:
@@ -182,37 +182,35 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
         return None
 
     def _read_parameters(self) -> None:
-        errors: list[dict[str, str]] = []
-        raw_since, since_from = self.get_query_argument("since", None), ("since", "query")
+        params = ParameterProblems(self)
+        raw_since, since_from = params.raw("since", strip=True), ("since", "query")
         if self.transport == "sse" and self.request.headers.get("Last-Event-ID"):
             raw_since, since_from = self.request.headers["Last-Event-ID"], ("Last-Event-ID", "header")
         if raw_since is not None:
             self.since = ascii_whole_number(raw_since, MAX_EVENT_ID_DIGITS)
             if self.since is None:
                 name, where = since_from
-                errors.append(field_error(name, "must be an event id (a whole number in ASCII digits)", where))
-        raw_session = self.get_query_argument("session", None)
+                params.add(name, "must be an event id (a whole number in ASCII digits)", where)
+        raw_session = params.raw("session", strip=True)
         session = None if raw_session is None else object_id_text(raw_session)
         if raw_session is not None and session is None:
-            errors.append(field_error("session", "must be a session id (24 hex digits)", "query"))
-        platform = self.get_query_argument("platform", None)
+            params.add("session", "must be a session id (24 hex digits)")
+        platform = params.raw("platform", strip=True)
         if platform is not None:
             platform = platform.lower()
             if not _PLATFORM.fullmatch(platform):
-                errors.append(field_error("platform", "must be a platform name such as telegram", "query"))
-        kind = self.get_query_argument("type", None)
+                params.add("platform", "must be a platform name such as telegram")
+        kind = params.raw("type", strip=True)
         if kind is not None and kind not in eventstream.KINDS:
-            errors.append(field_error("type", f"must be one of {', '.join(eventstream.KINDS)}", "query"))
-        if errors:
-            detail = "; ".join(f"{error['field']} {error['message']}" for error in errors)
-            raise ApiError(400, detail, kind="invalid-parameters", errors=errors)
+            params.add("type", f"must be one of {', '.join(eventstream.KINDS)}")
+        params.check()
         self.filter = eventstream.filter_subject(kind, platform, session)
 
     async def _check_since(self) -> None:
         if self.since is None:
             return
         try:
-            info = await self.settings["services"].js.stream_info(eventstream.EVENTS_STREAM)
+            info = await self.services.jetstream.stream_info(eventstream.EVENTS_STREAM)
         except NotFoundError:
             return
         except (NatsError, asyncio.TimeoutError) as exc:
@@ -234,11 +232,11 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
 
     @property
     def ping_interval(self) -> float | None:
-        return self.settings["config"].events_ping_interval
+        return self.services.config.events_ping_interval
 
     @property
     def ping_timeout(self) -> float | None:
-        return self.settings["config"].events_ping_timeout
+        return self.services.config.events_ping_timeout
 
     @property
     def max_message_size(self) -> int:
@@ -270,7 +268,7 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
         self.clear_header("Allow")
         await self.flush()
         await self._follow()
-        interval = self.settings["config"].events_ping_interval or 30.0
+        interval = self.services.config.events_ping_interval or 30.0
         while not self._closed.is_set():
             try:
                 await asyncio.wait_for(self._closed.wait(), interval)
@@ -302,11 +300,7 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
 
     async def _follow(self) -> None:
         self._follower = Follower(
-            self.settings["event_feed"],
-            self.filter,
-            self.since,
-            self._send_event,
-            self.settings["config"].events_client_buffer_bytes,
+            self.services.event_feed, self.filter, self.since, self._send_event, self._buffer_limit
         )
         try:
             await self._follower.start()
@@ -381,7 +375,7 @@ class EventsHandler(WebSocketHandler, ApiHandler):  # type: ignore[misc]
                 pass
 
     def _stop_following(self) -> None:
-        self.settings["event_clients"].remove(self)
+        self.services.event_clients.remove(self)
         follower, self._follower = self._follower, None
         if follower is not None:
             follower.close()

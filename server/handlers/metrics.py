@@ -12,12 +12,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from tornado.routing import PathMatches
 from tornado.web import Application, RequestHandler
 
+from runtime.httpserver import REFUSAL_REASONS
 from server.handlers.base import JsonHandler, logged_uri
-from server.metrics import HTTP_REQUEST_DURATION
+from server.metrics import HTTP_REFUSED, HTTP_REQUEST_DURATION
 
 access_log = logging.getLogger("tornado.access")
 
 UNMATCHED_ROUTE = "unmatched"
+
+# Every reason the HTTP server refuses for is a series from the start, at 0.
+for reason in REFUSAL_REASONS:
+    HTTP_REFUSED.labels(reason=reason)
 
 
 class MetricsHandler(JsonHandler):

@@ -23,10 +23,10 @@ from runtime.failpoints import failpoint
 from runtime.httpserver import declared_length
 from server import eventpublishing, names, sessions
 from server.agentfiles import FORM_SLACK, AgentFile, AgentUpload
-from server.cursors import CursorCodec, CursorInvalid
-from server.handlers.base import ApiHandler, key_reused, media_type, object_id
+from server.cursors import CursorInvalid
+from server.handlers.base import ApiHandler, FieldProblems, ParameterProblems, key_reused, media_type, object_id
 from server.models.stored import IdempotencyKeyReused
-from server.problems import ApiError, database_errors, field_error
+from server.problems import ApiError, database_errors
 
 log = logging.getLogger(__name__)
 
@@ -91,18 +91,12 @@ def messages_listing(session_id: ObjectId) -> str:
     return json.dumps(["messages", str(session_id)])
 
 
-class ParameterProblems:
-    """Every query-parameter problem of a request, reported together in one 400."""
+class ListingParameters(ParameterProblems):
+    """The parameters of a listing (page size, cursor, search and filters), every problem reported at once."""
 
     def __init__(self, handler: SessionsApiHandler) -> None:
-        self._handler = handler
-        self.errors: list[dict[str, str]] = []
-
-    def add(self, name: str, message: str) -> None:
-        self.errors.append(field_error(name, message, "query"))
-
-    def raw(self, name: str) -> str | None:
-        return self._handler.get_query_argument(name, None, strip=False)
+        super().__init__(handler)
+        self._cursors = handler.services.cursors
 
     def limit(self) -> int:
         raw = self.raw("limit")
@@ -170,7 +164,7 @@ class ParameterProblems:
         if raw is None or self.errors:
             return None
         try:
-            return read(self._handler.cursors.decode(listing, raw))
+            return read(self._cursors.decode(listing, raw))
         except CursorInvalid as exc:
             self.add("cursor", f"{exc}; start again without a cursor")
         except (KeyError, TypeError, ValueError) as exc:
@@ -178,22 +172,13 @@ class ParameterProblems:
             self.add("cursor", "cannot be read; start again without a cursor")
         return None
 
-    def check(self) -> None:
-        if self.errors:
-            detail = "; ".join(f"{error['field']} {error['message']}" for error in self.errors)
-            raise ApiError(400, detail, kind="invalid-parameters", errors=self.errors)
-
 
 class SessionsApiHandler(ApiHandler):
     """Shared plumbing of the sessions routes."""
 
-    @property
-    def cursors(self) -> CursorCodec:
-        return self.settings["cursors"]
-
     async def promise(self, message: OutboundMessage) -> None:
         with database_errors():
-            await self.settings["services"].outbound.promise(message)
+            await self.services.outbound.promise(message)
 
     async def open_session(self, raw_id: str) -> dict[str, Any]:
         session_id = object_id(raw_id)
@@ -208,7 +193,7 @@ class SessionsHandler(SessionsApiHandler):
 
     async def get(self) -> None:
         """Open sessions, most recent activity first, optionally searched and filtered."""
-        params = ParameterProblems(self)
+        params = ListingParameters(self)
         limit = params.limit()
         criteria = sessions.SessionFilter(
             words=params.search_words(), platform=params.platform(), active_since=params.active_since()
@@ -216,9 +201,14 @@ class SessionsHandler(SessionsApiHandler):
         resume = params.resume(criteria.listing(), sessions.SessionsResume.from_position)
         params.check()
         page = await self.database(
-            sessions.list_sessions, criteria, limit, resume, max_examined=self.settings["config"].search_max_examined
+            sessions.list_sessions,
+            criteria,
+            limit,
+            resume,
+            max_examined=self.services.config.search_max_examined,
+            hints=self.services.slice_hints,
         )
-        cursor = self.cursors.encode(criteria.listing(), page.resume.to_position()) if page.resume else None
+        cursor = self.services.cursors.encode(criteria.listing(), page.resume.to_position()) if page.resume else None
         self.write_json({"items": [session_resource(doc) for doc in page.sessions], "next_cursor": cursor})
 
 
@@ -243,7 +233,7 @@ class SessionHandler(SessionsApiHandler):
                 OutboundMessage(
                     key=f"goodbye:{session['_id']}",
                     chat_id=chat,
-                    text=self.settings["config"].goodbye_text,
+                    text=self.services.config.goodbye_text,
                     kind="goodbye",
                     meta={"session_id": str(session["_id"])},
                 )
@@ -256,7 +246,7 @@ class SessionHandler(SessionsApiHandler):
         # after the delete loses no event, a failed delete announces none. Its
         # relay erases the session's copies in the streams (server.eventpublishing.erase_session).
         with database_errors():
-            await self.settings["services"].outbound.promise_event(
+            await self.services.outbound.promise_event(
                 eventpublishing.session_finished(session),
                 str(session["_id"]),
                 after_session_gone=session["_id"],
@@ -264,7 +254,7 @@ class SessionHandler(SessionsApiHandler):
                 files=files,
             )
         await self.database(sessions.finish, session["_id"])
-        self.settings["services"].outbound.wake()
+        self.services.outbound.wake()
         log.info("session %s finished", session["_id"])
         self.set_status(204)
         self.finish()
@@ -283,16 +273,16 @@ class SessionMessagesHandler(SessionsApiHandler):
         limit = MAX_REPLY_BODY
         if media_type(self.request.headers.get("Content-Type")) == "multipart/form-data":
             # An agent's file: streamed to a spool file, so the body may be as large as the file.
-            limit = self.settings["config"].agent_file_max_bytes + FORM_SLACK
-            self._upload = AgentUpload(self.request.headers, self.settings["config"].agent_file_max_bytes)
+            limit = self.services.config.agent_file_max_bytes + FORM_SLACK
+            self._upload = AgentUpload(self.request.headers, self.services.config.agent_file_max_bytes)
         length = declared_length(self.request.headers)
         if length is not None and length > limit:
             raise ApiError(413, f"an agent reply body is at most {limit} bytes", kind="payload-too-large")
         if self.request.connection is not None:  # chunked bodies are cut off at the limit too
-            self.request.connection.set_max_body_size(limit)
+            self.request.connection.set_max_body_size(limit)  # type: ignore[attr-defined]
             if self._upload is not None:
                 self.request.connection.set_body_timeout(  # type: ignore[attr-defined]
-                    self.settings["config"].import_body_timeout
+                    self.services.config.import_body_timeout
                 )
 
     def data_received(self, chunk: bytes) -> None:
@@ -313,13 +303,13 @@ class SessionMessagesHandler(SessionsApiHandler):
     async def get(self, session_id: str) -> None:
         """The session's messages, oldest first."""
         session = await self.open_session(session_id)
-        params = ParameterProblems(self)
+        params = ListingParameters(self)
         limit = params.limit()
         listing = messages_listing(session["_id"])
         resume = params.resume(listing, sessions.MessagesResume.from_position)
         params.check()
         page = await self.database(sessions.list_messages, session["_id"], limit, resume)
-        cursor = self.cursors.encode(listing, page.resume.to_position()) if page.resume else None
+        cursor = self.services.cursors.encode(listing, page.resume.to_position()) if page.resume else None
         self.write_json({"items": [message_resource(doc) for doc in page.messages], "next_cursor": cursor})
 
     async def post(self, session_id: str) -> None:
@@ -330,7 +320,7 @@ class SessionMessagesHandler(SessionsApiHandler):
             text, upload = self._upload.result()
         else:
             self.request.body = b"".join(self._body)
-            text = agent_text(self.json_body())
+            text = agent_text(*self.body_fields(["text"], "an agent reply"))
         session = await self.open_session(session_id)
         chat = session.get("chat_id")
         if not chat:
@@ -372,7 +362,7 @@ class SessionMessagesHandler(SessionsApiHandler):
         """Put the agent's file in the store before anything refers to it; what the message records."""
         name = agent_file_object(session["_id"], message_id)
         try:
-            await self.settings["files"].put(name, upload.spool, upload.sha256)
+            await self.services.files.put(name, upload.spool, upload.sha256)
         except (NatsError, asyncio.TimeoutError) as exc:
             log.warning("agent file not stored, NATS: %r", exc)
             raise ApiError(
@@ -392,7 +382,7 @@ class SessionMessagesHandler(SessionsApiHandler):
     async def forget_agent_file(self, file: dict[str, Any] | None) -> None:
         if file is not None:
             with contextlib.suppress(NatsError, asyncio.TimeoutError):
-                await self.settings["files"].delete([file["record"]["object_name"]])
+                await self.services.files.delete([file["record"]["object_name"]])
 
 
 def agent_file_object(session_id: ObjectId, message_id: ObjectId) -> str:
@@ -413,22 +403,19 @@ def outbound_file(message: dict[str, Any]) -> OutboundFile | None:
     )
 
 
-def agent_text(body: dict[str, Any]) -> str:
-    errors = [field_error(name, "is not a field of an agent reply") for name in body if name != "text"]
+def agent_text(body: dict[str, Any], problems: FieldProblems) -> str:
+    """The reply's text; every problem of the body (`problems`, its unknown fields among them) at once."""
     text = body.get("text")
     if text is None:
-        errors.append(field_error("text", "is required"))
+        problems.add("text", "is required")
     elif not isinstance(text, str):
-        errors.append(field_error("text", "must be a string"))
+        problems.add("text", "must be a string")
     elif not text.strip():
-        errors.append(field_error("text", "must not be empty or only spaces"))
+        problems.add("text", "must not be empty or only spaces")
     elif len(text) > MAX_TEXT_LENGTH:
-        errors.append(
-            field_error("text", f"must be at most {MAX_TEXT_LENGTH} characters (Telegram's limit), got {len(text)}")
-        )
-    if errors:
-        detail = "; ".join(f"{error['field']} {error['message']}" for error in errors)
-        raise ApiError(400, detail, kind="invalid-body", errors=errors)
+        problems.add("text", f"must be at most {MAX_TEXT_LENGTH} characters (Telegram's limit), got {len(text)}")
+    problems.check()
+    assert isinstance(text, str)  # a problem otherwise
     return text
 
 

@@ -10,6 +10,10 @@ what is stored, and a report reads one job, not every batch of it. When the
 job ends the totals are final and the summary is promised to the channel
 through the outbox, keyed by the job, so it is announced exactly once.
 
+Whether a chunk of the CLI may be applied now (`admit_chunk`) is decided
+here too, as is how many uploads and chunks a replica reads at once
+(`ImportSlots`): each refusal is one of server.importing.refusals.
+
 The functions here block on MongoDB (run them through `Database.run`);
 `Imports` (server.importing.running) is what the handlers use, and
 server.importing.reports says what a job tells.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import unicodedata
+from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
@@ -27,6 +32,7 @@ from mongoengine import NotUniqueError
 from contract import clock
 from runtime.failpoints import failpoint
 from server.importing.feed import MAX_REPORTED_ERRORS, Tally
+from server.importing.refusals import Conflicting, TooLarge, TryLater
 from server.models.imports import ImportBatch, ImportJob
 from server.models.stored import Contended, IdempotencyKeyReused
 
@@ -289,3 +295,100 @@ def finish_job(
 def _setting(fields: dict[str, Any]) -> dict[str, Any]:
     """MongoEngine's update keywords that `$set` these fields."""
     return {f"set__{name}": value for name, value in fields.items()}
+
+
+class ImportSlots:
+    """The uploads and chunks this replica reads at once, at most `limit`.
+
+    Each holds a record being parsed and up to two batches: bounding how many run
+    bounds the memory imports take, whatever clients send. One over the limit is
+    refused at once (TryLater): the CLI waits and sends it again.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.holders: set[object] = set()
+
+    def take(self, holder: object) -> None:
+        if holder in self.holders:
+            return
+        if len(self.holders) >= self.limit:
+            raise TryLater(
+                "too-many-imports",
+                f"this replica is reading {self.limit} imports already, the most it reads at once; "
+                "send this one again shortly",
+                2,
+            )
+        self.holders.add(holder)
+
+    def release(self, holder: object) -> None:
+        self.holders.discard(holder)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkLimits:
+    """What the chunks of one import may take; the server's settings give the values."""
+
+    chunks: int
+    bytes: int  # all its chunks together
+
+
+@dataclass(frozen=True)
+class ChunkAdmission:
+    """Chunk `seq` of a running chunked import, admitted: to be read and applied, or
+    (`stored`, its batch record) applied before, to be answered again unread."""
+
+    job: dict[str, Any]
+    seq: int
+    stored: dict[str, Any] | None
+    bytes_left: int
+    limits: ChunkLimits
+
+    def check_received(self, received: int) -> None:
+        """TooLarge once the chunk's bytes so far pass what the import may still take."""
+        if received > self.bytes_left:
+            raise _too_many_bytes(self.limits)
+
+    def ended_meanwhile(self) -> Conflicting:
+        return Conflicting(
+            "import-ended",
+            f"this import ended while chunk {self.seq} arrived (see its report); start a new one for the rest",
+        )
+
+
+def admit_chunk(job: dict[str, Any], seq: int, declared_bytes: int | None, limits: ChunkLimits) -> ChunkAdmission:
+    """May chunk `seq` be applied to `job` now? Its admission, or the refusal that says why not.
+
+    Only a running chunked import takes chunks, each after the one before it
+    was applied and within the import's limits; a chunk applied before is
+    admitted again, to be answered as it was the first time.
+    """
+    if job["mode"] != "chunks":
+        raise Conflicting("not-chunked", "this import is an upload; only imports started with a JSON body take chunks")
+    if job["status"] != RUNNING:
+        raise Conflicting("import-ended", f"this import has ended ({job['status']}); start a new one")
+    stored = find_batch(job["_id"], seq)
+    if stored is not None:
+        return ChunkAdmission(job, seq, stored, 0, limits)
+    next_chunk = job.get("next_chunk", 0)
+    if seq > next_chunk:
+        next_chunk = repair_next_chunk(job["_id"])
+    if seq > next_chunk:
+        raise Conflicting("chunk-out-of-order", f"chunk {next_chunk} comes next: chunks are applied in order")
+    if seq >= limits.chunks:
+        raise TooLarge(
+            "too-many-chunks",
+            f"an import takes at most {limits.chunks} chunks; complete this one and start another for the rest",
+        )
+    admission = ChunkAdmission(job, seq, None, limits.bytes - job.get("bytes_received", 0), limits)
+    if declared_bytes is not None:
+        admission.check_received(declared_bytes)
+    return admission
+
+
+def _too_many_bytes(limits: ChunkLimits) -> TooLarge:
+    return TooLarge(
+        "payload-too-large",
+        f"the chunks of one import may hold at most {limits.bytes} bytes in all; complete this "
+        "import and start another for the rest",
+    )

@@ -197,7 +197,7 @@ class _JsonArrayParser(_StreamParser):
         try:
             self._coroutine.close()
         except ijson.JSONError as error:
-            reason = str(error).splitlines()[0]
+            reason = _yajl_reason(error)
             if "premature EOF" in reason or "Incomplete JSON" in reason:
                 message = f"JSON ended before the array was closed at byte {self._received}"
             else:
@@ -206,7 +206,7 @@ class _JsonArrayParser(_StreamParser):
         yield from self._take_events(self._received)
 
     def _invalid(self, error: Exception, window_offset: int) -> FileFormatError:
-        reason = str(error).splitlines()[0]
+        reason = _yajl_reason(error)
         # The whole window's start, even when the network split this window in two.
         near = window_offset - window_offset % JSON_ERROR_WINDOW
         if "overflow" in reason:
@@ -266,6 +266,19 @@ class _JsonArrayParser(_StreamParser):
                 f"(record {number}); the file cannot be read past it",
                 self._last_event,
             )
+
+
+def _yajl_reason(error: Exception) -> str:
+    """The first line of yajl's message, the same whatever the chunk boundaries.
+
+    yajl appends the text around the error, cut at a fixed width; when that cut
+    splits a multi-byte character every ijson backend gives the message as bytes
+    instead of text, so it is decoded here before its first line is taken.
+    """
+    message = next(iter(error.args), "")
+    if isinstance(message, bytes):
+        message = message.decode("utf-8", errors="replace")
+    return str(message).partition("\n")[0]
 
 
 def _windows(data: bytes, offset: int) -> Iterator[tuple[int, bytes]]:

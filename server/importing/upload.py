@@ -9,8 +9,8 @@ upload and leaves no import behind; from the first record on, the import
 exists and a later problem ends it as failed, the records before it kept.
 
 The request handler (server/handlers/imports.py) owns the HTTP exchange; it
-hands the body's chunks to an Upload and answers the problems the Upload gives
-it back through the UploadClient protocol.
+hands the body's chunks to an Upload and answers the refusals the Upload gives
+it back through the UploadClient protocol (server/importing/refusals.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
-from bson import ObjectId
 from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.parser import ParseFailedException
 
@@ -34,8 +33,18 @@ from server.importing.feed import RecordFeed, Tally
 from server.importing.limits import RecordLimits
 from server.importing.multipart import FieldPart, FilePart, boundary
 from server.importing.parsers import open_parser
+from server.importing.refusals import (
+    Conflicting,
+    FieldProblem,
+    FilePlace,
+    Malformed,
+    Refused,
+    TooLarge,
+    TryLater,
+    Unreadable,
+    UnsupportedFile,
+)
 from server.importing.running import Imports
-from server.problems import ApiError, database_errors, field_error
 
 log = logging.getLogger(__name__)
 
@@ -54,35 +63,28 @@ class UploadClient(Protocol):
     def answered(self) -> bool:
         """An answer has gone out."""
 
-    def refuse(self, error: ApiError) -> None:
-        """Answer `error` when the body ends (or at once if too much of it is still to come)."""
+    def refuse(self, refusal: Refused) -> None:
+        """Answer `refusal` when the body ends (or at once if too much of it is still to come)."""
 
-    def answer_problem(self, error: ApiError) -> None:
-        """Answer `error` now, while the body may still be arriving."""
-
-    def import_location(self, job_id: ObjectId) -> str:
-        """The URL of an import's report."""
+    def answer_problem(self, refusal: Refused) -> None:
+        """Answer `refusal` now, while the body may still be arriving."""
 
     async def database(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn` on the database threads, bounded as a request's queries are."""
 
 
 def checked_channel(raw: object) -> str:
-    """The announcement target, in its one spelling (contract/values.py), or a 400."""
+    """The announcement target, in its one spelling (contract/values.py); Malformed if it names none."""
     if not isinstance(raw, str) or not raw.strip():
-        raise ApiError(
-            400,
+        raise Malformed(
+            "invalid-channel",
             "channel is required: a Telegram channel as @name or -100… id",
-            kind="invalid-channel",
-            errors=[field_error("channel", "required")],
+            [FieldProblem("channel", "required")],
         )
     channel = channel_ref(raw)
     if channel is None:
-        raise ApiError(
-            400,
-            f"channel {raw.strip()[:40]!r}: {CHANNEL_RULE}",
-            kind="invalid-channel",
-            errors=[field_error("channel", CHANNEL_RULE)],
+        raise Malformed(
+            "invalid-channel", f"channel {raw.strip()[:40]!r}: {CHANNEL_RULE}", [FieldProblem("channel", CHANNEL_RULE)]
         )
     return channel
 
@@ -105,7 +107,7 @@ class Upload:
         try:
             self._form = StreamingFormDataParser(headers)
         except ParseFailedException as exc:
-            raise ApiError(400, f"cannot read the multipart body: {exc}", kind="invalid-multipart") from exc
+            raise Malformed("invalid-multipart", f"cannot read the multipart body: {exc}") from exc
         self._client = client
         self._imports = imports
         self._limits = limits
@@ -123,7 +125,7 @@ class Upload:
         self._feed: RecordFeed | None = None
         self._job: dict[str, Any] | None = None
         self._batches = 0
-        self._refusal: ApiError | None = None
+        self._refusal: Refused | None = None
         self._reading = True  # the file's bytes are parsed; after a refusal or a failure, dropped
         self._done = False  # the import has ended, or was refused before it began
         self._started_at = clock.now()
@@ -134,58 +136,58 @@ class Upload:
         return not self._done
 
     async def receive(self, chunk: bytes, received: int) -> None:
-        """The body's next chunk; `received` counts the body's bytes so far, this chunk's included."""
+        """The body's next chunk; `received` counts the body's bytes so far, this chunk's included.
+
+        Refusals go to the client; anything else raised (the database failed)
+        ends the reading, and the caller answers it.
+        """
         async with self._lock:
             self._received = received
             if not self._reading or self._client.answered:
                 return
             try:
-                with database_errors():
-                    await self._receive(chunk)
-            except ApiError as error:  # the database failed: the import cannot go on
-                self._reading = False
-                self._client.answer_problem(error)
+                await self._receive(chunk)
+            except BaseException:
+                self._reading = False  # the import cannot go on
+                raise
 
     async def end(self) -> dict[str, Any]:
-        """The body has ended: read the rest, end the import and return it; ApiError if refused."""
+        """The body has ended: read the rest, end the import and return it; the refusal if refused."""
         async with self._lock:
-            with database_errors():
-                if self._reading:
-                    await self._pump()
-                if self._refusal is not None:
-                    raise self._refusal
-                if not self._file_part.started:
-                    missing = ["channel"] if not self._channel_part.received else []
-                    missing.append("file")
-                    raise ApiError(
-                        400,
-                        f"the form lacks the field(s) {', '.join(missing)}",
-                        kind="missing-field",
-                        errors=[field_error(name, "required") for name in missing],
-                    )
-                assert self._feed is not None
-                await self._feed.close()
-                if self._job is None and (self._feed.failure is not None or not self._file_part.size):
-                    self._done = True
-                    self._refuse_unreadable_file()
-                if self._job is None:  # a readable file without records, such as `[]`
-                    await self._save_batch(Tally())
-                job = await self._end_import(None)
-                assert job is not None
-                return job
+            if self._reading:
+                await self._pump()
+            if self._refusal is not None:
+                raise self._refusal
+            if not self._file_part.started:
+                missing = ["channel"] if not self._channel_part.received else []
+                missing.append("file")
+                raise Malformed(
+                    "missing-field",
+                    f"the form lacks the field(s) {', '.join(missing)}",
+                    [FieldProblem(name, "required") for name in missing],
+                )
+            assert self._feed is not None
+            await self._feed.close()
+            if self._job is None and (self._feed.failure is not None or not self._file_part.size):
+                self._done = True
+                self._refuse_unreadable_file()
+            if self._job is None:  # a readable file without records, such as `[]`
+                await self._save_batch(Tally())
+            job = await self._end_import(None)
+            assert job is not None
+            return job
 
     async def stop(self) -> None:
         """Shutdown: finish the batch in hand, end the import as failed, answer 503."""
         async with self._lock:
             if self._done or self._client.answered:
                 return
-            with contextlib.suppress(ApiError):
+            with contextlib.suppress(Refused):
                 await self._end_early(
-                    ApiError(
-                        503,
+                    TryLater(
+                        "unavailable",
                         "the server is shutting down; send the file again (what is imported already stays unchanged)",
-                        kind="unavailable",
-                        headers={"Retry-After": "5"},
+                        5,
                     ),
                     "shutdown",
                 )
@@ -205,8 +207,7 @@ class Upload:
     async def _receive(self, chunk: bytes) -> None:
         if self._received > self._max_bytes:
             await self._end_early(
-                ApiError(413, f"the upload passed the limit of {self._max_bytes} bytes", kind="payload-too-large"),
-                "too-large",
+                TooLarge("payload-too-large", f"the upload passed the limit of {self._max_bytes} bytes"), "too-large"
             )
             return
         if (part := self._past_preamble(chunk)) is None:
@@ -215,20 +216,17 @@ class Upload:
             self._form.data_received(part)
         except ParseFailedException as exc:
             await self._end_early(
-                ApiError(400, f"cannot read the multipart body: {exc}", kind="invalid-multipart"),
-                "interrupted",
-                linger=True,
+                Malformed("invalid-multipart", f"cannot read the multipart body: {exc}"), "interrupted", linger=True
             )
             return
         except UnicodeDecodeError as exc:
             # The form parser decodes part headers as UTF-8, as RFC 7578 has them.
             message = f"a part's headers are not UTF-8 text (byte 0x{exc.object[exc.start]:02x})"
             await self._end_early(
-                ApiError(
-                    400,
+                Malformed(
+                    "invalid-multipart",
                     f"cannot read the multipart body: {message}",
-                    kind="invalid-multipart",
-                    errors=[field_error("part headers", message)],
+                    [FieldProblem("part headers", message)],
                 ),
                 "interrupted",
                 linger=True,
@@ -237,11 +235,8 @@ class Upload:
         if not self._file_part.started and self._received > MAX_PREAMBLE:
             message = f"the file part must begin within the first {MAX_PREAMBLE} bytes of the body"
             self._refuse(
-                ApiError(
-                    400,
-                    message + " (send only channel before it)",
-                    kind="invalid-multipart",
-                    errors=[field_error("file", message)],
+                Malformed(
+                    "invalid-multipart", message + " (send only channel before it)", [FieldProblem("file", message)]
                 )
             )
             return
@@ -254,7 +249,7 @@ class Upload:
         if self._channel is None:
             try:
                 self._channel = checked_channel(self._channel_part.text())
-            except ApiError as error:
+            except Malformed as error:
                 if not self._channel_part.received:
                     error.detail += " (send the channel field before the file)"
                 self._refuse(error)
@@ -269,7 +264,7 @@ class Upload:
                     self._file_part.multipart_filename, self._file_part.multipart_content_type, bytes(self._head)
                 )
             except UnsupportedFileType as exc:
-                self._refuse(ApiError(415, str(exc), kind="unsupported-file-type"))
+                self._refuse(UnsupportedFile("unsupported-file-type", str(exc)))
                 return
             parser = open_parser(self._kind, self._limits)
             self._feed = RecordFeed(self._imports.db, parser, on_batch=self._save_batch)
@@ -280,14 +275,14 @@ class Upload:
                 self._reading = False  # the rest of the file cannot be read; answer when the body ends
                 return
 
-    def _refuse(self, error: ApiError) -> None:
+    def _refuse(self, refusal: Refused) -> None:
         self._reading, self._done = False, True
-        self._linger(error)
+        self._linger(refusal)
 
-    def _linger(self, error: ApiError) -> None:
+    def _linger(self, refusal: Refused) -> None:
         if self._refusal is None:
-            self._refusal = error
-        self._client.refuse(error)
+            self._refusal = refusal
+        self._client.refuse(refusal)
 
     def _past_preamble(self, chunk: bytes) -> bytes | None:
         """The body from its first boundary on; None while that is still to come, or refused."""
@@ -300,11 +295,10 @@ class Upload:
             if len(data) > MAX_PREAMBLE:
                 message = f"no part begins within the first {MAX_PREAMBLE} bytes of the body"
                 self._refuse(
-                    ApiError(
-                        400,
+                    Malformed(
+                        "invalid-multipart",
                         f"cannot read the multipart body: {message}",
-                        kind="invalid-multipart",
-                        errors=[field_error("file", message)],
+                        [FieldProblem("file", message)],
                     )
                 )
             return None
@@ -327,8 +321,8 @@ class Upload:
             await self._client.database(jobs.save_batch, self._job["_id"], self._batches, batch)
         except jobs.ImportEnded:
             self._done = True  # the reaper ended it: its report stands
-            raise ApiError(
-                409, f"import {self._job['_id']} ended while the file arrived (see its report)", kind="import-ended"
+            raise Conflicting(
+                "import-ended", f"import {self._job['_id']} ended while the file arrived (see its report)"
             ) from None
         failpoint("import.after_batch_record")
         self._batches += 1
@@ -336,13 +330,11 @@ class Upload:
     def _refuse_unreadable_file(self) -> None:
         failure = self._feed.failure if self._feed else None
         if not self._file_part.size or failure is None:
-            raise ApiError(422, "the file is empty", kind="empty-file", errors=[field_error("file", "empty")])
-        where = {"offset": failure.offset, "line": failure.line}
-        raise ApiError(
-            422,
+            raise Unreadable("empty-file", "the file is empty", [FieldProblem("file", "empty")])
+        raise Unreadable(
+            "invalid-file",
             f"the file cannot be imported: {failure.message}; nothing was imported",
-            kind="invalid-file",
-            errors=[{**field_error("file", failure.message), **where}],
+            [FieldProblem("file", failure.message, FilePlace(failure.line, failure.offset))],
         )
 
     async def _end_import(self, failure: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -362,20 +354,20 @@ class Upload:
     def _stopped_at(self, reason: str, message: str) -> dict[str, Any]:
         return {"reason": reason, "message": message, "offset": self._file_part.size, "line": None}
 
-    async def _end_early(self, error: ApiError, reason: str, linger: bool = False) -> None:
+    async def _end_early(self, refusal: Refused, reason: str, linger: bool = False) -> None:
         """End the import before the body did: keep what is read, report it, answer.
 
         Answered now, or with `linger` when the body ends, so that a client still
         sending reads the answer instead of a reset.
         """
-        job = await self._end_import(self._stopped_at(reason, error.detail))
+        job = await self._end_import(self._stopped_at(reason, refusal.detail))
         if job is not None:
-            error.detail += f"; import {job['_id']} ended as failed, keeping the records read before"
-            error.headers["Location"] = self._client.import_location(job["_id"])
+            refusal.detail += f"; import {job['_id']} ended as failed, keeping the records read before"
+            refusal.import_id = job["_id"]
         if linger:
-            self._linger(error)
+            self._linger(refusal)
         else:
-            self._client.answer_problem(error)
+            self._client.answer_problem(refusal)
 
 
 def _failure(failure: FileFormatError | None) -> dict[str, Any] | None:

@@ -26,7 +26,7 @@ from tests.harness import API_TOKEN, ROOT, eventually, failpoint_fired, outbound
 SESSIONS = 1_500
 CHUNK = 100
 # Inside a chunk (one upsert of its records): after its messages are stored, before it is recorded.
-CHUNK_POINT = "import.after_messages_inserted"
+CHUNK_POINT = "import.after_sessions_inserted"
 CHANNEL = "@suporte"
 
 

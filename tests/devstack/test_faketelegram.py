@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dtm
 import json
+import ssl
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import tornado.netutil
 import tornado.web
 from telegram.error import BadRequest, ChatMigrated, Conflict, Forbidden, InvalidToken, NetworkError, RetryAfter
 
+from devstack.certificates import make_server_certificate
 from devstack.faketelegram import ControlError, FakeTelegram, FloodControl, FloodLimits
 from devstack.faketelegram.entities import visible_text
 from tests.devstack.conftest import ANA, CHANNEL_ID, TOKEN, api, inject
@@ -449,6 +451,33 @@ def test_runs_standalone_and_logs_its_address() -> None:
         base_url = line.rsplit(" ", 1)[1].strip()
         response = httpx.get(f"{base_url}/bot{TOKEN}/getMe", timeout=5)
         assert response.json()["result"]["username"] == "balcao_test_bot"
+    finally:
+        process.terminate()
+        assert process.wait(5) == 0
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def test_serves_https_with_a_certificate_its_clients_are_told_to_trust(tmp_path: Path) -> None:
+    """As a bot in a container reaches it: over the network, so over TLS, as Telegram itself."""
+    certificate = make_server_certificate(tmp_path, ["localhost"], ["127.0.0.1"])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devstack.faketelegram", "--port", "0", "--token", TOKEN,
+         "--tls-cert", str(certificate.chain), "--tls-key", str(certificate.key)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        assert "listening on https://127.0.0.1:" in line, line
+        base_url = line.rsplit(" ", 1)[1].strip()
+        trust = ssl.create_default_context(cafile=certificate.authority)
+        trusted = httpx.get(f"{base_url}/bot{TOKEN}/getMe", timeout=5, verify=trust)
+        assert trusted.json()["result"]["username"] == "balcao_test_bot"
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(f"{base_url}/bot{TOKEN}/getMe", timeout=5)  # the system's authorities do not know it
     finally:
         process.terminate()
         assert process.wait(5) == 0

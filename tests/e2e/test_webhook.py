@@ -110,7 +110,7 @@ def test_relay_failure_answers_500_and_telegram_delivers_again(stack, telegram, 
     assert len(telegram.pending_updates()) == 1
 
     async def restore_streams() -> None:
-        nc = await jetstream.connect(clean_nats.url, "test")
+        nc = await jetstream.connect(clean_nats.url, "test", "_INBOX")
         await jetstream.ensure_streams(nc.jetstream())
         await nc.close()
 

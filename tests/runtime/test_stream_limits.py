@@ -54,6 +54,20 @@ async def test_existing_streams_are_updated_without_losing_messages(clean_nats) 
 
 
 @pytest.mark.asyncio
+async def test_a_process_that_does_not_administer_the_streams_leaves_existing_ones_alone(clean_nats) -> None:
+    """The bot creates what is missing and changes nothing else: its NATS user may not."""
+    nc = await nats.connect(clean_nats.url)
+    js = nc.jetstream()
+    await jetstream.ensure_streams(js, LIMITS)  # the server, first
+    await jetstream.ensure_streams(js, jetstream.StreamLimits(max_bytes=128 * 1024), administer=False)
+    assert await _limits(js, messaging.INBOUND_STREAM) == (64 * 1024, 3600)
+    await js.delete_stream(messaging.PARKED_STREAM)
+    await jetstream.ensure_streams(js, jetstream.StreamLimits(max_bytes=128 * 1024), administer=False)
+    assert (await _limits(js, messaging.PARKED_STREAM))[0] == 128 * 1024  # missing: created
+    await nc.close()
+
+
+@pytest.mark.asyncio
 async def test_a_cap_below_what_is_stored_is_not_applied(clean_nats) -> None:
     nc = await nats.connect(clean_nats.url)
     js = nc.jetstream()
@@ -163,7 +177,7 @@ async def test_the_event_stream_is_brought_to_new_limits(clean_nats) -> None:
 @pytest.mark.parametrize(("spare", "created"), [(0, True), (-1, False)])
 @pytest.mark.asyncio
 async def test_the_streams_reserve_four_stream_caps_and_the_event_cap(tmp_path, spare, created) -> None:
-    """What the README tells operators to leave free: the four capped streams (inbound,
+    """What docs/operations.md tells operators to leave free: the four capped streams (inbound,
     outbound, parked, dead letters) at STREAM_MAX_BYTES each, and the events at
     EVENTS_MAX_BYTES; the delivered-key bucket has no cap and reserves nothing."""
     from bot.delivery import delivered_bucket

@@ -415,6 +415,7 @@ def nested(depth: int) -> str:
     ("body", "field"),
     [
         ('{"text": ' + nested(30_000) + "}", "body"),
+        ('{"text": ' + nested(65) + "}", "body"),
         ('{"text": ' + "7" * 5000 + "}", "text"),
         ('{"text": -' + "7" * 5000 + "}", "text"),
     ],
@@ -434,6 +435,9 @@ def test_hostile_json_in_an_agent_reply_is_a_400_naming_the_field(target, sessio
     ("body", "field"),
     [
         ('{"channel": "@canal_teste", "source": ' + nested(7_000) + "}", "body"),
+        # Past the depth limit but far inside every Python's recursion limit: refused
+        # before parsing, so the answer does not depend on where the parser gives up.
+        ('{"channel": "@canal_teste", "source": ' + nested(65) + "}", "body"),
         ('{"channel": "@canal_teste", "source": ' + "7" * 5000 + "}", "source"),
     ],
 )
@@ -443,6 +447,13 @@ def test_hostile_json_starting_a_chunked_import_is_a_400_naming_the_field(target
     assert_problem(response, 400, "invalid-json" if field == "body" else "invalid-body", field)
     assert mongo[ImportJob._get_collection_name()].count_documents({}) == 0  # refused: no import left behind
     watch.check()
+
+
+def test_brackets_inside_a_string_do_not_count_as_nesting(target, session):
+    text = "[" * 200 + '\\" {{' + "]" * 200
+    with target.client() as client:
+        response = client.post(f"/v1/sessions/{session['_id']}/messages", json={"text": text})
+    assert response.status_code == 201, response.text
 
 
 @pytest.mark.parametrize(("path", "limit"), [("/v1/sessions/{id}/messages", 64 * 1024), ("/v1/imports", 16 * 1024)])

@@ -112,6 +112,19 @@ def test_intake_ack_wait_defaults_to_30_and_is_bounded():
         assert any("INTAKE_ACK_WAIT" in problem for problem in error.value.problems)
 
 
+def test_the_ping_timeout_is_never_longer_than_the_ping_interval():
+    """Tornado would cut it to the interval and warn on every WebSocket connection."""
+    settings = config.load(VALID)
+    assert settings.events_ping_timeout <= settings.events_ping_interval
+    assert config.load({**VALID, "EVENTS_PING_INTERVAL": "40", "EVENTS_PING_TIMEOUT": "30"}).events_ping_timeout == 30
+    with pytest.raises(ConfigError) as error:
+        config.load({**VALID, "EVENTS_PING_INTERVAL": "10"})
+    assert error.value.problems == [
+        "EVENTS_PING_TIMEOUT (20) must not be longer than EVENTS_PING_INTERVAL (10): "
+        "a pong is awaited until the next ping"
+    ]
+
+
 def test_retention_of_parked_messages_dead_letters_and_imports_defaults_to_30_days():
     month = 30 * 24 * 3600
     defaults = config.load(VALID)

@@ -1,26 +1,27 @@
 """The OpenAPI document against the code and against the live server.
 
 The document in the repository is the contract: every /v1 route is in it and
-everything in it is served, and a bounded schemathesis run against a real
-server (real MongoDB-wire server and NATS) finds no 5xx and no answer that
-breaks it.
+everything in it is served, and a bounded schemathesis run against the app
+(served in process, on the real MongoDB-wire server and NATS) finds no 5xx
+and no answer that breaks it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sysconfig
 from pathlib import Path
 
 import pytest
 from bson import ObjectId
+from nats.aio.client import Client
 
 from devstack.processes import unmeasured_environ
 from server import config
 from server.app import Services, make_app
-from tests.harness import API_TOKEN, ROOT, Process
+from server.database import Database
+from tests.harness import API_TOKEN, ROOT, run_client
 from tests.server.factories import MessageFactory, SessionFactory, conversation
 
 DOCUMENT = ROOT / "server" / "openapi.json"
@@ -39,7 +40,8 @@ SEED = 7
 def served_routes() -> set[tuple[str, str]]:
     """(path template, method) of every /v1 route of the application."""
     settings = config.load({"API_TOKEN": API_TOKEN, "MONGODB_URI": "mongodb://unused", "NATS_URL": "nats://unused"})
-    application = make_app(settings, Services(db=None, nats=None, js=None, outbound=None))
+    # Neither is connected: building the routes uses neither.
+    application = make_app(Services.build(settings, Database(settings.mongodb_uri), Client()))
     routes = set()
     for rule in application.wildcard_router.rules:
         pattern = rule.matcher.regex.pattern.removesuffix("$")
@@ -74,7 +76,8 @@ def test_the_examples_in_the_document_are_the_ones_seeded_here():
 
 # Some 600 requests, each a round trip to SecantusDB: about two minutes on two busy cores.
 @pytest.mark.timeout(420)
-def test_schemathesis_finds_no_server_error_and_no_contract_violation(api, api_server: Process, tmp_path: Path):
+@pytest.mark.asyncio(loop_scope="module")
+async def test_schemathesis_finds_no_server_error_and_no_contract_violation(api, tmp_path: Path):
     """Every check on (the schema is exact enough for positive_data_acceptance too), every operation."""
     session, _ = conversation(["Olá", "Preciso de ajuda"], id=EXAMPLE_SESSION, contact_name="João Silva")
     MessageFactory.create(session=session, id=EXAMPLE_MESSAGE)
@@ -82,13 +85,13 @@ def test_schemathesis_finds_no_server_error_and_no_contract_violation(api, api_s
     SessionFactory.create(chat_id=None)
     schemathesis = Path(sysconfig.get_path("scripts")) / "schemathesis"
 
-    run = subprocess.run(
+    run = await run_client(
         [
             str(schemathesis),
             "run",
             str(DOCUMENT),
             "--url",
-            f"http://127.0.0.1:{api_server.port}",
+            api.base_url,
             "--header",
             f"Authorization: Bearer {API_TOKEN}",
             "--checks",
@@ -117,16 +120,13 @@ def test_schemathesis_finds_no_server_error_and_no_contract_violation(api, api_s
             str(tmp_path / "schemathesis.junit.xml"),
         ],
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
         timeout=600,
-        check=False,
         # The fuzzer is not the product: a measured run (coverage's subprocess
         # patch) would only trace its generator and slow every request it makes.
         env=unmeasured_environ(
             SCHEMATHESIS_HOOKS=HOOKS,
             PYTHONPATH=str(ROOT),
-            BALCAO_CONTRACT_URL=f"http://127.0.0.1:{api_server.port}",
+            BALCAO_CONTRACT_URL=api.base_url,
             BALCAO_CONTRACT_TOKEN=API_TOKEN,
         ),
     )

@@ -12,8 +12,11 @@ import re
 import pytest
 
 from server.config import DEFAULT_GOODBYE
-from tests.harness import ROOT, eventually, outbound_messages
+from tests.harness import ROOT, eventually_async, outbound_messages_async
 from tests.server.factories import MessageFactory, SessionFactory, conversation, now
+
+# Every test, even one that asks nothing of the server, runs in the loop of the module's in-process app.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 def ids(items: list[dict]) -> list[str]:
@@ -24,10 +27,15 @@ def minutes_ago(minutes: float) -> dt.datetime:
     return now() - dt.timedelta(minutes=minutes)
 
 
+async def published(nats_url: str, key: str) -> list:
+    """The messages on the outbound stream under `key`."""
+    return [message for message in await outbound_messages_async(nats_url) if message.key == key]
+
+
 # --- listing -------------------------------------------------------------------
 
 
-def test_sessions_are_listed_most_recent_activity_first(api):
+async def test_sessions_are_listed_most_recent_activity_first(api):
     older = SessionFactory.create(last_message_at=minutes_ago(30))
     newest = SessionFactory.create(
         last_message_at=minutes_ago(1),
@@ -38,7 +46,7 @@ def test_sessions_are_listed_most_recent_activity_first(api):
     )
     middle = SessionFactory.create(last_message_at=minutes_ago(10))
 
-    response = api.get("sessions")
+    response = await api.get("sessions")
 
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("application/json")
@@ -55,39 +63,39 @@ def test_sessions_are_listed_most_recent_activity_first(api):
     }
 
 
-def test_pages_list_every_session_once_in_order(api):
+async def test_pages_list_every_session_once_in_order(api):
     # Spread over days, with a gap of a year: pages must cross empty stretches.
     times = [minutes_ago(7 * n) for n in range(12)] + [minutes_ago(60 * 24 * (365 + n)) for n in range(11)]
     created = [SessionFactory.create(last_message_at=at) for at in times]
 
-    pages = api.walk("sessions", limit=5)
+    pages = await api.walk("sessions", limit=5)
 
     assert [len(page) for page in pages] == [5, 5, 5, 5, 3]
     listed = [item["id"] for page in pages for item in page]
     assert listed == [str(s["_id"]) for s in sorted(created, key=lambda s: s["activity_key"], reverse=True)]
 
 
-def test_sessions_sharing_an_instant_are_neither_skipped_nor_repeated(api):
+async def test_sessions_sharing_an_instant_are_neither_skipped_nor_repeated(api):
     instant = minutes_ago(3)
     created = {str(SessionFactory.create(last_message_at=instant)["_id"]) for _ in range(9)}
 
-    pages = api.walk("sessions", limit=2)
+    pages = await api.walk("sessions", limit=2)
 
     listed = [item["id"] for page in pages for item in page]
     assert sorted(listed) == sorted(created)
 
 
-def test_paging_while_contacts_write_lists_each_quiet_session_exactly_once(api):
+async def test_paging_while_contacts_write_lists_each_quiet_session_exactly_once(api):
     sessions = [SessionFactory.create(last_message_at=minutes_ago(n + 1)) for n in range(20)]
     seen_already, not_reached_yet = sessions[1], sessions[15]
 
-    first = api.get("sessions", params={"limit": 6}).json()
+    first = (await api.get("sessions", params={"limit": 6})).json()
     assert str(seen_already["_id"]) in ids(first["items"])
     # Both contacts get an answer now, which is activity: they move to the front.
     for session in (seen_already, not_reached_yet):
-        assert api.post(f"sessions/{session['_id']}/messages", json={"text": "Um momento"}).status_code == 201
+        assert (await api.post(f"sessions/{session['_id']}/messages", json={"text": "Um momento"})).status_code == 201
     fresh = SessionFactory.create()  # a contact writes for the first time
-    rest = api.walk("sessions", limit=6, cursor=first["next_cursor"])
+    rest = await api.walk("sessions", limit=6, cursor=first["next_cursor"])
 
     listed = ids(first["items"]) + [item["id"] for page in rest for item in page]
     assert len(listed) == len(set(listed)), "a session was listed twice"
@@ -97,26 +105,26 @@ def test_paging_while_contacts_write_lists_each_quiet_session_exactly_once(api):
     assert str(not_reached_yet["_id"]) not in listed
     assert str(fresh["_id"]) not in listed
     # A fresh listing starts with whatever moved.
-    top = ids(api.get("sessions", params={"limit": 3}).json()["items"])
+    top = ids((await api.get("sessions", params={"limit": 3})).json()["items"])
     assert set(top) == moved | {str(fresh["_id"])}
 
 
-def test_platform_and_active_since_filter_the_listing(api):
+async def test_platform_and_active_since_filter_the_listing(api):
     telegram_recent = SessionFactory.create(last_message_at=minutes_ago(5))
     SessionFactory.create(last_message_at=minutes_ago(60 * 24 * 3))
     whatsapp = SessionFactory.create(platform="whatsapp", last_message_at=minutes_ago(2))
     since = (now() - dt.timedelta(hours=1)).isoformat().replace("+00:00", "Z")
 
-    assert ids(api.get("sessions", params={"platform": "WhatsApp"}).json()["items"]) == [str(whatsapp["_id"])]
-    assert ids(api.get("sessions", params={"active_since": since}).json()["items"]) == [
+    assert ids((await api.get("sessions", params={"platform": "WhatsApp"})).json()["items"]) == [str(whatsapp["_id"])]
+    assert ids((await api.get("sessions", params={"active_since": since})).json()["items"]) == [
         str(whatsapp["_id"]),
         str(telegram_recent["_id"]),
     ]
-    assert ids(api.get("sessions", params={"active_since": since, "platform": "telegram"}).json()["items"]) == [
+    assert ids((await api.get("sessions", params={"active_since": since, "platform": "telegram"})).json()["items"]) == [
         str(telegram_recent["_id"])
     ]
     future = (now() + dt.timedelta(days=1)).isoformat()
-    assert api.get("sessions", params={"active_since": future}).json() == {"items": [], "next_cursor": None}
+    assert (await api.get("sessions", params={"active_since": future})).json() == {"items": [], "next_cursor": None}
 
 
 # --- search --------------------------------------------------------------------
@@ -140,8 +148,8 @@ def contacts(api) -> dict[str, dict]:
     }
 
 
-def found(api, q: str, **params) -> list[str]:
-    response = api.get("sessions", params={"q": q, **params})
+async def found(api, q: str, **params) -> list[str]:
+    response = await api.get("sessions", params={"q": q, **params})
     assert response.status_code == 200, response.text
     return [item["contact"]["name"] for item in response.json()["items"]]
 
@@ -163,16 +171,16 @@ def found(api, q: str, **params) -> list[str]:
         ("jean-luc", []),
     ],
 )
-def test_search_matches_word_prefixes_ignoring_case_and_accents(api, contacts, q, names):
-    assert found(api, q) == names
+async def test_search_matches_word_prefixes_ignoring_case_and_accents(api, contacts, q, names):
+    assert await found(api, q) == names
 
 
-def test_search_pages_and_filters_like_the_listing(api):
+async def test_search_pages_and_filters_like_the_listing(api):
     silvas = [SessionFactory.create(contact_name=f"Maria Silva {n}", last_message_at=minutes_ago(n)) for n in range(7)]
     SessionFactory.create(contact_name="Mario Souza")
     SessionFactory.create(contact_name="Maria Silva", platform="whatsapp")
 
-    pages = api.walk("sessions", q="silva mar", platform="telegram", limit=3)
+    pages = await api.walk("sessions", q="silva mar", platform="telegram", limit=3)
 
     assert [len(page) for page in pages] == [3, 3, 1]
     assert [item["id"] for page in pages for item in page] == [str(s["_id"]) for s in silvas]
@@ -181,30 +189,30 @@ def test_search_pages_and_filters_like_the_listing(api):
 # --- reading -------------------------------------------------------------------
 
 
-def test_a_session_is_read_by_id(api):
+async def test_a_session_is_read_by_id(api):
     session = SessionFactory.create(contact_name="Rita Lee")
 
-    response = api.get(f"sessions/{session['_id']}")
+    response = await api.get(f"sessions/{session['_id']}")
 
     assert response.status_code == 200
     assert response.json()["contact"]["name"] == "Rita Lee"
 
 
 @pytest.mark.parametrize("session_id", ["000000000000000000000000", "not-an-id", "6" * 25, "zz" * 12])
-def test_unknown_or_malformed_session_ids_are_404_problems(api, session_id):
+async def test_unknown_or_malformed_session_ids_are_404_problems(api, session_id):
     for path in (
         f"sessions/{session_id}",
         f"sessions/{session_id}/messages",
         f"sessions/{session_id}/messages/000000000000000000000000",
     ):
-        response = api.get(path)
+        response = await api.get(path)
         assert response.status_code == 404
         assert response.headers["Content-Type"] == "application/problem+json"
         assert response.json()["type"].endswith("session-not-found")
-    assert api.delete(f"sessions/{session_id}").status_code == 404
+    assert (await api.delete(f"sessions/{session_id}")).status_code == 404
 
 
-def test_messages_are_listed_oldest_first_in_pages(api):
+async def test_messages_are_listed_oldest_first_in_pages(api):
     texts = [f"mensagem {n}" for n in range(7)]
     session, _ = conversation(texts)
     # Three more at one instant: the cursor must order them by id, not lose them.
@@ -214,7 +222,7 @@ def test_messages_are_listed_oldest_first_in_pages(api):
         key=lambda m: m["_id"],
     )
 
-    pages = api.walk(f"sessions/{session['_id']}/messages", limit=2)
+    pages = await api.walk(f"sessions/{session['_id']}/messages", limit=2)
 
     assert [len(page) for page in pages] == [2, 2, 2, 2, 2]
     listed = [item["text"] for page in pages for item in page]
@@ -222,25 +230,25 @@ def test_messages_are_listed_oldest_first_in_pages(api):
     assert {item["direction"] for page in pages for item in page} == {"in"}
 
 
-def test_a_message_is_read_by_id_only_within_its_session(api):
+async def test_a_message_is_read_by_id_only_within_its_session(api):
     session, messages = conversation(["oi"])
     other = SessionFactory.create()
 
-    assert api.get(f"sessions/{session['_id']}/messages/{messages[0]['_id']}").json()["text"] == "oi"
-    assert api.get(f"sessions/{other['_id']}/messages/{messages[0]['_id']}").status_code == 404
-    assert api.get(f"sessions/{session['_id']}/messages/nope").status_code == 404
+    assert (await api.get(f"sessions/{session['_id']}/messages/{messages[0]['_id']}")).json()["text"] == "oi"
+    assert (await api.get(f"sessions/{other['_id']}/messages/{messages[0]['_id']}")).status_code == 404
+    assert (await api.get(f"sessions/{session['_id']}/messages/nope")).status_code == 404
 
 
 # --- agent replies -------------------------------------------------------------
 
 
-def test_an_agent_reply_is_stored_and_sent_to_the_contact(api, api_server, mongo, nats_server):
+async def test_an_agent_reply_is_stored_and_sent_to_the_contact(api, mongo, nats_server):
     session, _ = conversation(
         ["Olá", "Meu pedido atrasou"], contact_identifier="4242", chat_id="4242", start=minutes_ago(60)
     )
     SessionFactory.create(last_message_at=minutes_ago(5))
 
-    response = api.post(f"sessions/{session['_id']}/messages", json={"text": "Já verifiquei, chega amanhã."})
+    response = await api.post(f"sessions/{session['_id']}/messages", json={"text": "Já verifiquei, chega amanhã."})
 
     assert response.status_code == 201
     reply = response.json()
@@ -248,29 +256,29 @@ def test_an_agent_reply_is_stored_and_sent_to_the_contact(api, api_server, mongo
     assert reply["text"] == "Já verifiquei, chega amanhã."
     location = response.headers["Location"]
     assert location == f"/v1/sessions/{session['_id']}/messages/{reply['id']}"
-    assert api.get(location.removeprefix("/v1/")).json() == reply
-    messages = api.get(f"sessions/{session['_id']}/messages").json()["items"]
+    assert (await api.get(location.removeprefix("/v1/"))).json() == reply
+    messages = (await api.get(f"sessions/{session['_id']}/messages")).json()["items"]
     assert [m["text"] for m in messages][-1] == reply["text"]
-    listed = api.get("sessions").json()["items"]
+    listed = (await api.get("sessions")).json()["items"]
     assert listed[0]["id"] == str(session["_id"]), "a reply is activity"
     assert listed[0]["message_count"] == 3
     assert listed[0]["last_message_preview"] == reply["text"]
-    delivery = eventually(
-        lambda: [m for m in outbound_messages(nats_server.url) if m.key == f"agent:{reply['id']}"],
+    delivery = await eventually_async(
+        lambda: published(nats_server.url, f"agent:{reply['id']}"),
         message="agent reply on the outbound stream",
     )
     assert (delivery[0].chat_id, delivery[0].text, delivery[0].kind) == ("4242", reply["text"], "agent")
-    eventually(lambda: mongo.outbox.count_documents({}) == 0, message="outbox relayed")
+    await eventually_async(lambda: mongo.outbox.count_documents({}) == 0, message="outbox relayed")
 
 
-def test_an_agent_reply_retried_with_its_idempotency_key_is_stored_and_sent_once(api, mongo, nats_server):
+async def test_an_agent_reply_retried_with_its_idempotency_key_is_stored_and_sent_once(api, mongo, nats_server):
     session, _ = conversation(["Olá"], contact_identifier="4343", chat_id="4343", start=minutes_ago(60))
     path, key = f"sessions/{session['_id']}/messages", {"Idempotency-Key": "reply-7f3a"}
 
-    first = api.post(path, json={"text": "Chega amanhã."}, headers=key)
-    again = api.post(path, json={"text": "Chega amanhã."}, headers=key)  # the client saw a 503, say
-    other = api.post(path, json={"text": "Outra coisa."}, headers=key)
-    fresh = api.post(path, json={"text": "Chega amanhã."}, headers={"Idempotency-Key": "reply-8b1c"})
+    first = await api.post(path, json={"text": "Chega amanhã."}, headers=key)
+    again = await api.post(path, json={"text": "Chega amanhã."}, headers=key)  # the client saw a 503, say
+    other = await api.post(path, json={"text": "Outra coisa."}, headers=key)
+    fresh = await api.post(path, json={"text": "Chega amanhã."}, headers={"Idempotency-Key": "reply-8b1c"})
 
     assert first.status_code == again.status_code == 201
     assert again.json() == first.json() and again.headers["Location"] == first.headers["Location"]
@@ -278,15 +286,15 @@ def test_an_agent_reply_retried_with_its_idempotency_key_is_stored_and_sent_once
     assert fresh.status_code == 201 and fresh.json()["id"] != first.json()["id"]
     assert mongo.messages.count_documents({"session_id": session["_id"], "direction": "out"}) == 2
     assert mongo.sessions.find_one({"_id": session["_id"]})["message_count"] == 3
-    eventually(lambda: mongo.outbox.count_documents({}) == 0, message="outbox relayed")
-    sent = [m.key for m in outbound_messages(nats_server.url) if m.chat_id == "4343"]
+    await eventually_async(lambda: mongo.outbox.count_documents({}) == 0, message="outbox relayed")
+    sent = [m.key for m in await outbound_messages_async(nats_server.url) if m.chat_id == "4343"]
     assert sorted(sent) == sorted([f"agent:{first.json()['id']}", f"agent:{fresh.json()['id']}"])
 
 
 @pytest.mark.parametrize("header", ["", "x" * 201, "chave com acentuação"])
-def test_a_malformed_idempotency_key_is_a_400_problem(api, header):
+async def test_a_malformed_idempotency_key_is_a_400_problem(api, header):
     session, _ = conversation(["Olá"], contact_identifier="4444", chat_id="4444")
-    response = api.post(
+    response = await api.post(
         f"sessions/{session['_id']}/messages", json={"text": "oi"}, headers={"Idempotency-Key": header.encode()}
     )
     assert response.status_code == 400
@@ -309,39 +317,38 @@ def test_a_malformed_idempotency_key_is_a_400_problem(api, header):
         ({"text": "oi", "chat_id": "1"}, "chat_id"),
     ],
 )
-def test_invalid_agent_replies_are_400_problems_naming_the_field(api, body, field):
+async def test_invalid_agent_replies_are_400_problems_naming_the_field(api, body, field):
     session = SessionFactory.create()
 
-    response = api.post(f"sessions/{session['_id']}/messages", json=body)
+    response = await api.post(f"sessions/{session['_id']}/messages", json=body)
 
     assert response.status_code == 400
     problem = response.json()
     assert problem["type"].endswith("invalid-body")
     assert field in [error["field"] for error in problem["errors"]]
-    assert api.get(f"sessions/{session['_id']}").json()["message_count"] == session["message_count"]
+    assert (await api.get(f"sessions/{session['_id']}")).json()["message_count"] == session["message_count"]
 
 
-def test_agent_reply_bodies_must_be_json_objects_of_sane_size(api):
+async def test_agent_reply_bodies_must_be_json_objects_of_sane_size(api):
     path = f"sessions/{SessionFactory.create()['_id']}/messages"
 
-    assert api.post(path, content=b'{"text": "oi"}').status_code == 415
+    assert (await api.post(path, content=b'{"text": "oi"}')).status_code == 415
     assert (
-        api.post(path, content=b"text=oi", headers={"Content-Type": "application/x-www-form-urlencoded"}).status_code
-        == 415
-    )
-    assert api.post(path, content=b'{"text": ', headers={"Content-Type": "application/json"}).status_code == 400
-    assert api.post(path, json=["oi"]).status_code == 400
-    assert api.post(path, json={"text": "x" * 4096}).status_code == 201
-    too_big = api.post(path, json={"text": "x" * 70_000})
+        await api.post(path, content=b"text=oi", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    ).status_code == 415
+    assert (await api.post(path, content=b'{"text": ', headers={"Content-Type": "application/json"})).status_code == 400
+    assert (await api.post(path, json=["oi"])).status_code == 400
+    assert (await api.post(path, json={"text": "x" * 4096})).status_code == 201
+    too_big = await api.post(path, json={"text": "x" * 70_000})
     assert too_big.status_code == 413
     assert too_big.headers["Content-Type"] == "application/problem+json"
 
 
-def test_replies_to_unknown_or_unreachable_sessions_are_refused(api):
+async def test_replies_to_unknown_or_unreachable_sessions_are_refused(api):
     imported = SessionFactory.create(chat_id=None)
 
-    assert api.post("sessions/000000000000000000000000/messages", json={"text": "oi"}).status_code == 404
-    response = api.post(f"sessions/{imported['_id']}/messages", json={"text": "oi"})
+    assert (await api.post("sessions/000000000000000000000000/messages", json={"text": "oi"})).status_code == 404
+    response = await api.post(f"sessions/{imported['_id']}/messages", json={"text": "oi"})
     assert response.status_code == 409
     assert response.json()["type"].endswith("no-chat")
 
@@ -349,30 +356,30 @@ def test_replies_to_unknown_or_unreachable_sessions_are_refused(api):
 # --- finishing -----------------------------------------------------------------
 
 
-def test_finishing_deletes_the_session_and_its_messages_and_promises_a_goodbye(api, mongo, nats_server):
+async def test_finishing_deletes_the_session_and_its_messages_and_promises_a_goodbye(api, mongo, nats_server):
     session, _ = conversation(["oi", "tchau"], contact_identifier="5151", chat_id="5151")
     other, _ = conversation(["continua"])
 
-    response = api.delete(f"sessions/{session['_id']}")
+    response = await api.delete(f"sessions/{session['_id']}")
 
     assert response.status_code == 204
     assert response.content == b""
-    assert api.get(f"sessions/{session['_id']}").status_code == 404
+    assert (await api.get(f"sessions/{session['_id']}")).status_code == 404
     assert mongo.messages.count_documents({"session_id": session["_id"]}) == 0
     assert mongo.messages.count_documents({"session_id": other["_id"]}) == 1
-    assert ids(api.get("sessions").json()["items"]) == [str(other["_id"])]
-    goodbye = eventually(
-        lambda: [m for m in outbound_messages(nats_server.url) if m.key == f"goodbye:{session['_id']}"],
+    assert ids((await api.get("sessions")).json()["items"]) == [str(other["_id"])]
+    goodbye = await eventually_async(
+        lambda: published(nats_server.url, f"goodbye:{session['_id']}"),
         message="goodbye published",
     )
     assert (goodbye[0].chat_id, goodbye[0].text, goodbye[0].kind) == ("5151", DEFAULT_GOODBYE, "goodbye")
-    assert api.delete(f"sessions/{session['_id']}").status_code == 404
+    assert (await api.delete(f"sessions/{session['_id']}")).status_code == 404
 
 
-def test_finishing_an_imported_session_needs_no_chat(api, mongo):
+async def test_finishing_an_imported_session_needs_no_chat(api, mongo):
     imported = SessionFactory.create(chat_id=None)
 
-    assert api.delete(f"sessions/{imported['_id']}").status_code == 204
+    assert (await api.delete(f"sessions/{imported['_id']}")).status_code == 204
     assert mongo.sessions.count_documents({}) == 0
     assert mongo.outbox.count_documents({}) == 0
 
@@ -393,7 +400,7 @@ def documented_routes() -> list[tuple[str, str]]:
 ROUTES = documented_routes()
 
 
-def test_the_routes_checked_for_the_token_cover_the_document():
+async def test_the_routes_checked_for_the_token_cover_the_document():
     assert len(ROUTES) >= 11
     assert ("PUT", "imports/000000000000000000000000/chunks/0") in ROUTES
 
@@ -403,35 +410,37 @@ def test_the_routes_checked_for_the_token_cover_the_document():
     "authorization",
     [None, "Bearer wrong-token-0123456789abcdef", "Basic dGVzdDp0ZXN0", "Bearer", "test-api-token-0123456789abcdef"],
 )
-def test_every_route_needs_the_bearer_token(api, method, path, authorization):
+async def test_every_route_needs_the_bearer_token(api, method, path, authorization):
     headers = {"Authorization": authorization} if authorization else {}
     api.http.headers.pop("Authorization")
 
-    response = api.request(method, path, headers=headers, json={"text": "oi"} if method == "POST" else None)
+    response = await api.request(method, path, headers=headers, json={"text": "oi"} if method == "POST" else None)
 
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert response.json()["type"].endswith("unauthorized")
 
 
-def test_health_stays_open(api):
+async def test_health_stays_open(api):
     api.http.headers.pop("Authorization")
-    assert api.http.get(f"{api.base_url}/health").status_code == 200
+    assert (await api.http.get(f"{api.base_url}/health")).status_code == 200
 
 
-def test_undocumented_methods_are_405_problems_saying_what_is_allowed(api):
-    response = api.request("PUT", "sessions", check=False)
+async def test_undocumented_methods_are_405_problems_saying_what_is_allowed(api):
+    response = await api.request("PUT", "sessions", check=False)
 
     assert response.status_code == 405
     assert response.headers["Allow"] == "GET"
     assert response.headers["Content-Type"] == "application/problem+json"
-    assert api.request("PATCH", "sessions/000000000000000000000000", check=False).headers["Allow"] == "GET, DELETE"
+    assert (await api.request("PATCH", "sessions/000000000000000000000000", check=False)).headers[
+        "Allow"
+    ] == "GET, DELETE"
 
 
-def test_the_openapi_document_is_served_as_kept_in_the_repository(api):
+async def test_the_openapi_document_is_served_as_kept_in_the_repository(api):
     from tests.harness import ROOT
 
-    response = api.get("openapi.json")
+    response = await api.get("openapi.json")
 
     assert response.status_code == 200
     assert response.content == (ROOT / "server" / "openapi.json").read_bytes()

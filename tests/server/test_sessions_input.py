@@ -8,6 +8,8 @@ import pytest
 
 from tests.server.factories import SessionFactory, conversation
 
+pytestmark = pytest.mark.asyncio(loop_scope="module")  # the tests share the module's in-process app
+
 
 def problem_fields(response) -> list[str]:
     assert response.headers["Content-Type"] == "application/problem+json"
@@ -56,28 +58,28 @@ def problem_fields(response) -> list[str]:
         ({"cursor": "A" * 600}, "cursor"),
     ],
 )
-def test_bad_listing_parameters_are_400_problems_naming_the_parameter(api, params, field):
-    response = api.get("sessions", params=params)
+async def test_bad_listing_parameters_are_400_problems_naming_the_parameter(api, params, field):
+    response = await api.get("sessions", params=params)
 
     assert response.status_code == 400, response.text
     assert field in problem_fields(response)
 
 
-def test_every_bad_parameter_is_reported_at_once(api):
-    response = api.get("sessions", params={"limit": "0", "q": "$", "platform": "?"})
+async def test_every_bad_parameter_is_reported_at_once(api):
+    response = await api.get("sessions", params={"limit": "0", "q": "$", "platform": "?"})
 
     assert response.status_code == 400
     assert problem_fields(response) == ["limit", "q", "platform"]
 
 
-def test_blank_q_lists_everything(api):
+async def test_blank_q_lists_everything(api):
     SessionFactory.create_batch(2)
 
-    assert len(api.get("sessions", params={"q": "   "}).json()["items"]) == 2
+    assert len((await api.get("sessions", params={"q": "   "})).json()["items"]) == 2
 
 
-def first_cursor(api, path: str, **params) -> str:
-    response = api.get(path, params={"limit": 1, **params})
+async def first_cursor(api, path: str, **params) -> str:
+    response = await api.get(path, params={"limit": 1, **params})
     cursor = response.json()["next_cursor"]
     assert cursor
     return cursor
@@ -93,26 +95,26 @@ def tampered(cursor: str) -> list[str]:
     return variants + [cursor[:-2], cursor + "AA"]
 
 
-def test_altered_cursors_are_refused(api):
+async def test_altered_cursors_are_refused(api):
     SessionFactory.create_batch(3)
-    cursor = first_cursor(api, "sessions")
+    cursor = await first_cursor(api, "sessions")
 
-    assert api.get("sessions", params={"cursor": cursor}).status_code == 200
+    assert (await api.get("sessions", params={"cursor": cursor})).status_code == 200
     for forged in tampered(cursor):
-        response = api.get("sessions", params={"cursor": forged})
+        response = await api.get("sessions", params={"cursor": forged})
         assert response.status_code == 400, forged
         assert problem_fields(response) == ["cursor"]
 
 
-def test_cursors_only_work_in_the_listing_that_issued_them(api):
+async def test_cursors_only_work_in_the_listing_that_issued_them(api):
     session, _ = conversation(["um", "dois", "três"], contact_name="Paula Toller")
     SessionFactory.create(contact_name="Paula Fernandes")
-    listing = first_cursor(api, "sessions")
-    search = first_cursor(api, "sessions", q="paula")
-    messages = first_cursor(api, f"sessions/{session['_id']}/messages")
+    listing = await first_cursor(api, "sessions")
+    search = await first_cursor(api, "sessions", q="paula")
+    messages = await first_cursor(api, f"sessions/{session['_id']}/messages")
     other_session = SessionFactory.create()
 
-    assert api.get("sessions", params={"cursor": search, "q": "paula", "limit": 5}).status_code == 200
+    assert (await api.get("sessions", params={"cursor": search, "q": "paula", "limit": 5})).status_code == 200
     for path, params in [
         ("sessions", {"cursor": search}),
         ("sessions", {"cursor": search, "q": "paul"}),
@@ -122,16 +124,16 @@ def test_cursors_only_work_in_the_listing_that_issued_them(api):
         (f"sessions/{session['_id']}/messages", {"cursor": listing}),
         (f"sessions/{other_session['_id']}/messages", {"cursor": messages}),
     ]:
-        response = api.get(path, params=params)
+        response = await api.get(path, params=params)
         assert response.status_code == 400, (path, params)
         assert "another listing" in response.json()["detail"]
 
 
 @pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "x"}, {"cursor": "forged"}])
-def test_bad_message_listing_parameters_are_400_problems(api, params):
+async def test_bad_message_listing_parameters_are_400_problems(api, params):
     session = SessionFactory.create()
 
-    response = api.get(f"sessions/{session['_id']}/messages", params=params)
+    response = await api.get(f"sessions/{session['_id']}/messages", params=params)
 
     assert response.status_code == 400
     assert list(params) == problem_fields(response)

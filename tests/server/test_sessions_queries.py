@@ -197,6 +197,76 @@ def test_the_cursor_carries_the_slice_that_filled_the_page(store):
     assert second.sessions[0]["activity_key"] < first.sessions[-1]["activity_key"]
 
 
+def test_a_first_page_starts_with_the_slice_the_last_one_took(store):
+    at = now()
+    for n in range(60):
+        SessionFactory.create(last_message_at=at - dt.timedelta(hours=n))
+    hints = sessions.SliceHints()
+
+    with FINDS.recording() as firsts:
+        first = sessions.list_sessions(SessionFilter(), 10, now=at, hints=hints)
+    with FINDS.recording() as again:
+        second = sessions.list_sessions(SessionFilter(), 10, now=at, hints=hints)
+
+    assert len(firsts) > 2, "the first page had to find the density"
+    assert len(again) == 1, "the same listing's next first page starts at the right width"
+    assert [s["_id"] for s in second.sessions] == [s["_id"] for s in first.sessions]
+    assert second.resume and first.resume and second.resume.before == first.resume.before
+
+
+def test_a_rare_name_is_searched_over_all_time_at_once_the_second_time(store):
+    at = now()
+    rare = [
+        SessionFactory.create(contact_name="Zuleica Prado", last_message_at=at - dt.timedelta(days=n * 20))
+        for n in range(4)
+    ]
+    for n in range(30):
+        SessionFactory.create(contact_name="Maria Silva", last_message_at=at - dt.timedelta(minutes=n))
+    hints = sessions.SliceHints()
+    criteria = SessionFilter(words=("zuleica",))
+
+    with FINDS.recording() as firsts:
+        first = sessions.list_sessions(criteria, 50, now=at, hints=hints)
+    with FINDS.recording() as again:
+        second = sessions.list_sessions(criteria, 50, now=at, hints=hints)
+    with FINDS.recording() as others:
+        sessions.list_sessions(SessionFilter(words=("maria",)), 50, now=at, hints=hints)
+
+    assert [s["_id"] for s in first.sessions] == [s["_id"] for s in rare] == [s["_id"] for s in second.sessions]
+    assert len(firsts) > 2 and len(again) == 1
+    assert len(others) > 1, "another name does not inherit the hint"
+
+
+def test_a_slice_hint_too_wide_costs_one_query_and_narrows(store):
+    at = now()
+    for n in range(40):
+        SessionFactory.create(last_message_at=at - dt.timedelta(minutes=n))
+    hints = sessions.SliceHints()
+    path = '[{}, ""]'
+    hints.remember(path, sessions.MAX_SLICE_MS)
+
+    with FINDS.recording() as wide:
+        page = sessions.list_sessions(SessionFilter(), 10, now=at, hints=hints)
+
+    assert len(wide) == 1 and len(page.sessions) == 10
+    # The 11th session is 10 minutes old: twice that, not all time.
+    assert hints.width(path) == pytest.approx(sessions.HINT_MARGIN * 10 * 60_000, abs=2_000)
+
+
+def test_slice_hints_keep_the_paths_used_last():
+    hints = sessions.SliceHints(capacity=2)
+    hints.remember("a", 5_000)
+    hints.remember("b", 6_000)
+    assert hints.width("a") == 5_000  # "a" is now the one used last
+    hints.remember("c", 7_000)
+    hints.remember("d", 10**30)
+
+    assert hints.width("b") == sessions.FIRST_SLICE_MS  # forgotten first
+    assert hints.width("a") == sessions.FIRST_SLICE_MS  # then this one
+    assert hints.width("c") == 7_000
+    assert hints.width("d") == sessions.MAX_SLICE_MS  # clamped
+
+
 def test_active_since_is_the_floor_of_the_walk(store):
     at = now()
     recent = [SessionFactory.create(last_message_at=at - dt.timedelta(minutes=n)) for n in range(3)]

@@ -8,6 +8,7 @@ from runtime import failpoints
 from runtime.failpoints import FailPointError
 from server.importing import jobs
 from server.importing.feed import Tally
+from server.importing.refusals import Conflicting, Refused, TooLarge, TryLater
 
 ERROR = {"record": 2, "line": 3, "offset": None, "field": "name", "message": "expected a string, got number"}
 
@@ -80,3 +81,79 @@ def test_a_job_started_before_running_totals_counts_its_batches_once(job, mongo)
     assert jobs.job_totals(stored_job(mongo, job)).counts()["created"] == 6
     assert jobs.save_batch(job["_id"], 2, Tally(received=1, created=1))
     assert stored_job(mongo, job)["counts"]["created"] == 7
+
+
+# --- admitting a chunk -------------------------------------------------------------
+
+LIMITS = jobs.ChunkLimits(chunks=3, bytes=1000)
+
+
+def admit(mongo, job: dict, seq: int, declared: int | None = None) -> jobs.ChunkAdmission:
+    return jobs.admit_chunk(stored_job(mongo, job), seq, declared, LIMITS)
+
+
+def refusal(call) -> Refused:
+    with pytest.raises(Refused) as raised:
+        call()
+    return raised.value
+
+
+def test_chunks_are_admitted_in_order_and_one_applied_before_is_admitted_to_be_answered_again(job, mongo) -> None:
+    first = admit(mongo, job, 0)
+    assert (first.seq, first.stored, first.bytes_left) == (0, None, 1000)
+    jobs.save_batch(job["_id"], 0, Tally(received=2, created=2))
+    jobs.advance_chunks(job["_id"], 1, 400)
+
+    again = admit(mongo, job, 0)
+    assert again.stored is not None and again.stored["counts"]["created"] == 2
+    assert admit(mongo, job, 1).bytes_left == 600
+    skipped = refusal(lambda: admit(mongo, job, 2))
+    assert (type(skipped), skipped.kind, skipped.detail) == (
+        Conflicting,
+        "chunk-out-of-order",
+        "chunk 1 comes next: chunks are applied in order",
+    )
+
+
+def test_a_chunk_recorded_by_a_writer_that_died_before_advancing_the_job_lets_the_next_one_in(job, mongo) -> None:
+    jobs.save_batch(job["_id"], 0, Tally(received=1, created=1))  # recorded; `next_chunk` not advanced
+
+    assert admit(mongo, job, 1).stored is None
+    assert stored_job(mongo, job)["next_chunk"] == 1
+
+
+def test_a_chunk_past_the_imports_limits_is_too_large(job, mongo) -> None:
+    for seq in range(3):
+        jobs.save_batch(job["_id"], seq, Tally(received=1, created=1))
+    jobs.advance_chunks(job["_id"], 3, 900)
+
+    assert refusal(lambda: admit(mongo, job, 3)).kind == "too-many-chunks"
+    mongo.import_jobs.update_one({"_id": job["_id"]}, {"$set": {"next_chunk": 2}})
+    mongo.import_batches.delete_many({"seq": 2})
+    declared = refusal(lambda: admit(mongo, job, 2, declared=101))
+    assert (type(declared), declared.kind) == (TooLarge, "payload-too-large")
+    streamed = admit(mongo, job, 2, declared=None)
+    streamed.check_received(100)
+    assert refusal(lambda: streamed.check_received(101)).kind == "payload-too-large"
+
+
+def test_only_a_running_chunked_import_takes_chunks(job, mongo) -> None:
+    upload, _ = jobs.create_job("@suporte", "sessions.json", "upload")
+    assert refusal(lambda: admit(mongo, upload, 0)).kind == "not-chunked"
+    jobs.finish_job(job["_id"], Tally(), None)
+    ended = refusal(lambda: admit(mongo, job, 0))
+    assert (type(ended), ended.kind) == (Conflicting, "import-ended")
+
+
+def test_a_replica_reads_at_most_its_limit_of_imports_at_once() -> None:
+    slots = jobs.ImportSlots(2)
+    first, second, third = object(), object(), object()
+    slots.take(first)
+    slots.take(first)  # the same request again takes no second slot
+    slots.take(second)
+
+    busy = refusal(lambda: slots.take(third))
+    assert (type(busy), busy.kind, busy.retry_after) == (TryLater, "too-many-imports", 2)
+    slots.release(first)
+    slots.take(third)
+    assert slots.holders == {second, third}

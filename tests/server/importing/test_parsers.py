@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cli.generate import generate_sessions
@@ -123,13 +123,23 @@ def test_chunk_boundaries_do_not_change_records(data: st.DataObject, file_format
     assert parse(kind, split(content, cuts)) == parse_whole(kind, content)
 
 
-@settings(max_examples=40, deadline=None)
-@given(data=st.data())
-def test_chunk_boundaries_do_not_change_a_json_error(data: st.DataObject) -> None:
+def broken_json() -> bytes:
+    """The small JSON file with one message's key broken, past its first error window."""
     content = SMALL_FILES["json"]
     position = content.index(b'"content"', len(content) // 2)
-    broken = content[:position] + b"#" + content[position + 1 :]
-    cuts = data.draw(st.lists(st.integers(0, len(broken)), max_size=30), label="cuts")
+    return content[:position] + b"#" + content[position + 1 :]
+
+
+BROKEN_JSON = broken_json()
+
+
+@settings(max_examples=40, deadline=None)
+@given(cuts=st.lists(st.integers(0, len(BROKEN_JSON)), max_size=30))
+# A cut inside a multi-byte character just after the error: yajl's quoted
+# context then ends mid-character and the backend hands its message over as bytes.
+@example(cuts=[1698])
+def test_chunk_boundaries_do_not_change_a_json_error(cuts: list[int]) -> None:
+    broken = BROKEN_JSON
     records, error = parse_failing("json", split(broken, cuts))
     expected_records, expected_error = parse_failing("json", [broken])
     assert records == expected_records
