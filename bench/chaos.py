@@ -11,7 +11,8 @@ Then, once the system has settled, it checks what Balcão promises:
 
 - every message stored exactly once, in its contact's open session (messages
   of finished sessions are gone with them), and each session's counters equal
-  to what is stored;
+  to what is stored; every `--media-every`th message is a document whose
+  caption is its text, and each one stored has its bytes in the file store;
 - every contact got exactly one automatic reply per message it sent, one
   goodbye per finished session and each agent reply exactly once;
 - the import has one announcement and a report equal to what is stored;
@@ -64,6 +65,8 @@ RESIDUAL_AFTER = 2.0
 # waiting for the intake to store all they sent before replying or finishing.
 AGENT_ASIDE = 20
 AGENT_PATIENCE = 600.0
+# Contacts' documents are a few hundred KiB: several chunks each in the file store.
+MEDIA_BYTES = 300_000
 
 
 @dataclass
@@ -222,10 +225,12 @@ class Chaos:
                 text = f"c{contact} m{len(self.ledger.sent[contact])}"
                 self.ledger.sent[contact].append(text)
                 self.ledger.open_texts[contact].append(text)
+                message: dict = {"user": {"id": contact, "first_name": f"C{contact}"}, "text": text}
+                if args.media_every and n % args.media_every == 0:
+                    # A document whose caption is the text, so every check by text holds for it too.
+                    message |= {"kind": "document", "file": {"size": MEDIA_BYTES + n, "seed": n}}
                 # The fake takes it at once, whatever is down: Telegram holds it.
-                client.post(
-                    "/_test/messages", json={"user": {"id": contact, "first_name": f"C{contact}"}, "text": text}
-                ).raise_for_status()
+                client.post("/_test/messages", json=message).raise_for_status()
             n += 1
             next_at += interval
             time.sleep(max(0.0, next_at - time.monotonic()))
@@ -557,6 +562,22 @@ class Chaos:
             )
         )
 
+        # Contacts' files: each one stored has its bytes kept, whole.
+        documents = list(mongo.messages.find({"kind": "document"}, {"file": 1}))
+        kept = stored_objects(self.nats.url)
+        unkept = [doc for doc in documents if not doc["file"].get("available")]
+        missing = [doc for doc in documents if kept.get(doc["file"].get("object_name")) != doc["file"]["size"]]
+        referenced = {doc["file"].get("object_name") for doc in documents}
+        results.append(
+            (
+                "each stored file kept whole in the file store",
+                bool(documents) and not unkept and not missing,
+                f"{len(documents)} documents stored, {len(unkept)} not kept, {len(missing)} missing or of "
+                f"another size in the store; {len(set(kept) - referenced)} objects no stored message names "
+                f"(of messages finished before they were stored, or put again after their finish)",
+            )
+        )
+
         # The import.
         jobs = list(mongo.import_jobs.find())
         announcements = by_chat_name(sent, CHANNEL)
@@ -662,6 +683,28 @@ def stream_messages(nats_url: str, stream: str) -> int:
     return asyncio.run(count())
 
 
+def stored_objects(nats_url: str) -> dict[str, int]:
+    """The files in the file store: name -> size."""
+    import asyncio
+
+    import nats
+    from nats.js.errors import NotFoundError
+
+    async def listing() -> dict[str, int]:
+        nc = await nats.connect(nats_url)
+        try:
+            from contract import messaging
+
+            store = await nc.jetstream().object_store(messaging.FILES_BUCKET)
+            return {info.name: info.size for info in await store.list(ignore_deletes=True)}
+        except NotFoundError:  # no bucket, or nothing in it
+            return {}
+        finally:
+            await nc.close()
+
+    return asyncio.run(listing())
+
+
 def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="balcao-chaos-") as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
@@ -719,6 +762,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--settle-timeout", type=float, default=900.0, help="seconds to wait for owed sends after the load"
     )
+    parser.add_argument("--media-every", type=int, default=10, help="every Nth message is a document (0: texts only)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (contacts, kills)")
     parser.add_argument("--keep", metavar="DIR", help="keep data and logs in DIR")
     return parser.parse_args(argv)

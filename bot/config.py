@@ -47,6 +47,11 @@ class Settings:
         return f"Settings(token=***, api_base_url={self.api_base_url!r})"
 
     @property
+    def bot_base_file_url(self) -> str:
+        """Where files are downloaded from: PTB appends the token, then the file's path."""
+        return self.api_base_url.rstrip("/") + "/file/bot"
+
+    @property
     def bot_base_url(self) -> str:
         """What PTB wants: it appends the token to `<root>/bot`."""
         return self.api_base_url.rstrip("/") + "/bot"

@@ -58,6 +58,7 @@ from nats.js.kv import KeyValue
 from telegram import Bot
 from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter, TelegramError
 
+from bot.files import FileGone, FileKeeper
 from bot.metrics import OUTBOUND_FAILURES, OUTBOUND_PARKED, OUTBOUND_SENT
 from bot.parts import split_message
 from bot.relay import retry_seconds
@@ -181,8 +182,10 @@ class Delivery:
         ack_wait: float = ACK_WAIT,
         *,
         replicas: int = 1,
+        files: FileKeeper | None = None,
     ) -> None:
         self._bot = bot
+        self._files = files or FileKeeper(js, replicas)
         self._ack_wait = ack_wait
         self._replicas = replicas
         self._js = js
@@ -339,19 +342,28 @@ class Delivery:
             log.info("outbound %s to chat %s already delivered; not sent again", outbound.kind, outbound.chat_id)
             await msg.ack()
             return None
-        parts = split_message(outbound.text)
+        parts = [outbound.text] if outbound.file is not None else split_message(outbound.text)
         sent = min(progress, len(parts) - 1)
         target = await self._target(outbound.chat_id)
         if target != outbound.chat_id and sent == 0:
             await report_moved(self._js, outbound, target)  # raises when not taken: tried again later
         room.requested = True
         try:
-            await self._bot.send_message(chat_id=chat_ref(target), text=parts[sent])
+            if outbound.file is not None:
+                # A file goes whole, its caption (at most 1,024 characters) with it.
+                await self._files.send(self._bot, chat_ref(target), outbound)
+            else:
+                await self._bot.send_message(chat_id=chat_ref(target), text=parts[sent])
         except ChatMigrated as exc:
             # Not this message's fault, and not for good: the group lives on under a new id.
             OUTBOUND_FAILURES.labels(reason="chat_migrated").inc()
             await self._remember_move(outbound.chat_id, str(exc.new_chat_id))
             return 0.0
+        except FileGone as exc:
+            OUTBOUND_FAILURES.labels(reason="file_gone").inc()
+            await self._park(outbound, str(exc))
+            await msg.ack()
+            return None
         except RetryAfter as exc:
             OUTBOUND_FAILURES.labels(reason="retry_after").inc()
             log.warning("telegram asks to wait %s s before chat %s", exc.retry_after, outbound.chat_id)

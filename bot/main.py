@@ -20,6 +20,7 @@ from telegram.request import HTTPXRequest
 
 from bot import config, metrics
 from bot.delivery import SENDS_IN_FLIGHT, Delivery
+from bot.files import FileKeeper
 from bot.relay import WEBHOOK_PATIENCE, Poller, Relay
 from contract import messaging
 from runtime import jetstream, lifecycle
@@ -38,6 +39,7 @@ def build_application(settings: config.Settings) -> Application:
         ApplicationBuilder()
         .token(settings.token)
         .base_url(settings.bot_base_url)
+        .base_file_url(settings.bot_base_file_url)
         .request(send_request())
         .updater(None)  # polling is ours: updates are confirmed only once relayed
         .build()
@@ -92,7 +94,13 @@ async def main() -> None:
         sys.exit(f"bot: {exc}")
 
     application = build_application(settings)
-    relay = Relay(application, js, patience=WEBHOOK_PATIENCE if settings.webhook_url else jetstream.ELECTION_PATIENCE)
+    files = FileKeeper(js, replicas=settings.nats_replicas)
+    relay = Relay(
+        application,
+        js,
+        patience=WEBHOOK_PATIENCE if settings.webhook_url else jetstream.ELECTION_PATIENCE,
+        files=files,
+    )
     try:
         await application.initialize()
     except InvalidToken:
@@ -109,6 +117,7 @@ async def main() -> None:
         max_per_second=settings.max_messages_per_second,
         ack_wait=settings.delivery_ack_wait,
         replicas=settings.nats_replicas,
+        files=files,
     )
     workers = [asyncio.create_task(delivery.run(), name="delivery")]
     receiver = poller = None

@@ -43,7 +43,7 @@ WEBHOOK_REFUSED = Counter(
     ["reason"],
 )
 
-for reason in ("retry_after", "network", "forbidden", "bad_request", "chat_migrated", "other"):
+for reason in ("retry_after", "network", "forbidden", "bad_request", "chat_migrated", "file_gone", "other"):
     OUTBOUND_FAILURES.labels(reason=reason)
 OUTBOUND_SENT.labels(kind="reply")
 OUTBOUND_PARKED.labels(kind="reply")

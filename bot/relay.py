@@ -1,4 +1,4 @@
-"""Contacts' updates: handlers that relay text to JetStream, and the long-polling loop.
+"""Contacts' updates: handlers that relay messages and edits to JetStream, and the long-polling loop.
 
 PTB's own Updater confirms an update to Telegram as soon as it has fetched it.
 Balcão must confirm only after JetStream acknowledged the message, so the
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -22,9 +23,10 @@ from telegram import Update
 from telegram.error import Conflict, Forbidden, NetworkError, RetryAfter, TelegramError
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
+from bot.files import FileKeeper, StoreUnavailable, attachment_of
 from bot.metrics import INBOUND_RELAY_FAILURES, INBOUND_RELAYED
 from contract import clock
-from contract.messaging import INBOUND_SUBJECT, PLATFORM_TELEGRAM, InboundMessage
+from contract.messaging import INBOUND_SUBJECT, PLATFORM_TELEGRAM, InboundMessage, file_object_name
 from runtime import jetstream
 from runtime.failpoints import failpoint
 from runtime.retry import RetryPolicy, stopped_within
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 WELCOME = "Olá! Aqui é o atendimento. Escreva sua mensagem e responderemos em breve."
 ONLY_TEXT = "Por enquanto só consigo ler mensagens de texto. Pode escrever sua mensagem?"
+# The updates the bot asks Telegram for: contacts' messages and their edits.
+ALLOWED_UPDATES = ["message", "edited_message"]
 PUBLISH_TIMEOUT = 5.0
 # A relay that failed is tried again after 1 s, then every 2 s. It stays short:
 # every update behind the failed one in its chat waits, and so does the
@@ -57,17 +61,24 @@ class Relay:
     """
 
     def __init__(
-        self, application: Application, js: JetStreamContext, patience: float = jetstream.ELECTION_PATIENCE
+        self,
+        application: Application,
+        js: JetStreamContext,
+        patience: float = jetstream.ELECTION_PATIENCE,
+        files: FileKeeper | None = None,
     ) -> None:
         self._application = application
         self._js = js
         self._patience = patience
-        # Updates whose text JetStream did not acknowledge, while they are handled.
+        self._files = files or FileKeeper(js)
+        # Updates whose message JetStream did not acknowledge, while they are handled.
         self._unrelayed: set[int] = set()
         private = filters.ChatType.PRIVATE
-        application.add_handler(CommandHandler("start", self.welcome, filters=private))
-        application.add_handler(MessageHandler(private & filters.TEXT, self.relay_text))
-        application.add_handler(MessageHandler(private & ~filters.TEXT, self.only_text))
+        new = filters.UpdateType.MESSAGE
+        application.add_handler(CommandHandler("start", self.welcome, filters=private & new))
+        application.add_handler(MessageHandler(private & new & filters.TEXT, self.relay_text))
+        application.add_handler(MessageHandler(private & new & ~filters.TEXT, self.relay_media))
+        application.add_handler(MessageHandler(private & filters.UpdateType.EDITED_MESSAGE, self.relay_edit))
         application.add_error_handler(self.log_error)
 
     async def handle(self, update: Update) -> bool:
@@ -112,17 +123,65 @@ class Relay:
 
     async def relay_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A contact's text message: into the inbound stream, acknowledged by JetStream."""
+        message = update.effective_message
+        assert message is not None and message.text is not None  # what the filters let in
+        await self._publish(update, self._inbound(update, text=message.text))
+
+    async def relay_media(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A file, a location or a contact card: the file kept first, then relayed like a text."""
+        message = update.effective_message
+        assert message is not None  # the handler's filters take messages only
+        caption = message.caption or ""
+        if message.location is not None:
+            place = {"latitude": message.location.latitude, "longitude": message.location.longitude}
+            await self._publish(update, self._inbound(update, text=caption, kind="location", location=place))
+            return
+        if message.contact is not None:
+            card = message.contact
+            fields = {
+                "phone_number": card.phone_number or "",
+                "first_name": card.first_name or "",
+                "last_name": card.last_name or "",
+                "user_id": str(card.user_id) if card.user_id else "",
+            }
+            await self._publish(update, self._inbound(update, text=caption, kind="contact", contact=fields))
+            return
+        attachment = attachment_of(message)
+        if attachment is None:
+            await message.reply_text(ONLY_TEXT)  # a poll, a dice...: nothing stored
+            return
+        name = file_object_name(PLATFORM_TELEGRAM, message.chat_id, message.message_id)
+        try:
+            kept = await self._files.keep(context.bot, attachment, name)
+        except StoreUnavailable as exc:
+            self._not_relayed(update, exc)
+            return
+        await self._publish(update, self._inbound(update, text=caption, kind=attachment.kind, file=kept))
+
+    async def relay_edit(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A contact edited a message: the new text or caption, relayed; no answer."""
+        message = update.edited_message
+        assert message is not None  # the handler's filters take edits only
+        edited_at = clock.rfc3339(message.edit_date or message.date)
+        text = message.text if message.text is not None else (message.caption or "")
+        await self._publish(
+            update, self._inbound(update, text=text, edited_at=edited_at, edit_update_id=update.update_id)
+        )
+
+    def _inbound(self, update: Update, **content: Any) -> InboundMessage:
         message, user = update.effective_message, update.effective_user
-        assert message is not None and message.text is not None and user is not None  # what the filters let in
-        inbound = InboundMessage(
+        assert message is not None and user is not None  # private chats' messages have both
+        return InboundMessage(
             platform=PLATFORM_TELEGRAM,
             contact_identifier=str(user.id),
             chat_id=message.chat_id,
             message_id=message.message_id,
             name=user.full_name,
-            text=message.text,
             sent_at=clock.rfc3339(message.date),
+            **content,
         )
+
+    async def _publish(self, update: Update, inbound: InboundMessage) -> None:
         try:
             await jetstream.publish_through_election(
                 self._js,
@@ -133,24 +192,22 @@ class Relay:
                 patience=self._patience,
             )
         except (NatsError, asyncio.TimeoutError) as exc:
-            INBOUND_RELAY_FAILURES.inc()
-            log.warning("update %s not relayed: %r", update.update_id, exc)
-            self._unrelayed.add(update.update_id)
+            self._not_relayed(update, exc)
             return
         INBOUND_RELAYED.inc()
         # JetStream has it, Telegram still thinks it undelivered: a crash here
         # gets the same update_id again, which Nats-Msg-Id de-duplicates.
         failpoint("bot.relay.after_ack_before_confirm")
 
+    def _not_relayed(self, update: Update, exc: Exception) -> None:
+        INBOUND_RELAY_FAILURES.inc()
+        log.warning("update %s not relayed: %r", update.update_id, exc)
+        self._unrelayed.add(update.update_id)
+
     async def welcome(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """/start: a short welcome, nothing stored."""
         assert update.effective_message is not None  # a command is a message
         await update.effective_message.reply_text(WELCOME)
-
-    async def only_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """Photos, stickers, voice...: ask for text; nothing stored."""
-        assert update.effective_message is not None  # the handler's filters take messages only
-        await update.effective_message.reply_text(ONLY_TEXT)
 
     async def log_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         """Log first: an answer that could not be sent, or a handler's bug."""
@@ -193,7 +250,9 @@ class Poller:
 
     async def _fetch(self) -> Sequence[Update]:
         fetch = asyncio.ensure_future(
-            self._application.bot.get_updates(offset=self._offset, timeout=self._timeout, allowed_updates=["message"])
+            self._application.bot.get_updates(
+                offset=self._offset, timeout=self._timeout, allowed_updates=ALLOWED_UPDATES
+            )
         )
         stop = asyncio.ensure_future(self._stopping.wait())
         try:

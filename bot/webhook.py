@@ -32,7 +32,7 @@ from tornado.web import RequestHandler, stream_request_body
 
 from bot.config import Settings
 from bot.metrics import WEBHOOK_REFUSED
-from bot.relay import Relay
+from bot.relay import ALLOWED_UPDATES, Relay
 from runtime.httpserver import GuardedHTTPServer
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class WebhookReceiver:
         await self.application.bot.set_webhook(
             url=self._settings.webhook_url,
             secret_token=self._settings.webhook_secret,
-            allowed_updates=["message"],
+            allowed_updates=ALLOWED_UPDATES,
             max_connections=TELEGRAM_CONNECTIONS,
         )
         log.info("receiving updates by webhook on port %d", self._settings.webhook_port)

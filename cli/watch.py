@@ -39,6 +39,7 @@ RECONNECT = RetryPolicy(first=0.5, cap=15.0, jitter=0.25)
 TYPES = (
     "session.opened",
     "message.received",
+    "message.edited",
     "message.sent",
     "session.finished",
     "import.finished",
@@ -85,7 +86,9 @@ class Tail:
         kind = event.get("type", "?")
         message = event.get("message") or {}
         if kind == "message.received":
-            what = f"<- {message.get('text', '')}"
+            what = f"<- {content(message)}"
+        elif kind == "message.edited":
+            what = f"<~ {content(message)} (edited)"
         elif kind == "message.sent":
             what = f"-> {message.get('text', '')} [{event.get('delivery', '')}]"
         elif kind == "import.finished":
@@ -101,6 +104,30 @@ class Tail:
             what = kind.replace("session.", "session ")
         who, session, what = terminal_text(who), terminal_text(session), terminal_text(what)
         return f"{when}  {who[:24]:<24}  {session[-8:]:<8}  {what}"
+
+
+def content(message: dict[str, Any]) -> str:
+    """A message's text, after its kind, file name and size when it is not a plain text:
+    `[document fatura.pdf 120.5 KB] segunda via`."""
+    text = str(message.get("text", ""))
+    kind = message.get("content_kind") or "text"
+    if kind == "text":
+        return text
+    file = message.get("file") or {}
+    label = " ".join(str(part) for part in (kind, file.get("name"), _size(file.get("size"))) if part)
+    if file and not file.get("available", True):
+        label += " not kept"
+    return f"[{label}] {text}".rstrip()
+
+
+def _size(size: object) -> str:
+    if not isinstance(size, int) or isinstance(size, bool):
+        return ""
+    for unit in ("B", "KB", "MB"):
+        if size < 1024 or unit == "MB":
+            return f"{size} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024  # type: ignore[assignment]
+    return ""
 
 
 def _local_time(at: str) -> str:

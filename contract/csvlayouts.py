@@ -20,6 +20,7 @@ from contract.importformat import (
     MAX_MESSAGES_PER_RECORD,
     MAX_RECORD_BYTES,
     MESSAGE_COLUMNS,
+    MESSAGE_CONTENT_COLUMNS,
     OPTIONAL_COLUMNS,
     SESSION_COLUMNS,
     FileFormatError,
@@ -253,7 +254,7 @@ class _MessageRows(_CsvLayout):
     message cells are all empty stands for a session without messages.
     """
 
-    columns = MESSAGE_COLUMNS
+    columns = (*MESSAGE_COLUMNS, *MESSAGE_CONTENT_COLUMNS)
 
     def __init__(self, header: list[str], max_bytes: int, max_messages: int) -> None:
         super().__init__(header, max_bytes, max_messages)
@@ -295,5 +296,9 @@ class _MessageRows(_CsvLayout):
         self._bytes += size
         message = {"id": cells.get("message_id"), "content": cells["message_content"], "date": cells["message_date"]}
         if any(value is not None for value in message.values()):
+            # Only when given, so a file without these columns reads as it always did.
+            for name in ("kind", "caption"):
+                if cells.get(f"message_{name}") is not None:
+                    message[name] = cells[f"message_{name}"]
             self._session["messages"].append(message)
         return records

@@ -17,13 +17,16 @@ Event fields (the `id` is added when the event is served):
 | field | in | meaning |
 |---|---|---|
 | `id` | every event | stream sequence, strictly increasing |
-| `type` | every event | `session.opened`, `message.received`, `message.sent`, `session.finished`, |
-| | | `import.finished`, `contact.blocked`, `channel.moved` |
+| `type` | every event | `session.opened`, `message.received`, `message.edited`, `message.sent`, |
+| | | `session.finished`, `import.finished`, `contact.blocked`, `channel.moved` |
 | `at` | every event | when it happened, RFC 3339 UTC |
 | `platform` | session and message events | `telegram` |
 | `session_id` | session and message events | the session |
 | `contact` | session and message events | `{"identifier", "name"}` (name may be empty on `message.sent`) |
-| `message` | message events | `{"key", "text", "direction": "in" or "out", "kind": "reply" or "agent"}` |
+| `message` | message events | `{"key", "text", "direction": "in" or "out", "kind": "contact", "reply" or "agent"}` |
+| | contacts' messages | also `content_kind` (contract.messaging.KINDS) and for a file `file`: |
+| | | `{"name", "mime_type", "size", "available"[, "reason"]}` |
+| | `message.edited` | also the message's `id` and `edited_at` |
 | `delivery` | `message.sent` | `sent` (Telegram accepted it) or `parked` (Telegram refused it for good) |
 | `import` | `import.finished`, `channel.moved` | `{"id", "status", "counts"}`; `{"id"}` on `channel.moved` |
 | `reason` | `contact.blocked` | Telegram's refusal, such as `Forbidden: bot was blocked by the user` |
@@ -50,6 +53,7 @@ EVENTS_SUBJECTS = f"{EVENTS_SUBJECT_ROOT}.>"
 
 SESSION_OPENED = "session.opened"
 MESSAGE_RECEIVED = "message.received"
+MESSAGE_EDITED = "message.edited"
 MESSAGE_SENT = "message.sent"
 SESSION_FINISHED = "session.finished"
 IMPORT_FINISHED = "import.finished"
@@ -58,6 +62,7 @@ CHANNEL_MOVED = "channel.moved"
 KINDS = (
     SESSION_OPENED,
     MESSAGE_RECEIVED,
+    MESSAGE_EDITED,
     MESSAGE_SENT,
     SESSION_FINISHED,
     IMPORT_FINISHED,
@@ -80,6 +85,28 @@ MAX_REASON_LENGTH = 200
 # A chat id as Telegram gives it: a user or group id, "-100…" or "@name".
 _CHAT_ID = re.compile(r"-?[0-9]{1,20}|@[A-Za-z0-9_]{1,64}", re.ASCII)
 _SESSION_ID = re.compile(r"[0-9a-f]{24}", re.ASCII)
+
+
+def message_content(content_kind: str, file: dict[str, Any] | None) -> dict[str, Any]:
+    """What a message event says of its content: its kind and, for a file, what is
+    known of the file (never where it is stored: the API serves the bytes)."""
+    found: dict[str, Any] = {"content_kind": content_kind}
+    if file:
+        found["file"] = file_summary(file)
+    return found
+
+
+def file_summary(file: dict[str, Any]) -> dict[str, Any]:
+    """A stored file as the API and events show it."""
+    summary = {
+        "name": file.get("name", ""),
+        "mime_type": file.get("mime_type", ""),
+        "size": file.get("size", 0),
+        "available": bool(file.get("available", True)),
+    }
+    if not summary["available"]:
+        summary["reason"] = file.get("reason") or "not kept"
+    return summary
 
 
 def subject(kind: str, platform: str | None = None, session_id: str | None = None) -> str:

@@ -41,7 +41,10 @@ HEAD_BYTES = 4096
 
 SESSION_COLUMNS = ("_id", "name", "platform_type", "contact_identifier", "messages")
 MESSAGE_COLUMNS = ("contact_identifier", "name", "platform_type", "message_id", "message_content", "message_date")
-OPTIONAL_COLUMNS = frozenset({"_id", "message_id"})
+# What a message is, when not a text (contract.messaging.KINDS), and a file's caption:
+# the JSON fields `kind` and `caption`, the one-row-per-message columns below.
+MESSAGE_CONTENT_COLUMNS = ("message_kind", "message_caption")
+OPTIONAL_COLUMNS = frozenset({"_id", "message_id", *MESSAGE_CONTENT_COLUMNS})
 DELIMITERS = (",", ";")
 
 # The chunks of a chunked import are NDJSON, one envelope per record:

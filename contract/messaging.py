@@ -99,8 +99,31 @@ MAX_CONTACT_DIGITS = 20
 MAX_TIMESTAMP_LENGTH = 40  # RFC 3339 with microseconds and an offset is 32
 # Telegram's chat and message ids fit in 52 bits; anything past 64 is no id.
 MAX_ID = 2**63 - 1
+# What a contact's message may be. A file kind carries `file`; location and
+# contact cards carry their own fields; a caption is the message's `text`.
+TEXT_KIND = "text"
+FILE_KINDS = ("photo", "document", "voice", "audio", "video", "video_note", "animation", "sticker")
+KINDS = (TEXT_KIND, *FILE_KINDS, "location", "contact")
+# The Bot API lets a bot download files of up to 20 MB (getFile); larger ones
+# stay messages whose file is not kept.
+MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
+MAX_FILE_NAME_LENGTH = 255  # what most file systems take as one name
+MAX_MIME_TYPE_LENGTH = 127  # RFC 6838: type and subtype of 127 characters at most together here
+MAX_REASON_LENGTH = 200
+MAX_OBJECT_NAME_LENGTH = 128
+MAX_PHONE_LENGTH = 32
+MAX_VCARD_NAME_LENGTH = 64  # Telegram's first and last name limit
+# The object store holding the files contacts sent (see docs/media.md): the bot
+# puts, the server reads and deletes.
+FILES_BUCKET = "BALCAO_FILES"
 PLATFORM = re.compile(r"[a-z0-9_-]{1,32}", re.ASCII)
 _DIGITS = re.compile(rf"[0-9]{{1,{MAX_CONTACT_DIGITS}}}", re.ASCII)
+
+
+def file_object_name(platform: str, chat_id: int, message_id: int) -> str:
+    """Where the bytes of a contact's file are kept: the same message always names
+    the same object, so a redelivered or re-relayed update overwrites it."""
+    return f"{platform}/{chat_id}/{message_id}"
 
 
 class PayloadError(ValueError):
@@ -127,20 +150,71 @@ def _encode(payload: Any) -> bytes:  # a dataclass instance
 
 
 @dataclass(frozen=True)
+class InboundFile:
+    """A file a contact sent: what Telegram said of it, and whether its bytes are kept.
+
+    `size` is the size of the bytes kept when `available`, else the size Telegram
+    stated (which a hostile client may have made up); `object_name` names the bytes in
+    FILES_BUCKET; `reason` says why they are not kept.
+    """
+
+    name: str
+    mime_type: str
+    size: int
+    available: bool = True
+    reason: str = ""
+    object_name: str = ""
+
+    @classmethod
+    def from_json(cls, value: object) -> InboundFile:
+        if not isinstance(value, dict):
+            raise ValueError("must be an object")
+        available = value.get("available", True)
+        if not isinstance(available, bool):
+            raise ValueError("available must be true or false")
+        size = value.get("size", 0)
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_ID:
+            raise ValueError("size must be a whole number of bytes")
+        return cls(
+            name=_nested(value, "name", _bounded_text(MAX_FILE_NAME_LENGTH)),
+            mime_type=_nested(value, "mime_type", _bounded_text(MAX_MIME_TYPE_LENGTH)),
+            size=size,
+            available=available,
+            reason=_nested(value, "reason", _bounded_text(MAX_REASON_LENGTH)),
+            object_name=_nested(value, "object_name", _bounded_text(MAX_OBJECT_NAME_LENGTH)),
+        )
+
+
+@dataclass(frozen=True)
 class InboundMessage:
-    """A text a contact sent, as the bot relays it to the server."""
+    """A message a contact sent (text, a file with its caption, a location or a
+    contact card), or an edit of one, as the bot relays it to the server."""
 
     platform: str
     contact_identifier: str
     chat_id: int
     message_id: int
     name: str
-    text: str
+    text: str  # the text, or a file's caption ("" when none)
     sent_at: str  # ISO-8601, UTC
+    kind: str = TEXT_KIND
+    file: InboundFile | None = None
+    location: dict[str, float] | None = None  # {"latitude", "longitude"}
+    contact: dict[str, str] | None = None  # {"phone_number", "first_name", "last_name", "user_id"}
+    # An edit: when the contact edited message `message_id`, and the update that
+    # said so (Telegram's update ids grow, so a later edit has a larger one).
+    edited_at: str = ""
+    edit_update_id: int = 0
+
+    @property
+    def is_edit(self) -> bool:
+        return bool(self.edited_at)
 
     @property
     def dedup_id(self) -> str:
-        """Nats-Msg-Id: the same Telegram message always maps to the same id."""
+        """Nats-Msg-Id: the same Telegram message (or edit) always maps to the same id."""
+        if self.is_edit:
+            return f"{self.platform}:{self.chat_id}:{self.message_id}:edit:{self.edit_update_id}"
         return f"{self.platform}:{self.chat_id}:{self.message_id}"
 
     def to_bytes(self) -> bytes:
@@ -158,18 +232,64 @@ class InboundMessage:
             name=_field(body, "name", _bounded_text(MAX_NAME_LENGTH), optional=True),
             text=_field(body, "text", _bounded_text(MAX_TEXT_LENGTH)),
             sent_at=_field(body, "sent_at", _bounded_text(MAX_TIMESTAMP_LENGTH), optional=True),
+            kind=_field(body, "kind", _kind, optional=True) or TEXT_KIND,
+            file=_field(body, "file", InboundFile.from_json, absent=None),
+            location=_field(body, "location", _location, absent=None),
+            contact=_field(body, "contact", _contact_card, absent=None),
+            edited_at=_field(body, "edited_at", _bounded_text(MAX_TIMESTAMP_LENGTH), optional=True),
+            edit_update_id=_field(body, "edit_update_id", _id, absent=0),
+        )
+
+
+# Telegram's limits for what a bot sends with a file: a caption of 1,024
+# characters, and 50 MB uploaded through the Bot API.
+MAX_CAPTION_LENGTH = 1024
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+SEND_AS = ("photo", "document")
+
+
+@dataclass(frozen=True)
+class OutboundFile:
+    """A file an agent sends: where the server put it in FILES_BUCKET, and how it goes out
+    (`photo` through sendPhoto, `document` through sendDocument)."""
+
+    object_name: str
+    name: str
+    mime_type: str
+    size: int
+    send_as: str = "document"
+
+    @classmethod
+    def from_json(cls, value: object) -> OutboundFile:
+        if not isinstance(value, dict):
+            raise PayloadError("outbound file is not an object")
+        send_as = str(value.get("send_as") or "document")
+        if send_as not in SEND_AS:
+            raise PayloadError(f"outbound file send_as must be one of {', '.join(SEND_AS)}")
+        try:
+            size = int(value.get("size") or 0)
+        except (TypeError, ValueError):
+            raise PayloadError("outbound file size is not a number") from None
+        return cls(
+            object_name=str(value.get("object_name") or ""),
+            name=str(value.get("name") or ""),
+            mime_type=str(value.get("mime_type") or ""),
+            size=size,
+            send_as=send_as,
         )
 
 
 @dataclass(frozen=True)
 class OutboundMessage:
-    """A text the server wants said on Telegram: a reply, a goodbye, an announcement."""
+    """What the server wants said on Telegram: a reply, a goodbye, an announcement,
+    or an agent's file (`file`, with `text` as its caption)."""
 
     key: str  # unique per intended delivery; Nats-Msg-Id and the bot's delivered-key
     chat_id: str  # a user id, "@channel" or "-100..." channel id
     text: str
     kind: str = "reply"
     meta: dict[str, str] = field(default_factory=dict)
+    file: OutboundFile | None = None
 
     def to_bytes(self) -> bytes:
         return _encode(self)
@@ -186,11 +306,17 @@ class OutboundMessage:
             text=str(body["text"]),
             kind=str(body.get("kind") or "reply"),
             meta={str(k): str(v) for k, v in meta.items()},
+            file=OutboundFile.from_json(body["file"]) if body.get("file") is not None else None,
         )
 
 
-def _field(body: dict[str, Any], name: str, check: Any, *, optional: bool = False) -> Any:
+_NOTHING = object()
+
+
+def _field(body: dict[str, Any], name: str, check: Any, *, optional: bool = False, absent: Any = _NOTHING) -> Any:
     value = body.get(name)
+    if value is None and absent is not _NOTHING:
+        return absent
     if optional and value is None:
         return ""
     try:
@@ -227,3 +353,48 @@ def _bounded_text(limit: int) -> Any:
         return value
 
     return check
+
+
+def _nested(body: dict[str, Any], name: str, check: Any) -> Any:
+    value = body.get(name)
+    if value is None:
+        return ""
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise ValueError(f"{name} {exc}") from None
+
+
+def _kind(value: object) -> str:
+    if value not in KINDS:
+        raise ValueError(f"must be one of {', '.join(KINDS)}")
+    return str(value)
+
+
+def _location(value: object) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise ValueError("must be an object")
+    found = {}
+    for name, bound in (("latitude", 90.0), ("longitude", 180.0)):
+        number = value.get(name)
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not -bound <= number <= bound:
+            raise ValueError(f"{name} must be a number from -{bound:g} to {bound:g}")
+        found[name] = float(number)
+    return found
+
+
+def _contact_card(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError("must be an object")
+    return {
+        "phone_number": _nested(value, "phone_number", _bounded_text(MAX_PHONE_LENGTH)),
+        "first_name": _nested(value, "first_name", _bounded_text(MAX_VCARD_NAME_LENGTH)),
+        "last_name": _nested(value, "last_name", _bounded_text(MAX_VCARD_NAME_LENGTH)),
+        "user_id": _nested(value, "user_id", _bounded_digits),
+    }
+
+
+def _bounded_digits(value: object) -> str:
+    if not isinstance(value, str) or not _DIGITS.fullmatch(value):
+        raise ValueError(f"must be a string of 1 to {MAX_CONTACT_DIGITS} ASCII digits")
+    return value

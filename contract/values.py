@@ -29,6 +29,20 @@ def media_type(value: str | None) -> str:
     return (value or "").split(";")[0].strip().lower()
 
 
+# A media type as RFC 6838 spells one (type/subtype, restricted names), lower-case.
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,62}", re.ASCII)
+
+
+def well_formed_media_type(value: str | None) -> str | None:
+    """`value` (parameters dropped, lower-cased) when it is a well-formed media type; None otherwise.
+
+    Contacts and agents state a file's type; one that is not a type (a header
+    line, a script) must never reach a Content-Type.
+    """
+    found = media_type(value)
+    return found if _MEDIA_TYPE.fullmatch(found) else None
+
+
 def channel_ref(text: str) -> str | None:
     """The channel in its one spelling (@usernames lower-cased: Telegram ignores case); None if it is none."""
     channel = text.strip()

@@ -11,11 +11,12 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from tornado.web import Application
 
+from runtime.filestore import FileStore
 from server.config import Settings
 from server.cursors import CursorCodec
 from server.database import Database
 from server.eventfeed import EventFeed
-from server.handlers import base, health, imports, liveevents, metrics, openapi, sessions
+from server.handlers import base, files, health, imports, liveevents, metrics, openapi, sessions
 from server.importing.jobs import ImportSlots
 from server.importing.running import Imports
 from server.outbound import Outbound
@@ -41,6 +42,8 @@ class Services:
     event_feed: EventFeed
     event_clients: liveevents.EventClients
     mongodb_probe: health.MongoProbe
+    # Contacts' and agents' files (docs/media.md).
+    files: FileStore
     # Where each listing's first page starts (server.sessions.SliceHints).
     slice_hints: SliceHints = field(default_factory=SliceHints)
     # Set when SIGTERM arrives: long work (an import) checks it between batches.
@@ -70,6 +73,7 @@ class Services:
             event_feed=event_feed,
             event_clients=event_clients,
             mongodb_probe=health.MongoProbe(database),
+            files=FileStore(jetstream, config.nats_replicas),
             drains=[running_imports.drain, event_clients.drain, event_feed.stop],
         )
 
@@ -79,6 +83,7 @@ def make_app(services: Services) -> Application:
         *health.default_handlers,
         *metrics.default_handlers,
         *sessions.default_handlers,
+        *files.default_handlers,
         *imports.default_handlers,
         *openapi.default_handlers,
         *liveevents.default_handlers,

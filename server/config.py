@@ -42,6 +42,8 @@ class Settings:
     # Uploads and chunks one replica reads at once; each may hold a record at the
     # limits and two batches.
     import_max_concurrent: int = 4
+    # An agent's file (POST .../messages as multipart): Telegram's bots upload at most 50 MB.
+    agent_file_max_bytes: int = messaging.MAX_UPLOAD_BYTES
     intake_batch: int = 1000
     # Seconds before a crashed replica's unacknowledged inbound batch goes to another.
     intake_ack_wait: int = 30
@@ -143,6 +145,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         import_max_chunks=env.integer("IMPORT_MAX_CHUNKS", 100_000, minimum=1, maximum=999_999_999),
         import_max_chunked_bytes=env.integer("IMPORT_MAX_CHUNKED_BYTES", 64 * 1024 * 1024 * 1024, minimum=1),
         import_max_concurrent=env.integer("IMPORT_MAX_CONCURRENT", 4, minimum=1),
+        agent_file_max_bytes=env.integer(
+            "AGENT_FILE_MAX_BYTES", messaging.MAX_UPLOAD_BYTES, minimum=1, maximum=messaging.MAX_UPLOAD_BYTES
+        ),
         intake_batch=env.integer("INTAKE_BATCH", 1000, minimum=1, maximum=1000),
         intake_ack_wait=env.integer("INTAKE_ACK_WAIT", 30, minimum=3, maximum=3600),
         db_threads=env.integer("DB_THREADS", 8, minimum=1, maximum=64),

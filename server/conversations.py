@@ -6,14 +6,17 @@ These functions block on MongoDB; callers run them through `Database.run`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bson import ObjectId
 
 from contract import clock
 from contract.messaging import InboundMessage
 from server import sessionwriter
+from server.models.messages import Message
 from server.sessionwriter import ContactMessages, NewMessage
 
 
@@ -62,7 +65,9 @@ def store_inbound(batch: Sequence[InboundMessage]) -> StoredBatch:
             ContactMessages(message.platform, message.contact_identifier, message.name, at=now),
         )
         contact.name, contact.chat_id = message.name, str(message.chat_id)  # the latest profile wins
-        contact.messages[key] = NewMessage(message.text, clock.parse(message.sent_at, now), str(message.message_id))
+        contact.messages[key] = NewMessage(
+            message.text, clock.parse(message.sent_at, now), str(message.message_id), inbound_content(message)
+        )
     filed = sessionwriter.write(list(contacts.values()), failpoints="server.intake", skip_finished=True)
     stored = []
     opened = set()
@@ -75,3 +80,40 @@ def store_inbound(batch: Sequence[InboundMessage]) -> StoredBatch:
         if outcome.opened or (session and 0 < len(outcome.present) == session.get("message_count")):
             opened.add(outcome.session_id)
     return StoredBatch(stored, frozenset(opened))
+
+
+def inbound_content(message: InboundMessage) -> dict[str, Any]:
+    """What a contact's message holds besides its text, as Message stores it (nothing for a text)."""
+    if message.kind == "text":
+        return {}
+    content = {
+        "kind": message.kind,
+        "file": dataclasses.asdict(message.file) if message.file else None,
+        "location": message.location,
+        "contact": message.contact,
+    }
+    return {name: value for name, value in content.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class EditedInbound:
+    message: InboundMessage  # the edit
+    session_id: ObjectId
+    stored: dict[str, Any]  # the message as it now is
+
+
+def apply_edits(edits: Sequence[InboundMessage]) -> list[EditedInbound]:
+    """Apply contacts' edits to their stored messages; the ones that changed something.
+
+    An edit of a message finished with its session, of one never stored, or one
+    applied already (a redelivery) changes nothing and is not reported again.
+    """
+    now = clock.now()
+    applied = []
+    for edit in edits:
+        stored = Message.objects.edit(
+            inbound_key(edit), edit.text, clock.parse(edit.edited_at, now), edit.edit_update_id
+        )
+        if stored is not None:
+            applied.append(EditedInbound(edit, stored["session_id"], stored))
+    return applied

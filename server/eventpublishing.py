@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from bson import ObjectId
@@ -30,6 +32,7 @@ from contract import clock, eventstream, messaging
 from contract.messaging import DUPLICATE_WINDOW_SECONDS
 from runtime import jetstream
 from runtime.failpoints import failpoint
+from runtime.filestore import FileStore
 from server.conversations import StoredBatch
 from server.metrics import EVENTS_PUBLISHED
 from server.models.outbox import EventPromise
@@ -113,12 +116,41 @@ def received(stored: StoredBatch) -> list[tuple[dict[str, Any], str]]:
                         "direction": "in",
                         "kind": "contact",
                         "sent_at": m.sent_at,
+                        **eventstream.message_content(m.kind, dataclasses.asdict(m.file) if m.file else None),
                     },
                 ),
                 item.key,
             )
         )
     return bodies
+
+
+async def publish_edited(js: JetStreamContext, edited: Sequence) -> None:
+    """`message.edited` for each edit the intake applied (`conversations.EditedInbound`).
+
+    Keyed by the edit's update, so a redelivered edit is one event, as it is one change.
+    """
+    bodies = []
+    for item in edited:
+        m, doc = item.message, item.stored
+        body = eventstream.event(
+            eventstream.MESSAGE_EDITED,
+            platform=m.platform,
+            session_id=str(item.session_id),
+            contact={"identifier": m.contact_identifier, "name": m.name},
+            message={
+                "key": doc["key"],
+                "id": str(doc["_id"]),
+                "text": doc["text"],
+                "direction": "in",
+                "kind": "contact",
+                "sent_at": clock.rfc3339(doc["sent_at"]),
+                "edited_at": clock.rfc3339(doc["edited_at"]),
+                **eventstream.message_content(doc.get("kind") or "text", doc.get("file")),
+            },
+        )
+        bodies.append((body, f"{doc['key']}:{m.edit_update_id}"))
+    await asyncio.gather(*(publish(js, body, key) for body, key in bodies))
 
 
 def session_finished(session: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +170,11 @@ def import_finished(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def promise(
-    body: dict[str, Any], key: str, after_session_gone: ObjectId | None = None, chat_id: str | None = None
+    body: dict[str, Any],
+    key: str,
+    after_session_gone: ObjectId | None = None,
+    chat_id: str | None = None,
+    files: list[str] | None = None,
 ) -> None:
     """Keep an event to publish (blocking: run it through `Database.run`).
 
@@ -146,16 +182,18 @@ def promise(
     holds it back until that session is deleted. Promising again (a retried
     finish) keeps the first promise. A `session.finished` promise erases what
     the streams hold of its session when it is relayed (`erase_session`), and
-    of its contact's chat `chat_id`.
+    of its contact's chat `chat_id`, and deletes its `files` from the object store.
     """
     kind = body["type"]
     subject = eventstream.subject(kind, body.get("platform"), body.get("session_id"))
-    EventPromise.keep(eventstream.dedup_id(kind, key), subject, body, clock.now(), after_session_gone, chat_id)
+    EventPromise.keep(eventstream.dedup_id(kind, key), subject, body, clock.now(), after_session_gone, chat_id, files)
 
 
-async def erase_session(js: JetStreamContext, platform: str | None, session_id: str, chat_id: str | None) -> None:
+async def erase_session(
+    js: JetStreamContext, platform: str | None, session_id: str, chat_id: str | None, files: Sequence[str] = ()
+) -> None:
     """Purge what JetStream keeps of a finished session: its events (but `session.finished`),
-    and the parked messages and dead letters of its contact's chat.
+    the parked messages and dead letters of its contact's chat, and its files.
 
     The session and its messages are deleted from MongoDB by then; these copies
     hold the same names and texts. Each purge is by subject, one request each,
@@ -173,6 +211,7 @@ async def erase_session(js: JetStreamContext, platform: str | None, session_id: 
     for stream, subject in filters:
         with contextlib.suppress(NotFoundError):
             await js.purge_stream(stream, subject=subject)
+    await FileStore(js).delete(files)
 
 
 async def relay_promised(js: JetStreamContext, db, limit: int = 500) -> int:
@@ -190,7 +229,9 @@ async def relay_promised(js: JetStreamContext, db, limit: int = 500) -> int:
             if body.get("type") == eventstream.SESSION_FINISHED and body.get("session_id"):
                 # Before the event: its own subject is not among those purged, and a
                 # relay that publishes again after a crash purges again, harmlessly.
-                await erase_session(js, body.get("platform"), body["session_id"], doc.get("chat_id"))
+                await erase_session(
+                    js, body.get("platform"), body["session_id"], doc.get("chat_id"), doc.get("files") or ()
+                )
             ack = await js.publish(
                 doc["subject"],
                 eventstream.to_bytes(doc["body"]),

@@ -93,9 +93,16 @@ class Intake:
         if not batch:
             return
         try:
-            stored = await self._db.run(conversations.store_inbound, [inbound for _, inbound in batch])
+            stored = await self._db.run(
+                conversations.store_inbound, [inbound for _, inbound in batch if not inbound.is_edit]
+            )
             MESSAGES_STORED.inc(sum(item.inserted for item in stored.messages))
             await self._publish(stored)
+            # Edits after the batch's new messages, which they may edit; never answered.
+            edits = [inbound for _, inbound in batch if inbound.is_edit]
+            if edits:
+                edited = await self._db.run(conversations.apply_edits, edits)
+                await eventpublishing.publish_edited(self._js, edited)
         except Exception as exc:  # nothing unstored is acknowledged, whatever failed
             await self._retry_later(batch, exc)
             return

@@ -73,9 +73,10 @@ class Outbound:
         *,
         after_session_gone: ObjectId | None = None,
         chat_id: str | None = None,
+        files: list[str] | None = None,
     ) -> None:
         """Keep a live event (`server/eventpublishing.py`), then wake the relay to publish it."""
-        await self._db.run(eventpublishing.promise, body, key, after_session_gone, chat_id)
+        await self._db.run(eventpublishing.promise, body, key, after_session_gone, chat_id, files)
         self._wake.set()
 
     def wake(self) -> None:

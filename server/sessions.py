@@ -40,7 +40,7 @@ from mongoengine import NotUniqueError
 from contract import clock
 from runtime.failpoints import failpoint
 from server import names
-from server.models.messages import FinishedMessage, Message
+from server.models.messages import FinishedMessage, Message, preview_text
 from server.models.sessions import (
     Session,
     activity_floor,
@@ -276,6 +276,11 @@ def find_message(session_id: ObjectId, message_id: ObjectId) -> dict[str, Any] |
     return Message.objects(id=message_id, session_id=session_id).as_pymongo().first()
 
 
+def file_objects(session_id: ObjectId) -> list[str]:
+    """Where the files of the session's messages are kept, to delete them with it."""
+    return Message.objects.file_objects_of(session_id)
+
+
 def finish(session_id: ObjectId) -> bool:
     """Delete the session and its messages; False if it was gone already.
 
@@ -300,22 +305,30 @@ def idempotent_message_key(session: dict[str, Any], idempotency_key: str) -> str
     return f"{session['platform']}:{session['contact_identifier']}:agent-key:{digest}"
 
 
-def add_agent_reply(session: dict[str, Any], text: str, idempotency_key: str | None = None) -> dict[str, Any] | None:
-    """Store an agent's message in the session; None if the session was finished meanwhile.
+def add_agent_reply(
+    session: dict[str, Any],
+    text: str,
+    idempotency_key: str | None = None,
+    message_id: ObjectId | None = None,
+    file: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Store an agent's message (a text, or a `file` with `text` as its caption) in the
+    session; None if the session was finished meanwhile.
 
     With an idempotency key, a retry (the client saw a 503 or lost the answer)
     returns the message the first try stored instead of storing another, and
     counts it in the session in case that try died before; the same key with
-    another text raises IdempotencyKeyReused.
+    another text, or another file's bytes, raises IdempotencyKeyReused.
     """
     now = clock.stored_now()  # what MongoDB keeps, so the reply reads back the same
-    message_id = ObjectId()
+    message_id = message_id or ObjectId()
     key = (
         idempotent_message_key(session, idempotency_key)
         if idempotency_key
         else f"{session['platform']}:{session['contact_identifier']}:agent:{message_id}"
     )
-    message = Message.outbound(session["_id"], key, text, now, message_id=message_id)
+    content: dict[str, Any] = {"kind": file["kind"], "file": file["record"]} if file else {}
+    message = Message.outbound(session["_id"], key, text, now, message_id=message_id, **content)
     try:
         Message.save_new(message)
         failpoint("server.reply.after_message_stored")  # stored, neither counted nor promised
@@ -323,7 +336,8 @@ def add_agent_reply(session: dict[str, Any], text: str, idempotency_key: str | N
         if idempotency_key is None:
             raise
         earlier = Message.objects(key=key).as_pymongo().first()
-        if earlier is None or earlier["session_id"] != session["_id"] or earlier["text"] != text:
+        same_file = (earlier or {}).get("file", {}).get("sha256") == (message.get("file") or {}).get("sha256")
+        if earlier is None or earlier["session_id"] != session["_id"] or earlier["text"] != text or not same_file:
             raise IdempotencyKeyReused(key) from None
         touched = Session.objects(id=session["_id"]).update_one(
             max__last_message_at=earlier["sent_at"],
@@ -339,7 +353,7 @@ def add_agent_reply(session: dict[str, Any], text: str, idempotency_key: str | N
                 session.get("count_version"),
                 {
                     "$inc": {"message_count": 1},
-                    "$set": {"last_message_preview": preview(text)},
+                    "$set": {"last_message_preview": preview(preview_text(message))},
                     "$max": Session.active_at(session["_id"], now),
                 },
             )

@@ -38,7 +38,7 @@ from bson import ObjectId
 
 from contract import clock
 from runtime.failpoints import failpoint
-from server.models.messages import FinishedMessage, Message
+from server.models.messages import FinishedMessage, Message, preview_text
 from server.models.sessions import Contact, Session, preview
 from server.models.stored import Contended, Stored
 
@@ -58,9 +58,16 @@ class SessionFinishedMeanwhile(Contended):
 
 @dataclass(frozen=True)
 class NewMessage:
-    text: str
+    text: str  # the text, or a caption
     sent_at: dt.datetime
     external_id: str | None = None
+    # What it is when not a text: `kind`, and `file`, `location` or `contact` (Message.inbound).
+    content: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shown(self) -> str:
+        """What a preview shows of it (server.models.messages.preview_text)."""
+        return preview_text({"text": self.text, **self.content})
 
 
 @dataclass
@@ -192,7 +199,9 @@ def _insert_messages(plans: list[_Plan], read_stored_first: bool) -> None:
         for plan in known:
             plan.held = {key: held[key] for key in plan.messages if key in held}
     documents = [
-        Message.inbound(plan.session_id, key, message.text, message.sent_at, external_id=message.external_id)
+        Message.inbound(
+            plan.session_id, key, message.text, message.sent_at, external_id=message.external_id, **message.content
+        )
         for plan in plans
         for key, message in plan.messages.items()
         if key not in plan.held
@@ -282,7 +291,7 @@ def _new_session(contact: ContactMessages, keys: Sequence[str], session_id: Obje
         chat_id=contact.chat_id,
         created_at=contact.at or oldest or at,
         message_count=len(messages),
-        last_message_preview=preview(newest.text) if newest else "",
+        last_message_preview=preview(newest.shown) if newest else "",
         source_id=contact.source_id,
         import_origin=contact.origin,
         session_id=session_id,
@@ -321,7 +330,7 @@ def _update_known(plans: list[_Plan]) -> tuple[set[ObjectId], set[ObjectId]]:
             at = plan.contact.at or newest.sent_at
             update["$max"] = Session.active_at(plan.session_id, at)
             if plan.contact.at is not None or newest.sent_at >= clock.aware(session["last_message_at"]):
-                changes["last_message_preview"] = preview(newest.text)
+                changes["last_message_preview"] = preview(newest.shown)
             if not plan.recount:
                 update["$inc"] = {"message_count": len(plan.filed.added)}
         if changes:

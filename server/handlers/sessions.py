@@ -3,6 +3,8 @@ answer a contact as an agent, and finish a session with a goodbye."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -12,15 +14,17 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from bson import ObjectId
+from nats.errors import Error as NatsError
 from tornado.web import stream_request_body, url
 
-from contract import clock
-from contract.messaging import OutboundMessage
+from contract import clock, eventstream
+from contract.messaging import OutboundFile, OutboundMessage
 from runtime.failpoints import failpoint
 from runtime.httpserver import declared_length
 from server import eventpublishing, names, sessions
+from server.agentfiles import FORM_SLACK, AgentFile, AgentUpload
 from server.cursors import CursorInvalid
-from server.handlers.base import ApiHandler, FieldProblems, ParameterProblems, key_reused, object_id
+from server.handlers.base import ApiHandler, FieldProblems, ParameterProblems, key_reused, media_type, object_id
 from server.models.stored import IdempotencyKeyReused
 from server.problems import ApiError, database_errors
 
@@ -72,13 +76,25 @@ def session_resource(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def message_resource(doc: dict[str, Any]) -> dict[str, Any]:
-    return {
+    resource = {
         "id": str(doc["_id"]),
         "session_id": str(doc["session_id"]),
         "direction": doc["direction"],
+        "kind": doc.get("kind") or "text",
         "text": doc["text"],
         "sent_at": clock.rfc3339(doc["sent_at"]),
     }
+    if doc.get("file"):
+        resource["file"] = eventstream.file_summary(doc["file"])
+    for name in ("location", "contact"):
+        if doc.get(name):
+            resource[name] = doc[name]
+    if doc.get("edited_at"):
+        resource["edited_at"] = clock.rfc3339(doc["edited_at"])
+        resource["earlier_versions"] = [
+            {"text": version["text"], "at": clock.rfc3339(version["at"])} for version in doc.get("versions") or []
+        ]
+    return resource
 
 
 def messages_listing(session_id: ObjectId) -> str:
@@ -234,6 +250,8 @@ class SessionHandler(SessionsApiHandler):
             )
         else:
             log.info("session %s finished without a goodbye: no chat is known for it", session["_id"])
+        # Files the messages stored meanwhile keep: those messages move to the contact's next session.
+        files = await self.database(sessions.file_objects, session["_id"])
         # Promised before the delete and held until the session is gone: a crash
         # after the delete loses no event, a failed delete announces none. Its
         # relay erases the session's copies in the streams (server.eventpublishing.erase_session).
@@ -243,6 +261,7 @@ class SessionHandler(SessionsApiHandler):
                 str(session["_id"]),
                 after_session_gone=session["_id"],
                 chat_id=chat,
+                files=files,
             )
         await self.database(sessions.finish, session["_id"])
         self.services.outbound.wake()
@@ -258,17 +277,38 @@ class SessionMessagesHandler(SessionsApiHandler):
     def prepare(self) -> None:
         super().prepare()
         self._body: list[bytes] = []
+        self._upload: AgentUpload | None = None
         if self.request.method != "POST":
             return  # a GET with a body was refused before it was read (runtime/httpserver.py)
         limit = reply_body_limit(self.services.config.reply_max_characters)
+        if media_type(self.request.headers.get("Content-Type")) == "multipart/form-data":
+            # An agent's file: streamed to a spool file, so the body may be as large as the file.
+            limit = self.services.config.agent_file_max_bytes + FORM_SLACK
+            self._upload = AgentUpload(self.request.headers, self.services.config.agent_file_max_bytes)
         length = declared_length(self.request.headers)
         if length is not None and length > limit:
             raise ApiError(413, f"an agent reply body is at most {limit} bytes", kind="payload-too-large")
         if self.request.connection is not None:  # chunked bodies are cut off at the limit too
             self.request.connection.set_max_body_size(limit)  # type: ignore[attr-defined]
+            if self._upload is not None:
+                self.request.connection.set_body_timeout(  # type: ignore[attr-defined]
+                    self.services.config.import_body_timeout
+                )
 
     def data_received(self, chunk: bytes) -> None:
-        self._body.append(chunk)
+        if self._upload is not None:
+            self._upload.receive(chunk)
+        else:
+            self._body.append(chunk)
+
+    def on_finish(self) -> None:
+        if getattr(self, "_upload", None) is not None:
+            self._upload.close()  # type: ignore[union-attr]
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        if getattr(self, "_upload", None) is not None:
+            self._upload.close()  # type: ignore[union-attr]
 
     async def get(self, session_id: str) -> None:
         """The session's messages, oldest first."""
@@ -283,9 +323,16 @@ class SessionMessagesHandler(SessionsApiHandler):
         self.write_json({"items": [message_resource(doc) for doc in page.messages], "next_cursor": cursor})
 
     async def post(self, session_id: str) -> None:
-        """An agent's reply: stored in the session and delivered to the contact."""
-        self.request.body = b"".join(self._body)
-        text = agent_text(*self.body_fields(["text"], "an agent reply"), self.services.config.reply_max_characters)
+        """An agent's reply (a text, or a file with its caption): stored in the session and
+        delivered to the contact."""
+        upload: AgentFile | None = None
+        if self._upload is not None:
+            text, upload = self._upload.result()
+        else:
+            self.request.body = b"".join(self._body)
+            text = agent_text(
+                *self.body_fields(["text"], "an agent reply"), self.services.config.reply_max_characters
+            )
         session = await self.open_session(session_id)
         chat = session.get("chat_id")
         if not chat:
@@ -303,14 +350,20 @@ class SessionMessagesHandler(SessionsApiHandler):
                 kind="contact-blocked",
             )
         idempotency_key = self.idempotency_key()
+        message_id = ObjectId()
+        file = await self.keep_agent_file(session, message_id, upload) if upload is not None else None
         try:
-            message = await self.database(sessions.add_agent_reply, session, text, idempotency_key)
+            message = await self.database(sessions.add_agent_reply, session, text, idempotency_key, message_id, file)
         except IdempotencyKeyReused:
+            await self.forget_agent_file(file)
             raise key_reused(
                 "this Idempotency-Key was used before with another reply; use a new key for a new reply"
             ) from None
         if message is None:
+            await self.forget_agent_file(file)
             raise ApiError(404, f"session {session_id} was finished meanwhile", kind="session-not-found")
+        if message["_id"] != message_id:
+            await self.forget_agent_file(file)  # a retry: the first try's message and file stand
         await self.promise(
             OutboundMessage(
                 key=f"agent:{message['_id']}",
@@ -318,11 +371,56 @@ class SessionMessagesHandler(SessionsApiHandler):
                 text=text,
                 kind="agent",
                 meta={"session_id": str(session["_id"]), "message_id": str(message["_id"])},
+                file=outbound_file(message),
             )
         )
         failpoint("server.reply.after_promised")  # stored and promised, the agent not yet told
         self.set_header("Location", self.reverse_url("session_message", str(session["_id"]), str(message["_id"])))
         self.write_json(message_resource(message), status=201)
+
+    async def keep_agent_file(self, session: dict[str, Any], message_id: ObjectId, upload: AgentFile) -> dict[str, Any]:
+        """Put the agent's file in the store before anything refers to it; what the message records."""
+        name = agent_file_object(session["_id"], message_id)
+        try:
+            await self.services.files.put(name, upload.spool, upload.sha256)
+        except (NatsError, asyncio.TimeoutError) as exc:
+            log.warning("agent file not stored, NATS: %r", exc)
+            raise ApiError(
+                503, "the file store is unavailable; try again", kind="unavailable", headers={"Retry-After": "5"}
+            ) from exc
+        record = {
+            "name": upload.name,
+            "mime_type": upload.mime_type,
+            "size": upload.size,
+            "available": True,
+            "object_name": name,
+            "sha256": upload.sha256,
+            "send_as": upload.send_as,
+        }
+        return {"kind": upload.send_as, "record": record}
+
+    async def forget_agent_file(self, file: dict[str, Any] | None) -> None:
+        if file is not None:
+            with contextlib.suppress(NatsError, asyncio.TimeoutError):
+                await self.services.files.delete([file["record"]["object_name"]])
+
+
+def agent_file_object(session_id: ObjectId, message_id: ObjectId) -> str:
+    """Where an agent's file is kept: one object per message, so a retry never overwrites another's."""
+    return f"agent/{session_id}/{message_id}"
+
+
+def outbound_file(message: dict[str, Any]) -> OutboundFile | None:
+    file = message.get("file")
+    if not file:
+        return None
+    return OutboundFile(
+        object_name=file["object_name"],
+        name=file["name"],
+        mime_type=file["mime_type"],
+        size=file["size"],
+        send_as=file.get("send_as", "document"),
+    )
 
 
 def agent_text(body: dict[str, Any], problems: FieldProblems, max_characters: int) -> str:

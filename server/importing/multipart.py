@@ -17,14 +17,15 @@ MAX_FIELD_BYTES = 1024
 class FieldPart(BaseTarget):
     """A short text field of the form, such as `channel`."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_FIELD_BYTES) -> None:
         super().__init__()
         self.value = bytearray()
         self.received = False
+        self._limit = limit  # bytes kept: one more than this says the field is too long
 
     def on_data_received(self, chunk: bytes) -> None:
-        if len(self.value) <= MAX_FIELD_BYTES:
-            self.value += chunk[: MAX_FIELD_BYTES + 1 - len(self.value)]
+        if len(self.value) <= self._limit:
+            self.value += chunk[: self._limit + 1 - len(self.value)]
 
     def on_finish(self) -> None:
         self.received = True

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from contract.messaging import MAX_CONTACT_DIGITS, MAX_NAME_LENGTH, PLATFORM
+from contract.messaging import KINDS, MAX_CONTACT_DIGITS, MAX_NAME_LENGTH, PLATFORM, TEXT_KIND
 from contract.messaging import MAX_TEXT_LENGTH as MAX_CONTENT_LENGTH
 from contract.values import json_type, object_id_text
 
@@ -43,8 +43,9 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class ImportedMessage:
     id: str | None
-    content: str
+    content: str  # the text, or a file's caption ("" when none)
     date: datetime  # tz-aware UTC, millisecond precision
+    kind: str = TEXT_KIND
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +116,10 @@ def message_key(platform: str, contact_identifier: str, message: ImportedMessage
     contact = f"{platform}:{contact_identifier}"
     if message.id is not None:
         return f"{contact}:id:{message.id}"
-    fingerprint = orjson.dumps([message.date.isoformat(timespec="milliseconds"), message.content])
+    parts: list[str] = [message.date.isoformat(timespec="milliseconds"), message.content]
+    if message.kind != TEXT_KIND:
+        parts.append(message.kind)  # texts keep the keys they always had
+    fingerprint = orjson.dumps(parts)
     return f"{contact}:sha256:{hashlib.sha256(fingerprint).hexdigest()}"
 
 
@@ -269,11 +273,17 @@ def _messages(raw: Mapping[str, Any], report: _Report) -> tuple[ImportedMessage,
             continue
         before = report.found
         message_id = report.optional(item, "id", _message_id, path + ".")
-        content = report.required(item, "content", _content, path + ".")
+        kind = report.optional(item, "kind", _kind, path + ".") or TEXT_KIND
+        if kind == TEXT_KIND:
+            content = report.required(item, "content", _content, path + ".")
+        else:  # a file, place or card: its caption, which may be empty
+            content = report.optional(item, "caption", _caption, path + ".")
+            if content is None:
+                content = report.optional(item, "content", _caption, path + ".") or ""
         date = report.required(item, "date", _date, path + ".")
         if report.found == before:
             assert content is not None and date is not None
-            messages.append(ImportedMessage(message_id, content, date))
+            messages.append(ImportedMessage(message_id, content, date, kind))
     return tuple(messages)
 
 
@@ -308,6 +318,20 @@ def _content(value: object) -> str:
     # Telegram delivers no empty or blank text message, so one in a file is a mistake.
     if not value.strip():
         raise _Invalid("must not be empty")
+    if len(value) > MAX_CONTENT_LENGTH:
+        raise _Invalid(f"longer than {MAX_CONTENT_LENGTH} characters ({len(value)})")
+    return value
+
+
+def _kind(value: object) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in KINDS:
+        raise _Invalid(f"must be one of {', '.join(KINDS)}")
+    return value.strip().lower()
+
+
+def _caption(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"expected a string, got {json_type(value)}")
     if len(value) > MAX_CONTENT_LENGTH:
         raise _Invalid(f"longer than {MAX_CONTENT_LENGTH} characters ({len(value)})")
     return value

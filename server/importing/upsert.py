@@ -15,12 +15,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bson import ObjectId
 
 from contract import clock
+from contract.messaging import FILE_KINDS, TEXT_KIND
 from server import sessionwriter
-from server.importing.records import ImportedSession, message_key
+from server.importing.records import ImportedMessage, ImportedSession, message_key
 from server.models.sessions import Contact
 from server.sessionwriter import ContactMessages, Filed, NewMessage
 
@@ -75,7 +77,9 @@ def _grouped(
         keys = []
         for message in session.messages:
             key = message_key(session.platform, session.contact_identifier, message)
-            merged.messages.setdefault(key, NewMessage(message.content, message.date, message.id))
+            merged.messages.setdefault(
+                key, NewMessage(message.content, message.date, message.id, imported_content(message))
+            )
             keys.append(key)
         group = records.setdefault(contact, _ContactRecords())
         group.indexes.append(index)
@@ -119,3 +123,17 @@ def _judge_records(group: _ContactRecords, filed: Filed, origin: str | None, out
         known.update(keys)
         if name is not None or (opened and position == 0):
             name = record_name
+
+
+# An import carries what a message was, never a file's bytes.
+IMPORTED_FILE = {"name": "", "mime_type": "", "size": 0, "available": False, "reason": "imported without its bytes"}
+
+
+def imported_content(message: ImportedMessage) -> dict[str, Any]:
+    """What an imported message holds besides its text: its kind, and for a file kind a file not kept."""
+    if message.kind == TEXT_KIND:
+        return {}
+    content: dict[str, Any] = {"kind": message.kind}
+    if message.kind in FILE_KINDS:
+        content["file"] = dict(IMPORTED_FILE)
+    return content

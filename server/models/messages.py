@@ -12,12 +12,30 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bson import ObjectId
-from mongoengine import DateTimeField, Document, ObjectIdField, QuerySet, StringField
+from mongoengine import DateTimeField, DictField, Document, IntField, ListField, ObjectIdField, QuerySet, StringField
 
 from server.models.stored import Stored, in_slices, insert_unordered, save_new, stored_form, update_many_each
 
 # How long the keys of finished messages are kept: two days.
 FINISHED_MESSAGE_SECONDS = 2 * 24 * 3600
+# Earlier versions of an edited message kept with it: the latest ones. A
+# contact who edits one message thousands of times makes it no larger.
+MAX_EARLIER_VERSIONS = 10
+
+
+def preview_text(message: dict) -> str:
+    """What a stored message shows in a preview: its text, or for anything else its
+    kind with the caption, file name or place (`[photo] receipt`, `[location] -23.5, -46.6`)."""
+    kind = message.get("kind") or "text"
+    if kind == "text":
+        return message.get("text", "")
+    shown = message.get("text") or (message.get("file") or {}).get("name") or ""
+    if not shown and message.get("location"):
+        shown = "{latitude:g}, {longitude:g}".format(**message["location"])
+    if not shown and message.get("contact"):
+        card = message["contact"]
+        shown = " ".join(part for part in (card.get("first_name"), card.get("last_name")) if part)
+    return f"[{kind}] {shown}".rstrip()
 
 
 class MessageQuerySet(QuerySet):
@@ -45,8 +63,10 @@ class MessageQuerySet(QuerySet):
         return counts
 
     def latest_text(self, session_id: ObjectId) -> str | None:
-        latest = self.for_session(session_id).order_by("-sent_at", "-id").only("text").as_pymongo().first()
-        return None if latest is None else latest["text"]
+        """What the session's latest message shows in a preview (server.models.sessions.preview_text)."""
+        fields = ("text", "kind", "file", "location", "contact")
+        latest = self.for_session(session_id).order_by("-sent_at", "-id").only(*fields).as_pymongo().first()
+        return None if latest is None else preview_text(latest)
 
     def timeline(self, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
         """Messages oldest first, by (sent_at, id) on the session_timeline index."""
@@ -54,6 +74,34 @@ class MessageQuerySet(QuerySet):
 
     def keys_of(self, session_id: ObjectId) -> list[str]:
         return [doc["key"] for doc in self.for_session(session_id).only("key").as_pymongo()]
+
+    def file_objects_of(self, session_id: ObjectId) -> list[str]:
+        """The object-store names of the files kept for this session's messages."""
+        found = self.for_session(session_id).filter(file__object_name__gt="").only("file").as_pymongo()
+        return [doc["file"]["object_name"] for doc in found if doc.get("file", {}).get("object_name")]
+
+    def edit(self, key: str, text: str, edited_at: dt.datetime, edit_update_id: int) -> dict[str, Any] | None:
+        """Apply a contact's edit to message `key`: the new text, the one it replaces kept
+        among the latest MAX_EARLIER_VERSIONS; the message as it now is, or None when
+        there is no such message or this edit (or a later one) was applied already.
+
+        Read, then written only if no other edit came between (compare and set on
+        `edit_update_id`), so each edit is applied once and in order.
+        """
+        collection = Message._get_collection()
+        while True:
+            doc = collection.find_one({"key": key})
+            if doc is None or doc.get("edit_update_id", 0) >= edit_update_id:
+                return None
+            earlier = {"text": doc["text"], "at": doc.get("edited_at") or doc["sent_at"]}
+            changes = {"text": text, "edited_at": edited_at, "edit_update_id": edit_update_id}
+            result = collection.update_one(
+                {"_id": doc["_id"], "edit_update_id": doc.get("edit_update_id")},
+                {"$set": changes, "$push": {"versions": {"$each": [earlier], "$slice": -MAX_EARLIER_VERSIONS}}},
+            )
+            if result.matched_count:
+                versions = [*(doc.get("versions") or []), earlier][-MAX_EARLIER_VERSIONS:]
+                return {**doc, **changes, "versions": versions}
 
 
 class Message(Document):
@@ -67,6 +115,16 @@ class Message(Document):
     text = StringField(required=True)
     sent_at = DateTimeField(required=True)
     external_id = StringField()
+    # What the message is (contract.messaging.KINDS); a file kind has `file`
+    # ({name, mime_type, size, available, reason, object_name}), a location `location`,
+    # a contact card `contact`. Absent means a text.
+    kind = StringField()
+    file = DictField(default=None)
+    location = DictField(default=None)
+    contact = DictField(default=None)
+    edited_at = DateTimeField()
+    edit_update_id = IntField()
+    versions = ListField(DictField(), default=None)  # earlier texts, oldest first
 
     meta = {
         "collection": "messages",
@@ -87,19 +145,29 @@ class Message(Document):
         sent_at: dt.datetime,
         external_id: str | None = None,
         message_id: ObjectId | None = None,
+        **content: Any,
     ) -> Stored:
         """A message from the contact (sent to the bot, or read from an import), as stored.
 
-        Without `message_id` the database chooses the id when it is inserted.
+        Without `message_id` the database chooses the id when it is inserted;
+        `content` holds `kind` and `file`, `location` or `contact` for what is not a text.
         """
-        return cls._built(session_id, key, "in", text, sent_at, external_id=external_id, message_id=message_id)
+        return cls._built(
+            session_id, key, "in", text, sent_at, external_id=external_id, message_id=message_id, **content
+        )
 
     @classmethod
     def outbound(
-        cls, session_id: ObjectId, key: str, text: str, sent_at: dt.datetime, message_id: ObjectId | None = None
+        cls,
+        session_id: ObjectId,
+        key: str,
+        text: str,
+        sent_at: dt.datetime,
+        message_id: ObjectId | None = None,
+        **content: Any,
     ) -> Stored:
         """A message from an agent to the contact, as stored."""
-        return cls._built(session_id, key, "out", text, sent_at, message_id=message_id)
+        return cls._built(session_id, key, "out", text, sent_at, message_id=message_id, **content)
 
     @classmethod
     def _built(
@@ -112,7 +180,10 @@ class Message(Document):
         *,
         external_id: str | None = None,
         message_id: ObjectId | None = None,
+        **content: Any,
     ) -> Stored:
+        if content.get("kind") == "text":
+            del content["kind"]  # the default: texts are stored as they always were
         return stored_form(
             cls,
             id=message_id,
@@ -122,6 +193,7 @@ class Message(Document):
             text=text,
             sent_at=sent_at,
             external_id=external_id,
+            **{name: value for name, value in content.items() if value is not None},
         )
 
     @classmethod

@@ -6,13 +6,23 @@ The one `$setOnInsert` upsert of a promised event is raw pymongo: MongoEngine's
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
 from bson import ObjectId
-from mongoengine import DateTimeField, DictField, Document, NotUniqueError, ObjectIdField, QuerySet, StringField
+from mongoengine import (
+    DateTimeField,
+    DictField,
+    Document,
+    ListField,
+    NotUniqueError,
+    ObjectIdField,
+    QuerySet,
+    StringField,
+)
 
-from contract.messaging import OutboundMessage
+from contract.messaging import OutboundFile, OutboundMessage
 from server.models.stored import Stored, save_new, stored_form
 
 
@@ -37,6 +47,7 @@ class OutboxEntry(Document):
     text = StringField(required=True)
     kind = StringField(required=True)
     details = DictField()
+    file = DictField(default=None)  # an agent's file (contract.messaging.OutboundFile)
     created_at = DateTimeField(required=True)
 
     meta = {
@@ -59,6 +70,7 @@ class OutboxEntry(Document):
             text=message.text,
             kind=message.kind,
             details=message.meta,
+            file=dataclasses.asdict(message.file) if message.file else None,
             created_at=at,
         )
 
@@ -72,7 +84,12 @@ class OutboxEntry(Document):
 
     def promised(self) -> OutboundMessage:
         return OutboundMessage(
-            key=self.key, chat_id=self.chat_id, text=self.text, kind=self.kind, meta=dict(self.details or {})
+            key=self.key,
+            chat_id=self.chat_id,
+            text=self.text,
+            kind=self.kind,
+            meta=dict(self.details or {}),
+            file=OutboundFile.from_json(self.file) if self.file else None,
         )
 
 
@@ -100,6 +117,8 @@ class EventPromise(Document):
     # session.finished: the contact's chat, whose parked messages and dead letters
     # are purged with the session's events before the event is published.
     chat_id = StringField()
+    # session.finished: the object-store names of the session's files, deleted with it.
+    files = ListField(StringField(), default=None)
     created_at = DateTimeField(required=True)
 
     @classmethod
@@ -111,6 +130,7 @@ class EventPromise(Document):
         at: dt.datetime,
         after_session_gone: ObjectId | None = None,
         chat_id: str | None = None,
+        files: list[str] | None = None,
     ) -> None:
         """Promise this event; promising the same key again (a retried finish) keeps the first promise."""
         document = stored_form(
@@ -121,6 +141,7 @@ class EventPromise(Document):
             created_at=at,
             after_session_gone=after_session_gone,
             chat_id=chat_id,
+            files=files or None,
         )
         document.pop("key")
         # An upsert with $setOnInsert: MongoEngine's `set_on_insert__` would not run the fields' rules.

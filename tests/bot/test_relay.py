@@ -68,7 +68,14 @@ async def js(clean_nats):
 
 @pytest_asyncio.fixture
 async def application(fake):
-    app: Application = ApplicationBuilder().token(TOKEN).base_url(f"{fake.base_url}/bot").updater(None).build()
+    app: Application = (
+        ApplicationBuilder()
+        .token(TOKEN)
+        .base_url(f"{fake.base_url}/bot")
+        .base_file_url(f"{fake.base_url}/file/bot")
+        .updater(None)
+        .build()
+    )
     await app.initialize()
     yield app
     await app.shutdown()
@@ -257,11 +264,14 @@ async def test_one_try_waits_out_a_stream_without_a_leader(fake, js, application
 
 
 @pytest.mark.asyncio
-async def test_what_is_not_a_contacts_text_is_answered_or_left_and_confirmed_without_storing(fake, js, application):
+async def test_what_is_not_a_contacts_message_is_answered_or_left_and_confirmed_without_storing(fake, js, application):
     relay = Relay(application, js)
     write(fake, 801, "/start")
-    fake.inject_message({"id": 802, "first_name": "Contato 802"}, kind="sticker")
+    fake.register_user(id=802, first_name="Contato 802", started=True)
+    dice = {"message_id": 1, "date": 1, "chat": {"id": 802, "type": "private"}, "dice": {"emoji": "🎲", "value": 3}}
+    fake.inject_update({"message": {**dice, "from": {"id": 802, "is_bot": False, "first_name": "Contato 802"}}})
     fake.inject_message({"id": 803, "first_name": "Contato 803"}, "num grupo", chat_id=-803)
+    fake.inject_message({"id": 805, "first_name": "Contato 805"}, kind="sticker")
     text = write(fake, 804, "uma pergunta")
     poller, task = await poll(application, relay)
 
@@ -269,9 +279,12 @@ async def test_what_is_not_a_contacts_text_is_answered_or_left_and_confirmed_wit
     await until(lambda: fake.sent(801) and fake.sent(802))
     await stopped(poller, task)
     assert [m["text"] for m in fake.sent(801)] == [WELCOME]
-    assert [m["text"] for m in fake.sent(802)] == [ONLY_TEXT]
+    assert [m["text"] for m in fake.sent(802)] == [ONLY_TEXT]  # a dice: nothing Balcão keeps
     assert fake.sent(-803) == []  # a group is not a contact's chat
-    assert [m["text"] for m in await stored(js)] == ["uma pergunta"]
+    relayed = {m["contact_identifier"]: m for m in await stored(js)}
+    assert set(relayed) == {"804", "805"}
+    assert relayed["804"]["text"] == "uma pergunta"
+    assert relayed["805"]["kind"] == "sticker" and relayed["805"]["file"]["available"] is True
 
 
 @pytest.mark.asyncio

@@ -164,3 +164,19 @@ def test_json_lines_escape_them_and_stay_the_same_json():
     assert not [char for char in printed if unicodedata.category(char) in UNPRINTABLE], repr(printed)
     assert "\\u202e" in printed and "\\u009b" in printed and "\\u2028" in printed
     assert json.loads(printed) == HOSTILE
+
+
+def test_a_file_line_shows_its_kind_name_and_size_and_an_edit_says_so():
+    tail = Tail()
+    base = {"at": "2026-01-02T03:04:05.000Z", "session_id": "65f0c0ffee0000000000abcd", "contact": {"name": "Rita"}}
+    file = {"name": "fatura.pdf", "mime_type": "application/pdf", "size": 123_456, "available": True}
+    received = {"content_kind": "document", "text": "segunda via", "file": file}
+    line = tail.line({**base, "type": "message.received", "message": received})
+    assert line.endswith("<- [document fatura.pdf 120.6 KB] segunda via")
+    unkept = {**file, "size": 30 * 1024 * 1024, "available": False, "reason": "larger than 20 MB"}
+    line = tail.line({**base, "type": "message.received", "message": {"content_kind": "video", "file": unkept}})
+    assert line.endswith("<- [video fatura.pdf 30.0 MB not kept]")
+    place = {"content_kind": "location", "text": ""}
+    assert tail.line({**base, "type": "message.received", "message": place}).endswith("<- [location]")
+    edited = {"content_kind": "text", "text": "pedido 124"}
+    assert tail.line({**base, "type": "message.edited", "message": edited}).endswith("<~ pedido 124 (edited)")

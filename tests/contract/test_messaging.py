@@ -62,3 +62,37 @@ def test_malformed_inbound_payloads_are_rejected(data, problem):
 def test_outbound_meta_must_be_an_object():
     with pytest.raises(PayloadError, match="meta"):
         OutboundMessage.from_bytes(b'{"key": "k", "chat_id": "1", "text": "t", "meta": [1]}')
+
+
+def test_a_file_message_round_trips_with_its_file_and_an_edit_has_its_own_dedup_id():
+    from contract.messaging import InboundFile
+
+    kept = InboundFile(name="fatura.pdf", mime_type="application/pdf", size=1234, object_name="telegram/42/7")
+    message = inbound(kind="document", file=kept, text="")
+    assert InboundMessage.from_bytes(message.to_bytes()) == message
+    place = inbound(kind="location", location={"latitude": -23.5, "longitude": -46.6})
+    assert InboundMessage.from_bytes(place.to_bytes()) == place
+    edit = inbound(edited_at="2026-01-02T03:05:00+00:00", edit_update_id=99)
+    assert edit.is_edit and edit.dedup_id == "telegram:42:7:edit:99" != inbound().dedup_id
+    assert InboundMessage.from_bytes(edit.to_bytes()) == edit
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"kind": "poll"}, "kind must be one of"),
+        ({"file": {"name": "x" * 256, "mime_type": "a/b", "size": 1}}, "file name is 256 characters long"),
+        ({"file": {"name": "a", "mime_type": "a/" + "b" * 200, "size": 1}}, "file mime_type is 202"),
+        ({"file": {"name": "a", "mime_type": "a/b", "size": -1}}, "file size must be"),
+        ({"file": {"name": "a", "mime_type": "a/b", "size": 1, "available": "yes"}}, "available must be"),
+        ({"file": "telegram/1/2"}, "file must be an object"),
+        ({"location": {"latitude": 91, "longitude": 0}}, "latitude must be a number"),
+        ({"contact": {"phone_number": "1" * 33}}, "phone_number is 33 characters"),
+        ({"contact": {"user_id": "abc"}}, "user_id must be a string of"),
+        ({"edit_update_id": "1"}, "edit_update_id must be a whole number"),
+    ],
+)
+def test_every_new_field_is_bounded(changes, problem):
+    body = {**json.loads(inbound().to_bytes()), **changes}
+    with pytest.raises(PayloadError, match=problem):
+        InboundMessage.from_bytes(json.dumps(body).encode())

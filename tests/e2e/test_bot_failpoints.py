@@ -1,4 +1,4 @@
-"""The bot crashed exactly in its two windows, with the real processes, then counted once settled."""
+"""The bot crashed exactly in its windows, with the real processes, then counted once settled."""
 
 from __future__ import annotations
 
@@ -70,3 +70,30 @@ def test_killed_after_telegram_accepted_before_marker_sends_one_duplicate(stack,
         lambda: replies(telegram, 4005) == 3 and settled(stack, telegram), timeout=60, message="second message answered"
     )
     assert replies(telegram, 4005) == 3
+
+
+def test_killed_after_keeping_a_file_before_relaying_its_message(stack, telegram, mongo, tmp_path):
+    """The file is in the store, the message not yet published: Telegram hands the update
+    out again, the same object is put again, and the message is stored and answered once."""
+    from bench.chaos import stored_objects
+
+    log = tmp_path / "failpoints.log"
+    stack.server()
+    bot = stack.bot(BALCAO_FAILPOINTS="bot.files.after_put_before_publish=kill", BALCAO_FAILPOINTS_LOG=str(log))
+    invoice = b"%PDF-1.7 fatura" * 30_000
+    sent = telegram.send_as_user(
+        4007, "fatura", first_name="Lia", kind="document", file={"ref": telegram.store_file(invoice)["ref"]}
+    )
+    eventually(lambda: not bot.running, timeout=30, message="bot killed at the fail point")
+    assert [line.split()[0] for line in fired(log)] == ["bot.files.after_put_before_publish"]
+    assert inbound_waiting(stack.env["NATS_URL"]) == 0  # kept, not relayed
+    assert len(stored_objects(stack.env["NATS_URL"])) == 1
+
+    stack.bot()
+    eventually(lambda: replies(telegram, 4007) and settled(stack, telegram), timeout=60, message="system settled")
+
+    assert telegram.deliveries(sent["update_id"]) == 2
+    (message,) = list(mongo.messages.find())
+    assert message["kind"] == "document" and message["file"]["size"] == len(invoice)
+    assert stored_objects(stack.env["NATS_URL"]) == {message["file"]["object_name"]: len(invoice)}
+    assert replies(telegram, 4007) == 1

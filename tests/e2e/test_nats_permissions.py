@@ -116,6 +116,19 @@ def test_every_path_of_the_server_and_the_bot_runs_without_one_violation(
     answer = api.post(f"sessions/{session['_id']}/messages", json={"text": "Bom dia!"})
     assert answer.status_code == 201, answer.text
     eventually(lambda: any(m["text"] == "Bom dia!" for m in telegram.sent(8001)), timeout=30, message="agent reply")
+    # Files: a contact's put by the bot and read by the server; an agent's the other way.
+    invoice = b"%PDF-1.4 fatura" * 20_000
+    telegram.send_as_user(
+        8001, "fatura", first_name="Rita", kind="document", file={"ref": telegram.store_file(invoice)["ref"]}
+    )
+    document = eventually(lambda: mongo.messages.find_one({"kind": "document"}), timeout=30, message="the file")
+    downloaded = api.get(f"sessions/{session['_id']}/messages/{document['_id']}/file")
+    assert downloaded.status_code == 200 and downloaded.content == invoice
+    sent_file = api.http.post(
+        f"sessions/{session['_id']}/messages", files={"file": ("recibo.pdf", invoice, "application/pdf")}
+    )
+    assert sent_file.status_code == 201, sent_file.text
+    eventually(lambda: any(m.get("upload") for m in telegram.sent(8001)), timeout=30, message="the agent's file sent")
     upload = {"file": ("sessions.json", (DATA / "sessions.json").read_bytes(), "application/json")}
     imported = api.http.post("imports", data={"channel": CHANNEL}, files=upload)
     assert imported.status_code == 202, imported.text
@@ -140,7 +153,14 @@ def test_every_path_of_the_server_and_the_bot_runs_without_one_violation(
     # Finishing a session purges, by subject and with the server's user, what the streams
     # hold of it: its events, and its chat's parked messages and dead letters.
     assert api.delete(f"sessions/{session['_id']}").status_code == 204
-    eventually(lambda: len(telegram.sent(8001)) == 3, timeout=30, message="goodbye")
+    # Reply, agent reply, reply to the file, the agent's file, goodbye.
+    eventually(lambda: len(telegram.sent(8001)) == 5, timeout=30, message="goodbye")
+    # Its files are deleted with it: nothing left of either but the meta that marks it deleted.
+    eventually(
+        lambda: stream_messages(secured_nats, f"OBJ_{messaging.FILES_BUCKET}") == 2,
+        timeout=30,
+        message="the files deleted with their session",
+    )
     assert stream_messages(secured_nats, messaging.PARKED_STREAM) == 1
     caio = mongo.sessions.find_one({"contact_identifier": "8002"})
     assert api.delete(f"sessions/{caio['_id']}").status_code == 204
@@ -251,6 +271,9 @@ async def _check_refusals(secured_nats: NatsServer, server: nats.NATS) -> None:
         ("bot", f"$JS.API.STREAM.UPDATE.{messaging.INBOUND_STREAM}"),
         ("bot", f"$JS.API.STREAM.UPDATE.{messaging.DEAD_STREAM}"),
         ("bot", f"$JS.API.STREAM.PURGE.{messaging.DEAD_STREAM}"),
+        # Nobody may delete the file store whole.
+        ("bot", f"$JS.API.STREAM.DELETE.OBJ_{messaging.FILES_BUCKET}"),
+        ("server", f"$JS.API.STREAM.DELETE.OBJ_{messaging.FILES_BUCKET}"),
         ("bot", f"$JS.API.STREAM.PURGE.{messaging.PARKED_STREAM}"),
         ("server", f"$JS.API.STREAM.PURGE.{messaging.INBOUND_STREAM}"),
         ("server", f"$JS.API.STREAM.PURGE.{messaging.OUTBOUND_STREAM}"),

@@ -153,3 +153,11 @@ def test_the_agent_reply_limit_defaults_to_32768_and_is_bounded_by_the_contract(
         with pytest.raises(ConfigError) as error:
             config.load({**VALID, "REPLY_MAX_CHARACTERS": bad})
         assert any("REPLY_MAX_CHARACTERS" in problem for problem in error.value.problems)
+
+
+def test_an_agents_file_is_at_most_telegrams_upload_limit():
+    assert config.load(VALID).agent_file_max_bytes == 50 * 1024 * 1024
+    assert config.load({**VALID, "AGENT_FILE_MAX_BYTES": "1000"}).agent_file_max_bytes == 1000
+    with pytest.raises(ConfigError) as error:
+        config.load({**VALID, "AGENT_FILE_MAX_BYTES": str(50 * 1024 * 1024 + 1)})
+    assert any(problem.startswith("AGENT_FILE_MAX_BYTES") for problem in error.value.problems)

@@ -213,3 +213,25 @@ def test_a_recount_whose_session_keeps_changing_gives_up_as_contended(store, mon
     monkeypatch.setattr(session_models, "failpoint", lambda name: None)  # the writers are done
     assert Session.recount([session["_id"]]) == {session["_id"]}
     assert store.sessions.find_one({"_id": session["_id"]})["message_count"] == 1
+
+
+def test_an_edit_is_applied_once_in_order_and_keeps_a_bounded_history(store):
+    from server.models.messages import MAX_EARLIER_VERSIONS
+
+    session = Session.open_for("telegram", "8", "Ana", T0)
+    Session.insert_new([session])
+    Message.insert_new([Message.inbound(session["_id"], "telegram:8:tg1", "v0", T0)])
+    at = T0 + dt.timedelta(minutes=1)
+
+    first = Message.objects.edit("telegram:8:tg1", "v1", at, 100)
+    assert first is not None and first["text"] == "v1"
+    assert Message.objects.edit("telegram:8:tg1", "v1", at, 100) is None  # redelivered: applied already
+    assert Message.objects.edit("telegram:8:tg1", "v0.5", at, 99) is None  # older than what is stored
+    assert Message.objects.edit("telegram:8:tg404", "x", at, 101) is None  # no such message (finished)
+    for update_id in range(101, 101 + MAX_EARLIER_VERSIONS + 5):
+        Message.objects.edit("telegram:8:tg1", f"u{update_id}", at, update_id)
+    stored = store.messages.find_one({"key": "telegram:8:tg1"})
+    last = 100 + MAX_EARLIER_VERSIONS + 5
+    assert stored["text"] == f"u{last}" and stored["edit_update_id"] == last
+    assert len(stored["versions"]) == MAX_EARLIER_VERSIONS
+    assert stored["versions"][-1]["text"] == f"u{last - 1}"

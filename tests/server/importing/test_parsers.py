@@ -477,3 +477,13 @@ def test_csv_session_with_a_large_messages_cell() -> None:
     assert len(content) > 200_000  # over the csv module's default field limit of 128 KiB
     (record,) = parse("csv", split(content, range(0, len(content), 65536)))
     assert len(record.session().messages) == 1500
+
+
+def test_csv_message_rows_take_an_optional_kind_and_caption() -> None:
+    content = (
+        b"contact_identifier,name,platform_type,message_id,message_content,message_date,message_kind,message_caption\n"
+        b"1,Ana,telegram,m1,Oi,2021-03-03T19:43:38Z,,\n"
+        b"1,Ana,telegram,m2,,2021-03-03T19:44:38Z,document,a fatura\n"
+    )
+    (record,) = parse_whole("csv", content)
+    assert [(m.kind, m.content) for m in record.session().messages] == [("text", "Oi"), ("document", "a fatura")]

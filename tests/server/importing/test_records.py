@@ -316,3 +316,30 @@ def test_a_record_of_thousands_of_bad_messages_lists_a_bounded_number_of_problem
     assert len(problems) == MAX_RECORD_PROBLEMS + 1
     assert problems[0] == ("messages[0].content", "required")
     assert problems[-1] == ("", f"and {2 * 5000 - MAX_RECORD_PROBLEMS} more problems in this record, not listed")
+
+
+def test_a_message_of_another_kind_takes_its_caption_and_keeps_a_key_of_its_own() -> None:
+    photo = message_record(id=MISSING, kind="Photo", caption="recibo", content=MISSING)
+    sticker = message_record(id=MISSING, kind="sticker", content=MISSING)
+    session = normalise(session_record(messages=[photo, sticker, message_record(id=MISSING, content="recibo")]))
+    assert [(m.kind, m.content) for m in session.messages] == [("photo", "recibo"), ("sticker", ""), ("text", "recibo")]
+    # The same caption at the same moment as a text is another message.
+    keys = {message_key("telegram", "1", message) for message in session.messages}
+    assert len(keys) == 3
+
+
+def test_a_bad_kind_or_caption_is_reported_where_it_is() -> None:
+    bad = [
+        message_record(kind="poll"),
+        message_record(kind="photo", caption=["x"]),
+        message_record(kind="text", content=""),
+    ]
+    assert errors_of(session_record(messages=bad)) == [
+        (
+            "messages[0].kind",
+            "must be one of text, photo, document, voice, audio, video, video_note, animation, "
+            "sticker, location, contact",
+        ),
+        ("messages[1].caption", "expected a string, got array"),
+        ("messages[2].content", "must not be empty"),
+    ]

@@ -343,3 +343,17 @@ def test_a_new_session_is_never_seen_without_its_messages(store, mongo, tmp_path
     assert outcomes == [CREATED]
     _every_message_in_a_live_session(mongo)
     assert mongo.sessions.find_one({"contact_identifier": "23"})["message_count"] == 2
+
+
+def test_an_imported_file_is_a_message_of_its_kind_whose_bytes_were_not_kept(store, mongo):
+    photo = ImportedMessage("m-photo", "recibo", T0 + dt.timedelta(minutes=2), "photo")
+    place = ImportedMessage("m-place", "", T0 + dt.timedelta(minutes=3), "location")
+    store([ImportedSession(None, "Ana", "telegram", "7", (ImportedMessage("m-oi", "oi", T0), photo, place))])
+
+    kinds = {m["external_id"]: m for m in mongo.messages.find()}
+    assert "kind" not in kinds["m-oi"] and "file" not in kinds["m-oi"]  # texts are stored as they always were
+    assert kinds["m-photo"]["kind"] == "photo" and kinds["m-photo"]["text"] == "recibo"
+    assert kinds["m-photo"]["file"]["available"] is False
+    assert kinds["m-photo"]["file"]["reason"] == "imported without its bytes"
+    assert kinds["m-place"]["kind"] == "location" and "file" not in kinds["m-place"]
+    assert mongo.sessions.find_one()["last_message_preview"] == "[location]"
