@@ -330,9 +330,7 @@ class SessionMessagesHandler(SessionsApiHandler):
             text, upload = self._upload.result()
         else:
             self.request.body = b"".join(self._body)
-            text = agent_text(
-                *self.body_fields(["text"], "an agent reply"), self.services.config.reply_max_characters
-            )
+            text = agent_text(*self.body_fields(["text"], "an agent reply"), self.services.config.reply_max_characters)
         session = await self.open_session(session_id)
         chat = session.get("chat_id")
         if not chat:
