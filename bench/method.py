@@ -148,7 +148,11 @@ def storage(path: str) -> str:
 
 def commit() -> dict[str, Any]:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+        try:
+            done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        except OSError:  # no git on this machine: a tree copied without its history
+            return ""
+        return done.stdout.strip()
 
     status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results", ":!docs/benchmarks.md")
     return {"commit": git("rev-parse", "--short=12", "HEAD") or "unknown", "dirty": bool(status)}

@@ -48,3 +48,8 @@ def test_a_record_names_the_commit_the_load_and_other_work(tmp_path):
     for field in ("commit", "load_before", "load_after", "other_cpu_seconds", "other_work", "started"):
         assert f'"{field}"' in written
     assert '".venv/bin/python -m bench.example --size 1"' in written
+
+
+def test_a_tree_without_git_is_recorded_as_an_unknown_commit(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git to be found
+    assert method.commit() == {"commit": "unknown", "dirty": False}
