@@ -103,7 +103,7 @@ def check_channel(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option(
     "--channel",
     callback=check_channel,
-    help="Telegram channel that gets the summary: @name or -100… id. Required unless --resume.",
+    help="Telegram channel or group that gets the summary: @name or numeric id. Required unless --resume.",
 )
 @click.option(
     "--format",

@@ -78,7 +78,7 @@ def checked_channel(raw: object) -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise Malformed(
             "invalid-channel",
-            "channel is required: a Telegram channel as @name or -100… id",
+            "channel is required: a Telegram channel or group as @name or numeric id (-100…, or a basic group's -…)",
             [FieldProblem("channel", "required")],
         )
     channel = channel_ref(raw)
