@@ -15,6 +15,11 @@ for service in "$@"; do
     if [ -z "$container" ]; then
         echo "wait-healthy: no running container for $service in $project" >&2
         podman ps --all --filter "label=io.podman.compose.project=$project" >&2
+        for stopped in $(podman ps --all --quiet --filter "label=io.podman.compose.project=$project" \
+                --filter "label=com.docker.compose.service=$service"); do
+            echo "wait-healthy: $service's last lines:" >&2
+            podman logs --tail 30 "$stopped" >&2
+        done
         exit 1
     fi
     until podman healthcheck run "$container" >/dev/null 2>&1; do

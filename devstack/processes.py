@@ -183,13 +183,16 @@ class NatsServer(ChildServer):
     # port 8222; here each server gets a port of its own, so servers side by
     # side do not collide.
     monitor_port: int = field(default_factory=free_port)
+    # What runs nats-server, given its options: the binary itself, or a script
+    # that becomes it (deploy/nats/start.sh, as the compose files run it).
+    launcher: tuple[str, ...] = ()
 
     def command(self) -> list[str]:
         config = ["--config", str(self.config_file)] if self.config_file else []
         if self.config_file:
             config += ["-m", str(self.monitor_port)]
         return [
-            venv_binary("nats-server"),
+            *(self.launcher or (venv_binary("nats-server"),)),
             *config,
             "-js",
             "-sd",

@@ -446,6 +446,7 @@ def test_make_up_generates_every_secret_but_the_bot_token() -> None:
 
 NATS_CONFIG = ROOT / "deploy" / "nats" / "nats.conf"
 NATS_ACCOUNTS = ROOT / "deploy" / "nats" / "accounts.conf"
+START_SCRIPT = ROOT / "deploy" / "nats" / "start.sh"
 MONGO_INIT = ROOT / "deploy" / "mongo-init" / "create-app-user.js"
 
 
@@ -495,8 +496,17 @@ def test_compose_apps_connect_as_their_nats_users() -> None:
     users = nats_users()
     assert set(users) == {"server", "bot"}
     nats = spec["services"]["nats"]
-    script = " ".join(command(nats))
-    assert "--config /etc/nats/balcao/nats.conf" in script
+    # deploy/nats/start.sh puts the secret files where accounts.conf reads each user's
+    # password (tests/e2e/test_nats_permissions.py starts nats-server through it).
+    assert command(nats) == [
+        "sh",
+        "/etc/nats/balcao/start.sh",
+        "--config",
+        "/etc/nats/balcao/nats.conf",
+        "-js",
+        "-sd",
+        "/data",
+    ]
     assert "./deploy/nats:/etc/nats/balcao:ro,z" in nats["volumes"]
     assert "include accounts.conf" in NATS_CONFIG.read_text(encoding="utf-8")
     for service in APP_SERVICES:
@@ -506,7 +516,8 @@ def test_compose_apps_connect_as_their_nats_users() -> None:
         assert secret in spec["services"][service]["secrets"]
         # nats-server gets the same file into the variable its user's password reads.
         assert secret in nats["secrets"]
-        assert f'{users[service]}="$(cat /run/secrets/{secret})"' in script
+        assert f'{users[service]}="\\"${service}\\""' in START_SCRIPT.read_text(encoding="utf-8")
+        assert f"{service}=$(secret {secret})" in START_SCRIPT.read_text(encoding="utf-8")
 
 
 def test_compose_server_uses_the_mongodb_application_user() -> None:
@@ -630,3 +641,31 @@ def test_compose_ships_the_nats_server_the_tests_run(path: str) -> None:
     # YAML merge keys (`<<: *nats`) give every node the anchor's image.
     images = {service["image"] for service in spec["services"].values() if "/nats:" in service.get("image", "")}
     assert images == {f"docker.io/library/nats:{pinned_nats_server_version()}-alpine"}
+
+
+@pytest.mark.parametrize("content", ["", "two words", 'ends"quotes', "back\\slash", "at@host", "two\nlines"])
+def test_nats_start_refuses_a_secret_it_cannot_quote_naming_the_file(tmp_path: Path, content: str) -> None:
+    (tmp_path / "nats_server_password").write_text(content + "\n")
+    (tmp_path / "nats_bot_password").write_text("bot-password\n")
+    run = subprocess.run(
+        ["sh", str(START_SCRIPT), "--version"],
+        env={"PATH": os.environ["PATH"], "NATS_SECRETS_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 1
+    assert f"{tmp_path}/nats_server_password must be one line of the characters A-Z a-z 0-9 _ -" in run.stderr
+    assert "nats-server" not in run.stdout  # it never became nats-server
+
+
+def test_nats_start_refuses_a_missing_secret(tmp_path: Path) -> None:
+    (tmp_path / "nats_server_password").write_text("server-password\n")
+    run = subprocess.run(
+        ["sh", str(START_SCRIPT), "--version"],
+        env={"PATH": os.environ["PATH"], "NATS_SECRETS_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode != 0 and "nats_bot_password" in run.stderr

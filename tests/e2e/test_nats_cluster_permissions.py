@@ -22,13 +22,13 @@ import nats
 import pytest
 
 from contract import eventstream, messaging
-from devstack.processes import free_port, unmeasured_environ, venv_binary, wait_for_port
+from devstack.processes import free_port, unmeasured_environ, wait_for_port
 from tests.conftest import Stack
-from tests.e2e.test_nats_permissions import INBOX_PREFIXES, PASSWORDS, REPLY, VIOLATION
+from tests.e2e.test_nats_permissions import INBOX_PREFIXES, PASSWORDS, REPLY, START, VIOLATION, start_environment
 from tests.harness import ROOT, eventually, stack_env
 
 CONFIG = ROOT / "deploy" / "nats" / "cluster.conf"
-ROUTE_PASSWORD = "route-test-password-89ab"
+ROUTE_PASSWORD = "-route-test-password-89ab"  # unquoted, no string to nats-server's parser
 STREAMS = (
     messaging.INBOUND_STREAM,
     messaging.OUTBOUND_STREAM,
@@ -45,16 +45,15 @@ class Node:
         self.log = directory / f"{name}.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self, routes: list[str]) -> None:
-        environment = {
-            "BALCAO_NATS_SERVER_PASSWORD": PASSWORDS["server"],
-            "BALCAO_NATS_BOT_PASSWORD": PASSWORDS["bot"],
-            "BALCAO_NATS_ROUTE_PASSWORD": ROUTE_PASSWORD,
-            **{f"BALCAO_NATS_ROUTE_{number}": route for number, route in enumerate(routes, start=1)},
-        }
+    def start(self, peers: list[str]) -> None:
+        """As podman-compose.cluster.yml starts a node: through start.sh, secrets from files."""
+        secrets = {f"nats_{user}_password": password for user, password in PASSWORDS.items()}
+        secrets["nats_route_password"] = ROUTE_PASSWORD
+        environment = start_environment(self.directory / f"{self.name}-secrets", secrets)
+        environment["NATS_ROUTE_PEERS"] = " ".join(peers)
         with open(self.log, "ab") as output:
             self.process = subprocess.Popen(
-                [venv_binary("nats-server"), "--config", str(CONFIG), "-js", "-sd", str(self.directory / self.name),
+                ["sh", str(START), "--config", str(CONFIG), "-js", "-sd", str(self.directory / self.name),
                  "--server_name", self.name, "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port),
                  "--cluster", f"nats://127.0.0.1:{self.cluster_port}"],
                 stdout=output,
@@ -81,11 +80,11 @@ class Node:
 @pytest.fixture
 def secured_cluster(tmp_path: Path) -> Iterator[list[Node]]:
     nodes = [Node(f"n{number}", tmp_path) for number in (1, 2, 3)]
-    # As the compose file's shell builds them: every member, the route password in each URL.
-    routes = [f"nats://route:{ROUTE_PASSWORD}@127.0.0.1:{node.cluster_port}" for node in nodes]
+    # Every member's route address; start.sh puts the route password in each URL.
+    peers = [f"127.0.0.1:{node.cluster_port}" for node in nodes]
     try:
         for node in nodes:
-            node.start(routes)
+            node.start(peers)
         eventually(lambda: all(node.ready() for node in nodes), timeout=60, message="the cluster formed")
         yield nodes
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,28 +19,44 @@ import nats
 import pytest
 
 from contract import eventstream, messaging
-from devstack.processes import NatsServer
+from devstack.processes import NatsServer, venv_binary
 from runtime import jetstream
 from tests.conftest import Stack
 from tests.e2e.test_events import open_events, read_until
 from tests.harness import ROOT, ApiClient, eventually, stack_env
 
 CONFIG = ROOT / "deploy" / "nats" / "nats.conf"
+START = ROOT / "deploy" / "nats" / "start.sh"
 DATA = ROOT / "data"
 CHANNEL = "@suporte"
-PASSWORDS = {"server": "server-test-password-0123", "bot": "bot-test-password-4567"}
+# Passwords as `make secrets` may write them that nats-server's configuration
+# parser reads as no string when unquoted: a leading "-", a date-like "1-2".
+PASSWORDS = {"server": "-server-test-password-0123", "bot": "1-2-bot-test-password-4567"}
 REPLY = "Reply: mensagem recebida"
 INBOX_PREFIXES = {"server": messaging.SERVER_INBOX_PREFIX, "bot": messaging.BOT_INBOX_PREFIX}
 VIOLATION = "permissions violation"  # how nats-py and nats-server both spell it, in any case
 
 
+def start_environment(secrets: Path, passwords: dict[str, str]) -> dict[str, str]:
+    """What deploy/nats/start.sh needs outside a container: the secret files
+    (`passwords` maps a secret's name to its content) and nats-server on the PATH."""
+    secrets.mkdir(exist_ok=True)
+    for name, password in passwords.items():
+        (secrets / name).write_text(password + "\n")
+    binaries = str(Path(venv_binary("nats-server")).parent)
+    return {"NATS_SECRETS_DIR": str(secrets), "PATH": f"{binaries}{os.pathsep}{os.environ['PATH']}"}
+
+
 @pytest.fixture
 def secured_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """nats-server as podman-compose.yml starts it: through start.sh, passwords from files."""
+    secrets = {f"nats_{user}_password": password for user, password in PASSWORDS.items()}
     server = NatsServer(
         data_dir=tmp_path / "nats",
         config_file=CONFIG,
         log_file=tmp_path / "nats.log",
-        environment={"BALCAO_NATS_SERVER_PASSWORD": PASSWORDS["server"], "BALCAO_NATS_BOT_PASSWORD": PASSWORDS["bot"]},
+        launcher=("sh", str(START)),
+        environment=start_environment(tmp_path / "nats-secrets", secrets),
     )
     server.start()
     yield server
