@@ -394,8 +394,12 @@ class Delivery:
                 await msg.in_progress()
             return chat_interval(outbound.chat_id)
         OUTBOUND_SENT.labels(kind=outbound.kind).inc()
-        await self._remember(marker, DELIVERED_VALUE)
-        await report_delivery(self._js, outbound, eventstream.DELIVERY_SENT)
+        # Both before the ack, neither waiting for the other: the report never
+        # raises and its Nats-Msg-Id keeps a repeat single, so a crash between
+        # them costs what a crash before the marker always did (one more send).
+        await asyncio.gather(
+            self._remember(marker, DELIVERED_VALUE), report_delivery(self._js, outbound, eventstream.DELIVERY_SENT)
+        )
         with contextlib.suppress(NatsError, asyncio.TimeoutError):
             await msg.ack()  # if lost, the redelivery finds the marker
         return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -163,6 +162,10 @@ async def connect(url: str, name: str, inbox_prefix: str) -> Client:
 # since the election ends at a moment nothing here can predict.
 ELECTION_RETRY_INTERVAL = 0.5
 ELECTION_PATIENCE = 12.0
+# What a publish meets while its stream elects a leader. A timeout is a publish
+# whose answer died with the connection (its node was killed); the same
+# Nats-Msg-Id makes trying again harmless.
+ELECTION_ERRORS = (NoStreamResponseError, ServiceUnavailableError, nats.errors.TimeoutError, asyncio.TimeoutError)
 
 
 async def publish_through_election(
@@ -187,18 +190,26 @@ async def publish_through_election(
     def publishing_again(exc: BaseException, pause: float) -> None:
         log.info("stream for %s has no leader yet, publishing again: %r", subject, exc)
 
-    return await _election_retry(patience).retrying(
+    # The first try outside the retry loop: nearly every publish (each reply,
+    # event and relayed message) is answered at once, and only one that failed
+    # pays for the loop. Its patience runs from the first try, as if it had
+    # made that try itself.
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        return await js.publish(subject, payload, timeout=timeout, headers=headers)
+    except ELECTION_ERRORS as exc:
+        left = patience - (loop.time() - started)
+        if left < ELECTION_RETRY_INTERVAL:  # no retry would start within the patience
+            raise
+        publishing_again(exc, ELECTION_RETRY_INTERVAL)
+    await asyncio.sleep(ELECTION_RETRY_INTERVAL)
+    retries = RetryPolicy(first=ELECTION_RETRY_INTERVAL, factor=1.0, within=left - ELECTION_RETRY_INTERVAL)
+    return await retries.retrying(
         lambda: js.publish(subject, payload, timeout=timeout, headers=headers),
-        # A timeout is a publish whose answer died with the connection (its
-        # node was killed); the same Nats-Msg-Id makes trying again harmless.
-        (NoStreamResponseError, ServiceUnavailableError, nats.errors.TimeoutError, asyncio.TimeoutError),
+        ELECTION_ERRORS,
         on_retry=publishing_again,
     )
-
-
-@functools.lru_cache(maxsize=8)  # a few patiences in all; one policy each, not one per publish
-def _election_retry(patience: float) -> RetryPolicy:
-    return RetryPolicy(first=ELECTION_RETRY_INTERVAL, factor=1.0, within=patience)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,14 +3,16 @@
     python -m bench.reference.intake NATS_URL MONGODB_URI [BATCH]
 
 For each batch fetched from the inbound stream (up to BATCH, 1,000 like
-Balcão's INTAKE_BATCH): one `find` of the contacts' sessions, one unordered
-`insert_many` of the messages (a message stored before is a duplicate key and
-is skipped), one `bulk_write` of the sessions (new ones upserted whole, known
-ones counted, previewed and moved up in activity), then every reply (to the
-outbound stream) and every event (`session.opened`, `message.received`) are
-published at once, and once JetStream has stored them all, the messages are
-acknowledged. The same durable work as Balcão's server: the same documents and
-indexes, the same stream messages; none of Balcão's own code.
+Balcão's INTAKE_BATCH): one `find` of the keys finished with their session
+(`finished_messages`, answered and not stored again), one `find` of the
+contacts' sessions, one unordered `insert_many` of the messages (a message
+stored before is a duplicate key and is skipped), one `bulk_write` of the
+sessions (new ones upserted whole, known ones counted, previewed and moved up
+in activity), then every event (`session.opened`, `message.received`) is
+published at once, then every reply (to the outbound stream), and once
+JetStream has stored them all, the messages are acknowledged. The same
+durable work as Balcão's server: the same documents and indexes, the same
+stream messages in the same order; none of Balcão's own code.
 
 Prints `ready` once its consumer is bound.
 """
@@ -39,13 +41,24 @@ ACK_WAIT = 30.0
 
 
 def store(database, batch: list[dict]) -> list[tuple[dict, str, ObjectId, bool]]:
-    """Store a batch; each message with its key, its session and whether that session is new."""
+    """Store a batch; each message with its key, its session and whether that session is new.
+
+    A message whose session an agent finished since it was stored (its key in
+    `finished_messages`, as Balcão's finish records it) is answered, not stored
+    again: a redelivery must not open a session nobody asked for.
+    """
     if not batch:
         return []
     now = d.stored_time(dt.datetime.now(dt.UTC))
+    keyed = [(message, f"{d.PLATFORM}:{message['contact_identifier']}:tg{message['message_id']}") for message in batch]
+    finished = {
+        doc["_id"]: doc["session_id"]
+        for doc in database.finished_messages.find({"_id": {"$in": [key for _, key in keyed]}}, {"session_id": 1})
+    }
     latest: dict[str, dict] = {}
-    for message in batch:
-        latest[message["contact_identifier"]] = message
+    for message, key in keyed:
+        if key not in finished:
+            latest[message["contact_identifier"]] = message
     found = {
         doc["contact_identifier"]: doc
         for doc in database.sessions.find(
@@ -55,8 +68,10 @@ def store(database, batch: list[dict]) -> list[tuple[dict, str, ObjectId, bool]]
     }
     session_ids = {contact: found[contact]["_id"] if contact in found else ObjectId() for contact in latest}
     stored, documents, seen = [], [], set()
-    for message in batch:
-        key = f"{d.PLATFORM}:{message['contact_identifier']}:tg{message['message_id']}"
+    for message, key in keyed:
+        if key in finished:
+            stored.append((message, key, finished[key], False))
+            continue
         session_id = session_ids[message["contact_identifier"]]
         stored.append((message, key, session_id, message["contact_identifier"] not in found))
         if key not in seen:
@@ -98,7 +113,8 @@ def store(database, batch: list[dict]) -> list[tuple[dict, str, ObjectId, bool]]
                 {"contact_name": message["name"], "name_keys": d.search_keys(message["name"])}
             )
         updates.append(UpdateOne({"_id": session_id}, update, upsert=contact not in found))
-    database.sessions.bulk_write(updates, ordered=False)
+    if updates:
+        database.sessions.bulk_write(updates, ordered=False)
     return stored
 
 
@@ -124,7 +140,7 @@ async def main(nats_url: str, mongodb_uri: str, batch_size: int) -> None:
             continue
         batch = [json.loads(msg.data) for msg in msgs]
         stored = await loop.run_in_executor(executor, store, database, batch)
-        publishes = []
+        events, replies = [], []
         opened: set[ObjectId] = set()
         for message, key, session_id, new in stored:
             sid = str(session_id)
@@ -136,14 +152,12 @@ async def main(nats_url: str, mongodb_uri: str, batch_size: int) -> None:
                 "kind": "reply",
                 "meta": {"session_id": sid, "platform": d.PLATFORM, "contact_identifier": contact["identifier"]},
             }
-            publishes.append((OUTBOUND_SUBJECT, d.encode(reply), reply["key"]))
+            replies.append((OUTBOUND_SUBJECT, d.encode(reply), reply["key"]))
             if new and session_id not in opened:
                 opened.add(session_id)
                 body = {"type": "session.opened", "at": d.stamp(), "platform": d.PLATFORM, "session_id": sid}
                 body["contact"] = contact
-                publishes.append(
-                    (d.event_subject("session.opened", sid), d.encode(body), f"event:session.opened:{sid}")
-                )
+                events.append((d.event_subject("session.opened", sid), d.encode(body), f"event:session.opened:{sid}"))
             body = {
                 "type": "message.received",
                 "at": d.stamp(),
@@ -153,15 +167,16 @@ async def main(nats_url: str, mongodb_uri: str, batch_size: int) -> None:
                 "message": {"key": key, "text": message["text"], "direction": "in", "kind": "contact"},
             }
             body["message"]["sent_at"] = message.get("sent_at", "")
-            publishes.append(
-                (d.event_subject("message.received", sid), d.encode(body), f"event:message.received:{key}")
+            events.append((d.event_subject("message.received", sid), d.encode(body), f"event:message.received:{key}"))
+        # Events first, then replies, as Balcão: the bot's `message.sent` for a reply
+        # must never reach the stream before the `message.received` it answers.
+        for phase in (events, replies):
+            await asyncio.gather(
+                *(
+                    js.publish(subject, data, timeout=5, headers={"Nats-Msg-Id": dedup})
+                    for subject, data, dedup in phase
+                )
             )
-        await asyncio.gather(
-            *(
-                js.publish(subject, data, timeout=5, headers={"Nats-Msg-Id": dedup})
-                for subject, data, dedup in publishes
-            )
-        )
         for msg in msgs:
             await msg.ack()
 

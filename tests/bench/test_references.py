@@ -22,9 +22,10 @@ from contract.importwriter import write_sessions
 from contract.messaging import InboundMessage
 from runtime import jetstream
 from server import names
-from server.conversations import store_inbound
+from server.conversations import inbound_key, store_inbound
 from server.importing.records import normalise_session
 from server.importing.upsert import upsert_sessions
+from server.models.messages import FinishedMessage
 from server.models.sessions import activity_key
 from tests.server import factories
 
@@ -77,6 +78,33 @@ def test_the_intake_reference_stores_what_balcaos_intake_stores(both):
     for session in reference.sessions.find():
         assert session["activity_key"] == activity_key(session["last_message_at"], session["_id"])
         assert reference.messages.count_documents({"session_id": session["_id"]}) == session["message_count"]
+
+
+def test_neither_intake_stores_again_a_message_finished_with_its_session(both):
+    """A redelivered message whose session an agent finished is answered in that session, not stored again."""
+    balcao, reference = both
+    seen, new = (
+        InboundMessage("telegram", "100", 100, n, "Ana", text, "2026-11-30T12:00:00+00:00")
+        for n, text in ((1, "vista"), (2, "nova"))
+    )
+    gone = ObjectId()
+    FinishedMessage.remember([inbound_key(seen)], gone, factories.now())
+    reference.finished_messages.insert_one(FinishedMessage.tombstone(inbound_key(seen), gone, factories.now()))
+
+    balcao_stored = store_inbound([seen, new])
+    reference_stored = reference_intake.store(reference, [json.loads(m.to_bytes()) for m in (seen, new)])
+
+    assert [(item.key, item.session_id == gone) for item in balcao_stored.messages] == [
+        (key, session_id == gone) for _, key, session_id, _ in reference_stored
+    ]
+    assert (
+        [doc["key"] for doc in reference.messages.find()]
+        == [doc["key"] for doc in balcao.messages.find()]
+        == [inbound_key(new)]
+    )
+    assert without(reference.sessions.find(), "_id", "created_at", "last_message_at", "activity_key") == without(
+        balcao.sessions.find(), "_id", "created_at", "last_message_at", "activity_key"
+    )
 
 
 def test_the_import_reference_stores_what_balcaos_import_stores(both, tmp_path: Path):

@@ -96,3 +96,27 @@ def test_every_new_field_is_bounded(changes, problem):
     body = {**json.loads(inbound().to_bytes()), **changes}
     with pytest.raises(PayloadError, match=problem):
         InboundMessage.from_bytes(json.dumps(body).encode())
+
+
+def test_the_wire_form_holds_every_field_nested_files_included():
+    from dataclasses import asdict
+
+    from contract.messaging import InboundFile, OutboundFile
+
+    kept = InboundFile(name="fatura.pdf", mime_type="application/pdf", size=1234, object_name="telegram/42/7")
+    card = {"phone_number": "+55 11", "first_name": "Ana", "last_name": "", "user_id": "9"}
+    payloads = [
+        inbound(kind="document", file=kept, text="a fatura"),
+        inbound(kind="contact", contact=card),
+        inbound(edited_at="2026-01-02T03:05:00+00:00", edit_update_id=99),
+        OutboundMessage(
+            key="agent:1",
+            chat_id="42",
+            text="segue",
+            kind="agent",
+            meta={"session_id": "s", "nested": {"list": [1, "dois"]}},
+            file=OutboundFile(object_name="files/1", name="a.png", mime_type="image/png", size=3, send_as="photo"),
+        ),
+    ]
+    for payload in payloads:
+        assert json.loads(payload.to_bytes()) == asdict(payload)
