@@ -209,6 +209,29 @@ def test_the_rolling_second_lets_a_burst_go_at_once_and_holds_each_send_a_second
     assert window.wait() == 0.0
 
 
+def test_a_sends_second_starts_at_its_answer_not_when_its_bookkeeping_is_done():
+    now = [100.0]
+    settled = []
+    window = RollingSecond(2, clock=lambda: now[0], on_settled=lambda: settled.append(now[0]))
+    slow, failed = window.reserve(), window.reserve()
+    assert window.wait() is None, "both in flight"
+    with window.requesting(slow):
+        now[0] = 100.1  # the answer comes back
+    assert settled == [100.1], "a scheduler waiting for an answer is told"
+    now[0] = 100.4  # the delivered marker, the report and the ack took 0.3 s
+    window.release(slow)
+    assert settled == [100.1], "settled once"
+    with pytest.raises(RuntimeError), window.requesting(failed):
+        now[0] = 100.5
+        raise RuntimeError("connection reset")  # the request may have reached Telegram
+    window.release(failed)
+    assert window.wait() == pytest.approx(0.6), "room again at 101.1, a second after the first answer"
+    now[0] = 101.1
+    assert window.wait() == 0.0
+    window.reserve()
+    assert window.wait() == pytest.approx(0.4), "the failed send's room is held until 101.5"
+
+
 def long_reply() -> str:
     """10,000 characters in paragraphs, emoji among them: three Telegram messages."""
     paragraphs = [f"Parte {n} 😀 " + "resposta longa " * 40 for n in range(20)]
