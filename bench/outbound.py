@@ -91,7 +91,7 @@ def run(messages: int, chats: int, burst: int) -> dict[str, Any]:
                 "TELEGRAM_POLL_TIMEOUT": "10",
                 "LOG_LEVEL": "warning",
             }
-            env.pop("TELEGRAM_MAX_MESSAGES_PER_SECOND", None)  # Telegram's own 30/s
+            env.pop("TELEGRAM_MAX_MESSAGES_PER_SECOND", None)  # the bot's default, one below Telegram's 30/s
             bot = subprocess.Popen([sys.executable, "-m", "bot"], env=env, cwd=ROOT, stdout=logs, stderr=logs)
             deadline = time.monotonic() + total / TELEGRAM_LIMIT * 3 + 60
             while control.get("/_test/stats").json()["sent"] < total:

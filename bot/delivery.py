@@ -47,7 +47,7 @@ import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
@@ -95,6 +95,12 @@ DELIVERED_VALUE = b"1"
 PARTS_PREFIX = b"parts:"
 # Telegram's description when a user blocked the bot ("Forbidden: bot was blocked by the user").
 BLOCKED_BY_USER = "bot was blocked by the user"
+# Telegram's limit for a bot (Bot API FAQ): about 30 messages a second in all.
+# The bot keeps one below it, in any rolling second: Telegram's own count of a
+# second (its clock, its front's queueing) is not the bot's, so a bot that
+# reaches 30 by its own reckoning can draw a 429 by Telegram's.
+TELEGRAM_PER_SECOND = 30
+SENDS_PER_SECOND = TELEGRAM_PER_SECOND - 1
 # Telegram's per-chat limits (Bot API FAQ): one message a second in a private
 # chat, 20 a minute in a group or channel.
 PRIVATE_CHAT_INTERVAL = 1.0
@@ -124,13 +130,24 @@ class RollingSecond:
 
     The price is the round trip: each send holds its room for one second plus
     its round trip, so the bot sends at most `limit / (1 + round trip)` a second
-    in a sustained queue (29.4 at 20 ms). Below that, a batch of replies goes
-    out at once instead of one every 1/30 s.
+    in a sustained queue (28.4 for 29 at 20 ms). Below that, a batch of replies
+    goes out at once instead of one every 1/30 s. The second starts as soon as
+    the answer is back (`requesting`), not once the send's bookkeeping (the
+    delivered marker, the report, the ack) is done: on a busy machine that takes
+    tens of milliseconds more, and every room held that much longer would take
+    the bot below a steady 28 a second.
     """
 
-    def __init__(self, limit: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limit: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_settled: Callable[[], None] = lambda: None,
+    ) -> None:
         self._limit = limit
         self._clock = clock
+        # A scheduler waiting for any send's answer (all rooms in flight) learns of it.
+        self._on_settled = on_settled
         self._in_flight = 0
         self._answered: deque[float] = deque()
 
@@ -148,18 +165,37 @@ class RollingSecond:
         self._in_flight += 1
         return Room()
 
+    @contextlib.contextmanager
+    def requesting(self, room: Room) -> Iterator[None]:
+        """The send's request is under way in `room`; once its answer (or failure) is back, the room is
+        held one second more, from then."""
+        room.requested = True
+        try:
+            yield
+        finally:
+            self._settle(room)
+
     def release(self, room: Room) -> None:
-        """The send is over; if its request went to Telegram, its room is held one second more."""
+        """The send is over; a room whose request never went (or whose answer is not settled yet) is settled now."""
+        self._settle(room)
+
+    def _settle(self, room: Room) -> None:
+        if room.settled:
+            return
+        room.settled = True
         self._in_flight -= 1
         if room.requested:
             self._answered.append(self._clock())
+        self._on_settled()
 
 
 @dataclass
 class Room:
-    """One send's place in the rolling second; `requested` once its request is under way."""
+    """One send's place in the rolling second; `requested` once its request is under way,
+    `settled` once it no longer counts as in flight."""
 
     requested: bool = False
+    settled: bool = False
 
 
 @dataclass
@@ -178,7 +214,7 @@ class Delivery:
         bot: Bot,
         js: JetStreamContext,
         batch_size: int = FETCH_BATCH,
-        max_per_second: float = 30.0,
+        max_per_second: float = SENDS_PER_SECOND,
         ack_wait: float = ACK_WAIT,
         *,
         replicas: int = 1,
@@ -190,7 +226,8 @@ class Delivery:
         self._replicas = replicas
         self._js = js
         self._batch_size = batch_size
-        self._room = RollingSecond(max_per_second)
+        self._wake = asyncio.Event()
+        self._room = RollingSecond(max_per_second, on_settled=self._wake.set)
         self._delivered: KeyValue | None = None
         self._moved: KeyValue | None = None
         # Where each group chat's messages go: itself, or the supergroup it became.
@@ -203,7 +240,6 @@ class Delivery:
         self._waiting: list[tuple[float, int, _Chat]] = []
         self._order = 0
         self._arrivals = 0
-        self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._sends = asyncio.Semaphore(SENDS_IN_FLIGHT)
 
@@ -347,13 +383,13 @@ class Delivery:
         target = await self._target(outbound.chat_id)
         if target != outbound.chat_id and sent == 0:
             await report_moved(self._js, outbound, target)  # raises when not taken: tried again later
-        room.requested = True
         try:
-            if outbound.file is not None:
-                # A file goes whole, its caption (at most 1,024 characters) with it.
-                await self._files.send(self._bot, chat_ref(target), outbound)
-            else:
-                await self._bot.send_message(chat_id=chat_ref(target), text=parts[sent])
+            with self._room.requesting(room):
+                if outbound.file is not None:
+                    # A file goes whole, its caption (at most 1,024 characters) with it.
+                    await self._files.send(self._bot, chat_ref(target), outbound)
+                else:
+                    await self._bot.send_message(chat_id=chat_ref(target), text=parts[sent])
         except ChatMigrated as exc:
             # Not this message's fault, and not for good: the group lives on under a new id.
             OUTBOUND_FAILURES.labels(reason="chat_migrated").inc()

@@ -177,9 +177,10 @@ async def test_a_burst_to_one_chat_does_not_delay_other_chats(fake, js, delivery
 
 
 @pytest.mark.asyncio
-async def test_no_31_sends_reach_telegram_in_a_rolling_second_when_one_is_slow_on_the_way(fake, js, delivery):
+async def test_no_30_sends_reach_telegram_in_a_rolling_second_when_one_is_slow_on_the_way(fake, js, delivery):
     # Telegram counts a send when it arrives. The first reply is held up 0.5 s on
     # the way; sends started 1/30 s apart would then put 31 into the second after it.
+    # The bot keeps one below Telegram's 30, so even 30 never arrive in one second.
     chats = list(range(300, 345))
     for chat in chats:
         fake.register_user(chat, f"Contato {chat}")
@@ -190,7 +191,8 @@ async def test_no_31_sends_reach_telegram_in_a_rolling_second_when_one_is_slow_o
     attempts = [a for a in fake.attempts() if a["method"] == "sendMessage"]
     assert [a for a in attempts if a["status"] != 200] == [], "a 429 from Telegram's rolling second"
     arrivals = sorted(a["at"] for a in attempts)
-    assert max(sum(1 for at in arrivals if first <= at < first + 1.0) for first in arrivals) <= 30
+    # At most 29, not exactly: on a busy machine the sends may come slower than that.
+    assert max(sum(1 for at in arrivals if first <= at < first + 1.0) for first in arrivals) <= 29
 
 
 def test_the_rolling_second_lets_a_burst_go_at_once_and_holds_each_send_a_second_after_its_answer():
@@ -207,6 +209,29 @@ def test_the_rolling_second_lets_a_burst_go_at_once_and_holds_each_send_a_second
     assert window.wait() == pytest.approx(1.0), "answered at 100.2: room again at 101.2"
     window.release(rooms[1])  # never sent (already delivered, say): its room is free at once
     assert window.wait() == 0.0
+
+
+def test_a_sends_second_starts_at_its_answer_not_when_its_bookkeeping_is_done():
+    now = [100.0]
+    settled = []
+    window = RollingSecond(2, clock=lambda: now[0], on_settled=lambda: settled.append(now[0]))
+    slow, failed = window.reserve(), window.reserve()
+    assert window.wait() is None, "both in flight"
+    with window.requesting(slow):
+        now[0] = 100.1  # the answer comes back
+    assert settled == [100.1], "a scheduler waiting for an answer is told"
+    now[0] = 100.4  # the delivered marker, the report and the ack took 0.3 s
+    window.release(slow)
+    assert settled == [100.1], "settled once"
+    with pytest.raises(RuntimeError), window.requesting(failed):
+        now[0] = 100.5
+        raise RuntimeError("connection reset")  # the request may have reached Telegram
+    window.release(failed)
+    assert window.wait() == pytest.approx(0.6), "room again at 101.1, a second after the first answer"
+    now[0] = 101.1
+    assert window.wait() == 0.0
+    window.reserve()
+    assert window.wait() == pytest.approx(0.4), "the failed send's room is held until 101.5"
 
 
 def long_reply() -> str:
