@@ -71,11 +71,11 @@ from contract.messaging import (
     OUTBOUND_STREAM,
     OUTBOUND_SUBJECT,
     OutboundMessage,
-    PayloadError,
     parked_subject,
 )
 from runtime import jetstream
 from runtime.failpoints import failpoint
+from runtime.jetstream import Received
 from runtime.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -279,15 +279,9 @@ class Delivery:
         """Messages fetched and not yet settled."""
         return sum(len(chat.queue) for chat in self._chats.values())
 
-    async def accept(self, messages: list[Msg]) -> None:
-        """Queue a fetched batch per chat; the scheduler sends it."""
-        for msg in messages:
-            try:
-                outbound = OutboundMessage.from_bytes(msg.data)
-            except PayloadError as exc:
-                log.error("outbound message dropped, %s", exc)
-                await msg.term()
-                continue
+    async def accept(self, batch: list[Received[OutboundMessage]]) -> None:
+        """Queue a fetched batch (the consume loop decoded it) per chat; the scheduler sends it."""
+        for msg, outbound in batch:
             chat = self._chats.get(outbound.chat_id)
             if chat is None:
                 chat = self._chats[outbound.chat_id] = _Chat(outbound.chat_id, chat_interval(outbound.chat_id))

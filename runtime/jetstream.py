@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import nats.errors
 from nats.aio.client import Client
@@ -104,6 +105,16 @@ DECODERS: dict[str, Callable[[bytes], object]] = {
     messaging.INBOUND_STREAM: messaging.InboundMessage.from_bytes,
     messaging.OUTBOUND_STREAM: messaging.OutboundMessage.from_bytes,
 }
+
+Payload = TypeVar("Payload")
+
+
+class Received(NamedTuple, Generic[Payload]):
+    """A fetched message and its payload as its stream's decoder read it (None without one):
+    decoded once, by the consume loop, which had to read it to find the undecodable."""
+
+    msg: Msg
+    payload: Payload
 
 
 class ReplicationError(Exception):
@@ -421,9 +432,9 @@ async def dead_letter(js: JetStreamContext, msg: Msg, reason: str, chat_id: obje
 
 async def _dead_letters_removed(
     js: JetStreamContext, messages: list[Msg], decode: Callable[[bytes], object] | None, max_deliver: int
-) -> list[Msg]:
-    """The messages a handler can take; the others are dead-lettered."""
-    kept = []
+) -> list[Received[Any]]:
+    """The messages a handler can take, with their payloads; the others are dead-lettered."""
+    kept: list[Received[Any]] = []
     for msg in messages:
         reason, decoded = None, None
         if decode is not None:
@@ -434,7 +445,7 @@ async def _dead_letters_removed(
         if msg.metadata.num_delivered >= max_deliver:
             reason = f"delivered {msg.metadata.num_delivered} times without being settled"
         if reason is None:
-            kept.append(msg)
+            kept.append(Received(msg, decoded))
             continue
         try:
             await dead_letter(js, msg, reason, getattr(decoded, "chat_id", None))
@@ -481,7 +492,7 @@ async def consume(
     durable: str,
     batch_size: int,
     ack_wait: float,
-    handle: Callable[[list[Msg]], Awaitable[None]],
+    handle: Callable[[list[Received[Any]]], Awaitable[None]],
     stopping: asyncio.Event,
     what: str,
     max_deliver: int = MAX_DELIVER,
@@ -491,7 +502,8 @@ async def consume(
     """Feed batches from a durable pull consumer to `handle` until `stopping` is set.
 
     Every replica binds the same durable consumer, so JetStream splits the work
-    between them; `handle` acknowledges what it finished, and anything else is
+    between them; `handle` gets each message with its decoded payload
+    (`Received`), acknowledges what it finished, and anything else is
     redelivered after `ack_wait`. The batch in hand is finished before returning,
     and kept in progress while it is worked on. A message that `decode` (by
     default the stream's decoder in DECODERS) cannot read, or that comes for the
@@ -526,11 +538,11 @@ async def consume(
             continue
         progress = None
         try:
-            messages = await _dead_letters_removed(js, messages, decode, max_deliver)
-            if not messages:
+            received = await _dead_letters_removed(js, messages, decode, max_deliver)
+            if not received:
                 continue
-            progress = asyncio.create_task(_keep_in_progress(messages, ack_wait / 3))
-            await handle(messages)
+            progress = asyncio.create_task(_keep_in_progress([msg for msg, _ in received], ack_wait / 3))
+            await handle(received)
         except nats.errors.Error as exc:
             # Acks and naks are best effort: what was not acknowledged is redelivered.
             log.warning("%s lost NATS while settling a batch: %s", what, exc)

@@ -23,11 +23,11 @@ import logging
 from typing import Any
 
 from bson import ObjectId
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from contract import clock, eventstream
 from runtime import jetstream
+from runtime.jetstream import Received
 from server.database import Database
 from server.models.imports import ImportJob
 from server.models.sessions import Session
@@ -64,9 +64,9 @@ class DeliveryReports:
     def stop(self) -> None:
         self._stopping.set()
 
-    async def handle(self, messages: list[Msg]) -> None:
+    async def handle(self, batch: list[Received[None]]) -> None:
         """Keep what each report says, then acknowledge it; a failure leaves the rest for redelivery."""
-        for msg in messages:
+        for msg, _ in batch:
             event = _checked(msg.data)
             if event is None:
                 log.warning("a delivery report on %s is not one the bot publishes; ignored", msg.subject)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from pymongo.errors import PyMongoError
@@ -25,10 +24,10 @@ from contract.messaging import (
     INBOUND_SUBJECT,
     InboundMessage,
     OutboundMessage,
-    PayloadError,
 )
 from runtime import jetstream
 from runtime.failpoints import failpoint
+from runtime.jetstream import Received
 from runtime.retry import RetryPolicy
 from server import conversations, eventpublishing
 from server.database import Database
@@ -81,17 +80,8 @@ class Intake:
     def stop(self) -> None:
         self._stopping.set()
 
-    async def handle(self, messages: list[Msg]) -> None:
-        batch: list[tuple[Msg, InboundMessage]] = []
-        for msg in messages:
-            try:
-                batch.append((msg, InboundMessage.from_bytes(msg.data)))
-            except PayloadError as exc:
-                # Redelivering a malformed payload cannot fix it.
-                log.error("inbound message dropped, %s (stream seq %s)", exc, msg.metadata.sequence.stream)
-                await msg.term()
-        if not batch:
-            return
+    async def handle(self, batch: list[Received[InboundMessage]]) -> None:
+        """Store a batch the consume loop read (the undecodable it dead-lettered), answer, acknowledge."""
         try:
             stored = await self._db.run(
                 conversations.store_inbound, [inbound for _, inbound in batch if not inbound.is_edit]
@@ -114,7 +104,7 @@ class Intake:
             # The stream's own timestamp: when the bot's publish was stored.
             INTAKE_LATENCY.observe(max((now - msg.metadata.timestamp).total_seconds(), 0.0))
 
-    async def _retry_later(self, batch: list[tuple[Msg, InboundMessage]], exc: Exception) -> None:
+    async def _retry_later(self, batch: list[Received[InboundMessage]], exc: Exception) -> None:
         if isinstance(exc, PyMongoError):
             cause = "mongodb"
             log.warning("inbound batch of %d left for redelivery, MongoDB: %s", len(batch), exc)

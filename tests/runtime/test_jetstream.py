@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import nats
 import pytest
@@ -90,16 +91,44 @@ async def test_a_slow_batch_stays_in_progress_and_is_not_redelivered(clean_nats)
     deliveries: list[int] = []
     done = asyncio.Event()
 
-    async def handle(messages) -> None:
-        deliveries.extend(msg.metadata.num_delivered for msg in messages)
+    async def handle(received) -> None:
+        deliveries.extend(msg.metadata.num_delivered for msg, _ in received)
         await asyncio.sleep(3.5)  # over three ack waits
-        for msg in messages:
+        for msg, _ in received:
             await msg.ack_sync()
         done.set()
 
     # Two replicas: the other one is asking for work all along.
     await _consume_until(js, "SLOW", "slow.work", handle, done, replicas=2, ack_wait=1.0)
     assert deliveries == [1]
+    await nc.close()
+
+
+@pytest.mark.asyncio
+async def test_each_message_reaches_its_handler_with_its_payload_decoded_once(clean_nats) -> None:
+    nc = await nats.connect(clean_nats.url)
+    js = nc.jetstream()
+    await js.add_stream(name="ONCE", subjects=["once.work"])
+    for n in range(3):
+        await js.publish("once.work", str(n).encode())
+    decoded: list[bytes] = []
+    seen: list[tuple[bytes, object]] = []
+    done = asyncio.Event()
+
+    def decode(data: bytes) -> object:
+        decoded.append(data)
+        return SimpleNamespace(number=int(data))
+
+    async def handle(received) -> None:
+        for msg, payload in received:
+            seen.append((msg.data, payload.number))
+            await msg.ack_sync()
+        if len(seen) == 3:
+            done.set()
+
+    await _consume_until(js, "ONCE", "once.work", handle, done, ack_wait=5.0, decode=decode)
+    assert sorted(seen) == [(b"0", 0), (b"1", 1), (b"2", 2)]
+    assert sorted(decoded) == [b"0", b"1", b"2"]  # once each: the handler reads the loop's payload
     await nc.close()
 
 
@@ -114,9 +143,9 @@ async def _dead_lettered_after(js, handle, timeout: float = 60, **options) -> li
     deliveries: list[int] = []
     done = asyncio.Event()
 
-    async def counted(messages) -> None:
-        deliveries.extend(msg.metadata.num_delivered for msg in messages)
-        await handle(messages)
+    async def counted(received) -> None:
+        deliveries.extend(msg.metadata.num_delivered for msg, _ in received)
+        await handle([msg for msg, _ in received])
 
     async def watch() -> None:
         while (await js.stream_info(DEAD_STREAM)).state.messages == 0:
@@ -221,7 +250,6 @@ async def test_a_message_that_kills_its_consumer_every_time_is_dead_lettered(cle
 @pytest.mark.asyncio
 async def test_a_dead_letter_whose_payload_names_a_chat_is_filed_under_it(clean_nats) -> None:
     """So finishing that chat's session can purge it by subject; an unreadable one names none."""
-    from types import SimpleNamespace
 
     from contract.messaging import DEAD_STREAM
 

@@ -23,6 +23,7 @@ from pymongo.errors import (
 )
 
 from contract.messaging import InboundMessage
+from runtime.jetstream import Received
 from server import failover
 from server.database import replica_set_safety
 from server.intake import Intake
@@ -161,7 +162,8 @@ def test_intake_leaves_a_batch_hit_by_a_failover_to_redelivery(error: Exception)
     database = FailingDatabase(error)
     intake = Intake(js=None, db=database, outbound=None, reply_text="Reply")  # type: ignore[arg-type]
     batch = [DeliveredMessage(inbound(n), num_delivered=n) for n in (1, 2)]
-    asyncio.run(intake.handle(batch))  # type: ignore[arg-type]
+    received = [Received(msg, InboundMessage.from_bytes(msg.data)) for msg in batch]
+    asyncio.run(intake.handle(received))  # type: ignore[arg-type]
     assert database.calls == 1
     # Not acknowledged: JetStream offers the batch again, after a growing delay;
     # storage is idempotent, so the part written before the error is not doubled.
