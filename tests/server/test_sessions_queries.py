@@ -182,7 +182,7 @@ def test_slices_cross_years_of_quiet_and_sessions_dated_in_the_future(store):
     assert len(queries) <= 12, "slices widen fast over empty years"
 
 
-def test_the_cursor_carries_the_slice_that_filled_the_page(store):
+def test_the_cursor_carries_a_slice_of_the_right_size(store):
     at = now()
     for n in range(60):
         SessionFactory.create(last_message_at=at - dt.timedelta(hours=n))
@@ -195,6 +195,30 @@ def test_the_cursor_carries_the_slice_that_filled_the_page(store):
     assert len(firsts) > 2, "the first page had to find the density"
     assert len(seconds) <= 2, "later pages start with a slice of the right size"
     assert second.sessions[0]["activity_key"] < first.sessions[-1]["activity_key"]
+
+
+def test_a_page_after_a_widened_slice_reads_about_twice_what_it_shows(store):
+    # One session now, then a quiet minute, then one every ten seconds: the first
+    # one-minute slice holds one session, so the next is eight times wider and
+    # holds far more than the page; the next page must not inherit that width.
+    at = now().replace(microsecond=0)
+    SessionFactory.create(last_message_at=at)
+    for n in range(60):
+        SessionFactory.create(last_message_at=at - dt.timedelta(seconds=61 + 10 * n))
+    limit = 10
+
+    with FINDS.recording() as firsts:
+        first = sessions.list_sessions(SessionFilter(), limit, now=at)
+    with FINDS.recording() as seconds:
+        second = sessions.list_sessions(SessionFilter(), limit, first.resume, now=at)
+
+    assert len(firsts) == 2, "one slice of a minute, then one eight times wider"
+    assert first.resume is not None
+    # The page took 151 s down to the session after it (61 s, then nine gaps of 10 s).
+    assert first.resume.slice_ms == sessions.HINT_MARGIN * 151_000
+    assert len(seconds) == 1 and len(second.sessions) == limit
+    read = store["sessions"].count_documents(seconds[0]["filter"])
+    assert read <= 3 * (limit + 1), f"the second page's slice holds {read} sessions for a page of {limit}"
 
 
 def test_a_first_page_starts_with_the_slice_the_last_one_took(store):
