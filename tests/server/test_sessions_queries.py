@@ -21,7 +21,7 @@ from pymongo import monitoring
 
 from contract.messaging import InboundMessage
 from server import conversations, sessions
-from server.models.sessions import activity_key, activity_time_prefix
+from server.models.sessions import Session, activity_key, activity_time_prefix
 from server.sessions import MessagesResume, SessionFilter, SessionsResume
 from tests.server import factories
 from tests.server.factories import MessageFactory, SessionFactory, now
@@ -161,6 +161,18 @@ def test_search_probes_the_index_with_one_word_and_checks_the_others(store):
 
     assert {s["contact_name"] for s in page.sessions} == {"Benjamin Lynch", "Lynch Bento"}
     assert queries and all(query["filter"]["name_keys"] == "lynch" for query in queries)
+
+
+def test_a_page_is_read_newest_first_without_the_name_keys(store):
+    at = now()
+    created = [SessionFactory.create(last_message_at=at - dt.timedelta(minutes=n)) for n in range(5)]
+    SessionFactory.create(last_message_at=at - dt.timedelta(days=1))  # outside the range asked for
+    since = activity_key(at - dt.timedelta(minutes=10), ObjectId("0" * 24))
+
+    page = Session.objects.newest_first({"activity_key": {"$gte": since}}, 4)
+
+    assert [doc["_id"] for doc in page] == [s["_id"] for s in created[:4]]
+    assert all("name_keys" not in doc and doc["contact_name"] for doc in page)
 
 
 def test_slices_cross_years_of_quiet_and_sessions_dated_in_the_future(store):
