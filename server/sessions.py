@@ -14,8 +14,9 @@ SecantusDB also reads every index entry in a range before it applies the limit,
 so an open-ended range costs as much as the whole collection. A page is
 therefore gathered from bounded time slices walked backwards from the cursor:
 each slice is one index-served query, a slice that comes back short makes the
-next one wider, and the cursor carries the width that filled the page, so the
-next page starts with a slice of the right size. On mongod the limit ends each
+next one wider, and the cursor carries twice the span the page took, so the
+next page starts with a slice of the right size: one query that reads about
+twice the entries it shows. On mongod the limit ends each
 scan early anyway; the slices add a few round trips only where activity is sparse.
 
 A query of several words probes the index with its longest word (usually the
@@ -87,7 +88,7 @@ class SessionsResume:
         if not isinstance(before, str) or not isinstance(width, int):
             raise ValueError("malformed sessions position")
         activity_key_time(before)  # raises ValueError unless it starts with the time
-        return cls(before, min(max(width, MIN_SLICE_MS), MAX_SLICE_MS))
+        return cls(before, _clamped(width))
 
 
 @dataclass
@@ -97,9 +98,9 @@ class SessionsPage:
 
 
 class SliceHints:
-    """The first slice of each access path's next first page: the width the last one took.
+    """The first slice of each access path's next first page: twice the span the last one took.
 
-    A cursor carries the width that filled its page, but a first page has none,
+    A cursor carries the width its next page starts with, but a first page has none,
     and from one minute a page over sparse activity widens slice by slice (a
     rare name: seven queries over three months). A first page that filled
     leaves twice the span it read; one that reached the oldest session leaves
@@ -123,7 +124,7 @@ class SliceHints:
 
     def remember(self, path: str, width: int) -> None:
         with self._lock:
-            self._widths[path] = min(max(width, MIN_SLICE_MS), MAX_SLICE_MS)
+            self._widths[path] = _clamped(width)
             self._widths.move_to_end(path)
             while len(self._widths) > self._capacity:
                 self._widths.popitem(last=False)
@@ -191,11 +192,15 @@ def list_sessions(
         if learning:
             learning.remember(path, MAX_SLICE_MS)
         return SessionsPage(found, None)
+    # The next page is sized by this page's own span, not by the slice that
+    # happened to fill it: a slice widened eightfold over a quiet stretch would
+    # make every later page read up to eight times what it shows.
+    span = start - _milliseconds(activity_key_time(found[limit]["activity_key"]))
+    learned = _clamped(HINT_MARGIN * span)
     if learning:
-        span = start - _milliseconds(activity_key_time(found[limit]["activity_key"]))
-        learning.remember(path, HINT_MARGIN * span)
+        learning.remember(path, learned)
     page = found[:limit]
-    return SessionsPage(page, SessionsResume(page[-1]["activity_key"], width))
+    return SessionsPage(page, SessionsResume(page[-1]["activity_key"], learned))
 
 
 def _access_path(criteria: SessionFilter) -> tuple[dict[str, Any], Callable[[dict], bool] | None]:
@@ -220,6 +225,10 @@ def _widen(width: int, kept: int, missing: int) -> int:
     """The next slice's width: grow by the density seen so far, within bounds."""
     factor = MAX_WIDENING if kept == 0 else min(MAX_WIDENING, max(2, math.ceil(2 * missing / kept)))
     return min(width * factor, MAX_SLICE_MS)
+
+
+def _clamped(width: int) -> int:
+    return min(max(width, MIN_SLICE_MS), MAX_SLICE_MS)
 
 
 def _milliseconds(at: dt.datetime) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 from bson import ObjectId
 from mongoengine import DateTimeField, Document, IntField, ListField, QuerySet, StringField
+from pymongo import DESCENDING
 
 from contract import clock
 from runtime.failpoints import failpoint
@@ -107,8 +108,11 @@ class SessionQuerySet(QuerySet):
         `query` is at most one equality and a range over `activity_key`, the shape
         every index serves on SecantusDB too (see server.sessions).
         """
-        cursor = self.filter(__raw__=query).exclude("name_keys").order_by("-activity_key").limit(limit)
-        return list(cursor.as_pymongo())
+        # Straight to pymongo: this is every listing's read, and a MongoEngine
+        # queryset adds its building and cloning to each for the same documents.
+        # `query` is the whole filter: the queryset's own is not applied.
+        cursor = self._collection.find(query, {"name_keys": 0}).sort("activity_key", DESCENDING).limit(limit)
+        return list(cursor)
 
     def find_one(self, session_id: ObjectId) -> dict[str, Any] | None:
         return self.filter(id=session_id).exclude("name_keys").as_pymongo().first()

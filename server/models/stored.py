@@ -5,10 +5,10 @@ Every builder returns the document as MongoDB stores it (`stored_form`): what
 per row, which cost the import several times its database time (see
 `stored_form`). Single documents are saved through MongoEngine (`save_new`).
 
-Raw pymongo (`_get_collection()`) is used only for the bulk writes of the
-intake and import hot paths, each with its reason: MongoEngine writes one
+Raw pymongo (`_get_collection()`) is used only on hot paths, each with its
+reason: the bulk writes of the intake and import (MongoEngine writes one
 document per call, and its `insert` is ordered and hides which documents were
-duplicates.
+duplicates), and the listings' page read (SessionQuerySet.newest_first).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from pymongo import monitoring
 
 from contract.messaging import InboundMessage
 from server import conversations, sessions
-from server.models.sessions import activity_key, activity_time_prefix
+from server.models.sessions import Session, activity_key, activity_time_prefix
 from server.sessions import MessagesResume, SessionFilter, SessionsResume
 from tests.server import factories
 from tests.server.factories import MessageFactory, SessionFactory, now
@@ -163,6 +163,18 @@ def test_search_probes_the_index_with_one_word_and_checks_the_others(store):
     assert queries and all(query["filter"]["name_keys"] == "lynch" for query in queries)
 
 
+def test_a_page_is_read_newest_first_without_the_name_keys(store):
+    at = now()
+    created = [SessionFactory.create(last_message_at=at - dt.timedelta(minutes=n)) for n in range(5)]
+    SessionFactory.create(last_message_at=at - dt.timedelta(days=1))  # outside the range asked for
+    since = activity_key(at - dt.timedelta(minutes=10), ObjectId("0" * 24))
+
+    page = Session.objects.newest_first({"activity_key": {"$gte": since}}, 4)
+
+    assert [doc["_id"] for doc in page] == [s["_id"] for s in created[:4]]
+    assert all("name_keys" not in doc and doc["contact_name"] for doc in page)
+
+
 def test_slices_cross_years_of_quiet_and_sessions_dated_in_the_future(store):
     at = now()
     spread = [
@@ -182,7 +194,7 @@ def test_slices_cross_years_of_quiet_and_sessions_dated_in_the_future(store):
     assert len(queries) <= 12, "slices widen fast over empty years"
 
 
-def test_the_cursor_carries_the_slice_that_filled_the_page(store):
+def test_the_cursor_carries_a_slice_of_the_right_size(store):
     at = now()
     for n in range(60):
         SessionFactory.create(last_message_at=at - dt.timedelta(hours=n))
@@ -195,6 +207,30 @@ def test_the_cursor_carries_the_slice_that_filled_the_page(store):
     assert len(firsts) > 2, "the first page had to find the density"
     assert len(seconds) <= 2, "later pages start with a slice of the right size"
     assert second.sessions[0]["activity_key"] < first.sessions[-1]["activity_key"]
+
+
+def test_a_page_after_a_widened_slice_reads_about_twice_what_it_shows(store):
+    # One session now, then a quiet minute, then one every ten seconds: the first
+    # one-minute slice holds one session, so the next is eight times wider and
+    # holds far more than the page; the next page must not inherit that width.
+    at = now().replace(microsecond=0)
+    SessionFactory.create(last_message_at=at)
+    for n in range(60):
+        SessionFactory.create(last_message_at=at - dt.timedelta(seconds=61 + 10 * n))
+    limit = 10
+
+    with FINDS.recording() as firsts:
+        first = sessions.list_sessions(SessionFilter(), limit, now=at)
+    with FINDS.recording() as seconds:
+        second = sessions.list_sessions(SessionFilter(), limit, first.resume, now=at)
+
+    assert len(firsts) == 2, "one slice of a minute, then one eight times wider"
+    assert first.resume is not None
+    # The page took 151 s down to the session after it (61 s, then nine gaps of 10 s).
+    assert first.resume.slice_ms == sessions.HINT_MARGIN * 151_000
+    assert len(seconds) == 1 and len(second.sessions) == limit
+    read = store["sessions"].count_documents(seconds[0]["filter"])
+    assert read <= 3 * (limit + 1), f"the second page's slice holds {read} sessions for a page of {limit}"
 
 
 def test_a_first_page_starts_with_the_slice_the_last_one_took(store):
