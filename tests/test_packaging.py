@@ -643,17 +643,22 @@ def test_compose_ships_the_nats_server_the_tests_run(path: str) -> None:
     assert images == {f"docker.io/library/nats:{pinned_nats_server_version()}-alpine"}
 
 
-@pytest.mark.parametrize("content", ["", "two words", 'ends"quotes', "back\\slash", "at@host", "two\nlines"])
-def test_nats_start_refuses_a_secret_it_cannot_quote_naming_the_file(tmp_path: Path, content: str) -> None:
-    (tmp_path / "nats_server_password").write_text(content + "\n")
-    (tmp_path / "nats_bot_password").write_text("bot-password\n")
-    run = subprocess.run(
+def run_start_script(secrets: Path) -> subprocess.CompletedProcess[str]:
+    """deploy/nats/start.sh with its secrets in `secrets`, asked for nats-server's version."""
+    return subprocess.run(
         ["sh", str(START_SCRIPT), "--version"],
-        env={"PATH": os.environ["PATH"], "NATS_SECRETS_DIR": str(tmp_path)},
+        env={"PATH": os.environ["PATH"], "NATS_SECRETS_DIR": str(secrets)},
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+@pytest.mark.parametrize("content", ["", "two words", 'ends"quotes', "back\\slash", "at@host", "two\nlines"])
+def test_nats_start_refuses_a_secret_it_cannot_quote_naming_the_file(tmp_path: Path, content: str) -> None:
+    (tmp_path / "nats_server_password").write_text(content + "\n")
+    (tmp_path / "nats_bot_password").write_text("bot-password\n")
+    run = run_start_script(tmp_path)
     assert run.returncode == 1
     assert f"{tmp_path}/nats_server_password must be one line of the characters A-Z a-z 0-9 _ -" in run.stderr
     assert "nats-server" not in run.stdout  # it never became nats-server
@@ -661,11 +666,5 @@ def test_nats_start_refuses_a_secret_it_cannot_quote_naming_the_file(tmp_path: P
 
 def test_nats_start_refuses_a_missing_secret(tmp_path: Path) -> None:
     (tmp_path / "nats_server_password").write_text("server-password\n")
-    run = subprocess.run(
-        ["sh", str(START_SCRIPT), "--version"],
-        env={"PATH": os.environ["PATH"], "NATS_SECRETS_DIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    run = run_start_script(tmp_path)
     assert run.returncode != 0 and "nats_bot_password" in run.stderr
