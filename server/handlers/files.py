@@ -17,8 +17,6 @@ from tornado.web import url
 
 from contract.values import well_formed_media_type
 from runtime.filestore import FileCorrupt, FileStore
-from server import sessions
-from server.handlers.base import object_id
 from server.handlers.sessions import MESSAGE_ID, SESSION_ID, SessionsApiHandler
 from server.problems import ApiError
 
@@ -64,13 +62,7 @@ class MessageFileHandler(SessionsApiHandler):
 
     async def get(self, session_id: str, message_id: str) -> None:
         """The file a contact sent with the message, as they sent it."""
-        session = await self.open_session(session_id)
-        wanted = object_id(message_id)
-        message = None if wanted is None else await self.database(sessions.find_message, session["_id"], wanted)
-        if message is None:
-            raise ApiError(
-                404, f"session {session_id} has no message with id {message_id[:40]!r}", kind="message-not-found"
-            )
+        message = await self.open_message(session_id, message_id)
         file = message.get("file")
         if not file:
             raise ApiError(404, f"message {message_id} has no file", kind="file-not-found")

@@ -197,6 +197,17 @@ class SessionsApiHandler(ApiHandler):
             raise ApiError(404, f"there is no open session with id {raw_id[:40]!r}", kind="session-not-found")
         return session
 
+    async def open_message(self, session_id: str, message_id: str) -> dict[str, Any]:
+        """A message of an open session, or a 404 naming which of the two is not there."""
+        session = await self.open_session(session_id)
+        wanted = object_id(message_id)
+        message = None if wanted is None else await self.database(sessions.find_message, session["_id"], wanted)
+        if message is None:
+            raise ApiError(
+                404, f"session {session_id} has no message with id {message_id[:40]!r}", kind="message-not-found"
+            )
+        return message
+
 
 class SessionsHandler(SessionsApiHandler):
     SUPPORTED_METHODS = ("GET",)
@@ -457,14 +468,7 @@ class SessionMessageHandler(SessionsApiHandler):
 
     async def get(self, session_id: str, message_id: str) -> None:
         """One message of an open session."""
-        session = await self.open_session(session_id)
-        wanted = object_id(message_id)
-        message = None if wanted is None else await self.database(sessions.find_message, session["_id"], wanted)
-        if message is None:
-            raise ApiError(
-                404, f"session {session_id} has no message with id {message_id[:40]!r}", kind="message-not-found"
-            )
-        self.write_json(message_resource(message))
+        self.write_json(message_resource(await self.open_message(session_id, message_id)))
 
 
 default_handlers = [
