@@ -1,7 +1,6 @@
 """`python -m bot`: relay Telegram to JetStream and deliver outbound messages."""
 
-import asyncio
-
 from bot.main import main
+from runtime import lifecycle
 
-asyncio.run(main())
+lifecycle.run(main)

@@ -11,8 +11,8 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, Protocol, TypeVar
 
 from runtime import failpoints, logs
 from runtime.environment import ConfigError
@@ -37,13 +37,36 @@ S = TypeVar("S", bound=_ProcessSettings)
 log = logging.getLogger(__name__)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def stop_event() -> asyncio.Event:
     """An event set by SIGTERM or SIGINT; call from the running loop, before start-up work."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stopping.set)
     return stopping
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """`asyncio.run(main())` for a process that stops on stop_event(): once main has
+    returned (or raised), a further stop signal is ignored while the loop closes.
+
+    A supervisor, a terminal or a test often signals twice. asyncio's loop closes its
+    signal wakeup pipe before it releases its signal handlers, and a signal landing in
+    between makes the interpreter print a traceback (or, once the descriptor is reused,
+    write a byte into another file). The process is already ending then; SIGKILL still ends it.
+    """
+
+    async def then_ignore_stop_signals() -> None:
+        try:
+            await main()
+        finally:
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
+
+    asyncio.run(then_ignore_stop_signals())
 
 
 async def until_stopped(stopping: asyncio.Event, workers: Iterable[asyncio.Task]) -> bool:

@@ -1,7 +1,6 @@
 """`python -m server`: the HTTP API and the intake consumer in one process."""
 
-import asyncio
-
+from runtime import lifecycle
 from server.main import main
 
-asyncio.run(main())
+lifecycle.run(main)

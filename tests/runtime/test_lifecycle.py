@@ -6,10 +6,13 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
 from runtime.lifecycle import Deadline, stop_event, until_stopped
+from tests.harness import ROOT
 
 
 async def crash() -> None:
@@ -37,6 +40,35 @@ async def test_sigterm_ends_the_wait_without_blame() -> None:
     worker.cancel()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().remove_signal_handler(signum)
+
+
+# A second SIGTERM lands after asyncio closed its signal wakeup pipe and before it
+# released its handlers: the window where the interpreter prints a traceback.
+SIGNAL_WHILE_THE_LOOP_CLOSES = """
+import asyncio.selector_events, os, signal
+from runtime import lifecycle
+
+close_self_pipe = asyncio.selector_events.BaseSelectorEventLoop._close_self_pipe
+
+def close_then_signal(loop):
+    close_self_pipe(loop)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+asyncio.selector_events.BaseSelectorEventLoop._close_self_pipe = close_then_signal
+
+async def main():
+    lifecycle.stop_event()
+
+lifecycle.run(main)
+print("exited")
+"""
+
+
+def test_a_stop_signal_while_the_loop_closes_is_ignored() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_WHILE_THE_LOOP_CLOSES], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "exited\n", "")
 
 
 @pytest.mark.asyncio
