@@ -166,8 +166,7 @@ class Stack:
         # Signalled together, so their grace periods overlap instead of adding
         # up; each still drains and exits as its own SIGTERM handling says.
         for process in self.processes:
-            if process.running and process.popen is not None:
-                process.popen.send_signal(signal.SIGTERM)
+            process.send(signal.SIGTERM)
         for process in reversed(self.processes):
             process.stop()
 

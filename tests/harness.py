@@ -59,12 +59,14 @@ class Process:
     # point armed to kill says so on its own.
     measured: bool = True
     popen: subprocess.Popen | None = field(default=None, init=False)
+    signalled: int | None = field(default=None, init=False)
 
     def start(self) -> Process:
         armed = failpoints.parse(self.env.get(failpoints.ENV, "")).values()
         measured = self.measured and all(point.action != "kill" for point in armed)
         extra = {**self.env, "PYTHONUNBUFFERED": "1"}
         environ = {**os.environ, **extra} if measured else unmeasured_environ(**extra)
+        self.signalled = None
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", self.module], env=environ, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
@@ -73,11 +75,18 @@ class Process:
             wait_for_port(self.port, 30, self.popen)
         return self
 
+    def send(self, sig: int) -> None:
+        """Send `sig` if the process runs and was not sent it already (stop() after
+        send() waits; it does not signal twice)."""
+        if self.popen is not None and self.popen.poll() is None and self.signalled != sig:
+            self.popen.send_signal(sig)
+            self.signalled = sig
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
         if self.popen is None:
             return None
+        self.send(sig)
         if self.popen.poll() is None:
-            self.popen.send_signal(sig)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
