@@ -105,13 +105,14 @@ class Keys:
         return common, rare[0]
 
 
-def page_query(keys: list[str], page: int, equality: dict[str, Any]) -> dict[str, Any]:
-    """The filter that reads exactly page `page` (1-based) and the one after it: bounded by its keys."""
+def page_query(keys: list[str], page: int, equality: dict[str, Any], span: int = 1) -> dict[str, Any]:
+    """The filter that reads exactly page `page` (1-based) and the one after it: bounded by its keys.
+    With `span` 2, its range holds twice the page (the find still returns one page)."""
     first = (page - 1) * LIMIT
     bounds: dict[str, str] = {}
     if first > 0:
         bounds["$lt"] = keys[first - 1]
-    last = first + LIMIT  # one more than the page: the server reads it to know a next page exists
+    last = first + span * LIMIT  # one more than the page: the server reads it to know a next page exists
     if last < len(keys):
         bounds["$gte"] = keys[last]
     return {**equality, **({"activity_key": bounds} if bounds else {})}
@@ -240,10 +241,41 @@ def measure(run: stack.Stack, args: argparse.Namespace) -> dict[str, Any]:
                 f"{ref['p50_ms']:>10.1f} ms {method.tail_text(ref):>18}  {balcao[tail] / ref[tail]:5.2f}  {finds:5.1f}",
                 flush=True,
             )
+        where = where_the_difference_goes(http, port, reference(page_query(keys.all, 1, {}, span=2)), args.repeat)
         http.close()
     finally:
         server.stop()
-    return {"sessions": args.sessions, "repeat": args.repeat, "page": args.page, "limit": LIMIT, "requests": results}
+    return {
+        "sessions": args.sessions,
+        "repeat": args.repeat,
+        "page": args.page,
+        "limit": LIMIT,
+        "requests": results,
+        **where,
+    }
+
+
+def where_the_difference_goes(
+    http: httpx.Client, port: int, twice_the_page: Callable[[], object], repeat: int
+) -> dict[str, Any]:
+    """Two figures that split a first page's difference from its reference, timed
+    interleaved: an HTTP round trip that reads nothing (`GET /health`, same client,
+    same server), and the reference's find over twice the page's range, which is
+    what a first page's slice covers (server/sessions.py, HINT_MARGIN)."""
+
+    def health() -> object:
+        return http.get(f"http://127.0.0.1:{port}/health").raise_for_status()
+
+    floor, twice = timed_pair(health, twice_the_page, repeat)
+    figures = {
+        "http_round_trip": method.latency_figures(floor),
+        "find_over_twice_the_page": method.latency_figures(twice),
+    }
+    for name, measured in figures.items():
+        print(
+            f"{name.replace('_', ' '):<34} {measured['p50_ms']:>7.1f} ms {method.tail_text(measured):>18}", flush=True
+        )
+    return figures
 
 
 if __name__ == "__main__":

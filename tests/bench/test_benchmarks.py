@@ -63,6 +63,9 @@ def test_each_benchmark_runs_at_a_tiny_size(name: str, tmp_path: Path):
         assert [run["too_many_requests"] for run in figures["runs"]] == [0, 0]
     elif name == "imports":
         assert figures["summary"]["balcao"]["reimport_rate"] > 0
+    elif name == "sessions":
+        assert figures["http_round_trip"]["samples"] == figures["find_over_twice_the_page"]["samples"] == 5
+        assert "Where a first page's difference goes" in report.render({"sessions": result})
 
 
 def test_the_published_page_is_what_the_results_render():
