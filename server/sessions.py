@@ -56,7 +56,8 @@ FIRST_SLICE_MS = 60_000
 MIN_SLICE_MS = 1_000
 MAX_SLICE_MS = 10**14  # wider than any activity key's range
 MAX_WIDENING = 8
-# A hint's slice is twice the span the page took: room for more activity since.
+# A hint's slice is twice the span the page's sessions took (room for more
+# activity since), plus the quiet time above the newest of them.
 HINT_MARGIN = 2
 
 
@@ -194,9 +195,13 @@ def list_sessions(
         return SessionsPage(found, None)
     # The next page is sized by this page's own span, not by the slice that
     # happened to fill it: a slice widened eightfold over a quiet stretch would
-    # make every later page read up to eight times what it shows.
-    span = start - _milliseconds(activity_key_time(found[limit]["activity_key"]))
-    learned = _clamped(HINT_MARGIN * span)
+    # make every later page read up to eight times what it shows. The margin
+    # covers the sessions' span only: the quiet time above the newest of them
+    # (a desk at night, the next first page) holds none, and doubled it would
+    # make the slice hold many pages.
+    newest = _milliseconds(activity_key_time(found[0]["activity_key"]))
+    span = newest - _milliseconds(activity_key_time(found[limit]["activity_key"]))
+    learned = _clamped(start - newest + HINT_MARGIN * span)
     if learning:
         learning.remember(path, learned)
     page = found[:limit]

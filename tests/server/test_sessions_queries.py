@@ -289,6 +289,23 @@ def test_a_slice_hint_too_wide_costs_one_query_and_narrows(store):
     assert hints.width(path) == pytest.approx(sessions.HINT_MARGIN * 10 * 60_000, abs=2_000)
 
 
+def test_a_quiet_hour_above_the_newest_session_is_not_doubled_into_the_next_first_page(store):
+    # A desk at night: nothing for an hour, then one session every 10 s before it.
+    at = now()
+    for n in range(200):
+        SessionFactory.create(last_message_at=at - dt.timedelta(hours=1, seconds=10 * n))
+    hints = sessions.SliceHints()
+    limit = 10
+    sessions.list_sessions(SessionFilter(), limit, now=at, hints=hints)
+
+    with FINDS.recording() as again:
+        page = sessions.list_sessions(SessionFilter(), limit, now=at, hints=hints)
+
+    assert len(again) == 1 and len(page.sessions) == limit
+    read = store["sessions"].count_documents(again[0]["filter"])
+    assert read <= 2 * (limit + 1) + 1, f"the next first page's slice holds {read} sessions for a page of {limit}"
+
+
 def test_slice_hints_keep_the_paths_used_last():
     hints = sessions.SliceHints(capacity=2)
     hints.remember("a", 5_000)
