@@ -300,7 +300,7 @@ def sessions(result: dict[str, Any]) -> list[str]:
             "Where a first page's difference goes, timed the same way: an HTTP round trip that reads nothing "
             f"(`GET /health`, same client and server) takes {ms(floor['p50_ms'])} at p50 ({tail(floor)}). The "
             f"reference's find over twice the page's range takes {ms(twice['p50_ms'])} ({tail(twice)}): that range is "
-            "what a first page's slice covers (twice the span the last first page took, `HINT_MARGIN` in "
+            "what a first page's slice covers (twice the span the last first page's sessions took, `HINT_MARGIN` in "
             "server/sessions.py). SecantusDB reads a whole range before it sorts and limits; MongoDB walks the index "
             "and stops at the limit, so there the margin costs nothing.",
         ]
