@@ -198,10 +198,11 @@ def list_sessions(
     # make every later page read up to eight times what it shows. The margin
     # covers the sessions' span only: the quiet time above the newest of them
     # (a desk at night, the next first page) holds none, and doubled it would
-    # make the slice hold many pages.
+    # make the slice hold many pages. A session active after `start` (a clock
+    # ahead, an import from the future) adds no quiet time.
     newest = _milliseconds(activity_key_time(found[0]["activity_key"]))
     span = newest - _milliseconds(activity_key_time(found[limit]["activity_key"]))
-    learned = _clamped(start - newest + HINT_MARGIN * span)
+    learned = _clamped(max(start - newest, 0) + HINT_MARGIN * span)
     if learning:
         learning.remember(path, learned)
     page = found[:limit]

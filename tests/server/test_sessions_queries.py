@@ -306,6 +306,18 @@ def test_a_quiet_hour_above_the_newest_session_is_not_doubled_into_the_next_firs
     assert read <= 2 * (limit + 1) + 1, f"the next first page's slice holds {read} sessions for a page of {limit}"
 
 
+def test_a_session_active_in_the_future_adds_no_quiet_time(store):
+    at = now().replace(microsecond=0)
+    SessionFactory.create(last_message_at=at + dt.timedelta(hours=1))  # a clock ahead
+    for n in range(20):
+        SessionFactory.create(last_message_at=at - dt.timedelta(seconds=10 * n))
+
+    first = sessions.list_sessions(SessionFilter(), 10, now=at)
+
+    # From the future session down to the one after the page (90 s ago), doubled.
+    assert first.resume is not None and first.resume.slice_ms == sessions.HINT_MARGIN * 3_690_000
+
+
 def test_slice_hints_keep_the_paths_used_last():
     hints = sessions.SliceHints(capacity=2)
     hints.remember("a", 5_000)
