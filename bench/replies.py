@@ -41,12 +41,12 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from bench import method, profiling, stack
 from bench.intake import TOKEN, WARM_CONTACT, profiled, until
 from bench.reference.documents import REPLY
+from bot.delivery import TELEGRAM_PER_SECOND
 from contract.eventstream import EVENTS_STREAM, EVENTS_SUBJECT_ROOT, MESSAGE_RECEIVED
 from devstack.faketelegram import FakeTelegram
 from devstack.processes import free_port, wait_for_port
 
 FIRST_CONTACT = 20_000
-TELEGRAM_PER_SECOND = 30
 DEADLINE = 600.0
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from bot.delivery import SENDS_PER_SECOND
 from contract import messaging
 from runtime import logs
 from runtime.environment import Environment
@@ -92,8 +93,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         nats_replicas=env.integer("NATS_REPLICAS", 1, minimum=1, maximum=5),
         api_base_url=env.url("TELEGRAM_API_BASE_URL", DEFAULT_API_BASE, ("https", "http")) or DEFAULT_API_BASE,
         poll_timeout=env.integer("TELEGRAM_POLL_TIMEOUT", 30, minimum=0, maximum=50),
-        # One below Telegram's 30 (bot.delivery.SENDS_PER_SECOND): a margin for how Telegram counts its second.
-        max_messages_per_second=env.integer("TELEGRAM_MAX_MESSAGES_PER_SECOND", 29, minimum=1),
+        max_messages_per_second=env.integer("TELEGRAM_MAX_MESSAGES_PER_SECOND", SENDS_PER_SECOND, minimum=1),
         delivery_ack_wait=env.integer("BOT_DELIVERY_ACK_WAIT", 30, minimum=3, maximum=3600),
         webhook_url=env.url("TELEGRAM_WEBHOOK_URL", None, ("https", "http")),
         webhook_secret=env.secret("TELEGRAM_WEBHOOK_SECRET", required=False),
