@@ -14,9 +14,9 @@ SecantusDB also reads every index entry in a range before it applies the limit,
 so an open-ended range costs as much as the whole collection. A page is
 therefore gathered from bounded time slices walked backwards from the cursor:
 each slice is one index-served query, a slice that comes back short makes the
-next one wider, and the cursor carries twice the span the page took, so the
-next page starts with a slice of the right size: one query that reads about
-twice the entries it shows. On mongod the limit ends each
+next one wider, and the cursor carries twice the span the page's sessions took,
+so the next page starts with a slice of the right size: one query that reads
+about twice the entries it shows. On mongod the limit ends each
 scan early anyway; the slices add a few round trips only where activity is sparse.
 
 A query of several words probes the index with its longest word (usually the
@@ -99,12 +99,13 @@ class SessionsPage:
 
 
 class SliceHints:
-    """The first slice of each access path's next first page: twice the span the last one took.
+    """The first slice of each access path's next first page: what the last one took, with a margin.
 
     A cursor carries the width its next page starts with, but a first page has none,
     and from one minute a page over sparse activity widens slice by slice (a
     rare name: seven queries over three months). A first page that filled
-    leaves twice the span it read; one that reached the oldest session leaves
+    leaves the quiet time above its newest session plus twice its sessions'
+    span (HINT_MARGIN); one that reached the oldest session leaves
     the widest slice, which costs only the few index entries the path holds.
     A wrong hint costs one query: the page it fills leaves the span it found.
     Bounded to the `capacity` paths used last; one per process, shared by the
